@@ -1,0 +1,1 @@
+"""The ``loupe-bench`` command line: a thin layer over the Python API."""

@@ -1,0 +1,48 @@
+"""Exception types shared by the whole package.
+
+Every error a user can cause (bad input file, unknown spec name, bad option value) is a
+:class:`LoupeBenchError`. The CLI turns these into one clear line on stderr and exit code 2, without a
+traceback. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class LoupeBenchError(Exception):
+    """A user or input error: reported as one line, CLI exit code 2."""
+
+    exit_code = 2
+
+
+class SpecError(LoupeBenchError):
+    """An unknown or invalid spec (model, task, recipe, dataset)."""
+
+
+class DataError(LoupeBenchError):
+    """Bad input data. Names the file and, where it applies, the record.
+
+    Args:
+        message: what is wrong.
+        file: the file (or shard, or directory) that holds the bad record.
+        record: an identifier of the record inside the file (image id, sentence id, line number, sample key).
+    """
+
+    def __init__(self, message: str, file: Optional[str] = None, record: Optional[str] = None):
+        self.message = message
+        self.file = None if file is None else str(file)
+        self.record = None if record is None else str(record)
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.record is not None:
+            where.append(f"record {self.record}")
+        prefix = ": ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class CheckpointError(LoupeBenchError):
+    """A missing or mismatched checkpoint (names missing / unexpected keys)."""

@@ -1,0 +1,70 @@
+"""A tiny decorator registry, used for datasets, models, tasks, metrics, proposal sources and benchmarks.
+
+Specs are data found through registries, never if/elif chains over names::
+
+    DATASETS = Registry("dataset")
+
+    @DATASETS.register("karpathy")
+    class KarpathyLoader: ...
+
+    DATASETS.get("karpathy")   # -> KarpathyLoader
+    DATASETS.names()            # sorted names
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
+
+from .errors import SpecError
+
+T = TypeVar("T")
+
+
+class Registry:
+    """A name -> object map with a decorator, helpful errors and fnmatch listing."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: Dict[str, Any] = {}
+        self._help: Dict[str, str] = {}
+
+    def register(self, name: Optional[str] = None, *, help: Optional[str] = None) -> Callable[[T], T]:
+        """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
+
+        def deco(obj: T) -> T:
+            key = name or getattr(obj, "__name__")
+            if key in self._items and self._items[key] is not obj:
+                raise ValueError(f"{self.kind} {key!r} registered twice")
+            self._items[key] = obj
+            doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()
+            self._help[key] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: Any, help: str = "") -> None:
+        """Register ``obj`` under ``name`` without a decorator (used for specs read from files)."""
+        self._items[name] = obj
+        self._help[name] = help
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "(none)"
+            raise SpecError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def names(self, pattern: str = "*") -> List[str]:
+        return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
+
+    def help(self, name: str) -> str:
+        return self._help.get(name, "")
