@@ -1,0 +1,38 @@
+"""Benchmarks: speed measured as ratios side by side in one run, JSON written to ``results/benchmarks/``.
+
+Each benchmark is a function registered in :data:`BENCHMARKS`; it takes ``repeat`` (and keyword options) and returns
+a JSON-able dict with at least ``name``, ``figures`` (list of {label, value, unit, target, met}) and
+``environment``.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from ..registry import Registry
+
+BENCHMARKS = Registry("benchmark")
+
+# modules that register benchmarks when imported
+_BENCH_MODULES = (
+    "loupe_bench.bench.shapley",
+    "loupe_bench.bench.train_step",
+    "loupe_bench.bench.late_interaction",
+    "loupe_bench.bench.retrieval_metric",
+    "loupe_bench.bench.eval_throughput",
+    "loupe_bench.bench.demo",
+)
+
+
+def load_all() -> Registry:
+    import importlib
+    import importlib.util
+
+    for mod in _BENCH_MODULES:
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
+    return BENCHMARKS
+
+
+def list_benchmarks() -> List[Tuple[str, str]]:
+    reg = load_all()
+    return [(n, reg.help(n)) for n in reg.names()]
