@@ -184,11 +184,28 @@ class VLModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no native region head")
 
     # -- training -------------------------------------------------------------------------------------------------
+    def embed(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        """Forward the towers on a training batch; every returned tensor has the batch on dim 0.
+
+        Split from :meth:`loss_from_embeddings` so the training engine can (a) all-gather embeddings across ranks
+        and (b) do gradient accumulation with feature caching (open_clip's ``--accum-freq``): embeddings of all
+        micro-batches are concatenated, only one micro-batch carries gradients at a time.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement embed")
+
+    def loss_from_embeddings(self, emb: Dict[str, Tensor], batch: Dict[str, Any]) -> LossOutput:
+        """Named loss terms and their weighted total from (possibly concatenated / gathered) embeddings."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss_from_embeddings")
+
     def loss(self, batch: Dict[str, Any]) -> LossOutput:
         """Named loss terms and their weighted total for a training batch.
 
-        ``batch`` keys (built by ``loupe_bench.data.collate``):
+        ``batch`` keys (built by ``loupe_bench.data.training.TrainCollator``):
             pixels ``[B,3,H,W]``; input_ids, attention_mask ``[B,L]``; phrase_token_mask ``[B,P,L]`` bool;
             phrase_mask ``[B,P]`` bool; image_ids ``[B]`` long.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement loss")
+        return self.loss_from_embeddings(self.embed(batch), batch)
+
+    def forward(self, batch: Dict[str, Any]) -> LossOutput:
+        """``model(batch)`` is :meth:`loss` (so DDP wrappers see a forward call)."""
+        return self.loss(batch)
