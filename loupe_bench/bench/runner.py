@@ -1,0 +1,53 @@
+"""Run registered benchmarks, print their figures beside their targets, write JSON under ``results/benchmarks/``."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..errors import SpecError
+from ..utils.io import atomic_write_json
+from ..utils.provenance import environment_info
+from . import load_all
+
+
+def run_benchmarks(
+    names: Sequence[str] = (), repeat: int = 3, out_dir: Optional[Path] = None, device: str = "cpu", **options: Any
+) -> List[Dict[str, Any]]:
+    """Run the named benchmarks (all when empty); return their JSON records (also written to ``out_dir``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    registry = load_all()
+    selected = list(names) or registry.names()
+    for name in selected:
+        registry.get(name)  # unknown names fail before anything runs
+    out_dir = Path(out_dir) if out_dir is not None else Path("results") / "benchmarks"
+    console = Console()
+    records: List[Dict[str, Any]] = []
+    for name in selected:
+        console.print(f"[bold]bench[/bold] {name} …")
+        t0 = time.perf_counter()
+        record = registry.get(name)(repeat=repeat, device=device, **options.get(name, {}))
+        if not isinstance(record, dict) or "figures" not in record:
+            raise SpecError(f"benchmark {name!r} returned no figures")
+        record.setdefault("name", name)
+        record.setdefault("environment", environment_info(device))
+        record["wall_s"] = time.perf_counter() - t0
+        record["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        atomic_write_json(out_dir / f"{name.replace('-', '_')}.json", record)
+        records.append(record)
+        table = Table(title=f"{name} ({record['wall_s']:.1f} s)")
+        for col in ("figure", "value", "unit", "target", "met"):
+            table.add_column(col)
+        for fig in record["figures"]:
+            met = fig.get("met")
+            table.add_row(
+                str(fig["label"]),
+                f"{fig['value']:.4g}" if isinstance(fig["value"], (int, float)) else str(fig["value"]),
+                str(fig.get("unit", "")),
+                str(fig.get("target", "")),
+                "" if met is None else ("[green]yes[/green]" if met else "[red]no[/red]"),
+            )
+        console.print(table)
+    return records

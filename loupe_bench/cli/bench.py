@@ -1,0 +1,23 @@
+"""``loupe-bench bench [NAME ...] [--repeat N]``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("bench")
+@click.argument("names", nargs=-1)
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 100), help="Timed repetitions.")
+@click.option("--out", "out_dir", default="results/benchmarks", show_default=True, type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (cuda when available).")
+def bench_cmd(names, repeat: int, out_dir: Path, device: str) -> None:
+    """Run benchmarks (all when no NAME is given): shapley, train-step, late-interaction, retrieval-metric,
+    eval-throughput, demo. Each prints its figures beside their targets and writes JSON to --out."""
+    from ..bench.runner import run_benchmarks
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run_benchmarks(names, repeat=repeat, out_dir=out_dir, device=device)

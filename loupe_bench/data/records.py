@@ -1,0 +1,155 @@
+"""Plain records shared by every loader: images with captions and phrases, boxes, referring expressions,
+classification samples, and the container a loader returns.
+
+Boxes are pixel ``(x, y, w, h)`` tuples of floats (COCO convention) everywhere in this module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from ..errors import DataError
+
+BBox = Tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A noun phrase inside a caption.
+
+    Attributes:
+        start: character offset of the first character in the caption text.
+        end: character offset one past the last character (``text == caption[start:end]``).
+        text: the phrase text.
+        ann_id: the annotation (object) the phrase refers to, when known.
+        bbox: pixel xywh of the referred object, when known.
+    """
+
+    start: int
+    end: int
+    text: str
+    ann_id: Optional[int] = None
+    bbox: Optional[BBox] = None
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One caption of an image.
+
+    Attributes:
+        sent_id: sentence id (unique within the data set).
+        text: the raw caption.
+        tokens: lower-case word tokens (Karpathy style).
+        phrases: gold phrase spans (may be empty).
+    """
+
+    sent_id: int
+    text: str
+    tokens: Tuple[str, ...] = ()
+    phrases: Tuple[Phrase, ...] = ()
+
+
+@dataclass(frozen=True)
+class BoxAnnotation:
+    """One object box (COCO ``annotations`` entry)."""
+
+    ann_id: int
+    image_id: int
+    category_id: int
+    bbox: BBox
+    area: float = 0.0
+    iscrowd: int = 0
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image with whatever annotations its format carries.
+
+    Attributes:
+        image_id: integer id (COCO ``id`` / Karpathy ``cocoid``).
+        file_name: file name relative to ``path``'s image root.
+        path: absolute path of the image file.
+        split: ``train``, ``val``, ``test``, ``comptest``, ``restval`` … (None when the format has no split).
+        width, height: pixel size when the format records it.
+        captions: the image's captions.
+        boxes: object boxes.
+        label: class index (classification formats).
+    """
+
+    image_id: int
+    file_name: str
+    path: Path
+    split: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    captions: Tuple[Caption, ...] = ()
+    boxes: Tuple[BoxAnnotation, ...] = ()
+    label: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """One referring expression group (refer ``refs(<splitBy>).p`` entry)."""
+
+    ref_id: int
+    ann_id: int
+    image_id: int
+    split: str
+    sentences: Tuple[str, ...]
+    category_id: int
+    bbox: Optional[BBox] = None
+    file_name: Optional[str] = None
+    sent_ids: Tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassificationSample:
+    """One image of an ImageFolder-style classification set."""
+
+    path: Path
+    label: int
+    image_id: Optional[int] = None
+    split: Optional[str] = None
+
+
+@dataclass
+class DatasetRecords:
+    """What a loader returns. Only the fields its format carries are filled.
+
+    Attributes:
+        name: the loader / data set name.
+        source: the file or folder that was read.
+        images: image records (caption, detection and VOC formats).
+        refs: referring expressions (refer format).
+        samples: classification samples (ImageFolder).
+        categories: category id -> name (detection / refer formats).
+        classnames: class names by label index (classification formats).
+        skipped: records skipped with ``on_bad_sample="skip"``, one :class:`DataError` each.
+    """
+
+    name: str
+    source: str
+    images: List[ImageRecord] = field(default_factory=list)
+    refs: List[RefRecord] = field(default_factory=list)
+    samples: List[ClassificationSample] = field(default_factory=list)
+    categories: Dict[int, str] = field(default_factory=dict)
+    classnames: List[str] = field(default_factory=list)
+    skipped: List[DataError] = field(default_factory=list)
+
+    def split(self, name: str) -> "DatasetRecords":
+        """A copy holding only the records of split ``name``."""
+        return DatasetRecords(
+            name=self.name,
+            source=self.source,
+            images=[r for r in self.images if r.split == name],
+            refs=[r for r in self.refs if r.split == name],
+            samples=[s for s in self.samples if s.split == name],
+            categories=dict(self.categories),
+            classnames=list(self.classnames),
+            skipped=list(self.skipped),
+        )
+
+    @property
+    def num_captions(self) -> int:
+        return sum(len(r.captions) for r in self.images)
