@@ -5,6 +5,7 @@ Boxes are pixel ``(x, y, w, h)`` tuples of floats (COCO convention) everywhere i
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -12,6 +13,11 @@ from typing import Dict, List, Optional, Tuple
 from ..errors import DataError
 
 BBox = Tuple[float, float, float, float]
+
+
+def tokenize(text: str) -> List[str]:
+    """Karpathy-style tokens: lower-case alphanumeric words, punctuation dropped."""
+    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 @dataclass(frozen=True)

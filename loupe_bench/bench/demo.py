@@ -1,0 +1,52 @@
+"""``demo`` benchmark: wall time of ``reproduce synthetic --quick`` and of the default run, stages broken down.
+
+The default run trains six models and takes minutes; ``full=False`` (``loupe-bench bench demo`` with option
+``{"demo": {"full": False}}``) times only the quick run. ``repeat`` is not used: one run of each is timed (a
+reproduction is minutes long and deterministic; the figure is its wall time on this machine).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+from ..utils.io import read_json
+from ..utils.provenance import environment_info
+from . import BENCHMARKS
+from .timing import figure
+
+TARGETS = {"quick": 120.0, "default": 600.0}
+
+
+def _time_run(out: Path, quick: bool) -> Dict[str, Any]:
+    from rich.console import Console
+
+    from ..report.reproduce import reproduce_synthetic
+
+    t0 = time.perf_counter()
+    manifest = reproduce_synthetic(out, seeds=[0], quick=quick, console=Console(quiet=True), progress=False)
+    wall = time.perf_counter() - t0
+    man = read_json(manifest)
+    return {"wall_s": wall, "timings": man["timings"], "models": man["plan"]["models"],
+            "world_size": man["plan"]["world_size"], "recipe_overrides": man["plan"]["recipe_overrides"]}
+
+
+@BENCHMARKS.register("demo", help="Wall time of `reproduce synthetic --quick` and of the default run, by stage.")
+def demo(repeat: int = 1, device: str = "cpu", full: bool = True, out_dir: str = "") -> Dict[str, Any]:
+    """Time the quick and (when ``full``) the default synthetic reproduction; targets 120 s and 600 s."""
+    runs: Dict[str, Dict[str, Any]] = {}
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="loupe-demo-") as tmp:
+        base = Path(out_dir) if out_dir else Path(tmp)
+        for kind in (("quick", "default") if full else ("quick",)):
+            runs[kind] = _time_run(base / kind, quick=kind == "quick")
+            wall = runs[kind]["wall_s"]
+            figures.append(figure(f"{kind} run wall time", wall, "s", f"<= {TARGETS[kind]:.0f} s",
+                                  wall <= TARGETS[kind]))
+            for stage in ("world", "train", "eval", "report"):
+                figures.append(figure(f"{kind}: stage {stage}", runs[kind]["timings"].get(f"stage/{stage}", 0.0), "s"))
+    if "default" in runs:
+        figures.append(figure("default / quick wall-time ratio", runs["default"]["wall_s"] / runs["quick"]["wall_s"],
+                              "x"))
+    return {"name": "demo", "figures": figures, "runs": runs, "environment": environment_info(device)}

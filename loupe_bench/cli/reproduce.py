@@ -1,0 +1,44 @@
+"""``loupe-bench reproduce synthetic`` (the offline main job) and ``loupe-bench reproduce paper``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group("reproduce")
+def reproduce() -> None:
+    """Run a whole reproduction: the synthetic world offline, or the paper's benchmarks on real data."""
+
+
+@reproduce.command("synthetic")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/synthetic"), show_default=True,
+              help="Folder for the world, runs, results and report.")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="Number of training seeds (0..N-1); tables show mean ± std.")
+@click.option("--seed", "first_seed", type=click.IntRange(0), default=0, show_default=True, help="First seed.")
+@click.option("--quick", is_flag=True, help="CI variant: CLIP, FILIP, LOUPE with the quick recipe variant (≤ 2 min).")
+def synthetic_cmd(out, n_seeds, first_seed, quick):
+    """Generate the synthetic world, train CLIP, FILIP and LOUPE (and LOUPE's ablations unless --quick) with the
+    tiny-cpu recipe, evaluate every synthetic task and write the report."""
+    from ..report.reproduce import reproduce_synthetic
+
+    manifest = reproduce_synthetic(out, seeds=range(first_seed, first_seed + n_seeds), quick=quick)
+    click.echo(f"manifest: {manifest}")
+    click.echo(f"report:   {Path(out) / 'report' / 'report.html'}")
+
+
+@reproduce.command("paper")
+@click.option("--data-root", "data_root", required=True, type=click.Path(path_type=Path, exists=True),
+              help="Folder holding the benchmark data in the layouts the task specs name.")
+@click.option("--model", "models", multiple=True, required=True, help="Model spec, run or model directory (repeat).")
+@click.option("--task", "tasks", multiple=True, help="Restrict to these task specs (default: every paper task whose "
+                                                     "data is under --data-root).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/paper"), show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+def paper_cmd(data_root, models, tasks, out, seed):
+    """Evaluate models on the real-benchmark specs the paper tables use, beside the published numbers."""
+    from ..report.reproduce import reproduce_paper
+
+    md = reproduce_paper(data_root, models, out, tasks=tasks or None, seed=seed)
+    click.echo(f"comparison: {md}")

@@ -1,0 +1,54 @@
+"""``loupe-bench train``: one recipe, one loop, for CLIP, FILIP and LOUPE (also under ``torchrun``)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import click
+
+
+def _parse_overrides(items: Tuple[str, ...]) -> dict:
+    import yaml
+
+    from ..errors import SpecError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected FIELD=VALUE, e.g. optim.lr=1e-3")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {item!r}: value is not valid YAML") from None
+    return out
+
+
+@click.command("train")
+@click.option("--model", "model", required=True, help="Model spec: a name from `loupe-bench list models` or a YAML file.")
+@click.option("--data", "data", required=True, help="Synthetic world folder or a data set path (Karpathy JSON, CSV, "
+              "webdataset shards, HF folder).")
+@click.option("--recipe", "recipe", default="tiny-cpu", show_default=True,
+              help="Recipe name (`loupe-bench list recipes`) or a YAML file.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/NAME.")
+@click.option("--resume", "resume", default=None, help="`latest` (newest checkpoint of --out) or a checkpoint folder.")
+@click.option("--seed", "seed", default=None, type=int, help="Override the recipe's seed.")
+@click.option("--steps", "steps", default=None, type=click.IntRange(min=1), help="Override the recipe's steps.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Override any recipe field (dotted, YAML value), e.g. --set optim.lr=1e-3. Repeatable.")
+def train_cmd(model: str, data: str, recipe: str, out: str, resume: Optional[str], seed: Optional[int],
+              steps: Optional[int], sets: Tuple[str, ...]) -> None:
+    """Train MODEL on DATA with RECIPE into OUT (a model directory when done).
+
+    Under `torchrun --nproc_per_node N -m loupe_bench.train ...` every rank runs this command; DDP uses NCCL on GPU
+    and gloo on CPU, and only rank 0 writes logs and checkpoints.
+    """
+    import os
+
+    from ..train.engine import train
+
+    overrides = _parse_overrides(sets)
+    if steps is not None:
+        overrides["steps"] = steps
+    run = train(model, data, recipe, out, resume=resume, seed=seed, overrides=overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"trained {model} -> {run}")

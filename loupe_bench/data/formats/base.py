@@ -1,0 +1,161 @@
+"""The dataset registry, the loader base class and the validators every loader shares."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+
+from ...errors import DataError, SpecError
+from ...registry import Registry
+from ..records import BBox, DatasetRecords
+
+DATASETS = Registry("dataset")
+
+PathLike = Union[str, os.PathLike]
+ON_BAD_SAMPLE = ("error", "skip")
+#: pixels a box may exceed the image by (real annotations carry rounding of this order)
+BOX_TOLERANCE = 1.0
+
+
+class Loader:
+    """Base class of the format loaders.
+
+    Args:
+        path: the file or folder to read (what it is depends on the format).
+        split: keep only this split (None: all).
+        on_bad_sample: ``"error"`` raises the first :class:`DataError`; ``"skip"`` skips the bad record, keeps
+            going and appends the error to :attr:`skipped`.
+        verify_images: open and fully decode every image (finds missing, unreadable and truncated files, and
+            fills in width/height). Turn off for very large real data sets; bad files then fail at use time.
+
+    Subclasses set :attr:`name` and :attr:`description` and implement :meth:`_load`.
+    """
+
+    name: str = ""
+    description: str = ""
+    known_splits: Optional[Tuple[str, ...]] = None
+
+    def __init__(
+        self,
+        path: PathLike,
+        split: Optional[str] = None,
+        on_bad_sample: str = "error",
+        verify_images: bool = True,
+        **options: Any,
+    ):
+        if on_bad_sample not in ON_BAD_SAMPLE:
+            raise SpecError(f"on_bad_sample must be one of {', '.join(ON_BAD_SAMPLE)}, got {on_bad_sample!r}")
+        self.path = Path(path) if not isinstance(path, Path) else path
+        self.split = split
+        self.on_bad_sample = on_bad_sample
+        self.verify_images = verify_images
+        self.options = options
+        self.skipped: List[DataError] = []
+
+    # -- API --------------------------------------------------------------------------------------------------------
+    def load(self) -> DatasetRecords:
+        """Read the data set. Fatal problems (unreadable top-level file) always raise :class:`DataError`."""
+        self.skipped = []
+        out = self._load()
+        out.skipped = list(self.skipped)
+        return out
+
+    def _load(self) -> DatasetRecords:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- helpers for subclasses ------------------------------------------------------------------------------------
+    def bad(self, err: DataError) -> None:
+        """Report a bad record: raise it, or count it as skipped."""
+        if self.on_bad_sample == "error":
+            raise err
+        self.skipped.append(err)
+
+    def guard(self, fn: Callable[[], Any]) -> Tuple[bool, Any]:
+        """Run ``fn``; on :class:`DataError` report it via :meth:`bad` and return ``(False, None)``."""
+        try:
+            return True, fn()
+        except DataError as err:
+            self.bad(err)
+            return False, None
+
+    def check_split(self, split: Any, file: PathLike, record: Any) -> str:
+        if not isinstance(split, str) or (self.known_splits is not None and split not in self.known_splits):
+            known = ", ".join(self.known_splits or ())
+            raise DataError(f"unknown split {split!r} (known: {known})", file=str(file), record=record)
+        return split
+
+
+def image_size(path: PathLike, record: Any = None) -> Tuple[int, int]:
+    """Open and fully decode an image; return ``(width, height)``.
+
+    Raises:
+        DataError: the file is missing, unreadable or truncated (names the image file and the record).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("image file not found", file=str(path), record=record)
+    with open(path, "rb") as fh:
+        return image_size_from_bytes(fh.read(), file=path, record=record)
+
+
+def image_size_from_bytes(data: bytes, file: PathLike, record: Any = None) -> Tuple[int, int]:
+    """Decode image bytes fully; return ``(width, height)`` or raise :class:`DataError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return int(im.size[0]), int(im.size[1])
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"unreadable or truncated image ({reason})", file=str(file), record=record) from None
+
+
+def check_bbox(
+    bbox: Any, width: Optional[float], height: Optional[float], file: PathLike, record: Any
+) -> BBox:
+    """Validate a pixel ``xywh`` box: four finite numbers, positive size, inside the image (± 1 px).
+
+    Raises:
+        DataError: naming the file and record.
+    """
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise DataError(f"box {bbox!r} is not four numbers x, y, w, h", file=str(file), record=record) from None
+    if any(v != v or v in (float("inf"), float("-inf")) for v in (x, y, w, h)):
+        raise DataError(f"box {bbox!r} has a non-finite value", file=str(file), record=record)
+    if w <= 0 or h <= 0:
+        raise DataError(f"box {bbox!r} has non-positive size (w={w:g}, h={h:g})", file=str(file), record=record)
+    if width is not None and height is not None:
+        tol = BOX_TOLERANCE
+        if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+            raise DataError(
+                f"box {bbox!r} lies outside the {int(width)}x{int(height)} image", file=str(file), record=record
+            )
+    return (x, y, w, h)
+
+
+def check_caption(text: Any, file: PathLike, record: Any) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"empty caption ({text!r})", file=str(file), record=record)
+    return text
+
+
+def as_int(value: Any, what: str, file: PathLike, record: Any) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        out = int(value)
+        if isinstance(value, float) and out != value:
+            raise ValueError
+        return out
+    except (TypeError, ValueError):
+        raise DataError(f"{what} {value!r} is not an integer", file=str(file), record=record) from None
+
+
+def require(obj: Any, key: str, file: PathLike, record: Any) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise DataError(f"missing field {key!r}", file=str(file), record=record)
+    return obj[key]

@@ -1,0 +1,718 @@
+"""The synthetic fine-grained world: deterministic scenes of coloured shapes with captions, gold phrase spans,
+boxes, referring expressions and class labels, written in the real data formats.
+
+Design (why it separates region–phrase models from global ones):
+
+* every image holds 1–5 objects (shape × colour × size) on a textured background, exactly one of them large;
+* each caption mentions only some of the objects, with bound attributes ("a small red triangle left of a large
+  blue circle"), so matching needs the right colour on the right shape in the right place;
+* referring expressions single out one object among distractors that share its shape or its colour;
+* the ``comptest`` split holds colour–shape combinations that never occur in ``train``/``val``/``test``.
+
+Everything is a pure function of ``(seed, size, image_size)``: each image draws from its own
+``numpy.random.Generator`` seeded with ``[seed, split_index, image_index]``; files are written with sorted JSON
+keys, fixed tar metadata and JPEG quality 95, so two runs give byte-identical folders.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import os
+import pickle
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import SpecError
+from .records import tokenize
+from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+WORLD_VERSION = 1
+SPLITS: Tuple[str, ...] = ("train", "val", "test", "comptest")
+SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
+COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "red": (225, 30, 30),
+    "green": (30, 185, 45),
+    "blue": (35, 70, 230),
+    "yellow": (245, 225, 30),
+    "purple": (155, 40, 200),
+    "cyan": (20, 210, 225),
+}
+SIZE_RANGES: Dict[str, Tuple[float, float]] = {"small": (0.19, 0.25), "large": (0.36, 0.43)}
+BACKGROUNDS: Tuple[str, ...] = ("noisy", "striped", "checkered", "shaded")
+#: colour–shape combinations that appear only in ``comptest`` (one per shape and one per colour).
+HELDOUT_COMBOS: Tuple[Tuple[str, str], ...] = (
+    ("red", "triangle"),
+    ("green", "circle"),
+    ("blue", "star"),
+    ("yellow", "square"),
+    ("purple", "cross"),
+    ("cyan", "diamond"),
+)
+SIZES: Dict[str, Dict[str, int]] = {
+    "tiny": {"train": 40, "val": 12, "test": 12, "comptest": 12},
+    "small": {"train": 1800, "val": 200, "test": 300, "comptest": 200},
+    "medium": {"train": 20000, "val": 1000, "test": 1000, "comptest": 1000},
+}
+SHARD_SIZE = 1000
+SUPERSAMPLE = 4
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# scene sampling
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class SceneObject:
+    shape: str
+    colour: str
+    size: str
+    box: Tuple[int, int, int, int]  # x, y, w, h (pixels, integers)
+    rgb: Tuple[int, int, int]
+    ann_id: int = 0
+
+    @property
+    def centre(self) -> Tuple[float, float]:
+        x, y, w, h = self.box
+        return x + w / 2.0, y + h / 2.0
+
+    def describe(self, with_size: bool) -> str:
+        return f"{self.size} {self.colour} {self.shape}" if with_size else f"{self.colour} {self.shape}"
+
+
+@dataclass
+class Scene:
+    image_id: int
+    split: str
+    background: str
+    objects: List[SceneObject]
+    captions: List[Tuple[str, List[Tuple[int, int, int]]]] = field(default_factory=list)  # text, [(start,end,obj)]
+
+
+def _overlap_ok(box: Tuple[int, int, int, int], others: Sequence[Tuple[int, int, int, int]]) -> bool:
+    """Occlusion is allowed but bounded: the intersection covers at most 35% of the smaller box."""
+    x, y, w, h = box
+    for ox, oy, ow, oh in others:
+        iw = min(x + w, ox + ow) - max(x, ox)
+        ih = min(y + h, oy + oh) - max(y, oy)
+        if iw > 0 and ih > 0 and iw * ih > 0.35 * min(w * h, ow * oh):
+            return False
+    return True
+
+
+def _sample_objects(rng: np.random.Generator, image_size: int, comp: bool) -> List[SceneObject]:
+    n = int(rng.choice([1, 2, 3, 4, 5], p=[0.1, 0.25, 0.25, 0.2, 0.2]))
+    heldout = set(HELDOUT_COMBOS)
+    colours = list(COLOURS)
+    objects: List[SceneObject] = []
+    forced = int(rng.integers(n)) if comp else -1
+    for k in range(n):
+        size = "large" if k == 0 else "small"
+        if k == forced:
+            colour, shape = HELDOUT_COMBOS[int(rng.integers(len(HELDOUT_COMBOS)))]
+        else:
+            while True:
+                if objects and rng.random() < 0.6:
+                    # share the shape or the colour of an earlier object: distractors for referring expressions
+                    ref = objects[int(rng.integers(len(objects)))]
+                    if rng.random() < 0.5:
+                        shape, colour = ref.shape, colours[int(rng.integers(len(colours)))]
+                    else:
+                        shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], ref.colour
+                else:
+                    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+                    colour = colours[int(rng.integers(len(colours)))]
+                if comp or (colour, shape) not in heldout:
+                    break
+        lo, hi = SIZE_RANGES[size]
+        side = max(4, int(round(image_size * rng.uniform(lo, hi))))
+        placed = None
+        for _ in range(60):
+            x = int(rng.integers(0, image_size - side + 1))
+            y = int(rng.integers(0, image_size - side + 1))
+            if _overlap_ok((x, y, side, side), [o.box for o in objects]):
+                placed = (x, y, side, side)
+                break
+        if placed is None:
+            if k == forced:
+                forced = k + 1 if k + 1 < n else -2
+            continue
+        base = np.array(COLOURS[colour], dtype=np.int64)
+        rgb = tuple(int(v) for v in np.clip(base + rng.integers(-12, 13, size=3), 0, 255))
+        objects.append(SceneObject(shape, colour, size, placed, rgb))
+    if comp and not any((o.colour, o.shape) in heldout for o in objects):
+        # placement failed for the forced object: recolour one existing object into a held-out combination
+        o = objects[-1]
+        o.colour = next(c for c, s in HELDOUT_COMBOS if s == o.shape)
+        base = np.array(COLOURS[o.colour], dtype=np.int64)
+        o.rgb = tuple(int(v) for v in np.clip(base + rng.integers(-12, 13, size=3), 0, 255))
+    return objects
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rendering
+# ----------------------------------------------------------------------------------------------------------------
+def _unit_polygon(shape: str) -> List[Tuple[float, float]]:
+    if shape == "square":
+        return [(0, 0), (1, 0), (1, 1), (0, 1)]
+    if shape == "triangle":
+        return [(0.5, 0), (1, 1), (0, 1)]
+    if shape == "diamond":
+        return [(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)]
+    if shape == "cross":
+        a, b = 0.32, 0.68
+        return [(a, 0), (b, 0), (b, a), (1, a), (1, b), (b, b), (b, 1), (a, 1), (a, b), (0, b), (0, a), (a, a)]
+    if shape == "star":
+        pts = []
+        for i in range(10):
+            r = 1.0 if i % 2 == 0 else 0.45
+            t = -math.pi / 2 + i * math.pi / 5
+            pts.append((r * math.cos(t), r * math.sin(t)))
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+        return [((px - x0) / (x1 - x0), (py - y0) / (y1 - y0)) for px, py in pts]
+    raise ValueError(shape)
+
+
+def _shape_alpha(obj: SceneObject) -> np.ndarray:
+    """Anti-aliased coverage ``[h, w]`` in ``[0, 1]`` of one object inside its box (drawn at 4×, box-filtered)."""
+    from PIL import Image, ImageDraw
+
+    s = SUPERSAMPLE
+    _, _, w, h = obj.box
+    big = Image.new("L", (w * s, h * s), 0)
+    draw = ImageDraw.Draw(big)
+    x1, y1 = w * s - 1, h * s - 1
+    if obj.shape == "circle":
+        draw.ellipse([0, 0, x1, y1], fill=255)
+    else:
+        draw.polygon([(u * x1, v * y1) for u, v in _unit_polygon(obj.shape)], fill=255)
+    small = big.resize((w, h), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(n: int) -> Tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    yy.flags.writeable = False
+    xx.flags.writeable = False
+    return yy, xx
+
+
+def _background(rng: np.random.Generator, kind: str, image_size: int) -> np.ndarray:
+    n = image_size
+    grey = float(rng.uniform(80, 170))
+    tint = rng.uniform(-10, 10, size=3)
+    yy, xx = _grid(n)
+    if kind == "noisy":
+        base = np.zeros((n, n), np.float32)
+        noise_sd = 18.0
+    elif kind == "striped":
+        angle = float(rng.uniform(0, math.pi))
+        period = float(rng.uniform(6, 14)) * n / 64.0
+        base = 22.0 * np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period)
+        noise_sd = 6.0
+    elif kind == "checkered":
+        cell = max(2, int(rng.integers(4, 9) * n / 64))
+        base = np.where(((xx // cell) + (yy // cell)) % 2 == 0, 15.0, -15.0).astype(np.float32)
+        noise_sd = 6.0
+    else:  # shaded
+        angle = float(rng.uniform(0, 2 * math.pi))
+        ramp = (xx * math.cos(angle) + yy * math.sin(angle)) / n
+        base = 45.0 * (ramp - ramp.mean())
+        noise_sd = 8.0
+    img = grey + base[..., None] + tint[None, None, :] + rng.normal(0, noise_sd, size=(n, n, 3))
+    return img.astype(np.float32)
+
+
+def render_scene(rng: np.random.Generator, scene: Scene, image_size: int) -> Tuple[np.ndarray, List[float]]:
+    """Composite the objects (in order, later ones on top) over the background.
+
+    Pixel value ``I = (1 - a) * I_below + a * (rgb + noise)`` with ``a`` the object's anti-aliased coverage.
+
+    Returns:
+        ``uint8 [H, W, 3]`` image and the pixel area (coverage sum) of each object.
+    """
+    img = _background(rng, scene.background, image_size)
+    areas = []
+    for obj in scene.objects:
+        x, y, w, h = obj.box
+        alpha = _shape_alpha(obj)[..., None]
+        fill = np.asarray(obj.rgb, np.float32)[None, None, :] + rng.normal(0, 5, size=(h, w, 3)).astype(np.float32)
+        patch = img[y : y + h, x : x + w]
+        img[y : y + h, x : x + w] = (1 - alpha) * patch + alpha * fill
+        areas.append(round(float(alpha.sum()), 2))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8), areas
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# language
+# ----------------------------------------------------------------------------------------------------------------
+def relation(a: SceneObject, b: SceneObject, image_size: int) -> str:
+    """Spatial relation of ``a`` to ``b`` from the box centres (image y grows downwards)."""
+    (ax, ay), (bx, by) = a.centre, b.centre
+    dx, dy = ax - bx, ay - by
+    if max(abs(dx), abs(dy)) < 0.1 * image_size:
+        return "next to"
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def _location(obj: SceneObject, image_size: int) -> str:
+    """Where the object's centre lies in a 3 × 3 grid, as a prepositional phrase."""
+    cx, cy = obj.centre
+    v = "top" if cy < image_size / 3 else ("bottom" if cy > 2 * image_size / 3 else "middle")
+    h = "left" if cx < image_size / 3 else ("right" if cx > 2 * image_size / 3 else "centre")
+    if v == "middle" and h == "centre":
+        return "in the centre"
+    if v == "middle":
+        return f"on the {h}"
+    if h == "centre":
+        return f"at the {v}"
+    return f"in the {v} {h} corner"
+
+
+# A template is a function (objects, scene, image_size) -> list of parts; an int part k is a phrase for object k.
+Part = Union[str, int]
+
+
+def _t_plain(o, sc, n):
+    return ["a ", 0]
+
+
+def _t_background(o, sc, n):
+    return ["a ", 0, f" on a {sc.background} background"]
+
+
+def _t_location(o, sc, n):
+    return ["there is a ", 0, f" {_location(o[0], n)}"]
+
+
+def _t_picture(o, sc, n):
+    return ["a picture of a ", 0]
+
+
+def _t_single(o, sc, n):
+    return ["a single ", 0]
+
+
+def _t_rel(o, sc, n):
+    return ["a ", 0, f" {relation(o[0], o[1], n)} a ", 1]
+
+
+def _t_and(o, sc, n):
+    return ["a ", 0, " and a ", 1]
+
+
+def _t_there_rel(o, sc, n):
+    return ["there is a ", 0, f" {relation(o[0], o[1], n)} a ", 1]
+
+
+def _t_is_rel(o, sc, n):
+    return ["a ", 0, f" is {relation(o[0], o[1], n)} a ", 1]
+
+
+def _t_three(o, sc, n):
+    return ["a ", 0, ", a ", 1, " and a ", 2]
+
+
+def _t_count(o, sc, n):
+    return [f"{_COUNT_WORDS[len(sc.objects)]} shapes including a ", 0]
+
+
+# (template, number of mentioned objects, applicable when the scene has this many objects)
+TEMPLATES = (
+    (_t_plain, 1, lambda k: True),
+    (_t_background, 1, lambda k: True),
+    (_t_location, 1, lambda k: True),
+    (_t_picture, 1, lambda k: True),
+    (_t_single, 1, lambda k: k == 1),
+    (_t_rel, 2, lambda k: k >= 2),
+    (_t_and, 2, lambda k: k >= 2),
+    (_t_there_rel, 2, lambda k: k >= 2),
+    (_t_is_rel, 2, lambda k: k >= 2),
+    (_t_three, 3, lambda k: k >= 3),
+    (_t_count, 1, lambda k: k >= 2),
+)
+
+
+def _make_captions(rng: np.random.Generator, scene: Scene, image_size: int, n_captions: int = 5) -> None:
+    objs = scene.objects
+    usable = [t for t in TEMPLATES if t[2](len(objs))]
+    order = rng.permutation(len(usable))
+    heldout = set(HELDOUT_COMBOS)
+    focus = [i for i, o in enumerate(objs) if (o.colour, o.shape) in heldout] if scene.split == "comptest" else []
+    for c in range(n_captions):
+        fn, k, _ = usable[int(order[c % len(usable)])]
+        if focus:
+            first = focus[int(rng.integers(len(focus)))]
+            rest = [i for i in rng.permutation(len(objs)).tolist() if i != first]
+            chosen = [first] + rest[: k - 1]
+        else:
+            chosen = rng.permutation(len(objs))[:k].tolist()
+        mentioned = [objs[i] for i in chosen]
+        with_size = [bool(rng.random() < 0.5) for _ in chosen]
+        text, spans = "", []
+        for part in fn(mentioned, scene, image_size):
+            if isinstance(part, int):
+                phrase = mentioned[part].describe(with_size[part])
+                spans.append((len(text), len(text) + len(phrase), chosen[part]))
+                text += phrase
+            else:
+                text += part
+        scene.captions.append((text, spans))
+
+
+def _referring_expressions(scene: Scene, image_size: int) -> List[Tuple[int, List[str]]]:
+    """(object index, sentences) for each object that has a distractor sharing its shape or colour.
+
+    The expression uses the fewest attributes that make it unique: colour + shape, then size, then position
+    among the objects with the same colour and shape; objects that stay ambiguous get no expression.
+    """
+    out = []
+    objs = scene.objects
+    for i, o in enumerate(objs):
+        others = [p for j, p in enumerate(objs) if j != i]
+        if not any(p.shape == o.shape or p.colour == o.colour for p in others):
+            continue
+        same = [p for p in others if p.shape == o.shape and p.colour == o.colour]
+        if not same:
+            desc = f"{o.colour} {o.shape}"
+        elif not any(p.size == o.size for p in same):
+            desc = f"{o.size} {o.colour} {o.shape}"
+        else:
+            cx, cy = o.centre
+            margin = 0.08 * image_size
+            if all(cx < p.centre[0] - margin for p in same):
+                desc = f"{o.colour} {o.shape} on the left"
+            elif all(cx > p.centre[0] + margin for p in same):
+                desc = f"{o.colour} {o.shape} on the right"
+            elif all(cy < p.centre[1] - margin for p in same):
+                desc = f"{o.colour} {o.shape} at the top"
+            elif all(cy > p.centre[1] + margin for p in same):
+                desc = f"{o.colour} {o.shape} at the bottom"
+            else:
+                continue
+        sentences = [f"the {desc}"]
+        anchors = [p for p in others if not (p.shape == o.shape or p.colour == o.colour)]
+        if anchors and " on the " not in desc and " at the " not in desc:
+            a = anchors[0]
+            sentences.append(f"the {desc} {relation(o, a, image_size)} the {a.colour} {a.shape}")
+        else:
+            sentences.append(desc)
+        out.append((i, sentences))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------------------------
+def _put(path: Path, data: bytes) -> None:
+    """Write a bulk file (temp + rename, no fsync; the metadata files written last are fsynced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="JPEG", quality=95, subsampling=0)
+    return buf.getvalue()
+
+
+def _tar_bytes(members: Sequence[Tuple[str, bytes]]) -> bytes:
+    """A tar archive with fixed metadata (mtime 0, uid/gid 0, mode 0644) so its bytes depend only on content."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def make_scene(seed: int, split_index: int, split: str, index: int, image_size: int) -> Tuple[Scene, List[float], bytes]:
+    """Sample, render and caption image ``index`` of ``split`` from its own generator ``[seed, split_index, index]``.
+
+    Returns the scene (``image_id`` 0; assigned by the caller), each object's pixel area and the JPEG bytes.
+    """
+    rng = np.random.default_rng([seed, split_index, index])
+    objects = _sample_objects(rng, image_size, comp=split == "comptest")
+    scene = Scene(0, split, BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], objects)
+    pixels, areas = render_scene(rng, scene, image_size)
+    _make_captions(rng, scene, image_size)
+    return scene, areas, _jpeg(pixels)
+
+
+def _make_scene_job(job: Tuple[int, int, str, int, int]) -> Tuple[Scene, List[float], bytes]:
+    return make_scene(*job)
+
+
+def _map_scenes(jobs: List[Tuple[int, int, str, int, int]], workers: int):
+    """Yield :func:`make_scene` results in job order (a spawned process pool when ``workers > 1``)."""
+    if workers <= 1 or len(jobs) < 200:
+        for job in jobs:
+            yield make_scene(*job)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        yield from pool.map(_make_scene_job, jobs, chunksize=64)
+
+
+def file_name(image_id: int) -> str:
+    return f"{image_id:06d}.jpg"
+
+
+def generate_world(
+    out: Union[str, os.PathLike],
+    seed: int = 0,
+    size: str = "tiny",
+    image_size: int = 64,
+    progress: bool = False,
+    workers: Optional[int] = None,
+) -> Path:
+    """Generate the synthetic world into ``out`` (layout in ``docs/architecture.md``) and return its path.
+
+    Args:
+        out: output folder (created; existing files of the same names are replaced).
+        seed: random seed; same seed and options give byte-identical files.
+        size: ``tiny``, ``small`` or ``medium`` (images per split in :data:`SIZES`).
+        image_size: square image side in pixels (>= 32).
+        progress: show a rich progress bar.
+        workers: processes that render images (default: up to 4 CPUs for ``small``/``medium``, 1 for ``tiny``).
+            The output does not depend on it.
+    """
+    if size not in SIZES:
+        raise SpecError(f"unknown world size {size!r}; known: {', '.join(SIZES)}")
+    if int(image_size) < 32:
+        raise SpecError(f"image size must be at least 32 pixels, got {image_size}")
+    image_size = int(image_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = SIZES[size]
+    total = sum(counts.values())
+    if workers is None:
+        workers = 1 if size == "tiny" else max(1, min(4, os.cpu_count() or 1))
+
+    karpathy_images: List[Dict[str, Any]] = []
+    phrases: Dict[str, List[Dict[str, Any]]] = {}
+    coco: Dict[str, Dict[str, List[Any]]] = {s: {"images": [], "annotations": []} for s in SPLITS}
+    refs: List[Dict[str, Any]] = []
+    shard_samples: Dict[str, List[Tuple[str, bytes, bytes]]] = {s: [] for s in SPLITS}
+    categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
+    cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
+    image_id, ann_id, sent_id, ref_id, ref_sent_id = 1, 1, 0, 0, 0
+
+    bar = _progress(progress, total)
+    jobs = [(seed, k, split, i, image_size) for k, split in enumerate(SPLITS) for i in range(counts[split])]
+    for scene, areas, jpg in _map_scenes(jobs, workers):
+        split = scene.split
+        objects = scene.objects
+        scene.image_id = image_id
+        fname = file_name(image_id)
+        _put(out / "images" / fname, jpg)
+        label = SHAPES.index(objects[0].shape)
+        _put(out / "classification" / split / SHAPES[label] / fname, jpg)
+
+        img_entry = {"id": image_id, "file_name": fname, "width": image_size, "height": image_size}
+        coco[split]["images"].append(dict(img_entry))
+        for obj, area in zip(objects, areas):
+            obj.ann_id = ann_id
+            coco[split]["annotations"].append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": cat_id[obj.shape],
+                    "bbox": [float(v) for v in obj.box],
+                    "area": area,
+                    "iscrowd": 0,
+                    "colour": obj.colour,
+                    "size": obj.size,
+                }
+            )
+            ann_id += 1
+
+        sentences, sent_ids, wds_phrases = [], [], []
+        for text, spans in scene.captions:
+            plist = [
+                {
+                    "start": s,
+                    "end": e,
+                    "text": text[s:e],
+                    "ann_id": objects[k].ann_id,
+                    "bbox": [float(v) for v in objects[k].box],
+                }
+                for s, e, k in spans
+            ]
+            phrases[str(sent_id)] = plist
+            wds_phrases.append(plist)
+            sentences.append({"raw": text, "tokens": tokenize(text), "imgid": image_id - 1, "sentid": sent_id})
+            sent_ids.append(sent_id)
+            sent_id += 1
+        karpathy_images.append(
+            {
+                "imgid": image_id - 1,
+                "cocoid": image_id,
+                "filename": fname,
+                "filepath": "images",
+                "split": split,
+                "sentids": sent_ids,
+                "sentences": sentences,
+            }
+        )
+        for k, texts in _referring_expressions(scene, image_size):
+            obj = objects[k]
+            sents = []
+            for t in texts:
+                sents.append({"sent": t, "raw": t, "sent_id": ref_sent_id, "tokens": tokenize(t)})
+                ref_sent_id += 1
+            refs.append(
+                {
+                    "ref_id": ref_id,
+                    "ann_id": obj.ann_id,
+                    "image_id": image_id,
+                    "category_id": cat_id[obj.shape],
+                    "split": split,
+                    "file_name": fname,
+                    "sent_ids": [s["sent_id"] for s in sents],
+                    "sentences": sents,
+                }
+            )
+            ref_id += 1
+        meta = {
+            "image_id": image_id,
+            "split": split,
+            "captions": [c[0] for c in scene.captions],
+            "sent_ids": sent_ids,
+            "phrases": wds_phrases,
+            "label": label,
+        }
+        key = f"{image_id:06d}"
+        shard_samples[split].append((key, jpg, json.dumps(meta, sort_keys=True).encode("utf-8")))
+        image_id += 1
+        if bar is not None:
+            bar[0].advance(bar[1])
+    if bar is not None:
+        bar[0].stop()
+
+    shard_files: Dict[str, List[str]] = {}
+    for split in SPLITS:
+        samples = shard_samples[split]
+        shard_files[split] = []
+        for k in range(0, max(len(samples), 1), SHARD_SIZE):
+            members = []
+            for key, jpg, js in samples[k : k + SHARD_SIZE]:
+                members += [(f"{key}.jpg", jpg), (f"{key}.json", js)]
+            name = f"{split}-{k // SHARD_SIZE:06d}.tar"
+            _put(out / "shards" / name, _tar_bytes(members))
+            shard_files[split].append(f"shards/{name}")
+
+    info = {"description": "loupe-bench synthetic fine-grained world", "version": str(WORLD_VERSION), "year": 2026}
+    for split in SPLITS:
+        atomic_write_json(
+            out / "annotations" / f"instances_{split}.json",
+            {"info": info, "licenses": [], "categories": categories, **coco[split]},
+            indent=None,
+        )
+    all_coco = {
+        "info": info,
+        "licenses": [],
+        "categories": categories,
+        "images": [im for s in SPLITS for im in coco[s]["images"]],
+        "annotations": [a for s in SPLITS for a in coco[s]["annotations"]],
+    }
+    atomic_write_json(out / "refsynth" / "instances.json", all_coco, indent=None)
+    atomic_write_bytes(out / "refsynth" / "refs(unc).p", pickle.dumps(refs, protocol=2))
+    atomic_write_text(out / "classification" / "classnames.txt", "\n".join(SHAPES) + "\n")
+    atomic_write_json(out / "phrases.json", phrases, indent=None)
+    atomic_write_json(out / "dataset_synthetic.json", {"dataset": "synthetic", "images": karpathy_images}, indent=None)
+
+    world = {
+        "name": "synthetic",
+        "version": WORLD_VERSION,
+        "seed": int(seed),
+        "size": size,
+        "image_size": image_size,
+        "splits": {s: counts[s] for s in SPLITS},
+        "num_images": total,
+        "num_captions": sent_id,
+        "num_annotations": ann_id - 1,
+        "num_refs": ref_id,
+        "shapes": list(SHAPES),
+        "colours": {k: list(v) for k, v in COLOURS.items()},
+        "sizes": list(SIZE_RANGES),
+        "backgrounds": list(BACKGROUNDS),
+        "heldout_combos": [list(c) for c in HELDOUT_COMBOS],
+        "classnames": list(SHAPES),
+        "class_label": "shape of the large object",
+        "categories": categories,
+        "files": {
+            "karpathy": "dataset_synthetic.json",
+            "phrases": "phrases.json",
+            "images": "images",
+            "coco": {s: f"annotations/instances_{s}.json" for s in SPLITS},
+            "refer": {"instances": "refsynth/instances.json", "refs": "refsynth/refs(unc).p", "splitBy": "unc"},
+            "classification": "classification",
+            "classnames": "classification/classnames.txt",
+            "shards": shard_files,
+        },
+    }
+    atomic_write_json(out / "world.json", world)
+    atomic_write_text(out / "README.md", _readme(world))
+    return out
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    prog = Progress(transient=True)
+    prog.start()
+    return prog, prog.add_task("synthetic world", total=total)
+
+
+def _readme(world: Dict[str, Any]) -> str:
+    splits = ", ".join(f"{k} {v}" for k, v in world["splits"].items())
+    held = ", ".join(f"{c} {s}" for c, s in world["heldout_combos"])
+    return f"""# loupe-bench synthetic fine-grained world
+
+Generated by `loupe-bench data synth` (world version {world['version']}, seed {world['seed']}, size
+`{world['size']}`, {world['image_size']} px images). Same seed and options give byte-identical files.
+
+Images per split: {splits} ({world['num_images']} images, {world['num_captions']} captions,
+{world['num_annotations']} boxes, {world['num_refs']} referring expressions).
+
+Each image shows 1-5 shapes ({', '.join(world['shapes'])}) in saturated colours ({', '.join(world['colours'])}),
+exactly one of them large, on a noisy, striped, checkered or shaded background. Every image has 5 captions that
+mention some of its objects with attributes and spatial relations. The `comptest` split holds the colour-shape
+combinations that never occur in train/val/test: {held}.
+
+| path | format |
+|---|---|
+| `images/` | all images (JPEG, quality 95) |
+| `dataset_synthetic.json` | Karpathy caption JSON (`images[].sentences[].raw/tokens`, `split`, `filename`) |
+| `phrases.json` | gold phrase spans keyed by sentence id: `start`, `end` (character offsets), `text`, `ann_id`, `bbox` (xywh) |
+| `annotations/instances_<split>.json` | COCO detection (category = shape, boxes xywh pixels) |
+| `refsynth/instances.json`, `refsynth/refs(unc).p` | refer-style referring expressions (pickle, protocol 2) |
+| `classification/<split>/<class>/`, `classification/classnames.txt` | ImageFolder classification (class = shape of the large object) |
+| `shards/<split>-NNNNNN.tar` | webdataset shards: `<key>.jpg` + `<key>.json` (captions, phrases, image id) |
+| `world.json` | generator options, vocabulary, splits, class names, file map |
+"""

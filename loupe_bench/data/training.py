@@ -1,0 +1,282 @@
+"""Training-side data plumbing: caption records, the image–caption pair datasets (map-style and webdataset
+shards) and :class:`TrainCollator`, which builds the batch dict of ``docs/architecture.md``.
+
+Determinism: the caption drawn for an image and its random augmentation depend only on
+``(seed, epoch, image_id)``, never on worker count or on how far an earlier run got, so a resumed run sees exactly
+the samples an uninterrupted one would (call :meth:`PairDataset.set_epoch` at the start of every epoch).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from ..errors import DataError, SpecError
+from .records import ImageRecord
+
+PathLike = Union[str, os.PathLike]
+CAPTION_POLICIES = ("random", "cycle", "first")
+
+
+class PairSample(NamedTuple):
+    """One training pair.
+
+    Attributes:
+        pixels: ``[3, H, W]`` transformed image.
+        caption: the caption text.
+        spans: ``(start, end)`` character spans of the caption's phrases.
+        image_id: the image's integer id.
+    """
+
+    pixels: torch.Tensor
+    caption: str
+    spans: Tuple[Tuple[int, int], ...]
+    image_id: int
+
+
+def load_caption_records(data: Union[PathLike, Dict[str, Any]], split: Optional[str] = None) -> List[ImageRecord]:
+    """Image records with captions (and gold phrases where known) of one split.
+
+    Args:
+        data: a synthetic world folder; a ``"format:path"`` string (``karpathy:/x/dataset_coco.json``,
+            ``csv:/x/train.csv``, ``webdataset:/x/train-{000000..000003}.tar`` …); a plain path whose format is
+            detected; or a dict ``{"format": ..., "path": ..., **loader options}``.
+        split: keep only this split (None: all).
+    """
+    from . import DATASETS
+    from .check import detect_format
+
+    options: Dict[str, Any] = {}
+    if isinstance(data, dict):
+        options = {k: v for k, v in data.items() if k not in ("format", "path")}
+        fmt, path = data.get("format", "auto"), data["path"]
+    else:
+        text = str(data)
+        head, sep, tail = text.partition(":")
+        if sep and head in DATASETS:
+            fmt, path = head, tail
+        else:
+            fmt, path = "auto", text
+    if fmt == "auto":
+        fmt = detect_format(path)
+    options.setdefault("verify_images", False)
+    recs = DATASETS.get(fmt)(path, split=split, **options).load()
+    images = [r for r in recs.images if r.captions]
+    if not images:
+        raise DataError(f"no captioned images{'' if split is None else f' in split {split!r}'}", file=str(path))
+    return images
+
+
+def _caption_index(policy: str, seed: int, epoch: int, index: int, n: int) -> int:
+    """Which of ``n`` captions to use: ``random`` draws from ``Generator([seed, epoch, index])``, ``cycle`` is
+    ``(epoch + index) mod n``, ``first`` is 0 (``index`` is the image id)."""
+    if policy == "first" or n == 1:
+        return 0
+    if policy == "cycle":
+        return (epoch + index) % n
+    return int(np.random.default_rng([seed, epoch, index]).integers(n))
+
+
+def _apply_transform(transform: Callable, img, seed: int, epoch: int, index: int) -> torch.Tensor:
+    """Run a (possibly random) torchvision transform under a torch seed derived from ``(seed, epoch, index)``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(np.random.default_rng([seed, epoch, index, 7]).integers(2**62)))
+        return transform(img)
+
+
+def open_rgb(path: PathLike, record: Any = None):
+    """Open an image file as RGB (a :class:`DataError` naming the file when it is missing or unreadable)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError("image file not found", file=str(path), record=record) from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DataError(f"unreadable or truncated image ({exc})", file=str(path), record=record) from None
+
+
+class PairDataset(Dataset):
+    """Map-style dataset: one (image, caption) pair per image per epoch.
+
+    Args:
+        records: image records with captions (e.g. from :func:`load_caption_records`).
+        transform: PIL image -> tensor (e.g. :func:`~loupe_bench.data.transforms.build_transform`).
+        caption_policy: ``random`` (seeded by ``(seed, epoch, image_id)``), ``cycle`` (``(epoch + image_id) mod n``)
+            or ``first``.
+        seed: base seed of caption choice and augmentation.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable, caption_policy: str = "random", seed: int = 0):
+        if caption_policy not in CAPTION_POLICIES:
+            raise SpecError(f"caption_policy must be one of {', '.join(CAPTION_POLICIES)}, got {caption_policy!r}")
+        self.records = [r for r in records if r.captions]
+        if not self.records:
+            raise DataError("no image with a caption")
+        self.transform = transform
+        self.caption_policy = caption_policy
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def caption_index(self, index: int) -> int:
+        rec = self.records[index]
+        return _caption_index(self.caption_policy, self.seed, self.epoch, int(rec.image_id), len(rec.captions))
+
+    def __getitem__(self, index: int) -> PairSample:
+        rec = self.records[index]
+        cap = rec.captions[self.caption_index(index)]
+        img = open_rgb(rec.path, record=rec.image_id)
+        pixels = _apply_transform(self.transform, img, self.seed, self.epoch, int(rec.image_id))
+        return PairSample(pixels, cap.text, tuple((p.start, p.end) for p in cap.phrases), int(rec.image_id))
+
+
+class ShardPairs(IterableDataset):
+    """Iterable (image, caption) pairs from webdataset shards (``<key>.jpg`` + ``<key>.json``/``.txt``).
+
+    Shards are split across DDP ranks and data-loader workers (``webdataset.split_by_node`` /
+    ``split_by_worker``) and read in order; caption choice and augmentation are seeded by
+    ``(seed, epoch, image_id)`` as in :class:`PairDataset`, so both give the same samples.
+
+    Args:
+        shards: a file, folder, brace pattern or list of those.
+        transform, caption_policy, seed: as :class:`PairDataset`.
+        on_bad_sample: ``error`` or ``skip`` (counted in :attr:`skipped`, per worker).
+    """
+
+    def __init__(
+        self,
+        shards: Any,
+        transform: Callable,
+        caption_policy: str = "random",
+        seed: int = 0,
+        on_bad_sample: str = "error",
+    ):
+        from .formats.shards import expand_shards
+
+        if caption_policy not in CAPTION_POLICIES:
+            raise SpecError(f"caption_policy must be one of {', '.join(CAPTION_POLICIES)}, got {caption_policy!r}")
+        self.urls = [str(p) for p in expand_shards(shards)]
+        self.transform = transform
+        self.caption_policy = caption_policy
+        self.seed = int(seed)
+        self.on_bad_sample = on_bad_sample
+        self.epoch = 0
+        self.skipped: List[DataError] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _pipeline(self):
+        import webdataset as wds
+
+        return wds.WebDataset(
+            self.urls,
+            shardshuffle=False,
+            nodesplitter=wds.split_by_node,
+            workersplitter=wds.split_by_worker,
+            empty_check=False,
+        )
+
+    def __iter__(self) -> Iterator[PairSample]:
+        from PIL import Image
+
+        from .formats.shards import IMAGE_EXTS, parse_sample_meta
+
+        for pos, sample in enumerate(self._pipeline()):
+            key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
+            try:
+                parts = {k: v for k, v in sample.items() if not k.startswith("__")}
+                ext = next((e for e in IMAGE_EXTS if e in parts), None)
+                if ext is None:
+                    raise DataError("sample has no image member", file=url, record=key)
+                meta = parse_sample_meta(key, parts, Path(url))
+                try:
+                    img = Image.open(io.BytesIO(parts[ext])).convert("RGB")
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"unreadable or truncated image ({exc})", file=url, record=key) from None
+            except DataError as err:
+                if self.on_bad_sample == "error":
+                    raise
+                self.skipped.append(err)
+                continue
+            caps = meta["captions"]
+            phrases = meta.get("phrases") or [[] for _ in caps]
+            image_id = int(meta.get("image_id", key if str(key).isdigit() else pos))
+            c = _caption_index(self.caption_policy, self.seed, self.epoch, image_id, len(caps))
+            pixels = _apply_transform(self.transform, img, self.seed, self.epoch, image_id)
+            spans = tuple((int(p["start"]), int(p["end"])) for p in phrases[c])
+            yield PairSample(pixels, caps[c], spans, image_id)
+
+
+def phrase_token_mask(offsets: torch.Tensor, attention_mask: torch.Tensor, spans: Sequence[Sequence[Tuple[int, int]]], max_phrases: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tokens of each phrase from character spans and token character offsets.
+
+    Token ``j`` of text ``b`` belongs to phrase ``p = [s_p, e_p)`` when it is a real token with a non-empty span
+    ``[a_j, z_j)`` (``z_j > a_j``, attention mask 1) that overlaps the phrase: ``a_j < e_p`` and ``z_j > s_p``.
+    A phrase slot is real (``phrase_mask``) when it holds a phrase with at least one token (a phrase cut off by
+    truncation is dropped). Phrases beyond ``max_phrases`` are dropped.
+
+    Args:
+        offsets: ``[B, L, 2]`` long token offsets.
+        attention_mask: ``[B, L]``.
+        spans: per text, the ``(start, end)`` character spans.
+        max_phrases: ``P``.
+
+    Returns:
+        ``phrase_token_mask [B, P, L]`` bool and ``phrase_mask [B, P]`` bool.
+    """
+    b, l = attention_mask.shape
+    p = max(1, int(max_phrases))
+    starts = torch.zeros(b, p, dtype=torch.long)
+    ends = torch.zeros(b, p, dtype=torch.long)
+    for i, sp in enumerate(spans):
+        for k, (s, e) in enumerate(list(sp)[:p]):
+            starts[i, k], ends[i, k] = int(s), int(e)
+    a, z = offsets[..., 0].long(), offsets[..., 1].long()  # [B, L]
+    real = (attention_mask > 0) & (z > a)
+    overlap = (a[:, None, :] < ends[:, :, None]) & (z[:, None, :] > starts[:, :, None])  # [B, P, L]
+    tok = overlap & real[:, None, :] & (ends > starts)[:, :, None]
+    return tok, tok.any(dim=-1)
+
+
+class TrainCollator:
+    """List of :class:`PairSample` -> the training batch dict.
+
+    Keys: ``pixels [B,3,H,W]``, ``input_ids``/``attention_mask [B,L]``, ``phrase_token_mask [B,P,L]`` bool,
+    ``phrase_mask [B,P]`` bool, ``image_ids [B]`` long.
+
+    Args:
+        tokenizer: ``tokenizer(texts) -> TokenBatch(input_ids, attention_mask, offsets)``.
+        max_phrases: ``P``.
+    """
+
+    def __init__(self, tokenizer: Callable, max_phrases: int = 8):
+        self.tokenizer = tokenizer
+        self.max_phrases = int(max_phrases)
+
+    def __call__(self, samples: Sequence[Any]) -> Dict[str, torch.Tensor]:
+        samples = [s if isinstance(s, PairSample) else PairSample(*s) for s in samples]
+        tb = self.tokenizer([s.caption for s in samples])
+        input_ids, attention_mask, offsets = tb[0], tb[1], tb[2]
+        ptm, pm = phrase_token_mask(offsets, attention_mask, [s.spans for s in samples], self.max_phrases)
+        return {
+            "pixels": torch.stack([s.pixels for s in samples]),
+            "input_ids": input_ids.long(),
+            "attention_mask": attention_mask.long(),
+            "phrase_token_mask": ptm,
+            "phrase_mask": pm,
+            "image_ids": torch.tensor([s.image_id for s in samples], dtype=torch.long),
+        }

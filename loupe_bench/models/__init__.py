@@ -1,0 +1,21 @@
+"""Model zoo: one interface (:class:`VLModel`) for CLIP, FILIP, LOUPE and pretrained checkpoints.
+
+Families register into :data:`MODEL_CLASSES` (spec ``family`` -> class); specs live in ``baselines/*.yaml`` and
+``loupe_bench/models/specs/*.yaml``. Entry points: :func:`create_model`, :func:`load_model`, :func:`save_model`,
+:func:`list_models`.
+"""
+from __future__ import annotations
+
+from ._registry import MODEL_CLASSES
+from .base import ImageFeatures, LossOutput, Regions, TextFeatures, TokenBatch, VLModel
+from .checkpoint import load_model_dir, save_model
+from .factory import available_specs, create_model, get_spec, list_models, load_families, load_model
+
+#: alias used in docs/architecture.md
+MODELS = MODEL_CLASSES
+
+__all__ = [
+    "MODEL_CLASSES", "MODELS", "VLModel", "ImageFeatures", "TextFeatures", "TokenBatch", "LossOutput", "Regions",
+    "create_model", "load_model", "save_model", "load_model_dir", "list_models", "available_specs", "get_spec",
+    "load_families",
+]

@@ -1,0 +1,75 @@
+"""Model directories: ``model.safetensors`` + ``config.json`` (the spec) + tokenizer (and tower config) files.
+
+Weights are only ever read with safetensors (or ``torch.load(weights_only=True)`` for foreign ``.pth`` files in
+:func:`~loupe_bench.models.towers.load_state_file`); a checkpoint that does not match the model is a
+:class:`~loupe_bench.errors.CheckpointError` naming the missing / unexpected keys.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
+from .towers import load_strict
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def state_for_saving(model: nn.Module) -> Dict[str, Tensor]:
+    """The state dict as independent contiguous CPU tensors (safetensors refuses shared storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(model: nn.Module, directory: Union[str, Path]) -> Path:
+    """Write a model directory: weights, spec and whatever the model needs to rebuild itself (tokenizer ...)."""
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "save_extra"):
+        model.save_extra(directory)
+    atomic_write_bytes(directory / WEIGHTS_FILE, save(state_for_saving(model), metadata={"format": "pt"}))
+    atomic_write_json(directory / CONFIG_FILE, model.spec)
+    return directory
+
+
+def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
+    """Load a ``.safetensors`` state dict into ``model``; every key must match."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from None
+    load_strict(model, state, str(path))
+
+
+def is_model_dir(path: Union[str, Path]) -> bool:
+    path = Path(path)
+    return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def load_model_dir(directory: Union[str, Path], weights: Union[str, Path, None] = None) -> nn.Module:
+    """Rebuild the model saved in ``directory`` (its spec names the family) and load its weights, in eval mode.
+
+    Args:
+        directory: holds ``config.json`` and the tokenizer / tower configs.
+        weights: a different ``model.safetensors`` (e.g. a run's ``checkpoints/step_<n>/``); default the one in
+            ``directory``.
+    """
+    from .factory import model_class
+
+    directory = Path(directory)
+    spec = read_json(directory / CONFIG_FILE)
+    model = model_class(spec).from_spec(spec, model_dir=directory)
+    load_weights(model, Path(weights) if weights is not None else directory / WEIGHTS_FILE)
+    return model.eval()

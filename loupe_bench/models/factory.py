@@ -1,0 +1,142 @@
+"""Create, list and load models from specs: shipped YAML specs, spec files, model and run directories."""
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from ..errors import CheckpointError, SpecError
+from ..specs import load_yaml, spec_files
+from ..utils.io import read_json
+from ._registry import MODEL_CLASSES
+
+#: modules whose import registers model families; ``loupe`` is optional (another part of the package)
+FAMILY_MODULES = (
+    "loupe_bench.models.clip",
+    "loupe_bench.models.filip",
+    "loupe_bench.models.pretrained_clip",
+    "loupe_bench.models.loupe",
+)
+
+#: folder of LOUPE's own model specs (package data)
+MODEL_SPEC_DIR = Path(__file__).resolve().parent / "specs"
+
+SpecLike = Union[str, Path, Mapping[str, Any]]
+
+
+def load_families() -> None:
+    """Import every module that registers a family (each once; a missing optional module is skipped)."""
+    for mod in FAMILY_MODULES:
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
+
+
+def model_class(spec: Mapping[str, Any]):
+    """The class registered for ``spec["family"]``."""
+    load_families()
+    if "family" not in spec:
+        raise SpecError(f"model spec {spec.get('name', '?')!r}: missing required key 'family'")
+    return MODEL_CLASSES.get(spec["family"])
+
+
+def _spec_paths() -> List[Path]:
+    paths: List[Path] = []
+    try:
+        paths.extend(spec_files("baselines", patterns=("*.yaml", "*.yml")))
+    except SpecError:
+        pass
+    if MODEL_SPEC_DIR.is_dir():
+        paths.extend(sorted(MODEL_SPEC_DIR.glob("*.yaml")) + sorted(MODEL_SPEC_DIR.glob("*.yml")))
+    return paths
+
+
+def read_spec_file(path: Union[str, Path]) -> Dict[str, Any]:
+    path = Path(path)
+    spec = read_json(path) if path.suffix == ".json" else load_yaml(path)
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+def available_specs() -> Dict[str, Path]:
+    """Name -> file of every shipped model spec (``baselines/*.yaml`` and ``loupe_bench/models/specs/*.yaml``)."""
+    out: Dict[str, Path] = {}
+    for path in _spec_paths():
+        name = read_spec_file(path)["name"]
+        if name in out:
+            raise SpecError(f"model spec {name!r} defined twice ({out[name]} and {path})")
+        out[name] = path
+    return out
+
+
+def list_models() -> List[Tuple[str, str]]:
+    """``(name, description)`` of every shipped model spec, for ``loupe-bench list models``."""
+    rows = []
+    for name, path in sorted(available_specs().items()):
+        spec = read_spec_file(path)
+        desc = str(spec.get("description", "")).strip().splitlines()
+        rows.append((name, f"[{spec.get('family', '?')}] " + (desc[0] if desc else "")))
+    return rows
+
+
+def get_spec(spec: SpecLike) -> Dict[str, Any]:
+    """Resolve a spec name, a spec file path or a mapping to a spec dict (a copy)."""
+    if isinstance(spec, Mapping):
+        return copy.deepcopy(dict(spec))
+    text = str(spec)
+    known = available_specs()
+    if text in known:
+        return read_spec_file(known[text])
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix in (".yaml", ".yml", ".json"):
+        return read_spec_file(path)
+    raise SpecError(f"unknown model {text!r}; known: {', '.join(sorted(known)) or '(none)'}")
+
+
+def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = None, seed: Optional[int] = None):
+    """Build a model from a spec (name, file or dict): towers, heads and tokenizer.
+
+    Args:
+        spec: a shipped spec name, a YAML/JSON spec path, or a spec dict.
+        tokenizer_corpus: captions to train a from-scratch tokenizer on (ignored by pretrained tokenizers).
+        seed: seeds ``torch`` before the parameters are initialised (same seed → same weights).
+    """
+    spec = get_spec(spec)
+    cls = model_class(spec)
+    if seed is not None:
+        torch.manual_seed(int(seed))
+    return cls.from_spec(spec, tokenizer_corpus=tokenizer_corpus)
+
+
+def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    latest = run_dir / "checkpoints" / "latest"
+    if latest.is_file():
+        name = latest.read_text(encoding="utf-8").strip()
+        cand = Path(name) if Path(name).is_absolute() else run_dir / "checkpoints" / name
+        if (cand / "model.safetensors").is_file():
+            return cand / "model.safetensors"
+    return None
+
+
+def load_model(name_or_path: Union[str, Path]):
+    """Load a model from a spec name, a spec file, a model directory or a training run directory.
+
+    A model directory (``model.safetensors`` + ``config.json``) is rebuilt with its weights. A run directory
+    without final weights uses the checkpoint named by ``checkpoints/latest``. A spec name or file builds a freshly
+    initialised (or pretrained, as the spec says) model.
+    """
+    from .checkpoint import CONFIG_FILE, is_model_dir, load_model_dir
+
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir():
+        if is_model_dir(path):
+            return load_model_dir(path)
+        if (path / CONFIG_FILE).is_file():
+            ckpt = _latest_checkpoint(path)
+            if ckpt is not None:
+                return load_model_dir(path, weights=ckpt)
+        raise CheckpointError(f"{path}: not a model directory (needs model.safetensors and config.json)")
+    return create_model(name_or_path)

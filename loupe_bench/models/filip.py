@@ -1,0 +1,132 @@
+"""FILIP: token-wise late interaction between patches and words (Yao et al., arXiv 2111.07783).
+
+Conventions (``/work/shared/reference/evaluation-conventions.md`` §2): the image ``[CLS]`` is dropped; text padding
+is masked with -inf before every max and left out of every mean, so a padded caption scores exactly as the unpadded
+one; whether ``[CLS]``/``[SEP]`` count is the spec option ``text_special_tokens`` (default false: only word tokens);
+FILIP has its own learnable temperature ``filip_logit_scale``; the loss is a symmetric InfoNCE with ``s^I`` logits
+for image→text and ``s^T`` logits for text→image.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._registry import MODEL_CLASSES
+from .base import ImageFeatures, LossOutput, TextFeatures, boxes_to_patch_mask
+from .dual_encoder import DualEncoder, spec_get
+from .losses import clip_infonce, filip_infonce, filip_scores, filip_similarity
+from .tokenizer import Tokenizer
+
+DIRECTIONS = ("i2t", "t2i", "mean")
+
+
+def combine_directions(i2t: Tensor, t2i: Tensor, direction: str) -> Tensor:
+    """Pick ``s^I`` (``"i2t"``), ``s^T`` (``"t2i"``) or their mean (``"mean"``)."""
+    if direction == "i2t":
+        return i2t
+    if direction == "t2i":
+        return t2i
+    if direction == "mean":
+        return 0.5 * (i2t + t2i)
+    raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+
+@MODEL_CLASSES.register("filip", help="FILIP dual encoder, token-wise late interaction")
+class FILIP(DualEncoder):
+    """Dual encoder scored by token-wise late interaction.
+
+        ``s^I_{i,j} = (1/n1) Σ_k max_r ⟨x^I_{i,k}, x^T_{j,r}⟩``,   ``s^T_{i,j} = (1/n2) Σ_r max_k ⟨x^I_{i,k}, x^T_{j,r}⟩``
+
+        ``L = L_FILIP(s^I, s^T; s_F) + w_clip · L_CLIP``  (``w_clip`` = 0 by default; ``s_F`` = FILIP's own scale)
+
+    Loss terms: ``filip`` (and ``clip`` when its weight is positive). Spec keys: ``loss.weights.{filip,clip}``,
+    ``filip.temperature_init`` (default 0.07), ``filip.region_direction`` (default ``mean``).
+    """
+
+    #: bound on the similarity values held at once while scoring (elements, float32)
+    max_chunk_elements: int = 1 << 23
+
+    def __init__(self, spec: Dict[str, Any], tokenizer: Tokenizer, load_pretrained: bool = True,
+                 model_dir: Optional[Path] = None):
+        self.uses_global_scale = float(spec_get(spec, "loss.weights.clip", 0.0)) > 0
+        super().__init__(spec, tokenizer, load_pretrained=load_pretrained, model_dir=model_dir)
+        t0 = float(spec_get(self.spec, "filip.temperature_init", self.temperature_init))
+        self.filip_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / t0)))
+        self.region_direction = str(spec_get(self.spec, "filip.region_direction", "mean"))
+        if self.region_direction not in DIRECTIONS:
+            from ..errors import SpecError
+
+            raise SpecError(f"filip.region_direction must be one of {DIRECTIONS}")
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def loss_from_embeddings(self, emb: Dict[str, Tensor], batch: Dict[str, Any]) -> LossOutput:
+        weights = self.loss_weights({"filip": 1.0, "clip": 0.0})
+        scale = self.scale(self.filip_logit_scale)
+        terms = {"filip": filip_infonce(emb["image_tokens"], emb["text_tokens"], emb["text_mask"], scale,
+                                        with_grad=self.gather_with_grad, local_loss=self.local_loss)}
+        logs = {"filip_logit_scale": float(scale.detach())}
+        if weights["clip"] > 0:
+            gscale = self.scale()
+            terms["clip"] = clip_infonce(emb["image_pooled"], emb["text_pooled"], gscale,
+                                         with_grad=self.gather_with_grad, local_loss=self.local_loss)
+            logs["logit_scale"] = float(gscale.detach())
+        total = sum(weights[k] * v for k, v in terms.items())
+        return LossOutput(total, terms, logs)
+
+    # -- scoring --------------------------------------------------------------------------------------------------
+    def similarity(self, image_features: ImageFeatures, text_features: TextFeatures, direction: str = "mean",
+                   chunk_size: int = 1024) -> Tensor:
+        """``[N_images, N_texts]`` FILIP scores, chunked (:func:`~loupe_bench.models.losses.filip_similarity`).
+
+        ``direction``: ``"i2t"`` = ``s^I`` (rank texts for an image), ``"t2i"`` = ``s^T`` (rank images for a
+        text), ``"mean"`` = their average.
+        """
+        scores = filip_similarity(image_features.tokens, text_features.tokens, text_features.mask,
+                                  image_chunk=chunk_size, max_chunk_elements=self.max_chunk_elements)
+        return combine_directions(scores.i2t, scores.t2i, direction)
+
+    def _text_chunk(self, rows: int, n1: int, n2: int) -> int:
+        return max(1, self.max_chunk_elements // max(1, rows * n1 * n2))
+
+    def score_regions(self, image_features: ImageFeatures, boxes: Sequence[Tensor],
+                      text_features: TextFeatures) -> List[Tensor]:
+        """Token-wise similarity of each box's patches to the texts' real tokens: one ``[K_b, N_texts]`` per image.
+
+        A box keeps the patches whose centres it contains (:func:`boxes_to_patch_mask`); ``s^I`` averages over those
+        patches, ``s^T`` maxes over them; ``filip.region_direction`` picks which (default their mean).
+        """
+        out = []
+        n2 = text_features.tokens.shape[1]
+        for b, bx in enumerate(boxes):
+            tokens = image_features.tokens[b]
+            member = boxes_to_patch_mask(bx.to(tokens.dtype), image_features.grid)  # [K, N]
+            k, n1 = member.shape
+            rows = tokens.unsqueeze(0).expand(k, -1, -1)
+            step = self._text_chunk(k, n1, n2)
+            parts = []
+            for j in range(0, text_features.tokens.shape[0], step):
+                s = filip_scores(rows, text_features.tokens[j:j + step], text_features.mask[j:j + step],
+                                 image_mask=member)
+                parts.append(combine_directions(s.i2t, s.t2i, self.region_direction))
+            out.append(torch.cat(parts, dim=1) if parts else tokens.new_zeros(k, 0))
+        return out
+
+    def patch_similarity(self, image_features: ImageFeatures, text_features: TextFeatures) -> Tensor:
+        """``[N_images, N_texts, H, W]``: for each patch the max over the text's real tokens (the summand of s^I)."""
+        h, w = image_features.grid
+        ni, n1, d = image_features.tokens.shape
+        nt, n2, _ = text_features.tokens.shape
+        out = torch.empty(ni, nt, n1, dtype=image_features.tokens.dtype, device=image_features.tokens.device)
+        step = self._text_chunk(ni, n1, n2)
+        flat = image_features.tokens.reshape(ni * n1, d)
+        for j in range(0, nt, step):
+            t = text_features.tokens[j:j + step]
+            m = text_features.mask[j:j + step].bool()
+            sim = (flat @ t.reshape(-1, d).T).view(ni, n1, t.shape[0], n2)
+            sim = sim.masked_fill(~m[None, None], float("-inf")).amax(dim=3)  # [ni, n1, ct]
+            out[:, j:j + t.shape[0]] = sim.permute(0, 2, 1)
+        return out.reshape(ni, nt, h, w)

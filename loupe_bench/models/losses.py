@@ -1,0 +1,207 @@
+"""Contrastive objectives and scorers shared by the dual encoders: CLIP InfoNCE and FILIP late interaction.
+
+All inputs are L2-normalised. Loss functions gather across ranks with :func:`~loupe_bench.models.gather.gather_batch`
+(identity on one process), so training on several GPUs sees the negatives of the global batch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .gather import gather_batch, local_targets
+
+#: Added to padded text tokens by the chunked evaluation scorer. Token features are L2-normalised, so every real
+#: similarity lies in [-1, 1] and a padded entry (<= -MASK_VALUE + 1) can never win a max over a caption with at least
+#: one real token: the max is bit-identical to masking with -inf. Representable in fp16 and bf16.
+MASK_VALUE = 3.0e4
+
+
+class FilipScores(NamedTuple):
+    """Both FILIP directions, each ``[N_images, N_texts]``.
+
+    Attributes:
+        i2t: ``s^I`` (mean over patches of the max over real text tokens), ranks texts for an image.
+        t2i: ``s^T`` (mean over real text tokens of the max over patches), ranks images for a text.
+    """
+
+    i2t: Tensor
+    t2i: Tensor
+
+
+def contrastive_targets(n_rows: int, device: torch.device, local: bool) -> Tensor:
+    """Column index of each row's positive: ``arange`` for a global matrix, offset by rank for local rows."""
+    return local_targets(n_rows, device) if local else torch.arange(n_rows, device=device)
+
+
+def clip_infonce(image: Tensor, text: Tensor, logit_scale: Tensor, gather: bool = True, with_grad: bool = True,
+                 local_loss: bool = False) -> Tensor:
+    """Symmetric InfoNCE over a batch of paired global embeddings (CLIP).
+
+    With L2-normalised image embeddings ``v_i``, text embeddings ``t_j`` and logit scale ``s = 1/τ``:
+
+        ``ℓ_i2t = -1/N Σ_i log( exp(s⟨v_i,t_i⟩) / Σ_j exp(s⟨v_i,t_j⟩) )``
+
+        ``ℓ_t2i = -1/N Σ_j log( exp(s⟨v_j,t_j⟩) / Σ_i exp(s⟨v_i,t_j⟩) )``
+
+        ``L_CLIP = (ℓ_i2t + ℓ_t2i) / 2``
+
+    Args:
+        image: ``[B, D]`` local image embeddings.
+        text: ``[B, D]`` local text embeddings (row ``b`` pairs with image row ``b``).
+        logit_scale: scalar ``s`` (already exponentiated and clamped).
+        gather: all-gather across ranks (identity on one process).
+        with_grad: gradients flow through the gathered rows of other ranks.
+        local_loss: logits are local rows × global columns (memory ``B × B·world``) instead of global × global.
+    """
+    if gather:
+        image_all, text_all = gather_batch(image, with_grad), gather_batch(text, with_grad)
+    else:
+        image_all, text_all = image, text
+    if local_loss:
+        logits_i2t = logit_scale * image @ text_all.T
+        logits_t2i = logit_scale * text @ image_all.T
+        targets = contrastive_targets(image.shape[0], image.device, local=image_all.shape[0] != image.shape[0])
+    else:
+        logits_i2t = logit_scale * image_all @ text_all.T
+        logits_t2i = logits_i2t.T
+        targets = torch.arange(image_all.shape[0], device=image.device)
+    return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
+
+
+def filip_scores(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
+                 image_mask: Optional[Tensor] = None) -> FilipScores:
+    """FILIP token-wise late interaction for every image–text pair (differentiable, dense).
+
+    Image ``i`` has patch embeddings ``x^I_{i,k}`` (k over the ``n1`` real patches), text ``j`` token embeddings
+    ``x^T_{j,r}`` (r over the ``n2`` real tokens). Padding is set to ``-inf`` before every max and left out of every
+    mean:
+
+        ``s^I_{i,j} = (1/n1) Σ_k max_r ⟨x^I_{i,k}, x^T_{j,r}⟩``   (image→text)
+
+        ``s^T_{i,j} = (1/n2) Σ_r max_k ⟨x^I_{i,k}, x^T_{j,r}⟩``   (text→image)
+
+    Memory is ``N_img × N_txt × n1 × n2``: use it for training batches; evaluation uses :func:`filip_similarity`.
+
+    Args:
+        image_tokens: ``[Ni, n1, d]``.
+        text_tokens: ``[Nt, n2, d]``.
+        text_mask: ``[Nt, n2]`` bool, True at real tokens (each row needs at least one).
+        image_mask: optional ``[Ni, n1]`` bool restricting the patches (region scoring); None = all patches.
+    """
+    ni, n1, d = image_tokens.shape
+    nt, n2, _ = text_tokens.shape
+    tmask = text_mask.bool()
+    sim = (image_tokens.reshape(ni * n1, d) @ text_tokens.reshape(nt * n2, d).T).view(ni, n1, nt, n2)
+    neg_inf = torch.finfo(sim.dtype).min if sim.dtype in (torch.float16, torch.bfloat16) else float("-inf")
+    # image -> text: max over real text tokens, mean over (real) patches
+    per_patch = sim.masked_fill(~tmask[None, None], neg_inf).amax(dim=3)  # [ni, n1, nt]
+    if image_mask is None:
+        s_i = per_patch.mean(dim=1)
+    else:
+        imask = image_mask.bool()[:, :, None]
+        s_i = per_patch.masked_fill(~imask, 0).sum(dim=1) / imask.sum(dim=1).clamp(min=1)
+    # text -> image: max over (real) patches, mean over real text tokens
+    if image_mask is not None:
+        sim = sim.masked_fill(~image_mask.bool()[:, :, None, None], neg_inf)
+    per_token = sim.amax(dim=1)  # [ni, nt, n2]
+    s_t = per_token.masked_fill(~tmask[None], 0).sum(dim=2) / tmask.sum(dim=1).clamp(min=1)[None]
+    return FilipScores(s_i, s_t)
+
+
+def filip_infonce(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
+                  gather: bool = True, with_grad: bool = True, local_loss: bool = False) -> Tensor:
+    """Symmetric InfoNCE with FILIP scores: ``s^I`` logits for image→text, ``s^T`` logits for text→image.
+
+        ``ℓ_i2t = -1/N Σ_i log( exp(s·s^I_{i,i}) / Σ_j exp(s·s^I_{i,j}) )``
+
+        ``ℓ_t2i = -1/N Σ_j log( exp(s·s^T_{j,j}) / Σ_i exp(s·s^T_{i,j}) )``
+
+        ``L_FILIP = (ℓ_i2t + ℓ_t2i) / 2``, with ``s^I``, ``s^T`` from :func:`filip_scores`.
+
+    Args:
+        image_tokens: ``[B, n1, d]`` local patch embeddings.
+        text_tokens: ``[B, n2, d]`` local token embeddings.
+        text_mask: ``[B, n2]`` bool.
+        logit_scale: FILIP's own scalar scale ``s`` (exponentiated, clamped).
+        gather, with_grad, local_loss: as in :func:`clip_infonce`.
+    """
+    if gather:
+        img_all = gather_batch(image_tokens, with_grad)
+        txt_all = gather_batch(text_tokens, with_grad)
+        mask_all = gather_batch(text_mask, with_grad=False)
+    else:
+        img_all, txt_all, mask_all = image_tokens, text_tokens, text_mask
+    if local_loss:
+        logits_i2t = logit_scale * filip_scores(image_tokens, txt_all, mask_all).i2t  # [B, Bg]
+        logits_t2i = logit_scale * filip_scores(img_all, text_tokens, text_mask).t2i.T  # [B, Bg]
+        targets = contrastive_targets(image_tokens.shape[0], image_tokens.device,
+                                      local=img_all.shape[0] != image_tokens.shape[0])
+    else:
+        scores = filip_scores(img_all, txt_all, mask_all)
+        logits_i2t = logit_scale * scores.i2t
+        logits_t2i = logit_scale * scores.t2i.T
+        targets = torch.arange(img_all.shape[0], device=image_tokens.device)
+    return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
+
+
+def _augment(x: Tensor, extra: Tensor) -> Tensor:
+    """Append one coordinate to every token: ``[..., d]`` -> ``[..., d + 1]``."""
+    return torch.cat([x, extra.to(x.dtype).unsqueeze(-1)], dim=-1)
+
+
+def filip_chunk_shape(n_images: int, n_texts: int, n1: int, n2: int, image_chunk: int,
+                      max_chunk_elements: int) -> Tuple[int, int]:
+    """Images and texts per block so a block's similarity tensor holds at most ``max_chunk_elements`` values."""
+    ci = max(1, min(n_images, image_chunk, max_chunk_elements // max(1, n1 * n2)))
+    ct = max(1, min(n_texts, max_chunk_elements // max(1, ci * n1 * n2)))
+    return ci, ct
+
+
+@torch.no_grad()
+def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor, image_chunk: int = 256,
+                     max_chunk_elements: int = 1 << 23, out_device: str = "cpu") -> FilipScores:
+    """Chunked FILIP scores for evaluation: the values of :func:`filip_scores` with bounded memory.
+
+    The ``[N_img, N_txt, n1, n2]`` tensor is never built: blocks of ``ci`` images × ``ct`` texts are scored with one
+    matrix product ``[ci·n1, d+1] @ [d+1, ct·n2]`` each, so a block needs ``ci·n1·ct·n2 <= max_chunk_elements``
+    values. The extra coordinate is 1 for patches and ``0`` / ``-MASK_VALUE`` for real / padded text tokens, so the
+    padding mask is applied inside the product, before every max (see :data:`MASK_VALUE`); the mean over text tokens
+    excludes padding.
+
+        ``s^I_{i,j} = (1/n1) Σ_k max_r ⟨x^I_{i,k}, x^T_{j,r}⟩``,  ``s^T_{i,j} = (1/n2) Σ_r max_k ⟨x^I_{i,k}, x^T_{j,r}⟩``
+
+    Args:
+        image_tokens: ``[Ni, n1, d]`` L2-normalised.
+        text_tokens: ``[Nt, n2, d]`` L2-normalised.
+        text_mask: ``[Nt, n2]`` bool; every text needs at least one real token.
+        image_chunk: at most this many images per block.
+        max_chunk_elements: bound on the similarity values of one block.
+        out_device: where the two ``[Ni, Nt]`` float32 results live.
+    """
+    ni, n1, _ = image_tokens.shape
+    nt, n2, _ = text_tokens.shape
+    tmask = text_mask.bool().to(text_tokens.device)
+    counts = tmask.sum(dim=1).clamp(min=1).to(torch.float32)
+    s_i = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
+    s_t = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
+    ci, ct = filip_chunk_shape(ni, nt, n1, n2, image_chunk, max_chunk_elements)
+    ones = torch.ones(1, 1, device=image_tokens.device)
+    for i0 in range(0, ni, ci):
+        img = image_tokens[i0:i0 + ci]
+        bi = img.shape[0]
+        img_aug = _augment(img, ones.expand(bi, n1)).reshape(bi * n1, -1)
+        for j0 in range(0, nt, ct):
+            m = tmask[j0:j0 + ct]
+            bt = m.shape[0]
+            bias = torch.zeros(m.shape, dtype=text_tokens.dtype, device=text_tokens.device).masked_fill_(~m, -MASK_VALUE)
+            txt_aug = _augment(text_tokens[j0:j0 + ct], bias).reshape(bt * n2, -1)
+            sim = (img_aug @ txt_aug.T).view(bi, n1, bt, n2)
+            block_i = sim.amax(dim=3).float().mean(dim=1)
+            per_token = sim.amax(dim=1).float().masked_fill_(~m[None], 0.0)
+            block_t = per_token.sum(dim=2) / counts[j0:j0 + ct][None]
+            s_i[i0:i0 + bi, j0:j0 + bt] = block_i.to(out_device)
+            s_t[i0:i0 + bi, j0:j0 + bt] = block_t.to(out_device)
+    return FilipScores(s_i, s_t)

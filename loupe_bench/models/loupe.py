@@ -1,0 +1,389 @@
+"""LOUPE (Li et al., NeurIPS 2022, arXiv 2208.02515): a dual encoder with game-theoretic proxy objectives.
+
+``ℒ = ℒ_CMC + λ_TSA ℒ_TSA + λ_FSA ℒ_FSA + λ_NSI ℒ_NSI`` (names ``[V: framework figure]``, form ``[I]``):
+
+* ℒ_CMC — global symmetric InfoNCE on the pooled (``[CLS]``) embeddings (:func:`clip_infonce`).
+* ℒ_TSA — token-level Shapley interaction → semantic region generation: the region head's confidences are trained
+  toward the normalised interactions ``I([B_k])`` of the patches of each candidate box, with the pooled-cosine game
+  ``v(S) = cos(Σ_{i∈S} x_i, t)`` (:class:`~loupe_bench.shapley.PooledCosineGame`).
+* ℒ_FSA — semantics-level Shapley interaction → region–phrase alignment: soft labels from the pairwise interactions
+  ``I_ij`` of the late-interaction game among regions and phrases (:class:`~loupe_bench.shapley.LateInteractionGame`).
+* ℒ_NSI — Gaussian NLL of the uncertainty-aware neural interaction predictor (``shapley: neural``).
+
+Shapley targets are constants (computed on detached features). At inference the proxy heads are removed for
+retrieval and classification (global cosine, as the paper says ``[V: Figure-1 caption]``); detection and grounding
+use the region head (:meth:`LOUPE.propose_regions`) and region features (:meth:`LOUPE.score_regions`).
+Every choice is documented in ``docs/loupe.md``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import SpecError
+from ..shapley import ESTIMATORS, EstimatorConfig, LateInteractionGame, NeuralConfig, PooledCosineGame
+from ._registry import MODEL_CLASSES
+from .base import ImageFeatures, LossOutput, Regions, TextFeatures
+from .dual_encoder import DualEncoder
+from .losses import clip_infonce
+from .loupe_heads import (
+    RegionHead,
+    fsa_features,
+    fsa_loss,
+    jitter_boxes,
+    member_masks,
+    nms_topk,
+    normalise_interactions,
+    pool_phrases,
+    pool_regions,
+    tsa_features,
+    tsa_loss,
+)
+from .tokenizer import Tokenizer
+
+LOSS_TERMS = {"cmc": 1.0, "tsa": 1.0, "fsa": 1.0, "nsi": 1.0, "tsa_box": 1.0}
+
+
+def _dataclass_from(cls, data: Optional[Mapping[str, Any]], where: str):
+    data = dict(data or {})
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass
+class RegionCfg:
+    """Region head (``loupe.region``).
+
+    Attributes:
+        hidden: MLP width.
+        init_size: initial box side in patches.
+        top_k: regions proposed at inference.
+        nms_iou: NMS IoU threshold.
+        train_boxes: top (NMS) boxes per image whose interaction trains the confidences (ℒ_TSA).
+        random_boxes: extra random anchors per image in ℒ_TSA (exploration of low-confidence anchors).
+        box_jitter: jittered variants per box for the geometry self-training (0 = off).
+        jitter_scale: relative shift/scale of the jitter.
+    """
+
+    hidden: int = 128
+    init_size: float = 2.0
+    top_k: int = 10
+    nms_iou: float = 0.6
+    train_boxes: int = 6
+    random_boxes: int = 2
+    box_jitter: int = 0
+    jitter_scale: float = 0.3
+
+
+@dataclass
+class TsaCfg:
+    """ℒ_TSA (``loupe.tsa``). ``target_images``: images of the batch that get targets (first rows);
+    ``temperature``: ``T_I`` of the soft labels ``σ(Î / (T_I · rms Î))``."""
+
+    target_images: int = 4
+    temperature: float = 1.0
+
+
+@dataclass
+class FsaCfg:
+    """ℒ_FSA (``loupe.fsa``). ``regions``: K regions per image; ``sim_temperature``: τ_f of ``A = s / τ_f``;
+    ``target_temperature``: T of ``softmax(Î / T)``; ``phrase_projection``: a learnable phrase projection."""
+
+    target_images: int = 4
+    regions: int = 6
+    sim_temperature: float = 0.1
+    target_temperature: float = 0.05
+    phrase_projection: bool = False
+
+
+@dataclass
+class LoupeCfg:
+    """The ``loupe`` block of a LOUPE spec.
+
+    Attributes:
+        shapley: estimator name in :data:`loupe_bench.shapley.ESTIMATORS` (``exact | sampling | neural``).
+        num_samples: Monte-Carlo contexts ``M`` per coalition.
+        neural: :class:`~loupe_bench.shapley.NeuralConfig` (γ, warm-up, buffer ...).
+        region_text: text side of :meth:`LOUPE.score_regions`: ``phrase`` (mean of the text's token embeddings, as
+            phrases are embedded in ℒ_FSA) or ``pooled`` (the global text embedding).
+        explain_samples: ``M`` used by :meth:`LOUPE.explain`.
+    """
+
+    shapley: str = "neural"
+    num_samples: int = 32
+    neural: NeuralConfig = field(default_factory=NeuralConfig)
+    region: RegionCfg = field(default_factory=RegionCfg)
+    tsa: TsaCfg = field(default_factory=TsaCfg)
+    fsa: FsaCfg = field(default_factory=FsaCfg)
+    region_text: str = "phrase"
+    explain_samples: int = 128
+
+    @classmethod
+    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "LoupeCfg":
+        data = dict(data or {})
+        sub = {
+            "neural": _dataclass_from(NeuralConfig, data.pop("neural", None), "loupe.neural"),
+            "region": _dataclass_from(RegionCfg, data.pop("region", None), "loupe.region"),
+            "tsa": _dataclass_from(TsaCfg, data.pop("tsa", None), "loupe.tsa"),
+            "fsa": _dataclass_from(FsaCfg, data.pop("fsa", None), "loupe.fsa"),
+        }
+        cfg = _dataclass_from(cls, data, "loupe")
+        for k, v in sub.items():
+            setattr(cfg, k, v)
+        if cfg.shapley not in ESTIMATORS:
+            raise SpecError(f"loupe.shapley: unknown estimator {cfg.shapley!r}; known: {ESTIMATORS.names()}")
+        if cfg.region_text not in ("phrase", "pooled"):
+            raise SpecError("loupe.region_text must be 'phrase' or 'pooled'")
+        return cfg
+
+
+@MODEL_CLASSES.register("loupe", help="LOUPE: dual encoder + Shapley-interaction proxy heads (TSA, FSA, NSI)")
+class LOUPE(DualEncoder):
+    """LOUPE on top of :class:`DualEncoder` (towers, projections, temperature).
+
+    Extra modules: ``region_head`` (:class:`RegionHead`), ``region_proj`` (``D → D``, identity init),
+    optional ``phrase_proj``, and two interaction estimators ``tsa_estimator`` / ``fsa_estimator`` (with the
+    neural predictor ``g_θ`` when ``loupe.shapley: neural``).
+    """
+
+    has_native_regions = True
+
+    def __init__(self, spec: Dict[str, Any], tokenizer: Tokenizer, load_pretrained: bool = True,
+                 model_dir: Optional[Path] = None):
+        super().__init__(spec, tokenizer, load_pretrained=load_pretrained, model_dir=model_dir)
+        self.cfg = LoupeCfg.from_dict(self.spec.get("loupe"))
+        self.weights = self.loss_weights(LOSS_TERMS)
+        d = self.embed_dim
+        self.region_head = RegionHead(d, self.cfg.region.hidden, self.cfg.region.init_size)
+        self.region_proj = nn.Linear(d, d)
+        with torch.no_grad():
+            self.region_proj.weight.copy_(torch.eye(d))
+            self.region_proj.bias.zero_()
+        self.phrase_proj: Optional[nn.Linear] = None
+        if self.cfg.fsa.phrase_projection:
+            self.phrase_proj = nn.Linear(d, d)
+            with torch.no_grad():
+                self.phrase_proj.weight.copy_(torch.eye(d))
+                self.phrase_proj.bias.zero_()
+        est_cfg = EstimatorConfig(num_samples=self.cfg.num_samples, neural=self.cfg.neural)
+        est = ESTIMATORS.get(self.cfg.shapley)
+        self.tsa_estimator = est(3 * d + 10, est_cfg)
+        self.fsa_estimator = est(d + 10, est_cfg)
+
+    # -- region head --------------------------------------------------------------------------------------------
+    def regions_all(self, tokens: Tensor) -> Tuple[Tensor, Tensor]:
+        """Every anchor's box and confidence logit: ``([B, N, 4], [B, N])``."""
+        return self.region_head(tokens, self.grid_of(tokens))
+
+    def grid_of(self, tokens: Tensor) -> Tuple[int, int]:
+        n = tokens.shape[1]
+        h, w = self.grid
+        if h * w != n:
+            raise SpecError(f"patch grid {self.grid} does not match {n} tokens")
+        return self.grid
+
+    @torch.no_grad()
+    def propose_regions(self, image_features: ImageFeatures, top_k: int = 10) -> List[Regions]:
+        """Top-``k`` boxes after NMS per image (normalised xyxy) with confidences ``σ(logit)``."""
+        boxes, logits = self.region_head(image_features.tokens, tuple(image_features.grid))
+        scores = logits.sigmoid()
+        out = []
+        for b in range(boxes.shape[0]):
+            keep = nms_topk(boxes[b], scores[b], top_k, self.cfg.region.nms_iou, fill=False)
+            out.append(Regions(boxes[b, keep], scores[b, keep]))
+        return out
+
+    def region_features(self, image_features: ImageFeatures, boxes: Sequence[Tensor]) -> List[Tensor]:
+        """``h^I = normalize(W_r · mean_{n ∈ box} x_n + b_r)`` per box (region projection of the pooled patches)."""
+        out = []
+        for b, bx in enumerate(boxes):
+            members = member_masks(bx.to(image_features.tokens.dtype)[None], tuple(image_features.grid))
+            out.append(pool_regions(image_features.tokens[b : b + 1], members, self.region_proj)[0])
+        return out
+
+    def text_region_embedding(self, text_features: TextFeatures) -> Tensor:
+        """Text side of region scoring: the whole text embedded as one phrase (``phrase``) or the pooled embedding."""
+        if self.cfg.region_text == "pooled":
+            return text_features.pooled
+        return pool_phrases(text_features.tokens, text_features.mask[:, None, :], self.phrase_proj)[:, 0]
+
+    def score_regions(self, image_features: ImageFeatures, boxes: Sequence[Tensor],
+                      text_features: TextFeatures) -> List[Tensor]:
+        """Cosine of region features with the texts (``[K_b, N_texts]`` per image)."""
+        t = self.text_region_embedding(text_features)
+        return [r @ t.T for r in self.region_features(image_features, boxes)]
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def _select_train_boxes(self, boxes: Tensor, logits: Tensor) -> Tensor:
+        """Anchor indices ``[T, C]``: top ``train_boxes`` after NMS plus ``random_boxes`` random other anchors."""
+        rc = self.cfg.region
+        out = []
+        n = boxes.shape[1]
+        for b in range(boxes.shape[0]):
+            top = nms_topk(boxes[b].detach(), logits[b].detach(), rc.train_boxes, rc.nms_iou)
+            if rc.random_boxes > 0:
+                rest = torch.ones(n, dtype=torch.bool, device=boxes.device)
+                rest[top] = False
+                cand = torch.nonzero(rest).flatten()
+                pick = cand[torch.randperm(cand.numel(), device=boxes.device)[: rc.random_boxes]]
+                top = torch.cat([top, pick])
+            out.append(top)
+        return torch.stack(out)
+
+    def _tsa(self, emb: Mapping[str, Tensor], boxes: Tensor, logits: Tensor, terms: Dict[str, Tensor],
+             logs: Dict[str, float], nsi: List[Tensor]) -> None:
+        t_img = min(self.cfg.tsa.target_images, boxes.shape[0])
+        tokens = emb["image_tokens"][:t_img].detach()
+        text = emb["text_pooled"][:t_img].detach()
+        grid = self.grid_of(tokens)
+        idx = self._select_train_boxes(boxes[:t_img], logits[:t_img])  # [T, C]
+        sel_boxes = torch.gather(boxes[:t_img], 1, idx[..., None].expand(-1, -1, 4))  # with grad
+        sel_logits = torch.gather(logits[:t_img], 1, idx)
+        cand = sel_boxes.detach()
+        j = self.cfg.region.box_jitter
+        if j > 0:
+            jit = jitter_boxes(cand, j, self.cfg.region.jitter_scale)  # [T, C, J, 4]
+            cand = torch.cat([cand[:, :, None], jit], dim=2).reshape(t_img, -1, 4)
+        members = member_masks(cand, grid)  # [T, C', N]
+        feats = tsa_features(tokens, text, members, cand)
+        game = PooledCosineGame(tokens.float(), text.float())
+        valid = torch.ones(members.shape[:2], dtype=torch.bool, device=members.device)
+        est = self.tsa_estimator(game, members, valid, feats)
+        inter = est.targets.to(sel_logits.dtype)
+        if j > 0:
+            inter = inter.reshape(t_img, -1, j + 1)
+            best = inter.argmax(-1)  # [T, C]
+            target_box = torch.gather(cand.reshape(t_img, -1, j + 1, 4), 2,
+                                      best[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
+            improve = (best > 0).to(sel_boxes.dtype)[..., None]
+            terms["tsa_box"] = (F.l1_loss(sel_boxes, target_box, reduction="none") * improve).sum() / (
+                improve.sum() * 4).clamp_min(1.0)
+            inter = inter[..., 0]
+        valid = torch.ones_like(inter, dtype=torch.bool)
+        target = normalise_interactions(inter, valid, self.cfg.tsa.temperature)
+        terms["tsa"] = tsa_loss(sel_logits, target, valid)
+        logs["tsa_interaction_mean"] = float(inter.mean())
+        self._collect(est, "tsa", logs, nsi)
+
+    def _fsa(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor, logits: Tensor,
+             terms: Dict[str, Tensor], logs: Dict[str, float], nsi: List[Tensor]) -> None:
+        ptm = batch.get("phrase_token_mask")
+        pmask = batch.get("phrase_mask")
+        if ptm is None or pmask is None or ptm.shape[1] == 0:
+            return
+        t_img = min(self.cfg.fsa.target_images, boxes.shape[0], ptm.shape[0])
+        tokens = emb["image_tokens"][:t_img]
+        grid = self.grid_of(tokens)
+        k = min(self.cfg.fsa.regions, tokens.shape[1])
+        with torch.no_grad():
+            idx = torch.stack([nms_topk(boxes[b], logits[b], k, self.cfg.region.nms_iou) for b in range(t_img)])
+            rboxes = torch.gather(boxes[:t_img].detach(), 1, idx[..., None].expand(-1, -1, 4))
+        members = member_masks(rboxes, grid)
+        region = pool_regions(tokens, members, self.region_proj)  # [T, K, D] (grad)
+        span = ptm[:t_img].to(emb["text_tokens"].device).bool() & emb["text_mask"][:t_img, None, :].bool()
+        span = span | (ptm[:t_img].bool() & ~span.any(-1, keepdim=True))  # a span of special tokens only: keep it
+        pvalid = pmask[:t_img].to(span.device).bool() & span.any(-1)
+        phrase = pool_phrases(emb["text_tokens"][:t_img], span, self.phrase_proj)  # [T, P, D] (grad)
+        sim = region @ phrase.transpose(1, 2)  # [T, K, P]
+        p = sim.shape[2]
+        player_mask = torch.cat([torch.ones(t_img, k, dtype=torch.bool, device=sim.device), pvalid], dim=1)
+        game = LateInteractionGame(sim.detach().float(), player_mask)
+        ii = torch.arange(k, device=sim.device).repeat_interleave(p)
+        jj = torch.arange(p, device=sim.device).repeat(k)
+        coal = torch.zeros(t_img, k * p, k + p, dtype=torch.bool, device=sim.device)
+        coal[:, torch.arange(k * p), ii] = True
+        coal[:, torch.arange(k * p), k + jj] = True
+        valid = pvalid[:, jj]  # [T, K*P]
+        feats = fsa_features(sim, region, phrase, pvalid).reshape(t_img, k * p, -1)
+        est = self.fsa_estimator(game, coal, valid, feats)
+        inter = est.targets.reshape(t_img, k, p).to(sim.dtype)
+        terms["fsa"] = fsa_loss(sim, inter, pvalid, self.cfg.fsa.sim_temperature, self.cfg.fsa.target_temperature)
+        logs["fsa_interaction_mean"] = float(inter[pvalid[:, None, :].expand_as(inter)].mean()) if bool(
+            pvalid.any()) else 0.0
+        self._collect(est, "fsa", logs, nsi)
+
+    @staticmethod
+    def _collect(est, level: str, logs: Dict[str, float], nsi: List[Tensor]) -> None:
+        for key, val in est.logs.items():
+            logs[f"{level}_{key}"] = val
+        if est.nsi is not None:
+            nsi.append(est.nsi)
+
+    def loss_from_embeddings(self, emb: Dict[str, Tensor], batch: Dict[str, Any]) -> LossOutput:
+        """All LOUPE terms; a term whose weight is 0 is not computed (ablation specs)."""
+        w = self.weights
+        scale = self.scale()
+        terms: Dict[str, Tensor] = {
+            "cmc": clip_infonce(emb["image_pooled"], emb["text_pooled"], scale, with_grad=self.gather_with_grad,
+                                local_loss=self.local_loss)
+        }
+        logs: Dict[str, float] = {"logit_scale": float(scale.detach())}
+        nsi: List[Tensor] = []
+        if w["tsa"] > 0 or w["fsa"] > 0:
+            boxes, logits = self.regions_all(emb["image_tokens"])
+            if w["tsa"] > 0:
+                self._tsa(emb, boxes, logits, terms, logs, nsi)
+            if w["fsa"] > 0:
+                self._fsa(emb, batch, boxes, logits, terms, logs, nsi)
+        if nsi and w["nsi"] > 0:
+            terms["nsi"] = torch.stack(nsi).mean()
+        fr = [logs[k] for k in ("tsa_routed_fraction", "fsa_routed_fraction") if k in logs]
+        if fr:
+            logs["routed_fraction"] = sum(fr) / len(fr)
+        rho = [logs[k] for k in ("tsa_nsi_spearman", "fsa_nsi_spearman") if k in logs]
+        if rho:
+            logs["nsi_spearman"] = sum(rho) / len(rho)
+        total = sum(w[k] * v for k, v in terms.items())
+        return LossOutput(total, terms, logs)
+
+    # -- explanation --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def explain(self, pixels: Tensor, input_ids: Tensor, attention_mask: Tensor, phrase_token_mask: Tensor,
+                phrase_mask: Tensor, top_k: Optional[int] = None) -> Dict[str, Tensor]:
+        """Regions, their confidences and the region–phrase interaction matrix of a batch (for report plots).
+
+        Returns ``boxes [B, K, 4]`` (normalised xyxy), ``box_scores [B, K]``, ``tsa_interaction [B, K]`` (token-level
+        interaction of each box), ``interaction_matrix [B, K, P]`` (``Î_ij``, Monte-Carlo with
+        ``loupe.explain_samples``), ``similarity [B, K, P]`` and ``phrase_best_region [B, P]`` (argmax over regions
+        of the interaction; −1 for padding phrases).
+        """
+        from ..shapley import sample_interaction
+
+        k = top_k or self.cfg.region.top_k
+        img = self.encode_image(pixels)
+        txt = self.encode_text(input_ids, attention_mask)
+        boxes, logits = self.region_head(img.tokens, tuple(img.grid))
+        k = min(k, boxes.shape[1])
+        idx = torch.stack([nms_topk(boxes[b], logits[b], k, self.cfg.region.nms_iou) for b in range(boxes.shape[0])])
+        rboxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
+        scores = torch.gather(logits, 1, idx).sigmoid()
+        members = member_masks(rboxes, tuple(img.grid))
+        m = self.cfg.explain_samples
+        tsa = sample_interaction(PooledCosineGame(img.tokens.float(), txt.pooled.float()), members, m).mean
+        region = pool_regions(img.tokens, members, self.region_proj)
+        span = phrase_token_mask.bool() & txt.mask[:, None, :]
+        pvalid = phrase_mask.bool() & span.any(-1)
+        phrase = pool_phrases(txt.tokens, span, self.phrase_proj)
+        sim = region @ phrase.transpose(1, 2)
+        b, _, p = sim.shape
+        player_mask = torch.cat([torch.ones(b, k, dtype=torch.bool, device=sim.device), pvalid], dim=1)
+        game = LateInteractionGame(sim.float(), player_mask)
+        coal = torch.zeros(b, k * p, k + p, dtype=torch.bool, device=sim.device)
+        ii = torch.arange(k, device=sim.device).repeat_interleave(p)
+        jj = torch.arange(p, device=sim.device).repeat(k)
+        coal[:, torch.arange(k * p), ii] = True
+        coal[:, torch.arange(k * p), k + jj] = True
+        inter = sample_interaction(game, coal, m).mean.reshape(b, k, p).float() if p > 0 else sim.new_zeros(b, k, 0)
+        inter = inter * pvalid[:, None, :]
+        best = inter.argmax(1).masked_fill(~pvalid, -1)
+        return {"boxes": rboxes, "box_scores": scores, "tsa_interaction": tsa.float(), "interaction_matrix": inter,
+                "similarity": sim, "phrase_best_region": best}
+

@@ -1,0 +1,257 @@
+"""Image towers (timm ViT / Swin) and text towers (transformers BERT) that expose token features.
+
+An image tower returns ``(pooled [B, W], tokens [B, N, W], grid (H, W))`` with the image ``[CLS]`` (and any other
+prefix tokens) dropped from ``tokens``; a Swin tower's NHWC map is flattened row-major, so token ``n`` sits at row
+``n // W``. A text tower returns ``(pooled [B, W], tokens [B, L, W])`` where ``pooled`` is the ``[CLS]`` state.
+
+Tower kinds are found through registries (:data:`IMAGE_TOWERS`, :data:`TEXT_TOWERS`) keyed by the spec's ``kind``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, SpecError
+from ..registry import Registry
+
+IMAGE_TOWERS = Registry("image tower kind")
+TEXT_TOWERS = Registry("text tower kind")
+
+
+def _from_mapping(cls, data: Mapping[str, Any], where: str):
+    """Build a config dataclass from a mapping; unknown keys are a :class:`SpecError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    return cls(**dict(data))
+
+
+@dataclass
+class ImageTowerCfg:
+    """Image tower spec (``image_tower:`` in a model spec).
+
+    Attributes:
+        kind: tower kind in :data:`IMAGE_TOWERS` (``timm``).
+        name: timm architecture name, e.g. ``vit_base_patch16_224`` or ``swin_large_patch4_window7_224``.
+        kwargs: keyword overrides passed to ``timm.create_model`` (tiny configs: ``img_size``, ``patch_size``,
+            ``embed_dim``, ``depth`` ...).
+        pretrained: ``None`` (random init), a path to a ``.safetensors`` / ``.pth`` state dict, or ``"hub"`` to let
+            timm download the named weights (online only).
+    """
+
+    kind: str = "timm"
+    name: str = "vit_base_patch16_224"
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    pretrained: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ImageTowerCfg":
+        return _from_mapping(cls, data, "image_tower")
+
+
+@dataclass
+class TextTowerCfg:
+    """Text tower spec (``text_tower:`` in a model spec).
+
+    Attributes:
+        kind: tower kind in :data:`TEXT_TOWERS` (``bert``).
+        config: ``BertConfig`` fields for a from-scratch tower (``vocab_size`` is taken from the tokenizer).
+        pretrained: ``None``, a local HF-format directory, or a hub id (online only).
+    """
+
+    kind: str = "bert"
+    config: Dict[str, Any] = field(default_factory=dict)
+    pretrained: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TextTowerCfg":
+        return _from_mapping(cls, data, "text_tower")
+
+
+class ImageTowerOutput(NamedTuple):
+    """Unprojected image tower output: ``pooled [B, W]``, ``tokens [B, N, W]``, ``grid (H, W)``."""
+
+    pooled: Tensor
+    tokens: Tensor
+    grid: Tuple[int, int]
+
+
+class TextTowerOutput(NamedTuple):
+    """Unprojected text tower output: ``pooled [B, W]`` (the ``[CLS]`` state) and ``tokens [B, L, W]``."""
+
+    pooled: Tensor
+    tokens: Tensor
+
+
+def hub_offline() -> bool:
+    """True when the environment forbids hub downloads (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in
+               ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def load_state_file(path: os.PathLike) -> Dict[str, Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``).
+
+    A ``.pth`` holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused or corrupt file
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return obj
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is a :class:`CheckpointError`."""
+    own = module.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch {_short(shapes)}")
+        raise CheckpointError(f"{source}: checkpoint does not match the model: " + "; ".join(parts))
+    module.load_state_dict(dict(state), strict=True)
+
+
+def _short(keys, limit: int = 8) -> str:
+    keys = list(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return "[" + ", ".join(keys[:limit]) + "]" + more
+
+
+@IMAGE_TOWERS.register("timm", help="timm ViT / Swin image tower exposing patch tokens")
+class TimmImageTower(nn.Module):
+    """A timm backbone without classifier, returning pooled and patch-token features.
+
+    ViT-like models (``num_prefix_tokens`` > 0): ``pooled`` is the ``[CLS]`` output, ``tokens`` the patch outputs.
+    Swin-like models (NHWC feature map): ``pooled`` is the mean over the map, ``tokens`` the flattened map.
+    """
+
+    def __init__(self, cfg: ImageTowerCfg, load_pretrained: bool = True):
+        super().__init__()
+        import timm
+
+        self.cfg = cfg
+        use_hub = load_pretrained and cfg.pretrained == "hub"
+        if use_hub and hub_offline():
+            raise CheckpointError(
+                f"image tower {cfg.name}: pretrained 'hub' needs network access but HF_HUB_OFFLINE is set; "
+                "give a local .safetensors/.pth file instead"
+            )
+        try:
+            self.model = timm.create_model(cfg.name, pretrained=use_hub, num_classes=0, **cfg.kwargs)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            if "Unknown model" in str(exc) or isinstance(exc, TypeError):
+                raise SpecError(f"image tower {cfg.name!r}: {exc}") from None
+            raise
+        self.width = int(self.model.num_features)
+        self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
+        if load_pretrained and cfg.pretrained not in (None, "hub"):
+            self.load_file(cfg.pretrained)
+
+    @property
+    def pretrained_mean_std(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+        pc = getattr(self.model, "pretrained_cfg", {}) or {}
+        return tuple(pc.get("mean", (0.5, 0.5, 0.5))), tuple(pc.get("std", (0.5, 0.5, 0.5)))
+
+    def load_file(self, path: str) -> None:
+        """Load timm weights from a local file; the classifier head is ignored, anything else must match."""
+        state = load_state_file(path)
+        filt = getattr(sys.modules.get(type(self.model).__module__), "checkpoint_filter_fn", None)
+        if filt is not None:
+            try:
+                state = filt(state, self.model)
+            except Exception:  # a filter expecting another layout: compare the raw keys instead
+                pass
+        head = (getattr(self.model, "pretrained_cfg", {}) or {}).get("classifier") or "head"
+        heads = (head,) if isinstance(head, str) else tuple(head)
+        own = self.model.state_dict()
+        state = {k: v for k, v in state.items()
+                 if k in own or not any(k == h or k.startswith(h + ".") for h in heads)}
+        load_strict(self.model, state, f"image tower {self.cfg.name} ({path})")
+
+    def forward(self, pixels: Tensor) -> ImageTowerOutput:
+        x = self.model.forward_features(pixels)
+        if x.ndim == 4:  # Swin: NHWC map
+            b, h, w, c = x.shape
+            tokens = x.reshape(b, h * w, c)
+            return ImageTowerOutput(tokens.mean(dim=1), tokens, (h, w))
+        n_prefix = self.num_prefix_tokens
+        tokens = x[:, n_prefix:]
+        pooled = x[:, 0] if n_prefix > 0 else tokens.mean(dim=1)
+        grid = tuple(int(g) for g in self.model.patch_embed.grid_size)
+        return ImageTowerOutput(pooled, tokens, grid)  # type: ignore[arg-type]
+
+
+@TEXT_TOWERS.register("bert", help="transformers BERT text tower (from a BertConfig or a local HF directory)")
+class BertTextTower(nn.Module):
+    """A transformers BERT encoder; ``pooled`` is the last hidden state of ``[CLS]`` (position 0)."""
+
+    def __init__(self, cfg: TextTowerCfg, vocab_size: int, max_length: int, pad_id: int = 0,
+                 load_pretrained: bool = True, config_dir: Optional[Path] = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+        self.cfg = cfg
+        if config_dir is not None:  # rebuilding a saved model: architecture only, weights follow
+            conf = AutoConfig.from_pretrained(str(config_dir), local_files_only=True)
+            self.model = AutoModel.from_config(conf, add_pooling_layer=False)
+        elif cfg.pretrained and load_pretrained:
+            src = cfg.pretrained
+            local = Path(src).expanduser()
+            if not local.is_dir() and hub_offline():
+                raise CheckpointError(f"text tower {src!r}: not a local directory and HF_HUB_OFFLINE is set")
+            try:
+                self.model = AutoModel.from_pretrained(str(local) if local.is_dir() else src,
+                                                       add_pooling_layer=False, local_files_only=local.is_dir())
+            except OSError as exc:
+                raise CheckpointError(f"text tower {src!r}: {exc}".splitlines()[0]) from None
+        elif cfg.pretrained:
+            conf = AutoConfig.from_pretrained(cfg.pretrained, local_files_only=True)
+            self.model = AutoModel.from_config(conf, add_pooling_layer=False)
+        else:
+            kw = dict(cfg.config)
+            kw.setdefault("max_position_embeddings", max(512, max_length))
+            kw.update(vocab_size=vocab_size, pad_token_id=pad_id)
+            self.model = BertModel(BertConfig(**kw), add_pooling_layer=False)
+        self.width = int(self.model.config.hidden_size)
+
+    def save_config(self, directory: Path) -> None:
+        self.model.config.save_pretrained(str(directory))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextTowerOutput:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        h = out.last_hidden_state
+        return TextTowerOutput(h[:, 0], h)

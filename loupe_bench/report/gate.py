@@ -1,0 +1,232 @@
+"""Regression gate: compare results with a committed reference (``results/reference/NAME.json``).
+
+Reference format (``docs/architecture.md``)::
+
+    {"schema": "loupe-bench/reference/v1",
+     "rows": [{"model", "task", "split", "metric", "value", "abs_tol", "rel_tol", "spread", "n_seeds", "units"}],
+     "fingerprints": {task: fingerprint}, "created_from": "...", "seeds": [...], "tolerance_rule": "..."}
+
+A row's tolerance band is ``band = max(abs_tol, rel_tol · |reference|)``; with ``δ = value − reference`` the status is
+
+* ``pass``       when ``|δ| ≤ band``,
+* ``regressed``  when ``δ < −band`` (higher is better; for lower-is-better metrics the sign flips),
+* ``improved``   when ``δ > band``,
+* ``missing``    when the results hold no value for the row.
+
+Tolerances come from measured seed-to-seed spread (:func:`build_reference`): ``abs_tol = max(abs_floor, k · s)``,
+``s`` the sample standard deviation over seeds (and at least half the observed range), ``rel_tol`` a fixed relative
+slack. Results whose protocol fingerprint differs from the reference's are refused (:class:`SpecError`): numbers of
+different protocols are never compared.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from ..errors import DataError, SpecError
+from ..utils.io import atomic_write_json, read_json
+from .results_io import MetricRow, load_rows, mean_std
+
+REFERENCE_SCHEMA = "loupe-bench/reference/v1"
+STATUSES = ("pass", "regressed", "improved", "missing")
+# Metric-name fragments whose values are better when lower (no if/elif over names: a tuple looked up).
+LOWER_IS_BETTER = ("rank", "loss", "error", "err")
+
+
+def higher_is_better(metric: str) -> bool:
+    m = metric.lower()
+    return not any(frag in m for frag in LOWER_IS_BETTER)
+
+
+@dataclass(frozen=True)
+class ToleranceConfig:
+    """How tolerance bands are derived from seed-to-seed spread.
+
+    Attributes:
+        k: multiplier of the seed-to-seed standard deviation.
+        abs_floor: minimum absolute tolerance (metric units, e.g. fraction).
+        rel_tol: relative tolerance of every row.
+    """
+
+    k: float = 3.0
+    abs_floor: float = 0.02
+    rel_tol: float = 0.05
+
+
+class GateRow(NamedTuple):
+    model: str
+    task: str
+    split: str
+    metric: str
+    reference: float
+    value: Optional[float]
+    delta: Optional[float]
+    band: float
+    status: str
+
+
+class GateReport(NamedTuple):
+    rows: List[GateRow]
+    reference_path: str
+    extra_rows: List[Tuple[str, str, str, str]]   # in the results but not in the reference (informational)
+
+    @property
+    def failed(self) -> bool:
+        return any(r.status in ("regressed", "missing") for r in self.rows)
+
+    def counts(self) -> Dict[str, int]:
+        return {s: sum(r.status == s for r in self.rows) for s in STATUSES}
+
+
+def _group(rows: Sequence[MetricRow]) -> Dict[Tuple[str, str, str, str], List[MetricRow]]:
+    out: Dict[Tuple[str, str, str, str], List[MetricRow]] = {}
+    for r in rows:
+        out.setdefault(r.key, []).append(r)
+    return out
+
+
+def task_fingerprints(rows: Sequence[MetricRow]) -> Dict[str, str]:
+    """task name -> fingerprint; a task seen with two fingerprints is an error (two protocols under one name)."""
+    fps: Dict[str, str] = {}
+    for r in rows:
+        old = fps.setdefault(r.task, r.fingerprint)
+        if old != r.fingerprint:
+            raise SpecError(f"task {r.task!r} appears with two protocol fingerprints ({old} and {r.fingerprint}); "
+                            "results of different protocols are never merged")
+    return fps
+
+
+def build_reference(results_dirs: Sequence, *, config: ToleranceConfig = ToleranceConfig(),
+                    created_from: str = "") -> Dict[str, Any]:
+    """Build a reference from one or more result folders (one per seed, or one folder holding several seeds).
+
+    For each (model, task, split, metric): ``value`` = mean over seeds, ``spread`` = sample std over seeds,
+    ``abs_tol = max(abs_floor, k · spread, (max − min) / 2)``, ``rel_tol`` from ``config``.
+    """
+    rows: List[MetricRow] = []
+    for d in results_dirs:
+        rows.extend(load_rows(d))
+    fps = task_fingerprints(rows)
+    out_rows = []
+    for key, grp in sorted(_group(rows).items()):
+        vals = [r.value for r in grp]
+        mean, std = mean_std(vals)
+        half_range = (max(vals) - min(vals)) / 2.0
+        abs_tol = max(config.abs_floor, config.k * std, half_range)
+        out_rows.append({
+            "model": key[0], "task": key[1], "split": key[2], "metric": key[3],
+            "value": round(mean, 6), "spread": round(std, 6), "n_seeds": len(vals),
+            "seeds": sorted({r.seed for r in grp if r.seed is not None}),
+            "abs_tol": round(abs_tol, 6), "rel_tol": config.rel_tol, "units": grp[0].units,
+            "higher_is_better": higher_is_better(key[3]),
+        })
+    seeds = sorted({r.seed for r in rows if r.seed is not None})
+    return {
+        "schema": REFERENCE_SCHEMA,
+        "rows": out_rows,
+        "fingerprints": dict(sorted(fps.items())),
+        "created_from": created_from or ", ".join(str(d) for d in results_dirs),
+        "seeds": seeds,
+        "tolerance_rule": (f"band = max(abs_tol, rel_tol*|value|); abs_tol = max({config.abs_floor}, "
+                           f"{config.k}*std over seeds, half range over seeds); rel_tol = {config.rel_tol}"),
+    }
+
+
+def load_reference(path) -> Dict[str, Any]:
+    """Read and validate a reference JSON."""
+    ref = read_json(path)
+    if not isinstance(ref, dict) or not isinstance(ref.get("rows"), list) or not isinstance(ref.get("fingerprints"),
+                                                                                            dict):
+        raise DataError("a reference needs 'rows' (list) and 'fingerprints' (mapping)", file=str(path))
+    for i, row in enumerate(ref["rows"]):
+        for field in ("model", "task", "split", "metric", "value", "abs_tol", "rel_tol"):
+            if field not in row:
+                raise DataError(f"missing field {field!r}", file=str(path), record=f"row {i}")
+        for field in ("value", "abs_tol", "rel_tol"):
+            v = row[field]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                raise DataError(f"{field} must be a finite number", file=str(path), record=f"row {i}")
+        if row["abs_tol"] < 0 or row["rel_tol"] < 0:
+            raise DataError("tolerances must be non-negative", file=str(path), record=f"row {i}")
+    return ref
+
+
+def check_rows(rows: Sequence[MetricRow], reference: Dict[str, Any], reference_path: str = "") -> GateReport:
+    """Compare metric rows with a loaded reference; see the module docstring for the status rule.
+
+    Raises:
+        SpecError: when a task's protocol fingerprint differs from the reference's.
+    """
+    fps = task_fingerprints(rows)
+    ref_fps: Dict[str, str] = reference.get("fingerprints", {})
+    for task, fp in fps.items():
+        if task in ref_fps and ref_fps[task] != fp:
+            raise SpecError(f"task {task!r}: protocol fingerprint {fp} differs from the reference's {ref_fps[task]} "
+                            f"({reference_path or 'reference'}); refusing to compare different protocols")
+    groups = _group(rows)
+    out: List[GateRow] = []
+    ref_keys = set()
+    for ref in reference["rows"]:
+        key = (ref["model"], ref["task"], ref["split"], ref["metric"])
+        ref_keys.add(key)
+        refv = float(ref["value"])
+        band = max(float(ref["abs_tol"]), float(ref["rel_tol"]) * abs(refv))
+        grp = groups.get(key)
+        if not grp:
+            out.append(GateRow(*key, refv, None, None, band, "missing"))
+            continue
+        value, _ = mean_std(r.value for r in grp)
+        delta = value - refv
+        signed = delta if ref.get("higher_is_better", higher_is_better(key[3])) else -delta
+        status = "pass" if abs(delta) <= band + 1e-12 else ("improved" if signed > 0 else "regressed")
+        out.append(GateRow(*key, refv, value, delta, band, status))
+    extra = sorted(k for k in groups if k not in ref_keys)
+    return GateReport(out, str(reference_path), extra)
+
+
+def check(results_dir, reference_path) -> GateReport:
+    """Load results and the reference and run the gate (:func:`check_rows`)."""
+    return check_rows(load_rows(results_dir), load_reference(reference_path), str(reference_path))
+
+
+def update_reference(results_dirs: Sequence, reference_path, *, config: Optional[ToleranceConfig] = None,
+                     created_from: str = "") -> Dict[str, Any]:
+    """Deliberately rewrite ``reference_path`` (atomically) from ``results_dirs``.
+
+    When the reference exists and no ``config`` is given, its tolerance rule is kept per row: a row's ``abs_tol`` is
+    never narrowed below what was recorded (the recorded spread came from several seeds; a one-seed update cannot
+    measure spread).
+    """
+    path = Path(reference_path)
+    old = load_reference(path) if path.exists() else None
+    ref = build_reference(results_dirs, config=config or ToleranceConfig(), created_from=created_from)
+    if old is not None and config is None:
+        old_rows = {(r["model"], r["task"], r["split"], r["metric"]): r for r in old["rows"]}
+        for row in ref["rows"]:
+            prev = old_rows.get((row["model"], row["task"], row["split"], row["metric"]))
+            if prev is not None and row["n_seeds"] < 2:
+                row["abs_tol"] = max(row["abs_tol"], float(prev["abs_tol"]))
+                row["rel_tol"] = max(row["rel_tol"], float(prev["rel_tol"]))
+                row["spread"] = prev.get("spread", row["spread"])
+    atomic_write_json(path, ref)
+    return ref
+
+
+def gate_table(report: GateReport):
+    """A rich Table of a :class:`GateReport`."""
+    from rich.table import Table
+
+    style = {"pass": "green", "regressed": "bold red", "improved": "cyan", "missing": "bold magenta"}
+    c = report.counts()
+    t = Table(title=f"regression gate vs {report.reference_path}: "
+                    + ", ".join(f"{n} {s}" for s, n in c.items()))
+    for col in ("model", "task", "split", "metric", "reference", "value", "Δ", "band", "status"):
+        t.add_column(col, justify="right" if col in ("reference", "value", "Δ", "band") else "left")
+    for r in report.rows:
+        t.add_row(r.model, r.task, r.split, r.metric, f"{r.reference:.4f}",
+                  "–" if r.value is None else f"{r.value:.4f}",
+                  "–" if r.delta is None else f"{r.delta:+.4f}", f"±{r.band:.4f}",
+                  f"[{style[r.status]}]{r.status}[/{style[r.status]}]")
+    return t

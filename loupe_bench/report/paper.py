@@ -1,0 +1,290 @@
+"""Published numbers (``results/paper/*.yaml``): loader, validator and the side-by-side comparison.
+
+Each YAML file is a list of entries ``{model, variant, task, setting, dataset, split, metric, value, units,
+source: {paper, table, arxiv, secondary_source, reference_note}, provenance, note}``. Provenance follows the tags of
+the reference notes: ``[V: …]`` → ``verified`` (read in the named primary source), ``[S: …]`` → ``secondary`` (a named
+third-party source), ``[R-…]`` → ``unverified`` (a recollection). The tables ship in the wheel as
+``loupe_bench/_specs/paper`` (found through :func:`loupe_bench.specs.spec_dir`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import yaml
+
+from ..errors import DataError
+from ..registry import Registry
+from .results_io import MetricRow, to_percent
+
+PROVENANCE = ("verified", "secondary", "unverified")
+UNITS = ("percent", "fraction")
+SETTINGS = ("zero-shot", "linear-probe", "fine-tuned")
+REQUIRED = ("model", "task", "dataset", "split", "metric", "value", "units", "source", "provenance")
+
+# Dataset name aliases -> canonical name used in the paper tables.
+DATASET_ALIASES: Dict[str, str] = {
+    "flickr": "flickr30k", "flickr30k": "flickr30k", "f30k": "flickr30k", "flickr30k-karpathy": "flickr30k",
+    "coco": "coco", "mscoco": "coco", "coco-karpathy": "coco", "coco2014": "coco", "coco2017": "coco",
+    "refcoco+": "refcoco+", "refcocoplus": "refcoco+", "refcoco_plus": "refcoco+", "refcoco": "refcoco",
+    "refcocog": "refcocog", "imagenet": "imagenet", "imagenet-1k": "imagenet", "imagenet1k": "imagenet",
+    "aircraft": "fgvc-aircraft", "fgvc-aircraft": "fgvc-aircraft", "fgvc_aircraft": "fgvc-aircraft",
+    "voc": "voc", "pascal-voc": "voc", "voc2007": "voc",
+}
+
+# Task-type aliases -> canonical task name in the paper tables, and the setting a result of that type has.
+TASK_ALIASES: Dict[str, Tuple[str, str]] = {
+    "retrieval": ("retrieval", "zero-shot"),
+    "classification": ("classification", "zero-shot"),
+    "zero-shot-classification": ("classification", "zero-shot"),
+    "linear-probe": ("linear-probe", "linear-probe"),
+    "linear_probe": ("linear-probe", "linear-probe"),
+    "linearprobe": ("linear-probe", "linear-probe"),
+    "grounding": ("grounding", "zero-shot"),
+    "detection": ("detection", "zero-shot"),
+    "captioning": ("captioning", "fine-tuned"),
+}
+
+# Reproduced model name prefix -> published model family it reproduces (registry: no if/elif over names).
+FAMILIES = Registry("model family")
+for _prefix, _family in (("clip", "CLIP"), ("filip", "FILIP"), ("loupe", "LOUPE"), ("align", "ALIGN")):
+    FAMILIES.add(_prefix, _family)
+
+
+class PaperEntry(NamedTuple):
+    """One published number."""
+
+    model: str
+    variant: Optional[str]
+    task: str
+    setting: str
+    dataset: str
+    split: str
+    metric: str
+    value: float
+    units: str
+    source: Dict[str, Any]
+    provenance: str
+    note: str
+    file: str
+
+    @property
+    def key(self) -> Tuple[str, str, str, str, str, str, str]:
+        return (self.model, self.variant or "", self.task, self.setting, self.dataset, self.split, self.metric)
+
+    @property
+    def percent(self) -> float:
+        return to_percent(self.value, self.units)
+
+    def source_text(self) -> str:
+        """``paper, table, arXiv id; via secondary source`` in one line."""
+        s = self.source
+        parts = [s.get("paper") or "?"]
+        if s.get("table"):
+            parts.append(str(s["table"]))
+        if s.get("arxiv"):
+            parts.append(f"arXiv {s['arxiv']}")
+        text = ", ".join(parts)
+        if s.get("secondary_source"):
+            text += f"; via {s['secondary_source']}"
+        return text
+
+
+def family_of(model_name: str) -> Optional[str]:
+    """Published family a reproduced model belongs to (``loupe-tiny`` → ``LOUPE``), or None."""
+    head = model_name.lower().split("-")[0].split("_")[0]
+    return FAMILIES.get(head) if head in FAMILIES else None
+
+
+def canonical_dataset(name: str) -> str:
+    n = name.strip().lower()
+    return DATASET_ALIASES.get(n, n)
+
+
+def _validate_entry(raw: Any, path: Path, index: int) -> PaperEntry:
+    rec = f"entry {index}"
+    if not isinstance(raw, dict):
+        raise DataError("entry must be a mapping", file=str(path), record=rec)
+    for field in REQUIRED:
+        if field not in raw or raw[field] in (None, ""):
+            raise DataError(f"missing field {field!r}", file=str(path), record=rec)
+    value = raw["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise DataError(f"value must be a finite number, got {value!r}", file=str(path), record=rec)
+    units = raw["units"]
+    if units not in UNITS:
+        raise DataError(f"units must be one of {UNITS}, got {units!r}", file=str(path), record=rec)
+    upper = 100.0 if units == "percent" else 1.0
+    if not 0.0 <= float(value) <= upper:
+        raise DataError(f"value {value} outside [0, {upper:g}] for units {units}", file=str(path), record=rec)
+    prov = raw["provenance"]
+    if prov not in PROVENANCE:
+        raise DataError(f"provenance must be one of {PROVENANCE}, got {prov!r}", file=str(path), record=rec)
+    setting = raw.get("setting") or "zero-shot"
+    if setting not in SETTINGS:
+        raise DataError(f"setting must be one of {SETTINGS}, got {setting!r}", file=str(path), record=rec)
+    source = raw["source"]
+    if not isinstance(source, dict) or not source.get("paper"):
+        raise DataError("source must be a mapping naming at least the paper", file=str(path), record=rec)
+    if prov == "secondary" and not source.get("secondary_source"):
+        raise DataError("a secondary entry must name its secondary_source", file=str(path), record=rec)
+    if prov == "verified" and not (source.get("table") or source.get("arxiv")):
+        raise DataError("a verified entry must name the table or arXiv version it was read in", file=str(path),
+                        record=rec)
+    return PaperEntry(
+        model=str(raw["model"]), variant=raw.get("variant"), task=str(raw["task"]), setting=setting,
+        dataset=canonical_dataset(str(raw["dataset"])), split=str(raw["split"]), metric=str(raw["metric"]),
+        value=float(value), units=units, source=dict(source), provenance=prov, note=str(raw.get("note") or ""),
+        file=str(path),
+    )
+
+
+def load_paper_file(path) -> List[PaperEntry]:
+    """Read and validate one paper table (a YAML/JSON list of entries)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("file not found", file=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise DataError(f"malformed YAML: {exc}".replace("\n", " "), file=str(path)) from None
+    if isinstance(data, dict) and "entries" in data:
+        data = data["entries"]
+    if not isinstance(data, list):
+        raise DataError("a paper table is a list of entries", file=str(path))
+    return [_validate_entry(raw, path, i) for i, raw in enumerate(data)]
+
+
+def load_paper_tables(folder=None) -> List[PaperEntry]:
+    """All entries of every table in ``folder`` (default: the shipped ``paper`` specs); duplicates are an error."""
+    from ..specs import spec_dir
+
+    root = Path(folder) if folder is not None else spec_dir("paper")
+    files = sorted(list(root.glob("*.yaml")) + list(root.glob("*.yml")) + list(root.glob("*.json")))
+    if not files:
+        raise DataError("no paper tables (*.yaml) found", file=str(root))
+    entries: List[PaperEntry] = []
+    seen: Dict[tuple, str] = {}
+    for f in files:
+        for e in load_paper_file(f):
+            if e.key in seen:
+                raise DataError(f"duplicate entry {e.key} (also in {seen[e.key]})", file=str(f))
+            seen[e.key] = str(f)
+            entries.append(e)
+    return entries
+
+
+# --------------------------------------------------------------------------------------------------- compare
+class ComparisonRow(NamedTuple):
+    """One reproduced metric beside one published number of the same (task, dataset, split, metric)."""
+
+    task: str
+    dataset: str
+    split: str
+    metric: str
+    model: Optional[str]            # reproduced model (None: published number with nothing reproduced)
+    reproduced: Optional[float]     # percent
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    paper_model: str
+    paper_variant: Optional[str]
+    published: float                # percent
+    delta: Optional[float]          # reproduced - published, percentage points
+    same_family: bool
+    provenance: str
+    source: str
+    note: str
+
+
+def _result_task(row: MetricRow) -> Tuple[str, str]:
+    t = row.task_type.strip().lower()
+    return TASK_ALIASES.get(t, (t, "zero-shot"))
+
+
+def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = None, paper_dir=None,
+                  include_unmatched: bool = False) -> List[ComparisonRow]:
+    """Reproduced results beside published numbers, matched on (task, setting, dataset, split, metric).
+
+    ``delta = reproduced − published`` in percentage points (fractions are converted to percent first). Several
+    seeds of the same (model, task, split, metric) are averaged first.
+
+    Args:
+        results_dir: folder of result JSONs (ignored when ``rows`` is given).
+        rows: metric rows already loaded.
+        paper_dir: folder of paper tables (default: the shipped ones).
+        include_unmatched: also list published numbers that no reproduced result matches.
+    """
+    from .results_io import load_rows, mean_std
+
+    if rows is None:
+        rows = load_rows(results_dir)
+    entries = load_paper_tables(paper_dir)
+    # average seeds: (model, task_type, dataset, split, metric, fingerprint) -> rows
+    groups: Dict[tuple, List[MetricRow]] = {}
+    for r in rows:
+        groups.setdefault((r.model, r.task_type, canonical_dataset(r.dataset), r.split, r.metric, r.fingerprint),
+                          []).append(r)
+    out: List[ComparisonRow] = []
+    matched = set()
+    for (model, _tt, dataset, split, metric, _fp), grp in sorted(groups.items()):
+        task, setting = _result_task(grp[0])
+        val, _ = mean_std(to_percent(r.value, r.units) for r in grp)
+        lo = hi = None
+        if len(grp) == 1 and grp[0].ci_low is not None:
+            lo, hi = to_percent(grp[0].ci_low, grp[0].units), to_percent(grp[0].ci_high, grp[0].units)
+        fam = family_of(model)
+        for e in entries:
+            if (e.task, e.setting, e.dataset, e.split, e.metric) != (task, setting, dataset, split, metric):
+                continue
+            matched.add(e.key)
+            out.append(ComparisonRow(task, dataset, split, metric, model, val, lo, hi, e.model, e.variant,
+                                     e.percent, val - e.percent, fam == e.model, e.provenance, e.source_text(),
+                                     e.note))
+    if include_unmatched:
+        for e in entries:
+            if e.key not in matched:
+                out.append(ComparisonRow(e.task, e.dataset, e.split, e.metric, None, None, None, None, e.model,
+                                         e.variant, e.percent, None, False, e.provenance, e.source_text(), e.note))
+    return out
+
+
+def comparison_markdown(rows: Sequence[ComparisonRow]) -> str:
+    """A Markdown table of :func:`compare_paper` rows (percent, deltas in points)."""
+    head = ("| task | dataset | split | metric | reproduced (model) | 95% CI | published (model) | Δ (pts) | "
+            "provenance | source |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        rep = "–" if r.reproduced is None else f"{r.reproduced:.1f} ({r.model})"
+        ci = "–" if r.ci_low is None else f"[{r.ci_low:.1f}, {r.ci_high:.1f}]"
+        pub_model = r.paper_model + (f" {r.paper_variant}" if r.paper_variant else "")
+        delta = "–" if r.delta is None else f"{r.delta:+.1f}" + (" (same family)" if r.same_family else "")
+        lines.append(f"| {r.task} | {r.dataset} | {r.split} | {r.metric} | {rep} | {ci} | {r.published:.1f} "
+                     f"({pub_model}) | {delta} | {r.provenance} | {r.source.replace('|', '/')} |")
+    lines.append("")
+    lines.append("Provenance: `verified` read in the named primary source; `secondary` read in the named third-party "
+                 "source; `unverified` a recollection, not a target until checked.")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_table(rows: Sequence[ComparisonRow], title: str = "reproduced vs published"):
+    """A rich Table of :func:`compare_paper` rows."""
+    from rich.table import Table
+
+    colour = {"verified": "green", "secondary": "yellow", "unverified": "red"}
+    t = Table(title=title)
+    for c in ("task", "dataset", "split", "metric", "reproduced", "95% CI", "published", "Δ pts", "provenance",
+              "source"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        pub_model = r.paper_model + (f" {r.paper_variant}" if r.paper_variant else "")
+        t.add_row(
+            r.task, r.dataset, r.split, r.metric,
+            "–" if r.reproduced is None else f"{r.reproduced:.1f} ({r.model})",
+            "–" if r.ci_low is None else f"[{r.ci_low:.1f}, {r.ci_high:.1f}]",
+            f"{r.published:.1f} ({pub_model})",
+            "–" if r.delta is None else (f"[bold]{r.delta:+.1f}[/bold]" if r.same_family else f"{r.delta:+.1f}"),
+            f"[{colour[r.provenance]}]{r.provenance}[/{colour[r.provenance]}]",
+            r.source,
+        )
+    return t

@@ -1,0 +1,223 @@
+"""Reports from result JSONs: rich console table, pandas CSV, Markdown and a self-contained HTML page.
+
+``report(results_dir)`` renders the models × task-metrics table (95 % intervals, best per column marked) and, for
+HTML, embeds (base64 PNG) metric bar charts with interval error bars, training curves from the run directories'
+``log.jsonl`` and LOUPE's explanations on sample images when a LOUPE run and the synthetic world are present.
+"""
+from __future__ import annotations
+
+import base64
+import html as _html
+import json
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+from ..errors import LoupeBenchError
+from ..utils.io import atomic_write_text
+from .results_io import MetricRow, load_rows
+from .table import ResultTable, build_table, display_units, format_cell
+
+MANIFEST = "reproduce.json"
+
+
+class ReportPaths(NamedTuple):
+    csv: Optional[Path]
+    markdown: Optional[Path]
+    html: Optional[Path]
+    table: ResultTable
+
+
+# ------------------------------------------------------------------------------------------------ console
+def console_table(table: ResultTable, title: str = "results"):
+    """A rich Table: one row per model, one column per (task, split, metric[, protocol]); best marked ★."""
+    from rich.table import Table
+
+    t = Table(title=title, caption="values in % for fractions; [95% CI]; ★ best in column; ±std over n seeds")
+    t.add_column("model", style="bold")
+    for col in table.columns:
+        t.add_column(col.label, justify="right", overflow="fold")
+    for m in table.models:
+        cells = []
+        for ci, _ in enumerate(table.columns):
+            text = format_cell(table.cell(m, ci))
+            if m in table.best.get(ci, []):
+                text = f"[bold green]★ {text}[/bold green]"
+            cells.append(text)
+        t.add_row(m, *cells)
+    return t
+
+
+# ------------------------------------------------------------------------------------------------ CSV / MD
+def to_dataframe(rows: Sequence[MetricRow]):
+    """Tidy pandas frame: one row per (model, task, split, metric, fingerprint, seed)."""
+    import pandas as pd
+
+    df = pd.DataFrame([r._asdict() for r in rows])
+    return df.sort_values(["task", "split", "metric", "model", "seed"], na_position="first").reset_index(drop=True)
+
+
+def markdown_table(table: ResultTable) -> str:
+    """Markdown with tasks as column groups; best per column in bold."""
+    if not table.columns:
+        return "_no results_\n"
+    head = "| model | " + " | ".join(f"{c.label} ({display_units(c.units)})" for c in table.columns) + " |"
+    lines = [head, "|---|" + "---:|" * len(table.columns)]
+    for m in table.models:
+        cells = []
+        for ci, _ in enumerate(table.columns):
+            text = format_cell(table.cell(m, ci))
+            cells.append(f"**{text}**" if m in table.best.get(ci, []) else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    out = "\n".join(lines) + "\n"
+    if table.notes:
+        out += "\n" + "\n".join(f"- note: {n}" for n in table.notes) + "\n"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ discovery
+def discover_context(results_dir: Path) -> Dict[str, object]:
+    """Find the run directories and the synthetic world that belong to a results folder.
+
+    A ``reproduce.json`` manifest (written by ``reproduce synthetic``) in the results folder or its parent names
+    them; otherwise ``../runs/*`` with a ``log.jsonl`` and ``../world`` with a ``world.json`` are used when present.
+    """
+    ctx: Dict[str, object] = {"runs": {}, "world": None, "manifest": None}
+    for base in (results_dir, results_dir.parent):
+        man = base / MANIFEST
+        if man.is_file():
+            data = json.loads(man.read_text(encoding="utf-8"))
+            ctx["manifest"] = data
+            root = man.parent
+            ctx["runs"] = {k: root / v for k, v in data.get("runs", {}).items() if (root / v).is_dir()}
+            w = data.get("world")
+            if w and (root / w / "world.json").is_file():
+                ctx["world"] = root / w
+            return ctx
+    runs_root = results_dir.parent / "runs"
+    if runs_root.is_dir():
+        ctx["runs"] = {p.name: p for p in sorted(runs_root.iterdir()) if (p / "log.jsonl").is_file()}
+    world = results_dir.parent / "world"
+    if (world / "world.json").is_file():
+        ctx["world"] = world
+    return ctx
+
+
+# ------------------------------------------------------------------------------------------------ HTML
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
+.best{font-weight:bold;background:#e7f7e7}.note{color:#a15c00}img{max-width:100%;margin:6px 0}figure{margin:0 0 1em 0}
+figcaption{font-size:12px;color:#444}"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return (f'<figure><img alt="{_html.escape(alt)}" src="data:image/png;base64,'
+            f'{base64.b64encode(png).decode("ascii")}"/><figcaption>{_html.escape(alt)}</figcaption></figure>')
+
+
+def html_report(table: ResultTable, *, title: str, bars, curves: Optional[bytes], explanations, notes: List[str],
+                unavailable: Dict[str, str]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{_html.escape(title)}</h1>"]
+    parts.append("<h2>Results</h2><p>Values in % for fractions; [95 % bootstrap interval]; bold = best in column; "
+                 "±std over n seeds.</p><table><tr><th>model</th>")
+    parts += [f"<th>{_html.escape(c.label)}</th>" for c in table.columns]
+    parts.append("</tr>")
+    for m in table.models:
+        parts.append(f"<tr><td>{_html.escape(m)}</td>")
+        for ci, _ in enumerate(table.columns):
+            cls = ' class="best"' if m in table.best.get(ci, []) else ""
+            parts.append(f"<td{cls}>{_html.escape(format_cell(table.cell(m, ci)))}</td>")
+        parts.append("</tr>")
+    parts.append("</table>")
+    for n in table.notes + notes:
+        parts.append(f'<p class="note">{_html.escape(n)}</p>')
+    if unavailable:
+        parts.append("<h3>Unavailable metrics</h3><ul>")
+        parts += [f"<li>{_html.escape(k)}: {_html.escape(v)}</li>" for k, v in sorted(unavailable.items())]
+        parts.append("</ul>")
+    if bars:
+        parts.append("<h2>Metrics with 95 % intervals</h2>")
+        parts += [_img(png, name) for name, png in bars]
+    if curves:
+        parts.append("<h2>Training curves</h2>" + _img(curves, "loss terms against step (log.jsonl)"))
+    if explanations:
+        parts.append("<h2>LOUPE explanations</h2><p>Generated regions (boxes, confidence), each phrase's best "
+                     "region, and the region–phrase interaction matrix.</p>")
+        parts += [_img(png, name) for name, png in explanations]
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = True, *, out_dir=None,
+           runs: Optional[Dict[str, Path]] = None, world_dir=None, explain_images: int = 3,
+           console=None, title: Optional[str] = None, quiet: bool = False) -> ReportPaths:
+    """Render the results under ``results_dir``.
+
+    Args:
+        results_dir: folder of result JSONs.
+        html, markdown, csv: which files to write (``report.html``, ``report.md``, ``results.csv``).
+        out_dir: where to write them (default: ``results_dir/../report`` when inside a reproduction, else
+            ``results_dir/report``).
+        runs: run name → run directory (training curves, LOUPE explanations); discovered when None.
+        world_dir: the synthetic world (explanations); discovered when None.
+        explain_images: number of sample images for LOUPE's explanations.
+        console: a rich Console to print the table to (default: a new one unless ``quiet``).
+
+    Returns:
+        :class:`ReportPaths` with the written files and the table.
+    """
+    from .results_io import load_results_raw
+
+    results_dir = Path(results_dir)
+    rows = load_rows(results_dir)
+    table = build_table(rows)
+    ctx = discover_context(results_dir)
+    runs = dict(ctx["runs"]) if runs is None else runs  # type: ignore[arg-type]
+    world_dir = ctx["world"] if world_dir is None else Path(world_dir)
+    if out_dir is None:
+        out_dir = results_dir.parent / "report" if ctx["manifest"] else results_dir / "report"
+    out_dir = Path(out_dir)
+    title = title or f"loupe-bench report: {results_dir.name}"
+    if not quiet:
+        from rich.console import Console
+
+        (console or Console()).print(console_table(table, title=title))
+        for n in table.notes:
+            (console or Console()).print(f"[yellow]note:[/yellow] {n}")
+    csv_path = md_path = html_path = None
+    if csv:
+        csv_path = out_dir / "results.csv"
+        atomic_write_text(csv_path, to_dataframe(rows).to_csv(index=False))
+    if markdown:
+        md_path = out_dir / "report.md"
+        atomic_write_text(md_path, f"# {title}\n\nValues in % for fractions; [95% bootstrap interval]; bold = best "
+                                   f"in column; ±std over n seeds.\n\n" + markdown_table(table))
+    if html:
+        from .plots import metric_bars, training_curves
+
+        unavailable: Dict[str, str] = {}
+        for obj in load_results_raw(results_dir):
+            for k, v in (obj.get("unavailable") or {}).items():
+                unavailable[f"{obj['model']['name']} / {obj['task']['name']} / {k}"] = str(v)
+        notes: List[str] = []
+        logs = {name: Path(p) / "log.jsonl" for name, p in runs.items() if (Path(p) / "log.jsonl").is_file()}
+        curves = training_curves(logs)
+        explanations = []
+        loupe_runs = {n: p for n, p in runs.items() if "loupe" in n.lower()}
+        if loupe_runs and world_dir is not None:
+            from .explain import explanation_figures
+
+            name, run_dir = sorted(loupe_runs.items())[0]
+            try:
+                explanations = explanation_figures(run_dir, world_dir, n_images=explain_images, label=name)
+            except LoupeBenchError as exc:
+                notes.append(f"LOUPE explanations unavailable: {exc}")
+        elif not loupe_runs:
+            notes.append("LOUPE explanations: no LOUPE run directory found beside the results")
+        else:
+            notes.append("LOUPE explanations: the synthetic world was not found beside the results")
+        html_path = out_dir / "report.html"
+        atomic_write_text(html_path, html_report(table, title=title, bars=metric_bars(table), curves=curves,
+                                                 explanations=explanations, notes=notes, unavailable=unavailable))
+    return ReportPaths(csv_path, md_path, html_path, table)

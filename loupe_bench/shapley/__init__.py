@@ -1,0 +1,38 @@
+"""Shapley values and coalition interactions: exact enumeration, shared-context Monte-Carlo, neural prediction.
+
+A game is a batched value function ``v(masks[G, Q, n] bool) -> [G, Q]`` (see :mod:`.games`). Usable on its own::
+
+    from loupe_bench.shapley import AndGame, exact_interaction, sample_interaction
+    A = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
+    exact_interaction(AndGame(A), 4, A[:, None])        # tensor([[1.]])
+    sample_interaction(AndGame(A), A[:, None], 256)     # InteractionEstimate(mean≈1, stderr, num_evals)
+"""
+from .estimators import ESTIMATORS, EstimatorConfig, EstimatorOutput, build_estimator
+from .exact import all_subsets, exact_interaction, exact_shapley, shapley_weights
+from .games import AdditiveGame, AndGame, Game, LateInteractionGame, PooledCosineGame, TableGame
+from .neural import NeuralConfig, NeuralInteraction, spearman
+from .sampling import InteractionEstimate, sample_contexts, sample_interaction, sample_interaction_subset
+
+__all__ = [
+    "ESTIMATORS",
+    "EstimatorConfig",
+    "EstimatorOutput",
+    "build_estimator",
+    "all_subsets",
+    "exact_interaction",
+    "exact_shapley",
+    "shapley_weights",
+    "AdditiveGame",
+    "AndGame",
+    "Game",
+    "LateInteractionGame",
+    "PooledCosineGame",
+    "TableGame",
+    "NeuralConfig",
+    "NeuralInteraction",
+    "spearman",
+    "InteractionEstimate",
+    "sample_contexts",
+    "sample_interaction",
+    "sample_interaction_subset",
+]

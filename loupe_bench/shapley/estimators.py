@@ -1,0 +1,132 @@
+"""Interaction estimators selected by name (``shapley: exact | sampling | neural`` in a LOUPE spec).
+
+Each estimator is an ``nn.Module`` called as ``est(game, coalitions, valid, feats)`` and returns an
+:class:`EstimatorOutput` with constant (detached) targets ``[G, C]``, the ℒ_NSI term when it has one, and scalar logs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import Registry
+from .exact import exact_interaction
+from .games import Game
+from .neural import NeuralConfig, NeuralInteraction, spearman
+from .sampling import sample_interaction_subset
+
+ESTIMATORS = Registry("shapley estimator")
+
+
+@dataclass
+class EstimatorConfig:
+    """Attributes:
+    num_samples: ``M``, Monte-Carlo contexts per coalition.
+    neural: configuration of the neural module (used by ``neural`` only).
+    """
+
+    num_samples: int = 32
+    neural: NeuralConfig = field(default_factory=NeuralConfig)
+
+
+class EstimatorOutput(NamedTuple):
+    """Attributes:
+    targets: ``[G, C]`` interaction targets (detached; 0 at invalid coalitions).
+    nsi: scalar ℒ_NSI (``None`` for estimators without a neural module).
+    logs: floats to log (``routed_fraction``, ``nsi_spearman``, ``mc_evals``).
+    """
+
+    targets: Tensor
+    nsi: Optional[Tensor]
+    logs: Dict[str, float]
+
+
+@ESTIMATORS.register("exact", help="enumerate all 2^n subsets (tiny n only; tests)")
+class ExactEstimator(nn.Module):
+    def __init__(self, feature_dim: int, cfg: EstimatorConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def forward(self, game: Game, coalitions: Tensor, valid: Tensor, feats: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> EstimatorOutput:
+        out = exact_interaction(game, coalitions.shape[-1], coalitions & valid[..., None])
+        return EstimatorOutput(out.float() * valid, None, {})
+
+
+@ESTIMATORS.register("sampling", help="shared-context Monte-Carlo, M samples per coalition")
+class SamplingEstimator(nn.Module):
+    def __init__(self, feature_dim: int, cfg: EstimatorConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def forward(self, game: Game, coalitions: Tensor, valid: Tensor, feats: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> EstimatorOutput:
+        est = sample_interaction_subset(game, coalitions, valid, self.cfg.num_samples, generator)
+        return EstimatorOutput(est.mean.float(), None, {"routed_fraction": 1.0, "mc_evals": float(est.num_evals)})
+
+
+@ESTIMATORS.register("neural", help="uncertainty-gated neural predictor, Monte-Carlo where uncertain")
+class NeuralEstimator(nn.Module):
+    """Routing between ``g_θ``'s mean and Monte-Carlo sampling (see :mod:`loupe_bench.shapley.neural`).
+
+    Per call: ``routed = (step < warm-up) or σ²_std > γ``; routed coalitions are sampled and their ``Î`` is both the
+    target and new training data for ``g_θ``; the others use ``μ``. ``holdout`` extra coalitions (taken from the
+    unrouted ones, or during warm-up from the sampled ones and kept out of the buffer) are sampled to log the Spearman
+    ρ between ``μ`` and ``Î`` (``nsi_spearman``). ``feats`` are detached, so ℒ_NSI trains only ``g_θ``.
+    """
+
+    def __init__(self, feature_dim: int, cfg: EstimatorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.module = NeuralInteraction(feature_dim, cfg.neural)
+
+    def forward(self, game: Game, coalitions: Tensor, valid: Tensor, feats: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> EstimatorOutput:
+        if feats is None:
+            raise ValueError("the neural estimator needs coalition features")
+        feats = feats.detach()
+        f = feats[valid]  # [N, F]
+        n_items = f.shape[0]
+        targets = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+        if n_items == 0:
+            return EstimatorOutput(targets, None, {})
+        routed, mu, _ = self.module.route(f)
+        perm = torch.randperm(n_items, generator=generator, device=f.device)
+        pool = routed if self.module.in_warmup() else ~routed
+        pool_idx = perm[pool[perm]]
+        hold = torch.zeros_like(routed)
+        hold[pool_idx[: self.cfg.neural.holdout]] = True
+        sample = routed | hold
+        sel = torch.zeros_like(valid)
+        sel[valid] = sample
+        est = sample_interaction_subset(game, coalitions, sel, self.cfg.num_samples, generator)
+        mc = est.mean[valid].float()
+        se = est.stderr[valid].float()
+        t = torch.where(routed, mc, mu.float())
+        targets[valid] = t
+        logs: Dict[str, float] = {
+            "routed_fraction": float(routed.float().mean()),
+            "mc_evals": float(est.num_evals),
+        }
+        if int(hold.sum()) >= 3:
+            rho = spearman(mu[hold], mc[hold])
+            if rho == rho:
+                logs["nsi_spearman"] = rho
+        nsi = None
+        if self.training:
+            train = routed & ~hold
+            if bool(train.any()):
+                self.module.add(f[train], mc[train], se[train])
+            rx, ry, rs = self.module.replay(generator)
+            nsi = self.module.nll(torch.cat([f[train], rx]), torch.cat([mc[train], ry]), torch.cat([se[train], rs]))
+            self.module.tick()
+        return EstimatorOutput(targets, nsi, logs)
+
+
+def build_estimator(name: str, feature_dim: int, cfg: EstimatorConfig) -> nn.Module:
+    """Instantiate the estimator registered as ``name``."""
+    return ESTIMATORS.get(name)(feature_dim, cfg)

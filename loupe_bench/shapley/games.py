@@ -1,0 +1,159 @@
+"""Games: batched value functions over coalitions, plus the closed-form games used to test the estimators.
+
+A *game* here is any callable ``v(masks) -> values`` with ``masks`` a bool tensor ``[G, Q, n]`` (``G`` independent
+games, e.g. one per image of a batch; ``Q`` coalitions each; ``n`` players) returning ``[G, Q]`` float values. All
+estimators in :mod:`loupe_bench.shapley` evaluate every mask they need in **one** call of the game, so a game should
+be vectorised over ``G`` and ``Q`` (a masked mean or a masked max-matmul on cached features).
+
+The two LOUPE games (:class:`PooledCosineGame`, token level; :class:`LateInteractionGame`, semantics level) are
+defined here too, because they are plain functions of cached, detached features and are useful outside the model.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+Game = Callable[[Tensor], Tensor]
+"""``v(masks[G, Q, n] bool) -> values[G, Q]``."""
+
+
+def _check_masks(masks: Tensor, n: int) -> None:
+    if masks.dim() != 3 or masks.shape[-1] != n:
+        raise ValueError(f"masks must be [G, Q, {n}], got {tuple(masks.shape)}")
+
+
+class AdditiveGame:
+    """``v(S) = Σ_{i∈S} w_i`` (every interaction of ≥ 2 players is zero; ``φ_i = w_i``).
+
+    Args:
+        weights: ``[G, n]`` player weights.
+    """
+
+    def __init__(self, weights: Tensor):
+        self.weights = weights
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        _check_masks(masks, self.weights.shape[-1])
+        return torch.einsum("gqn,gn->gq", masks.to(self.weights.dtype), self.weights)
+
+
+class AndGame:
+    """Unanimity game ``v(S) = 1[A ⊆ S]`` of a coalition ``A``.
+
+    Closed forms: ``φ_i = 1/|A|`` for ``i ∈ A`` else 0; ``I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i) = 1 − 0 = 1``
+    for ``|A| ≥ 2`` (alone, a member never completes ``A``).
+
+    Args:
+        coalition: ``[G, n]`` bool, the coalition ``A`` of each game.
+    """
+
+    def __init__(self, coalition: Tensor):
+        self.coalition = coalition.bool()
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        _check_masks(masks, self.coalition.shape[-1])
+        need = self.coalition[:, None, :]
+        return ((masks | ~need).all(dim=-1)).to(torch.float32)
+
+
+class TableGame:
+    """An arbitrary game given by its full value table ``v[g, s]`` over the ``2^n`` subsets (bit ``i`` of ``s`` = player ``i``).
+
+    Used for random games in tests (``v(∅)`` is whatever the table says).
+    """
+
+    def __init__(self, table: Tensor, n: int):
+        if table.shape[-1] != 2**n:
+            raise ValueError(f"table must have 2^{n} = {2 ** n} entries per game, got {table.shape[-1]}")
+        self.table = table
+        self.n = n
+        self._pow = 2 ** torch.arange(n)
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        _check_masks(masks, self.n)
+        idx = (masks.long() * self._pow.to(masks.device)).sum(-1)
+        return torch.gather(self.table, 1, idx)
+
+
+class PooledCosineGame:
+    """LOUPE token-level value (ℒ_TSA): image–text matching of the kept patches.
+
+    ``v(S) = cos( Σ_{i∈S} x_i , t )`` for ``S ≠ ∅`` and ``v(∅) = 0``, where ``x_i`` are the (projected, detached)
+    patch-token embeddings and ``t`` the paired caption's pooled embedding. The cosine of the sum equals the cosine
+    of the mean, so this is "cosine of the masked-mean-pooled patches with the text" (loupe-method.md §6.2 option
+    (a), ``[I]``).
+
+    Args:
+        tokens: ``[G, n, D]`` patch embeddings of each game (image).
+        text: ``[G, D]`` pooled caption embedding of each game.
+    """
+
+    def __init__(self, tokens: Tensor, text: Tensor):
+        self.tokens = tokens
+        self.text = torch.nn.functional.normalize(text, dim=-1)
+        # cos(m X, t) = (m · X t) / ||m X||, and ||m X||^2 = m^T (X X^T) m: both are cheap in the player space.
+        self.proj = torch.einsum("gnd,gd->gn", tokens, self.text)  # [G, n]
+        self.gram = tokens @ tokens.transpose(1, 2)  # [G, n, n]
+
+    def select(self, idx: Tensor) -> "PooledCosineGame":
+        """The games ``idx`` only."""
+        return PooledCosineGame(self.tokens[idx], self.text[idx])
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        _check_masks(masks, self.tokens.shape[1])
+        m = masks.to(self.tokens.dtype)
+        num = torch.einsum("gqn,gn->gq", m, self.proj)
+        if self.tokens.shape[1] <= self.tokens.shape[2]:
+            sq = (torch.bmm(m, self.gram) * m).sum(-1)
+        else:
+            sq = (torch.bmm(m, self.tokens) ** 2).sum(-1)
+        return torch.where(masks.any(-1), num / sq.clamp_min(1e-12).sqrt(), torch.zeros_like(num))
+
+
+class LateInteractionGame:
+    """LOUPE semantics-level value (ℒ_FSA): bidirectional late interaction among the regions and phrases in ``S``.
+
+    Players ``0..K-1`` are regions, ``K..K+P-1`` phrases. With ``S_I``, ``S_T`` the regions and phrases in ``S``
+    and ``s_ij = <h_i^I, h_j^T>``:
+
+    ``v(S) = ½ [ mean_{i∈S_I} max_{j∈S_T} s_ij + mean_{j∈S_T} max_{i∈S_I} s_ij ]``, and ``v(S) = 0`` if
+    ``S_I = ∅`` or ``S_T = ∅`` (loupe-method.md §6.3, ``[I]``).
+
+    Players marked absent in ``player_mask`` (padding phrases) are null players: they never enter ``S_I``/``S_T``,
+    which leaves every other player's Shapley value and interaction unchanged.
+
+    Args:
+        sim: ``[G, K, P]`` region–phrase similarities.
+        player_mask: optional ``[G, K+P]`` bool, False at padding players.
+    """
+
+    def __init__(self, sim: Tensor, player_mask: Optional[Tensor] = None):
+        self.sim = sim
+        self.k = sim.shape[1]
+        self.p = sim.shape[2]
+        self.player_mask = player_mask
+
+    def select(self, idx: Tensor) -> "LateInteractionGame":
+        """The games ``idx`` only."""
+        return LateInteractionGame(self.sim[idx], None if self.player_mask is None else self.player_mask[idx])
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        _check_masks(masks, self.k + self.p)
+        if self.player_mask is not None:
+            masks = masks & self.player_mask[:, None, :]
+        mi = masks[..., : self.k]  # [G, Q, K]
+        mt = masks[..., self.k :]  # [G, Q, P]
+        both = mi[..., :, None] & mt[..., None, :]  # [G, Q, K, P]
+        s = self.sim[:, None].expand(-1, masks.shape[1], -1, -1)
+        neg = torch.finfo(s.dtype).min
+        s = s.masked_fill(~both, neg)
+        row = s.max(dim=-1).values  # best phrase of each region  [G, Q, K]
+        col = s.max(dim=-2).values  # best region of each phrase  [G, Q, P]
+        ni = mi.sum(-1)
+        nt = mt.sum(-1)
+        r = (row.masked_fill(~mi, 0.0)).sum(-1) / ni.clamp_min(1)
+        c = (col.masked_fill(~mt, 0.0)).sum(-1) / nt.clamp_min(1)
+        v = 0.5 * (r + c)
+        return torch.where((ni > 0) & (nt > 0), v, torch.zeros_like(v))

@@ -1,0 +1,158 @@
+"""Uncertainty-aware neural Shapley interaction learning (LOUPE §6.4 of loupe-method.md).
+
+A small network ``g_θ`` maps the features of a coalition (and its context) to a predicted interaction mean ``μ`` and
+a log-variance ``log σ²``. It is trained with the heteroscedastic Gaussian negative log-likelihood (Kendall & Gal
+2017) against Monte-Carlo targets ``Î``:
+
+``ℒ_NSI = mean [ (Î − μ)² / (2 (σ² + se²)) + ½ log (σ² + se²) ]``
+
+where ``se`` is the Monte-Carlo standard error of ``Î`` (known noise; without it ``σ²`` could never fall below the
+sampling noise and the gate would never close, so ``σ²`` measures ``g_θ``'s own error beyond it), computed in *standardised* target units ``(Î − m) / s`` (``m``, ``s``: mean and sd of the targets in the replay
+buffer), so the routing threshold ``γ`` is scale-free. Routing: a coalition whose predicted variance (standardised)
+exceeds ``γ`` is estimated by sampling; that estimate is used as its target and added to the replay buffer; every
+other coalition uses ``μ``. During the first ``warmup_steps`` every coalition is sampled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class NeuralConfig:
+    """Configuration of :class:`NeuralInteraction`.
+
+    Attributes:
+        hidden: width of the two hidden layers of ``g_θ``.
+        gamma: routing threshold on the predicted variance in standardised units (0.25 = predicted sd above half
+            the targets' sd is routed to sampling).
+        warmup_steps: steps during which every coalition is sampled.
+        buffer_size: replay-buffer capacity (coalitions).
+        replay_batch: replayed coalitions per NSI loss evaluation.
+        holdout: coalitions per step held out of training and estimated by sampling to log ``nsi_spearman``.
+        min_logvar, max_logvar: clamp of the predicted log-variance (standardised units).
+    """
+
+    hidden: int = 128
+    gamma: float = 0.25
+    warmup_steps: int = 20
+    buffer_size: int = 4096
+    replay_batch: int = 256
+    holdout: int = 16
+    min_logvar: float = -8.0
+    max_logvar: float = 4.0
+
+
+class NeuralInteraction(nn.Module):
+    """``g_θ``: coalition features ``[N, F]`` → ``(μ, log σ²)``, with its replay buffer and target statistics.
+
+    The replay buffer is not part of the saved weights (``persistent=False``); the predictor, the target statistics
+    and the step counter are.
+    """
+
+    def __init__(self, in_dim: int, cfg: Optional[NeuralConfig] = None):
+        super().__init__()
+        self.cfg = cfg or NeuralConfig()
+        h = self.cfg.hidden
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, 2)
+        )
+        self.in_dim = in_dim
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+        self.register_buffer("buf_x", torch.zeros(self.cfg.buffer_size, in_dim), persistent=False)
+        self.register_buffer("buf_y", torch.zeros(self.cfg.buffer_size), persistent=False)
+        self.register_buffer("buf_se", torch.zeros(self.cfg.buffer_size), persistent=False)
+        self.register_buffer("buf_count", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("buf_ptr", torch.zeros((), dtype=torch.long), persistent=False)
+
+    # -- prediction ---------------------------------------------------------------------------------------------
+    def forward(self, feats: Tensor) -> Tuple[Tensor, Tensor]:
+        """Standardised ``(μ, log σ²)`` of each coalition: two ``[N]`` tensors."""
+        out = self.net(feats.to(self.net[0].weight.dtype))
+        return out[:, 0], out[:, 1].clamp(self.cfg.min_logvar, self.cfg.max_logvar)
+
+    def predict(self, feats: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(μ, σ²)`` in target units (``μ = m + s μ_std``, ``σ² = s² σ²_std``)."""
+        mu, logvar = self(feats)
+        s = self.target_std
+        return self.target_mean + s * mu, (s**2) * logvar.exp()
+
+    def in_warmup(self) -> bool:
+        return int(self.step) < self.cfg.warmup_steps
+
+    def route(self, feats: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Which coalitions to sample: ``(routed [N] bool, μ [N] target units, σ²_std [N])`` (no gradient)."""
+        with torch.no_grad():
+            mu_s, logvar = self(feats)
+            mu = self.target_mean + self.target_std * mu_s
+            var_s = logvar.exp()
+        if self.in_warmup() or int(self.buf_count) == 0:
+            routed = torch.ones_like(var_s, dtype=torch.bool)
+        else:
+            routed = var_s > self.cfg.gamma
+        return routed, mu, var_s
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def nll(self, feats: Tensor, targets: Tensor, stderr: Optional[Tensor] = None) -> Tensor:
+        """``ℒ_NSI = mean[ (y − μ)² / (2v) + ½ log v ]``, ``v = σ² + (se/s)²``, ``y = (Î − m) / s`` (standardised)."""
+        mu, logvar = self(feats)
+        y = ((targets - self.target_mean) / self.target_std).to(mu.dtype)
+        var = logvar.exp()
+        if stderr is not None:
+            var = var + (stderr.to(mu.dtype) / self.target_std) ** 2
+        return (0.5 * (y - mu) ** 2 / var + 0.5 * var.log()).mean()
+
+    @torch.no_grad()
+    def add(self, feats: Tensor, targets: Tensor, stderr: Optional[Tensor] = None) -> None:
+        """Append sampled coalitions (features, ``Î``, its standard error) to the ring buffer; refresh ``m``, ``s``."""
+        feats = feats.detach().to(self.buf_x.dtype)
+        targets = targets.detach().to(self.buf_y.dtype)
+        stderr = torch.zeros_like(targets) if stderr is None else stderr.detach().to(self.buf_se.dtype)
+        cap = self.cfg.buffer_size
+        n = min(feats.shape[0], cap)
+        feats, targets, stderr = feats[-n:], targets[-n:], stderr[-n:]
+        idx = (int(self.buf_ptr) + torch.arange(n, device=feats.device)) % cap
+        self.buf_x[idx] = feats
+        self.buf_y[idx] = targets
+        self.buf_se[idx] = stderr
+        self.buf_ptr.fill_((int(self.buf_ptr) + n) % cap)
+        self.buf_count.fill_(min(int(self.buf_count) + n, cap))
+        y = self.buf_y[: int(self.buf_count)]
+        self.target_mean.fill_(float(y.mean()))
+        self.target_std.fill_(max(float(y.std()) if y.numel() > 1 else 1.0, 1e-6))
+
+    def replay(self, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """A random batch ``(feats, targets, stderr)`` from the buffer (empty when the buffer is empty)."""
+        count = int(self.buf_count)
+        if count == 0:
+            return self.buf_x[:0], self.buf_y[:0], self.buf_se[:0]
+        k = min(self.cfg.replay_batch, count)
+        idx = torch.randint(0, count, (k,), generator=generator, device=self.buf_x.device)
+        return self.buf_x[idx], self.buf_y[idx], self.buf_se[idx]
+
+    @torch.no_grad()
+    def tick(self) -> None:
+        """Advance the step counter (warm-up)."""
+        self.step.add_(1)
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (average ranks for ties); ``nan`` if either is constant.
+
+    ``ρ = Pearson(rank(a), rank(b))``.
+    """
+    from scipy.stats import rankdata
+
+    if a.numel() < 2:
+        return float("nan")
+    ra = torch.as_tensor(rankdata(a.detach().cpu().double().numpy()))
+    rb = torch.as_tensor(rankdata(b.detach().cpu().double().numpy()))
+    ra = ra - ra.mean()
+    rb = rb - rb.mean()
+    den = float((ra.norm() * rb.norm()))
+    return float((ra * rb).sum()) / den if den > 0 else float("nan")

@@ -1,0 +1,103 @@
+"""Task protocols: specs in ``tasks/*.yaml``, one adapter class per task type (:data:`TASK_TYPES`).
+
+Every model goes through the same adapter unchanged, using only the :class:`~loupe_bench.models.base.VLModel`
+interface. ``evaluate()`` (in :mod:`loupe_bench.tasks.evaluate`) runs models × tasks and writes result JSON.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Dict, List, Tuple, Union
+
+from ..errors import SpecError
+from ..registry import Registry
+from ..specs import load_yaml, spec_dir, spec_files
+
+TASK_TYPES = Registry("task type")
+
+# modules that register adapter classes into TASK_TYPES when imported (imported on first use: they need torch)
+_ADAPTER_MODULES = (
+    "loupe_bench.tasks.retrieval",
+    "loupe_bench.tasks.classification",
+    "loupe_bench.tasks.linear_probe",
+    "loupe_bench.tasks.captioning",
+    "loupe_bench.tasks.detection",
+    "loupe_bench.tasks.grounding",
+)
+
+
+def load_adapters() -> Registry:
+    """Import the adapter modules (registering them) and return :data:`TASK_TYPES`."""
+    for mod in _ADAPTER_MODULES:
+        importlib.import_module(mod)
+    return TASK_TYPES
+
+
+def _shipped() -> Dict[str, Path]:
+    out: Dict[str, Path] = {}
+    try:
+        files = spec_files("tasks")
+    except SpecError:
+        return out
+    for f in files:
+        data = load_yaml(f)
+        name = str(data.get("name", f.stem))
+        if name in out:
+            raise SpecError(f"task {name!r} defined twice ({out[name]} and {f})")
+        out[name] = f
+    return out
+
+
+def list_tasks() -> List[Tuple[str, str]]:
+    """``(name, description)`` of every shipped task spec (for ``loupe-bench list tasks``)."""
+    rows = []
+    for name, path in sorted(_shipped().items()):
+        data = load_yaml(path)
+        rows.append((name, f"[{data.get('type', '?')}] {data.get('description', '')}".strip()))
+    return rows
+
+
+def load_task(name_or_path: Union[str, Path, Dict[str, Any]]):
+    """A :class:`~loupe_bench.tasks.spec.TaskSpec` from a shipped name, a YAML path or a mapping.
+
+    The type-specific ``options`` are validated against the adapter's ``Options`` dataclass and filled in with
+    defaults, so the normalised spec (and the fingerprint) is complete.
+    """
+    from .spec import parse_task_spec
+
+    if isinstance(name_or_path, dict):
+        data, source = dict(name_or_path), None
+    else:
+        p = Path(str(name_or_path))
+        if p.suffix in (".yaml", ".yml", ".json") or p.is_file():
+            data, source = load_yaml(p), str(p)
+            data.setdefault("name", p.stem)
+        else:
+            shipped = _shipped()
+            if str(name_or_path) not in shipped:
+                known = ", ".join(sorted(shipped)) or "(none)"
+                raise SpecError(f"unknown task {name_or_path!r}; known: {known}")
+            path = shipped[str(name_or_path)]
+            data, source = load_yaml(path), str(path)
+    spec = parse_task_spec(data, source)
+    adapter = load_adapters().get(spec.type)
+    opts_cls = getattr(adapter, "Options", None)
+    if opts_cls is not None:
+        allowed = {f.name for f in fields(opts_cls)}
+        unknown = sorted(set(spec.options) - allowed)
+        if unknown:
+            raise SpecError(
+                f"{source or spec.name}: unknown option(s) {', '.join(unknown)} for task type {spec.type!r}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        try:
+            spec.options = asdict(opts_cls(**spec.options))
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{source or spec.name}: bad options: {exc}") from None
+    if hasattr(adapter, "validate_spec"):
+        adapter.validate_spec(spec)
+    return spec
+
+
+__all__ = ["TASK_TYPES", "list_tasks", "load_task", "load_adapters", "spec_dir"]

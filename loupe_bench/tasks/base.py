@@ -1,0 +1,31 @@
+"""The adapter base class: one class per task type, registered in :data:`loupe_bench.tasks.TASK_TYPES`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .common import SplitOutput
+from .spec import TaskSpec
+
+
+class TaskAdapter:
+    """Runs one task protocol on one model for one split, through the ``VLModel`` interface only.
+
+    Subclasses define ``Options`` (a dataclass of the type-specific spec options, with defaults) and :meth:`run`.
+    """
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.opts = type(self).Options(**spec.options)
+
+    @classmethod
+    def validate_spec(cls, spec: TaskSpec) -> None:
+        """Raise :class:`~loupe_bench.errors.SpecError` for specs this adapter cannot run."""
+
+    def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
+        raise NotImplementedError

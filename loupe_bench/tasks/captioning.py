@@ -1,0 +1,102 @@
+"""Captioning: the same caption head and recipe for every backbone (trained, seeded, on the frozen image tokens
+with the training captions), greedy or beam decoding on the evaluated split, pycocoevalcap metrics."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import DataError, SpecError
+from . import TASK_TYPES
+from .base import TaskAdapter
+from .caption_head import CaptionHeadConfig, train_caption_head
+from .common import MetricValue, SplitOutput, encode_images, load_records, mean_metric
+from .metrics.bootstrap import resample_indices
+from .metrics.captioning import CAPTION_METRICS, bleu_cider, caption_metrics
+
+#: metrics the caption results are stored in (CIDEr-D, BLEU are not fractions in general: CIDEr-D is x10)
+_UNITS = {"CIDEr-D": "score", "SPICE": "fraction"}
+
+
+@TASK_TYPES.register("captioning")
+class CaptioningTask(TaskAdapter):
+    """Caption head on frozen image tokens; BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE via pycocoevalcap."""
+
+    @dataclass
+    class Options:
+        train_split: str = "train"
+        decoding: str = "beam"  # greedy | beam
+        use_java: Optional[bool] = None  # None = use Java when available
+        head: Optional[dict] = None  # CaptionHeadConfig overrides
+        bootstrap_resamples: int = 100  # corpus BLEU/CIDEr-D are recomputed per replicate (cost)
+
+        def __post_init__(self):
+            if self.decoding not in ("greedy", "beam"):
+                raise ValueError(f"decoding must be greedy or beam, got {self.decoding!r}")
+            CaptionHeadConfig(**(self.head or {}))
+
+    @classmethod
+    def validate_spec(cls, spec) -> None:
+        unknown = sorted(set(spec.metrics) - set(CAPTION_METRICS))
+        if unknown:
+            raise SpecError(f"{spec.name}: unknown caption metric(s) {', '.join(unknown)}")
+
+    def _memory(self, model, paths, device, desc):
+        f = encode_images(model, paths, self.spec, device, desc=desc)
+        return torch.cat([f.pooled[:, None], f.tokens], 1).float()
+
+    def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
+        cfg = CaptionHeadConfig(**(self.opts.head or {}))
+        train = [r for r in load_records(self.spec, data_root, self.opts.train_split).images if r.captions]
+        test = [r for r in load_records(self.spec, data_root, split).images if r.captions]
+        if not train or not test:
+            raise DataError(f"captioning needs captioned images in {self.opts.train_split!r} and {split!r}")
+        model.eval()
+        tr_mem = self._memory(model, [r.path for r in train], device, f"{self.opts.train_split} images")
+        te_mem = self._memory(model, [r.path for r in test], device, f"{split} images")
+        head, vocab, losses = train_caption_head(tr_mem, [[c.text for c in r.captions] for r in train], cfg, seed)
+        with torch.no_grad():
+            ids = head.beam(te_mem, cfg.beam_size) if self.opts.decoding == "beam" else head.greedy(te_mem)
+        hyps = {r.image_id: (vocab.decode(s) or "<empty>") for r, s in zip(test, ids)}
+        refs = {r.image_id: [c.text for c in r.captions] for r in test}
+        scores = caption_metrics(refs, hyps, use_java=self.opts.use_java, metrics=self.spec.metrics)
+        res = SplitOutput(split)
+        keys = list(scores.gts.keys())
+        corpus = [n for n in self.spec.metrics if n in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")
+                  and n in scores.metrics]
+        b = self.spec.bootstrap
+        n_boot = min(self.opts.bootstrap_resamples, b.n_resamples)
+        ci = {}
+        if n_boot > 0 and corpus:
+            reps = []
+            for idx in resample_indices(len(keys), n_boot, b.seed):
+                # resampled images get fresh keys so that an image drawn twice counts twice
+                reps.append(bleu_cider({j: scores.gts[keys[i]] for j, i in enumerate(idx)},
+                                       {j: scores.res[keys[i]] for j, i in enumerate(idx)}))
+            for n in corpus:
+                lo, hi = np.quantile([r[n] for r in reps], [b.alpha / 2, 1 - b.alpha / 2])
+                ci[n] = [float(lo), float(hi)]
+        for name in self.spec.metrics:
+            if name in scores.unavailable:
+                res.unavailable[name] = scores.unavailable[name]
+            elif name in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"):
+                res.metrics[name] = MetricValue(scores.metrics[name], ci.get(name), _UNITS.get(name, "fraction"))
+            elif name in scores.per_image and name == "ROUGE-L":
+                vals = [scores.per_image[name][k] for k in keys]
+                mv = mean_metric(vals, self.spec)
+                res.metrics[name] = MetricValue(scores.metrics[name], mv.ci95, "fraction")
+                res.per_item[name] = vals
+            elif name in scores.metrics:
+                # METEOR / SPICE: corpus values (METEOR's corpus score is not the mean of per-image scores)
+                res.metrics[name] = MetricValue(scores.metrics[name], None, "fraction")
+        if not scores.comparable:
+            res.extra["note"] = "tokenised in Python (no java): not comparable to COCO-server numbers"
+        res.extra.update(
+            tokenizer=scores.tokenizer, decoding=self.opts.decoding, head=asdict(cfg), vocab_size=len(vocab),
+            train_loss_first=losses[0], train_loss_last=losses[-1], n_train_images=len(train), n_images=len(test),
+            samples={str(k): v for k, v in list(hyps.items())[:10]},
+        )
+        return res

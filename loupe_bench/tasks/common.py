@@ -1,0 +1,245 @@
+"""Shared pieces of the adapters: data loading through the dataset registry, image preprocessing, batched
+encoding with progress bars, prompt ensembles, and the per-split output with bootstrap intervals."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import DataError, SpecError
+from .metrics.bootstrap import bootstrap_ci, bootstrap_ci_fn
+from .spec import TaskSpec
+
+# loader option keys whose values are paths relative to --data-root
+_PATH_OPTIONS = ("image_root", "phrases", "shards", "instances")
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class MetricValue:
+    """One reported number: ``value`` with its bootstrap ``ci95`` (``None`` when not computed) and ``units``."""
+
+    value: float
+    ci95: Optional[List[float]] = None
+    units: str = "fraction"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"value": self.value, "ci95": self.ci95, "units": self.units}
+
+
+@dataclass
+class SplitOutput:
+    """What an adapter returns for one split.
+
+    Attributes:
+        split: split name.
+        metrics: metric name -> :class:`MetricValue`.
+        unavailable: metric name -> reason it was not computed.
+        extra: protocol details (proposal source, scoring mode, tokenizer, counts ...).
+        per_item: metric name -> per-image/per-query values (for paired bootstrap between models).
+    """
+
+    split: str
+    metrics: Dict[str, MetricValue] = field(default_factory=dict)
+    unavailable: Dict[str, str] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+    per_item: Dict[str, List[float]] = field(default_factory=dict)
+
+
+def mean_metric(values: Sequence[float], spec: TaskSpec, units: str = "fraction") -> MetricValue:
+    """A metric that is the mean of per-item values, with its percentile bootstrap interval."""
+    b = spec.bootstrap
+    if b.n_resamples > 0:
+        iv = bootstrap_ci(values, n_resamples=b.n_resamples, seed=b.seed, alpha=b.alpha)
+        return MetricValue(iv.value, [iv.low, iv.high], units)
+    v = np.asarray(values, dtype=np.float64)
+    return MetricValue(float(v.mean()) if v.size else float("nan"), None, units)
+
+
+def fn_metric(n: int, fn: Callable[[np.ndarray], float], spec: TaskSpec, n_resamples: Optional[int] = None,
+              units: str = "fraction") -> MetricValue:
+    """A metric over the whole set (AP, corpus BLEU), bootstrapped by recomputing on resampled item indices."""
+    b = spec.bootstrap
+    reps = b.n_resamples if n_resamples is None else min(n_resamples, b.n_resamples)
+    if reps > 0:
+        iv = bootstrap_ci_fn(n, fn, n_resamples=reps, seed=b.seed, alpha=b.alpha)
+        return MetricValue(iv.value, [iv.low, iv.high], units)
+    return MetricValue(float(fn(np.arange(n))), None, units)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def resolve(data_root: Optional[Path], rel: str, split: Optional[str] = None) -> Path:
+    """``data_root / rel`` with ``{split}`` substituted."""
+    rel = rel.format(split=split) if split is not None and "{split}" in rel else rel
+    p = Path(rel)
+    return p if p.is_absolute() or data_root is None else Path(data_root) / p
+
+
+def load_records(spec: TaskSpec, data_root: Optional[Path], split: str):
+    """Read the task's data set for ``split`` through :data:`loupe_bench.data.DATASETS`."""
+    from ..data import DATASETS
+
+    loader_cls = DATASETS.get(spec.dataset.format)
+    opts = dict(spec.dataset.options)
+    for k in _PATH_OPTIONS:
+        if isinstance(opts.get(k), str):
+            opts[k] = str(resolve(data_root, opts[k], split))
+    path = resolve(data_root, spec.dataset.path, split)
+    if not path.exists():
+        raise DataError("data set not found (check --data-root)", file=str(path))
+    loader = loader_cls(path, split=split, verify_images=False, **opts)
+    return loader.load()
+
+
+# ------------------------------------------------------------------------------------------------- images
+def image_transform(model, spec: TaskSpec) -> Callable:
+    """PIL image -> normalised ``[3, S, S]`` tensor for ``model``.
+
+    ``crop: center`` resizes the shorter side to ``S`` then centre-crops (CLIP); ``crop: none`` resizes the whole
+    image to ``S x S`` (box tasks: normalised box coordinates keep their meaning).
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    size = int(model.image_size if spec.image.resize in (None, "model") else spec.image.resize)
+    try:
+        interp = InterpolationMode(spec.image.interpolation)
+    except ValueError:
+        raise SpecError(f"unknown interpolation {spec.image.interpolation!r}") from None
+    mean, std = list(model.image_mean), list(model.image_std)
+
+    def tf(img) -> Tensor:
+        img = img.convert("RGB")
+        if spec.image.crop == "center":
+            img = TF.resize(img, size, interpolation=interp)
+            img = TF.center_crop(img, [size, size])
+        else:
+            img = TF.resize(img, [size, size], interpolation=interp)
+        t = TF.pil_to_tensor(img).float().div_(255.0)
+        return TF.normalize(t, mean, std)
+
+    return tf
+
+
+def open_image(path: Path, record: Any = None):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise DataError("image file not found", file=str(path), record=record) from None
+    except OSError as exc:
+        raise DataError(f"unreadable image ({exc})", file=str(path), record=record) from None
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (transient; silent when not a terminal). Yields ``advance(n)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield lambda n=1: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n=1: prog.advance(task, n)
+
+
+def _cat_features(parts: List[Any]):
+    first = parts[0]
+    cls = type(first)
+    out = []
+    for name in first._fields:
+        vals = [getattr(p, name) for p in parts]
+        out.append(torch.cat(vals, 0) if isinstance(vals[0], Tensor) else vals[0])
+    return cls(*out)
+
+
+@torch.no_grad()
+def encode_images(model, paths: Sequence[Path], spec: TaskSpec, device: str = "cpu", desc: str = "images"):
+    """Encode image files in batches; returns one concatenated ``ImageFeatures`` on the CPU."""
+    if not paths:
+        raise DataError("no images to encode")
+    tf = image_transform(model, spec)
+    parts = []
+    bs = max(1, spec.batch_size)
+    with progress_bar(f"encode {desc}", len(paths)) as advance:
+        for s in range(0, len(paths), bs):
+            batch = torch.stack([tf(open_image(p)) for p in paths[s : s + bs]]).to(device)
+            feats = model.encode_image(batch)
+            parts.append(type(feats)(*[f.cpu() if isinstance(f, Tensor) else f for f in feats]))
+            advance(len(batch))
+    return _cat_features(parts)
+
+
+@torch.no_grad()
+def encode_texts(model, texts: Sequence[str], spec: TaskSpec, device: str = "cpu", desc: str = "texts"):
+    """Tokenise with the model's tokenizer and encode in batches; one concatenated ``TextFeatures`` on the CPU.
+
+    Token tensors of different batches may have different lengths; they are right-padded (mask False) to the
+    longest before concatenation.
+    """
+    if not texts:
+        raise DataError("no texts to encode")
+    parts = []
+    bs = max(1, spec.batch_size * 4)
+    with progress_bar(f"encode {desc}", len(texts)) as advance:
+        for s in range(0, len(texts), bs):
+            tok = model.tokenizer(list(texts[s : s + bs]))
+            feats = model.encode_text(tok.input_ids.to(device), tok.attention_mask.to(device))
+            parts.append(type(feats)(*[f.cpu() if isinstance(f, Tensor) else f for f in feats]))
+            advance(len(texts[s : s + bs]))
+    length = max(p.tokens.shape[1] for p in parts)
+    padded = []
+    for p in parts:
+        extra = length - p.tokens.shape[1]
+        if extra:
+            p = type(p)(p.pooled, torch.nn.functional.pad(p.tokens, (0, 0, 0, extra)),
+                        torch.nn.functional.pad(p.mask, (0, extra), value=False))
+        padded.append(p)
+    return _cat_features(padded)
+
+
+def select_features(feats, index):
+    """Rows ``index`` of every batched tensor of a features NamedTuple."""
+    idx = torch.as_tensor(index, dtype=torch.long)
+    return type(feats)(*[f[idx] if isinstance(f, Tensor) else f for f in feats])
+
+
+def is_token_level(model) -> bool:
+    """True when the model overrides :meth:`VLModel.similarity` (token-wise scoring such as FILIP / LOUPE)."""
+    from ..models.base import VLModel
+
+    return type(model).similarity is not VLModel.similarity
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+def build_prompts(classnames: Sequence[str], templates: Sequence[str]) -> List[str]:
+    """Class-major list of prompts: ``templates[t].format(c)`` for each class ``c`` then each template ``t``."""
+    if not templates:
+        raise SpecError("at least one prompt template is needed")
+    for t in templates:
+        if "{}" not in t:
+            raise SpecError(f"prompt template {t!r} has no '{{}}' slot for the class name")
+    return [t.format(c) for c in classnames for t in templates]
+
+
+def ensemble_classifier(text_pooled: Tensor, n_classes: int, n_templates: int) -> Tensor:
+    """CLIP prompt ensemble: ``w_c = normalize( (1/T) sum_t normalize(e_{c,t}) )`` -> ``[C, D]``."""
+    e = torch.nn.functional.normalize(text_pooled.float(), dim=-1).reshape(n_classes, n_templates, -1)
+    return torch.nn.functional.normalize(e.mean(1), dim=-1)
+
+
+def template_mean(scores: Tensor, n_classes: int, n_templates: int) -> Tensor:
+    """``[..., C*T] -> [..., C]`` mean over the templates of each class (class-major prompt order)."""
+    return scores.reshape(*scores.shape[:-1], n_classes, n_templates).mean(-1)

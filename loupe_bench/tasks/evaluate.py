@@ -1,0 +1,152 @@
+"""``evaluate(models, tasks, data_root, out_dir)``: run task protocols on models and write one result JSON per
+(model, task, split)."""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..errors import SpecError
+from ..utils.io import sha256_file
+from ..utils.provenance import code_version, package_versions
+from . import TASK_TYPES, load_adapters, load_task
+from .results import SCHEMA, utc_timestamp, write_result
+from .spec import TaskSpec
+
+ModelLike = Union[str, Path, torch.nn.Module]
+TaskLike = Union[str, Path, TaskSpec, Dict[str, Any]]
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the model's tensors (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """A model object and its record (name, spec, checkpoint_sha256, source).
+
+    A spec name or spec file builds a freshly initialised model seeded with ``seed``; a model or run directory is
+    loaded with its weights (checkpoint hash = sha256 of its ``model.safetensors``).
+    """
+    from ..models import create_model, get_spec, load_model
+
+    if isinstance(model, torch.nn.Module):
+        spec = dict(getattr(model, "spec", {}) or {})
+        name = str(spec.get("name", type(model).__name__))
+        return model, {"name": name, "spec": spec, "checkpoint_sha256": state_dict_sha256(model), "source": "object"}
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        m = load_model(path)
+        weights = path / "model.safetensors"
+        sha = sha256_file(weights) if weights.is_file() else state_dict_sha256(m)
+        return m, {"name": path.name, "spec": dict(getattr(m, "spec", {}) or {}), "checkpoint_sha256": sha,
+                   "source": str(path)}
+    spec = get_spec(text)
+    m = create_model(spec, seed=seed)
+    return m, {"name": str(spec.get("name", path.stem)), "spec": spec,
+               "checkpoint_sha256": state_dict_sha256(m), "source": f"spec {text} (initialised with seed {seed})"}
+
+
+def _task(task: TaskLike) -> TaskSpec:
+    return task if isinstance(task, TaskSpec) else load_task(task)
+
+
+def run_task(model, model_record: Dict[str, Any], spec: TaskSpec, data_root: Optional[Path], seed: int = 0,
+             device: str = "cpu", splits: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    """Run one task on one model for each split; returns result dicts (not written)."""
+    adapter = load_adapters().get(spec.type)(spec)
+    fingerprint = spec.fingerprint(data_root)
+    results = []
+    for split in splits or spec.splits:
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        out = adapter.run(model, data_root, split, seed=seed, device=device)
+        total = time.perf_counter() - t0
+        unavailable = dict(out.unavailable)
+        for name in spec.metrics:
+            if name not in out.metrics and name not in unavailable:
+                unavailable[name] = "not produced by this protocol for this model/split"
+        results.append({
+            "schema": SCHEMA,
+            "model": model_record,
+            "task": {"name": spec.name, "type": spec.type, "dataset": spec.dataset.name, "split": split,
+                     "spec": spec.normalised(), "fingerprint": fingerprint},
+            "metrics": {k: v.to_dict() for k, v in out.metrics.items()},
+            "unavailable": unavailable,
+            "extra": out.extra,
+            "per_item": out.per_item,
+            "seed": int(seed),
+            "code_version": code_version(),
+            "packages": package_versions(),
+            "device": str(device),
+            "timings": {"total_s": round(total, 4)},
+            "timestamp": utc_timestamp(),
+        })
+    return results
+
+
+def evaluate(
+    models: Union[ModelLike, Sequence[ModelLike]],
+    tasks: Union[TaskLike, Sequence[TaskLike]],
+    data_root: Union[str, Path, None] = None,
+    out_dir: Union[str, Path, None] = "results/eval",
+    seed: int = 0,
+    device: str = "cpu",
+    skip_unsupported: bool = True,
+) -> List[Dict[str, Any]]:
+    """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir``.
+
+    Args:
+        models: spec names, spec YAML paths, model/run directories or ``VLModel`` objects.
+        tasks: shipped task names, task YAML paths, spec mappings or :class:`TaskSpec` objects.
+        data_root: folder the task's data paths are relative to (the synthetic world, or e.g. a COCO root).
+        out_dir: where result JSON goes (``None``: do not write).
+        seed: seeds model initialisation (spec names), the caption head and torch before each split.
+        device: torch device.
+        skip_unsupported: a model that cannot run a protocol (``native`` proposals without a region head) is
+            recorded with ``extra.skipped`` and every metric unavailable, instead of aborting the whole run.
+
+    Returns:
+        The result dicts (also written when ``out_dir`` is given).
+    """
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
+    specs = [_task(t) for t in tasks]
+    root = Path(data_root) if data_root is not None else None
+    results: List[Dict[str, Any]] = []
+    for m in models:
+        model, record = resolve_model(m, seed)
+        model.to(device)
+        for spec in specs:
+            try:
+                res = run_task(model, record, spec, root, seed, device)
+            except SpecError as exc:
+                if not skip_unsupported or "region head" not in str(exc):
+                    raise
+                res = _skipped(record, spec, root, seed, device, str(exc))
+            for r in res:
+                if out_dir is not None:
+                    r["_path"] = str(write_result(out_dir, r))
+                results.append(r)
+    return results
+
+
+def _skipped(record, spec: TaskSpec, root, seed, device, reason: str) -> List[Dict[str, Any]]:
+    return [{
+        "schema": SCHEMA, "model": record,
+        "task": {"name": spec.name, "type": spec.type, "dataset": spec.dataset.name, "split": split,
+                 "spec": spec.normalised(), "fingerprint": spec.fingerprint(root)},
+        "metrics": {}, "unavailable": {m: reason for m in spec.metrics}, "extra": {"skipped": reason},
+        "per_item": {}, "seed": int(seed), "code_version": code_version(), "packages": package_versions(),
+        "device": str(device), "timings": {"total_s": 0.0}, "timestamp": utc_timestamp(),
+    } for split in spec.splits]

@@ -1,0 +1,187 @@
+"""Result records: the JSON schema of ``docs/architecture.md``, atomic writing, loading, validation and the
+CLIP_benchmark-style export.
+
+One file per (model, task, split): ``<model>__<task>__<split>.json`` (names made file-safe). ``per_item`` values
+(hits per query/image) are kept so model-vs-model deltas get paired bootstrap intervals
+(:func:`paired_delta`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from ..errors import DataError
+from ..utils.io import atomic_write_json, atomic_write_text, read_json
+
+SCHEMA = "loupe-bench/result/v1"
+UNITS = ("fraction", "percent", "score", "sum of fractions", "count", "seconds")
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+REQUIRED = {
+    "schema": str, "model": dict, "task": dict, "metrics": dict, "unavailable": dict, "extra": dict, "seed": int,
+    "code_version": str, "packages": dict, "device": str, "timings": dict, "timestamp": str,
+}
+
+
+def safe_name(text: str) -> str:
+    """File-safe form of a model / task / split name."""
+    return _SAFE.sub("-", str(text)).strip("-") or "unnamed"
+
+
+def result_filename(model: str, task: str, split: str) -> str:
+    """``<model>__<task>__<split>.json``."""
+    return f"{safe_name(model)}__{safe_name(task)}__{safe_name(split)}.json"
+
+
+def utc_timestamp() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def validate_result(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
+    """Check ``obj`` against the result schema; raise :class:`DataError` naming the first problem."""
+    if not isinstance(obj, dict):
+        raise DataError("a result must be a JSON object", file=file)
+    for key, typ in REQUIRED.items():
+        if key not in obj:
+            raise DataError(f"missing field {key!r}", file=file)
+        if not isinstance(obj[key], typ) or (typ is int and isinstance(obj[key], bool)):
+            raise DataError(f"field {key!r} must be {typ.__name__}", file=file)
+    if obj["schema"] != SCHEMA:
+        raise DataError(f"unknown schema {obj['schema']!r} (expected {SCHEMA})", file=file)
+    for key in ("name", "spec", "checkpoint_sha256", "source"):
+        if key not in obj["model"]:
+            raise DataError(f"model: missing field {key!r}", file=file)
+    for key in ("name", "type", "dataset", "split", "spec", "fingerprint"):
+        if key not in obj["task"]:
+            raise DataError(f"task: missing field {key!r}", file=file)
+    for name, m in obj["metrics"].items():
+        if not isinstance(m, dict) or "value" not in m or "units" not in m or "ci95" not in m:
+            raise DataError(f"metric {name!r} needs value, ci95 and units", file=file)
+        if not isinstance(m["value"], (int, float)):
+            raise DataError(f"metric {name!r}: value must be a number", file=file)
+        if m["units"] not in UNITS:
+            raise DataError(f"metric {name!r}: unknown units {m['units']!r}", file=file)
+        ci = m["ci95"]
+        if ci is not None:
+            if not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci)):
+                raise DataError(f"metric {name!r}: ci95 must be [low, high] or null", file=file)
+            if not ci[0] <= ci[1]:
+                raise DataError(f"metric {name!r}: ci95 low > high", file=file)
+    for name, reason in obj["unavailable"].items():
+        if not isinstance(reason, str) or not reason:
+            raise DataError(f"unavailable metric {name!r} needs a reason", file=file)
+        if name in obj["metrics"]:
+            raise DataError(f"metric {name!r} is both reported and unavailable", file=file)
+    if "total_s" not in obj["timings"]:
+        raise DataError("timings: missing total_s", file=file)
+    return obj
+
+
+def write_result(out_dir: Union[str, Path], result: Dict[str, Any]) -> Path:
+    """Validate and atomically write one result; returns its path."""
+    validate_result(result)
+    path = Path(out_dir) / result_filename(result["model"]["name"], result["task"]["name"], result["task"]["split"])
+    atomic_write_json(path, result)
+    return path
+
+
+def load_results(directory: Union[str, Path], validate: bool = True) -> List[Dict[str, Any]]:
+    """Every result JSON under ``directory`` (recursively; files with another ``schema`` are ignored), sorted by
+    (model, task, split). Each record gets ``_path``."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise DataError("results folder not found", file=str(directory))
+    out = []
+    for p in sorted(directory.rglob("*.json")):
+        obj = read_json(p)
+        if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
+            continue
+        if validate:
+            validate_result(obj, file=str(p))
+        obj["_path"] = str(p)
+        out.append(obj)
+    out.sort(key=lambda r: (r["model"]["name"], r["task"]["name"], r["task"]["split"]))
+    return out
+
+
+def paired_delta(a: Dict[str, Any], b: Dict[str, Any], metric: str, n_resamples: int = 1000, seed: int = 0):
+    """Paired bootstrap interval of ``a - b`` for a per-item metric of two results on the same protocol.
+
+    Raises:
+        DataError: the fingerprints differ or per-item values are missing.
+    """
+    from .metrics.bootstrap import paired_bootstrap_delta
+
+    if a["task"]["fingerprint"] != b["task"]["fingerprint"]:
+        raise DataError(
+            f"results use different protocols (fingerprints {a['task']['fingerprint']} vs "
+            f"{b['task']['fingerprint']}); refusing to compare"
+        )
+    pa, pb = a.get("per_item", {}).get(metric), b.get("per_item", {}).get(metric)
+    if pa is None or pb is None:
+        raise DataError(f"per-item values of {metric!r} missing; a paired bootstrap needs them")
+    return paired_bootstrap_delta(pa, pb, n_resamples=n_resamples, seed=seed)
+
+
+# ------------------------------------------------------------------------------------- CLIP_benchmark layout
+# CLIP_benchmark names: image->text queries = "text_retrieval_recall@k", text->image = "image_retrieval_recall@k"
+_CB_NAMES = {
+    "retrieval": lambda m: (
+        f"text_retrieval_recall@{m.split('@')[1]}" if m.startswith("i2t_R@")
+        else f"image_retrieval_recall@{m.split('@')[1]}" if m.startswith("t2i_R@") else None
+    ),
+    "classification": lambda m: {"top1": "acc1", "top5": "acc5"}.get(m),
+    "linear-probe": lambda m: {"top1": "lp_acc1", "top5": "lp_acc5"}.get(m),
+}
+_CB_TASK = {"retrieval": "zeroshot_retrieval", "classification": "zeroshot_classification",
+            "linear-probe": "linear_probe"}
+
+
+def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """One result in CLIP_benchmark's per-run JSON layout (``dataset, model, pretrained, task, metrics,
+    language``), fractions; ``None`` for task types CLIP_benchmark does not have."""
+    ttype = result["task"]["type"]
+    if ttype not in _CB_NAMES:
+        return None
+    metrics = {}
+    for name, m in result["metrics"].items():
+        cb = _CB_NAMES[ttype](name)
+        if cb is not None:
+            metrics[cb] = m["value"]
+    return {
+        "dataset": f"{result['task']['dataset']}_{result['task']['split']}",
+        "model": result["model"]["name"],
+        "pretrained": result["model"].get("checkpoint_sha256", ""),
+        "task": _CB_TASK[ttype],
+        "metrics": metrics,
+        "language": "en",
+    }
+
+
+def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: Union[str, Path]) -> List[Path]:
+    """Write one CLIP_benchmark JSON per retrieval/classification result and ``benchmark.csv`` (their ``build``
+    layout: one row per run, metric columns). Returns the written paths."""
+    out_dir = Path(out_dir)
+    rows, paths = [], []
+    for r in results:
+        cb = to_clip_benchmark(r)
+        if cb is None:
+            continue
+        name = f"{safe_name(cb['dataset'])}_{safe_name(cb['model'])}_{cb['task']}.json"
+        paths.append(atomic_write_json(out_dir / name, cb))
+        rows.append({k: cb[k] for k in ("dataset", "model", "pretrained", "task", "language")} | cb["metrics"])
+    if rows:
+        cols = ["dataset", "model", "pretrained", "task", "language"]
+        cols += sorted({k for row in rows for k in row} - set(cols))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow(row)
+        paths.append(atomic_write_text(out_dir / "benchmark.csv", buf.getvalue()))
+    return paths

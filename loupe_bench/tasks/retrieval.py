@@ -1,0 +1,85 @@
+"""Zero-shot image–text retrieval: all images and all their captions of a split, scored through
+``model.similarity`` (``direction="i2t"`` to rank captions for an image query, ``"t2i"`` to rank images for a
+caption query), R@1/5/10 both ways and RSUM (see :mod:`loupe_bench.tasks.metrics.retrieval` for the hit definition
+and the tie rule)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from . import TASK_TYPES
+from .base import TaskAdapter
+from .common import SplitOutput, encode_images, encode_texts, load_records, mean_metric
+from .metrics.retrieval import retrieval_metrics
+
+
+@TASK_TYPES.register("retrieval")
+class RetrievalTask(TaskAdapter):
+    """Image–text retrieval R@k (any GT caption is a hit), all captions, chunked ``similarity``."""
+
+    @dataclass
+    class Options:
+        ks: Tuple[int, ...] = (1, 5, 10)
+        captions_per_image: Optional[int] = None  # None = all captions (the standard protocol)
+
+        def __post_init__(self):
+            self.ks = tuple(int(k) for k in self.ks)
+
+    def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
+        recs = load_records(self.spec, data_root, split)
+        images = [r for r in recs.images if r.captions]
+        if not images:
+            raise DataError(f"no captioned images in split {split!r}", file=recs.source)
+        texts, owners = [], []
+        for i, r in enumerate(images):
+            caps = r.captions if self.opts.captions_per_image is None else r.captions[: self.opts.captions_per_image]
+            for c in caps:
+                texts.append(c.text)
+                owners.append(i)
+        model.eval()
+        img = encode_images(model, [r.path for r in images], self.spec, device, desc=f"{split} images")
+        txt = encode_texts(model, texts, self.spec, device, desc=f"{split} captions")
+        with torch.no_grad():
+            s_i2t = model.similarity(img, txt, direction="i2t", chunk_size=self.spec.chunk_size)
+            s_t2i = model.similarity(img, txt, direction="t2i", chunk_size=self.spec.chunk_size)
+        out = retrieval_metrics(s_i2t.float().cpu(), s_t2i.float().cpu(), owners, self.opts.ks, self.spec.chunk_size)
+        res = SplitOutput(split)
+        per = {}
+        for k in self.opts.ks:
+            per[f"i2t_R@{k}"] = (out.i2t_ranks < k).astype(np.float64)
+            per[f"t2i_R@{k}"] = (out.t2i_ranks < k).astype(np.float64)
+        for name, v in per.items():
+            if name in self.spec.metrics:
+                res.metrics[name] = mean_metric(v, self.spec)
+                res.per_item[name] = v.astype(int).tolist()
+        if "rsum" in self.spec.metrics:
+            res.metrics["rsum"] = self._rsum(out, per)
+        res.extra.update(
+            n_images=len(images), n_captions=len(texts), captions_per_image="all" if self.opts.captions_per_image
+            is None else self.opts.captions_per_image, hit="any GT caption in top k",
+            tie_rule="stable: lower gallery index wins", i2t_ranks=out.i2t_ranks.tolist(),
+            t2i_ranks=out.t2i_ranks.tolist(),
+        )
+        return res
+
+    def _rsum(self, out, per) -> "MetricValue":  # noqa: F821
+        """RSUM with an interval from resampling images (i2t queries) and captions (t2i queries) independently."""
+        from .common import MetricValue
+        from .metrics.bootstrap import resample_indices
+
+        b = self.spec.bootstrap
+        value = out.metrics["rsum"]
+        if b.n_resamples <= 0:
+            return MetricValue(value, None, "sum of fractions")
+        i_idx = resample_indices(len(out.i2t_ranks), b.n_resamples, b.seed)
+        t_idx = resample_indices(len(out.t2i_ranks), b.n_resamples, b.seed + 1)
+        reps = np.zeros(b.n_resamples)
+        for k in self.opts.ks:
+            reps += per[f"i2t_R@{k}"][i_idx].mean(1) + per[f"t2i_R@{k}"][t_idx].mean(1)
+        lo, hi = np.quantile(reps, [b.alpha / 2, 1 - b.alpha / 2])
+        return MetricValue(value, [float(lo), float(hi)], "sum of fractions")

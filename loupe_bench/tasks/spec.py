@@ -1,0 +1,199 @@
+"""Task protocol specs (``tasks/*.yaml``): parsing, validation, normalisation and the protocol fingerprint.
+
+A spec is a YAML mapping::
+
+    name: synthetic-retrieval
+    type: retrieval                  # a key of TASK_TYPES
+    description: one line for `loupe-bench list tasks`
+    dataset:
+      name: synthetic                # recorded in results
+      format: karpathy               # a key of loupe_bench.data.DATASETS
+      path: dataset_synthetic.json   # relative to --data-root
+      options: {}                    # loader options; values ending in a path are relative to --data-root
+      annotations: [dataset_synthetic.json]   # files whose sha256 enters the fingerprint (default: path)
+    splits: [test]                   # one result per split
+    metrics: [i2t_R@1, ...]
+    image: {resize: model, crop: center, interpolation: bicubic}
+    bootstrap: {n_resamples: 1000, seed: 0, alpha: 0.05}
+    options: {...}                   # type-specific (prompts, templates, proposals, caption head, ...)
+
+The **protocol fingerprint** is ``sha256(normalised spec JSON + sorted (file, sha256) of the annotation files)``,
+truncated to 16 hex characters. Normalisation fills in every default and drops the cosmetic keys ``name`` and
+``description``, so reformatting a YAML file or spelling out a default does not change it; any change of data,
+split, metric, prompt, image handling, proposals or bootstrap settings does.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..errors import DataError, SpecError
+from ..utils.io import sha256_file
+
+COSMETIC_KEYS = ("name", "description")
+CROPS = ("center", "none")
+
+
+@dataclass
+class ImageConfig:
+    """How images are prepared. ``resize: model`` uses the model's ``image_size``; ``crop: none`` resizes the whole
+    image to a square (needed by box tasks so that normalised boxes keep their meaning)."""
+
+    resize: Any = "model"
+    crop: str = "center"
+    interpolation: str = "bicubic"
+
+
+@dataclass
+class BootstrapConfig:
+    """Percentile bootstrap: ``n_resamples`` replicates of the images/queries, fixed ``seed``, ``1 - alpha`` CI."""
+
+    n_resamples: int = 1000
+    seed: int = 0
+    alpha: float = 0.05
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    format: str
+    path: str
+    options: Dict[str, Any] = field(default_factory=dict)
+    annotations: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskSpec:
+    """A parsed task protocol."""
+
+    name: str
+    type: str
+    dataset: DatasetConfig
+    splits: List[str]
+    metrics: List[str]
+    description: str = ""
+    image: ImageConfig = field(default_factory=ImageConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    batch_size: int = 64
+    chunk_size: int = 1024
+    options: Dict[str, Any] = field(default_factory=dict)
+    source: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.pop("source", None)
+        return d
+
+    def normalised(self) -> Dict[str, Any]:
+        """The spec with defaults filled in and cosmetic keys dropped (what the fingerprint hashes)."""
+        d = self.to_dict()
+        for k in COSMETIC_KEYS:
+            d.pop(k, None)
+        return d
+
+    def annotation_files(self, data_root: Optional[Path]) -> List[Path]:
+        files = self.dataset.annotations or [self.dataset.path]
+        root = Path(data_root) if data_root is not None else Path(".")
+        return [root / f for f in files]
+
+    def fingerprint(self, data_root: Optional[Path] = None) -> str:
+        """``sha256`` of the normalised spec plus the sha256 of each annotation file (16 hex characters).
+
+        Raises:
+            DataError: an annotation file is missing.
+        """
+        parts = {"spec": self.normalised(), "files": []}
+        for f in self.annotation_files(data_root):
+            if f.is_dir():
+                digest = _dir_digest(f)
+            elif f.is_file():
+                digest = sha256_file(f)
+            else:
+                raise DataError("annotation file not found (needed for the protocol fingerprint)", file=str(f))
+            parts["files"].append([f.name, digest])
+        blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _dir_digest(folder: Path) -> str:
+    """Digest of a folder's file list (relative names and sizes); image folders are too large to hash fully."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def _require(d: Dict[str, Any], key: str, where: str) -> Any:
+    if key not in d:
+        raise SpecError(f"{where}: missing field {key!r}")
+    return d[key]
+
+
+def _known(d: Dict[str, Any], allowed: Sequence[str], where: str) -> None:
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def parse_task_spec(data: Dict[str, Any], source: Optional[str] = None) -> TaskSpec:
+    """Validate a spec mapping and build a :class:`TaskSpec` (errors are :class:`SpecError` naming the file)."""
+    where = source or data.get("name", "task spec")
+    data = copy.deepcopy(data)
+    _known(
+        data,
+        ["name", "type", "description", "dataset", "splits", "split", "metrics", "image", "bootstrap", "batch_size",
+         "chunk_size", "options"],
+        where,
+    )
+    ds = _require(data, "dataset", where)
+    if not isinstance(ds, dict):
+        raise SpecError(f"{where}: dataset must be a mapping")
+    _known(ds, ["name", "format", "path", "options", "annotations"], f"{where}: dataset")
+    ann = ds.get("annotations", [])
+    if isinstance(ann, str):
+        ann = [ann]
+    dataset = DatasetConfig(
+        name=str(ds.get("name", ds.get("format", ""))),
+        format=str(_require(ds, "format", f"{where}: dataset")),
+        path=str(_require(ds, "path", f"{where}: dataset")),
+        options=dict(ds.get("options") or {}),
+        annotations=[str(a) for a in ann],
+    )
+    splits = data.get("splits", data.get("split"))
+    if splits is None:
+        raise SpecError(f"{where}: missing field 'splits'")
+    if isinstance(splits, str):
+        splits = [splits]
+    image = data.get("image") or {}
+    _known(image, ["resize", "crop", "interpolation"], f"{where}: image")
+    image_cfg = ImageConfig(**image)
+    if image_cfg.crop not in CROPS:
+        raise SpecError(f"{where}: image.crop must be one of {', '.join(CROPS)}, got {image_cfg.crop!r}")
+    boot = data.get("bootstrap") or {}
+    _known(boot, ["n_resamples", "seed", "alpha"], f"{where}: bootstrap")
+    boot_cfg = BootstrapConfig(**boot)
+    if boot_cfg.n_resamples < 0 or not 0 < boot_cfg.alpha < 1:
+        raise SpecError(f"{where}: bootstrap needs n_resamples >= 0 and 0 < alpha < 1")
+    metrics = data.get("metrics") or []
+    if not isinstance(metrics, list) or not metrics:
+        raise SpecError(f"{where}: metrics must be a non-empty list")
+    spec = TaskSpec(
+        name=str(_require(data, "name", where)),
+        type=str(_require(data, "type", where)),
+        dataset=dataset,
+        splits=[str(s) for s in splits],
+        metrics=[str(m) for m in metrics],
+        description=str(data.get("description", "")),
+        image=image_cfg,
+        bootstrap=boot_cfg,
+        batch_size=int(data.get("batch_size", 64)),
+        chunk_size=int(data.get("chunk_size", 1024)),
+        options=dict(data.get("options") or {}),
+        source=source,
+    )
+    return spec

@@ -1,0 +1,33 @@
+"""The training engine: one loop for every model, YAML recipes, torchrun DDP / FSDP2, exact checkpoint/resume.
+
+Entry points: :func:`train` (``loupe_bench.train.engine``), :func:`load_recipe`, :data:`RECIPES` (shipped recipe
+name -> file), :func:`list_recipes` (for ``loupe-bench list recipes``). ``torchrun -m loupe_bench.train ...`` runs
+the CLI under torchrun.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Tuple
+
+from ..registry import Registry
+from .recipe import RECIPE_DIR, Recipe, load_recipe, recipe_from_dict, shipped_recipes
+
+#: shipped recipe name -> YAML path
+RECIPES = Registry("recipe")
+for _path in sorted(RECIPE_DIR.glob("*.yaml")):
+    RECIPES.add(_path.stem, _path)
+
+
+def list_recipes() -> List[Tuple[str, str]]:
+    """``(name, description)`` of every shipped recipe."""
+    return shipped_recipes()
+
+
+def train(*args: Any, **kwargs: Any) -> Path:
+    """See :func:`loupe_bench.train.engine.train` (imported lazily: torch is heavy)."""
+    from .engine import train as _train
+
+    return _train(*args, **kwargs)
+
+
+__all__ = ["RECIPES", "Recipe", "load_recipe", "recipe_from_dict", "list_recipes", "train"]

@@ -1,0 +1,444 @@
+"""The one training loop of loupe-bench: CLIP, FILIP and LOUPE differ only in ``embed`` / ``loss_from_embeddings``.
+
+``train(model, data, recipe, out)`` runs a recipe and returns the run directory (layout in docs/architecture.md):
+``config.json``, ``recipe.yaml``, ``tokenizer/``, final ``model.safetensors`` (the run dir is a model directory),
+``checkpoints/step_<n>/{model.safetensors, state.pt}``, ``checkpoints/latest``, ``log.jsonl``.
+
+Per optimiser step: per-rank batch → :func:`~loupe_bench.train.step.forward_backward` (feature-caching accumulation
+when ``accum_freq > 1``) → gradient averaging across ranks → unscale (fp16) → clip → optimiser step → schedule step.
+A non-finite loss stops the run with a :class:`NonFiniteLossError` naming the step and the term; checkpoints are
+written only from finite steps, so the last good one stays.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import LoupeBenchError, SpecError
+from ..models.base import LossOutput
+from ..utils.io import atomic_write_json, atomic_write_text
+from . import checkpoint as ckpt
+from .data import BuiltData, TrainSource, make_loader
+from .distributed import (DistInfo, all_gather_objects, apply_fsdp2, average_gradients, barrier, broadcast_module,
+                          init_distributed)
+from .optim import create_optimizer, create_scheduler
+from .recipe import Recipe, load_recipe
+from .step import batch_size_of, forward_backward
+
+LOG_FILE = "log.jsonl"
+
+
+class NonFiniteLossError(LoupeBenchError):
+    """The loss became NaN or infinite; the message names the step and the term."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# -- precision --------------------------------------------------------------------------------------------------------
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_factory(precision: str, device: torch.device):
+    """``fp32``: no autocast; ``bf16`` / ``fp16``: ``torch.autocast`` on the device type."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = _DTYPES[precision]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(precision: str, device: torch.device) -> Optional[torch.amp.GradScaler]:
+    """A GradScaler for fp16 (dynamic loss scaling); None otherwise."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+# -- model ------------------------------------------------------------------------------------------------------------
+def build_model(spec: Union[str, Mapping[str, Any]], source: TrainSource, seed: int):
+    """Create a model from a spec; from-scratch tokenizers are trained on the source's training captions."""
+    from ..models import create_model
+
+    return create_model(spec, tokenizer_corpus=source.captions(), seed=seed)
+
+
+def enable_grad_checkpointing(model: torch.nn.Module) -> int:
+    """Turn on activation checkpointing in the towers; returns how many modules took it.
+
+    The model's own ``set_grad_checkpointing`` wins; otherwise every timm model (``set_grad_checkpointing``) and
+    every transformers model (``gradient_checkpointing_enable``) inside it is switched on.
+    """
+    own = getattr(model, "set_grad_checkpointing", None)
+    if callable(own):
+        own(True)
+        return 1
+    n = 0
+    for module in model.modules():
+        if module is model:
+            continue
+        if callable(getattr(module, "gradient_checkpointing_enable", None)):
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            n += 1
+        elif callable(getattr(module, "set_grad_checkpointing", None)):
+            module.set_grad_checkpointing(True)
+            n += 1
+    if n == 0:
+        raise SpecError(f"recipe asks for grad_checkpointing but {type(model).__name__} has no tower that "
+                        "supports it")
+    return n
+
+
+def _source_for(data: Any, recipe: Recipe) -> TrainSource:
+    if hasattr(data, "build") and hasattr(data, "captions"):
+        return data
+    from .sources import DatasetSource
+
+    return DatasetSource(data, recipe)
+
+
+# -- logging ----------------------------------------------------------------------------------------------------------
+class RunLogger:
+    """``log.jsonl`` rows (rank 0), optional TensorBoard, rich progress bar with ETA."""
+
+    def __init__(self, run_dir: Path, recipe: Recipe, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / LOG_FILE
+        self.tb = None
+        self.progress = None
+        if not enabled:
+            return
+        if recipe.log.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # pragma: no cover - optional dependency
+                raise SpecError("recipe asks for log.tensorboard but the tensorboard package is not installed") from None
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if recipe.log.progress and sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                     TimeRemainingColumn(), transient=False)
+            self.task = self.progress.add_task("train", total=total, completed=start, info="")
+            self.progress.start()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows of steps after ``step`` (rows written after the checkpoint a run resumes from)."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue  # a row cut by a kill
+        atomic_write_text(self.path, "".join(l + "\n" for l in keep))
+
+    def row(self, row: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def advance(self, step: int, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------------
+def _finite_guard(step_ref: Dict[str, int], info: DistInfo, run_dir: Path):
+    """The NaN/inf check run on every loss before backward (collective under DDP: all ranks stop together)."""
+
+    def check(out: LossOutput) -> None:
+        values = {"total": out.total.detach().float()}
+        values.update({k: v.detach().float() for k, v in out.terms.items()})
+        bad = [k for k, v in values.items() if not bool(torch.isfinite(v).all())]
+        flag = torch.tensor([1.0 if bad else 0.0], device=out.total.device)
+        if info.distributed:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() == 0:
+            return
+        term = next((k for k in bad if k != "total"), bad[0] if bad else "total (on another rank)")
+        value = values.get(term, torch.tensor(float("nan")))
+        last = ckpt.list_checkpoints(run_dir)
+        where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"step {step_ref['step'] + 1}: loss term {term!r} is {value.item()} — training "
+                                 f"stopped; {where}")
+
+    return check
+
+
+def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: int, epoch: int, batch_in_epoch: int,
+                     info: DistInfo, recipe: Recipe, fsdp: bool) -> None:
+    rngs = all_gather_objects(ckpt.rng_state())
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd = get_model_state_dict(model, options=opts)
+        optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+    else:
+        model_sd = model.state_dict()
+        optim_sd = optimizer.state_dict()
+    if info.is_main:
+        d = ckpt.checkpoint_root(run_dir) / f"step_{step}"
+        d.mkdir(parents=True, exist_ok=True)
+        ckpt.save_weights(d / ckpt.WEIGHTS_FILE, model_sd, metadata={"step": str(step)})
+        ckpt.save_state(d / ckpt.STATE_FILE, {
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rngs, "world_size": info.world_size, "seed": recipe.seed,
+            "global_batch": recipe.data.batch_size,
+        })
+        ckpt.write_latest(run_dir, d)
+        ckpt.prune_checkpoints(run_dir, recipe.checkpoint.keep_last)
+    barrier()
+
+
+def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = None
+    if info.is_main:
+        from .sources import save_run_model
+
+        save_run_model(model, run_dir, state_dict=sd)
+    barrier()
+
+
+def _write_run_files(run_dir: Path, model, recipe: Recipe, model_name: Optional[str]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        atomic_write_json(run_dir / "config.json", spec)
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and callable(getattr(tok, "save", None)):
+        tok.save(run_dir / "tokenizer")
+
+
+def train(
+    model: Union[str, Mapping[str, Any], torch.nn.Module],
+    data: Any,
+    recipe: Union[str, Path, Recipe],
+    out: Union[str, Path],
+    resume: Optional[Union[str, Path]] = None,
+    seed: Optional[int] = None,
+    *,
+    overrides: Optional[Mapping[str, Any]] = None,
+    stop_after: Optional[int] = None,
+) -> Path:
+    """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out``.
+
+    Args:
+        model: a built :class:`~loupe_bench.models.base.VLModel`, or a model spec (name / mapping) to create — a
+            from-scratch tokenizer is then trained on the training captions.
+        data: a data path (synthetic-world folder, Karpathy JSON, CSV, shards, HF folder) or a :class:`TrainSource`.
+        recipe: shipped recipe name, YAML path or :class:`Recipe`.
+        out: run directory.
+        resume: ``"latest"`` (newest checkpoint of ``out``) or a checkpoint folder.
+        seed: overrides the recipe's seed.
+        overrides: dotted recipe overrides, e.g. ``{"steps": 10, "optim.lr": 1e-3}``.
+        stop_after: stop (without the final save) after this optimiser step — for tests of interrupted runs.
+    """
+    recipe = load_recipe(recipe)
+    changes = dict(overrides or {})
+    if seed is not None:
+        changes["seed"] = int(seed)
+    if changes:
+        recipe = recipe.replace(**changes)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    run_dir = Path(out)
+    info = init_distributed(recipe.device, recipe.distributed.backend)
+    try:
+        return _train(model, data, recipe, run_dir, resume, info, stop_after)
+    finally:
+        if info.initialized_here and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int]) -> Path:
+    device = info.device
+    per_rank = recipe.per_rank_batch(info.world_size, source=f"recipe {recipe.name!r}")
+    fsdp = recipe.distributed.strategy == "fsdp2" and info.distributed
+    if fsdp and recipe.accum_freq > 1:
+        raise SpecError(f"recipe {recipe.name!r}: field 'accum_freq': feature-caching accumulation is not supported "
+                        "with distributed.strategy fsdp2")
+    seed_everything(recipe.seed)
+    source = _source_for(data, recipe)
+    if not isinstance(model, torch.nn.Module):
+        model = build_model(model, source, recipe.seed)
+    model.to(device)
+    model.train()
+    if recipe.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    broadcast_module(model)
+    built: BuiltData = source.build(model, recipe, info.rank, info.world_size)
+
+    # total steps
+    if recipe.steps is not None:
+        total = recipe.steps
+    else:
+        if built.size is None:
+            raise SpecError(f"recipe {recipe.name!r}: field 'steps': a streamed (unsized) data set needs steps, "
+                            "not epochs")
+        total = recipe.epochs * (built.size // recipe.data.batch_size)
+    if built.size is not None and built.size < recipe.data.batch_size:
+        raise SpecError(f"recipe {recipe.name!r}: field 'data.batch_size': {recipe.data.batch_size} exceeds the "
+                        f"{built.size} training samples")
+
+    if fsdp:
+        model = apply_fsdp2(model, device)
+    optimizer = create_optimizer(model, recipe.optim)
+    scheduler = create_scheduler(optimizer, recipe.optim, total)
+    scaler = make_scaler(recipe.precision, device)
+    autocast = autocast_factory(recipe.precision, device)
+    embed_fn = torch.compile(model.embed) if recipe.compile else None
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if info.is_main:
+        _write_run_files(run_dir, model, recipe, None)
+    barrier()
+    if resume is not None:
+        where = ckpt.resolve_resume(resume, run_dir)
+        state = ckpt.load_state(where / ckpt.STATE_FILE)
+        if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
+            raise ckpt.CheckpointError(
+                f"{where}: saved with world size {state.get('world_size')} and global batch "
+                f"{state.get('global_batch')}; this run has {info.world_size} and {recipe.data.batch_size} — an exact "
+                "resume needs the same layout")
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(model, ckpt.load_weights(where / ckpt.WEIGHTS_FILE), options=opts)
+            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
+        else:
+            ckpt.load_model_weights(model, where / ckpt.WEIGHTS_FILE)
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        ckpt.set_rng_state(state["rng"][info.rank])
+    else:
+        # ranks differ in their stochastic choices (dropout, sampled coalitions); rank 0 keeps the recipe seed
+        if info.rank:
+            seed_everything(recipe.seed + 1000 * info.rank)
+
+    logger = RunLogger(run_dir, recipe, total, step, info.is_main)
+    if resume is not None:
+        logger.truncate_after(step)
+    guard_step = {"step": step}
+    check = _finite_guard(guard_step, info, run_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    post_step = getattr(model, "clamp_logit_scale_", None)  # e.g. logit scale kept in [0, ln 100]
+    workers = recipe.data.workers
+    loader_it, per_epoch = None, None
+    last_ckpt_step = step if resume is not None else -1
+    try:
+        while step < total:
+            if loader_it is None:
+                _, loader_it, per_epoch = make_loader(built, per_rank, recipe.data.batch_size, info.rank,
+                                                      info.world_size, recipe.seed, epoch, batch_in_epoch, workers,
+                                                      pin_memory=device.type == "cuda")
+            try:
+                batch = next(loader_it)
+            except StopIteration:
+                if batch_in_epoch == 0:
+                    raise SpecError(f"recipe {recipe.name!r}: the data yields no complete batch of "
+                                    f"{per_rank} per rank") from None
+                epoch, batch_in_epoch, loader_it = epoch + 1, 0, None
+                continue
+            t0 = time.perf_counter()
+            batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                     for k, v in batch.items()}
+            guard_step["step"] = step
+            optimizer.zero_grad(set_to_none=True)
+            if fsdp:
+                with autocast():
+                    out = model(batch)
+                check(out)
+                (scaler.scale(out.total) if scaler else out.total).backward()
+            else:
+                out = forward_backward(model, batch, recipe.accum_freq, autocast,
+                                       scaler.scale if scaler is not None else (lambda t: t), embed_fn, check)
+            if info.distributed and not fsdp:
+                average_gradients(params)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = None
+            if recipe.optim.grad_clip is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip))
+            lr = optimizer.param_groups[0]["lr"]
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            if post_step is not None:
+                post_step()
+            step += 1
+            batch_in_epoch += 1
+            if per_epoch is not None and batch_in_epoch >= per_epoch:
+                epoch, batch_in_epoch, loader_it = epoch + 1, 0, None
+            dt = time.perf_counter() - t0
+            loss_value = float(out.total)
+            if step % recipe.log.every == 0 or step == total:
+                row: Dict[str, Any] = {"step": step, "epoch": epoch, "lr": lr, "loss": loss_value,
+                                       "images_per_s": batch_size_of(batch) * info.world_size / max(dt, 1e-9),
+                                       "step_time_s": dt}
+                row.update({f"loss/{k}": float(v) for k, v in out.terms.items()})
+                row.update({k: float(v) for k, v in out.logs.items()})
+                if grad_norm is not None:
+                    row["grad_norm"] = grad_norm if math.isfinite(grad_norm) else str(grad_norm)
+                if scaler is not None:
+                    row["loss_scale"] = float(scaler.get_scale())
+                logger.row(row)
+            logger.advance(step, loss_value)
+            if (recipe.checkpoint.every and step % recipe.checkpoint.every == 0) or step == total:
+                _save_checkpoint(run_dir, model, optimizer, scheduler, scaler, step, epoch, batch_in_epoch, info,
+                                 recipe, fsdp)
+                last_ckpt_step = step
+            if stop_after is not None and step >= stop_after:
+                return run_dir
+    finally:
+        logger.close()
+    if last_ckpt_step != step:
+        _save_checkpoint(run_dir, model, optimizer, scheduler, scaler, step, epoch, batch_in_epoch, info, recipe, fsdp)
+    _save_final(model, run_dir, fsdp, info)
+    return run_dir

@@ -1,0 +1,288 @@
+"""Training recipes: one YAML file fixes everything that must be equal when CLIP, FILIP and LOUPE are compared
+(data order, batch, steps, optimiser, schedule, precision, augmentation, seed).
+
+A recipe is a tree of small config dataclasses. :func:`load_recipe` reads a shipped recipe by name
+(``loupe_bench/train/recipes/<name>.yaml``) or any YAML path, rejects unknown fields and checks every value;
+a bad value is a :class:`~loupe_bench.errors.SpecError` naming the file and the dotted field.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import yaml
+
+from ..errors import SpecError
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+# -- checks -----------------------------------------------------------------------------------------------------------
+Check = Callable[[Any], Optional[str]]  # returns an error text, or None when the value is fine
+
+
+def _number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False, integer: bool = False,
+            optional: bool = False) -> Check:
+    def check(v: Any) -> Optional[str]:
+        if v is None:
+            return None if optional else "is required"
+        kind = "an integer" if integer else "a number"
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            return f"must be {kind}, got {v!r}"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}, got {v!r}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}, got {v!r}"
+        return None
+
+    return check
+
+
+def _choice(*options: Any) -> Check:
+    def check(v: Any) -> Optional[str]:
+        return None if v in options else f"must be one of {', '.join(map(str, options))}; got {v!r}"
+
+    return check
+
+
+def _boolean(v: Any) -> Optional[str]:
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
+def _string(optional: bool = False) -> Check:
+    def check(v: Any) -> Optional[str]:
+        if v is None and optional:
+            return None
+        return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
+
+    return check
+
+
+def _pair(lo: float, hi: float) -> Check:
+    def check(v: Any) -> Optional[str]:
+        if v is None:
+            return None
+        if (not isinstance(v, (list, tuple)) or len(v) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            return f"must be a pair [a, b] of numbers, got {v!r}"
+        if not (lo <= v[0] <= v[1] <= hi):
+            return f"must satisfy {lo} <= a <= b <= {hi}, got {list(v)!r}"
+        return None
+
+    return check
+
+
+def _strings(v: Any) -> Optional[str]:
+    return None if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v) else \
+        f"must be a list of strings, got {v!r}"
+
+
+def _hflip(v: Any) -> Optional[str]:
+    return None if v in (True, False, "auto") else f"must be true, false or auto; got {v!r}"
+
+
+def _f(default: Any, check: Check, help: str = "") -> Any:
+    """A dataclass field carrying its check and a one-line help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": check, "help": help})
+    return field(default=default, metadata={"check": check, "help": help})
+
+
+# -- config sections --------------------------------------------------------------------------------------------------
+@dataclass
+class AugmentConfig:
+    """Training-time image augmentation (evaluation always resizes + centre-crops)."""
+
+    random_resized_crop: Optional[List[float]] = _f([0.8, 1.0], _pair(0.0, 1.0), "scale range; null: resize only")
+    hflip: Union[bool, str] = _f("auto", _hflip, "auto: off when captions speak of left/right")
+
+
+@dataclass
+class DataConfig:
+    """What is read and how it is batched.
+
+    ``batch_size`` is the GLOBAL batch (all ranks, all micro-batches): ``batch_size = world_size * accum_freq *
+    micro_batch``. An epoch's incomplete last global batch is dropped.
+    """
+
+    format: str = _f("auto", _string(), "data-layer loader name (auto: detect from the path)")
+    split: str = _f("train", _string(), "split used for training")
+    caption_policy: str = _f("random", _choice("random", "cycle", "first"),
+                             "one caption per image per epoch: random (seeded by seed, epoch, image), cycle, first")
+    batch_size: int = _f(64, _number(1, integer=True), "global batch size")
+    workers: int = _f(0, _number(0, integer=True), "DataLoader workers per rank")
+    max_phrases: int = _f(8, _number(0, integer=True), "phrase slots per caption")
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule: cosine decay from ``lr`` to ``lr * min_lr_ratio`` after a linear warm-up."""
+
+    name: str = _f("adamw", _choice("adamw", "lamb"), "adamw (torch) or lamb (timm.optim)")
+    lr: float = _f(5e-4, _number(0.0, lo_open=True), "peak learning rate")
+    weight_decay: float = _f(0.1, _number(0.0), "decoupled weight decay (not on norms/biases/temperature/embeddings)")
+    betas: List[float] = _f([0.9, 0.98], _pair(0.0, 0.999999), "Adam betas")
+    eps: float = _f(1e-6, _number(0.0, lo_open=True), "Adam epsilon")
+    warmup_steps: int = _f(0, _number(0, integer=True), "linear warm-up steps")
+    min_lr_ratio: float = _f(0.0, _number(0.0, 1.0), "final lr as a fraction of the peak")
+    grad_clip: Optional[float] = _f(1.0, _number(0.0, lo_open=True, optional=True), "max global grad norm; null: off")
+    no_decay: List[str] = _f(["logit_scale", "temperature", "embeddings", "pos_embed", "cls_token", "token_embedding",
+                              "position_embedding"], _strings,
+                             "parameter-name substrings exempt from weight decay (besides every 0-/1-d tensor)")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = _f(0, _number(0, integer=True), "save every N optimiser steps (0: only at the end)")
+    keep_last: int = _f(2, _number(1, integer=True), "checkpoints kept")
+
+
+@dataclass
+class LogConfig:
+    every: int = _f(1, _number(1, integer=True), "write a log.jsonl row every N steps")
+    tensorboard: bool = _f(False, _boolean, "also write TensorBoard events under <run>/tensorboard")
+    progress: bool = _f(True, _boolean, "rich progress bar (rank 0, TTY only)")
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str = _f("ddp", _choice("ddp", "fsdp2"), "ddp: replicate + average gradients; fsdp2: fully_shard")
+    backend: str = _f("auto", _choice("auto", "nccl", "gloo"), "auto: nccl on CUDA, gloo on CPU")
+
+
+@dataclass
+class Recipe:
+    """One training recipe (see the module docstring)."""
+
+    name: str = _f("custom", _string(), "recipe name")
+    description: str = _f("", lambda v: None if isinstance(v, str) else f"must be a string, got {v!r}", "")
+    steps: Optional[int] = _f(None, _number(1, integer=True, optional=True), "optimiser steps (or set epochs)")
+    epochs: Optional[int] = _f(None, _number(1, integer=True, optional=True), "epochs (used when steps is null)")
+    precision: str = _f("fp32", _choice("fp32", "bf16", "fp16"), "fp32 | bf16 autocast | fp16 autocast + GradScaler")
+    grad_checkpointing: bool = _f(False, _boolean, "activation checkpointing in the towers")
+    accum_freq: int = _f(1, _number(1, integer=True), "micro-batches per step, with feature caching")
+    compile: bool = _f(False, _boolean, "torch.compile the towers' forward (embed)")
+    seed: int = _f(0, _number(0, integer=True), "global seed (model init, data order, augmentation)")
+    device: str = _f("auto", _choice("auto", "cpu", "cuda"), "auto: cuda when available")
+    threads: Optional[int] = _f(None, _number(1, integer=True, optional=True), "torch CPU threads (null: leave)")
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    notes: Dict[str, Any] = field(default_factory=dict, metadata={"check": lambda v: None if isinstance(v, dict)
+                                                                  else f"must be a mapping, got {v!r}",
+                                                                  "help": "free-form provenance notes"})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with dotted-field overrides, e.g. ``replace(**{"optim.lr": 1e-3, "steps": 5})`` (validated)."""
+        d = self.to_dict()
+        for key, value in changes.items():
+            node = d
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node[p]
+            node[parts[-1]] = value
+        return recipe_from_dict(d, source=f"<{self.name} with overrides>")
+
+    def per_rank_batch(self, world_size: int, source: str = "<recipe>") -> int:
+        """Micro-batch arithmetic: ``batch_size = world_size * accum_freq * micro_batch``; returns the per-rank batch."""
+        b = self.data.batch_size
+        if b % world_size:
+            raise SpecError(f"{source}: field 'data.batch_size': {b} is not divisible by the world size {world_size}")
+        per_rank = b // world_size
+        if per_rank % self.accum_freq:
+            raise SpecError(f"{source}: field 'accum_freq': per-rank batch {per_rank} is not divisible by "
+                            f"accum_freq {self.accum_freq}")
+        return per_rank
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: field '{prefix or '<top>'}': must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise SpecError(f"{source}: unknown field '{where}{unknown[0]}'; known: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[name] = _build(f.default_factory, data.get(name, {}) or {}, source, dotted)
+            continue
+        if name not in data:
+            continue
+        value = data[name]
+        check = f.metadata.get("check")
+        err = check(value) if check else None
+        if err:
+            raise SpecError(f"{source}: field '{dotted}': {err}")
+        kwargs[name] = list(value) if isinstance(value, tuple) else value
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Recipe:
+    """Build and validate a :class:`Recipe`; errors name ``source`` and the dotted field."""
+    recipe = _build(Recipe, data, source, "")
+    if recipe.steps is None and recipe.epochs is None:
+        raise SpecError(f"{source}: field 'steps': set steps or epochs")
+    if recipe.optim.warmup_steps and recipe.steps and recipe.optim.warmup_steps >= recipe.steps:
+        raise SpecError(f"{source}: field 'optim.warmup_steps': {recipe.optim.warmup_steps} must be below "
+                        f"steps ({recipe.steps})")
+    if recipe.data.batch_size % recipe.accum_freq:
+        raise SpecError(f"{source}: field 'accum_freq': batch_size {recipe.data.batch_size} is not divisible by "
+                        f"accum_freq {recipe.accum_freq}")
+    if recipe.accum_freq > 1 and recipe.data.batch_size // recipe.accum_freq < 2:
+        raise SpecError(f"{source}: field 'accum_freq': micro-batches of one sample cannot be contrasted")
+    return recipe
+
+
+def recipe_path(name_or_path: Union[str, Path]) -> Path:
+    """A shipped recipe name (``tiny-cpu``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SpecError(f"{p}: recipe file not found")
+        return p
+    shipped = RECIPE_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(q.stem for q in RECIPE_DIR.glob("*.yaml")))
+    raise SpecError(f"unknown recipe {str(name_or_path)!r}; known: {known} (or give a path to a YAML file)")
+
+
+def load_recipe(name_or_path: Union[str, Path, Recipe]) -> Recipe:
+    """Load a recipe by shipped name or YAML path (a :class:`Recipe` passes through)."""
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: malformed YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a YAML mapping at the top level")
+    data.setdefault("name", path.stem)
+    return recipe_from_dict(data, source=str(path))
+
+
+def shipped_recipes() -> List[Tuple[str, str]]:
+    """(name, description) of every shipped recipe."""
+    out = []
+    for p in sorted(RECIPE_DIR.glob("*.yaml")):
+        try:
+            desc = load_recipe(p).description
+        except SpecError as exc:  # pragma: no cover - shipped recipes are tested
+            desc = f"INVALID: {exc}"
+        out.append((p.stem, desc.strip().splitlines()[0] if desc.strip() else ""))
+    return out

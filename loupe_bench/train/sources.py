@@ -1,0 +1,128 @@
+"""Data sources backed by the data layer, and saving the final model of a run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..utils.io import atomic_write_json
+from . import checkpoint as ckpt
+
+
+def save_run_model(model: torch.nn.Module, run_dir: Path, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Write the final weights so the run dir is a model directory (``load_model(run_dir)`` works).
+
+    Uses the model zoo's ``save_model`` (weights + ``config.json`` + tokenizer) when available; a state dict given
+    explicitly (FSDP2 full state dict) is written directly.
+    """
+    if state_dict is None:
+        try:
+            from ..models import save_model
+        except ImportError:
+            save_model = None
+        if save_model is not None and getattr(model, "spec", None) is not None:
+            save_model(model, run_dir)
+            return
+        state_dict = model.state_dict()
+    ckpt.save_weights(Path(run_dir) / ckpt.WEIGHTS_FILE, state_dict)
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        atomic_write_json(Path(run_dir) / "config.json", spec)
+
+
+# -- the data layer as a training source ------------------------------------------------------------------------------
+_SIDE_WORDS = ("left", "right")
+
+
+def captions_mention_sides(captions: Sequence[str]) -> bool:
+    """True when any caption speaks of left or right (whole words), so a horizontal flip would falsify it."""
+    import re
+
+    pattern = re.compile(r"\b(" + "|".join(_SIDE_WORDS) + r")\b", re.IGNORECASE)
+    return any(pattern.search(c) for c in captions)
+
+
+def _train_transform(model: Any, scale: Optional[Sequence[float]], hflip: bool):
+    """The data layer's training transform, with the recipe's random-resized-crop scale (None: resize + centre crop
+    and, when asked, a flip)."""
+    from ..data.transforms import TRAIN_RATIO, TRAIN_SCALE, build_transform
+
+    size, mean, std = int(model.image_size), model.image_mean, model.image_std
+    if scale is not None and tuple(scale) == tuple(TRAIN_SCALE):
+        return build_transform(size, mean, std, train=True, hflip=hflip)
+    from torchvision import transforms as T
+
+    interp = T.InterpolationMode.BICUBIC
+    if scale is None:
+        steps = [T.Resize(size, interpolation=interp), T.CenterCrop(size)]
+    else:
+        steps = [T.RandomResizedCrop(size, scale=tuple(scale), ratio=TRAIN_RATIO, interpolation=interp)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
+    return T.Compose([T.Lambda(lambda im: im.convert("RGB") if im.mode != "RGB" else im)] + steps)
+
+
+class DatasetSource:
+    """A training source over the data layer: any caption data set it reads, or webdataset shards streamed.
+
+    Args:
+        data: a synthetic world folder, a data-set path (format detected) or ``"format:path"``.
+        recipe: the recipe (``data.format`` other than ``auto`` is prefixed to the path; ``data.split`` selects
+            the split of formats that have splits).
+    """
+
+    def __init__(self, data: Any, recipe: Any):
+        from ..data.check import detect_format
+
+        self.recipe = recipe
+        text = str(data)
+        fmt = recipe.data.format
+        if fmt == "auto":
+            head, sep, tail = text.partition(":")
+            from ..data import DATASETS
+
+            fmt, path = (head, tail) if sep and head in DATASETS else (detect_format(text), text)
+        else:
+            path = text
+        if fmt == "synthetic":  # the world's Karpathy file carries captions and phrase spans; skip boxes/refs
+            from ..data import load_world
+
+            fmt, path = "karpathy", str(load_world(path).path("karpathy"))
+        self.format, self.path = fmt, path
+        self.name = f"{fmt}:{path}"
+        self._records = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.format == "webdataset"
+
+    def records(self):
+        if self._records is None:
+            from ..data.training import load_caption_records
+
+            split = None if self.streamed else self.recipe.data.split
+            self._records = load_caption_records(self.name, split=split)
+        return self._records
+
+    def captions(self) -> List[str]:
+        return [c.text for r in self.records() for c in r.captions]
+
+    def hflip(self) -> bool:
+        setting = self.recipe.data.augment.hflip
+        if setting == "auto":
+            return not captions_mention_sides(self.captions())
+        return bool(setting)
+
+    def build(self, model: Any, recipe: Any, rank: int, world_size: int):
+        from ..data.training import PairDataset, ShardPairs, TrainCollator
+        from .data import BuiltData
+
+        transform = _train_transform(model, recipe.data.augment.random_resized_crop, self.hflip())
+        collate = TrainCollator(model.tokenizer, recipe.data.max_phrases)
+        if self.streamed:
+            ds = ShardPairs(self.path, transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed)
+            return BuiltData(ds, collate, None)
+        ds = PairDataset(self.records(), transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed)
+        return BuiltData(ds, collate, len(ds))

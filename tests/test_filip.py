@@ -1,0 +1,161 @@
+"""FILIP late interaction against a naive Python-loop reference (values, padding invariance, masking, loss)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loupe_bench.models.losses import filip_infonce, filip_scores, filip_similarity
+
+CAPTIONS = ["a red circle left of a blue square", "two green triangles", "a small yellow star above a purple circle"]
+
+
+@pytest.fixture(scope="module")
+def tiny_filip_spec():
+    from loupe_bench.models import get_spec
+
+    return get_spec("filip-tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_filip(tiny_filip_spec):
+    from loupe_bench.models import create_model
+
+    model = create_model(tiny_filip_spec, tokenizer_corpus=CAPTIONS, seed=0).eval()
+    tb = model.tokenizer(CAPTIONS)
+    g = torch.Generator().manual_seed(0)
+    batch = {"pixels": torch.randn(3, 3, 64, 64, generator=g), "input_ids": tb.input_ids,
+             "attention_mask": tb.attention_mask}
+    return model, batch
+
+
+def naive_filip(img, txt, lengths):
+    """Direct transcription of FILIP's definitions with Python loops over real tokens only."""
+    ni, nt = img.shape[0], txt.shape[0]
+    s_i = torch.zeros(ni, nt, dtype=torch.float64)
+    s_t = torch.zeros(ni, nt, dtype=torch.float64)
+    for i in range(ni):
+        for j in range(nt):
+            n2 = lengths[j]
+            dots = [[float(img[i, k] @ txt[j, r]) for r in range(n2)] for k in range(img.shape[1])]
+            s_i[i, j] = sum(max(row) for row in dots) / len(dots)
+            s_t[i, j] = sum(max(dots[k][r] for k in range(len(dots))) for r in range(n2)) / n2
+    return s_i, s_t
+
+
+def random_case(seed=0, ni=3, nt=5, n1=6, n2=7, d=8):
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(ni, n1, d, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(nt, n2, d, generator=g), dim=-1)
+    lengths = [int(x) for x in torch.randint(1, n2 + 1, (nt,), generator=g)]
+    lengths[0] = n2  # one unpadded caption
+    lengths[1] = 1  # one single-token caption
+    mask = torch.arange(n2)[None, :] < torch.tensor(lengths)[:, None]
+    return img, txt, mask, lengths
+
+
+def test_dense_scores_equal_naive_reference():
+    img, txt, mask, lengths = random_case()
+    # fill the padding with large garbage: it must not leak into any max or mean
+    txt = torch.where(mask[..., None], txt, torch.full_like(txt, 5.0))
+    ref_i, ref_t = naive_filip(img, txt, lengths)
+    got = filip_scores(img, txt, mask)
+    torch.testing.assert_close(got.i2t.double(), ref_i, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.t2i.double(), ref_t, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("image_chunk,max_elems", [(1, 1), (2, 100), (256, 1 << 20)])
+def test_chunked_scorer_equals_naive_reference(image_chunk, max_elems):
+    img, txt, mask, lengths = random_case(seed=1, ni=5, nt=7)
+    txt = torch.where(mask[..., None], txt, torch.full_like(txt, -3.0))
+    ref_i, ref_t = naive_filip(img, txt, lengths)
+    got = filip_similarity(img, txt, mask, image_chunk=image_chunk, max_chunk_elements=max_elems)
+    torch.testing.assert_close(got.i2t.double(), ref_i, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.t2i.double(), ref_t, atol=1e-5, rtol=0)
+
+
+def test_padded_caption_scores_as_unpadded():
+    img, txt, mask, lengths = random_case(seed=2)
+    j, n = 2, lengths[2]
+    short_txt, short_mask = txt[j:j + 1, :n], mask[j:j + 1, :n]
+    long_txt = torch.cat([txt[j:j + 1], torch.randn(1, 9, txt.shape[2])], dim=1)  # extra random padding
+    long_mask = torch.cat([mask[j:j + 1], torch.zeros(1, 9, dtype=torch.bool)], dim=1)
+    for fn in (filip_scores, filip_similarity):
+        a, b = fn(img, short_txt, short_mask), fn(img, long_txt, long_mask)
+        torch.testing.assert_close(a.i2t, b.i2t, atol=1e-6, rtol=0)
+        torch.testing.assert_close(a.t2i, b.t2i, atol=1e-6, rtol=0)
+
+
+def test_padding_never_wins_when_all_similarities_negative():
+    # mindformers' flaw: zeroed pads win the max when every real similarity is negative
+    img = F.normalize(torch.tensor([[[1.0, 0.0]]]), dim=-1)
+    txt = torch.tensor([[[-1.0, 0.0], [0.0, 0.0]]])  # one real token at cosine -1, one zero pad
+    mask = torch.tensor([[True, False]])
+    for fn in (filip_scores, filip_similarity):
+        s = fn(img, txt, mask)
+        assert s.i2t.item() == pytest.approx(-1.0)
+        assert s.t2i.item() == pytest.approx(-1.0)
+
+
+def test_image_mask_restricts_patches():
+    img, txt, mask, lengths = random_case(seed=3, ni=1)
+    keep = torch.tensor([[True, False, True, False, False, True]])
+    a = filip_scores(img, txt, mask, image_mask=keep)
+    b = filip_scores(img[:, keep[0]], txt, mask)
+    torch.testing.assert_close(a.i2t, b.i2t)
+    torch.testing.assert_close(a.t2i, b.t2i)
+
+
+def test_filip_infonce_uses_si_for_i2t_and_st_for_t2i():
+    img, txt, mask, _ = random_case(seed=4, ni=4, nt=4)
+    scale = torch.tensor(10.0)
+    s = filip_scores(img, txt, mask)
+    ref = 0.0
+    for i in range(4):  # image -> text with s^I
+        ref += -math.log(math.exp(10 * s.i2t[i, i]) / sum(math.exp(10 * s.i2t[i, j]) for j in range(4))) / 8
+    for j in range(4):  # text -> image with s^T
+        ref += -math.log(math.exp(10 * s.t2i[j, j]) / sum(math.exp(10 * s.t2i[i, j]) for i in range(4))) / 8
+    assert float(filip_infonce(img, txt, mask, scale)) == pytest.approx(ref, abs=1e-5)
+
+
+def test_model_masks_special_tokens_and_scores_regions(tiny_filip):
+    model, batch = tiny_filip
+    ids, am = batch["input_ids"][:3], batch["attention_mask"][:3]
+    with torch.no_grad():
+        img = model.encode_image(batch["pixels"][:2])
+        txt = model.encode_text(ids, am)
+    special = torch.isin(ids, model.special_token_ids)
+    assert not (txt.mask & special).any()  # [CLS]/[SEP]/[PAD] excluded (text_special_tokens: false)
+    assert torch.equal(txt.mask, am.bool() & ~special)
+    # model similarity == naive reference over the masked tokens, per direction
+    lengths = txt.mask.sum(1).tolist()
+    packed = torch.zeros_like(txt.tokens)
+    for j in range(3):
+        packed[j, : lengths[j]] = txt.tokens[j][txt.mask[j]]
+    ref_i, ref_t = naive_filip(img.tokens, packed, lengths)
+    torch.testing.assert_close(model.similarity(img, txt, "i2t").double(), ref_i, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.similarity(img, txt, "t2i").double(), ref_t, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.similarity(img, txt, "mean").double(), (ref_i + ref_t) / 2, atol=1e-5, rtol=0)
+    # a whole-image box scores as the whole image; a quarter box scores as its 16 patches
+    full_and_quarter = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
+    regions = model.score_regions(img, [full_and_quarter, full_and_quarter], txt)
+    torch.testing.assert_close(regions[0][0].double(), (ref_i[0] + ref_t[0]) / 2, atol=1e-5, rtol=0)
+    quarter = img.tokens[1].view(8, 8, -1)[:4, :4].reshape(1, 16, -1)
+    q_i, q_t = naive_filip(quarter, packed, lengths)
+    torch.testing.assert_close(regions[1][1].double(), ((q_i + q_t) / 2)[0], atol=1e-5, rtol=0)
+    # dense map: per patch, the max over the text's real tokens; its mean over patches is s^I
+    pmap = model.patch_similarity(img, txt)
+    assert pmap.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(pmap.mean(dim=(2, 3)).double(), ref_i, atol=1e-5, rtol=0)
+
+
+def test_special_tokens_option_counts_cls_sep(tiny_filip_spec):
+    from loupe_bench.models import create_model
+
+    spec = dict(tiny_filip_spec, text_special_tokens=True)
+    model = create_model(spec, tokenizer_corpus=["a red circle"], seed=0)
+    tb = model.tokenizer(["a red circle"])
+    txt = model.encode_text(tb.input_ids, tb.attention_mask)
+    assert torch.equal(txt.mask, tb.attention_mask.bool())

@@ -1,0 +1,117 @@
+"""Regression gate: pass / regressed / improved / missing, fingerprints, tolerance from seed spread, --update."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from loupe_bench.errors import SpecError
+from loupe_bench.report.gate import ToleranceConfig, build_reference, check, check_rows, update_reference
+
+
+def _write_result(folder: Path, model: str, task: str, metrics: dict, seed: int = 0, fp: str = "fpA"):
+    obj = {
+        "schema": "loupe-bench/result/v1",
+        "model": {"name": model, "spec": {}, "checkpoint_sha256": "0" * 64, "source": "runs/x"},
+        "task": {"name": task, "type": "retrieval", "dataset": "synthetic", "split": "test", "spec": {},
+                 "fingerprint": fp},
+        "metrics": {k: {"value": v, "ci95": [v, v], "units": "fraction"} for k, v in metrics.items()},
+        "unavailable": {}, "extra": {}, "seed": seed, "code_version": "t", "packages": {}, "device": "cpu",
+        "timings": {}, "timestamp": "2026-11-27T12:00:00Z",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{model}__{task}__s{seed}.json").write_text(json.dumps(obj))
+
+
+def _results(folder: Path, seed=0, r1=0.50, r5=0.80, ap=0.30, fp="fpA"):
+    _write_result(folder, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": r1, "i2t_R@5": r5}, seed, fp)
+    _write_result(folder, "loupe-tiny", "synthetic-detection", {"AP": ap}, seed, fp + "d")
+    return folder
+
+
+def _cli(args):
+    from loupe_bench.cli.main import cli
+
+    return CliRunner().invoke(cli, args)
+
+
+def test_reference_from_seeds_records_spread(tmp_path):
+    a = _results(tmp_path / "s0", seed=0, r1=0.50)
+    b = _results(tmp_path / "s1", seed=1, r1=0.56)
+    ref = build_reference([a, b], config=ToleranceConfig(k=3.0, abs_floor=0.01, rel_tol=0.0))
+    row = [r for r in ref["rows"] if r["metric"] == "i2t_R@1"][0]
+    assert row["value"] == pytest.approx(0.53)
+    # sample std of (0.50, 0.56) = 0.0424264; abs_tol = 3 * std
+    assert row["spread"] == pytest.approx(0.0424264, abs=1e-6)
+    assert row["abs_tol"] == pytest.approx(3 * 0.0424264, abs=1e-5)
+    assert row["n_seeds"] == 2 and row["seeds"] == [0, 1]
+    # equal seeds: the floor applies
+    row5 = [r for r in ref["rows"] if r["metric"] == "i2t_R@5"][0]
+    assert row5["spread"] == 0 and row5["abs_tol"] == pytest.approx(0.01)
+    assert ref["fingerprints"] == {"synthetic-retrieval": "fpA", "synthetic-detection": "fpAd"}
+
+
+def test_statuses(tmp_path):
+    ref = build_reference([_results(tmp_path / "ref")], config=ToleranceConfig(abs_floor=0.02, rel_tol=0.1))
+    p = tmp_path / "ref.json"
+    p.write_text(json.dumps(ref))
+    # equal -> all pass
+    rep = check(_results(tmp_path / "same"), p)
+    assert {r.status for r in rep.rows} == {"pass"} and not rep.failed
+    # planted drop beyond band: band(R@1) = max(0.02, 0.1*0.5) = 0.05
+    rep = check(_results(tmp_path / "drop", r1=0.44), p)
+    st = {r.metric: r.status for r in rep.rows}
+    assert st["i2t_R@1"] == "regressed" and rep.failed
+    # inside the band -> pass
+    rep = check(_results(tmp_path / "small", r1=0.46), p)
+    assert {r.status for r in rep.rows} == {"pass"}
+    # improvement is not a failure
+    rep = check(_results(tmp_path / "up", r1=0.60), p)
+    st = {r.metric: r.status for r in rep.rows}
+    assert st["i2t_R@1"] == "improved" and not rep.failed
+    # missing row -> failure
+    d = tmp_path / "miss"
+    _write_result(d, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.5, "i2t_R@5": 0.8})
+    rep = check(d, p)
+    assert [r.status for r in rep.rows if r.metric == "AP"] == ["missing"] and rep.failed
+
+
+def test_lower_is_better_metrics_flip(tmp_path):
+    _write_result(tmp_path / "a", "clip-tiny", "t", {"mean_rank": 10.0})
+    ref = build_reference([tmp_path / "a"], config=ToleranceConfig(abs_floor=0.5, rel_tol=0.0))
+    _write_result(tmp_path / "b", "clip-tiny", "t", {"mean_rank": 12.0})
+    from loupe_bench.report.results_io import load_rows
+
+    rep = check_rows(load_rows(tmp_path / "b"), ref)
+    assert rep.rows[0].status == "regressed"
+
+
+def test_fingerprint_mismatch_refused(tmp_path):
+    p = tmp_path / "ref.json"
+    p.write_text(json.dumps(build_reference([_results(tmp_path / "ref")])))
+    with pytest.raises(SpecError, match="fingerprint"):
+        check(_results(tmp_path / "other", fp="fpB"), p)
+    from loupe_bench.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["check", str(tmp_path / "other"), "--reference", str(p)])
+    assert exc.value.code == 2
+
+
+def test_cli_exit_codes_and_update(tmp_path):
+    p = tmp_path / "ref.json"
+    res = _cli(["check", str(_results(tmp_path / "s0")), "--reference", str(p), "--update",
+                "--seeds-from", str(_results(tmp_path / "s1", seed=1, r1=0.52))])
+    assert res.exit_code == 0, res.output
+    ref = json.loads(p.read_text())
+    assert ref["seeds"] == [0, 1] and len(ref["rows"]) == 3
+    assert _cli(["check", str(tmp_path / "s0"), "--reference", str(p)]).exit_code == 0
+    res = _cli(["check", str(_results(tmp_path / "bad", ap=0.05)), "--reference", str(p)])
+    assert res.exit_code == 1 and "regressed" in res.output
+    # a one-seed update keeps the tolerance measured from several seeds
+    old_tol = {r["metric"]: r["abs_tol"] for r in ref["rows"]}
+    update_reference([tmp_path / "s0"], p)
+    new = {r["metric"]: r["abs_tol"] for r in json.loads(p.read_text())["rows"]}
+    assert all(new[m] >= old_tol[m] for m in old_tol)

@@ -1,0 +1,218 @@
+"""Metrics against hand-computed cases and independent references (naive loops, pycocotools, pycocoevalcap)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from loupe_bench.errors import DataError
+from loupe_bench.tasks.metrics import bootstrap as bs
+from loupe_bench.tasks.metrics.classification import fit_logistic_regression, linear_probe, topk_accuracy
+from loupe_bench.tasks.metrics.detection import coco_ap, per_class_nms, resample_coco
+from loupe_bench.tasks.metrics.grounding import accuracy_at_iou, box_iou, grounding_hits, xywh_to_xyxy
+from loupe_bench.tasks.metrics.retrieval import (
+    image_to_text_ranks,
+    retrieval_metrics,
+    text_to_image_ranks,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- retrieval
+def naive_ranks(scores: np.ndarray, positives) -> np.ndarray:
+    """Dense reference: stable argsort of negated scores (ties -> lower index first), best positive position."""
+    out = []
+    for q in range(scores.shape[0]):
+        order = np.argsort(-scores[q], kind="stable")
+        pos = set(positives[q])
+        out.append(min(i for i, g in enumerate(order) if g in pos))
+    return np.array(out)
+
+
+def clip_benchmark_recall(scores_t_by_i: np.ndarray, positive_pairs: np.ndarray, k: int) -> float:
+    """CLIP_benchmark's definition re-written here: per query count positives in topk, hit if > 0."""
+    t = torch.from_numpy(scores_t_by_i)
+    topk = t.topk(k, dim=1).indices
+    nb_pos = torch.from_numpy(positive_pairs).gather(1, topk).sum(1)
+    return float((nb_pos > 0).float().mean())
+
+
+def test_retrieval_hand_computed_with_ties_and_several_captions():
+    # 2 images, 4 captions: captions 0,1 -> image 0; captions 2,3 -> image 1
+    s = torch.tensor([[0.1, 0.9, 0.9, 0.2], [0.5, 0.5, 0.3, 0.5]])
+    owners = [0, 0, 1, 1]
+    r_i2t = image_to_text_ranks(s, owners)
+    # image 0: best positive caption 1 (0.9) ties caption 2 (0.9); caption 1 has the lower index -> rank 0
+    # image 1: best positive caption 3 (0.5) ties captions 0,1 (0.5, lower index) -> rank 2
+    assert r_i2t.tolist() == [0, 2]
+    r_t2i = text_to_image_ranks(s, owners)
+    # caption 0: col [0.1, 0.5] -> GT image 0 rank 1; caption 1: [0.9, 0.5] -> 0
+    # caption 2: [0.9, 0.3] GT image 1 -> 1; caption 3: [0.2, 0.5] -> 0
+    assert r_t2i.tolist() == [1, 0, 1, 0]
+    out = retrieval_metrics(s, s, owners, ks=(1, 5, 10))
+    assert out.metrics["i2t_R@1"] == 0.5
+    assert out.metrics["t2i_R@1"] == 0.5
+    assert out.metrics["i2t_R@5"] == 1.0
+    assert out.metrics["rsum"] == pytest.approx(0.5 + 1 + 1 + 0.5 + 1 + 1)
+
+
+def test_tie_rule_lower_gallery_index_wins():
+    # all scores tied: the gallery order is the index order
+    s = torch.zeros(2, 3)
+    # image 0 owns captions 1, 2 -> caption 0 (image 1's) is ranked first -> best rank 1; image 1 -> rank 0
+    assert image_to_text_ranks(s, [1, 0, 0]).tolist() == [1, 0]
+    # caption queries: image 0 always precedes image 1
+    assert text_to_image_ranks(s, [1, 0, 0]).tolist() == [1, 0, 0]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_chunked_equals_dense_reference(chunk):
+    rng = np.random.default_rng(0)
+    n_img, per = 9, 5
+    owners = np.repeat(np.arange(n_img), per)
+    rng.shuffle(owners)
+    # quantised scores force many ties
+    s = np.round(rng.normal(size=(n_img, owners.size)), 1).astype(np.float32)
+    pos_i2t = [np.flatnonzero(owners == i) for i in range(n_img)]
+    pos_t2i = [[owners[j]] for j in range(owners.size)]
+    ref_i2t = naive_ranks(s, pos_i2t)
+    ref_t2i = naive_ranks(s.T.copy(), pos_t2i)
+    assert (image_to_text_ranks(torch.from_numpy(s), owners, chunk_size=chunk) == ref_i2t).all()
+    assert (text_to_image_ranks(torch.from_numpy(s), owners, chunk_size=chunk) == ref_t2i).all()
+
+
+def test_equals_clip_benchmark_definition_without_ties():
+    rng = np.random.default_rng(1)
+    n_img, per = 12, 5
+    owners = np.repeat(np.arange(n_img), per)
+    s = rng.normal(size=(n_img, owners.size))
+    out = retrieval_metrics(torch.from_numpy(s), torch.from_numpy(s), owners)
+    pos = (owners[None, :] == np.arange(n_img)[:, None]).astype(np.int64)  # [img, txt]
+    for k in (1, 5, 10):
+        # CLIP_benchmark: scores = text @ image.T; image retrieval uses rows of texts, text retrieval the transpose
+        assert out.metrics[f"t2i_R@{k}"] == pytest.approx(clip_benchmark_recall(s.T.copy(), pos.T.copy(), k))
+        assert out.metrics[f"i2t_R@{k}"] == pytest.approx(clip_benchmark_recall(s, pos, k))
+
+
+def test_retrieval_rejects_nan_and_orphans():
+    with pytest.raises(DataError):
+        image_to_text_ranks(torch.tensor([[float("nan"), 0.0]]), [0, 0])
+    with pytest.raises(DataError):
+        image_to_text_ranks(torch.zeros(2, 2), [0, 0])  # image 1 has no caption
+
+
+# ---------------------------------------------------------------------------------------------- classification
+def test_topk_hand_computed_and_ties():
+    logits = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.5, 0.0], [0.3, 0.3, 0.3]])
+    labels = [1, 1, 2]
+    # sample 0 rank 0; sample 1 ties with class 0 (lower index wins) -> rank 1; sample 2 -> rank 2
+    acc = topk_accuracy(logits, labels, ks=(1, 2, 5))
+    assert acc["top1"] == pytest.approx(1 / 3)
+    assert acc["top2"] == pytest.approx(2 / 3)
+    assert acc["top5"] == 1.0
+
+
+def test_logistic_regression_optimality_and_probe_selection():
+    g = torch.Generator().manual_seed(0)
+    n, d, c = 60, 5, 3
+    centers = torch.randn(c, d, generator=g) * 3
+    y = torch.arange(n) % c
+    x = centers[y] + torch.randn(n, d, generator=g)
+    l2 = 1e-2
+    w, b = fit_logistic_regression(x, y, c, l2)
+    # first-order optimality of the convex objective (independent check of the solver)
+    w_ = w.clone().requires_grad_(True)
+    b_ = b.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(x.double() @ w_.T + b_, y) + 0.5 * l2 * (w_ * w_).sum()
+    loss.backward()
+    assert w_.grad.abs().max() < 1e-5 and b_.grad.abs().max() < 1e-5
+    out = linear_probe(x[:30], y[:30], x[30:45], y[30:45], x[45:], c, l2_grid=(1e-3, 1.0))
+    assert out.l2 in (1e-3, 1.0) and len(out.val_accuracy) == 2
+    assert topk_accuracy(out.test_logits, y[45:], ks=(1,))["top1"] >= 0.9
+    again = linear_probe(x[:30], y[:30], x[30:45], y[30:45], x[45:], c, l2_grid=(1e-3, 1.0))
+    assert torch.equal(out.test_logits, again.test_logits)
+
+
+# ---------------------------------------------------------------------------------------------- grounding
+def test_iou_edge_cases():
+    a = [[0, 0, 2, 2]]
+    assert box_iou(a, [[2, 0, 4, 2]]).item() == 0.0  # touching
+    assert box_iou(a, [[0.5, 0.5, 1.5, 1.5]]).item() == pytest.approx(1 / 4)  # contained
+    assert box_iou(a, [[0, 0, 2, 2]]).item() == 1.0
+    assert box_iou(a, [[1, 1, 3, 3]]).item() == pytest.approx(1 / 7)
+    assert box_iou(a, [[1, 1, 1, 1]]).item() == 0.0  # zero-area inside
+    assert box_iou([[1, 1, 1, 1]], [[1, 1, 1, 1]]).item() == 0.0  # both zero-area: defined as 0
+    assert xywh_to_xyxy([[1, 2, 3, 4]]).tolist() == [[1, 2, 4, 6]]
+
+
+def test_acc_at_iou_uses_greater_or_equal():
+    gt = [[0, 0, 2, 1], [0, 0, 2, 2]]
+    pred = [[0, 0, 1, 1], [0, 0, 2, 1]]  # IoU exactly 0.5 both
+    assert grounding_hits(pred, gt).tolist() == [1, 1]
+    assert accuracy_at_iou(pred, gt, 0.5) == 1.0
+    assert accuracy_at_iou(pred, gt, 0.51) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- detection
+def _gt():
+    images = [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"} for i in (1, 2)]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 40, 40], "area": 1600, "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 1, "bbox": [20, 20, 50, 50], "area": 2500, "iscrowd": 0},
+        {"id": 4, "image_id": 2, "category_id": 2, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+    ]
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+
+
+def test_detection_perfect_empty_partial():
+    gt = _gt()
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt["annotations"]]
+    assert coco_ap(gt, perfect) == {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0), "AP75": pytest.approx(1.0)}
+    assert coco_ap(gt, []) == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    # only the class-1 boxes found: class 1 AP 1, class 2 AP 0 -> mean 0.5
+    half = [d for d in perfect if d["category_id"] == 1]
+    assert coco_ap(gt, half)["AP50"] == pytest.approx(0.5)
+    # one of two class-2 boxes found, with the highest score: precision 1 up to recall 0.5 -> 101-point AP
+    # = 51/101 for class 2; class 1 perfect -> mean (1 + 51/101) / 2
+    partial = half + [d for d in perfect if d["category_id"] == 2 and d["image_id"] == 1]
+    assert coco_ap(gt, partial)["AP"] == pytest.approx((1 + 51 / 101) / 2)
+    # a box with IoU 0.64 with its GT (AP50 counts it, AP75 does not)
+    shifted = [dict(d) for d in perfect]
+    x, y, w, h = shifted[0]["bbox"]
+    shifted[0]["bbox"] = [x + 6.6, y, w, h]  # IoU = 23.4 / 36.6 = 0.639
+    out = coco_ap(gt, shifted)
+    assert out["AP50"] == pytest.approx(1.0)
+    # at IoU 0.75 class 1 finds one of its two boxes, both scored 0.9: COCOeval sorts detections stably, so the
+    # shifted one (first) is a false positive before the true positive -> precision 1/2 at recall 1/2 and
+    # interpolated precision 0.5 for recall points 0..0.5 (51 of 101) -> class-1 AP75 = 0.5*51/101
+    assert out["AP75"] == pytest.approx((0.5 * 51 / 101 + 1.0) / 2)
+
+
+def test_detection_resample_and_nms():
+    gt = _gt()
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9}]
+    g2, d2 = resample_coco(gt, dets, [1, 1, 2])
+    assert [im["id"] for im in g2["images"]] == [0, 1, 2]
+    assert len(g2["annotations"]) == 6 and len(d2) == 2
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10.0]])
+    keep = per_class_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 1]), 0.5)
+    assert sorted(keep.tolist()) == [0, 2]
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap
+def test_bootstrap_intervals_deterministic_and_paired():
+    v = np.array([0, 1] * 50, dtype=float)
+    a = bs.bootstrap_ci(v, n_resamples=500, seed=3)
+    b = bs.bootstrap_ci(v, n_resamples=500, seed=3)
+    assert a == b and a.value == 0.5 and a.low < 0.5 < a.high
+    # standard error of a mean of Bernoulli(0.5), n=100 is 0.05 -> 95 % half-width about 0.098
+    assert 0.07 < (a.high - a.low) / 2 < 0.13
+    const = bs.bootstrap_ci(np.ones(10), n_resamples=50)
+    assert const == (1.0, 1.0, 1.0)
+    d = bs.paired_bootstrap_delta(v + 0.1, v, n_resamples=200)
+    assert d["delta"] == pytest.approx(0.1) and d["low"] == pytest.approx(0.1) and d["high"] == pytest.approx(0.1)
+    fn = bs.bootstrap_ci_fn(100, lambda idx: float(v[idx].mean()), n_resamples=500, seed=3)
+    assert fn.low == pytest.approx(a.low) and fn.high == pytest.approx(a.high)
+    s = bs.seed_summary([1.0, 2.0, 3.0])
+    assert s == {"mean": 2.0, "std": 1.0, "n": 3}

@@ -1,0 +1,149 @@
+"""Reports from result JSONs: table grouping, best marking, fingerprints never merged, CSV/Markdown/HTML."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from loupe_bench.errors import DataError
+from loupe_bench.report.render import report
+from loupe_bench.report.results_io import load_rows
+from loupe_bench.report.table import build_table
+
+
+def _write(folder: Path, model: str, task: str, metrics: dict, *, seed=0, fp="fp-ret", split="test",
+           ci=True, unavailable=None):
+    obj = {
+        "schema": "loupe-bench/result/v1",
+        "model": {"name": model, "spec": {"family": model.split("-")[0]}, "checkpoint_sha256": "a" * 64,
+                  "source": f"runs/{model}"},
+        "task": {"name": task, "type": task.split("-")[-1], "dataset": "synthetic", "split": split,
+                 "spec": {}, "fingerprint": fp},
+        "metrics": {k: ({"value": v, "ci95": [v - 0.05, v + 0.05], "units": "fraction"} if ci else
+                        {"value": v, "units": "fraction"}) for k, v in metrics.items()},
+        "unavailable": unavailable or {}, "extra": {"proposal_source": "grid"}, "seed": seed,
+        "code_version": "0.1.0", "packages": {}, "device": "cpu", "timings": {"total_s": 0.5},
+        "timestamp": "2026-11-27T12:00:00Z",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{model}__{task}__{split}__{seed}__{fp}.json").write_text(json.dumps(obj))
+
+
+@pytest.fixture()
+def results(tmp_path):
+    r = tmp_path / "results"
+    _write(r, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.40, "t2i_R@1": 0.30})
+    _write(r, "filip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.50, "t2i_R@1": 0.30})
+    _write(r, "loupe-tiny", "synthetic-retrieval", {"i2t_R@1": 0.45, "t2i_R@1": 0.20})
+    _write(r, "loupe-tiny", "synthetic-grounding", {"acc@0.5": 0.6}, fp="fp-g",
+           unavailable={"SPICE": "models missing"})
+    return r
+
+
+def test_table_best_and_units(results):
+    t = build_table(load_rows(results))
+    assert t.models == ["clip-tiny", "filip-tiny", "loupe-tiny"]
+    labels = [c.label for c in t.columns]
+    i2t = labels.index("synthetic-retrieval/test/i2t_R@1")
+    t2i = labels.index("synthetic-retrieval/test/t2i_R@1")
+    assert t.best[i2t] == ["filip-tiny"]
+    assert t.best[t2i] == ["clip-tiny", "filip-tiny"]          # ties: both marked
+    cell = t.cell("clip-tiny", i2t)
+    assert cell.value == pytest.approx(40.0) and cell.ci_low == pytest.approx(35.0)
+    # a column with a single model has no "best"
+    g = labels.index("synthetic-grounding/test/acc@0.5")
+    assert g not in t.best
+
+
+def test_seeds_averaged_with_std(tmp_path):
+    r = tmp_path / "r"
+    for seed, v in enumerate([0.2, 0.4, 0.6]):
+        _write(r, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": v}, seed=seed)
+    t = build_table(load_rows(r))
+    cell = t.cell("clip-tiny", 0)
+    assert cell.n == 3 and cell.value == pytest.approx(40.0) and cell.std == pytest.approx(20.0)
+
+
+def test_fingerprints_never_merged(tmp_path):
+    r = tmp_path / "r"
+    _write(r, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.4}, fp="aaaaaaaa1111")
+    _write(r, "filip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.9}, fp="bbbbbbbb2222")
+    t = build_table(load_rows(r))
+    assert len(t.columns) == 2
+    assert {c.label for c in t.columns} == {"synthetic-retrieval@aaaaaaaa/test/i2t_R@1",
+                                            "synthetic-retrieval@bbbbbbbb/test/i2t_R@1"}
+    assert t.notes and "never merged" in t.notes[0]
+    assert t.best == {}          # one model per column: no false "best" across protocols
+
+
+def test_bad_result_files(tmp_path):
+    r = tmp_path / "r"
+    _write(r, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.4})
+    f = next(r.glob("*.json"))
+    obj = json.loads(f.read_text())
+    obj["metrics"]["i2t_R@1"]["value"] = "high"
+    f.write_text(json.dumps(obj))
+    with pytest.raises(DataError, match="i2t_R@1"):
+        load_rows(r)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no result JSON"):
+        load_rows(tmp_path / "empty")
+
+
+def test_report_files(results, tmp_path):
+    # a run directory with a JSONL log beside the results -> training curves in the HTML
+    run = tmp_path / "runs" / "clip-tiny"
+    run.mkdir(parents=True)
+    run.joinpath("log.jsonl").write_text("\n".join(
+        json.dumps({"step": s, "loss": 2.0 / (s + 1), "terms": {"cmc": 1.0 / (s + 1)}, "lr": 1e-3}) for s in range(5)))
+    paths = report(results, out_dir=tmp_path / "out", quiet=True)
+    df = pd.read_csv(paths.csv)
+    assert len(df) == 7 and set(df.columns) >= {"model", "task", "metric", "value", "ci_low", "ci_high", "fingerprint"}
+    assert df.loc[(df.model == "filip-tiny") & (df.metric == "i2t_R@1"), "value"].item() == pytest.approx(0.5)
+    md = paths.markdown.read_text()
+    assert "**50.0 [45.0, 55.0]**" in md and "| clip-tiny |" in md
+    html = paths.html.read_text()
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) >= 3            # two task bar charts + training curves
+    for b in imgs:
+        assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Training curves" in html and "SPICE" in html and "models missing" in html
+    assert "http://" not in html and "https://" not in html      # self-contained
+    assert 'class="best"' in html
+    assert "no LOUPE run directory" in html
+
+
+def test_report_cli(results, tmp_path):
+    from loupe_bench.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["report", str(results), "--csv", "--out", str(tmp_path / "o")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "results.csv").is_file()
+    assert not (tmp_path / "o" / "report.html").exists()
+    assert "filip-tiny" in res.output and "★" in res.output
+
+
+def test_explanation_plot_on_world_sample(tiny_world):
+    import numpy as np
+    from PIL import Image
+
+    from loupe_bench.report.explain import plot_explanation, sample_images
+
+    samples = sample_images(tiny_world, n=2)
+    assert len(samples) == 2
+    s = samples[0]
+    # gold spans index the caption text
+    assert [s.caption[a:b] for a, b in s.spans] == s.phrases
+    img = np.asarray(Image.open(s.path).convert("RGB"))
+    k, p = 4, len(s.phrases)
+    png = plot_explanation(img, np.array([[0, 0, .5, .5], [.5, .5, 1, 1], [0, .5, .5, 1], [.2, .2, .8, .8]]),
+                           np.array([.9, .5, .3, .1]), s.phrases, [0] * p, np.random.rand(k, p), caption=s.caption)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="shape"):
+        plot_explanation(img, np.zeros((4, 4)), np.zeros(4), s.phrases, [0] * p, np.zeros((3, p)))

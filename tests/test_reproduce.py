@@ -1,0 +1,95 @@
+"""The CI gate: `reproduce synthetic --quick` end to end, then `check` against the committed reference.
+
+Also: the gate fails on a planted regression (a lowered metric, and a weakened model), and the report folder holds
+the HTML (with LOUPE's explanations), Markdown and CSV.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from loupe_bench.cli.main import cli
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "results" / "reference" / "synthetic-quick.json"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quick") / "run"
+    res = CliRunner().invoke(cli, ["reproduce", "synthetic", "--quick", "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_quick_run_layout(quick_run):
+    man = json.loads((quick_run / "reproduce.json").read_text())
+    assert man["quick"] is True and man["seeds"] == [0]
+    assert set(man["plan"]["models"]) == {"clip-tiny", "filip-tiny", "loupe-tiny"}
+    for f in ("report.html", "report.md", "results.csv"):
+        assert (quick_run / "report" / f).stat().st_size > 0
+    html = (quick_run / "report" / "report.html").read_text()
+    assert "LOUPE explanations" in html and "Training curves" in html
+    # every model has a result for every task the manifest lists
+    results = list((quick_run / "results").rglob("*.json"))
+    seen = {(json.loads(p.read_text())["model"]["name"], json.loads(p.read_text())["task"]["name"]) for p in results}
+    for m in man["plan"]["models"]:
+        for t in man["tasks"]:
+            assert (m, t) in seen, (m, t)
+
+
+def test_quick_run_passes_committed_reference(quick_run):
+    assert REFERENCE.is_file(), "results/reference/synthetic-quick.json must be committed"
+    res = CliRunner().invoke(cli, ["check", str(quick_run / "results"), "--reference", str(REFERENCE)])
+    assert res.exit_code == 0, res.output
+    assert "regressed" not in res.output.split("regression gate")[-1]
+
+
+def test_models_learn(quick_run):
+    """Informative, not chance: retrieval far above chance for every trained model."""
+    from loupe_bench.report.results_io import load_rows
+
+    rows = [r for r in load_rows(quick_run / "results") if r.metric == "i2t_R@1" and r.task_type == "retrieval"
+            and r.split == "test"]
+    assert rows
+    for r in rows:
+        n_images = 300  # small world test split
+        assert r.value > 5.0 / n_images, r
+
+
+def test_planted_regression_fails_gate(quick_run, tmp_path):
+    bad = tmp_path / "results"
+    shutil.copytree(quick_run / "results", bad)
+    # lower one gated metric of LOUPE by 0.2 (absolute, fraction units)
+    ref = json.loads(REFERENCE.read_text())
+    target = next(r for r in ref["rows"] if r["model"] == "loupe-tiny" and r["value"] > 0.25)
+    for p in bad.rglob("*.json"):
+        obj = json.loads(p.read_text())
+        if (obj["model"]["name"], obj["task"]["name"], obj["task"]["split"]) == (target["model"], target["task"],
+                                                                                   target["split"]):
+            obj["metrics"][target["metric"]]["value"] -= 0.2
+            p.write_text(json.dumps(obj))
+    res = CliRunner().invoke(cli, ["check", str(bad), "--reference", str(REFERENCE)])
+    assert res.exit_code == 1 and "regressed" in res.output
+
+
+def test_weakened_model_fails_gate(quick_run, tmp_path):
+    """An untrained LOUPE evaluated in place of the trained one is caught by the gate."""
+    from loupe_bench.tasks.evaluate import evaluate
+
+    man = json.loads((quick_run / "reproduce.json").read_text())
+    bad = tmp_path / "results"
+    shutil.copytree(quick_run / "results", bad)
+    retr = [t for t in man["tasks"] if "retrieval" in t]
+    # an untrained model of the same spec, evaluated on the same protocol, replaces loupe-tiny's retrieval results
+    for p in bad.rglob("*.json"):
+        obj = json.loads(p.read_text())
+        if obj["model"]["name"] == "loupe-tiny" and obj["task"]["name"] in retr:
+            p.unlink()
+    evaluate(["loupe-tiny"], retr, data_root=quick_run / "world", out_dir=bad / "weak", seed=0)
+    res = CliRunner().invoke(cli, ["check", str(bad), "--reference", str(REFERENCE)])
+    assert res.exit_code == 1 and "regressed" in res.output
