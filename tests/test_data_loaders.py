@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import pickle
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +215,26 @@ def test_synthetic_loader_merges_everything(tiny_world, expected_captions):
     w = load_world(tiny_world)
     assert w.path("coco", "val") == tiny_world / "annotations" / "instances_val.json"
     assert w.classnames == tuple(SHAPES) and w.image_size == 64 and w.seed == 0
+
+
+def test_imagefolder_imagenet_style_and_voc_overlapping_sets(tiny_world, tmp_path):
+    import shutil
+
+    root = tmp_path / "inet"
+    wnid = {s: f"n{i:08d}" for i, s in enumerate(sorted(SHAPES, reverse=True))}
+    for split in ("val",):
+        for shape in SHAPES:
+            src = tiny_world / "classification" / split / shape
+            if src.is_dir():
+                shutil.copytree(src, root / split / wnid[shape])
+    (root / "classnames.txt").write_text("\n".join(f"readable {k}" for k in range(len(SHAPES))) + "\n")
+    recs = load_dataset("imagefolder", root, split="val")
+    order = sorted(wnid.values())
+    want = load_dataset("imagefolder", tiny_world / "classification", split="val")
+    got = {s.image_id: s.label for s in recs.samples}
+    assert got == {s.image_id: order.index(wnid[SHAPES[s.label]]) for s in want.samples}
+    voc = write_voc(tiny_world, tmp_path / "voc")
+    sets = voc / "ImageSets" / "Main"
+    (sets / "trainval.txt").write_text((sets / "train.txt").read_text() + (sets / "val.txt").read_text())
+    assert len(load_dataset("voc", voc, split="trainval").images) == 52
+    assert len(load_dataset("voc", voc, split="train").images) == 40

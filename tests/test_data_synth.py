@@ -184,3 +184,19 @@ def test_relation_words():
     assert relation(a, b, 64) == "left of" and relation(b, a, 64) == "right of"
     assert relation(a, c, 64) == "above" and relation(c, a, 64) == "below"
     assert relation(a, a, 64) == "next to"
+
+
+def test_rerun_replaces_a_world_and_refuses_foreign_folders(tmp_path):
+    from loupe_bench.errors import DataError
+
+    out = tmp_path / "w"
+    generate_world(out, seed=0, size="tiny")
+    (out / "images" / "999999.jpg").write_bytes(b"stale")
+    generate_world(out, seed=0, size="tiny")
+    assert not (out / "images" / "999999.jpg").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="refusing"):
+        generate_world(foreign, size="tiny")
+    assert (foreign / "notes.txt").read_text() == "keep me"

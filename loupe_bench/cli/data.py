@@ -54,6 +54,11 @@ def check_cmd(path: str, fmt: str) -> None:
     if not errors:
         console.print(f"{path}: no problems found")
         return
+    if not console.is_terminal:  # plain lines for logs and pipes: <file>: record <id>: <what is wrong>
+        click.echo(f"{len(errors)} problem(s) in {path}:")
+        for e in errors:
+            click.echo(f"  {e}")
+        sys.exit(1)
     table = Table(title=f"{len(errors)} problem(s) in {path}", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("file", overflow="fold")

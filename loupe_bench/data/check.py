@@ -6,10 +6,9 @@ recorded and the remaining files are still checked. A synthetic world folder is 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from ..errors import DataError
 from ..registry import Registry
@@ -57,7 +56,8 @@ def detect_format(path: PathLike) -> str:
 
 
 def _run(fmt: str, path: PathLike, **options: Any) -> List[DataError]:
-    loader = DATASETS.get(fmt)(path, on_bad_sample="skip", verify_images=True, **options)
+    options.setdefault("verify_images", True)
+    loader = DATASETS.get(fmt)(path, on_bad_sample="skip", **options)
     try:
         loader.load()
     except DataError as err:
@@ -79,7 +79,9 @@ def _check_world(path: Path) -> List[DataError]:
     errors: List[DataError] = []
     jobs: List[Tuple[str, Path, Dict[str, Any]]] = [("karpathy", path / files["karpathy"], {})]
     jobs += [("coco", path / rel, {}) for _, rel in sorted(files.get("coco", {}).items())]
-    jobs += [("refer", path / "refsynth", {}), ("imagefolder", path / files.get("classification", "classification"), {})]
+    # refsynth/instances.json names the same image files as the per-split COCO files: check them once
+    jobs += [("refer", path / "refsynth", {"verify_images": False})]
+    jobs += [("imagefolder", path / files.get("classification", "classification"), {})]
     for fmt, p, opts in jobs:
         if not p.exists():
             errors.append(DataError("file or folder listed in world.json is missing", file=str(p)))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Union
 from xml.sax.saxutils import escape
 
-from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..utils.io import atomic_write_text
 from . import load_world
 from .formats.karpathy import KarpathyLoader
 from .formats.coco import CocoLoader

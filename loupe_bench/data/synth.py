@@ -29,9 +29,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import SpecError
-from .records import tokenize
+from ..errors import DataError, SpecError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .records import tokenize
 
 WORLD_VERSION = 1
 SPLITS: Tuple[str, ...] = ("train", "val", "test", "comptest")
@@ -465,7 +465,7 @@ def _make_scene_job(job: Tuple[int, int, str, int, int]) -> Tuple[Scene, List[fl
 
 def _map_scenes(jobs: List[Tuple[int, int, str, int, int]], workers: int):
     """Yield :func:`make_scene` results in job order (a spawned process pool when ``workers > 1``)."""
-    if workers <= 1 or len(jobs) < 200:
+    if workers <= 1:
         for job in jobs:
             yield make_scene(*job)
         return
@@ -478,6 +478,30 @@ def _map_scenes(jobs: List[Tuple[int, int, str, int, int]], workers: int):
 
 def file_name(image_id: int) -> str:
     return f"{image_id:06d}.jpg"
+
+
+WORLD_ENTRIES = ("images", "classification", "shards", "annotations", "refsynth", "dataset_synthetic.json",
+                 "phrases.json", "README.md", "world.json")
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out``; an earlier world there is removed first (so no stale file survives a smaller rerun); a
+    non-empty folder that is not a world is refused."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise DataError("output path exists and is not a folder", file=str(out))
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "world.json").is_file():
+            raise DataError("output folder is not empty and holds no synthetic world (world.json); refusing to "
+                            "write into it", file=str(out))
+        for name in WORLD_ENTRIES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def generate_world(
@@ -505,7 +529,7 @@ def generate_world(
         raise SpecError(f"image size must be at least 32 pixels, got {image_size}")
     image_size = int(image_size)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out)
     counts = SIZES[size]
     total = sum(counts.values())
     if workers is None:

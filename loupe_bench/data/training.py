@@ -8,14 +8,13 @@ the samples an uninterrupted one would (call :meth:`PairDataset.set_epoch` at th
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset
 
 from ..errors import DataError, SpecError
 from .records import ImageRecord
@@ -99,7 +98,9 @@ def open_rgb(path: PathLike, record: Any = None):
             return im.convert("RGB")
     except FileNotFoundError:
         raise DataError("image file not found", file=str(path), record=record) from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise DataError("unreadable image (not a recognised image format)", file=str(path), record=record) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"unreadable or truncated image ({exc})", file=str(path), record=record) from None
 
 
@@ -154,6 +155,8 @@ class ShardPairs(IterableDataset):
         shards: a file, folder, brace pattern or list of those.
         transform, caption_policy, seed: as :class:`PairDataset`.
         on_bad_sample: ``error`` or ``skip`` (counted in :attr:`skipped`, per worker).
+        split: keep only this split: from a folder only ``<split>-*.tar``, and only samples whose JSON ``split``
+            (when present) matches.
     """
 
     def __init__(
@@ -163,12 +166,19 @@ class ShardPairs(IterableDataset):
         caption_policy: str = "random",
         seed: int = 0,
         on_bad_sample: str = "error",
+        split: Optional[str] = None,
     ):
         from .formats.shards import expand_shards
 
         if caption_policy not in CAPTION_POLICIES:
             raise SpecError(f"caption_policy must be one of {', '.join(CAPTION_POLICIES)}, got {caption_policy!r}")
-        self.urls = [str(p) for p in expand_shards(shards)]
+        paths = expand_shards(shards)
+        if split is not None and not isinstance(shards, (list, tuple)) and Path(str(shards)).is_dir():
+            paths = [p for p in paths if p.name.startswith(f"{split}-")]
+            if not paths:
+                raise DataError(f"no {split}-*.tar shards in folder", file=str(shards))
+        self.split = split
+        self.urls = [str(p) for p in paths]
         self.transform = transform
         self.caption_policy = caption_policy
         self.seed = int(seed)
@@ -193,6 +203,7 @@ class ShardPairs(IterableDataset):
     def __iter__(self) -> Iterator[PairSample]:
         from PIL import Image
 
+        from .formats.base import image_size_from_bytes
         from .formats.shards import IMAGE_EXTS, parse_sample_meta
 
         for pos, sample in enumerate(self._pipeline()):
@@ -203,14 +214,14 @@ class ShardPairs(IterableDataset):
                 if ext is None:
                     raise DataError("sample has no image member", file=url, record=key)
                 meta = parse_sample_meta(key, parts, Path(url))
-                try:
-                    img = Image.open(io.BytesIO(parts[ext])).convert("RGB")
-                except (OSError, ValueError) as exc:
-                    raise DataError(f"unreadable or truncated image ({exc})", file=url, record=key) from None
+                image_size_from_bytes(parts[ext], file=url, record=key)
+                img = Image.open(io.BytesIO(parts[ext])).convert("RGB")
             except DataError as err:
                 if self.on_bad_sample == "error":
                     raise
                 self.skipped.append(err)
+                continue
+            if self.split is not None and meta.get("split", self.split) != self.split:
                 continue
             caps = meta["captions"]
             phrases = meta.get("phrases") or [[] for _ in caps]

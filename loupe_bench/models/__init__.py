@@ -1,7 +1,8 @@
 """Model zoo: one interface (:class:`VLModel`) for CLIP, FILIP, LOUPE and pretrained checkpoints.
 
 Families register into :data:`MODEL_CLASSES` (spec ``family`` -> class); specs live in ``baselines/*.yaml`` and
-``loupe_bench/models/specs/*.yaml``. Entry points: :func:`create_model`, :func:`load_model`, :func:`save_model`,
+``loupe_bench/models/specs/*.yaml``. The built-in families register on import; ``loupe`` (another module) is
+imported by the factory on first use (:func:`load_families`). Entry points: :func:`create_model`, :func:`load_model`, :func:`save_model`,
 :func:`list_models`.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, Regions, TextFeatures, TokenBatch, VLModel
 from .checkpoint import load_model_dir, save_model
+from . import clip, filip, pretrained_clip  # noqa: F401  (register the built-in families)
 from .factory import available_specs, create_model, get_spec, list_models, load_families, load_model
 
 #: alias used in docs/architecture.md

@@ -42,8 +42,8 @@ class SyntheticPlan:
         models: model specs trained and evaluated (same recipe, same seed).
         recipe: the one training recipe.
         recipe_overrides: dotted overrides applied to the recipe for every model alike.
-        tasks: task spec names evaluated (default: every shipped task on the synthetic world).
-        eval_overrides: options for the task protocols (e.g. fewer bootstrap resamples in quick mode).
+        tasks: task spec names evaluated (default: every shipped task on the synthetic world). The task specs are
+            never changed by a plan: quick and default runs use the same protocols (same fingerprints).
     """
 
     world_size: str = "small"
@@ -53,20 +53,17 @@ class SyntheticPlan:
     recipe: str = "tiny-cpu"
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
     tasks: Optional[List[str]] = None
-    eval_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 def default_plan(quick: bool = False) -> SyntheticPlan:
     """The default plan (all models incl. LOUPE ablations) or the quick CI plan (main models, fewer steps)."""
     if quick:
-        return SyntheticPlan(models=list(MAIN_MODELS), recipe_overrides=dict(QUICK_OVERRIDES),
-                             eval_overrides=dict(QUICK_EVAL))
+        return SyntheticPlan(models=list(MAIN_MODELS), recipe_overrides=dict(QUICK_OVERRIDES))
     return SyntheticPlan()
 
 
 # quick variant of the recipe: the same for every model (tuned so --quick fits in 2 minutes on 2 cores)
 QUICK_OVERRIDES: Dict[str, Any] = {"steps": 150}
-QUICK_EVAL: Dict[str, Any] = {"bootstrap.n_resamples": 200}
 
 
 def synthetic_tasks() -> List[str]:
@@ -85,13 +82,58 @@ def synthetic_tasks() -> List[str]:
     return sorted(out)
 
 
+class StageLog:
+    """Progress of the whole reproduction as log lines: unit i/N, stage, model, elapsed and ETA.
+
+    Lines, not a live bar, so that the training engine's own rich progress bar (step, loss, ETA) can show inside a
+    stage. The ETA is the mean time of finished units of the same stage × the units left of it, plus the mean of all
+    finished units × the units left of other stages.
+    """
+
+    def __init__(self, console, total: int, enabled: bool = True):
+        self.console, self.total, self.enabled = console, total, enabled
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self.unit_t0 = self.t0
+        self.kind_times: Dict[str, List[float]] = {}
+        self.current = ("", "")
+        self.planned: Dict[str, int] = {}
+
+    def start(self, kind: str, description: str) -> None:
+        self.current = (kind, description)
+        self.unit_t0 = time.perf_counter()
+        if self.enabled:
+            self.console.log(f"[bold cyan][{self.done + 1}/{self.total}][/] {description}  "
+                             f"(elapsed {self._fmt(time.perf_counter() - self.t0)}, ETA {self.eta()})")
+
+    def finish(self) -> None:
+        kind = self.current[0]
+        self.kind_times.setdefault(kind, []).append(time.perf_counter() - self.unit_t0)
+        self.done += 1
+
+    def eta(self) -> str:
+        if not self.kind_times:
+            return "?"
+        allmean = sum(sum(v) for v in self.kind_times.values()) / sum(len(v) for v in self.kind_times.values())
+        left = 0.0
+        for kind, n in self.planned.items():
+            times = self.kind_times.get(kind, [])
+            remaining = n - len(times)
+            if remaining > 0:
+                left += remaining * (sum(times) / len(times) if times else allmean)
+        return self._fmt(left)
+
+    @staticmethod
+    def _fmt(s: float) -> str:
+        return f"{int(s // 60)}:{int(s % 60):02d}"
+
+
 @dataclass
 class Context:
     out: Path
     seeds: List[int]
     plan: SyntheticPlan
-    progress: Any
-    overall: Any
+    log: StageLog
     console: Any
     timings: Dict[str, float] = field(default_factory=dict)
     runs: Dict[str, str] = field(default_factory=dict)      # "s<seed>/<model>" -> relative run dir
@@ -104,11 +146,11 @@ class Context:
     def rel(self, p: Path) -> str:
         return str(Path(p).relative_to(self.out))
 
-    def step(self, description: str) -> None:
-        self.progress.update(self.overall, description=description)
-
-    def advance(self, n: float = 1) -> None:
-        self.progress.advance(self.overall, n)
+    @contextlib.contextmanager
+    def unit(self, kind: str, description: str):
+        self.log.start(kind, description)
+        yield
+        self.log.finish()
 
 
 def _world_matches(world: Path, plan: SyntheticPlan) -> bool:
@@ -126,10 +168,10 @@ def stage_world(ctx: Context) -> None:
     """Generate the synthetic world (reused when ``world/world.json`` records the same options)."""
     from ..data.synth import generate_world
 
-    ctx.step(f"world: generate ({ctx.plan.world_size}, {ctx.plan.image_size}px)")
-    if not _world_matches(ctx.world, ctx.plan):
-        generate_world(ctx.world, seed=ctx.plan.world_seed, size=ctx.plan.world_size, image_size=ctx.plan.image_size)
-    ctx.advance()
+    with ctx.unit("world", f"world: generate ({ctx.plan.world_size}, {ctx.plan.image_size}px)"):
+        if not _world_matches(ctx.world, ctx.plan):
+            generate_world(ctx.world, seed=ctx.plan.world_seed, size=ctx.plan.world_size,
+                           image_size=ctx.plan.image_size)
 
 
 @STAGES.register("train")
@@ -139,13 +181,13 @@ def stage_train(ctx: Context) -> None:
 
     for seed in ctx.seeds:
         for model in ctx.plan.models:
-            ctx.step(f"train: {model} (seed {seed})")
             run = ctx.out / "runs" / f"s{seed}" / model
-            t0 = time.perf_counter()
-            train(model, ctx.world, ctx.plan.recipe, run, seed=seed, overrides=ctx.plan.recipe_overrides or None)
-            ctx.timings[f"train/s{seed}/{model}"] = round(time.perf_counter() - t0, 3)
+            with ctx.unit("train", f"train: {model} (seed {seed}, recipe {ctx.plan.recipe})"):
+                t0 = time.perf_counter()
+                train(model, ctx.world, ctx.plan.recipe, run, seed=seed,
+                      overrides=ctx.plan.recipe_overrides or None)
+                ctx.timings[f"train/s{seed}/{model}"] = round(time.perf_counter() - t0, 3)
             ctx.runs[f"s{seed}/{model}"] = ctx.rel(run)
-            ctx.advance()
 
 
 @STAGES.register("eval")
@@ -155,27 +197,12 @@ def stage_eval(ctx: Context) -> None:
 
     for seed in ctx.seeds:
         for model in ctx.plan.models:
-            ctx.step(f"eval: {model} (seed {seed}) on {len(ctx.tasks)} tasks")
             run = ctx.out / ctx.runs[f"s{seed}/{model}"]
-            t0 = time.perf_counter()
-            evaluate([str(run)], ctx.tasks, data_root=ctx.world, out_dir=ctx.out / "results" / f"s{seed}", seed=seed,
-                     **_eval_kwargs(ctx.plan))
-            ctx.timings[f"eval/s{seed}/{model}"] = round(time.perf_counter() - t0, 3)
-            ctx.advance()
-
-
-def _eval_kwargs(plan: SyntheticPlan) -> Dict[str, Any]:
-    import inspect
-
-    from ..tasks.evaluate import evaluate
-
-    params = inspect.signature(evaluate).parameters
-    out: Dict[str, Any] = {}
-    if plan.eval_overrides and "overrides" in params:
-        out["overrides"] = dict(plan.eval_overrides)
-    if "progress" in params:
-        out["progress"] = False
-    return out
+            with ctx.unit("eval", f"eval: {model} (seed {seed}) on {len(ctx.tasks)} tasks"):
+                t0 = time.perf_counter()
+                evaluate([str(run)], ctx.tasks, data_root=ctx.world, out_dir=ctx.out / "results" / f"s{seed}",
+                         seed=seed)
+                ctx.timings[f"eval/s{seed}/{model}"] = round(time.perf_counter() - t0, 3)
 
 
 @STAGES.register("report")
@@ -183,12 +210,11 @@ def stage_report(ctx: Context) -> None:
     """Write the manifest, then the report (console table, CSV, Markdown, HTML with plots and explanations)."""
     from .render import report
 
-    ctx.step("report: render")
-    write_manifest(ctx)
-    runs = {k.split("/", 1)[1]: ctx.out / v for k, v in ctx.runs.items() if k.startswith(f"s{ctx.seeds[0]}/")}
-    report(ctx.out / "results", out_dir=ctx.out / "report", runs=runs, world_dir=ctx.world, console=ctx.console,
-           title="loupe-bench synthetic reproduction")
-    ctx.advance()
+    with ctx.unit("report", "report: console table, CSV, Markdown, HTML"):
+        write_manifest(ctx)
+        runs = {k.split("/", 1)[1]: ctx.out / v for k, v in ctx.runs.items() if k.startswith(f"s{ctx.seeds[0]}/")}
+        report(ctx.out / "results", out_dir=ctx.out / "report", runs=runs, world_dir=ctx.world, console=ctx.console,
+               title="loupe-bench synthetic reproduction")
 
 
 STAGE_ORDER = ("world", "train", "eval", "report")
@@ -215,18 +241,6 @@ def write_manifest(ctx: Context, extra: Optional[Dict[str, Any]] = None) -> Path
     return atomic_write_json(ctx.out / "reproduce.json", man)
 
 
-@contextlib.contextmanager
-def _progress(console, total: int, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
-    with prog:
-        overall = prog.add_task("starting", total=total)
-        yield prog, overall
-
-
 def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *, plan: Optional[SyntheticPlan] = None,
                         console=None, progress: bool = True) -> Path:
     """Run the whole synthetic reproduction into ``out`` and return the manifest path.
@@ -249,14 +263,16 @@ def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *
     if not seeds:
         raise SpecError("at least one seed is needed")
     tasks = list(plan.tasks) if plan.tasks else synthetic_tasks()
-    n_units = 1 + 2 * len(seeds) * len(plan.models) + 1
+    n_train = len(seeds) * len(plan.models)
+    log = StageLog(console, total=2 + 2 * n_train, enabled=progress)
+    log.planned = {"world": 1, "train": n_train, "eval": n_train, "report": 1}
     t_all = time.perf_counter()
-    with _progress(console, n_units, progress and console.is_terminal) as (prog, overall):
-        ctx = Context(out=out, seeds=seeds, plan=plan, progress=prog, overall=overall, console=console, tasks=tasks)
-        for name in STAGE_ORDER:
-            t0 = time.perf_counter()
-            STAGES.get(name)(ctx)
-            ctx.timings[f"stage/{name}"] = round(time.perf_counter() - t0, 3)
+    ctx = Context(out=out, seeds=seeds, plan=plan, log=log, console=console, tasks=tasks)
+    for name in STAGE_ORDER:
+        t0 = time.perf_counter()
+        STAGES.get(name)(ctx)
+        ctx.timings[f"stage/{name}"] = round(time.perf_counter() - t0, 3)
+        if progress:
             console.log(f"stage {name} done in {ctx.timings[f'stage/{name}']:.1f}s")
     ctx.timings["total"] = round(time.perf_counter() - t_all, 3)
     return write_manifest(ctx, {"quick": bool(quick)})

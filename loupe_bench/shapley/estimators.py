@@ -75,7 +75,7 @@ class NeuralEstimator(nn.Module):
 
     Per call: ``routed = (step < warm-up) or σ²_std > γ``; routed coalitions are sampled and their ``Î`` is both the
     target and new training data for ``g_θ``; the others use ``μ``. ``holdout`` extra coalitions (taken from the
-    unrouted ones, or during warm-up from the sampled ones and kept out of the buffer) are sampled to log the Spearman
+    unrouted ones, or, during warm-up or when fewer are unrouted, from any, kept out of the buffer) are sampled to log the Spearman
     ρ between ``μ`` and ``Î`` (``nsi_spearman``). ``feats`` are detached, so ℒ_NSI trains only ``g_θ``.
     """
 
@@ -97,6 +97,8 @@ class NeuralEstimator(nn.Module):
         routed, mu, _ = self.module.route(f)
         perm = torch.randperm(n_items, generator=generator, device=f.device)
         pool = routed if self.module.in_warmup() else ~routed
+        if int(pool.sum()) < self.cfg.neural.holdout:  # too few unrouted coalitions: hold out sampled ones
+            pool = torch.ones_like(routed)
         pool_idx = perm[pool[perm]]
         hold = torch.zeros_like(routed)
         hold[pool_idx[: self.cfg.neural.holdout]] = True

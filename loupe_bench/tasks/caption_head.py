@@ -13,6 +13,7 @@ pairs. Decoding is greedy or beam search (sum of log-probabilities, no length pe
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -117,30 +118,45 @@ class CaptionHead(nn.Module):
 
     @torch.no_grad()
     def beam(self, feats: Tensor, beam_size: int) -> List[List[int]]:
-        """Beam search per image: keep the ``beam_size`` prefixes with the largest summed log-probability;
-        finished hypotheses (EOS) compete with the rest; ties broken by lower vocabulary index (stable topk)."""
-        results = []
-        for b in range(feats.shape[0]):
-            mem = self.memory(feats[b : b + 1])
-            beams = [([BOS], 0.0)]
-            finished = []
-            for _ in range(self.cfg.max_len - 1):
-                ids = torch.tensor([s for s, _ in beams])
-                logp = torch.log_softmax(self.forward(mem.expand(len(beams), -1, -1), ids)[:, -1], -1)
-                cand = (torch.tensor([sc for _, sc in beams])[:, None] + logp).reshape(-1)
-                order = torch.sort(cand, descending=True, stable=True).indices[: beam_size]
-                new = []
-                for o in order.tolist():
-                    k, w = divmod(o, logp.shape[1])
-                    seq, sc = beams[k][0] + [w], float(cand[o])
-                    (finished if w == EOS else new).append((seq, sc))
-                beams = new
-                if not beams or (finished and max(s for _, s in finished) >= max(s for _, s in beams)):
-                    break
-            pool = finished or beams
-            best = max(pool, key=lambda t: t[1])
-            results.append(best[0][1:])
-        return results
+        """Beam search, batched over images: keep the ``beam_size`` prefixes with the largest summed
+        log-probability; a finished hypothesis (EOS) keeps its score and only extends with PAD; ties go to the lower
+        (beam, token) index (stable sort). Returns the best hypothesis per image (without BOS)."""
+        B, K = feats.shape[0], max(1, int(beam_size))
+        mem = self.memory(feats).repeat_interleave(K, 0)
+        seqs = torch.full((B * K, 1), BOS, dtype=torch.long)
+        scores = torch.full((B, K), float("-inf"))
+        scores[:, 0] = 0.0
+        finished = torch.zeros(B * K, dtype=torch.bool)
+        base = (torch.arange(B) * K)[:, None]
+        for _ in range(self.cfg.max_len - 1):
+            logp = torch.log_softmax(self.forward(mem, seqs)[:, -1].float(), -1)  # [B*K, V]
+            V = logp.shape[1]
+            if finished.any():
+                logp[finished] = float("-inf")
+                logp[finished, PAD] = 0.0
+            cand = (scores.reshape(B * K, 1) + logp).reshape(B, K * V)
+            top = torch.sort(cand, dim=1, descending=True, stable=True)
+            pick, scores = top.indices[:, :K], top.values[:, :K]
+            src = (base + pick // V).reshape(-1)
+            tok = (pick % V).reshape(-1)
+            seqs = torch.cat([seqs[src], tok[:, None]], 1)
+            finished = finished[src] | tok.eq(EOS)
+            if finished.all():
+                break
+        best = scores.argmax(1)  # first maximum
+        return [seqs[b * K + int(best[b]), 1:].tolist() for b in range(B)]
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run torch single-threaded (tiny ops are fastest so on a shared CPU, and the result does not depend on the
+    machine's core count); the thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train_caption_head(
@@ -153,6 +169,13 @@ def train_caption_head(
     encoded = [vocab.encode(c, cfg.max_len) for _, c in pairs]
     owners = torch.tensor([i for i, _ in pairs])
     losses: List[float] = []
+    with single_thread():
+        head = _train(feats, cfg, seed, vocab, encoded, owners, pairs, losses)
+    head.eval()
+    return head, vocab, losses
+
+
+def _train(feats, cfg, seed, vocab, encoded, owners, pairs, losses):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = CaptionHead(feats.shape[-1], feats.shape[1], len(vocab), cfg)
@@ -177,5 +200,4 @@ def train_caption_head(
             opt.step()
             sched.step()
             losses.append(loss.item())
-    head.eval()
-    return head, vocab, losses
+    return head

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ import torch
 from ..errors import DataError, SpecError
 from . import TASK_TYPES
 from .base import TaskAdapter
-from .caption_head import CaptionHeadConfig, train_caption_head
+from .caption_head import CaptionHeadConfig, single_thread, train_caption_head
 from .common import MetricValue, SplitOutput, encode_images, load_records, mean_metric
 from .metrics.bootstrap import resample_indices
 from .metrics.captioning import CAPTION_METRICS, bleu_cider, caption_metrics
@@ -27,7 +27,7 @@ class CaptioningTask(TaskAdapter):
 
     @dataclass
     class Options:
-        train_split: str = "train"
+        train_split: Union[str, List[str]] = "train"  # several splits are concatenated (COCO: train + restval)
         decoding: str = "beam"  # greedy | beam
         use_java: Optional[bool] = None  # None = use Java when available
         head: Optional[dict] = None  # CaptionHeadConfig overrides
@@ -50,15 +50,16 @@ class CaptioningTask(TaskAdapter):
 
     def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
         cfg = CaptionHeadConfig(**(self.opts.head or {}))
-        train = [r for r in load_records(self.spec, data_root, self.opts.train_split).images if r.captions]
+        train_splits = [self.opts.train_split] if isinstance(self.opts.train_split, str) else self.opts.train_split
+        train = [r for s in train_splits for r in load_records(self.spec, data_root, s).images if r.captions]
         test = [r for r in load_records(self.spec, data_root, split).images if r.captions]
         if not train or not test:
             raise DataError(f"captioning needs captioned images in {self.opts.train_split!r} and {split!r}")
         model.eval()
-        tr_mem = self._memory(model, [r.path for r in train], device, f"{self.opts.train_split} images")
+        tr_mem = self._memory(model, [r.path for r in train], device, f"{'+'.join(train_splits)} images")
         te_mem = self._memory(model, [r.path for r in test], device, f"{split} images")
         head, vocab, losses = train_caption_head(tr_mem, [[c.text for c in r.captions] for r in train], cfg, seed)
-        with torch.no_grad():
+        with torch.no_grad(), single_thread():
             ids = head.beam(te_mem, cfg.beam_size) if self.opts.decoding == "beam" else head.greedy(te_mem)
         hyps = {r.image_id: (vocab.decode(s) or "<empty>") for r, s in zip(test, ids)}
         refs = {r.image_id: [c.text for c in r.captions] for r in test}

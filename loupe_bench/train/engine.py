@@ -296,6 +296,10 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     if fsdp and recipe.accum_freq > 1:
         raise SpecError(f"recipe {recipe.name!r}: field 'accum_freq': feature-caching accumulation is not supported "
                         "with distributed.strategy fsdp2")
+    if not isinstance(model, torch.nn.Module):
+        from ..models import get_spec
+
+        model = get_spec(model)  # an unknown spec fails here, before any data is read
     seed_everything(recipe.seed)
     source = _source_for(data, recipe)
     if not isinstance(model, torch.nn.Module):

@@ -236,9 +236,6 @@ def recipe_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Recipe:
     recipe = _build(Recipe, data, source, "")
     if recipe.steps is None and recipe.epochs is None:
         raise SpecError(f"{source}: field 'steps': set steps or epochs")
-    if recipe.optim.warmup_steps and recipe.steps and recipe.optim.warmup_steps >= recipe.steps:
-        raise SpecError(f"{source}: field 'optim.warmup_steps': {recipe.optim.warmup_steps} must be below "
-                        f"steps ({recipe.steps})")
     if recipe.data.batch_size % recipe.accum_freq:
         raise SpecError(f"{source}: field 'accum_freq': batch_size {recipe.data.batch_size} is not divisible by "
                         f"accum_freq {recipe.accum_freq}")

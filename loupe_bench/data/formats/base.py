@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from ...errors import DataError, SpecError
 from ...registry import Registry
@@ -107,7 +107,9 @@ def image_size_from_bytes(data: bytes, file: PathLike, record: Any = None) -> Tu
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             return int(im.size[0]), int(im.size[1])
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise DataError("unreadable image (not a recognised image format)", file=str(file), record=record) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"unreadable or truncated image ({reason})", file=str(file), record=record) from None
 

@@ -29,15 +29,17 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
     if not isinstance(cats, list) or not isinstance(anns, list):
         raise DataError("'categories' and 'annotations' must be lists", file=str(path))
     out = DatasetRecords(name=loader.name, source=str(path))
-    for c in cats:
-        ok, _ = loader.guard(
-            lambda: out.categories.__setitem__(
-                as_int(require(c, "id", path, "category"), "category id", path, "category"),
-                str(require(c, "name", path, f"category {c.get('id') if isinstance(c, dict) else c}")),
-            )
-        )
+    for idx, c in enumerate(cats):
+
+        def parse_category(c=c, rec=f"category #{idx}"):
+            cid = as_int(require(c, "id", path, rec), "category id", path, rec)
+            out.categories[cid] = str(require(c, "name", path, f"category {cid}"))
+
+        loader.guard(parse_category)
     images: Dict[int, Dict[str, Any]] = {}
     order: List[int] = []
+    # images skipped as bad: their annotations go with them silently (the image's error is already reported)
+    dropped = loader.dropped_image_ids = set()
     for idx, im in enumerate(data["images"]):
         rec = im.get("id", f"#{idx}") if isinstance(im, dict) else f"#{idx}"
 
@@ -61,6 +63,8 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
         if ok:
             images[got[0]] = got[1]
             order.append(got[0])
+        elif isinstance(im, dict) and isinstance(im.get("id"), int):
+            dropped.add(im["id"])
     seen_anns = set()
     for idx, a in enumerate(anns):
         rec = f"annotation {a.get('id', '#' + str(idx)) if isinstance(a, dict) else '#' + str(idx)}"
@@ -70,6 +74,8 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
             if aid in seen_anns:
                 raise DataError("duplicate annotation id", file=str(path), record=rec)
             iid = as_int(require(a, "image_id", path, rec), "image_id", path, rec)
+            if iid in dropped:
+                return
             if iid not in images:
                 raise DataError(f"points at unknown image id {iid}", file=str(path), record=rec)
             cid = as_int(require(a, "category_id", path, rec), "category_id", path, rec)

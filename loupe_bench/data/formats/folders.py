@@ -3,8 +3,7 @@ folder (all its formats merged into one set of records)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from ...errors import DataError
 from ...utils.io import read_json
@@ -21,8 +20,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 class ImageFolderLoader(Loader):
     """ImageFolder classification: <root>/<split>/<class>/<image> (or <root>/<class>/<image>) + classnames.txt.
 
-    Labels index ``classnames.txt`` (one name per line) when present, else the sorted class folder names.
-    Integer file stems become ``image_id``.
+    Labels index ``classnames.txt`` (one name per line) when present, else the sorted class folder names. When no
+    folder is named after a class but their count matches (ImageNet wnids), label ``i`` is the ``i``-th folder in
+    sorted order. Integer file stems become ``image_id``.
     """
 
     name = "imagefolder"
@@ -56,6 +56,11 @@ class ImageFolderLoader(Loader):
                 found.update(p.name for p in d.iterdir() if p.is_dir())
             classnames = sorted(found)
         index = {c: i for i, c in enumerate(classnames)}
+        folders = sorted({p.name for d in split_dirs.values() for p in d.iterdir() if p.is_dir()})
+        if folders and not any(f in index for f in folders) and len(folders) == len(classnames):
+            # ImageNet style: folders are ids (n01440764 ...), classnames.txt holds readable names in sorted-folder
+            # order (torchvision's label convention)
+            index = {f: i for i, f in enumerate(folders)}
         out = DatasetRecords(name=self.name, source=str(root), classnames=classnames)
         for split, d in split_dirs.items():
             for cdir in sorted(p for p in d.iterdir() if p.is_dir()):

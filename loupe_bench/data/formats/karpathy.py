@@ -78,12 +78,12 @@ class KarpathyLoader(Loader):
         out = DatasetRecords(name=str(data.get("dataset", self.name)), source=str(path))
         seen_ids = set()
         for idx, im in enumerate(images):
-            rec_id = im.get("cocoid", im.get("imgid", f"#{idx}")) if isinstance(im, dict) else f"#{idx}"
+            rec_id = f"image {im.get('cocoid', im.get('imgid', f'#{idx}')) if isinstance(im, dict) else f'#{idx}'}"
             ok, rec = self.guard(lambda: self._image(im, rec_id, root, path, phrases))
             if not ok or rec is None:
                 continue
             if rec.image_id in seen_ids:
-                self.bad(DataError("duplicate image id", file=str(path), record=rec.image_id))
+                self.bad(DataError("duplicate image id", file=str(path), record=f"image {rec.image_id}"))
                 continue
             seen_ids.add(rec.image_id)
             out.images.append(rec)
@@ -116,7 +116,7 @@ class KarpathyLoader(Loader):
         img_path = root / sub / fname
         width = height = None
         if self.verify_images:
-            width, height = image_size(img_path, record=image_id)
+            width, height = image_size(img_path, record=f"image {image_id}")
         sentences = require(im, "sentences", path, rec_id)
         if not isinstance(sentences, list):
             raise DataError("'sentences' is not a list", file=str(path), record=rec_id)

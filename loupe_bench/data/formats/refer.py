@@ -67,6 +67,7 @@ class ReferLoader(Loader):
     ``path`` is the data set folder (``data/refcoco``). Options:
         split_by: ``unc``, ``umd`` or ``google`` (default: the only/first ``refs(*).p`` present).
         image_root: folder of the images (default: ``../images`` when it exists).
+        instances: path of the instances file (default: ``instances.json`` in the folder).
     Splits ``testA``/``testB`` also match the combined ``testAB`` etc. as in ``refer.getRefIds``.
     """
 
@@ -93,7 +94,7 @@ class ReferLoader(Loader):
             if not found:
                 raise DataError("no refs(<splitBy>).p in folder", file=str(root))
             refs_path = found[0]
-        inst_path = root / "instances.json"
+        inst_path = Path(self.options.get("instances") or root / "instances.json")
         image_root = Path(self.options.get("image_root") or default_image_root(inst_path))
         out = parse_instances(self, inst_path, image_root, None)
         out.name = self.name
@@ -121,6 +122,8 @@ class ReferLoader(Loader):
             return None
         ann_id = as_int(require(ref, "ann_id", path, rec), "ann_id", path, rec)
         image_id = as_int(require(ref, "image_id", path, rec), "image_id", path, rec)
+        if image_id in getattr(self, "dropped_image_ids", ()):
+            return None  # its image was skipped as bad (already reported)
         if image_id not in images:
             raise DataError(f"points at unknown image id {image_id}", file=str(path), record=rec)
         if ann_id not in anns:

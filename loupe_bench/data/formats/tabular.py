@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from ...errors import DataError
 from ..records import Caption, DatasetRecords, ImageRecord, tokenize

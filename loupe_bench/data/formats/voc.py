@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ...errors import DataError
 from ..records import BoxAnnotation, DatasetRecords, ImageRecord
@@ -77,10 +77,12 @@ class VocLoader(Loader):
         classes = self._classes()
         cat_ids = {c: i + 1 for i, c in enumerate(classes)}
         splits = self._split_ids()
-        if self.split is not None:
+        if self.split is not None:  # membership of the requested set (sets overlap: train, val, trainval)
             wanted = self.path / "ImageSets" / "Main" / f"{self.split}.txt"
             if not wanted.is_file():
                 raise DataError(f"no image set for split {self.split!r}", file=str(wanted))
+            lines = wanted.read_text(encoding="utf-8").splitlines()
+            splits = {ln.split()[0]: self.split for ln in lines if ln.strip()}
         files = sorted(ann_dir.glob("*.xml"))
         out = DatasetRecords(name=self.name, source=str(self.path), categories={i: c for c, i in cat_ids.items()})
         ann_id = 0

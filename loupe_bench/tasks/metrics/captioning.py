@@ -159,7 +159,8 @@ def caption_metrics(
             out["METEOR"] = float(meteor)
             per_image["METEOR"] = {k: float(s) for k, s in zip(gts.keys(), meteor_each)}
         else:
-            unavailable["METEOR"] = "java not found on PATH (METEOR 1.5 is a Java program)"
+            unavailable["METEOR"] = ("java not found on PATH" if use_java is None or use_java else
+                                     "Java parts disabled (use_java: false)") + "; METEOR 1.5 is a Java program"
     if "SPICE" in wanted:
         reason = spice_status()
         if reason is None:
