@@ -66,9 +66,9 @@ def test_phrase_masks_hit_tokens():
     model = _model()
     batch = _batch(model)
     assert batch["phrase_token_mask"][batch["phrase_mask"]].any(-1).all()
-    ids = batch["input_ids"][0][batch["phrase_token_mask"][0, 0]]
-    assert model.tokenizer.decode(ids.tolist()).replace(" ", "").startswith("a") if hasattr(
-        model.tokenizer, "decode") else True
+    # "a <colour> <shape>": at least three word pieces, all inside the caption's real tokens
+    assert (batch["phrase_token_mask"][:, 0].sum(-1) >= 3).all()
+    assert not (batch["phrase_token_mask"].any(1) & ~batch["attention_mask"].bool()).any()
 
 
 def test_forward_backward_all_terms_finite_and_nonzero():
@@ -97,18 +97,21 @@ def test_box_jitter_term():
 
 def test_routed_fraction_falls_on_fixed_batch():
     torch.manual_seed(0)
-    model = _model(neural__warmup_steps=5, neural__holdout=8)
-    batch = _batch(model, n=6)
+    model = _model(neural__warmup_steps=3, neural__holdout=4, num_samples=8)
+    batch = _batch(model, n=4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    fr = []
-    for _ in range(40):
+    fr, tsa_fr = [], []
+    for _ in range(16):
         out = model.loss(batch)
         fr.append(out.logs["routed_fraction"])
+        tsa_fr.append(out.logs["tsa_routed_fraction"])
+        assert all(torch.isfinite(t) for t in out.terms.values())
         opt.zero_grad()
         out.total.backward()
         opt.step()
-    assert fr[0] == 1.0
-    assert sum(fr[-5:]) / 5 < 0.5, fr
+    assert fr[:3] == [1.0, 1.0, 1.0]  # warm-up: everything sampled
+    assert sum(fr[-2:]) / 2 < 0.75, fr
+    assert sum(tsa_fr[-2:]) / 2 < 0.5, tsa_fr
 
 
 @pytest.mark.parametrize("name,absent", [("loupe-no-tsa", "tsa"), ("loupe-no-fsa", "fsa"), ("loupe-sampling", "nsi")])

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..models.losses import filip_chunk_shape, filip_scores, filip_similarity
+from ..models.losses import default_chunk_elements, filip_chunk_shape, filip_scores, filip_similarity
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
 from .timing import figure, time_call
@@ -39,7 +39,7 @@ def _max_rss_bytes() -> int:
 @BENCHMARKS.register("late-interaction", help="FILIP chunked scoring vs plain matmul of the same FLOP count")
 def late_interaction(repeat: int = 3, n_images: Optional[int] = None, n_texts: Optional[int] = None, n1: int = 49,
                      n2: int = 32, d: int = 256, device: str = "cpu", image_chunk: int = 256,
-                     max_chunk_elements: int = 1 << 23, seed: int = 0) -> Dict[str, Any]:
+                     max_chunk_elements: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
     """Time FILIP chunked scoring and a same-FLOP matmul side by side; return the JSON record.
 
     Args:
@@ -47,10 +47,11 @@ def late_interaction(repeat: int = 3, n_images: Optional[int] = None, n_texts: O
         n_images, n_texts: problem size; default 1000 × 5000 on CUDA, 200 × 1000 on CPU.
         n1, n2, d: patches per image, tokens per text (padded; real lengths are drawn in ``[n2/2, n2]``), width.
         device: ``cpu`` or ``cuda[:i]``.
-        image_chunk, max_chunk_elements: the scorer's block bounds.
+        image_chunk, max_chunk_elements: the scorer's block bounds (default block: 8M values on CPU, 128M on CUDA).
         seed: random features.
     """
     kind = "cuda" if device.startswith("cuda") else "cpu"
+    max_chunk_elements = max_chunk_elements or default_chunk_elements(device)
     n_images = n_images or DEFAULT_SIZES[kind][0]
     n_texts = n_texts or DEFAULT_SIZES[kind][1]
     g = torch.Generator().manual_seed(seed)
@@ -100,7 +101,7 @@ def late_interaction(repeat: int = 3, n_images: Optional[int] = None, n_texts: O
     fraction = filip_rate / matmul_rate
     block_bytes = 4 * ci * n1 * ct * n2  # the similarity block
     reduce_bytes = 4 * (ci * n1 * ct + ci * ct * n2)  # per-patch and per-token maxima
-    aug_bytes = 4 * (ci * n1 + ct * n2) * (d + 1)  # augmented copies of the block's features
+    aug_bytes = 4 * (ci * n1 + ct * n2) * 8 * math.ceil((d + 1) / 8)  # augmented copies of the block's features
     output_bytes = 2 * 4 * n_images * n_texts
     estimate = block_bytes + reduce_bytes + aug_bytes + output_bytes
     dense_bytes = 4 * n_images * n_texts * n1 * n2

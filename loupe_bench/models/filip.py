@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, boxes_to_patch_mask
 from .dual_encoder import DualEncoder, spec_get
-from .losses import clip_infonce, filip_infonce, filip_scores, filip_similarity
+from .losses import clip_infonce, default_chunk_elements, filip_infonce, filip_scores, filip_similarity
 from .tokenizer import Tokenizer
 
 DIRECTIONS = ("i2t", "t2i", "mean")
@@ -47,8 +47,8 @@ class FILIP(DualEncoder):
     ``filip.temperature_init`` (default 0.07), ``filip.region_direction`` (default ``mean``).
     """
 
-    #: bound on the similarity values held at once while scoring (elements, float32)
-    max_chunk_elements: int = 1 << 23
+    #: bound on the similarity values held at once while scoring (None: 8M on CPU, 128M on a GPU)
+    max_chunk_elements: Optional[int] = None
 
     def __init__(self, spec: Dict[str, Any], tokenizer: Tokenizer, load_pretrained: bool = True,
                  model_dir: Optional[Path] = None):
@@ -89,8 +89,9 @@ class FILIP(DualEncoder):
                                   image_chunk=chunk_size, max_chunk_elements=self.max_chunk_elements)
         return combine_directions(scores.i2t, scores.t2i, direction)
 
-    def _text_chunk(self, rows: int, n1: int, n2: int) -> int:
-        return max(1, self.max_chunk_elements // max(1, rows * n1 * n2))
+    def _text_chunk(self, rows: int, n1: int, n2: int, device: torch.device) -> int:
+        bound = self.max_chunk_elements or default_chunk_elements(device)
+        return max(1, bound // max(1, rows * n1 * n2))
 
     def score_regions(self, image_features: ImageFeatures, boxes: Sequence[Tensor],
                       text_features: TextFeatures) -> List[Tensor]:
@@ -106,7 +107,7 @@ class FILIP(DualEncoder):
             member = boxes_to_patch_mask(bx.to(tokens.dtype), image_features.grid)  # [K, N]
             k, n1 = member.shape
             rows = tokens.unsqueeze(0).expand(k, -1, -1)
-            step = self._text_chunk(k, n1, n2)
+            step = self._text_chunk(k, n1, n2, tokens.device)
             parts = []
             for j in range(0, text_features.tokens.shape[0], step):
                 s = filip_scores(rows, text_features.tokens[j:j + step], text_features.mask[j:j + step],
@@ -121,7 +122,7 @@ class FILIP(DualEncoder):
         ni, n1, d = image_features.tokens.shape
         nt, n2, _ = text_features.tokens.shape
         out = torch.empty(ni, nt, n1, dtype=image_features.tokens.dtype, device=image_features.tokens.device)
-        step = self._text_chunk(ni, n1, n2)
+        step = self._text_chunk(ni, n1, n2, image_features.tokens.device)
         flat = image_features.tokens.reshape(ni * n1, d)
         for j in range(0, nt, step):
             t = text_features.tokens[j:j + step]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,40 @@ from .loupe_heads import (
     tsa_loss,
 )
 from .tokenizer import Tokenizer
+
+class TsaProblem(NamedTuple):
+    """Token-level interaction problem (see :meth:`LOUPE.tsa_problem`); ``C'`` = boxes × (1 + jitter)."""
+
+    game: PooledCosineGame
+    coalitions: Tensor  # [T, C', N] bool
+    valid: Tensor  # [T, C'] bool
+    feats: Tensor  # [T, C', F] detached features for g_θ
+    sel_boxes: Tensor  # [T, C, 4] predicted boxes (with gradient)
+    sel_logits: Tensor  # [T, C] confidence logits (with gradient)
+    cand: Tensor  # [T, C', 4] detached candidate boxes
+
+
+class FsaProblem(NamedTuple):
+    """Semantics-level interaction problem (see :meth:`LOUPE.fsa_problem`)."""
+
+    game: LateInteractionGame
+    coalitions: Tensor  # [T, K*P, K+P] bool
+    valid: Tensor  # [T, K*P] bool
+    feats: Tensor  # [T, K*P, F]
+    sim: Tensor  # [T, K, P] region–phrase cosine (with gradient)
+    phrase_valid: Tensor  # [T, P] bool
+    boxes: Tensor  # [T, K, 4]
+
+
+def pair_coalitions(g: int, k: int, p: int, device=None) -> Tuple[Tensor, Tensor]:
+    """Coalitions ``{i, K + j}`` of every region–phrase pair (pair ``i·P + j``): ``([G, K·P, K+P] bool, j [K·P])``."""
+    ii = torch.arange(k, device=device).repeat_interleave(p)
+    jj = torch.arange(p, device=device).repeat(k)
+    coal = torch.zeros(g, k * p, k + p, dtype=torch.bool, device=device)
+    coal[:, torch.arange(k * p, device=device), ii] = True
+    coal[:, torch.arange(k * p, device=device), k + jj] = True
+    return coal, jj
+
 
 LOSS_TERMS = {"cmc": 1.0, "tsa": 1.0, "fsa": 1.0, "nsi": 1.0, "tsa_box": 1.0}
 
@@ -238,8 +272,13 @@ class LOUPE(DualEncoder):
             out.append(top)
         return torch.stack(out)
 
-    def _tsa(self, emb: Mapping[str, Tensor], boxes: Tensor, logits: Tensor, terms: Dict[str, Tensor],
-             logs: Dict[str, float], nsi: List[Tensor]) -> None:
+    def tsa_problem(self, emb: Mapping[str, Tensor], boxes: Tensor, logits: Tensor) -> "TsaProblem":
+        """The token-level interaction problem of the first ``tsa.target_images`` images of a batch.
+
+        Players: the ``N`` patches; coalitions: the member patches of each candidate box (top ``train_boxes`` after
+        NMS plus ``random_boxes`` random anchors, and ``box_jitter`` jittered copies of each); game: the
+        :class:`~loupe_bench.shapley.PooledCosineGame` on detached projected patch tokens and pooled caption.
+        """
         t_img = min(self.cfg.tsa.target_images, boxes.shape[0])
         tokens = emb["image_tokens"][:t_img].detach()
         text = emb["text_pooled"][:t_img].detach()
@@ -256,29 +295,42 @@ class LOUPE(DualEncoder):
         feats = tsa_features(tokens, text, members, cand)
         game = PooledCosineGame(tokens.float(), text.float())
         valid = torch.ones(members.shape[:2], dtype=torch.bool, device=members.device)
-        est = self.tsa_estimator(game, members, valid, feats)
-        inter = est.targets.to(sel_logits.dtype)
+        return TsaProblem(game, members, valid, feats, sel_boxes, sel_logits, cand)
+
+    def _tsa(self, emb: Mapping[str, Tensor], boxes: Tensor, logits: Tensor, terms: Dict[str, Tensor],
+             logs: Dict[str, float], nsi: List[Tensor]) -> None:
+        pr = self.tsa_problem(emb, boxes, logits)
+        t_img = pr.sel_logits.shape[0]
+        est = self.tsa_estimator(pr.game, pr.coalitions, pr.valid, pr.feats)
+        inter = est.targets.to(pr.sel_logits.dtype)
+        j = self.cfg.region.box_jitter
         if j > 0:
             inter = inter.reshape(t_img, -1, j + 1)
             best = inter.argmax(-1)  # [T, C]
-            target_box = torch.gather(cand.reshape(t_img, -1, j + 1, 4), 2,
+            target_box = torch.gather(pr.cand.reshape(t_img, -1, j + 1, 4), 2,
                                       best[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
-            improve = (best > 0).to(sel_boxes.dtype)[..., None]
-            terms["tsa_box"] = (F.l1_loss(sel_boxes, target_box, reduction="none") * improve).sum() / (
+            improve = (best > 0).to(pr.sel_boxes.dtype)[..., None]
+            terms["tsa_box"] = (F.l1_loss(pr.sel_boxes, target_box, reduction="none") * improve).sum() / (
                 improve.sum() * 4).clamp_min(1.0)
             inter = inter[..., 0]
         valid = torch.ones_like(inter, dtype=torch.bool)
         target = normalise_interactions(inter, valid, self.cfg.tsa.temperature)
-        terms["tsa"] = tsa_loss(sel_logits, target, valid)
+        terms["tsa"] = tsa_loss(pr.sel_logits, target, valid)
         logs["tsa_interaction_mean"] = float(inter.mean())
         self._collect(est, "tsa", logs, nsi)
 
-    def _fsa(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor, logits: Tensor,
-             terms: Dict[str, Tensor], logs: Dict[str, float], nsi: List[Tensor]) -> None:
+    def fsa_problem(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor,
+                    logits: Tensor) -> Optional["FsaProblem"]:
+        """The semantics-level interaction problem of the first ``fsa.target_images`` pairs (None without phrases).
+
+        Players: the top ``fsa.regions`` boxes (after NMS) and the ``P`` phrase slots (padding phrases are null
+        players); coalitions: every region–phrase pair; game: :class:`~loupe_bench.shapley.LateInteractionGame` on
+        the detached region–phrase similarities.
+        """
         ptm = batch.get("phrase_token_mask")
         pmask = batch.get("phrase_mask")
         if ptm is None or pmask is None or ptm.shape[1] == 0:
-            return
+            return None
         t_img = min(self.cfg.fsa.target_images, boxes.shape[0], ptm.shape[0])
         tokens = emb["image_tokens"][:t_img]
         grid = self.grid_of(tokens)
@@ -288,26 +340,31 @@ class LOUPE(DualEncoder):
             rboxes = torch.gather(boxes[:t_img].detach(), 1, idx[..., None].expand(-1, -1, 4))
         members = member_masks(rboxes, grid)
         region = pool_regions(tokens, members, self.region_proj)  # [T, K, D] (grad)
-        span = ptm[:t_img].to(emb["text_tokens"].device).bool() & emb["text_mask"][:t_img, None, :].bool()
-        span = span | (ptm[:t_img].bool() & ~span.any(-1, keepdim=True))  # a span of special tokens only: keep it
+        ptm = ptm[:t_img].to(emb["text_tokens"].device).bool()
+        span = ptm & emb["text_mask"][:t_img, None, :].bool()
+        span = span | (ptm & ~span.any(-1, keepdim=True))  # a span of special tokens only: keep it
         pvalid = pmask[:t_img].to(span.device).bool() & span.any(-1)
         phrase = pool_phrases(emb["text_tokens"][:t_img], span, self.phrase_proj)  # [T, P, D] (grad)
         sim = region @ phrase.transpose(1, 2)  # [T, K, P]
         p = sim.shape[2]
         player_mask = torch.cat([torch.ones(t_img, k, dtype=torch.bool, device=sim.device), pvalid], dim=1)
         game = LateInteractionGame(sim.detach().float(), player_mask)
-        ii = torch.arange(k, device=sim.device).repeat_interleave(p)
-        jj = torch.arange(p, device=sim.device).repeat(k)
-        coal = torch.zeros(t_img, k * p, k + p, dtype=torch.bool, device=sim.device)
-        coal[:, torch.arange(k * p), ii] = True
-        coal[:, torch.arange(k * p), k + jj] = True
+        coal, jj = pair_coalitions(t_img, k, p, sim.device)
         valid = pvalid[:, jj]  # [T, K*P]
         feats = fsa_features(sim, region, phrase, pvalid).reshape(t_img, k * p, -1)
-        est = self.fsa_estimator(game, coal, valid, feats)
-        inter = est.targets.reshape(t_img, k, p).to(sim.dtype)
-        terms["fsa"] = fsa_loss(sim, inter, pvalid, self.cfg.fsa.sim_temperature, self.cfg.fsa.target_temperature)
-        logs["fsa_interaction_mean"] = float(inter[pvalid[:, None, :].expand_as(inter)].mean()) if bool(
-            pvalid.any()) else 0.0
+        return FsaProblem(game, coal, valid, feats, sim, pvalid, rboxes)
+
+    def _fsa(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor, logits: Tensor,
+             terms: Dict[str, Tensor], logs: Dict[str, float], nsi: List[Tensor]) -> None:
+        pr = self.fsa_problem(emb, batch, boxes, logits)
+        if pr is None:
+            return
+        est = self.fsa_estimator(pr.game, pr.coalitions, pr.valid, pr.feats)
+        inter = est.targets.reshape(pr.sim.shape).to(pr.sim.dtype)
+        terms["fsa"] = fsa_loss(pr.sim, inter, pr.phrase_valid, self.cfg.fsa.sim_temperature,
+                                self.cfg.fsa.target_temperature)
+        pv = pr.phrase_valid[:, None, :].expand_as(inter)
+        logs["fsa_interaction_mean"] = float(inter[pv].mean()) if bool(pv.any()) else 0.0
         self._collect(est, "fsa", logs, nsi)
 
     @staticmethod
@@ -376,11 +433,7 @@ class LOUPE(DualEncoder):
         b, _, p = sim.shape
         player_mask = torch.cat([torch.ones(b, k, dtype=torch.bool, device=sim.device), pvalid], dim=1)
         game = LateInteractionGame(sim.float(), player_mask)
-        coal = torch.zeros(b, k * p, k + p, dtype=torch.bool, device=sim.device)
-        ii = torch.arange(k, device=sim.device).repeat_interleave(p)
-        jj = torch.arange(p, device=sim.device).repeat(k)
-        coal[:, torch.arange(k * p), ii] = True
-        coal[:, torch.arange(k * p), k + jj] = True
+        coal, _ = pair_coalitions(b, k, p, sim.device)
         inter = sample_interaction(game, coal, m).mean.reshape(b, k, p).float() if p > 0 else sim.new_zeros(b, k, 0)
         inter = inter * pvalid[:, None, :]
         best = inter.argmax(1).masked_fill(~pvalid, -1)

@@ -133,6 +133,7 @@ def explanation_figures(run_dir, world_dir, n_images: int = 3, label: str = "lou
     import torch
     from PIL import Image
 
+    from ..data.training import phrase_token_mask
     from ..models.factory import load_model
 
     model = load_model(str(run_dir))
@@ -147,13 +148,16 @@ def explanation_figures(run_dir, world_dir, n_images: int = 3, label: str = "lou
         img = Image.open(s.path).convert("RGB").resize((size, size), Image.BICUBIC)
         arr = np.asarray(img)
         pixels = ((torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0 - mean) / std)[None]
+        tok = model.tokenizer([s.caption])
+        ptm, pmask = phrase_token_mask(tok.offsets, tok.attention_mask, [s.spans], max_phrases=len(s.spans))
         with torch.no_grad():
-            ex = model.explain(pixels, [s.caption], [s.spans])
-        ex = ex[0] if isinstance(ex, (list, tuple)) and not hasattr(ex, "_fields") else ex
-        boxes = _to_np(_field(ex, "boxes"))
-        scores = _to_np(_field(ex, "box_scores", "scores"))
-        best = _to_np(_field(ex, "phrase_best_region")).astype(int).reshape(-1)
-        inter = _to_np(_field(ex, "interaction_matrix", "interaction"))
+            ex = model.explain(pixels, tok.input_ids, tok.attention_mask, ptm, pmask)
+        keep = pmask[0].numpy().astype(bool)            # phrases cut off by truncation are dropped
+        phrases = [t for t, k in zip(s.phrases, keep) if k]
+        boxes = _to_np(_field(ex, "boxes"))[0]
+        scores = _to_np(_field(ex, "box_scores", "scores"))[0]
+        best = _to_np(_field(ex, "phrase_best_region")).astype(int)[0][keep]
+        inter = _to_np(_field(ex, "interaction_matrix", "interaction"))[0][:, keep]
         out.append((f"{label}: image {s.image_id}: “{s.caption}”",
-                    plot_explanation(arr, boxes, scores, s.phrases, best, inter, caption=s.caption)))
+                    plot_explanation(arr, boxes, scores, phrases, best, inter, caption=s.caption)))
     return out

@@ -43,7 +43,10 @@ class SyntheticPlan:
         recipe: the one training recipe.
         recipe_overrides: dotted overrides applied to the recipe for every model alike.
         tasks: task spec names evaluated (default: every shipped task on the synthetic world). The task specs are
-            never changed by a plan: quick and default runs use the same protocols (same fingerprints).
+            evaluated unchanged except for ``task_overrides``.
+        task_overrides: dotted overrides applied to every task spec where the key exists (e.g. fewer bootstrap
+            replicates: ``{"bootstrap.n_resamples": 200, "options.bootstrap_resamples": 20}``). They enter the
+            protocol fingerprint, so results of plans with different overrides are never merged or gated together.
     """
 
     world_size: str = "small"
@@ -53,6 +56,7 @@ class SyntheticPlan:
     recipe: str = "tiny-cpu"
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
     tasks: Optional[List[str]] = None
+    task_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 def default_plan(quick: bool = False) -> SyntheticPlan:
@@ -64,6 +68,31 @@ def default_plan(quick: bool = False) -> SyntheticPlan:
 
 # quick variant of the recipe: the same for every model (tuned so --quick fits in 2 minutes on 2 cores)
 QUICK_OVERRIDES: Dict[str, Any] = {"steps": 150}
+
+
+def task_spec_mapping(name: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The shipped task spec ``name`` as a mapping, with dotted ``overrides`` applied where the key exists."""
+    import copy
+
+    from ..specs import load_yaml, spec_files
+
+    for f in spec_files("tasks"):
+        data = load_yaml(f)
+        if str(data.get("name", f.stem)) != name:
+            continue
+        data = copy.deepcopy(data)
+        data.setdefault("name", f.stem)
+        for key, value in (overrides or {}).items():
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if isinstance(node, dict) and parts[-1] in node:
+                node[parts[-1]] = value
+        return data
+    raise SpecError(f"unknown task {name!r}")
 
 
 def synthetic_tasks() -> List[str]:
@@ -200,8 +229,8 @@ def stage_eval(ctx: Context) -> None:
             run = ctx.out / ctx.runs[f"s{seed}/{model}"]
             with ctx.unit("eval", f"eval: {model} (seed {seed}) on {len(ctx.tasks)} tasks"):
                 t0 = time.perf_counter()
-                evaluate([str(run)], ctx.tasks, data_root=ctx.world, out_dir=ctx.out / "results" / f"s{seed}",
-                         seed=seed)
+                specs = [task_spec_mapping(t, ctx.plan.task_overrides) for t in ctx.tasks]
+                evaluate([str(run)], specs, data_root=ctx.world, out_dir=ctx.out / "results" / f"s{seed}", seed=seed)
                 ctx.timings[f"eval/s{seed}/{model}"] = round(time.perf_counter() - t0, 3)
 
 

@@ -70,6 +70,8 @@ class ZeroShotDetectionTask(TaskAdapter):
             raise SpecError(f"{spec.name}: unknown detection metric(s) {', '.join(unknown)}")
 
     def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
+        if self.opts.proposals == "native" and not getattr(model, "has_native_regions", False):
+            raise SpecError(f"{type(model).__name__} has no native region head (proposal source 'native' needs one)")
         recs = load_records(self.spec, data_root, split)
         images = [im for im in recs.images if im.width and im.height]
         if not images or not recs.categories:

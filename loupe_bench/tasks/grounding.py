@@ -47,6 +47,8 @@ class GroundingTask(TaskAdapter):
             raise SpecError(f"{spec.name}: box tasks need image.crop: none (boxes are normalised to the image)")
 
     def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
+        if self.opts.proposals == "native" and not getattr(model, "has_native_regions", False):
+            raise SpecError(f"{type(model).__name__} has no native region head (proposal source 'native' needs one)")
         recs = load_records(self.spec, data_root, split)
         if not recs.refs:
             raise DataError(f"no referring expressions in split {split!r}", file=recs.source)

@@ -76,6 +76,18 @@ def build_model(spec: Union[str, Mapping[str, Any]], source: TrainSource, seed: 
     return create_model(spec, tokenizer_corpus=source.captions(), seed=seed)
 
 
+def rebuild_from_run(spec: Mapping[str, Any], run_dir: Path):
+    """The architecture of a run being resumed, from its saved spec, tokenizer and tower configs (no re-training of
+    the tokenizer); the spec given now must name the same model."""
+    from ..models.factory import model_class
+    from ..utils.io import read_json
+
+    saved = read_json(run_dir / "config.json")
+    if saved.get("name") != spec.get("name"):
+        raise SpecError(f"{run_dir}: the run trains {saved.get('name')!r}, not {spec.get('name')!r}")
+    return model_class(saved).from_spec(saved, model_dir=run_dir)
+
+
 def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     """Turn on activation checkpointing in the towers; returns how many modules took it.
 
@@ -243,9 +255,12 @@ def _write_run_files(run_dir: Path, model, recipe: Recipe, model_name: Optional[
     spec = getattr(model, "spec", None)
     if spec is not None:
         atomic_write_json(run_dir / "config.json", spec)
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and callable(getattr(tok, "save", None)):
-        tok.save(run_dir / "tokenizer")
+    if callable(getattr(model, "save_extra", None)):  # tokenizer + tower configs: load_model(run_dir) works mid-run
+        model.save_extra(run_dir)
+    else:
+        tok = getattr(model, "tokenizer", None)
+        if tok is not None and callable(getattr(tok, "save", None)):
+            tok.save(run_dir / "tokenizer")
 
 
 def train(
@@ -303,7 +318,10 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     seed_everything(recipe.seed)
     source = _source_for(data, recipe)
     if not isinstance(model, torch.nn.Module):
-        model = build_model(model, source, recipe.seed)
+        if resume is not None and (run_dir / "config.json").is_file():
+            model = rebuild_from_run(model, run_dir)  # the run's own tokenizer; weights come from the checkpoint
+        else:
+            model = build_model(model, source, recipe.seed)
     model.to(device)
     model.train()
     if recipe.grad_checkpointing:
@@ -379,6 +397,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
                 _, loader_it, per_epoch = make_loader(built, per_rank, recipe.data.batch_size, info.rank,
                                                       info.world_size, recipe.seed, epoch, batch_in_epoch, workers,
                                                       pin_memory=device.type == "cuda")
+            t0 = time.perf_counter()
             try:
                 batch = next(loader_it)
             except StopIteration:
@@ -387,7 +406,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
                                     f"{per_rank} per rank") from None
                 epoch, batch_in_epoch, loader_it = epoch + 1, 0, None
                 continue
-            t0 = time.perf_counter()
+            data_s = time.perf_counter() - t0
             batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                      for k, v in batch.items()}
             guard_step["step"] = step
@@ -425,7 +444,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
             if step % recipe.log.every == 0 or step == total:
                 row: Dict[str, Any] = {"step": step, "epoch": epoch, "lr": lr, "loss": loss_value,
                                        "images_per_s": batch_size_of(batch) * info.world_size / max(dt, 1e-9),
-                                       "step_time_s": dt}
+                                       "step_time_s": dt, "data_time_s": data_s}
                 row.update({f"loss/{k}": float(v) for k, v in out.terms.items()})
                 row.update({k: float(v) for k, v in out.logs.items()})
                 if grad_norm is not None:

@@ -77,7 +77,12 @@ def fit_logistic_regression(
         loss.backward()
         return loss
 
-    opt.step(closure)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small dense problem: one thread is fastest and machine-independent
+    try:
+        opt.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     return w.detach(), b.detach()
 
 

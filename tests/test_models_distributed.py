@@ -1,0 +1,63 @@
+"""Cross-rank negatives: the contrastive losses on 2 CPU (gloo) processes equal the single-process full batch."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from loupe_bench.models.losses import clip_infonce, filip_infonce
+
+WORLD = 2
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    t = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    it = F.normalize(torch.randn(6, 5, 8, generator=g), dim=-1)
+    tt = F.normalize(torch.randn(6, 4, 8, generator=g), dim=-1)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]).bool()
+    return v, t, it, tt, mask
+
+
+def _losses(v, t, it, tt, mask, local):
+    scale = torch.tensor(5.0)
+    return (clip_infonce(v, t, scale, local_loss=local), filip_infonce(it, tt, mask, scale, local_loss=local))
+
+
+def _worker(rank, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        v, t, it, tt, mask = _data()
+        rows = slice(rank * 3, rank * 3 + 3)
+        results = {}
+        for local in (False, True):
+            leaves = [x[rows].clone().requires_grad_(True) for x in (v, t, it, tt)]
+            clip_l, filip_l = _losses(*leaves, mask[rows], local)
+            (clip_l + filip_l).backward()
+            results[local] = (clip_l.item(), filip_l.item(), [x.grad.clone() for x in leaves])
+        torch.save(results, f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gathered_losses_equal_full_batch(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=WORLD, join=True)
+    v, t, it, tt, mask = _data()
+    leaves = [x.clone().requires_grad_(True) for x in (v, t, it, tt)]
+    clip_full, filip_full = _losses(*leaves, mask, local=False)
+    (clip_full + filip_full).backward()
+    ranks = [torch.load(tmp_path / f"out.{r}", weights_only=True) for r in range(WORLD)]
+    for r, res in enumerate(ranks):
+        # global logits: every rank computes the full-batch loss
+        assert res[False][0] == pytest.approx(clip_full.item(), abs=1e-6)
+        assert res[False][1] == pytest.approx(filip_full.item(), abs=1e-6)
+        # gather-with-grad sums every rank's gradient; DDP's averaging then gives the full-batch gradient
+        for got, leaf in zip(res[False][2], leaves):
+            torch.testing.assert_close(got / WORLD, leaf.grad[r * 3:r * 3 + 3], atol=1e-6, rtol=1e-5)
+    # local loss (local rows x global columns): the mean over ranks is the full-batch loss
+    assert sum(res[True][0] for res in ranks) / WORLD == pytest.approx(clip_full.item(), abs=1e-6)
+    assert sum(res[True][1] for res in ranks) / WORLD == pytest.approx(filip_full.item(), abs=1e-6)
