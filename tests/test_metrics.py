@@ -216,3 +216,14 @@ def test_bootstrap_intervals_deterministic_and_paired():
     assert fn.low == pytest.approx(a.low) and fn.high == pytest.approx(a.high)
     s = bs.seed_summary([1.0, 2.0, 3.0])
     assert s == {"mean": 2.0, "std": 1.0, "n": 3}
+
+
+def test_retrieval_metric_benchmark_small():
+    """The benchmark's two implementations agree (small size here; the 5K x 25K run is `loupe-bench bench`)."""
+    from loupe_bench.bench import load_all
+
+    fn = load_all().get("retrieval-metric")
+    out = fn(repeat=1, n_images=40, captions_per_image=5, chunk_size=7)
+    figs = {f["label"]: f for f in out["figures"]}
+    assert figs["recalls equal (6 values)"]["met"] and figs["ranks equal (all queries)"]["met"]
+    assert out["metrics_project"]["i2t_R@1"] == out["metrics_naive"]["i2t_R@1"]

@@ -72,7 +72,7 @@ def test_caption_head_learns_and_beam1_equals_greedy():
     for i in range(4):
         feats[i, :, i] = 1.0
     caps = [["red circle"], ["blue square"], ["green star"], ["red square"]]
-    cfg = CaptionHeadConfig(width=32, layers=1, heads=2, steps=120, batch_size=8, lr=1e-2, max_len=6)
+    cfg = CaptionHeadConfig(width=32, layers=1, heads=2, steps=60, batch_size=8, lr=2e-2, max_len=6)
     head, vocab, losses = train_caption_head(feats, caps, cfg, seed=0)
     assert losses[-1] < 0.2 * losses[0]
     greedy = [vocab.decode(s) for s in head.greedy(feats)]

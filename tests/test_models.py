@@ -54,7 +54,7 @@ def test_list_models_shows_tiny_and_paper_specs():
     for name in ("clip-tiny", "filip-tiny", "clip-vit-b16", "filip-vit-b16", "clip-swin-t", "filip-swin-t",
                  "clip-paper", "filip-paper", "clip-pretrained-vit-b32"):
         assert name in names, name
-    assert names["filip-paper"].startswith("[filip]")
+    assert names["filip-paper"].startswith("(filip) FILIP at LOUPE paper scale")
     assert get_spec("filip-paper")["image_tower"]["name"] == "swin_large_patch4_window7_224"
     assert {"clip", "filip", "clip-pretrained"} <= set(MODEL_CLASSES.names())
 
@@ -133,7 +133,7 @@ def test_same_seed_same_model_and_logit_scale_clamp():
         a.logit_scale.fill_(10.0)
     assert a.scale().item() == 100.0
     a.clamp_logit_scale_()
-    assert float(a.logit_scale) == pytest.approx(math.log(100))
+    assert a.logit_scale.item() == pytest.approx(math.log(100))
 
 
 def test_clip_infonce_matches_naive_loop():
@@ -216,6 +216,19 @@ def test_trained_tokenizer_ids_offsets_and_roundtrip(tmp_path):
 
     again = Tokenizer.load(tmp_path / "tok", 12)([text, "two"])
     assert all(torch.equal(x, y) for x, y in zip(tb, again))
+
+
+def test_trained_vocabulary_is_frequency_ranked_and_deterministic():
+    from loupe_bench.models.tokenizer import ALPHABET, SPECIAL_TOKENS, train_vocab
+
+    texts = ["zebra circle", "circle red", "Red circle", "apple"]
+    vocab = train_vocab(texts, vocab_size=1000)
+    base = len(SPECIAL_TOKENS) + 2 * len(ALPHABET)
+    assert list(vocab)[:5] == list(SPECIAL_TOKENS) and vocab["##a"] == len(SPECIAL_TOKENS) + len(ALPHABET)
+    # most frequent first, ties by spelling: circle (3), red (2), then apple / zebra (1 each)
+    assert [vocab[w] for w in ("circle", "red", "apple", "zebra")] == [base, base + 1, base + 2, base + 3]
+    assert train_vocab(list(reversed(texts)), vocab_size=1000) == vocab
+    assert len(train_vocab(texts, vocab_size=base + 2)) == base + 2  # the size cap drops the rarest words
 
 
 # -- towers and pretrained sources ------------------------------------------------------------------------------
@@ -368,3 +381,18 @@ def test_tiny_world_batch(tiny_world):
         out = model(batch)
         out.total.backward()
         assert torch.isfinite(out.total)
+
+
+@pytest.mark.parametrize("name,grid,width,dim", [
+    ("filip-paper", (7, 7), 1536, 256),  # Swin-L 224 px: last stage 7 x 7 x 1536
+    ("clip-vit-b16", (14, 14), 768, 512),  # ViT-B/16 224 px: 14 x 14 patches
+    ("filip-swin-t", (7, 7), 768, 256),
+])
+def test_paper_scale_specs_build_on_meta_device(name, grid, width, dim):
+    """Paper-sized towers are built without memory (meta tensors) and give the published token grids."""
+    with torch.device("meta"):
+        model = create_model(name, tokenizer_corpus=CAPTIONS, seed=0)
+        feats = model.encode_image(torch.empty(2, 3, 224, 224))
+    assert model.image_size == 224 and model.grid == grid and feats.grid == grid
+    assert model.image_tower.width == width and feats.tokens.shape == (2, grid[0] * grid[1], dim)
+    assert model.text_tower.width == 768 and model.tokenizer.max_length == 77

@@ -116,18 +116,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_matches_single_process(tmp_path):
+def test_two_process_gloo_ddp_and_fsdp2_match_single_process(tmp_path):
+    """Same global batch of 8: one process vs 2 ranks x 4 (DDP, then FSDP2 with fully_shard), 6 AdamW steps."""
     import torch.multiprocessing as mp
 
     single = weights(_run(tmp_path / "single", steps=6))
-    mp.start_processes(ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), {"steps": 6}), nprocs=2,
-                       join=True, start_method="spawn")
-    ddp = weights(tmp_path / "ddp")
-    for k in single:
-        torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
-    # and the run really was distributed: the checkpoint records it
-    state = ckpt.load_state(ckpt.resolve_resume("latest", tmp_path / "ddp") / "state.pt")
-    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    runs = [(str(tmp_path / "ddp"), {"steps": 6}), (str(tmp_path / "fsdp"), {"steps": 6, "distributed.strategy": "fsdp2"})]
+    mp.start_processes(ddp_worker, args=(2, _free_port(), runs), nprocs=2, join=True, start_method="spawn")
+    for name in ("ddp", "fsdp"):
+        got = weights(tmp_path / name)
+        assert got.keys() == single.keys()
+        for k in single:
+            torch.testing.assert_close(got[k], single[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
+        # the run really was distributed: the checkpoint records both ranks
+        state = ckpt.load_state(ckpt.resolve_resume("latest", tmp_path / name) / "state.pt")
+        assert state["world_size"] == 2 and len(state["rng"]) == 2
+    # and the comparison can fail: another seed gives other weights
+    other = weights(_run(tmp_path / "other", steps=6, seed=11))
+    assert any(not torch.allclose(other[k], single[k], rtol=1e-4, atol=1e-5) for k in single)
 
 
 def _grads(model):

@@ -121,8 +121,9 @@ def weights(run_dir) -> Dict[str, Tensor]:
     return load_file(str(run_dir / "model.safetensors"))
 
 
-def ddp_worker(rank: int, world: int, port: int, out: str, overrides: Dict[str, Any]) -> None:
-    """One rank of a gloo run, configured through the same environment variables torchrun sets."""
+def ddp_worker(rank: int, world: int, port: int, runs: List[Any]) -> None:
+    """One rank of gloo runs ``[(out, overrides), ...]``, configured through the environment variables torchrun
+    sets (each run initialises and destroys its own process group)."""
     import os
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
@@ -130,8 +131,9 @@ def ddp_worker(rank: int, world: int, port: int, out: str, overrides: Dict[str, 
     torch.set_num_threads(1)
     from loupe_bench.train.engine import train
 
-    torch.manual_seed(0)
-    train(TinyVL(), TensorSource(), tiny_recipe(**overrides), out)
+    for out, overrides in runs:
+        torch.manual_seed(0)
+        train(TinyVL(), TensorSource(), tiny_recipe(**overrides), out)
 
 
 KILL_SCRIPT = r"""

@@ -78,7 +78,7 @@ def list_models() -> List[Tuple[str, str]]:
     for name, path in sorted(available_specs().items()):
         spec = read_spec_file(path)
         desc = str(spec.get("description", "")).strip().splitlines()
-        rows.append((name, f"[{spec.get('family', '?')}] " + (desc[0] if desc else "")))
+        rows.append((name, f"({spec.get('family', '?')}) " + (desc[0] if desc else "")))
     return rows
 
 

@@ -68,6 +68,8 @@ class FsaProblem(NamedTuple):
     sim: Tensor  # [T, K, P] region–phrase cosine (with gradient)
     phrase_valid: Tensor  # [T, P] bool
     boxes: Tensor  # [T, K, 4]
+    region: Tensor  # [T, K, D] region embeddings (with gradient)
+    phrase: Tensor  # [T, P, D] phrase embeddings (with gradient)
 
 
 def pair_coalitions(g: int, k: int, p: int, device=None) -> Tuple[Tensor, Tensor]:
@@ -352,7 +354,7 @@ class LOUPE(DualEncoder):
         coal, jj = pair_coalitions(t_img, k, p, sim.device)
         valid = pvalid[:, jj]  # [T, K*P]
         feats = fsa_features(sim, region, phrase, pvalid).reshape(t_img, k * p, -1)
-        return FsaProblem(game, coal, valid, feats, sim, pvalid, rboxes)
+        return FsaProblem(game, coal, valid, feats, sim, pvalid, rboxes, region, phrase)
 
     def _fsa(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor, logits: Tensor,
              terms: Dict[str, Tensor], logs: Dict[str, float], nsi: List[Tensor]) -> None:

@@ -8,18 +8,18 @@ training captions with :func:`train_tokenizer` and saves it with the model (``to
 from __future__ import annotations
 
 import string
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-import torch
 
 from ..errors import CheckpointError, SpecError
 from .base import TokenBatch
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-#: Characters always in a trained vocabulary (as word starts and ``##`` continuations), so no text maps to [UNK]
-#: merely because a character was absent from the training captions.
+#: Characters always in a trained WordPiece vocabulary (as word starts and ``##`` continuations), so no text maps to
+#: [UNK] merely because a character was absent from the training captions.
 ALPHABET = string.ascii_lowercase + string.digits + string.punctuation
 
 
@@ -118,10 +118,43 @@ class Tokenizer:
         return cls(hf, max_length)
 
 
-def _alphabet_corpus(lowercase: bool) -> List[str]:
+def _word_counts(texts: Iterable[str], lowercase: bool) -> "Counter[str]":
+    """Words as BERT's normaliser and pre-tokeniser see them, counted."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    return counts
+
+
+def train_vocab(texts: Iterable[str], vocab_size: int, kind: str = "wordpiece", lowercase: bool = True) -> Dict[str, int]:
+    """A deterministic vocabulary: special tokens, then (WordPiece) every alphabet character as a word start and as a
+    ``##`` continuation, then the most frequent words (ties by spelling) until ``vocab_size``.
+
+    With this vocabulary WordPiece's greedy longest-match keeps frequent words whole and spells rarer ones out of
+    characters, so no text maps to ``[UNK]``. (The ``tokenizers`` trainers iterate hash maps with per-process random
+    order, so their ids change from run to run; this construction does not.)
+    """
     chars = ALPHABET + ("" if lowercase else string.ascii_uppercase)
-    # "a" + c makes the trainer see c as a continuation (##c); c alone makes it a word start
-    return [" ".join(chars), " ".join("a" + c for c in chars if c.isalnum())]
+    vocab: Dict[str, int] = {}
+    for tok in SPECIAL_TOKENS:
+        vocab[tok] = len(vocab)
+    counts = _word_counts(texts, lowercase)
+    if kind == "wordpiece":
+        # characters of the corpus beyond the ASCII alphabet too (sorted), so accented / unicode text still encodes
+        extra = sorted({c for w in counts for c in w} - set(chars))
+        for c in list(chars) + extra:
+            vocab.setdefault(c, len(vocab))
+        for c in list(chars) + extra:
+            vocab.setdefault("##" + c, len(vocab))
+    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    return vocab
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, max_length: int = 32, kind: str = "wordpiece",
@@ -130,43 +163,37 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, max_length: in
 
     Args:
         texts: training captions.
-        vocab_size: target vocabulary size (WordPiece) or the most frequent words kept (word level).
+        vocab_size: vocabulary size (the character alphabet always fits in, even beyond it).
         max_length: pad / truncate length of the returned wrapper.
-        kind: ``wordpiece`` or ``wordlevel``.
+        kind: ``wordpiece`` (unknown words spelled out of pieces) or ``wordlevel`` (unknown words are ``[UNK]``).
         lowercase: lower-case and strip accents first.
     """
     from tokenizers import Tokenizer as RawTokenizer
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    corpus = list(texts) + _alphabet_corpus(lowercase)
-    if kind == "wordpiece":
-        raw = RawTokenizer(models.WordPiece(unk_token="[UNK]"))
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                            min_frequency=1, show_progress=False)
-        raw.decoder = decoders.WordPiece()
-    elif kind == "wordlevel":
-        raw = RawTokenizer(models.WordLevel(unk_token="[UNK]"))
-        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                            min_frequency=1, show_progress=False)
-    else:
+    if kind not in ("wordpiece", "wordlevel"):
         raise SpecError(f"tokenizer: cannot train kind {kind!r} (wordpiece or wordlevel)")
+    vocab = train_vocab(texts, vocab_size, kind, lowercase)
+    if kind == "wordpiece":
+        raw = RawTokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        raw.decoder = decoders.WordPiece()
+    else:
+        raw = RawTokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     raw.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    raw.train_from_iterator(corpus, trainer=trainer)
-    cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     raw.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     hf = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
-    tok = Tokenizer(hf, max_length)
-    # transformers 5.x trap: make sure the vocabulary really is the trained one and ids are the expected ones
-    if hf.pad_token_id != 0 or len(hf) < len(SPECIAL_TOKENS) + len(ALPHABET):
-        raise RuntimeError(f"tokenizer training produced an unexpected vocabulary (size {len(hf)}, "
+    # transformers 5.x trap: make sure the wrapped vocabulary really is ours and ids are the expected ones
+    if hf.pad_token_id != 0 or len(hf) != len(vocab) or hf.convert_tokens_to_ids("[SEP]") != sep_id:
+        raise RuntimeError(f"tokenizer wrapping produced an unexpected vocabulary (size {len(hf)} != {len(vocab)}, "
                            f"pad id {hf.pad_token_id})")
-    return tok
+    return Tokenizer(hf, max_length)
 
 
 def build_tokenizer(cfg: TokenizerCfg, corpus: Optional[Iterable[str]] = None,

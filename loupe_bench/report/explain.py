@@ -29,7 +29,7 @@ class Sample(NamedTuple):
 
 
 def sample_images(world_dir, n: int = 3, split: str = "test") -> List[Sample]:
-    """The first ``n`` images of ``split`` with their first caption and its gold phrase spans."""
+    """The first ``n`` images of ``split``, each with its caption of most phrases and their gold spans."""
     world = Path(world_dir)
     data = read_json(world / "dataset_synthetic.json")
     phrases = read_json(world / "phrases.json")
@@ -37,7 +37,8 @@ def sample_images(world_dir, n: int = 3, split: str = "test") -> List[Sample]:
     for im in data["images"]:
         if im.get("split") != split:
             continue
-        sent = im["sentences"][0]
+        # the caption with the most phrases (first such caption on ties): the richest explanation
+        sent = max(im["sentences"], key=lambda st: len(phrases.get(str(st["sentid"]), [])))
         ph = phrases.get(str(sent["sentid"]), [])
         if not ph:
             continue

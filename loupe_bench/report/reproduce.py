@@ -62,12 +62,17 @@ class SyntheticPlan:
 def default_plan(quick: bool = False) -> SyntheticPlan:
     """The default plan (all models incl. LOUPE ablations) or the quick CI plan (main models, fewer steps)."""
     if quick:
-        return SyntheticPlan(models=list(MAIN_MODELS), recipe_overrides=dict(QUICK_OVERRIDES))
-    return SyntheticPlan()
+        return SyntheticPlan(models=list(MAIN_MODELS), recipe_overrides=dict(QUICK_OVERRIDES),
+                             task_overrides=dict(QUICK_TASK_OVERRIDES))
+    return SyntheticPlan(task_overrides=dict(DEFAULT_TASK_OVERRIDES))
 
 
 # quick variant of the recipe: the same for every model (tuned so --quick fits in 2 minutes on 2 cores)
-QUICK_OVERRIDES: Dict[str, Any] = {"steps": 150}
+QUICK_OVERRIDES: Dict[str, Any] = {"steps": 150, "checkpoint.every": 0}
+# Detection and captioning recompute COCOeval / corpus metrics once per bootstrap replicate (seconds each on the
+# small world): the reproduction caps those replicates. Recorded in the task spec, hence in the fingerprint.
+DEFAULT_TASK_OVERRIDES: Dict[str, Any] = {"options.bootstrap_resamples": 30}
+QUICK_TASK_OVERRIDES: Dict[str, Any] = {"options.bootstrap_resamples": 10}
 
 
 def task_spec_mapping(name: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

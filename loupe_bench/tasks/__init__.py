@@ -54,7 +54,7 @@ def list_tasks() -> List[Tuple[str, str]]:
     rows = []
     for name, path in sorted(_shipped().items()):
         data = load_yaml(path)
-        rows.append((name, f"[{data.get('type', '?')}] {data.get('description', '')}".strip()))
+        rows.append((name, f"{data.get('type', '?')}: {data.get('description', '')}".strip()))
     return rows
 
 

@@ -18,7 +18,7 @@ from . import TASK_TYPES
 from .base import TaskAdapter
 from .common import (
     SplitOutput, build_prompts, encode_images, encode_texts, ensemble_classifier, is_token_level, load_records,
-    mean_metric, template_mean,
+    mean_metric, template_mean, to_device,
 )
 from .metrics.classification import true_class_ranks
 
@@ -53,7 +53,8 @@ class ZeroShotClassificationTask(TaskAdapter):
         txt = encode_texts(model, prompts, self.spec, device, desc="prompts")
         with torch.no_grad():
             if is_token_level(model):
-                s = model.similarity(img, txt, direction="i2t", chunk_size=self.spec.chunk_size).float()
+                s = model.similarity(to_device(img, device), to_device(txt, device), direction="i2t",
+                                     chunk_size=self.spec.chunk_size).float().cpu()
                 return template_mean(s, len(classnames), len(templates)), "token-level similarity, template mean"
             w = ensemble_classifier(txt.pooled, len(classnames), len(templates))
             return img.pooled.float() @ w.T, "pooled prompt-ensemble (CLIP)"

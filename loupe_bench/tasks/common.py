@@ -216,6 +216,11 @@ def select_features(feats, index):
     return type(feats)(*[f[idx] if isinstance(f, Tensor) else f for f in feats])
 
 
+def to_device(feats, device: str):
+    """A features NamedTuple with every tensor moved to ``device`` (features are kept on the CPU between steps)."""
+    return type(feats)(*[f.to(device) if isinstance(f, Tensor) else f for f in feats])
+
+
 def is_token_level(model) -> bool:
     """True when the model overrides :meth:`VLModel.similarity` (token-wise scoring such as FILIP / LOUPE)."""
     from ..models.base import VLModel

@@ -20,7 +20,7 @@ from . import TASK_TYPES
 from .base import TaskAdapter
 from .common import (
     MetricValue, SplitOutput, build_prompts, encode_images, encode_texts, load_records, progress_bar,
-    select_features, template_mean,
+    select_features, template_mean, to_device,
 )
 from .metrics.bootstrap import resample_indices
 from .metrics.detection import AP_NAMES, coco_ap, per_class_nms, resample_coco
@@ -84,17 +84,18 @@ class ZeroShotDetectionTask(TaskAdapter):
         templates = list(self.opts.templates)
         txt = encode_texts(model, build_prompts(classnames, templates), self.spec, device, desc="prompts")
         props = PROPOSAL_SOURCES.get(self.opts.proposals)(
-            model, img, images, top_k=self.opts.top_k_proposals, scales=self.opts.grid_scales
+            model, img, images, top_k=self.opts.top_k_proposals, scales=self.opts.grid_scales, device=device
         )
+        txt_d = to_device(txt, device)
         dets: List[dict] = []
         n_props = []
         bs = max(1, self.spec.batch_size)
         with progress_bar(f"detect {split}", len(images)) as advance, torch.no_grad():
             for s in range(0, len(images), bs):
                 chunk = list(range(s, min(s + bs, len(images))))
-                feats = select_features(img, chunk)
-                boxes = [props[i][0] for i in chunk]
-                scores = model.score_regions(feats, boxes, txt)
+                feats = to_device(select_features(img, chunk), device)
+                boxes = [props[i][0].to(device) for i in chunk]
+                scores = model.score_regions(feats, boxes, txt_d)
                 for i, sc in zip(chunk, scores):
                     dets.extend(self._detections(images[i], props[i][0], props[i][1], sc.float().cpu(), cat_ids,
                                                  len(templates)))

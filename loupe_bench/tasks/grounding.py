@@ -18,7 +18,9 @@ import torch
 from ..errors import DataError, SpecError
 from . import TASK_TYPES
 from .base import TaskAdapter
-from .common import SplitOutput, encode_images, encode_texts, load_records, mean_metric, progress_bar, select_features
+from .common import (
+    SplitOutput, encode_images, encode_texts, load_records, mean_metric, progress_bar, select_features, to_device,
+)
 from .metrics.grounding import grounding_hits, xywh_to_xyxy
 from .proposals import PROPOSAL_SOURCES
 
@@ -67,7 +69,7 @@ class GroundingTask(TaskAdapter):
         model.eval()
         img = encode_images(model, [im.path for im in images], self.spec, device, desc=f"{split} images")
         props = PROPOSAL_SOURCES.get(_SOURCES[self.opts.proposals])(
-            model, img, images, top_k=self.opts.top_k_proposals, scales=self.opts.grid_scales
+            model, img, images, top_k=self.opts.top_k_proposals, scales=self.opts.grid_scales, device=device
         )
         texts = [q[0] for i in image_ids for q in queries[i]]
         txt = encode_texts(model, texts, self.spec, device, desc="expressions")
@@ -76,14 +78,15 @@ class GroundingTask(TaskAdapter):
         with progress_bar(f"ground {split}", len(images)) as advance, torch.no_grad():
             for n, (iid, im) in enumerate(zip(image_ids, images)):
                 q = queries[iid]
-                t = select_features(txt, range(offset, offset + len(q)))
+                t = to_device(select_features(txt, range(offset, offset + len(q))), device)
                 offset += len(q)
                 boxes = props[n][0]
                 w, h = float(im.width), float(im.height)
                 if len(boxes) == 0:
                     preds.extend([[0.0, 0.0, 0.0, 0.0]] * len(q))
                 else:
-                    sc = model.score_regions(select_features(img, [n]), [boxes], t)[0].float().cpu()  # [K, Q]
+                    sc = model.score_regions(to_device(select_features(img, [n]), device), [boxes.to(device)], t)[0]
+                    sc = sc.float().cpu()  # [K, Q]
                     best = sc.argmax(0)  # first maximum = lower candidate index on ties
                     px = boxes[best] * torch.tensor([w, h, w, h])
                     preds.extend(px.tolist())

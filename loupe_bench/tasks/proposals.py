@@ -44,14 +44,14 @@ def grid_boxes(scales: Sequence[int] = (1, 2, 3, 4), aspect: bool = True) -> Ten
 
 
 @PROPOSAL_SOURCES.register("grid")
-def grid_proposals(model, img_feats, images, top_k: int = 100, scales=(1, 2, 3, 4)) -> Proposals:
+def grid_proposals(model, img_feats, images, top_k: int = 100, scales=(1, 2, 3, 4), device: str = "cpu") -> Proposals:
     """Fixed multi-scale grid (objectness 1)."""
     g = grid_boxes(tuple(scales))
     return [(g.clone(), torch.ones(len(g))) for _ in images]
 
 
 @PROPOSAL_SOURCES.register("gt")
-def gt_proposals(model, img_feats, images, top_k: int = 100, scales=None) -> Proposals:
+def gt_proposals(model, img_feats, images, top_k: int = 100, scales=None, device: str = "cpu") -> Proposals:
     """The image's ground-truth boxes (objectness 1)."""
     out = []
     for im in images:
@@ -63,10 +63,13 @@ def gt_proposals(model, img_feats, images, top_k: int = 100, scales=None) -> Pro
 
 
 @PROPOSAL_SOURCES.register("native")
-def native_proposals(model, img_feats, images, top_k: int = 100, scales=None) -> Proposals:
+def native_proposals(model, img_feats, images, top_k: int = 100, scales=None, device: str = "cpu") -> Proposals:
     """The model's region head (LOUPE); other models raise :class:`SpecError`."""
     if not getattr(model, "has_native_regions", False):
         raise SpecError(f"{type(model).__name__} has no native region head (proposal source 'native' needs one)")
+    regions = []
     with torch.no_grad():
-        regions = model.propose_regions(img_feats, top_k=top_k)
+        for s in range(0, len(images), 64):
+            part = type(img_feats)(*[f[s : s + 64].to(device) if isinstance(f, Tensor) else f for f in img_feats])
+            regions.extend(model.propose_regions(part, top_k=top_k))
     return [(r.boxes.float().cpu().clamp(0, 1), r.scores.float().cpu()) for r in regions]

@@ -185,3 +185,29 @@ def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: Union[str,
             w.writerow(row)
         paths.append(atomic_write_text(out_dir / "benchmark.csv", buf.getvalue()))
     return paths
+
+
+def summarize_seeds(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Mean ± std (``ddof=1``) of every metric across results that differ only by seed.
+
+    Results are grouped by (model name, task name, split, fingerprint); groups mixing fingerprints are never
+    formed. Returns one row per (group, metric): ``{model, task, split, fingerprint, metric, mean, std, n, seeds,
+    units}``.
+    """
+    from .metrics.bootstrap import seed_summary
+
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in results:
+        key = (r["model"]["name"], r["task"]["name"], r["task"]["split"], r["task"]["fingerprint"])
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for (model, task, split, fp), rs in sorted(groups.items()):
+        names = sorted({m for r in rs for m in r["metrics"]})
+        for name in names:
+            vals = [r["metrics"][name]["value"] for r in rs if name in r["metrics"]]
+            s = seed_summary(vals)
+            rows.append({"model": model, "task": task, "split": split, "fingerprint": fp, "metric": name,
+                         "mean": s["mean"], "std": s["std"], "n": s["n"],
+                         "seeds": sorted(r["seed"] for r in rs if name in r["metrics"]),
+                         "units": rs[0]["metrics"].get(name, {}).get("units", "fraction")})
+    return rows

@@ -14,7 +14,7 @@ import torch
 from ..errors import DataError
 from . import TASK_TYPES
 from .base import TaskAdapter
-from .common import SplitOutput, encode_images, encode_texts, load_records, mean_metric
+from .common import SplitOutput, encode_images, encode_texts, load_records, mean_metric, to_device
 from .metrics.retrieval import retrieval_metrics
 
 
@@ -45,8 +45,9 @@ class RetrievalTask(TaskAdapter):
         img = encode_images(model, [r.path for r in images], self.spec, device, desc=f"{split} images")
         txt = encode_texts(model, texts, self.spec, device, desc=f"{split} captions")
         with torch.no_grad():
-            s_i2t = model.similarity(img, txt, direction="i2t", chunk_size=self.spec.chunk_size)
-            s_t2i = model.similarity(img, txt, direction="t2i", chunk_size=self.spec.chunk_size)
+            img_d, txt_d = to_device(img, device), to_device(txt, device)
+            s_i2t = model.similarity(img_d, txt_d, direction="i2t", chunk_size=self.spec.chunk_size)
+            s_t2i = model.similarity(img_d, txt_d, direction="t2i", chunk_size=self.spec.chunk_size)
         out = retrieval_metrics(s_i2t.float().cpu(), s_t2i.float().cpu(), owners, self.opts.ks, self.spec.chunk_size)
         res = SplitOutput(split)
         per = {}

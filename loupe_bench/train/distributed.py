@@ -114,17 +114,23 @@ def average_gradients(params: Iterable[nn.Parameter], bucket_bytes: int = 25 << 
             offset += n
 
 
-def apply_fsdp2(model: nn.Module, device: torch.device) -> nn.Module:
-    """Shard ``model`` with FSDP2: every direct child holding parameters becomes one FSDP unit, then the root."""
+def apply_fsdp2(model: nn.Module, device: torch.device) -> List[nn.Parameter]:
+    """Shard ``model`` with FSDP2: every direct child holding parameters becomes one FSDP unit, then the root.
+
+    Scalar parameters (temperatures) cannot be sharded; they stay replicated (``ignored_params``) and are returned so
+    the caller averages their gradients with :func:`average_gradients`.
+    """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    scalars = [p for p in model.parameters() if p.ndim == 0]
+    ignored = set(scalars)
     for child in model.children():
-        if any(True for _ in child.parameters()):
-            fully_shard(child, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
+        if any(p not in ignored for p in child.parameters()):
+            fully_shard(child, mesh=mesh, ignored_params=ignored)
+    fully_shard(model, mesh=mesh, ignored_params=ignored)
+    return scalars
 
 
 def all_gather_objects(obj) -> list:

@@ -305,6 +305,9 @@ def train(
 
 
 def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int]) -> Path:
+    if resume is None and ckpt.list_checkpoints(run_dir):
+        raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
+                        "it, or choose another --out")
     device = info.device
     per_rank = recipe.per_rank_batch(info.world_size, source=f"recipe {recipe.name!r}")
     fsdp = recipe.distributed.strategy == "fsdp2" and info.distributed
@@ -341,8 +344,9 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
         raise SpecError(f"recipe {recipe.name!r}: field 'data.batch_size': {recipe.data.batch_size} exceeds the "
                         f"{built.size} training samples")
 
+    replicated = None  # parameters whose gradients this loop averages itself
     if fsdp:
-        model = apply_fsdp2(model, device)
+        replicated = apply_fsdp2(model, device)
     optimizer = create_optimizer(model, recipe.optim)
     scheduler = create_scheduler(optimizer, recipe.optim, total)
     scaler = make_scaler(recipe.precision, device)
@@ -351,6 +355,8 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
 
     step, epoch, batch_in_epoch = 0, 0, 0
     if info.is_main:
+        if resume is None and (run_dir / LOG_FILE).is_file():
+            (run_dir / LOG_FILE).unlink()  # rows of an earlier attempt killed before its first checkpoint
         _write_run_files(run_dir, model, recipe, None)
     barrier()
     if resume is not None:
@@ -419,8 +425,8 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
             else:
                 out = forward_backward(model, batch, recipe.accum_freq, autocast,
                                        scaler.scale if scaler is not None else (lambda t: t), embed_fn, check)
-            if info.distributed and not fsdp:
-                average_gradients(params)
+            if info.distributed:
+                average_gradients(params if replicated is None else replicated)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = None
@@ -440,7 +446,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
             if per_epoch is not None and batch_in_epoch >= per_epoch:
                 epoch, batch_in_epoch, loader_it = epoch + 1, 0, None
             dt = time.perf_counter() - t0
-            loss_value = float(out.total)
+            loss_value = float(out.total.detach())
             if step % recipe.log.every == 0 or step == total:
                 row: Dict[str, Any] = {"step": step, "epoch": epoch, "lr": lr, "loss": loss_value,
                                        "images_per_s": batch_size_of(batch) * info.world_size / max(dt, 1e-9),

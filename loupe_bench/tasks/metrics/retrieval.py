@@ -69,8 +69,22 @@ def best_positive_rank(scores: Tensor, positive: Tensor) -> Tensor:
     return above + tied_before
 
 
+def _check(scores: Tensor, t2i: Tensor) -> None:
+    n_img, n_txt = scores.shape
+    if t2i.numel() != n_txt:
+        raise DataError(f"{t2i.numel()} caption owners for {n_txt} score columns")
+    if n_txt and (t2i.min() < 0 or t2i.max() >= n_img):
+        raise DataError("a caption belongs to an image outside the score matrix")
+    if torch.isnan(scores).any():
+        raise DataError("score matrix holds NaN values")
+
+
 def image_to_text_ranks(scores: Tensor, text_to_image: Sequence[int], chunk_size: int = 1024) -> np.ndarray:
     """Best rank of any GT caption for each image query; ``scores`` is ``[N_images, N_texts]``.
+
+    The best positive ``p*`` of image ``i`` is found by gathering the scores of its own captions only (a padded
+    ``[N_images, P_max]`` index table), then ``rank = #{j : s_ij > s_ip*} + #{j < p* : s_ij = s_ip*}`` costs two
+    passes over each chunk of rows.
 
     Args:
         scores: image-query score matrix (rows rank texts).
@@ -78,29 +92,49 @@ def image_to_text_ranks(scores: Tensor, text_to_image: Sequence[int], chunk_size
         chunk_size: image queries per chunk.
     """
     t2i = torch.as_tensor(np.asarray(text_to_image), dtype=torch.long)
+    _check(scores, t2i)
     n_img, n_txt = scores.shape
-    if t2i.numel() != n_txt:
-        raise DataError(f"{t2i.numel()} caption owners for {n_txt} score columns")
+    counts = torch.bincount(t2i, minlength=n_img)
+    if n_img and counts.min() == 0:
+        raise DataError("a retrieval query has no positive in the gallery (an image without captions)")
+    order = torch.argsort(t2i, stable=True)  # caption indices grouped by image, ascending within an image
+    p_max = int(counts.max()) if n_img else 0
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(n_txt) - starts[t2i[order]]
+    table = torch.full((n_img, max(p_max, 1)), -1, dtype=torch.long)
+    table[t2i[order], slot] = order
     out = []
     for s in range(0, n_img, chunk_size):
-        rows = torch.arange(s, min(s + chunk_size, n_img))
-        pos = t2i[None, :] == rows[:, None]
-        out.append(best_positive_rank(scores[s : s + chunk_size].float(), pos))
+        block = scores[s : s + chunk_size].float()
+        g = table[s : s + chunk_size]
+        valid = g >= 0
+        vals = block.gather(1, g.clamp(min=0)).masked_fill(~valid, float("-inf"))
+        best = vals.max(1).values
+        p_star = torch.where(valid & (vals == best[:, None]), g, torch.full_like(g, n_txt)).min(1).values
+        above = (block > best[:, None]).sum(1)
+        tied = ((block == best[:, None]) & (torch.arange(block.shape[1])[None] < p_star[:, None])).sum(1)
+        out.append(above + tied)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
 def text_to_image_ranks(scores: Tensor, text_to_image: Sequence[int], chunk_size: int = 1024) -> np.ndarray:
-    """Rank of the GT image for each caption query; ``scores`` is ``[N_images, N_texts]`` (columns are queries)."""
+    """Rank of the GT image for each caption query; ``scores`` is ``[N_images, N_texts]`` (columns are queries).
+
+    One positive per query: ``rank_j = #{i : s_ij > s_{o(j) j}} + #{i < o(j) : s_ij = s_{o(j) j}}``, computed on
+    column blocks without transposing.
+    """
     t2i = torch.as_tensor(np.asarray(text_to_image), dtype=torch.long)
+    _check(scores, t2i)
     n_img, n_txt = scores.shape
-    if t2i.numel() != n_txt:
-        raise DataError(f"{t2i.numel()} caption owners for {n_txt} score columns")
+    rows = torch.arange(n_img)[:, None]
     out = []
     for s in range(0, n_txt, chunk_size):
-        block = scores[:, s : s + chunk_size].T.float()  # [c, N_img]
+        block = scores[:, s : s + chunk_size].float()
         owners = t2i[s : s + chunk_size]
-        pos = torch.arange(n_img)[None, :] == owners[:, None]
-        out.append(best_positive_rank(block, pos))
+        best = block.gather(0, owners[None]).squeeze(0)
+        above = (block > best[None]).sum(0)
+        tied = ((block == best[None]) & (rows < owners[None])).sum(0)
+        out.append(above + tied)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
