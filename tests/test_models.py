@@ -193,7 +193,7 @@ def test_run_directory_uses_latest_checkpoint(tmp_path):
     save_file(state_for_saving(model), str(step / "model.safetensors"))
     (run / "checkpoints" / "latest").write_text("step_5")
     (run / "model.safetensors").unlink()
-    assert float(load_model(run).filip_logit_scale) == 2.0
+    assert load_model(run).filip_logit_scale.item() == 2.0
 
 
 # -- tokenizers -----------------------------------------------------------------------------------------------------

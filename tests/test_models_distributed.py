@@ -22,9 +22,10 @@ def _data():
     return v, t, it, tt, mask
 
 
-def _losses(v, t, it, tt, mask, local):
+def _losses(v, t, it, tt, mask, local, with_grad=True):
     scale = torch.tensor(5.0)
-    return (clip_infonce(v, t, scale, local_loss=local), filip_infonce(it, tt, mask, scale, local_loss=local))
+    return (clip_infonce(v, t, scale, local_loss=local, with_grad=with_grad),
+            filip_infonce(it, tt, mask, scale, local_loss=local, with_grad=with_grad))
 
 
 def _worker(rank, init_file, out_file):
@@ -33,11 +34,11 @@ def _worker(rank, init_file, out_file):
         v, t, it, tt, mask = _data()
         rows = slice(rank * 3, rank * 3 + 3)
         results = {}
-        for local in (False, True):
+        for key, local, with_grad in (("global", False, True), ("local", True, True), ("nograd", False, False)):
             leaves = [x[rows].clone().requires_grad_(True) for x in (v, t, it, tt)]
-            clip_l, filip_l = _losses(*leaves, mask[rows], local)
+            clip_l, filip_l = _losses(*leaves, mask[rows], local, with_grad)
             (clip_l + filip_l).backward()
-            results[local] = (clip_l.item(), filip_l.item(), [x.grad.clone() for x in leaves])
+            results[key] = (clip_l.item(), filip_l.item(), [x.grad.clone() for x in leaves])
         torch.save(results, f"{out_file}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -53,11 +54,16 @@ def test_gathered_losses_equal_full_batch(tmp_path):
     ranks = [torch.load(tmp_path / f"out.{r}", weights_only=True) for r in range(WORLD)]
     for r, res in enumerate(ranks):
         # global logits: every rank computes the full-batch loss
-        assert res[False][0] == pytest.approx(clip_full.item(), abs=1e-6)
-        assert res[False][1] == pytest.approx(filip_full.item(), abs=1e-6)
+        assert res["global"][0] == pytest.approx(clip_full.item(), abs=1e-6)
+        assert res["global"][1] == pytest.approx(filip_full.item(), abs=1e-6)
+        assert res["nograd"][:2] == pytest.approx(res["global"][:2], abs=1e-6)
         # gather-with-grad sums every rank's gradient; DDP's averaging then gives the full-batch gradient
-        for got, leaf in zip(res[False][2], leaves):
+        for got, leaf in zip(res["global"][2], leaves):
             torch.testing.assert_close(got / WORLD, leaf.grad[r * 3:r * 3 + 3], atol=1e-6, rtol=1e-5)
+        # without grad through the gather only this rank's (identical) loss reaches its rows: exactly dL/dx_local,
+        # a factor WORLD below gather-with-grad
+        for got, leaf in zip(res["nograd"][2], leaves):
+            torch.testing.assert_close(got, leaf.grad[r * 3:r * 3 + 3], atol=1e-6, rtol=1e-5)
     # local loss (local rows x global columns): the mean over ranks is the full-batch loss
-    assert sum(res[True][0] for res in ranks) / WORLD == pytest.approx(clip_full.item(), abs=1e-6)
-    assert sum(res[True][1] for res in ranks) / WORLD == pytest.approx(filip_full.item(), abs=1e-6)
+    assert sum(res["local"][0] for res in ranks) / WORLD == pytest.approx(clip_full.item(), abs=1e-6)
+    assert sum(res["local"][1] for res in ranks) / WORLD == pytest.approx(filip_full.item(), abs=1e-6)

@@ -264,3 +264,28 @@ def test_cli_eval(tiny_world, tmp_path):
     assert (out / "clip-tiny__synthetic-retrieval__test.json").is_file()
     res = CliRunner().invoke(cli, ["eval", "--model", "clip-tiny", "--task", "no-such-task"])
     assert res.exit_code != 0
+
+
+def test_eval_model_directory_and_bad_data(tiny_world, tmp_path):
+    """A saved model directory evaluates with its weights' sha256 recorded; a missing image is a DataError naming
+    the file."""
+    from loupe_bench.models import create_model, save_model
+    from loupe_bench.tasks.evaluate import evaluate
+    from loupe_bench.utils.io import sha256_file
+
+    model = create_model("clip-tiny", seed=0)
+    run = save_model(model, tmp_path / "runs" / "clip-run")
+    spec = fast("synthetic-retrieval", splits=["test"])
+    from_dir = evaluate([str(run)], [spec], data_root=tiny_world, out_dir=tmp_path / "res")[0]
+    from_obj = evaluate([model], [spec], data_root=tiny_world, out_dir=None)[0]
+    assert from_dir["model"]["name"] == "clip-run"
+    assert from_dir["model"]["checkpoint_sha256"] == sha256_file(Path(run) / "model.safetensors")
+    assert from_dir["metrics"] == from_obj["metrics"]
+    assert (tmp_path / "res" / "clip-run__synthetic-retrieval__test.json").is_file()
+    world = tmp_path / "broken"
+    shutil.copytree(tiny_world, world)
+    data = json.loads((world / "dataset_synthetic.json").read_text())
+    victim = next(im for im in data["images"] if im["split"] == "test")
+    (world / "images" / victim["filename"]).unlink()
+    with pytest.raises(DataError, match=victim["filename"]):
+        evaluate([model], [spec], data_root=world, out_dir=None)

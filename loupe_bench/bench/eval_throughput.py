@@ -7,7 +7,6 @@ evaluated with the same synthetic retrieval protocol; images/s = test images / m
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, Sequence
 

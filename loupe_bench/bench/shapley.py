@@ -117,7 +117,7 @@ def _train_neural(feats: torch.Tensor, targets: torch.Tensor, stderr: torch.Tens
     mod = NeuralInteraction(feats.shape[1], cfg).to(feats.device)
     mod.add(feats, targets, stderr)
     opt = torch.optim.Adam(mod.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=feats.device).manual_seed(seed)
     for _ in range(steps):
         x, y, s = mod.replay(g)
         loss = mod.nll(x, y, s)
@@ -129,8 +129,8 @@ def _train_neural(feats: torch.Tensor, targets: torch.Tensor, stderr: torch.Tens
 
 @BENCHMARKS.register("shapley", help="interaction targets: exact vs sampling vs neural (time ratio, Spearman rho)")
 def shapley(repeat: int = 3, device: str = "cpu", spec: str = "loupe-tiny", batch_size: int = 16,
-            train_batches: int = 24, samples: Sequence[int] = (8, 32, 128), reference_samples: int = 2048,
-            fsa_regions: int = 4, train_steps: int = 1500, seed: int = 0, world: Optional[str] = None,
+            train_batches: int = 64, samples: Sequence[int] = (8, 32, 128), reference_samples: int = 2048,
+            fsa_regions: int = 4, train_steps: int = 3000, seed: int = 0, world: Optional[str] = None,
             threads: Optional[int] = 1, num_samples: Optional[int] = None) -> Dict[str, Any]:
     """Time and accuracy of producing all interaction targets of one batch (see the module docstring).
 

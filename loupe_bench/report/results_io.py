@@ -5,6 +5,7 @@ regression gate all work on :class:`MetricRow` lists, one row per (result, metri
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
@@ -101,24 +102,26 @@ def parse_result(obj: Any, path: Path) -> List[MetricRow]:
     return rows
 
 
+def _is_result(path: Path) -> bool:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(obj, dict) and obj.get("schema") == RESULT_SCHEMA
+
+
 def result_files(results_dir) -> List[Path]:
-    """Every ``*.json`` under ``results_dir`` (recursively) that carries the result schema, sorted."""
+    """Every ``*.json`` under ``results_dir`` (recursively, hidden folders skipped) with the result schema, sorted.
+
+    Other JSON files (manifests, references, unreadable files) are not results and are skipped.
+    """
     root = Path(results_dir)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise DataError("results directory not found", file=str(root))
-    out = []
-    for p in sorted(root.rglob("*.json")):
-        if any(part.startswith(".") for part in p.relative_to(root).parts):
-            continue
-        try:
-            head = p.read_text(encoding="utf-8", errors="replace")[:4096]
-        except OSError:
-            continue
-        if RESULT_SCHEMA in head:
-            out.append(p)
-    return out
+    return [p for p in sorted(root.rglob("*.json"))
+            if not any(part.startswith(".") for part in p.relative_to(root).parts) and _is_result(p)]
 
 
 def load_rows(results_dir, *, models: Optional[Sequence[str]] = None) -> List[MetricRow]:

@@ -65,7 +65,7 @@ class CaptioningTask(TaskAdapter):
         refs = {r.image_id: [c.text for c in r.captions] for r in test}
         scores = caption_metrics(refs, hyps, use_java=self.opts.use_java, metrics=self.spec.metrics)
         res = SplitOutput(split)
-        keys = list(scores.gts.keys())
+        keys = list(scores.gts.keys()) or list(refs)
         corpus = [n for n in self.spec.metrics if n in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")
                   and n in scores.metrics]
         b = self.spec.bootstrap
@@ -93,7 +93,7 @@ class CaptioningTask(TaskAdapter):
             elif name in scores.metrics:
                 # METEOR / SPICE: corpus values (METEOR's corpus score is not the mean of per-image scores)
                 res.metrics[name] = MetricValue(scores.metrics[name], None, "fraction")
-        if not scores.comparable:
+        if not scores.comparable and scores.tokenizer == "python":
             res.extra["note"] = "tokenised in Python (no java): not comparable to COCO-server numbers"
         res.extra.update(
             tokenizer=scores.tokenizer, decoding=self.opts.decoding, head=asdict(cfg), vocab_size=len(vocab),

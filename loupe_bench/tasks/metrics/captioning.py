@@ -118,10 +118,13 @@ def caption_metrics(
         use_java: force the Java parts on/off; ``None`` = use Java when available.
         metrics: which metrics to compute (subset of :data:`CAPTION_METRICS`).
     """
-    from pycocoevalcap.rouge.rouge import Rouge
-
     if set(references) != set(hypotheses):
         raise ValueError("references and hypotheses must cover the same images")
+    try:
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError:
+        reason = "pycocoevalcap not installed (pip install 'loupe-bench[caption]')"
+        return CaptionScores({}, {m: reason for m in metrics}, {}, "none", False, {}, {})
     java = java_available() if use_java is None else (use_java and java_available())
     keys = sorted(references, key=str)
     gts = _tokenize({k: list(references[k]) for k in keys}, java)
