@@ -213,3 +213,27 @@ def test_heads_standalone():
     inter3 = torch.cat([inter, torch.full((1, 2, 1), 5.0)], dim=2)
     got3 = fsa_loss(sim3, inter3, torch.tensor([[True, True, False]]), 1.0, 1.0)
     assert got3.item() == pytest.approx(got.item(), abs=1e-6)
+
+
+def test_tsa_features_extreme_context_terms_match_game():
+    from loupe_bench.models.loupe_heads import TSA_STATS, tsa_features
+    from loupe_bench.shapley import PooledCosineGame
+
+    g = torch.Generator().manual_seed(0)
+    tok, text = torch.randn(1, 6, 4, generator=g), torch.randn(1, 4, generator=g)
+    members = torch.tensor([[[1, 1, 0, 1, 0, 0]]], dtype=torch.bool)
+    f = tsa_features(tok, text, members, torch.zeros(1, 1, 4))
+    assert f.shape[-1] == 3 * 4 + TSA_STATS + 4
+    game = PooledCosineGame(tok, text)
+
+    def v(s):
+        m = torch.zeros(1, 1, 6, dtype=torch.bool)
+        m[0, 0, list(s)] = True
+        return game(m).item()
+
+    a, n = [0, 1, 3], set(range(6))
+    st = f[0, 0, 12:12 + TSA_STATS]
+    assert st[0].item() == pytest.approx(v(a), abs=1e-5)
+    assert st[6].item() == pytest.approx(v(n - set(a)), abs=1e-5)
+    assert st[7].item() == pytest.approx(v(a) - sum(v([i]) for i in a), abs=1e-5)
+    assert st[8].item() == pytest.approx((v(n) - v(n - set(a))) - sum(v(n) - v(n - {i}) for i in a), abs=1e-5)

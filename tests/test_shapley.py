@@ -14,7 +14,6 @@ from loupe_bench.shapley import (
     EstimatorConfig,
     LateInteractionGame,
     NeuralConfig,
-    NeuralInteraction,
     PooledCosineGame,
     TableGame,
     build_estimator,

@@ -1,9 +1,7 @@
-"""The shapley and train-step benchmarks run end to end on tiny settings (no timing asserted: speed is a benchmark)."""
+"""The shapley benchmark runs end to end on tiny settings (no timing asserted: speed belongs to benchmarks)."""
 from __future__ import annotations
 
 import math
-
-import pytest
 
 
 def test_shapley_benchmark_smoke(tiny_world):

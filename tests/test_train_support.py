@@ -123,17 +123,24 @@ def weights(run_dir) -> Dict[str, Tensor]:
 
 def ddp_worker(rank: int, world: int, port: int, runs: List[Any]) -> None:
     """One rank of gloo runs ``[(out, overrides), ...]``, configured through the environment variables torchrun
-    sets (each run initialises and destroys its own process group)."""
+    sets. The first run initialises the process group from them (as under torchrun); later runs reuse it (the
+    engine only tears down a group it created, and torch's autograd all-gather keeps the first world group)."""
     import os
+
+    import torch.distributed as dist
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     from loupe_bench.train.engine import train
 
-    for out, overrides in runs:
+    for i, (out, overrides) in enumerate(runs):
+        if i == 0 and len(runs) > 1:
+            dist.init_process_group("gloo", rank=rank, world_size=world)
         torch.manual_seed(0)
         train(TinyVL(), TensorSource(), tiny_recipe(**overrides), out)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 KILL_SCRIPT = r"""

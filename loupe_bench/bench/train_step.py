@@ -49,23 +49,18 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
                                         size="tiny", image_size=64)
         else:
             world_path = Path(world)
-        times: Dict[str, float] = {}
-        logs: Dict[str, Dict[str, float]] = {}
         reps = max(repeat, 5)
+        steps: Dict[str, Any] = {}
+        lasts: Dict[str, Dict[str, Any]] = {}
         for name in ("clip-tiny", "filip-tiny"):
             model = build_tiny(name, seed, world_path).to(device)
             batch = to_device(world_batches(model, 1, batch_size, seed, world_path)[0], device)
-            step, _ = _stepper(model, batch)
-            times[name] = time_call(synced(step, device), repeat=reps, warmup=2)["median_s"]
+            steps[name], lasts[name] = _stepper(model, batch)
+        # LOUPE with the neural module: train on the batch stream until past warm-up, then time on the fixed batch
         model = build_tiny("loupe-tiny", seed, world_path, neural__warmup_steps=warmup_steps).to(device)
         batches = [to_device(b, device) for b in world_batches(model, settle_steps + 1, batch_size, seed, world_path)]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         model.train()
-        # sampling phase: time steps inside the warm-up window on the fixed batch (state advances; all are sampled)
-        step, last = _stepper(model, batches[-1], opt)
-        times["loupe-tiny (warm-up: sampling)"] = time_call(synced(step, device), repeat=min(reps, max(1, warmup_steps - 2)),
-                                                            warmup=1)["median_s"]
-        logs["loupe-tiny (warm-up: sampling)"] = dict(last["logs"])
         from rich.progress import track
 
         for b in track(batches[:-1], description="settling g", transient=True):
@@ -73,12 +68,23 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             opt.step()
-        step, last = _stepper(model, batches[-1], opt)
-        times["loupe-tiny (neural)"] = time_call(synced(step, device), repeat=reps, warmup=1)["median_s"]
-        logs["loupe-tiny (neural)"] = dict(last["logs"])
+        steps["loupe-tiny (neural)"], lasts["loupe-tiny (neural)"] = _stepper(model, batches[-1], opt)
+        # LOUPE inside its warm-up window (every target sampled): a copy whose warm-up never ends
+        warm = build_tiny("loupe-tiny", seed, world_path, neural__warmup_steps=10**9).to(device)
+        steps["loupe-tiny (warm-up: sampling)"], lasts["loupe-tiny (warm-up: sampling)"] = _stepper(warm, batches[-1])
         sampling = build_tiny("loupe-sampling", seed, world_path).to(device)
-        step, last = _stepper(sampling, batches[-1])
-        times["loupe-sampling"] = time_call(synced(step, device), repeat=reps, warmup=1)["median_s"]
+        steps["loupe-sampling"], lasts["loupe-sampling"] = _stepper(sampling, batches[-1])
+        # round-robin: one step of each model per round, so load changes on a shared machine hit all alike
+        samples: Dict[str, list] = {k: [] for k in steps}
+        for r in range(reps + 2):
+            for k, fn in steps.items():
+                t = time_call(synced(fn, device), repeat=1, warmup=0)["median_s"]
+                if r >= 2:
+                    samples[k].append(t)
+        import statistics
+
+        times = {k: statistics.median(v) for k, v in samples.items()}
+        logs = {k: dict(v.get("logs", {})) for k, v in lasts.items() if k.startswith("loupe")}
         base = times["clip-tiny"]
         figures = [figure(f"{k} step", v * 1e3, "ms") for k, v in times.items()]
         for k, v in times.items():

@@ -32,6 +32,7 @@ from .base import ImageFeatures, LossOutput, Regions, TextFeatures
 from .dual_encoder import DualEncoder
 from .losses import clip_infonce
 from .loupe_heads import (
+    TSA_STATS,
     RegionHead,
     fsa_features,
     fsa_loss,
@@ -211,7 +212,7 @@ class LOUPE(DualEncoder):
                 self.phrase_proj.bias.zero_()
         est_cfg = EstimatorConfig(num_samples=self.cfg.num_samples, neural=self.cfg.neural)
         est = ESTIMATORS.get(self.cfg.shapley)
-        self.tsa_estimator = est(3 * d + 10, est_cfg)
+        self.tsa_estimator = est(3 * d + TSA_STATS + 4, est_cfg)
         self.fsa_estimator = est(d + 10, est_cfg)
 
     # -- region head --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ Provenance tags (``[V]`` verified, ``[R-*]`` recalled, ``[I]`` our design) follo
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -102,26 +102,48 @@ def pool_phrases(text_tokens: Tensor, phrase_token_mask: Tensor, proj: Optional[
     return F.normalize(mean, dim=-1)
 
 
-def tsa_features(tokens: Tensor, text: Tensor, members: Tensor, boxes: Tensor) -> Tensor:
-    """Features of each token-level coalition (a box) for ``g_θ``: ``[B, C, 3D + 9]``.
+TSA_STATS = 9
+"""Scalar statistics per token-level coalition in :func:`tsa_features` (besides ``3D`` vector entries and the box)."""
 
-    ``[p ⊙ t, p, t, cos(p,t), mean/max/min_{n∈A} cos(x_n,t), cos(x̄,t), |A|/N, x0, y0, x1, y1]`` with ``p`` the
-    normalised mean of the member tokens and ``x̄`` of all tokens (all inputs detached).
+
+def tsa_features(tokens: Tensor, text: Tensor, members: Tensor, boxes: Tensor) -> Tensor:
+    """Features of each token-level coalition (a box) for ``g_θ``: ``[B, C, 3D + TSA_STATS + 4]`` (all detached).
+
+    ``[p ⊙ t, p, t, v(A), mean/max/min_{i∈A} v({i}), v(N), |A|/N, v(N∖A), I_∅, I_N, x0, y0, x1, y1]`` with
+    ``v`` the pooled-cosine game, ``p`` the normalised mean of the member tokens, and the two extreme context terms
+    of the Shapley sum (each has weight ``1/n'``):
+
+    ``I_∅ = v(A) − Σ_{i∈A} v({i})``  (empty context),
+    ``I_N = [v(N) − v(N∖A)] − Σ_{i∈A} [v(N) − v(N∖{i})]``  (full context).
     """
     tokens, text, boxes = tokens.detach(), F.normalize(text.detach(), dim=-1), boxes.detach()
     m = members.to(tokens.dtype)
     p = F.normalize(m @ tokens, dim=-1)  # [B, C, D]
     t = text[:, None].expand_as(p)
-    per = torch.einsum("bnd,bd->bn", tokens, text)[:, None].expand_as(m)  # [B, C, N]
+    single = torch.einsum("bnd,bd->bn", F.normalize(tokens, dim=-1), text)  # v({i})  [B, N]
+    per = single[:, None].expand_as(m)
     big = torch.finfo(per.dtype).max
     cnt = m.sum(-1).clamp_min(1.0)
+    total = tokens.sum(1)  # [B, D]
+    v_all = torch.einsum("bd,bd->b", F.normalize(total, dim=-1), text)  # v(N)
+    rest = total[:, None] - m @ tokens  # Σ_{N∖A} x  [B, C, D]
+    v_rest = torch.where(rest.norm(dim=-1) > 1e-6, torch.einsum("bcd,bd->bc", F.normalize(rest, dim=-1), text),
+                         torch.zeros_like(cnt))
+    loo = total[:, None, :] - tokens  # Σ_{N∖{i}} x  [B, N, D]
+    v_loo = torch.einsum("bnd,bd->bn", F.normalize(loo, dim=-1), text)
+    v_a = (p * t).sum(-1)
+    i_empty = v_a - (per * m).sum(-1)
+    i_full = (v_all[:, None] - v_rest) - ((v_all[:, None] - v_loo)[:, None, :] * m).sum(-1)
     stats = torch.stack([
-        (p * t).sum(-1),
+        v_a,
         (per * m).sum(-1) / cnt,
         per.masked_fill(~members, -big).amax(-1),
         per.masked_fill(~members, big).amin(-1),
-        torch.einsum("bd,bd->b", F.normalize(tokens.mean(1), dim=-1), text)[:, None].expand_as(cnt),
+        v_all[:, None].expand_as(cnt),
         cnt / members.shape[-1],
+        v_rest,
+        i_empty,
+        i_full,
     ], dim=-1)
     return torch.cat([p * t, p, t, stats, boxes], dim=-1)
 

@@ -51,7 +51,7 @@ class ToleranceConfig:
     """
 
     k: float = 3.0
-    abs_floor: float = 0.02
+    abs_floor: float = 0.03
     rel_tol: float = 0.05
 
 

@@ -10,7 +10,7 @@ import base64
 import html as _html
 import json
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import LoupeBenchError
 from ..utils.io import atomic_write_text
@@ -28,6 +28,10 @@ class ReportPaths(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------------ console
+# Headline metrics shown in the console (the files hold every metric); a tuple looked up, not a chain of ifs.
+HEADLINE_METRICS = ("i2t_R@1", "t2i_R@1", "rsum", "top1", "AP", "AP50", "acc@0.5", "BLEU-4", "CIDEr-D")
+
+
 def console_table(table: ResultTable, title: str = "results"):
     """A rich Table: one row per model, one column per (task, split, metric[, protocol]); best marked ★."""
     from rich.table import Table
@@ -56,19 +60,36 @@ def to_dataframe(rows: Sequence[MetricRow]):
     return df.sort_values(["task", "split", "metric", "model", "seed"], na_position="first").reset_index(drop=True)
 
 
+def column_groups(table: ResultTable) -> List[Tuple[str, List[int]]]:
+    """Columns grouped per (task, split, protocol fingerprint): one sub-table each, titled ``task / split``."""
+    groups: Dict[Tuple[str, str, str], List[int]] = {}
+    for ci, col in enumerate(table.columns):
+        groups.setdefault((col.task, col.split, col.fingerprint), []).append(ci)
+    out = []
+    for (task, split, fp), cols in groups.items():
+        label = table.columns[cols[0]].label.rsplit("/", 1)[0]
+        out.append((f"{label} (protocol {fp[:8]})", cols))
+    return out
+
+
 def markdown_table(table: ResultTable) -> str:
-    """Markdown with tasks as column groups; best per column in bold."""
+    """Markdown: one table (models × metrics) per task and split; best per column in bold."""
     if not table.columns:
         return "_no results_\n"
-    head = "| model | " + " | ".join(f"{c.label} ({display_units(c.units)})" for c in table.columns) + " |"
-    lines = [head, "|---|" + "---:|" * len(table.columns)]
-    for m in table.models:
-        cells = []
-        for ci, _ in enumerate(table.columns):
-            text = format_cell(table.cell(m, ci))
-            cells.append(f"**{text}**" if m in table.best.get(ci, []) else text)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    out = "\n".join(lines) + "\n"
+    parts = []
+    for title, cols in column_groups(table):
+        models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
+        head = "| model | " + " | ".join(
+            f"{table.columns[c].metric} ({display_units(table.columns[c].units)})" for c in cols) + " |"
+        lines = [f"### {title}", "", head, "|---|" + "---:|" * len(cols)]
+        for m in models:
+            cells = []
+            for c in cols:
+                text = format_cell(table.cell(m, c))
+                cells.append(f"**{text}**" if m in table.best.get(c, []) else text)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    out = "\n".join(parts)
     if table.notes:
         out += "\n" + "\n".join(f"- note: {n}" for n in table.notes) + "\n"
     return out
@@ -119,16 +140,19 @@ def html_report(table: ResultTable, *, title: str, bars, curves: Optional[bytes]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{_html.escape(title)}</h1>"]
     parts.append("<h2>Results</h2><p>Values in % for fractions; [95 % bootstrap interval]; bold = best in column; "
-                 "±std over n seeds.</p><table><tr><th>model</th>")
-    parts += [f"<th>{_html.escape(c.label)}</th>" for c in table.columns]
-    parts.append("</tr>")
-    for m in table.models:
-        parts.append(f"<tr><td>{_html.escape(m)}</td>")
-        for ci, _ in enumerate(table.columns):
-            cls = ' class="best"' if m in table.best.get(ci, []) else ""
-            parts.append(f"<td{cls}>{_html.escape(format_cell(table.cell(m, ci)))}</td>")
+                 "±std over n seeds. One table per task, split and protocol fingerprint.</p>")
+    for title_g, cols in column_groups(table):
+        models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
+        parts.append(f"<h3>{_html.escape(title_g)}</h3><table><tr><th>model</th>")
+        parts += [f"<th>{_html.escape(table.columns[c].metric)}</th>" for c in cols]
         parts.append("</tr>")
-    parts.append("</table>")
+        for m in models:
+            parts.append(f"<tr><td>{_html.escape(m)}</td>")
+            for c in cols:
+                cls = ' class="best"' if m in table.best.get(c, []) else ""
+                parts.append(f"<td{cls}>{_html.escape(format_cell(table.cell(m, c)))}</td>")
+            parts.append("</tr>")
+        parts.append("</table>")
     for n in table.notes + notes:
         parts.append(f'<p class="note">{_html.escape(n)}</p>')
     if unavailable:
@@ -172,6 +196,7 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     results_dir = Path(results_dir)
     rows = load_rows(results_dir)
     table = build_table(rows)
+    headline = build_table(rows, metrics=HEADLINE_METRICS)
     ctx = discover_context(results_dir)
     runs = dict(ctx["runs"]) if runs is None else runs  # type: ignore[arg-type]
     world_dir = ctx["world"] if world_dir is None else Path(world_dir)
@@ -182,7 +207,8 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     if not quiet:
         from rich.console import Console
 
-        (console or Console()).print(console_table(table, title=title))
+        (console or Console()).print(console_table(headline if headline.columns else table,
+                                                   title=f"{title} (headline metrics; all metrics in the files)"))
         for n in table.notes:
             (console or Console()).print(f"[yellow]note:[/yellow] {n}")
     csv_path = md_path = html_path = None

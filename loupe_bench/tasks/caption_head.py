@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -182,9 +182,13 @@ def _train(feats, cfg, seed, vocab, encoded, owners, pairs, losses):
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, int(cfg.warmup_frac * cfg.steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm)))
-        )
+        def lr_factor(s: int) -> float:
+            """Linear warm-up to 1 over ``warm`` steps, then cosine decay to 0 at ``cfg.steps``."""
+            if s < warm:
+                return (s + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
         head.train()
         for _ in range(cfg.steps):
             pick = torch.randint(len(pairs), (min(cfg.batch_size, len(pairs)),), generator=gen)

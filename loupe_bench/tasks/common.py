@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError, SpecError
-from .metrics.bootstrap import bootstrap_ci, bootstrap_ci_fn
+from .metrics.bootstrap import bootstrap_ci
 from .spec import TaskSpec
 
 # loader option keys whose values are paths relative to --data-root
@@ -59,17 +59,6 @@ def mean_metric(values: Sequence[float], spec: TaskSpec, units: str = "fraction"
         return MetricValue(iv.value, [iv.low, iv.high], units)
     v = np.asarray(values, dtype=np.float64)
     return MetricValue(float(v.mean()) if v.size else float("nan"), None, units)
-
-
-def fn_metric(n: int, fn: Callable[[np.ndarray], float], spec: TaskSpec, n_resamples: Optional[int] = None,
-              units: str = "fraction") -> MetricValue:
-    """A metric over the whole set (AP, corpus BLEU), bootstrapped by recomputing on resampled item indices."""
-    b = spec.bootstrap
-    reps = b.n_resamples if n_resamples is None else min(n_resamples, b.n_resamples)
-    if reps > 0:
-        iv = bootstrap_ci_fn(n, fn, n_resamples=reps, seed=b.seed, alpha=b.alpha)
-        return MetricValue(iv.value, [iv.low, iv.high], units)
-    return MetricValue(float(fn(np.arange(n))), None, units)
 
 
 # ------------------------------------------------------------------------------------------------- data

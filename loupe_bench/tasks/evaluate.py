@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -13,7 +12,7 @@ import torch
 from ..errors import SpecError
 from ..utils.io import sha256_file
 from ..utils.provenance import code_version, package_versions
-from . import TASK_TYPES, load_adapters, load_task
+from . import load_adapters, load_task
 from .results import SCHEMA, utc_timestamp, write_result
 from .spec import TaskSpec
 

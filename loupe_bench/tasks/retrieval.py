@@ -14,7 +14,8 @@ import torch
 from ..errors import DataError
 from . import TASK_TYPES
 from .base import TaskAdapter
-from .common import SplitOutput, encode_images, encode_texts, load_records, mean_metric, to_device
+from .common import MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, to_device
+from .metrics.bootstrap import resample_indices
 from .metrics.retrieval import retrieval_metrics
 
 
@@ -68,11 +69,8 @@ class RetrievalTask(TaskAdapter):
         )
         return res
 
-    def _rsum(self, out, per) -> "MetricValue":  # noqa: F821
+    def _rsum(self, out, per) -> MetricValue:
         """RSUM with an interval from resampling images (i2t queries) and captions (t2i queries) independently."""
-        from .common import MetricValue
-        from .metrics.bootstrap import resample_indices
-
         b = self.spec.bootstrap
         value = out.metrics["rsum"]
         if b.n_resamples <= 0:

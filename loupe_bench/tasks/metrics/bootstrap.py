@@ -6,7 +6,7 @@ quantiles (``numpy.quantile``, linear interpolation) as the 95 % interval (``alp
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Sequence
 
 import numpy as np
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
-import numpy as np
 
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
 

@@ -11,7 +11,6 @@ import copy
 import io
 from typing import Any, Dict, List, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 

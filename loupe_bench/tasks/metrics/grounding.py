@@ -7,8 +7,6 @@ ReCLIP uses ``>``; only exact ties differ). Accuracy is reported per split and n
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 from torch import Tensor

@@ -1,0 +1,27 @@
+"""Reports, paper tables, the regression gate and the reproduction pipeline.
+
+* :func:`report` (``render.py``): console table, CSV, Markdown, self-contained HTML with plots and explanations.
+* :func:`compare_paper` (``paper.py``): reproduced vs published numbers with deltas and provenance.
+* :func:`check` / :func:`build_reference` (``gate.py``): the regression gate against ``results/reference/*.json``.
+* :func:`reproduce_synthetic` / :func:`reproduce_paper` (``reproduce.py``): the main job.
+
+Imports are lazy so that ``import loupe_bench.report`` stays light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "report": "render", "compare_paper": "paper", "load_paper_tables": "paper", "check": "gate",
+    "build_reference": "gate", "update_reference": "gate", "reproduce_synthetic": "reproduce",
+    "reproduce_paper": "reproduce", "load_rows": "results_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(name)
