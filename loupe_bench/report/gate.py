@@ -210,6 +210,16 @@ def update_reference(results_dirs: Sequence, reference_path, *, config: Optional
                 row["abs_tol"] = max(row["abs_tol"], float(prev["abs_tol"]))
                 row["rel_tol"] = max(row["rel_tol"], float(prev["rel_tol"]))
                 row["spread"] = prev.get("spread", row["spread"])
+    for d in results_dirs:                      # provenance of a reproduction's results
+        for man_path in (Path(d) / "reproduce.json", Path(d).parent / "reproduce.json"):
+            if man_path.is_file():
+                man = read_json(man_path)
+                ref["reproduction"] = {k: man.get(k) for k in ("kind", "quick", "seeds", "plan", "tasks")}
+                ref["reproduction"]["code_version"] = (man.get("environment") or {}).get("code_version")
+                ref["reproduction"]["timings"] = man.get("timings")
+                break
+        if "reproduction" in ref:
+            break
     atomic_write_json(path, ref)
     return ref
 

@@ -98,8 +98,10 @@ class PooledCosineGame:
         self.gram = tokens @ tokens.transpose(1, 2)  # [G, n, n]
 
     def select(self, idx: Tensor) -> "PooledCosineGame":
-        """The games ``idx`` only."""
-        return PooledCosineGame(self.tokens[idx], self.text[idx])
+        """The games ``idx`` only (cached projections sliced, not recomputed)."""
+        out = PooledCosineGame.__new__(PooledCosineGame)
+        out.tokens, out.text, out.proj, out.gram = self.tokens[idx], self.text[idx], self.proj[idx], self.gram[idx]
+        return out
 
     def __call__(self, masks: Tensor) -> Tensor:
         _check_masks(masks, self.tokens.shape[1])

@@ -33,11 +33,12 @@ def sample_contexts(coalitions: Tensor, num_samples: int, generator: Optional[to
     g, c, n = coalitions.shape
     dev = coalitions.device
     r = torch.rand(g, c, num_samples, n, generator=generator, device=dev)
-    r = r.masked_fill(coalitions[:, :, None, :], 2.0)  # members rank last, never inside S
-    rank = r.argsort(dim=-1).argsort(dim=-1)
+    r = r.masked_fill(coalitions[:, :, None, :], 2.0)  # members sort last, never inside S
+    order = r.argsort(dim=-1)  # a uniform random order of N∖A, then A
     free = (n - coalitions.sum(-1))[:, :, None]  # |N∖A| = n' − 1
     k = (torch.rand(g, c, num_samples, generator=generator, device=dev) * (free + 1)).floor().clamp(max=free)
-    return rank < k[..., None]
+    first_k = torch.arange(n, device=dev) < k[..., None]  # the first k positions of the order
+    return torch.zeros_like(first_k).scatter_(-1, order, first_k)
 
 
 def sample_interaction(

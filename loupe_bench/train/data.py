@@ -12,7 +12,7 @@ a single process. Resuming at batch ``k`` of epoch ``e`` starts the same permuta
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Union
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler

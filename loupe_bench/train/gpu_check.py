@@ -124,7 +124,7 @@ def _time_model(spec: Dict[str, Any], captions: List[str], world: Path, args: ar
         out = step()
         sync()
         warm_times.append(time.perf_counter() - t0)
-    first_loss = float(out.total) if args.warmup else None
+    first_loss = float(out.total)
     times: List[float] = []
     t_start = time.perf_counter()
     for _ in range(args.steps):
@@ -162,8 +162,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         _fail("no CUDA device is available; this check needs one GPU (use --device cpu --tiny for a smoke test)")
-    if args.steps < 1 or args.batch < 2:
-        _fail("--steps must be >= 1 and --batch >= 2")
+    if args.steps < 1 or args.batch < 2 or args.warmup < 1:
+        _fail("--steps and --warmup must be >= 1 and --batch >= 2")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -195,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             results[key] = _time_model(spec, captions, world, args, device)
             r = results[key]
             print(f"[gpu_check]   {r['images_per_s']:.1f} images/s, median step {r['median_step_s'] * 1e3:.1f} ms, "
-                  f"peak {r.get('peak_memory_gib', float('nan')):.2f} GiB, loss {r['loss_first']} -> "
+                  f"peak {r.get('peak_memory_gib', float('nan')):.2f} GiB, loss {r['loss_first']:.4f} -> "
                   f"{r['loss_last']:.4f}", flush=True)
     ratios = {
         "loupe_over_clip_step_time": results["loupe"]["median_step_s"] / results["clip"]["median_step_s"],
@@ -228,7 +228,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         table.add_column(col)
     for k, r in results.items():
         table.add_row(f"{k} ({r['spec']})", f"{r['images_per_s']:.1f}", f"{r['median_step_s'] * 1e3:.1f}",
-                      f"{r.get('peak_memory_gib', float('nan')):.2f}", f"{r['loss_first']} -> {r['loss_last']:.4f}")
+                      f"{r.get('peak_memory_gib', float('nan')):.2f}", f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}")
     Console().print(table)
     print(f"LOUPE/CLIP step-time ratio {ratios['loupe_over_clip_step_time']:.3f} (target <= 1.3); "
           f"FILIP/CLIP {ratios['filip_over_clip_step_time']:.3f}; wrote {args.out}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
