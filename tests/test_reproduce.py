@@ -20,6 +20,16 @@ REFERENCE = REPO / "results" / "reference" / "synthetic-quick.json"
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
+    """A fresh `reproduce synthetic --quick` run (what CI does).
+
+    Development aid: ``LOUPE_BENCH_QUICK_RUN=DIR`` reuses an existing quick reproduction folder instead of running
+    one (CI never sets it).
+    """
+    import os
+
+    reuse = os.environ.get("LOUPE_BENCH_QUICK_RUN")
+    if reuse:
+        return Path(reuse)
     out = tmp_path_factory.mktemp("quick") / "run"
     res = CliRunner().invoke(cli, ["reproduce", "synthetic", "--quick", "--out", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -51,15 +61,19 @@ def test_quick_run_passes_committed_reference(quick_run):
 
 
 def test_models_learn(quick_run):
-    """Informative, not chance: retrieval far above chance for every trained model."""
+    """Above chance: every trained model's retrieval RSUM exceeds twice the chance level.
+
+    Chance on the small world's test split (300 images, 5 captions each): R@k ≈ k/300 in both directions, so the
+    chance RSUM is 2 · (1 + 5 + 10) / 300 ≈ 0.107.
+    """
     from loupe_bench.report.results_io import load_rows
 
-    rows = [r for r in load_rows(quick_run / "results") if r.metric == "i2t_R@1" and r.task_type == "retrieval"
+    rows = [r for r in load_rows(quick_run / "results") if r.metric == "rsum" and r.task_type == "retrieval"
             and r.split == "test"]
-    assert rows
+    assert {r.model for r in rows} == {"clip-tiny", "filip-tiny", "loupe-tiny"}
+    chance = 2 * (1 + 5 + 10) / 300
     for r in rows:
-        chance = 5 / 1500  # small world test split: 300 images x 5 captions; 5 positives per image query
-        assert r.value > 5 * chance, r
+        assert r.value > 2 * chance, r
 
 
 def test_planted_regression_fails_gate(quick_run, tmp_path):

@@ -247,3 +247,24 @@ def test_no_weight_decay_on_norms_biases_temperature_embeddings():
 def test_lamb_optimizer_trains(tmp_path):
     rows = _run(tmp_path / "lamb", steps=6, **{"optim.name": "lamb"})
     assert (rows / "model.safetensors").is_file()
+
+
+def test_tensorboard_option(tmp_path):
+    import importlib.util
+
+    from loupe_bench.errors import SpecError
+
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(SpecError, match="tensorboard package is not installed"):
+            _run(tmp_path / "tb", steps=3, **{"log.tensorboard": True})
+    else:
+        run = _run(tmp_path / "tb", steps=3, **{"log.tensorboard": True})
+        assert any((run / "tensorboard").iterdir())
+
+
+def test_existing_run_dir_needs_resume(tmp_path):
+    from loupe_bench.errors import SpecError
+
+    run = _run(tmp_path / "r", steps=3)
+    with pytest.raises(SpecError, match="already holds checkpoints; pass --resume latest"):
+        _run(run, steps=3)

@@ -121,3 +121,17 @@ def test_cli_unknown_model_spec(tiny_world, tmp_path, capsys):
     code, err = _main(["train", "--model", "no-such-model", "--data", str(tiny_world), "--out", str(tmp_path / "o"),
                        "--steps", "2"], capsys)
     assert code == 2 and "unknown model 'no-such-model'" in err and err.count("\n") == 1
+
+
+def test_hflip_auto_is_off_when_captions_speak_of_sides(tiny_world):
+    from loupe_bench.train.recipe import recipe_from_dict
+    from loupe_bench.train.sources import DatasetSource, captions_mention_sides
+
+    assert captions_mention_sides(["a red circle left of a cube"]) and captions_mention_sides(["on the Right"])
+    assert not captions_mention_sides(["a bright red circle", "copyright notice"])
+    src = DatasetSource(tiny_world, recipe_from_dict({"steps": 1}))
+    assert src.format == "karpathy" and len(src.records()) > 0  # the world's Karpathy file, train split only
+    assert all(r.split == "train" for r in src.records())
+    assert src.hflip() is False  # the synthetic captions say "left of" / "right of"
+    forced = DatasetSource(tiny_world, recipe_from_dict({"steps": 1, "data": {"augment": {"hflip": True}}}))
+    assert forced.hflip() is True

@@ -91,7 +91,8 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     """Turn on activation checkpointing in the towers; returns how many modules took it.
 
     The model's own ``set_grad_checkpointing`` wins; otherwise every timm model (``set_grad_checkpointing``) and
-    every transformers model (``gradient_checkpointing_enable``) inside it is switched on.
+    every transformers model (``activation_checkpointing_enable`` / ``gradient_checkpointing_enable``) inside it is
+    switched on.
     """
     own = getattr(model, "set_grad_checkpointing", None)
     if callable(own):
@@ -101,7 +102,10 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     for module in model.modules():
         if module is model:
             continue
-        if callable(getattr(module, "gradient_checkpointing_enable", None)):
+        if callable(getattr(module, "activation_checkpointing_enable", None)):  # transformers >= 5 name
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            n += 1
+        elif callable(getattr(module, "gradient_checkpointing_enable", None)):
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             n += 1
         elif callable(getattr(module, "set_grad_checkpointing", None)):
@@ -227,11 +231,29 @@ def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: i
             "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rngs, "world_size": info.world_size, "seed": recipe.seed,
+            "extra_buffers": _non_persistent_buffers(model),
             "global_batch": recipe.data.batch_size,
         })
         ckpt.write_latest(run_dir, d)
         ckpt.prune_checkpoints(run_dir, recipe.checkpoint.keep_last)
     barrier()
+
+
+def _non_persistent_buffers(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """Buffers left out of the weights file (``persistent=False``) that still evolve in training, e.g. LOUPE's
+    neural-Shapley replay buffer; saved in the training state so a resume continues bit-identically."""
+    persistent = set(model.state_dict().keys())
+    return {name: buf.detach().to("cpu").clone() for name, buf in model.named_buffers()
+            if name not in persistent and isinstance(buf, torch.Tensor)}
+
+
+def _load_non_persistent_buffers(model: torch.nn.Module, saved: Mapping[str, torch.Tensor], where: Path) -> None:
+    own = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in saved.items():
+            if name not in own or own[name].shape != value.shape:
+                raise ckpt.CheckpointError(f"{where}: training-state buffer {name!r} does not match the model")
+            own[name].copy_(value)
 
 
 def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
@@ -248,7 +270,7 @@ def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
     barrier()
 
 
-def _write_run_files(run_dir: Path, model, recipe: Recipe, model_name: Optional[str]) -> None:
+def _write_run_files(run_dir: Path, model, recipe: Recipe) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     spec = getattr(model, "spec", None)
@@ -356,7 +378,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     if info.is_main:
         if resume is None and (run_dir / LOG_FILE).is_file():
             (run_dir / LOG_FILE).unlink()  # rows of an earlier attempt killed before its first checkpoint
-        _write_run_files(run_dir, model, recipe, None)
+        _write_run_files(run_dir, model, recipe)
     barrier()
     if resume is not None:
         where = ckpt.resolve_resume(resume, run_dir)
@@ -377,6 +399,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
             ckpt.load_model_weights(model, where / ckpt.WEIGHTS_FILE)
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        _load_non_persistent_buffers(model, state.get("extra_buffers") or {}, where)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
@@ -428,9 +451,8 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
                 average_gradients(params if replicated is None else replicated)
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            grad_norm = None
-            if recipe.optim.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip))
+            clip_at = recipe.optim.grad_clip if recipe.optim.grad_clip is not None else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_at))  # logged even when not clipping
             lr = optimizer.param_groups[0]["lr"]
             if scaler is not None:
                 scaler.step(optimizer)
@@ -452,8 +474,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
                                        "step_time_s": dt, "data_time_s": data_s}
                 row.update({f"loss/{k}": float(v) for k, v in out.terms.items()})
                 row.update({k: float(v) for k, v in out.logs.items()})
-                if grad_norm is not None:
-                    row["grad_norm"] = grad_norm if math.isfinite(grad_norm) else str(grad_norm)
+                row["grad_norm"] = grad_norm if math.isfinite(grad_norm) else str(grad_norm)
                 if scaler is not None:
                     row["loss_scale"] = float(scaler.get_scale())
                 logger.row(row)
