@@ -33,21 +33,24 @@ HEADLINE_METRICS = ("i2t_R@1", "t2i_R@1", "rsum", "top1", "AP", "AP50", "acc@0.5
 
 
 def console_table(table: ResultTable, title: str = "results"):
-    """A rich Table: one row per model, one column per (task, split, metric[, protocol]); best marked ★."""
+    """A rich Table: one row per (task, split, metric[, protocol]), one column per model; best marked ★.
+
+    Transposed (models as columns) so that it stays readable in an 80-column terminal.
+    """
     from rich.table import Table
 
-    t = Table(title=title, caption="values in % for fractions; [95% CI]; ★ best in column; ±std over n seeds")
-    t.add_column("model", style="bold")
-    for col in table.columns:
-        t.add_column(col.label, justify="right", overflow="fold")
+    t = Table(title=title, caption="values in % for fractions; [95% CI]; ★ best in row; ±std over n seeds")
+    t.add_column("task / split / metric", style="bold", overflow="fold")
     for m in table.models:
+        t.add_column(m, justify="right", overflow="fold")
+    for ci, col in enumerate(table.columns):
         cells = []
-        for ci, _ in enumerate(table.columns):
+        for m in table.models:
             text = format_cell(table.cell(m, ci))
             if m in table.best.get(ci, []):
                 text = f"[bold green]★ {text}[/bold green]"
             cells.append(text)
-        t.add_row(m, *cells)
+        t.add_row(col.label, *cells)
     return t
 
 
