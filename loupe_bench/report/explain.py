@@ -11,7 +11,7 @@ The numbers come from the LOUPE model's ``explain`` method; nothing here recompu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
