@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from loupe_bench.cli.main import cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reproduce]
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "results" / "reference" / "synthetic-quick.json"
