@@ -43,12 +43,16 @@ class EstimatorOutput(NamedTuple):
     logs: Dict[str, float]
 
 
-@ESTIMATORS.register("exact", help="enumerate all 2^n subsets (tiny n only; tests)")
-class ExactEstimator(nn.Module):
+class _ConfiguredEstimator(nn.Module):
+    """Shared constructor of the estimators that hold only their config (exact, sampling)."""
+
     def __init__(self, feature_dim: int, cfg: EstimatorConfig):
         super().__init__()
         self.cfg = cfg
 
+
+@ESTIMATORS.register("exact", help="enumerate all 2^n subsets (tiny n only; tests)")
+class ExactEstimator(_ConfiguredEstimator):
     @torch.no_grad()
     def forward(self, game: Game, coalitions: Tensor, valid: Tensor, feats: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> EstimatorOutput:
@@ -57,11 +61,7 @@ class ExactEstimator(nn.Module):
 
 
 @ESTIMATORS.register("sampling", help="shared-context Monte-Carlo, M samples per coalition")
-class SamplingEstimator(nn.Module):
-    def __init__(self, feature_dim: int, cfg: EstimatorConfig):
-        super().__init__()
-        self.cfg = cfg
-
+class SamplingEstimator(_ConfiguredEstimator):
     @torch.no_grad()
     def forward(self, game: Game, coalitions: Tensor, valid: Tensor, feats: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> EstimatorOutput:
