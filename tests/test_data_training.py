@@ -180,3 +180,21 @@ def test_shard_pairs_split_filter(tiny_world):
     # a shard list mixing splits keeps only samples whose JSON names the split
     both = [tiny_world / "shards" / "val-000000.tar", tiny_world / "shards" / "test-000000.tar"]
     assert [s.image_id for s in ShardPairs(both, ident, split="test")] == list(range(53, 65))
+
+
+def test_pair_dataset_image_cache_changes_nothing_and_keeps_global_rng(tiny_world):
+    recs = load_caption_records(tiny_world, "train")
+    tr = build_transform(64, (0.5,) * 3, (0.5,) * 3, train=True)
+    cached, plain = PairDataset(recs, tr, seed=1), PairDataset(recs, tr, seed=1, cache_images=False)
+    assert cached.cache is not None and plain.cache is None  # the tiny world is under CACHE_MAX_IMAGES
+    for epoch in (0, 1):  # the second epoch reads from the cache
+        cached.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for i in range(5):
+            assert torch.equal(cached[i].pixels, plain[i].pixels)
+    assert len(cached.cache) == 5
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    cached[0]
+    assert torch.equal(torch.rand(3), expected)  # augmentation seeds its own draws, the caller's RNG is untouched

@@ -159,3 +159,29 @@ def test_special_tokens_option_counts_cls_sep(tiny_filip_spec):
     tb = model.tokenizer(["a red circle"])
     txt = model.encode_text(tb.input_ids, tb.attention_mask)
     assert torch.equal(txt.mask, tb.attention_mask.bool())
+
+
+def test_region_scores_equal_masked_dense_scores_with_box_chunking(tiny_filip):
+    """Many boxes scored with a small chunk bound (boxes processed in several chunks) equal filip_scores with the
+    box membership as image mask, box by box."""
+    from loupe_bench.models.base import boxes_to_patch_mask
+    from loupe_bench.models.filip import combine_directions
+    from loupe_bench.tasks.proposals import grid_boxes
+
+    model, batch = tiny_filip
+    with torch.no_grad():
+        img = model.encode_image(batch["pixels"][:2])
+        txt = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    boxes = [grid_boxes((1, 2, 3)), grid_boxes((2, 4))]
+    old = model.max_chunk_elements
+    try:
+        model.max_chunk_elements = 64 * txt.tokens.shape[0] * txt.tokens.shape[1] * 5  # 5 boxes per chunk
+        got = model.score_regions(img, boxes, txt)
+    finally:
+        model.max_chunk_elements = old
+    for b, bx in enumerate(boxes):
+        member = boxes_to_patch_mask(bx, img.grid)
+        rows = img.tokens[b].unsqueeze(0).expand(member.shape[0], -1, -1)
+        s = filip_scores(rows, txt.tokens, txt.mask, image_mask=member)
+        torch.testing.assert_close(got[b], combine_directions(s.i2t, s.t2i, model.region_direction),
+                                   atol=1e-5, rtol=0)

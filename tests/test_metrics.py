@@ -227,3 +227,44 @@ def test_retrieval_metric_benchmark_small():
     figs = {f["label"]: f for f in out["figures"]}
     assert figs["recalls equal (6 values)"]["met"] and figs["ranks equal (all queries)"]["met"]
     assert out["metrics_project"]["i2t_R@1"] == out["metrics_naive"]["i2t_R@1"]
+
+
+def _random_detection_case(seed: int, n_images: int = 30):
+    rng = np.random.default_rng(seed)
+    ims = [{"id": 100 + i, "width": 100, "height": 100} for i in range(n_images)]
+    anns, dets = [], []
+    for im in ims:
+        for _ in range(int(rng.integers(0, 4))):
+            x, y = rng.uniform(0, 60, 2)
+            w, h = rng.uniform(8, 40, 2)
+            c = int(rng.integers(1, 4))
+            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": c, "bbox": [x, y, w, h],
+                         "area": w * h, "iscrowd": 0})
+            for _ in range(int(rng.integers(0, 3))):  # near hits, sometimes with the wrong class
+                dets.append({"image_id": im["id"], "category_id": int(rng.choice([c, c, 1 + (c % 3)])),
+                             "bbox": [x + rng.normal(0, 4), y + rng.normal(0, 4), w, h],
+                             "score": float(rng.uniform())})
+        for _ in range(int(rng.integers(0, 3))):  # false positives
+            dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 4)),
+                         "bbox": [float(v) for v in rng.uniform(0, 50, 4) + [0, 0, 5, 5]],
+                         "score": float(rng.uniform())})
+    cats = [{"id": c, "name": str(c)} for c in (1, 2, 3, 4)]  # category 4 has no ground truth (ignored)
+    return {"images": ims, "annotations": anns, "categories": cats}, dets
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_coco_matches_reaccumulation_equals_pycocotools(seed):
+    """AP re-accumulated from one matching pass == a fresh COCOeval, for the full set and for bootstrap replicates
+    (images drawn with repeats, renamed so a repeat counts twice)."""
+    from loupe_bench.tasks.metrics.bootstrap import resample_indices
+    from loupe_bench.tasks.metrics.detection import COCOMatches
+
+    gt, dets = _random_detection_case(seed)
+    m = COCOMatches(gt, dets)
+    ref = coco_ap(gt, dets)
+    assert ref["AP50"] > 0.05  # a non-trivial case
+    assert m.ap() == pytest.approx(ref, abs=1e-12)
+    ids = [im["id"] for im in gt["images"]]
+    for idx in resample_indices(len(ids), 4, seed):
+        assert m.ap(idx) == pytest.approx(coco_ap(*resample_coco(gt, dets, [ids[i] for i in idx])), abs=1e-12)
+    assert COCOMatches(gt, []).ap() == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}

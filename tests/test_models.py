@@ -396,3 +396,24 @@ def test_paper_scale_specs_build_on_meta_device(name, grid, width, dim):
     assert model.image_size == 224 and model.grid == grid and feats.grid == grid
     assert model.image_tower.width == width and feats.tokens.shape == (2, grid[0] * grid[1], dim)
     assert model.text_tower.width == 768 and model.tokenizer.max_length == 77
+
+
+def test_text_tower_mean_pool_and_image_avg_pool():
+    """``text_tower.pool: mean`` is the attention-masked mean of the token states (padding excluded);
+    ``class_token: false`` image towers pool by the mean of the patch tokens; a bad pool is a SpecError."""
+    from loupe_bench.models.towers import TextTowerCfg
+
+    model = create_model("clip-tiny", tokenizer_corpus=CAPTIONS, seed=0).eval()
+    assert model.text_tower.cfg.pool == "mean" and model.image_tower.num_prefix_tokens == 0
+    tb = model.tokenizer(CAPTIONS[:3])
+    with torch.no_grad():
+        out = model.text_tower(tb.input_ids, tb.attention_mask)
+        for j in range(3):
+            n = int(tb.attention_mask[j].sum())
+            assert n < tb.input_ids.shape[1]  # padded rows exist, so padding would change an unmasked mean
+            torch.testing.assert_close(out.pooled[j], out.tokens[j, :n].mean(0))
+        pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        img = model.image_tower(pixels)
+        torch.testing.assert_close(img.pooled, img.tokens.mean(1))
+    with pytest.raises(SpecError):
+        TextTowerCfg(pool="max")

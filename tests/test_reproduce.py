@@ -109,3 +109,19 @@ def test_weakened_model_fails_gate(quick_run, tmp_path):
     evaluate(["filip-tiny"], [spec], data_root=quick_run / "world", out_dir=bad / "weak", seed=0)
     res = CliRunner().invoke(cli, ["check", str(bad), "--reference", str(REFERENCE)])
     assert res.exit_code == 1 and "regressed" in res.output
+
+
+def test_task_overrides_general_and_per_task():
+    """General overrides change only keys a task spec has; ``TASK:key`` overrides reach one task, creating keys."""
+    from loupe_bench.report.reproduce import task_spec_mapping
+
+    ov = {"options.bootstrap_resamples": 7, "synthetic-captioning:options.use_java": False,
+          "synthetic-grounding-grid:splits": ["test"]}
+    cap = task_spec_mapping("synthetic-captioning", ov)
+    det = task_spec_mapping("synthetic-detection-grid", ov)
+    ret = task_spec_mapping("synthetic-retrieval", ov)
+    grd = task_spec_mapping("synthetic-grounding-grid", ov)
+    assert cap["options"]["bootstrap_resamples"] == 7 and cap["options"]["use_java"] is False
+    assert det["options"]["bootstrap_resamples"] == 7 and "use_java" not in det["options"]
+    assert "bootstrap_resamples" not in ret["options"]  # not a key of the retrieval spec: left alone
+    assert grd["splits"] == ["test"] and ret["splits"] == ["test", "comptest"]

@@ -288,3 +288,38 @@ def test_eval_model_directory_and_bad_data(tiny_world, tmp_path):
     (world / "images" / victim["filename"]).unlink()
     with pytest.raises(DataError, match=victim["filename"]):
         evaluate([model], [spec], data_root=world, out_dir=None)
+
+
+def test_feature_cache_encodes_once_per_model_and_preprocessing(tiny_world):
+    """Inside ``feature_cache`` the same (model, images, preprocessing) is encoded once and equals an uncached
+    encoding; another model or preprocessing misses the cache; outside the block nothing is kept."""
+    from loupe_bench.data import load_dataset
+    from loupe_bench.models import create_model
+    from loupe_bench.tasks import common
+
+    a, b = create_model("clip-tiny", seed=0).eval(), create_model("clip-tiny", seed=1).eval()
+    recs = load_dataset("karpathy", tiny_world / "dataset_synthetic.json", split="test")
+    paths = [im.path for im in recs.images]
+    spec = load_task(fast("synthetic-retrieval"))
+    other = load_task(fast("synthetic-detection-gt"))  # crop: none
+    calls = []
+    real = common._encode_images
+
+    def counting(*args, **kw):
+        calls.append(args[0])
+        return real(*args, **kw)
+
+    common._encode_images = counting
+    try:
+        plain = common.encode_images(a, paths, spec)
+        with common.feature_cache():
+            f1 = common.encode_images(a, paths, spec)
+            f2 = common.encode_images(a, paths, spec)
+            common.encode_images(b, paths, spec)
+            common.encode_images(a, paths, other)
+        assert f1 is f2 and torch.equal(f1.pooled, plain.pooled)
+        assert len(calls) == 4  # plain, a once, b, a with other preprocessing
+        common.encode_images(a, paths, spec)
+        assert len(calls) == 5 and common._FEATURE_CACHE is None
+    finally:
+        common._encode_images = real

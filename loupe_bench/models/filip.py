@@ -99,21 +99,37 @@ class FILIP(DualEncoder):
 
         A box keeps the patches whose centres it contains (:func:`boxes_to_patch_mask`); ``s^I`` averages over those
         patches, ``s^T`` maxes over them; ``filip.region_direction`` picks which (default their mean).
+        The patch × text-token products are computed once per image and shared by all of its boxes (the values of
+        :func:`~loupe_bench.models.losses.filip_scores` with ``image_mask`` = the box membership, tested equal).
         """
         out = []
-        n2 = text_features.tokens.shape[1]
+        tt, tmask = text_features.tokens, text_features.mask.bool()
+        nt, n2, d = tt.shape
+        flat_t = tt.reshape(nt * n2, d)
+        counts = tmask.sum(dim=1).clamp(min=1)
         for b, bx in enumerate(boxes):
             tokens = image_features.tokens[b]
-            member = boxes_to_patch_mask(bx.to(tokens.dtype), image_features.grid)  # [K, N]
+            member = boxes_to_patch_mask(bx.to(tokens.dtype), image_features.grid).bool()  # [K, n1]
             k, n1 = member.shape
-            rows = tokens.unsqueeze(0).expand(k, -1, -1)
-            step = self._text_chunk(k, n1, n2, tokens.device)
-            parts = []
-            for j in range(0, text_features.tokens.shape[0], step):
-                s = filip_scores(rows, text_features.tokens[j:j + step], text_features.mask[j:j + step],
-                                 image_mask=member)
-                parts.append(combine_directions(s.i2t, s.t2i, self.region_direction))
-            out.append(torch.cat(parts, dim=1) if parts else tokens.new_zeros(k, 0))
+            if k == 0 or nt == 0:
+                out.append(tokens.new_zeros(k, nt))
+                continue
+            sim = (tokens @ flat_t.T).view(n1, nt, n2)
+            neg_inf = torch.finfo(sim.dtype).min if sim.dtype in (torch.float16, torch.bfloat16) else float("-inf")
+            # image -> text: max over real tokens per patch, mean over the box's patches
+            per_patch = sim.masked_fill(~tmask[None], neg_inf).amax(dim=2)  # [n1, nt]
+            m = member.to(per_patch.dtype)
+            s_i = (m @ per_patch) / m.sum(dim=1, keepdim=True).clamp(min=1)
+            # text -> image: max over the box's patches per token, mean over real tokens (boxes chunked)
+            step = max(1, self._text_chunk(1, n1, nt * n2, tokens.device))
+            s_t = []
+            flat = sim.reshape(1, n1, nt * n2)
+            bias = torch.zeros(member.shape, dtype=sim.dtype, device=sim.device).masked_fill_(~member, neg_inf)
+            for k0 in range(0, k, step):
+                # adding a 0 / -inf bias per (box, patch) is ~4x faster on CPU than a broadcast masked_fill
+                per_tok = (flat + bias[k0:k0 + step, :, None]).amax(dim=1).view(-1, nt, n2)  # [k', nt, n2]
+                s_t.append(per_tok.masked_fill(~tmask[None], 0).sum(dim=2) / counts[None])
+            out.append(combine_directions(s_i, torch.cat(s_t, 0), self.region_direction))
         return out
 
     def patch_similarity(self, image_features: ImageFeatures, text_features: TextFeatures) -> Tensor:

@@ -68,11 +68,19 @@ class TextTowerCfg:
         kind: tower kind in :data:`TEXT_TOWERS` (``bert``).
         config: ``BertConfig`` fields for a from-scratch tower (``vocab_size`` is taken from the tokenizer).
         pretrained: ``None``, a local HF-format directory, or a hub id (online only).
+        pool: ``cls`` (the ``[CLS]`` state, BERT's and CLIP's convention) or ``mean`` (the attention-masked mean of
+            the token states, ``sum_t m_t h_t / sum_t m_t``; small from-scratch towers break the contrastive
+            symmetry far sooner with it).
     """
 
     kind: str = "bert"
     config: Dict[str, Any] = field(default_factory=dict)
     pretrained: Optional[str] = None
+    pool: str = "cls"
+
+    def __post_init__(self):
+        if self.pool not in ("cls", "mean"):
+            raise SpecError(f"text_tower.pool must be 'cls' or 'mean', got {self.pool!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TextTowerCfg":
@@ -217,7 +225,8 @@ class TimmImageTower(nn.Module):
 
 @TEXT_TOWERS.register("bert", help="transformers BERT text tower (from a BertConfig or a local HF directory)")
 class BertTextTower(nn.Module):
-    """A transformers BERT encoder; ``pooled`` is the last hidden state of ``[CLS]`` (position 0)."""
+    """A transformers BERT encoder; ``pooled`` is the last hidden state of ``[CLS]`` (position 0), or the masked
+    mean of the token states with ``pool: mean``."""
 
     def __init__(self, cfg: TextTowerCfg, vocab_size: int, max_length: int, pad_id: int = 0,
                  load_pretrained: bool = True, config_dir: Optional[Path] = None):
@@ -254,4 +263,7 @@ class BertTextTower(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextTowerOutput:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         h = out.last_hidden_state
+        if self.cfg.pool == "mean":
+            m = attention_mask.to(h.dtype).unsqueeze(-1)
+            return TextTowerOutput((h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0), h)
         return TextTowerOutput(h[:, 0], h)

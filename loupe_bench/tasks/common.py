@@ -154,11 +154,39 @@ def _cat_features(parts: List[Any]):
     return cls(*out)
 
 
+_FEATURE_CACHE: Optional[Dict[Any, Any]] = None
+
+
+@contextlib.contextmanager
+def feature_cache() -> Iterator[None]:
+    """Within the block, :func:`encode_images` encodes a given (model, image list, preprocessing, batch size,
+    device) once and hands the same features to every later task (detection, grounding and retrieval share their
+    test images). The caller promises not to change the model's weights inside the block."""
+    global _FEATURE_CACHE
+    outer = _FEATURE_CACHE
+    _FEATURE_CACHE = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _FEATURE_CACHE = outer
+
+
 @torch.no_grad()
 def encode_images(model, paths: Sequence[Path], spec: TaskSpec, device: str = "cpu", desc: str = "images"):
-    """Encode image files in batches; returns one concatenated ``ImageFeatures`` on the CPU."""
+    """Encode image files in batches; returns one concatenated ``ImageFeatures`` on the CPU (cached inside a
+    :func:`feature_cache` block)."""
     if not paths:
         raise DataError("no images to encode")
+    if _FEATURE_CACHE is not None:
+        key = (id(model), repr(spec.image), max(1, spec.batch_size), str(device), tuple(str(p) for p in paths))
+        hit = _FEATURE_CACHE.get(key)
+        if hit is None:
+            hit = _FEATURE_CACHE[key] = _encode_images(model, paths, spec, device, desc)
+        return hit
+    return _encode_images(model, paths, spec, device, desc)
+
+
+def _encode_images(model, paths: Sequence[Path], spec: TaskSpec, device: str, desc: str):
     tf = image_transform(model, spec)
     parts = []
     bs = max(1, spec.batch_size)

@@ -23,7 +23,7 @@ from .common import (
     select_features, template_mean, to_device,
 )
 from .metrics.bootstrap import resample_indices
-from .metrics.detection import AP_NAMES, coco_ap, per_class_nms, resample_coco
+from .metrics.detection import AP_NAMES, COCOMatches, per_class_nms
 from .proposals import PROPOSAL_SOURCES
 
 
@@ -102,16 +102,15 @@ class ZeroShotDetectionTask(TaskAdapter):
                     n_props.append(len(props[i][0]))
                 advance(len(chunk))
         res = SplitOutput(split)
-        ids = [im.image_id for im in images]
-        base = coco_ap(gt, dets)
+        # one COCOeval matching pass; the point estimate and every bootstrap replicate re-accumulate its matches
+        matches = COCOMatches(gt, dets)
+        base = matches.ap()
         wanted = [n for n in AP_NAMES if n in self.spec.metrics]
         b = self.spec.bootstrap
         n_boot = min(self.opts.bootstrap_resamples, b.n_resamples)
         ci = {}
         if n_boot > 0 and wanted:
-            # one COCOeval per replicate gives all three APs; resampled images are renamed so repeats count twice
-            reps = [coco_ap(*resample_coco(gt, dets, [ids[i] for i in idx]))
-                    for idx in resample_indices(len(ids), n_boot, b.seed)]
+            reps = [matches.ap(idx) for idx in resample_indices(len(images), n_boot, b.seed)]
             for n in wanted:
                 lo, hi = np.quantile([r[n] for r in reps], [b.alpha / 2, 1 - b.alpha / 2])
                 ci[n] = [float(lo), float(hi)]

@@ -14,6 +14,7 @@ from ..utils.io import sha256_file
 from ..utils.provenance import code_version, package_versions
 from . import load_adapters, load_task
 from .results import SCHEMA, utc_timestamp, write_result
+from .common import feature_cache
 from .spec import TaskSpec
 
 ModelLike = Union[str, Path, torch.nn.Module]
@@ -126,17 +127,18 @@ def evaluate(
     for m in models:
         model, record = resolve_model(m, seed)
         model.to(device)
-        for spec in specs:
-            try:
-                res = run_task(model, record, spec, root, seed, device)
-            except SpecError as exc:
-                if not skip_unsupported or "region head" not in str(exc):
-                    raise
-                res = _skipped(record, spec, root, seed, device, str(exc))
-            for r in res:
-                if out_dir is not None:
-                    r["_path"] = str(write_result(out_dir, r))
-                results.append(r)
+        with feature_cache():  # tasks that share images (test split: detection, grounding) encode them once
+            for spec in specs:
+                try:
+                    res = run_task(model, record, spec, root, seed, device)
+                except SpecError as exc:
+                    if not skip_unsupported or "region head" not in str(exc):
+                        raise
+                    res = _skipped(record, spec, root, seed, device, str(exc))
+                for r in res:
+                    if out_dir is not None:
+                        r["_path"] = str(write_result(out_dir, r))
+                    results.append(r)
     return results
 
 

@@ -150,13 +150,12 @@ def caption_metrics(
         per_image["ROUGE-L"] = {k: float(s) for k, s in zip(gts.keys(), rouge_each)}
     if "METEOR" in wanted:
         if java:
-            from pycocoevalcap.meteor.meteor import Meteor
-
-            scorer = Meteor()
+            scorer = _shared_meteor()
             try:
                 meteor, meteor_each = scorer.compute_score(gts, res)
-            finally:
-                _close_meteor(scorer)
+            except Exception:
+                close_meteor()
+                raise
             out["METEOR"] = float(meteor)
             per_image["METEOR"] = {k: float(s) for k, s in zip(gts.keys(), meteor_each)}
         else:
@@ -175,8 +174,30 @@ def caption_metrics(
     return CaptionScores(out, unavailable, per_image, "ptb-java" if java else "python", bool(java), gts, res)
 
 
-def _close_meteor(scorer) -> None:
-    """Stop the METEOR JVM (pycocoevalcap only does it in ``__del__``)."""
+_METEOR = None
+
+
+def _shared_meteor():
+    """One METEOR JVM per process, started on first use and reused: its first call loads the paraphrase tables
+    (~11 s on 2 cores), later calls take well under a second. Scoring is stateless between calls (each
+    ``EVAL`` line carries its own statistics), so sharing it changes no number."""
+    global _METEOR
+    proc = getattr(_METEOR, "meteor_p", None)
+    if _METEOR is None or proc is None or proc.poll() is not None:
+        import atexit
+
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        if _METEOR is None:
+            atexit.register(close_meteor)
+        _METEOR = Meteor()
+    return _METEOR
+
+
+def close_meteor() -> None:
+    """Stop the shared METEOR JVM (pycocoevalcap only does it in ``__del__``)."""
+    global _METEOR
+    scorer, _METEOR = _METEOR, None
     proc = getattr(scorer, "meteor_p", None)
     if proc is None:
         return
