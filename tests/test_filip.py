@@ -66,12 +66,14 @@ def test_dense_scores_equal_naive_reference():
     torch.testing.assert_close(got.t2i.double(), ref_t, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("buckets", [True, False])
 @pytest.mark.parametrize("image_chunk,max_elems", [(1, 1), (2, 100), (256, 1 << 20)])
-def test_chunked_scorer_equals_naive_reference(image_chunk, max_elems):
+def test_chunked_scorer_equals_naive_reference(image_chunk, max_elems, buckets):
     img, txt, mask, lengths = random_case(seed=1, ni=5, nt=7)
     txt = torch.where(mask[..., None], txt, torch.full_like(txt, -3.0))
     ref_i, ref_t = naive_filip(img, txt, lengths)
-    got = filip_similarity(img, txt, mask, image_chunk=image_chunk, max_chunk_elements=max_elems)
+    got = filip_similarity(img, txt, mask, image_chunk=image_chunk, max_chunk_elements=max_elems,
+                           length_buckets=buckets)
     torch.testing.assert_close(got.i2t.double(), ref_i, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.t2i.double(), ref_t, atol=1e-5, rtol=0)
 
@@ -185,3 +187,18 @@ def test_region_scores_equal_masked_dense_scores_with_box_chunking(tiny_filip):
         s = filip_scores(rows, txt.tokens, txt.mask, image_mask=member)
         torch.testing.assert_close(got[b], combine_directions(s.i2t, s.t2i, model.region_direction),
                                    atol=1e-5, rtol=0)
+
+
+def test_length_buckets_with_masked_holes_equal_padded_scoring():
+    """Real tokens need not be a prefix (special tokens masked out at both ends): packing keeps their order and the
+    bucketed scores equal the padded ones."""
+    g = torch.Generator().manual_seed(4)
+    img = F.normalize(torch.randn(4, 6, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(9, 7, 8, generator=g), dim=-1)
+    mask = torch.rand(9, 7, generator=g) > 0.4
+    mask[:, 0] = False  # a [CLS]-like slot, never real
+    mask[torch.arange(9), 1 + torch.arange(9) % 6] = True  # at least one real token each
+    a = filip_similarity(img, txt, mask, length_buckets=True)
+    b = filip_similarity(img, txt, mask, length_buckets=False)
+    torch.testing.assert_close(a.i2t, b.i2t, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.t2i, b.t2i, atol=1e-6, rtol=0)

@@ -174,7 +174,8 @@ def filip_chunk_shape(n_images: int, n_texts: int, n1: int, n2: int, image_chunk
 
 @torch.no_grad()
 def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor, image_chunk: int = 256,
-                     max_chunk_elements: Optional[int] = None, out_device: str = "cpu") -> FilipScores:
+                     max_chunk_elements: Optional[int] = None, out_device: str = "cpu",
+                     length_buckets: bool = True) -> FilipScores:
     """Chunked FILIP scores for evaluation: the values of :func:`filip_scores` with bounded memory.
 
     The ``[N_img, N_txt, n1, n2]`` tensor is never built: blocks of ``ci`` images × ``ct`` texts are scored with one
@@ -195,10 +196,28 @@ def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tenso
         out_device: where the two ``[Ni, Nt]`` float32 results live.
     """
     ni, n1, _ = image_tokens.shape
-    nt, n2, _ = text_tokens.shape
+    nt, n2, d = text_tokens.shape
     if max_chunk_elements is None:
         max_chunk_elements = default_chunk_elements(image_tokens.device)
     tmask = text_mask.bool().to(text_tokens.device)
+    lengths = tmask.sum(dim=1)
+    if length_buckets and nt > 1 and bool((lengths < n2).any()):
+        # texts grouped by real length and packed (real tokens first, in order): no padded column is scored
+        s_i = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
+        s_t = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
+        for length in torch.unique(lengths).tolist():
+            cols = (lengths == length).nonzero().squeeze(1)
+            sub_tok, sub_mask = text_tokens[cols], tmask[cols]
+            if length > 0:
+                order = torch.argsort((~sub_mask).to(torch.int8), dim=1, stable=True)[:, :length]
+                sub_tok = torch.gather(sub_tok, 1, order[..., None].expand(-1, -1, d))
+                sub_mask = torch.ones(len(cols), length, dtype=torch.bool, device=tmask.device)
+            part = filip_similarity(image_tokens, sub_tok, sub_mask, image_chunk, max_chunk_elements, out_device,
+                                    length_buckets=False)
+            cols_out = cols.to(out_device)
+            s_i[:, cols_out] = part.i2t
+            s_t[:, cols_out] = part.t2i
+        return FilipScores(s_i, s_t)
     counts = tmask.sum(dim=1).clamp(min=1).to(torch.float32)
     s_i = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
     s_t = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
