@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from loupe_bench.cli.main import cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.reproduce]
+pytestmark = [pytest.mark.slow, pytest.mark.reproduce]  # part of the default suite (CI); -m reproduce selects it
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "results" / "reference" / "synthetic-quick.json"
@@ -63,11 +63,11 @@ def test_quick_run_passes_committed_reference(quick_run):
 
 
 def test_models_learn(quick_run):
-    """Above chance: the trained CLIP and FILIP retrieval RSUM exceeds twice the chance level.
+    """Well above chance: every trained model's test retrieval RSUM exceeds three times the chance level.
 
     Chance on the small world's test split (300 images, 5 captions each): R@k ≈ k/300 in both directions, so the
-    chance RSUM is 2 · (1 + 5 + 10) / 300 ≈ 0.107. (In the 60-step quick run LOUPE is still at chance on retrieval —
-    measured, see the reference; its gate rows still catch changes.)
+    chance RSUM is 2 · (1 + 5 + 10) / 300 ≈ 0.107. Measured in the 100-step quick run: CLIP 0.61, FILIP 0.96,
+    LOUPE 0.53 (see the reference).
     """
     from loupe_bench.report.results_io import load_rows
 
@@ -75,7 +75,7 @@ def test_models_learn(quick_run):
             and r.task_type == "retrieval" and r.split == "test"}
     assert set(rows) == {"clip-tiny", "filip-tiny", "loupe-tiny"}
     chance = 2 * (1 + 5 + 10) / 300
-    assert rows["clip-tiny"] > 2 * chance and rows["filip-tiny"] > 4 * chance, rows
+    assert all(v > 3 * chance for v in rows.values()), rows
 
 
 def test_planted_regression_fails_gate(quick_run, tmp_path):

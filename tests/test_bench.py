@@ -1,0 +1,53 @@
+"""Every registered benchmark runs end to end through ``run_benchmarks`` on tiny settings and writes its JSON.
+
+Speed is not asserted here (benchmarks measure it); what is asserted is that each benchmark produces finite figures,
+the side-by-side comparisons it promises (equal values where it compares implementations), and a JSON record.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from loupe_bench.bench import load_all
+
+TINY_OPTIONS = {
+    "shapley": {"batch_size": 4, "train_batches": 2, "samples": (8,), "reference_samples": 32, "fsa_regions": 3,
+                "train_steps": 5, "num_samples": 8},
+    "train-step": {"batch_size": 4, "settle_steps": 2, "warmup_steps": 1},
+    "late-interaction": {"n_images": 6, "n_texts": 10, "n1": 4, "n2": 6, "d": 8},
+    "retrieval-metric": {"n_images": 40, "captions_per_image": 3},
+    "eval-throughput": {"size": "tiny", "models": ("clip-tiny", "filip-tiny")},
+    "demo": {"full": False, "plan_changes": {"world_size": "tiny", "models": ["clip-tiny"],
+                                             "recipe_overrides": {"steps": 2},
+                                             "tasks": ["synthetic-retrieval", "synthetic-classification"]}},
+}
+
+
+def test_every_benchmark_has_tiny_options():
+    assert set(load_all().names()) == set(TINY_OPTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_OPTIONS))
+def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
+    from loupe_bench.bench.runner import run_benchmarks
+
+    opts = dict(TINY_OPTIONS[name])
+    if name in ("shapley", "train-step"):
+        opts["world"] = str(tiny_world)
+    (rec,) = run_benchmarks([name], repeat=1, out_dir=tmp_path, **{name: opts})
+    assert rec["figures"] and all(math.isfinite(float(f["value"])) for f in rec["figures"])
+    written = json.loads((tmp_path / f"{name.replace('-', '_')}.json").read_text())
+    assert written["name"] == name and written["wall_s"] > 0 and "environment" in written
+    labels = [f["label"] for f in rec["figures"]]
+    if name == "late-interaction":
+        err = next(f for f in rec["figures"] if f["label"].startswith("max |chunked - dense|"))
+        assert err["value"] <= 1e-5 and any("length-bucketed" in x for x in labels)
+    if name == "retrieval-metric":  # the project's implementation and the naive numpy one agree exactly
+        assert all(f["value"] == 1.0 for f in rec["figures"] if f["label"].endswith(("equal (6 values)",
+                                                                                    "equal (all queries)")))
+    if name == "demo":
+        assert rec["runs"]["quick"]["models"] == ["clip-tiny"] and rec["runs"]["quick"]["wall_s"] > 0
+    if name == "train-step":
+        assert any(x.endswith("/ clip-tiny") for x in labels)
