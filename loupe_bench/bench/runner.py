@@ -25,6 +25,7 @@ def run_benchmarks(
     out_dir = Path(out_dir) if out_dir is not None else Path("results") / "benchmarks"
     console = Console()
     records: List[Dict[str, Any]] = []
+    t_all = time.perf_counter()
     for name in selected:
         console.print(f"[bold]bench[/bold] {name} …")
         t0 = time.perf_counter()
@@ -50,4 +51,11 @@ def run_benchmarks(
                 "" if met is None else ("[green]yes[/green]" if met else "[red]no[/red]"),
             )
         console.print(table)
+    total = time.perf_counter() - t_all
+    summary = {"benchmarks": {r["name"]: round(r["wall_s"], 3) for r in records}, "total_wall_s": round(total, 3),
+               "device": device, "repeat": repeat, "environment": environment_info(device),
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if len(records) > 1:  # a full run: keep its total beside the per-benchmark records
+        atomic_write_json(out_dir / "summary.json", summary)
+    console.print(f"[bold]{len(records)} benchmark(s) in {total:.1f} s[/bold]")
     return records

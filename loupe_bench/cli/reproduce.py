@@ -17,13 +17,23 @@ def reproduce() -> None:
 @click.option("--seeds", "n_seeds", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Number of training seeds (0..N-1); tables show mean ± std.")
 @click.option("--seed", "first_seed", type=click.IntRange(0), default=0, show_default=True, help="First seed.")
-@click.option("--quick", is_flag=True, help="CI variant: CLIP, FILIP, LOUPE with the quick recipe variant (≤ 2 min).")
-def synthetic_cmd(out, n_seeds, first_seed, quick):
+@click.option("--quick", is_flag=True, help="CI variant: CLIP, FILIP, LOUPE with the quick recipe variant (~2 min).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Processes training/evaluating models at once (default 2, one torch thread each; 1 = sequential "
+                   "in this process with the recipe's threads). Part of the plan: numbers depend on it.")
+def synthetic_cmd(out, n_seeds, first_seed, quick, workers):
     """Generate the synthetic world, train CLIP, FILIP and LOUPE (and LOUPE's ablations unless --quick) with the
     tiny-cpu recipe, evaluate every synthetic task and write the report."""
     from ..report.reproduce import reproduce_synthetic
 
-    manifest = reproduce_synthetic(out, seeds=range(first_seed, first_seed + n_seeds), quick=quick)
+    plan = None
+    if workers is not None:
+        from dataclasses import replace
+
+        from ..report.reproduce import default_plan
+
+        plan = replace(default_plan(quick), workers=workers)
+    manifest = reproduce_synthetic(out, seeds=range(first_seed, first_seed + n_seeds), quick=quick, plan=plan)
     click.echo(f"manifest: {manifest}")
     click.echo(f"report:   {Path(out) / 'report' / 'report.html'}")
 

@@ -433,6 +433,9 @@ def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *
         plan: a custom :class:`SyntheticPlan` (overrides ``quick``).
         console: rich Console for the table and progress.
         progress: show the rich progress bar.
+
+    With ``plan.workers > 1`` the models train and evaluate in spawned worker processes: a script calling this
+    function needs the usual ``if __name__ == "__main__":`` guard (notebooks and the CLI need nothing).
     """
     from rich.console import Console
 
