@@ -286,10 +286,11 @@ def _eval_job(run: str, specs: List[Dict[str, Any]], world: str, out_dir: str, s
     return time.perf_counter() - t0
 
 
-def _run_jobs(ctx: "Context", kind: str, jobs: List[Tuple[str, str, Any, tuple]]) -> None:
+def _run_jobs(ctx: "Context", kind: str, jobs: List[Tuple[str, str, Any, tuple]], on_idle=None) -> None:
     """Run ``(key, description, fn, args)`` jobs: in this process one after the other (``workers == 1``), else in a
     pool of ``workers`` spawned processes. Each job's wall seconds land in ``ctx.timings[key]``; the worker
-    processes' CPU seconds are added to the stage's CPU time by the caller (``RUSAGE_CHILDREN``)."""
+    processes' CPU seconds are added to the stage's CPU time by the caller (``RUSAGE_CHILDREN``). ``on_idle`` is
+    called once, in this process, as soon as fewer jobs are left than workers (a core is free)."""
     workers = max(1, int(ctx.plan.workers))
     if workers == 1 or len(jobs) == 1:
         for key, desc, fn, args in jobs:
@@ -304,11 +305,41 @@ def _run_jobs(ctx: "Context", kind: str, jobs: List[Tuple[str, str, Any, tuple]]
                         f"({ctx.plan.worker_threads} torch thread(s) each)")
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         futures = {pool.submit(fn, *args): (key, desc) for key, desc, fn, args in jobs}
+        left = len(futures)
         for fut in as_completed(futures):
+            left -= 1
+            if on_idle is not None and left < workers:
+                on_idle()
+                on_idle = None
             key, desc = futures[fut]
             seconds = fut.result()  # a failed job raises here, naming nothing half-written (results are atomic)
             ctx.timings[key] = round(seconds, 3)
             ctx.log.finished(kind, desc, seconds, parallel=workers)
+
+
+def _prewarm_report_imports() -> None:
+    """Import what the report stage needs (torch, the model zoo, timm / transformers, matplotlib) in a background
+    thread once the training jobs left are fewer than the workers (a core is free then, and this process only
+    waits). Saves ~8 s of the report stage's wall time; a failure here is left to the report stage to raise."""
+    import threading
+
+    def work() -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+
+            from .. import models  # noqa: F401
+            from ..models import dual_encoder, loupe  # noqa: F401
+            from . import explain, plots, render  # noqa: F401
+            import timm  # noqa: F401
+            import transformers  # noqa: F401
+            from transformers import BertModel  # noqa: F401
+        except Exception:  # pragma: no cover - surfaced by the report stage itself
+            pass
+
+    threading.Thread(target=work, name="loupe-prewarm", daemon=True).start()
 
 
 def _worker_overrides(ctx: "Context") -> Dict[str, Any]:
@@ -329,7 +360,7 @@ def stage_train(ctx: Context) -> None:
             jobs.append((f"train/s{seed}/{model}", f"train: {model} (seed {seed}, recipe {ctx.plan.recipe})",
                          _train_job, (model, str(ctx.world), ctx.plan.recipe, str(run), seed, _worker_overrides(ctx))))
             ctx.runs[f"s{seed}/{model}"] = ctx.rel(run)
-    _run_jobs(ctx, "train", jobs)
+    _run_jobs(ctx, "train", jobs, on_idle=_prewarm_report_imports)
 
 
 #: with worker processes, each model's tasks are evaluated in these groups (tasks of a group share encoded
