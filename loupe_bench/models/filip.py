@@ -18,7 +18,9 @@ from torch import Tensor, nn
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, boxes_to_patch_mask
 from .dual_encoder import DualEncoder, spec_get
-from .losses import clip_infonce, default_chunk_elements, filip_infonce, filip_scores, filip_similarity
+from .losses import (
+    clip_infonce, default_chunk_elements, filip_infonce, filip_scores, filip_similarity, max_mask_value,
+)
 from .tokenizer import Tokenizer
 
 DIRECTIONS = ("i2t", "t2i", "mean")
@@ -115,7 +117,7 @@ class FILIP(DualEncoder):
                 out.append(tokens.new_zeros(k, nt))
                 continue
             sim = (tokens @ flat_t.T).view(n1, nt, n2)
-            neg_inf = torch.finfo(sim.dtype).min if sim.dtype in (torch.float16, torch.bfloat16) else float("-inf")
+            neg_inf = max_mask_value(sim.dtype)
             # image -> text: max over real tokens per patch, mean over the box's patches
             per_patch = sim.masked_fill(~tmask[None], neg_inf).amax(dim=2)  # [n1, nt]
             m = member.to(per_patch.dtype)

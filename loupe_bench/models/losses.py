@@ -72,6 +72,11 @@ def clip_infonce(image: Tensor, text: Tensor, logit_scale: Tensor, gather: bool 
     return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
 
 
+def max_mask_value(dtype: torch.dtype) -> float:
+    """The value masked entries take before a max: ``-inf``, or the dtype's lowest finite value in fp16 / bf16."""
+    return torch.finfo(dtype).min if dtype in (torch.float16, torch.bfloat16) else float("-inf")
+
+
 def filip_scores(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
                  image_mask: Optional[Tensor] = None) -> FilipScores:
     """FILIP token-wise late interaction for every image–text pair (differentiable, dense).
@@ -96,7 +101,7 @@ def filip_scores(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
     nt, n2, _ = text_tokens.shape
     tmask = text_mask.bool()
     sim = (image_tokens.reshape(ni * n1, d) @ text_tokens.reshape(nt * n2, d).T).view(ni, n1, nt, n2)
-    neg_inf = torch.finfo(sim.dtype).min if sim.dtype in (torch.float16, torch.bfloat16) else float("-inf")
+    neg_inf = max_mask_value(sim.dtype)
     # image -> text: max over real text tokens, mean over (real) patches
     per_patch = sim.masked_fill(~tmask[None, None], neg_inf).amax(dim=3)  # [ni, n1, nt]
     if image_mask is None:

@@ -45,6 +45,16 @@ def _coco_from_dict(gt: Mapping[str, Any]):
     return coco
 
 
+def _check_inputs(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> None:
+    """Ground truth with annotations, and every detection on one of its images (else :class:`DataError`)."""
+    if not gt.get("annotations"):
+        raise DataError("detection ground truth holds no annotations")
+    image_ids = {im["id"] for im in gt["images"]}
+    for d in detections:
+        if d["image_id"] not in image_ids:
+            raise DataError(f"detection for unknown image {d['image_id']}")
+
+
 def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
     """AP, AP50, AP75 of COCO-format ``detections`` against a COCO ``gt`` dict.
 
@@ -57,14 +67,9 @@ def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> D
     """
     from pycocotools.cocoeval import COCOeval
 
-    if not gt.get("annotations"):
-        raise DataError("detection ground truth holds no annotations")
+    _check_inputs(gt, detections)
     if len(detections) == 0:
         return {name: 0.0 for name in AP_NAMES}
-    image_ids = {im["id"] for im in gt["images"]}
-    for d in detections:
-        if d["image_id"] not in image_ids:
-            raise DataError(f"detection for unknown image {d['image_id']}")
     coco_gt = _coco_from_dict(gt)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes([dict(d) for d in detections])
@@ -125,13 +130,8 @@ class COCOMatches:
         import numpy as np
         from pycocotools.cocoeval import COCOeval
 
-        if not gt.get("annotations"):
-            raise DataError("detection ground truth holds no annotations")
+        _check_inputs(gt, detections)
         self.image_ids = [im["id"] for im in gt["images"]]
-        known = set(self.image_ids)
-        for d in detections:
-            if d["image_id"] not in known:
-                raise DataError(f"detection for unknown image {d['image_id']}")
         coco_gt = _coco_from_dict(gt)
         self.cat_ids = sorted(coco_gt.getCatIds())
         n_img = len(self.image_ids)
