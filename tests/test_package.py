@@ -105,3 +105,43 @@ def test_wheel_ships_specs(tmp_path):
     assert any(n.startswith("loupe_bench/_specs/paper/") for n in names)
     assert any(n.startswith("loupe_bench/train/recipes/") for n in names)
     assert "loupe_bench/cli/main.py" in names
+
+
+def test_device_rule(monkeypatch):
+    """``auto`` picks CUDA when present, else the CPU; CUDA without a GPU and unknown names are one-line errors."""
+    import torch
+
+    from loupe_bench.errors import SpecError
+    from loupe_bench.utils.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(SpecError, match="CUDA is not available"):
+            resolve_device(name)
+    with pytest.raises(SpecError, match="unknown device"):
+        resolve_device("gpu0")
+    picked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: picked.append(i))
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    with pytest.raises(SpecError, match="only 2 CUDA"):
+        resolve_device("cuda:5")
+    assert picked == [0, 1]
+
+
+@pytest.mark.parametrize("command", [["eval", "--model", "clip-tiny", "--task", "synthetic-retrieval"],
+                                     ["bench", "retrieval-metric"]])
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_gpu_is_one_line_exit_2(command, device, tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")   # no GPU visible, also on a machine that has one
+    out = subprocess.run([sys.executable, "-m", "loupe_bench", *command, "--device", device, "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "CUDA is not available" in lines[0], lines
+    assert not (tmp_path / "out").exists()   # nothing started, nothing written

@@ -149,3 +149,54 @@ def test_explanation_plot_on_world_sample(tiny_world):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="shape"):
         plot_explanation(img, np.zeros((4, 4)), np.zeros(4), s.phrases, [0] * p, np.zeros((3, p)))
+
+
+def test_console_summary_fits_80_columns_without_wrapping(tmp_path):
+    """Six models with long names, three seeds, every headline metric of a task: rendered to an 80-column console
+    (as when redirected to a file), no line is longer than 80 and every cell appears whole on one line."""
+    import io
+
+    from rich.console import Console
+
+    from loupe_bench.report.render import HEADLINE_METRICS, SHORT_METRIC_NAMES, compact_cell, console_tables
+
+    r = tmp_path / "results"
+    models = ["clip-tiny", "filip-tiny", "loupe-tiny", "loupe-no-fsa-tiny", "loupe-no-tsa-tiny",
+              "loupe-sampling-tiny"]
+    many = {m: 0.1234 + 0.1 * i for i, m in enumerate(HEADLINE_METRICS)}   # 9 metrics in one task: must split
+    for k, m in enumerate(models):
+        for seed in range(3):
+            _write(r, m, "synthetic-retrieval-compositional", {x: v + 0.01 * (k + seed) for x, v in many.items()},
+                   seed=seed, split="comptest")
+    table = build_table(load_rows(r), metrics=HEADLINE_METRICS)
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, color_system=None)
+    tables = console_tables(table, width=80)
+    for t in tables:
+        console.print(t)
+    text = buf.getvalue()
+    lines = text.splitlines()
+    assert max(len(l) for l in lines) <= 80, max(lines, key=len)
+    for ci, col in enumerate(table.columns):
+        head = SHORT_METRIC_NAMES.get(col.metric, col.metric)
+        assert any(head in l for l in lines), head
+        for m in models:
+            cell = compact_cell(table.cell(m, ci))
+            assert "±" in cell and "[" in cell        # mean ±std [CI] over 3 seeds: the widest cell form
+            row = [l for l in lines if l.startswith(m + " ") and cell in l]
+            assert row, (m, col.metric, cell)        # the model name and its whole cell on one line
+    # the nine metrics did not fit one 80-column table: they were split into several under the same title
+    assert text.count("model ") >= 2
+    assert "synthetic-retrieval-compositional · comptest" in text
+
+
+def test_report_console_output_fits_80_columns(results, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    report(results, html=False, markdown=False, csv=False, console=Console(file=buf, width=80, color_system=None))
+    lines = buf.getvalue().splitlines()
+    assert max(len(l) for l in lines) <= 80
+    assert any(l.startswith("filip-tiny ") and "★ 50.0 [45.0,55.0]" in l for l in lines)

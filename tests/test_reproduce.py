@@ -1,4 +1,5 @@
-"""The CI gate: `reproduce synthetic --quick` end to end, then `check` against the committed reference.
+"""The CI gate: `reproduce synthetic --quick` end to end (by the console script installed from the wheel into a
+fresh venv), then `check` against the committed reference.
 
 Also: the gate fails on a planted regression (a lowered metric, and a weakened model), and the report folder holds
 the HTML (with LOUPE's explanations), Markdown and CSV.
@@ -21,21 +22,9 @@ REFERENCE = REPO / "results" / "reference" / "synthetic-quick.json"
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    """A fresh `reproduce synthetic --quick` run (what CI does).
-
-    Development aid: ``LOUPE_BENCH_QUICK_RUN=DIR`` reuses an existing quick reproduction folder instead of running
-    one (CI never sets it).
-    """
-    import os
-
-    reuse = os.environ.get("LOUPE_BENCH_QUICK_RUN")
-    if reuse:
-        return Path(reuse)
-    out = tmp_path_factory.mktemp("quick") / "run"
-    res = CliRunner().invoke(cli, ["reproduce", "synthetic", "--quick", "--out", str(out)], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return out
+def quick_run(installed_quick_run) -> Path:
+    """A fresh `reproduce synthetic --quick` run by the installed console script (what a user runs; see conftest)."""
+    return installed_quick_run
 
 
 def test_quick_run_layout(quick_run):

@@ -10,14 +10,12 @@ import click
 @click.argument("names", nargs=-1)
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 100), help="Timed repetitions.")
 @click.option("--out", "out_dir", default="results/benchmarks", show_default=True, type=click.Path(path_type=Path))
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (cuda when available).")
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:N, or auto (cuda when available); cuda without a GPU is an error.")
 def bench_cmd(names, repeat: int, out_dir: Path, device: str) -> None:
     """Run benchmarks (all when no NAME is given): shapley, train-step, late-interaction, retrieval-metric,
     eval-throughput, demo. Each prints its figures beside their targets and writes JSON to --out."""
     from ..bench.runner import run_benchmarks
+    from ..utils.device import resolve_device
 
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    run_benchmarks(names, repeat=repeat, out_dir=out_dir, device=device)
+    run_benchmarks(names, repeat=repeat, out_dir=out_dir, device=str(resolve_device(device)))

@@ -16,7 +16,8 @@ import click
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results/eval", show_default=True,
               help="Where result JSON files go (one per model × task × split).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda, cuda:N, or auto (cuda when available); cuda without a GPU is an error.")
 def eval_cmd(models: Tuple[str, ...], tasks: Tuple[str, ...], data_root, out_dir: str, seed: int, device: str) -> None:
     """Evaluate models on task protocols; one result JSON per (model, task, split)."""
     from rich.console import Console

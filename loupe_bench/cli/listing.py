@@ -1,4 +1,4 @@
-"""``loupe-bench list datasets|tasks|models|recipes|benchmarks``.
+"""``loupe-bench list datasets|tasks|models|recipes|benchmarks|references``.
 
 Each kind maps to a lister function ``() -> list[(name, description)]`` living in the module that owns the
 registry, imported on use.
@@ -16,6 +16,7 @@ LISTERS: Dict[str, str] = {
     "models": "loupe_bench.models:list_models",
     "recipes": "loupe_bench.train:list_recipes",
     "benchmarks": "loupe_bench.bench:list_benchmarks",
+    "references": "loupe_bench.specs:list_references",
 }
 
 
@@ -28,7 +29,7 @@ def _lister(kind: str) -> Callable[[], List[Tuple[str, str]]]:
 @click.argument("kind", type=click.Choice(sorted(LISTERS)))
 @click.option("--pattern", default="*", show_default=True, help="fnmatch pattern on names.")
 def list_cmd(kind: str, pattern: str) -> None:
-    """List what the registries hold: datasets, tasks, models, recipes or benchmarks."""
+    """List what the registries hold: datasets, tasks, models, recipes, benchmarks or references."""
     import fnmatch
 
     from rich.console import Console

@@ -6,6 +6,7 @@ without importing torch. A :class:`~loupe_bench.errors.LoupeBenchError` becomes 
 from __future__ import annotations
 
 import importlib
+import importlib.util  # a submodule: `import importlib` alone does not bind it
 import sys
 from typing import Dict, List, Optional
 

@@ -64,8 +64,9 @@ def compare_cmd(results_dir, tables, include_unmatched, markdown):
 
 @click.command("check")
 @click.argument("results_dir", type=click.Path(path_type=Path))
-@click.option("--reference", "reference", required=True, type=click.Path(path_type=Path),
-              help="Reference JSON, e.g. results/reference/synthetic-quick.json.")
+@click.option("--reference", "reference", required=True,
+              help="A committed reference by name (`loupe-bench list references`, e.g. synthetic-quick; shipped "
+                   "with the package) or the path of a reference JSON.")
 @click.option("--update", is_flag=True,
               help="Deliberately rewrite the reference from RESULTS_DIR (atomically) instead of checking.")
 @click.option("--seeds-from", "extra", multiple=True, type=click.Path(path_type=Path),
@@ -75,8 +76,10 @@ def check_cmd(results_dir, reference, update, extra):
     from rich.console import Console
 
     from ..report.gate import check, gate_table, update_reference
+    from ..specs import reference_path
 
     console = Console()
+    reference = reference_path(reference)
     if update:
         ref = update_reference([results_dir, *extra], reference, created_from=str(results_dir))
         console.print(f"reference {reference} rewritten: {len(ref['rows'])} rows, seeds {ref['seeds']}")

@@ -32,26 +32,76 @@ class ReportPaths(NamedTuple):
 HEADLINE_METRICS = ("i2t_R@1", "t2i_R@1", "rsum", "top1", "AP", "AP50", "acc@0.5", "BLEU-4", "CIDEr-D")
 
 
-def console_table(table: ResultTable, title: str = "results"):
-    """A rich Table: one row per (task, split, metric[, protocol]), one column per model; best marked ★.
+# Short metric names for the console (the files keep the full names); a mapping looked up, not a chain of ifs.
+SHORT_METRIC_NAMES = {"i2t_R@1": "i2t R@1", "t2i_R@1": "t2i R@1", "rsum": "RSUM", "acc@0.5": "acc@.5",
+                      "CIDEr-D": "CIDEr"}
+CONSOLE_WIDTH = 80
 
-    Transposed (models as columns) so that it stays readable in an 80-column terminal.
+
+def compact_cell(cell: Optional["Cell"]) -> str:
+    """``8.7 [5.7,12.0]`` for one seed, ``8.7±1.2 [5.7,12.0]`` over several (no spaces inside the interval)."""
+    if cell is None:
+        return "–"
+    text = f"{cell.value:.1f}"
+    if cell.n > 1:
+        text += f"±{cell.std:.1f}"
+    if cell.ci_low is not None:
+        text += f" [{cell.ci_low:.1f},{cell.ci_high:.1f}]"
+    return text
+
+
+def console_tables(table: ResultTable, width: int = CONSOLE_WIDTH) -> List:
+    """Rich renderables for a terminal: per (task, split, protocol) a title line and a table with the models as rows
+    and short metric names as columns (in :data:`HEADLINE_METRICS` order), plus a units line where needed.
+
+    No cell ever wraps (columns are ``no_wrap``): when a group's metrics do not fit in ``width`` columns they are
+    split over consecutive tables under the same title. Best per column is marked ★. The full matrix is in the
+    Markdown, CSV and HTML files.
     """
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=title, caption="values in % for fractions; [95% CI]; ★ best in row; ±std over n seeds")
-    t.add_column("task / split / metric", style="bold", overflow="fold")
-    for m in table.models:
-        t.add_column(m, justify="right", overflow="fold")
-    for ci, col in enumerate(table.columns):
-        cells = []
-        for m in table.models:
-            text = format_cell(table.cell(m, ci))
-            if m in table.best.get(ci, []):
-                text = f"[bold green]★ {text}[/bold green]"
-            cells.append(text)
-        t.add_row(col.label, *cells)
-    return t
+    order = {m: i for i, m in enumerate(HEADLINE_METRICS)}
+    out = []
+    for title, cols in column_groups(table):
+        task_title = title.split(" (protocol ")[0].replace("/", " · ", 1)
+        cols = sorted(cols, key=lambda c: (order.get(table.columns[c].metric, len(order)), table.columns[c].metric))
+        models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
+        texts = {c: {m: ("★ " if m in table.best.get(c, []) else "") + compact_cell(table.cell(m, c))
+                     for m in models} for c in cols}
+        heads = {c: SHORT_METRIC_NAMES.get(table.columns[c].metric, table.columns[c].metric) for c in cols}
+        units = sorted({f"{heads[c]}: {display_units(table.columns[c].units)}" for c in cols
+                        if display_units(table.columns[c].units) != "%"})
+        col_w = {c: max([len(heads[c])] + [len(t) for t in texts[c].values()]) + 2 for c in cols}
+        model_w = max([len("model")] + [len(m) for m in models]) + 2
+        chunks: List[List[int]] = [[]]
+        used = model_w
+        for c in cols:
+            if chunks[-1] and used + col_w[c] > width:
+                chunks.append([])
+                used = model_w
+            chunks[-1].append(c)
+            used += col_w[c]
+        parts: List = [Text(""), Text(task_title, style="bold", no_wrap=True, overflow="ellipsis")]
+        for chunk in chunks:
+            t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+            t.add_column("model", no_wrap=True, style="bold")
+            for c in chunk:
+                t.add_column(heads[c], justify="right", no_wrap=True)
+            for m in models:
+                t.add_row(m, *[f"[bold green]{texts[c][m]}[/bold green]" if texts[c][m].startswith("★")
+                               else texts[c][m] for c in chunk])
+            parts.append(t)
+        if units:
+            parts.append(Text("units: " + "; ".join(units), style="dim", no_wrap=True, overflow="ellipsis"))
+        out.append(Group(*parts))
+    return out
+
+
+CONSOLE_LEGEND = ("headline metrics (all of them in the Markdown, CSV and HTML files)",
+                  "values in % for fractions; [95% CI]; ±std over seeds; ★ best in column")
 
 
 # ------------------------------------------------------------------------------------------------ CSV / MD
@@ -210,10 +260,14 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     if not quiet:
         from rich.console import Console
 
-        (console or Console()).print(console_table(headline if headline.columns else table,
-                                                   title=f"{title} (headline metrics; all metrics in the files)"))
+        console = console or Console()
+        console.print(f"[bold]{title}[/bold]")
+        for line in CONSOLE_LEGEND:
+            console.print(line)
+        for t in console_tables(headline if headline.columns else table, width=max(40, console.width)):
+            console.print(t)
         for n in table.notes:
-            (console or Console()).print(f"[yellow]note:[/yellow] {n}")
+            console.print(f"[yellow]note:[/yellow] {n}")
     csv_path = md_path = html_path = None
     if csv:
         csv_path = out_dir / "results.csv"

@@ -225,6 +225,7 @@ class Context:
     timings: Dict[str, float] = field(default_factory=dict)
     runs: Dict[str, str] = field(default_factory=dict)      # "s<seed>/<model>" -> relative run dir
     tasks: List[str] = field(default_factory=list)
+    missing: Dict[str, Dict[str, str]] = field(default_factory=dict)  # task -> metric -> why it cannot be computed
 
     @property
     def world(self) -> Path:
@@ -419,6 +420,34 @@ def stage_report(ctx: Context) -> None:
 STAGE_ORDER = ("world", "train", "eval", "report")
 
 
+def missing_metrics(task_names: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """``task -> metric -> reason`` for every metric this machine cannot compute (asked of each task's adapter)."""
+    from ..tasks import TASK_TYPES, load_adapters, load_task
+
+    load_adapters()
+    out: Dict[str, Dict[str, str]] = {}
+    for name in task_names:
+        spec = load_task(name)
+        gone = TASK_TYPES.get(spec.type).missing_metrics(spec)
+        if gone:
+            out[spec.name] = dict(gone)
+    return out
+
+
+def announce_missing(console, missing: Dict[str, Dict[str, str]]) -> None:
+    """Say at the start, loudly, which metrics the report will lack and how to get them."""
+    if not missing:
+        return
+    console.print("[bold yellow]warning: some metrics cannot be computed on this machine and will be missing "
+                  "from the report:[/bold yellow]")
+    for task, metrics in sorted(missing.items()):
+        by_reason: Dict[str, List[str]] = {}
+        for metric, reason in metrics.items():
+            by_reason.setdefault(reason, []).append(metric)
+        for reason, names in by_reason.items():
+            console.print(f"[yellow]  {task}: {', '.join(names)} — {reason}[/yellow]")
+
+
 def write_manifest(ctx: Context, extra: Optional[Dict[str, Any]] = None) -> Path:
     from ..utils.provenance import environment_info
 
@@ -434,6 +463,7 @@ def write_manifest(ctx: Context, extra: Optional[Dict[str, Any]] = None) -> Path
         "results": "results",
         "report": "report",
         "timings": ctx.timings,
+        "missing_metrics": ctx.missing,
         "environment": environment_info("cpu"),
     }
     man.update(extra or {})
@@ -468,7 +498,7 @@ def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *
     """
     from rich.console import Console
 
-    console = console or Console()
+    console = console or Console(log_path=False)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan or default_plan(quick)
@@ -481,6 +511,8 @@ def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *
     log.planned = {"world": 1, "train": n_train, "eval": n_train, "report": 1}  # eval: set by its stage
     t_all = time.perf_counter()
     ctx = Context(out=out, seeds=seeds, plan=plan, log=log, console=console, tasks=tasks)
+    ctx.missing = missing_metrics(tasks)
+    announce_missing(console, ctx.missing)
     c_all = _cpu_seconds()
     for name in STAGE_ORDER:
         t0, c0 = time.perf_counter(), _cpu_seconds()
@@ -538,12 +570,13 @@ def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Se
     from .paper import compare_paper, comparison_markdown, comparison_table
     from .render import report
 
-    console = console or Console()
+    console = console or Console(log_path=False)
     out = Path(out)
     chosen = list(tasks) if tasks else paper_task_specs(Path(data_root))
     if not chosen:
         raise SpecError(f"no paper task spec has its data under {data_root}; known paper tasks: "
                         f"{', '.join(paper_task_specs()) or '(none)'}")
+    announce_missing(console, missing_metrics(chosen))
     t0 = time.perf_counter()
     evaluate(list(models), chosen, data_root=Path(data_root), out_dir=out / "results", seed=seed)
     report(out / "results", out_dir=out / "report", console=console, title="loupe-bench paper benchmarks")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 from .common import SplitOutput
 from .spec import TaskSpec
@@ -26,6 +26,15 @@ class TaskAdapter:
     @classmethod
     def validate_spec(cls, spec: TaskSpec) -> None:
         """Raise :class:`~loupe_bench.errors.SpecError` for specs this adapter cannot run."""
+
+    @classmethod
+    def missing_metrics(cls, spec: TaskSpec) -> Dict[str, str]:
+        """Metrics of ``spec`` this machine cannot compute (``metric -> reason and remedy``), checked before a run.
+
+        A pipeline calls this up front so that a user learns at the start, not from the report, which numbers will
+        be missing. The default: nothing is missing.
+        """
+        return {}
 
     def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
         raise NotImplementedError

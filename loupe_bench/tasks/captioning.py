@@ -15,7 +15,7 @@ from .base import TaskAdapter
 from .caption_head import CaptionHeadConfig, single_thread, train_caption_head
 from .common import MetricValue, SplitOutput, encode_images, load_records, mean_metric
 from .metrics.bootstrap import resample_indices
-from .metrics.captioning import CAPTION_METRICS, bleu_cider, caption_metrics
+from .metrics.captioning import CAPTION_METRICS, bleu_cider, caption_metrics, metric_status
 
 #: metrics the caption results are stored in (CIDEr-D, BLEU are not fractions in general: CIDEr-D is x10)
 _UNITS = {"CIDEr-D": "score", "SPICE": "fraction"}
@@ -43,6 +43,14 @@ class CaptioningTask(TaskAdapter):
         unknown = sorted(set(spec.metrics) - set(CAPTION_METRICS))
         if unknown:
             raise SpecError(f"{spec.name}: unknown caption metric(s) {', '.join(unknown)}")
+
+    @classmethod
+    def missing_metrics(cls, spec) -> dict:
+        opts = spec.options or {}
+        wanted = list(spec.metrics)
+        if opts.get("use_java") is False:   # Java parts switched off by the spec: METEOR and SPICE are not run
+            return {m: "the spec sets use_java: false" for m in wanted if m in ("METEOR", "SPICE")}
+        return metric_status(wanted)
 
     def _memory(self, model, paths, device, desc):
         f = encode_images(model, paths, self.spec, device, desc=desc)

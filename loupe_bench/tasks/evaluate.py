@@ -112,13 +112,17 @@ def evaluate(
         data_root: folder the task's data paths are relative to (the synthetic world, or e.g. a COCO root).
         out_dir: where result JSON goes (``None``: do not write).
         seed: seeds model initialisation (spec names), the caption head and torch before each split.
-        device: torch device.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; CUDA without a GPU is a
+            :class:`~loupe_bench.errors.SpecError`.
         skip_unsupported: a model that cannot run a protocol (``native`` proposals without a region head) is
             recorded with ``extra.skipped`` and every metric unavailable, instead of aborting the whole run.
 
     Returns:
         The result dicts (also written when ``out_dir`` is given).
     """
+    from ..utils.device import resolve_device
+
+    device = resolve_device(device)
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     specs = [_task(t) for t in tasks]

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..utils.device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,19 +40,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        from ..errors import SpecError
-
-        if not torch.cuda.is_available():
-            raise SpecError("device 'cuda' requested but CUDA is not available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:

@@ -49,7 +49,7 @@ def environment_info(device: str = "cpu") -> Dict[str, object]:
         "code_version": code_version(),
         "packages": package_versions(),
         "machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "device": device,
+        "device": str(device),
     }
     try:
         import os
@@ -57,7 +57,7 @@ def environment_info(device: str = "cpu") -> Dict[str, object]:
         info["machine"]["cpu_count"] = os.cpu_count()  # type: ignore[index]
     except Exception:  # pragma: no cover
         pass
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         import torch
 
         info["device_name"] = torch.cuda.get_device_name(0)

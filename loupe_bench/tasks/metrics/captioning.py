@@ -89,6 +89,26 @@ def spice_status() -> Optional[str]:
     return None
 
 
+def metric_status(metrics: Sequence[str] = CAPTION_METRICS) -> Dict[str, str]:
+    """Which of ``metrics`` cannot be computed here, and why (with the remedy); ``{}`` when all can.
+
+    Checked without running anything heavy: pycocoevalcap importable (every metric), ``java`` on ``PATH`` (METEOR,
+    SPICE), the CoreNLP jars SPICE needs (:func:`spice_status`).
+    """
+    try:
+        import pycocoevalcap  # noqa: F401
+    except ImportError:
+        return {m: "pycocoevalcap is not installed (pip install pycocoevalcap)" for m in metrics}
+    out: Dict[str, str] = {}
+    if "METEOR" in metrics and not java_available():
+        out["METEOR"] = "java not found on PATH (install a Java runtime, e.g. openjdk-17-jre-headless)"
+    if "SPICE" in metrics:
+        reason = spice_status()
+        if reason is not None:
+            out["SPICE"] = reason
+    return out
+
+
 def bleu_cider(gts: Mapping[object, List[str]], res: Mapping[object, List[str]]) -> Dict[str, float]:
     """Corpus BLEU-1..4 and CIDEr-D of already tokenised captions (used for bootstrap replicates)."""
     from pycocoevalcap.bleu.bleu import Bleu
@@ -121,7 +141,7 @@ def caption_metrics(
     try:
         from pycocoevalcap.rouge.rouge import Rouge
     except ImportError:
-        reason = "pycocoevalcap not installed (pip install 'loupe-bench[caption]')"
+        reason = "pycocoevalcap not installed (pip install pycocoevalcap)"
         return CaptionScores({}, {m: reason for m in metrics}, {}, "none", False, {}, {})
     java = java_available() if use_java is None else (use_java and java_available())
     keys = sorted(references, key=str)
