@@ -58,7 +58,11 @@ class Caption:
 
 @dataclass(frozen=True)
 class BoxAnnotation:
-    """One object box (COCO ``annotations`` entry)."""
+    """One object box (COCO ``annotations`` entry).
+
+    ``attributes``: extra string-valued keys of the annotation beyond COCO's own (the synthetic world records
+    ``colour`` and ``size``), as sorted ``(key, value)`` pairs; empty for plain COCO.
+    """
 
     ann_id: int
     image_id: int
@@ -66,6 +70,10 @@ class BoxAnnotation:
     bbox: BBox
     area: float = 0.0
     iscrowd: int = 0
+    attributes: Tuple[Tuple[str, str], ...] = ()
+
+    def attribute(self, key: str) -> Optional[str]:
+        return dict(self.attributes).get(key)
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class RefRecord:
     bbox: Optional[BBox] = None
     file_name: Optional[str] = None
     sent_ids: Tuple[int, ...] = ()
+    heads: Tuple[Optional[str], ...] = ()   # per sentence: its head noun phrase, when the data records it
 
 
 @dataclass(frozen=True)

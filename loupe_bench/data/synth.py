@@ -370,11 +370,14 @@ def _make_captions(rng: np.random.Generator, scene: Scene, image_size: int, n_ca
         scene.captions.append((text, spans))
 
 
-def _referring_expressions(scene: Scene, image_size: int) -> List[Tuple[int, List[str]]]:
-    """(object index, sentences) for each object that has a distractor sharing its shape or colour.
+def _referring_expressions(scene: Scene, image_size: int) -> List[Tuple[int, List[str], List[str]]]:
+    """(object index, sentences, head noun phrases) for each object that has a distractor sharing its shape or
+    colour.
 
     The expression uses the fewest attributes that make it unique: colour + shape, then size, then position
-    among the objects with the same colour and shape; objects that stay ambiguous get no expression.
+    among the objects with the same colour and shape; objects that stay ambiguous get no expression. The second
+    sentence names an anchor object when one differs in both shape and colour ("the red circle left of the blue
+    square"); a sentence's head noun phrase is the expression without the anchor ("the red circle").
     """
     out = []
     objs = scene.objects
@@ -405,9 +408,11 @@ def _referring_expressions(scene: Scene, image_size: int) -> List[Tuple[int, Lis
         if anchors and " on the " not in desc and " at the " not in desc:
             a = anchors[0]
             sentences.append(f"the {desc} {relation(o, a, image_size)} the {a.colour} {a.shape}")
+            heads = [f"the {desc}", f"the {desc}"]
         else:
             sentences.append(desc)
-        out.append((i, sentences))
+            heads = [f"the {desc}", desc]
+        out.append((i, sentences, heads))
     return out
 
 
@@ -601,11 +606,11 @@ def generate_world(
                 "sentences": sentences,
             }
         )
-        for k, texts in _referring_expressions(scene, image_size):
+        for k, texts, heads in _referring_expressions(scene, image_size):
             obj = objects[k]
             sents = []
-            for t in texts:
-                sents.append({"sent": t, "raw": t, "sent_id": ref_sent_id, "tokens": tokenize(t)})
+            for t, head in zip(texts, heads):
+                sents.append({"sent": t, "raw": t, "sent_id": ref_sent_id, "tokens": tokenize(t), "head": head})
                 ref_sent_id += 1
             refs.append(
                 {

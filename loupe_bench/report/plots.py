@@ -26,9 +26,14 @@ def fig_to_png(fig) -> bytes:
 
 
 def metric_bars(table: ResultTable, max_metrics_per_task: int = 8) -> List[Tuple[str, bytes]]:
-    """One bar chart per (task, split, fingerprint): bars per model and metric, 95 % intervals as error bars."""
+    """One bar chart per (task, split, fingerprint): bars per model and metric, 95 % intervals as error bars.
+
+    Reference rows (chance, the attribute oracle) are drawn as dashed levels across each metric's bars, not as bars.
+    """
     plt = _plt()
     import numpy as np
+
+    from .results_io import REFERENCE_ROWS
 
     groups: Dict[Tuple[str, str, str], List[int]] = {}
     for ci, col in enumerate(table.columns):
@@ -36,7 +41,8 @@ def metric_bars(table: ResultTable, max_metrics_per_task: int = 8) -> List[Tuple
     out = []
     for (task, split, fp), cols in groups.items():
         cols = cols[:max_metrics_per_task]
-        models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
+        models = [m for m in table.models if any((m, c) in table.cells for c in cols) and m not in REFERENCE_ROWS]
+        levels = [m for m in REFERENCE_ROWS if any((m, c) in table.cells for c in cols)]
         if not models:
             continue
         fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(cols) * max(1, len(models)) / 2 + 2), 3.2))
@@ -55,6 +61,13 @@ def metric_bars(table: ResultTable, max_metrics_per_task: int = 8) -> List[Tuple
                     err_lo.append(0.0)
                     err_hi.append(0.0)
             ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=[err_lo, err_hi], capsize=2, label=m)
+        for j, ref in enumerate(levels):
+            style = ("--", ":")[j % 2]
+            for k, c in enumerate(cols):
+                cell = table.cells.get((ref, c))
+                if cell is not None:
+                    ax.hlines(cell.value, x[k] - 0.45, x[k] + 0.45, colors="black", linestyles=style, linewidth=1.2,
+                              label=ref if k == 0 or all((ref, cc) not in table.cells for cc in cols[:k]) else None)
         ax.set_xticks(x)
         ax.set_xticklabels([table.columns[c].metric for c in cols], rotation=30, ha="right", fontsize=8)
         units = {table.columns[c].units for c in cols}

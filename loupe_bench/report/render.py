@@ -14,7 +14,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import LoupeBenchError
 from ..utils.io import atomic_write_text
-from .results_io import MetricRow, load_rows
+from .results_io import MetricRow, load_rows, protocol_label
 from .table import ResultTable, build_table, display_units, format_cell
 
 MANIFEST = "reproduce.json"
@@ -121,7 +121,8 @@ def column_groups(table: ResultTable) -> List[Tuple[str, List[int]]]:
     out = []
     for (task, split, fp), cols in groups.items():
         label = table.columns[cols[0]].label.rsplit("/", 1)[0]
-        out.append((f"{label} (protocol {fp[:8]})", cols))
+        what = table.protocols.get(fp)
+        out.append((f"{label} (protocol {fp[:8]}{': ' + what if what else ''})", cols))
     return out
 
 
@@ -248,8 +249,10 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
 
     results_dir = Path(results_dir)
     rows = load_rows(results_dir)
-    table = build_table(rows)
-    headline = build_table(rows, metrics=HEADLINE_METRICS)
+    raw = load_results_raw(results_dir)
+    protocols = {obj["task"]["fingerprint"]: protocol_label(obj.get("extra") or {}) for obj in raw}
+    table = build_table(rows, protocols=protocols)
+    headline = build_table(rows, metrics=HEADLINE_METRICS, protocols=protocols)
     ctx = discover_context(results_dir)
     runs = dict(ctx["runs"]) if runs is None else runs  # type: ignore[arg-type]
     world_dir = ctx["world"] if world_dir is None else Path(world_dir)
@@ -280,7 +283,7 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
         from .plots import metric_bars, training_curves
 
         unavailable: Dict[str, str] = {}
-        for obj in load_results_raw(results_dir):
+        for obj in raw:
             for k, v in (obj.get("unavailable") or {}).items():
                 unavailable[f"{obj['model']['name']} / {obj['task']['name']} / {k}"] = str(v)
         notes: List[str] = []

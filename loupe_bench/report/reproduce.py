@@ -71,7 +71,7 @@ class SyntheticPlan:
 
 
 #: task types the LOUPE ablations are evaluated on in the default plan
-ABLATION_TASK_TYPES = ["retrieval", "classification", "detection", "grounding"]
+ABLATION_TASK_TYPES = ["retrieval", "classification", "detection", "grounding", "phrase-grounding"]
 
 
 def default_plan(quick: bool = False) -> SyntheticPlan:
@@ -101,7 +101,9 @@ QUICK_TASK_OVERRIDES: Dict[str, Any] = {
     "synthetic-captioning:options.decoding": "greedy",
     "synthetic-captioning:options.use_java": False,
     # grounding skips the val split (the model-selection split); test and the compositional split stay
-    **{f"synthetic-grounding-{p}:splits": ["test", "comptest"] for p in ("grid", "gt-boxes", "native")},
+    **{f"synthetic-{p}:splits": ["test", "comptest"] for p in (
+        "grounding-grid", "grounding-gt-boxes", "grounding-native", "grounding-head-phrase", "grounding-native-scorer",
+        "phrase-grounding-gt-boxes", "phrase-grounding-grid", "phrase-grounding-native")},
 }
 
 
@@ -364,7 +366,7 @@ def stage_train(ctx: Context) -> None:
 
 #: with worker processes, each model's tasks are evaluated in these groups (tasks of a group share encoded
 #: images), longest first, so that the workers stay busy to the end
-EVAL_GROUPS: Tuple[Tuple[str, ...], ...] = (("captioning", "linear-probe"), ("grounding",), ("detection",),
+EVAL_GROUPS: Tuple[Tuple[str, ...], ...] = (("captioning", "linear-probe"), ("grounding", "phrase-grounding"), ("detection",),
                                             ("retrieval", "classification"))
 
 

@@ -15,6 +15,19 @@ from ..utils.io import read_json
 
 RESULT_SCHEMA = "loupe-bench/result/v1"
 
+#: rows a task reports beside the models that are not models (``reference_rows`` of a result): the expected
+#: accuracy of a uniform pick among the candidates, and the bag-of-attributes oracle of the grounding tasks
+REFERENCE_ROWS = ("chance", "attribute-oracle")
+
+#: the protocol details a result records in ``extra`` that a table title names (what makes two protocols differ)
+PROTOCOL_LABEL_KEYS = (("region_scoring", "{} region scoring"), ("proposal_source", "candidates: {}"),
+                       ("query", "queries: {}"))
+
+
+def protocol_label(extra: Dict[str, Any]) -> str:
+    """``"shared region scoring · candidates: gt-boxes · queries: sentence"`` from a result's ``extra``."""
+    return " · ".join(fmt.format(extra[k]) for k, fmt in PROTOCOL_LABEL_KEYS if extra.get(k) is not None)
+
 
 class MetricRow(NamedTuple):
     """One metric of one result file."""
@@ -69,6 +82,18 @@ def parse_result(obj: Any, path: Path) -> List[MetricRow]:
         if not isinstance(task.get(field), str) or not task.get(field):
             raise DataError(f"task.{field} missing", file=str(path))
     seed = obj.get("seed")
+    rows = _metric_rows(name, metrics, task, seed, path)
+    refs = obj.get("reference_rows") or {}
+    if not isinstance(refs, dict):
+        raise DataError("reference_rows must be an object", file=str(path))
+    for ref_name, ref_metrics in sorted(refs.items()):
+        if not isinstance(ref_metrics, dict):
+            raise DataError("a reference row must map metric names to entries", file=str(path), record=ref_name)
+        rows.extend(_metric_rows(str(ref_name), ref_metrics, task, seed, path))
+    return rows
+
+
+def _metric_rows(model: str, metrics: Dict[str, Any], task: Dict[str, Any], seed, path: Path) -> List[MetricRow]:
     rows: List[MetricRow] = []
     for metric, entry in metrics.items():
         if not isinstance(entry, dict) or "value" not in entry:
@@ -84,7 +109,7 @@ def parse_result(obj: Any, path: Path) -> List[MetricRow]:
             lo, hi = float(ci[0]), float(ci[1])
         rows.append(
             MetricRow(
-                model=name,
+                model=model,
                 task=task["name"],
                 task_type=task["type"],
                 dataset=str(task.get("dataset", "")),
@@ -134,8 +159,18 @@ def load_rows(results_dir, *, models: Optional[Sequence[str]] = None) -> List[Me
     if not files:
         raise DataError(f"no result JSON ({RESULT_SCHEMA}) found", file=str(results_dir))
     rows: List[MetricRow] = []
+    seen = set()
     for p in files:
-        rows.extend(parse_result(read_json(p), p))
+        obj = read_json(p)
+        refs = set(obj.get("reference_rows") or {}) if isinstance(obj, dict) else set()
+        for r in parse_result(obj, p):
+            # reference rows (chance, oracles) come with every model's result of a protocol: keep one per seed
+            key = (r.model, r.task, r.split, r.fingerprint, r.metric, r.seed)
+            if r.model in refs and r.model != obj["model"]["name"]:
+                if key in seen:
+                    continue
+                seen.add(key)
+            rows.append(r)
     if models:
         wanted = set(models)
         rows = [r for r in rows if r.model in wanted]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .gate import higher_is_better
-from .results_io import MetricRow, mean_std, to_percent
+from .results_io import REFERENCE_ROWS, MetricRow, mean_std, to_percent
 
 
 class Column(NamedTuple):
@@ -36,6 +36,7 @@ class ResultTable(NamedTuple):
     cells: Dict[Tuple[str, int], Cell]        # (model, column index) -> cell
     best: Dict[int, List[str]]                # column index -> best model(s)
     notes: List[str]
+    protocols: Dict[str, str] = {}            # fingerprint -> what the protocol is ("shared region scoring · ...")
 
     def cell(self, model: str, col: int) -> Optional[Cell]:
         return self.cells.get((model, col))
@@ -45,8 +46,13 @@ def display_units(units: str) -> str:
     return "%" if units == "fraction" else units
 
 
-def build_table(rows: Sequence[MetricRow], *, metrics: Optional[Sequence[str]] = None) -> ResultTable:
-    """Group metric rows into a models × columns table (best per column marked)."""
+def build_table(rows: Sequence[MetricRow], *, metrics: Optional[Sequence[str]] = None,
+                protocols: Optional[Dict[str, str]] = None) -> ResultTable:
+    """Group metric rows into a models × columns table (best per column marked among the models).
+
+    Reference rows (:data:`~loupe_bench.report.results_io.REFERENCE_ROWS`: chance, the attribute oracle) are listed
+    after the models and never marked best.
+    """
     if metrics:
         keep = set(metrics)
         rows = [r for r in rows if r.metric in keep]
@@ -82,16 +88,17 @@ def build_table(rows: Sequence[MetricRow], *, metrics: Optional[Sequence[str]] =
         lo = sum(lows) / len(lows) if len(lows) == len(grp) else None
         hi = sum(highs) / len(highs) if len(highs) == len(grp) else None
         cells[key] = Cell(m, lo, hi, s, len(grp))
-    models = sorted({r.model for r in rows})
+    names = {r.model for r in rows}
+    models = sorted(names - set(REFERENCE_ROWS)) + [m for m in REFERENCE_ROWS if m in names]
     best: Dict[int, List[str]] = {}
     for ci, col in enumerate(columns):
-        present = [(m, cells[(m, ci)].value) for m in models if (m, ci) in cells]
+        present = [(m, cells[(m, ci)].value) for m in models if (m, ci) in cells and m not in REFERENCE_ROWS]
         if len(present) < 2:
             continue
         sign = 1.0 if higher_is_better(col.metric) else -1.0
         top = max(sign * v for _, v in present)
         best[ci] = [m for m, v in present if abs(sign * v - top) <= 1e-9]
-    return ResultTable(models, columns, cells, best, notes)
+    return ResultTable(models, columns, cells, best, notes, dict(protocols or {}))
 
 
 def format_cell(cell: Optional[Cell], with_ci: bool = True) -> str:

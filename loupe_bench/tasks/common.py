@@ -42,6 +42,8 @@ class SplitOutput:
         unavailable: metric name -> reason it was not computed.
         extra: protocol details (proposal source, scoring mode, tokenizer, counts ...).
         per_item: metric name -> per-image/per-query values (for paired bootstrap between models).
+        reference_rows: rows that are not the model's but belong beside it in a table (chance, an oracle):
+            row name -> metric name -> :class:`MetricValue`; identical for every model under one protocol.
     """
 
     split: str
@@ -49,6 +51,7 @@ class SplitOutput:
     unavailable: Dict[str, str] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
     per_item: Dict[str, List[float]] = field(default_factory=dict)
+    reference_rows: Dict[str, Dict[str, MetricValue]] = field(default_factory=dict)
 
 
 def mean_metric(values: Sequence[float], spec: TaskSpec, units: str = "fraction") -> MetricValue:

@@ -1,5 +1,7 @@
-"""Zero-shot detection: proposals (``native`` | ``grid`` | ``gt``) scored against class prompts through
-``model.score_regions``, per-class NMS, COCOeval AP / AP50 / AP75.
+"""Zero-shot detection: proposals (``native`` | ``grid`` | ``gt``) scored against class prompts with the spec's
+region scorer (``options.region_scoring``: ``shared`` or ``native``; :mod:`loupe_bench.tasks.region_scoring`),
+per-class NMS, COCOeval AP / AP50 / AP75; for ``grid`` and ``native`` proposals also ``proposal_recall@K`` (the
+fraction of ground-truth objects matched at IoU ≥ 0.5 by the first K proposals, :mod:`.proposals`).
 
 Class probability of box ``k``: ``p_kc = softmax_c(tau * mean_t s_k(c, t))`` with ``s_k(c, t)`` the region score
 against prompt ``t`` of class ``c`` and ``tau = logit_scale`` (100, CLIP's); detection score
@@ -8,6 +10,7 @@ against prompt ``t`` of class ``c`` and ``tau = logit_scale`` (100, CLIP's); det
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -19,12 +22,13 @@ from ..errors import DataError, SpecError
 from . import TASK_TYPES
 from .base import TaskAdapter
 from .common import (
-    MetricValue, SplitOutput, build_prompts, encode_images, encode_texts, load_records, progress_bar,
+    MetricValue, SplitOutput, build_prompts, mean_metric, encode_images, encode_texts, load_records, progress_bar,
     select_features, template_mean, to_device,
 )
 from .metrics.bootstrap import resample_indices
 from .metrics.detection import AP_NAMES, COCOMatches, per_class_nms
-from .proposals import PROPOSAL_SOURCES
+from .proposals import PROPOSAL_SOURCES, proposal_recall_items
+from .region_scoring import REGION_SCORERS, check_region_scoring
 
 
 def gt_coco(images, categories: Dict[int, str]) -> dict:
@@ -54,18 +58,21 @@ class ZeroShotDetectionTask(TaskAdapter):
         max_dets: int = 100
         top_k_proposals: int = 100
         grid_scales: Tuple[int, ...] = (1, 2, 3, 4)
+        region_scoring: str = "shared"  # shared (one rule for every model) | native (the model's own scorer)
         bootstrap_resamples: int = 100
+        recall_k: int = 10  # proposal_recall@K for grid and native proposals (same K for every source)
 
         def __post_init__(self):
             if self.proposals not in PROPOSAL_SOURCES:
                 raise ValueError(f"proposals must be one of {', '.join(PROPOSAL_SOURCES.names())}")
             self.grid_scales = tuple(int(s) for s in self.grid_scales)
+            check_region_scoring(self.region_scoring)
 
     @classmethod
     def validate_spec(cls, spec) -> None:
         if spec.image.crop != "none":
             raise SpecError(f"{spec.name}: box tasks need image.crop: none (boxes are normalised to the image)")
-        unknown = sorted(set(spec.metrics) - set(AP_NAMES))
+        unknown = sorted(m for m in set(spec.metrics) - set(AP_NAMES) if not re.fullmatch(r"proposal_recall@\d+", m))
         if unknown:
             raise SpecError(f"{spec.name}: unknown detection metric(s) {', '.join(unknown)}")
 
@@ -87,6 +94,7 @@ class ZeroShotDetectionTask(TaskAdapter):
             model, img, images, top_k=self.opts.top_k_proposals, scales=self.opts.grid_scales, device=device
         )
         txt_d = to_device(txt, device)
+        score = REGION_SCORERS.get(self.opts.region_scoring)
         dets: List[dict] = []
         n_props = []
         bs = max(1, self.spec.batch_size)
@@ -95,7 +103,7 @@ class ZeroShotDetectionTask(TaskAdapter):
                 chunk = list(range(s, min(s + bs, len(images))))
                 feats = to_device(select_features(img, chunk), device)
                 boxes = [props[i][0].to(device) for i in chunk]
-                scores = model.score_regions(feats, boxes, txt_d)
+                scores = score(model, feats, boxes, txt_d)
                 for i, sc in zip(chunk, scores):
                     dets.extend(self._detections(images[i], props[i][0], props[i][1], sc.float().cpu(), cat_ids,
                                                  len(templates)))
@@ -116,7 +124,12 @@ class ZeroShotDetectionTask(TaskAdapter):
                 ci[n] = [float(lo), float(hi)]
         for name in wanted:
             res.metrics[name] = MetricValue(base[name], ci.get(name), "fraction")
-        res.extra.update(proposal_source=self.opts.proposals, n_images=len(images), n_detections=len(dets),
+        if self.opts.proposals != "gt":
+            recall = proposal_recall_items(props, images, self.opts.recall_k, 0.5)
+            rname = f"proposal_recall@{self.opts.recall_k}"
+            res.metrics[rname] = mean_metric(recall, self.spec)
+            res.per_item[rname] = recall.astype(int).tolist()
+        res.extra.update(proposal_source=self.opts.proposals, region_scoring=self.opts.region_scoring, n_images=len(images), n_detections=len(dets),
                          mean_proposals=float(np.mean(n_props)) if n_props else 0.0, n_classes=len(cat_ids),
                          nms_iou=self.opts.nms_iou, logit_scale=self.opts.logit_scale)
         return res

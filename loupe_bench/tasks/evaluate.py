@@ -84,6 +84,7 @@ def run_task(model, model_record: Dict[str, Any], spec: TaskSpec, data_root: Opt
             "metrics": {k: v.to_dict() for k, v in out.metrics.items()},
             "unavailable": unavailable,
             "extra": out.extra,
+            "reference_rows": {row: {k: v.to_dict() for k, v in ms.items()} for row, ms in out.reference_rows.items()},
             "per_item": out.per_item,
             "seed": int(seed),
             "code_version": code_version(),

@@ -7,11 +7,17 @@
 * ``gt``: the image's ground-truth boxes (oracle localisation; detection then measures classification only).
 
 Each source returns, per image, normalised ``xyxy`` boxes ``[K, 4]`` and an objectness ``[K]`` in ``[0, 1]``
-(1 for grid and gt).
+(1 for grid and gt), best first: native by objectness, grid coarse to fine.
+
+Proposal recall (:func:`proposal_recall_items`), a metric of the detection and grounding tasks: the fraction of
+ground-truth objects matched at IoU ≥ t by any of a source's first ``K`` proposals — for every source at the same
+``K`` (for the grid: its ``K`` coarsest windows).
 """
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -73,3 +79,20 @@ def native_proposals(model, img_feats, images, top_k: int = 100, scales=None, de
             part = type(img_feats)(*[f[s : s + 64].to(device) if isinstance(f, Tensor) else f for f in img_feats])
             regions.extend(model.propose_regions(part, top_k=top_k))
     return [(r.boxes.float().cpu().clamp(0, 1), r.scores.float().cpu()) for r in regions]
+
+
+def proposal_recall_items(props, images, k: int, thr: float) -> np.ndarray:
+    """Per ground-truth object: 1 when one of the first ``k`` proposals of its image has IoU ≥ ``thr`` with it."""
+    from .metrics.grounding import box_iou, xywh_to_xyxy
+
+    out = []
+    for (boxes, _), im in zip(props, images):
+        if not im.boxes:
+            continue
+        gt = xywh_to_xyxy([b.bbox for b in im.boxes])
+        top = boxes[:k].double() * torch.tensor([im.width, im.height, im.width, im.height], dtype=torch.float64)
+        if len(top) == 0:
+            out.extend([0.0] * len(gt))
+            continue
+        out.extend((box_iou(gt, top) >= thr).any(dim=1).double().tolist())
+    return np.asarray(out)

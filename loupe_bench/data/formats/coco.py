@@ -10,6 +10,10 @@ from ...utils.io import read_json
 from ..records import BoxAnnotation, DatasetRecords, ImageRecord
 from .base import DATASETS, Loader, as_int, check_bbox, image_size, require
 
+#: keys of a COCO annotation that are COCO's own; any other string-valued key is kept as an attribute
+COCO_ANNOTATION_KEYS = frozenset({"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation",
+                                  "keypoints", "num_keypoints"})
+
 
 def default_image_root(json_path: Path) -> Path:
     """``<root>/annotations/instances_x.json`` -> ``<root>/images`` when it exists, else the JSON's folder."""
@@ -85,8 +89,10 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
             box = check_bbox(require(a, "bbox", path, rec), im["width"], im["height"], path, rec)
             area = float(a.get("area", box[2] * box[3]))
             seen_anns.add(aid)
+            attrs = tuple(sorted((str(k), v) for k, v in a.items() if k not in COCO_ANNOTATION_KEYS and isinstance(v, str)))
             im["boxes"].append(
-                BoxAnnotation(ann_id=aid, image_id=iid, category_id=cid, bbox=box, area=area, iscrowd=int(a.get("iscrowd", 0)))
+                BoxAnnotation(ann_id=aid, image_id=iid, category_id=cid, bbox=box, area=area,
+                              iscrowd=int(a.get("iscrowd", 0)), attributes=attrs)
             )
 
         loader.guard(parse_ann)

@@ -133,12 +133,16 @@ class ReferLoader(Loader):
         sents = require(ref, "sentences", path, rec)
         if not isinstance(sents, list) or not sents:
             raise DataError("no sentences", file=str(path), record=rec)
-        texts, sids = [], []
+        texts, sids, heads = [], [], []
         for k, s in enumerate(sents):
             s = {_decode(a): _decode(b) for a, b in s.items()} if isinstance(s, dict) else {}
             texts.append(check_caption(s.get("sent", s.get("raw")), path, f"{rec} sentence {k}"))
             if "sent_id" in s:
                 sids.append(as_int(s["sent_id"], "sent_id", path, rec))
+            head = s.get("head")   # not in the refer release; the synthetic world records each head noun phrase
+            if head is not None and (not isinstance(head, str) or head not in texts[-1]):
+                raise DataError("'head' must be a substring of its sentence", file=str(path), record=f"{rec} sentence {k}")
+            heads.append(head)
         cat = ref.get("category_id", anns[ann_id].category_id)
         return RefRecord(
             ref_id=ref_id,
@@ -150,4 +154,5 @@ class ReferLoader(Loader):
             bbox=anns[ann_id].bbox,
             file_name=_decode(ref.get("file_name")),
             sent_ids=tuple(sids),
+            heads=tuple(heads) if any(h is not None for h in heads) else (),
         )
