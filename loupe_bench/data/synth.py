@@ -481,6 +481,29 @@ def entity_xml(fname: str, image_size: int, objects: Sequence[SceneObject]) -> s
     )
 
 
+def write_flickr30k_entities(root: Path, scenes: Sequence[Scene], image_size: int) -> Path:
+    """Write the scenes (ids and ann_ids assigned) in the Flickr30K Entities layout under ``root``.
+
+    ``Sentences/<stem>.txt`` (:func:`entity_sentence`, one line per caption), ``Annotations/<stem>.xml``
+    (:func:`entity_xml`), ``<split>.txt`` for every split of :data:`SPLITS` (image stems in scene order) and
+    ``types.txt`` (the shapes in COCO category order, so a loaded box's category id is its COCO category id).
+    Uses no random numbers. The per-image files are bulk files (:func:`_put`, like the images); the split and type
+    lists are written atomically with fsync.
+    """
+    ids: Dict[str, List[str]] = {s: [] for s in SPLITS}
+    for scene in scenes:
+        fname = file_name(scene.image_id)
+        stem = Path(fname).stem
+        ids[scene.split].append(stem)
+        lines = "".join(entity_sentence(text, spans, scene.objects) + "\n" for text, spans in scene.captions)
+        _put(root / "Sentences" / f"{stem}.txt", lines.encode("utf-8"))
+        _put(root / "Annotations" / f"{stem}.xml", entity_xml(fname, image_size, scene.objects).encode("utf-8"))
+    for split in SPLITS:
+        atomic_write_text(root / f"{split}.txt", "".join(s + "\n" for s in ids[split]))
+    atomic_write_text(root / "types.txt", "\n".join(SHAPES) + "\n")
+    return root
+
+
 def make_scene(seed: int, split_index: int, split: str, index: int, image_size: int) -> Tuple[Scene, List[float], bytes]:
     """Sample, render and caption image ``index`` of ``split`` from its own generator ``[seed, split_index, index]``.
 
@@ -577,7 +600,7 @@ def generate_world(
     coco: Dict[str, Dict[str, List[Any]]] = {s: {"images": [], "annotations": []} for s in SPLITS}
     refs: List[Dict[str, Any]] = []
     shard_samples: Dict[str, List[Tuple[str, bytes, bytes]]] = {s: [] for s in SPLITS}
-    f30k_ids: Dict[str, List[str]] = {s: [] for s in SPLITS}
+    scenes: List[Scene] = []  # for the Flickr30K Entities folder, written after the loop
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
     image_id, ann_id, sent_id, ref_id, ref_sent_id = 1, 1, 0, 0, 0
@@ -658,11 +681,7 @@ def generate_world(
                 }
             )
             ref_id += 1
-        stem = Path(fname).stem
-        f30k_ids[split].append(stem)
-        lines = "".join(entity_sentence(text, spans, objects) + "\n" for text, spans in scene.captions)
-        _put(out / F30K_DIR / "Sentences" / f"{stem}.txt", lines.encode("utf-8"))
-        _put(out / F30K_DIR / "Annotations" / f"{stem}.xml", entity_xml(fname, image_size, objects).encode("utf-8"))
+        scenes.append(scene)
         meta = {
             "image_id": image_id,
             "split": split,
@@ -708,9 +727,7 @@ def generate_world(
     atomic_write_json(out / "refsynth" / "instances.json", all_coco, indent=None)
     atomic_write_bytes(out / "refsynth" / "refs(unc).p", pickle.dumps(refs, protocol=2))
     atomic_write_text(out / "classification" / "classnames.txt", "\n".join(SHAPES) + "\n")
-    for split in SPLITS:
-        atomic_write_text(out / F30K_DIR / f"{split}.txt", "".join(s + "\n" for s in f30k_ids[split]))
-    atomic_write_text(out / F30K_DIR / "types.txt", "\n".join(SHAPES) + "\n")  # category id = COCO category id
+    write_flickr30k_entities(out / F30K_DIR, scenes, image_size)
     atomic_write_json(out / "phrases.json", phrases, indent=None)
     atomic_write_json(out / "dataset_synthetic.json", {"dataset": "synthetic", "images": karpathy_images}, indent=None)
 

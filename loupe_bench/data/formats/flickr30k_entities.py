@@ -250,7 +250,7 @@ class Flickr30kEntitiesLoader(Loader):
         (integers); the entity is then flagged ``scene`` (``<scene>`` > 0) or ``nobndbox``. An entity that has a
         box anywhere is not flagged. Record names: ``size``, ``object <k>`` (0-based ``<object>`` index).
         """
-        root = read_xml(xml_file)
+        root = read_xml(xml_file, record=f"image {xml_file.stem}")
         size = root.find("size")
         width = int(_num(size, "width", xml_file, "size")) if size is not None else None
         height = int(_num(size, "height", xml_file, "size")) if size is not None else None
