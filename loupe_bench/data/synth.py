@@ -487,20 +487,41 @@ def write_flickr30k_entities(root: Path, scenes: Sequence[Scene], image_size: in
     ``Sentences/<stem>.txt`` (:func:`entity_sentence`, one line per caption), ``Annotations/<stem>.xml``
     (:func:`entity_xml`), ``<split>.txt`` for every split of :data:`SPLITS` (image stems in scene order) and
     ``types.txt`` (the shapes in COCO category order, so a loaded box's category id is its COCO category id).
-    Uses no random numbers. The per-image files are bulk files (:func:`_put`, like the images); the split and type
-    lists are written atomically with fsync.
+    Uses no random numbers. The folder is written atomically as a whole: everything goes into a fresh hidden
+    folder beside ``root`` (the thousands of per-image files as plain writes, the split and type lists with
+    :func:`~loupe_bench.utils.io.atomic_write_text`), which then replaces ``root`` with one rename; readers see no
+    folder or the complete one.
     """
-    ids: Dict[str, List[str]] = {s: [] for s in SPLITS}
-    for scene in scenes:
-        fname = file_name(scene.image_id)
-        stem = Path(fname).stem
-        ids[scene.split].append(stem)
-        lines = "".join(entity_sentence(text, spans, scene.objects) + "\n" for text, spans in scene.captions)
-        _put(root / "Sentences" / f"{stem}.txt", lines.encode("utf-8"))
-        _put(root / "Annotations" / f"{stem}.xml", entity_xml(fname, image_size, scene.objects).encode("utf-8"))
-    for split in SPLITS:
-        atomic_write_text(root / f"{split}.txt", "".join(s + "\n" for s in ids[split]))
-    atomic_write_text(root / "types.txt", "\n".join(SHAPES) + "\n")
+    import shutil
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=str(root.parent)))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
+        sentences, annotations = stage / "Sentences", stage / "Annotations"
+        sentences.mkdir()
+        annotations.mkdir()
+        ids: Dict[str, List[str]] = {s: [] for s in SPLITS}
+        for scene in scenes:
+            fname = file_name(scene.image_id)
+            stem = fname.rsplit(".", 1)[0]
+            ids[scene.split].append(stem)
+            lines = "".join(entity_sentence(text, spans, scene.objects) + "\n" for text, spans in scene.captions)
+            with open(sentences / f"{stem}.txt", "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(lines)
+            with open(annotations / f"{stem}.xml", "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(entity_xml(fname, image_size, scene.objects))
+        for split in SPLITS:
+            atomic_write_text(stage / f"{split}.txt", "".join(s + "\n" for s in ids[split]))
+        atomic_write_text(stage / "types.txt", "\n".join(SHAPES) + "\n")
+        if root.is_dir():
+            shutil.rmtree(root)
+        os.replace(stage, root)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return root
 
 
