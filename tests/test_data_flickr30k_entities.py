@@ -253,6 +253,8 @@ BAD_CASES = {
     "dtd-refused": (lambda r: _edit(r / "Annotations" / "1002.xml", "<annotation>",
                                     '<!DOCTYPE a [<!ENTITY big "xxxxxxxx">]>\n<annotation><filename>&big;</filename>'),
                     "1002.xml", "image 1002", "document type declaration", 1, 2),
+    "not-utf8": (lambda r: (r / "Sentences" / "1001.txt").write_bytes(SENT_1001.encode("utf-8") + b"caf\xe9\n"),
+                 "1001.txt", "image 1001", "not UTF-8 text", 1, 1),
     "bad-split-line": (lambda r: (r / "test.txt").write_text("10O2\n"), "test.txt", "line 1", "not a number", 1, 2),
     "size-mismatch": (lambda r: _edit(r / "Annotations" / "1002.xml", "<width>100<", "<width>101<"),
                       "1002.xml", "size", "differs from the image file's 100x80", 1, 2),
@@ -271,3 +273,20 @@ def test_bad_input_names_file_and_record(sample, case):
     recs = load_dataset(FMT, sample, on_bad_sample="skip")
     assert [str(e) for e in recs.skipped] == [str(err)]
     assert len(recs.images) == n_images and recs.num_captions == n_captions
+
+
+def test_cli_data_check_with_image_root(sample, tmp_path, capsys):
+    from loupe_bench.cli.main import main
+
+    moved = tmp_path / "pictures"
+    shutil.move(str(sample.parent / "flickr30k-images"), moved)
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as info:
+            main(["data", "check", str(sample), *argv])
+        return info.value.code, capsys.readouterr().out
+
+    code, out = run("--image-root", str(moved))
+    assert code == 0 and "no problems found" in out
+    code, out = run("--format", FMT)
+    assert code == 1 and "2 problem(s)" in out and "image file not found" in out

@@ -101,6 +101,14 @@ def parse_entity_sentence(line: str) -> Tuple[str, List[EntitySpan]]:
     return "".join(pieces), spans
 
 
+def _read_lines(path: Path, record: Any) -> List[str]:
+    """The lines of a UTF-8 text file (a :class:`DataError` naming the file when it is not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path), record=record) from None
+
+
 @DATASETS.register("flickr30k-entities")
 class Flickr30kEntitiesLoader(Loader):
     """Flickr30K Entities (Sentences/, Annotations/, <split>.txt): captions with phrase -> entity box(es).
@@ -157,7 +165,7 @@ class Flickr30kEntitiesLoader(Loader):
         """``(stem, split, split file, line number)`` of every listed image; bad or repeated lines reported."""
         out, seen = [], set()
         for split, f in self._split_files():
-            for lineno, ln in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
+            for lineno, ln in enumerate(_read_lines(f, None), start=1):
                 stem = ln.strip()
                 if not stem:
                     continue
@@ -288,7 +296,7 @@ class Flickr30kEntitiesLoader(Loader):
         captions: List[Caption] = []
         entity_type: Dict[int, str] = {}
         no_box = {r: 0 for r in NO_BOX_REASONS}
-        lines = [(n, ln) for n, ln in enumerate(sent_file.read_text(encoding="utf-8").splitlines(), start=1) if ln.strip()]
+        lines = [(n, ln) for n, ln in enumerate(_read_lines(sent_file, f"image {image_id}"), start=1) if ln.strip()]
         if len(lines) > SENT_STRIDE:
             raise DataError(f"more than {SENT_STRIDE} captions", file=str(sent_file), record=f"image {image_id}")
         for k, (lineno, ln) in enumerate(lines):
