@@ -5,7 +5,8 @@ import sys
 
 import click
 
-CHECK_CHOICES = ["auto", "synthetic", "karpathy", "coco", "refer", "voc", "webdataset", "csv", "hf", "imagefolder"]
+CHECK_CHOICES = ["auto", "synthetic", "karpathy", "coco", "refer", "voc", "flickr30k-entities", "webdataset", "csv", "hf",
+                 "imagefolder"]
 
 
 @click.group("data")
@@ -39,7 +40,9 @@ def synth_cmd(out: str, seed: int, size: str, image_size: int) -> None:
 @data.command("check")
 @click.argument("path")
 @click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(CHECK_CHOICES))
-def check_cmd(path: str, fmt: str) -> None:
+@click.option("--image-root", default=None, type=click.Path(file_okay=False),
+              help="Image folder, for formats that keep images apart (karpathy, coco, refer, csv, flickr30k-entities).")
+def check_cmd(path: str, fmt: str, image_root: str) -> None:
     """Validate a data set and list every problem (file, record, what is wrong).
 
     Exit code 0 when clean, 1 when problems were found, 2 when the input is unusable.
@@ -49,7 +52,7 @@ def check_cmd(path: str, fmt: str) -> None:
 
     from ..data.check import check_dataset
 
-    errors = check_dataset(path, fmt=fmt)
+    errors = check_dataset(path, fmt=fmt, **({"image_root": image_root} if image_root else {}))
     console = Console(soft_wrap=True)
     if not errors:
         console.print(f"{path}: no problems found")

@@ -2,7 +2,7 @@
 
 Public entry points:
 
-* :data:`DATASETS` — format name -> loader class (``karpathy``, ``coco``, ``refer``, ``voc``, ``webdataset``,
+* :data:`DATASETS` — format name -> loader class (``karpathy``, ``coco``, ``refer``, ``voc``, ``flickr30k-entities``, ``webdataset``,
   ``csv``, ``hf``, ``imagefolder``, ``synthetic``); :func:`load_dataset` builds and runs one.
 * :func:`generate_world` — write the synthetic world; :func:`load_world` — its metadata.
 * :func:`check_dataset` — every problem of a data set in one pass.

@@ -15,7 +15,8 @@ from ..registry import Registry
 from .formats import DATASETS
 
 PathLike = Union[str, os.PathLike]
-CHECK_FORMATS = ("auto", "synthetic", "karpathy", "coco", "refer", "voc", "webdataset", "csv", "hf", "imagefolder")
+CHECK_FORMATS = ("auto", "synthetic", "karpathy", "coco", "refer", "voc", "flickr30k-entities", "webdataset", "csv", "hf",
+                 "imagefolder")
 
 #: format name -> predicate ``(path) -> bool`` used by :func:`detect_format`, tried in registration order
 DETECTORS = Registry("format detector")
@@ -31,6 +32,7 @@ def _json_head(path: Path, n: int = 4096) -> str:
 
 DETECTORS.add("synthetic", lambda p: p.is_dir() and (p / "world.json").is_file())
 DETECTORS.add("refer", lambda p: p.is_dir() and any(p.glob("refs(*).p")))
+DETECTORS.add("flickr30k-entities", lambda p: p.is_dir() and (p / "Sentences").is_dir() and (p / "Annotations").is_dir())
 DETECTORS.add("voc", lambda p: p.is_dir() and (p / "Annotations").is_dir())
 DETECTORS.add("hf", lambda p: p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()))
 DETECTORS.add("karpathy", lambda p: (p.is_file() and p.suffix == ".json" and p.name.startswith("dataset_"))
@@ -41,7 +43,7 @@ DETECTORS.add("karpathy_like", lambda p: p.is_file() and p.suffix == ".json" and
 DETECTORS.add("webdataset", lambda p: "{" in str(p) or (p.is_file() and p.suffix == ".tar") or (p.is_dir() and any(p.glob("*.tar"))))
 DETECTORS.add("csv", lambda p: p.is_file() and p.suffix.lower() in (".csv", ".tsv"))
 DETECTORS.add("imagefolder", lambda p: p.is_dir() and (p / "classnames.txt").is_file())
-_DETECT_ORDER = ("synthetic", "refer", "voc", "hf", "karpathy", "coco", "karpathy_like", "webdataset", "csv", "imagefolder")
+_DETECT_ORDER = ("synthetic", "refer", "flickr30k-entities", "voc", "hf", "karpathy", "coco", "karpathy_like", "webdataset", "csv", "imagefolder")
 
 
 def detect_format(path: PathLike) -> str:
@@ -82,6 +84,10 @@ def _check_world(path: Path) -> List[DataError]:
     # refsynth/instances.json names the same image files as the per-split COCO files: check them once
     jobs += [("refer", path / "refsynth", {"verify_images": False})]
     jobs += [("imagefolder", path / files.get("classification", "classification"), {})]
+    if "flickr30k_entities" in files:  # worlds written before the format was added lack it
+        # same image files as the Karpathy JSON (verified above): check the markup, XML and boxes only
+        jobs += [("flickr30k-entities", path / files["flickr30k_entities"],
+                  {"image_root": str(path / files.get("images", "images")), "verify_images": False})]
     for fmt, p, opts in jobs:
         if not p.exists():
             errors.append(DataError("file or folder listed in world.json is missing", file=str(p)))

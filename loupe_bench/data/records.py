@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import DataError
 
@@ -141,6 +141,8 @@ class DatasetRecords:
         categories: category id -> name (detection / refer formats).
         classnames: class names by label index (classification formats).
         skipped: records skipped with ``on_bad_sample="skip"``, one :class:`DataError` each.
+        notes: counts a loader reports about records it kept but could not fully annotate (e.g. the
+            ``flickr30k-entities`` loader's phrases without a box); empty for most formats.
     """
 
     name: str
@@ -151,6 +153,7 @@ class DatasetRecords:
     categories: Dict[int, str] = field(default_factory=dict)
     classnames: List[str] = field(default_factory=list)
     skipped: List[DataError] = field(default_factory=list)
+    notes: Dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> "DatasetRecords":
         """A copy holding only the records of split ``name``."""
@@ -163,6 +166,7 @@ class DatasetRecords:
             categories=dict(self.categories),
             classnames=list(self.classnames),
             skipped=list(self.skipped),
+            notes=dict(self.notes),
         )
 
     @property

@@ -451,6 +451,85 @@ def _tar_bytes(members: Sequence[Tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
+def entity_sentence(text: str, spans: Sequence[Tuple[int, int, int]], objects: Sequence[SceneObject]) -> str:
+    """One caption in Flickr30K Entities markup: each gold span becomes ``[/EN#<ann_id>/<shape> phrase]``.
+
+    ``spans`` are ``(start, end, object index)`` in increasing order and do not overlap (the caption templates);
+    the entity id is the object's COCO ``ann_id`` and the phrase type its shape name. Loading the line with
+    :func:`~loupe_bench.data.formats.flickr30k_entities.parse_entity_sentence` gives back ``text`` and the spans.
+    """
+    parts, pos = [], 0
+    for start, end, k in spans:
+        obj = objects[k]
+        parts += [text[pos:start], f"[/EN#{obj.ann_id}/{obj.shape} ", text[start:end], "]"]
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def entity_xml(fname: str, image_size: int, objects: Sequence[SceneObject]) -> str:
+    """``Annotations/<id>.xml`` of one scene: ``<size>``, then one ``<object>`` per scene object with
+    ``<name>`` = its ann_id and its COCO box as 1-based inclusive VOC corners (``xmin = x + 1``, ``xmax = x + w``;
+    the inverse of the loader's conversion, so the loaded xywh equals the COCO box exactly)."""
+    objs = []
+    for o in objects:
+        x, y, w, h = o.box
+        objs.append(
+            f"  <object>\n    <name>{o.ann_id}</name>\n"
+            f"    <bndbox><xmin>{x + 1}</xmin><ymin>{y + 1}</ymin><xmax>{x + w}</xmax><ymax>{y + h}</ymax></bndbox>\n"
+            "  </object>\n"
+        )
+    return (
+        f"<annotation>\n  <filename>{fname}</filename>\n"
+        f"  <size><width>{image_size}</width><height>{image_size}</height><depth>3</depth></size>\n"
+        + "".join(objs) + "</annotation>\n"
+    )
+
+
+def write_flickr30k_entities(root: Path, scenes: Sequence[Scene], image_size: int) -> Path:
+    """Write the scenes (ids and ann_ids assigned) in the Flickr30K Entities layout under ``root``.
+
+    ``Sentences/<stem>.txt`` (:func:`entity_sentence`, one line per caption), ``Annotations/<stem>.xml``
+    (:func:`entity_xml`), ``<split>.txt`` for every split of :data:`SPLITS` (image stems in scene order) and
+    ``types.txt`` (the shapes in COCO category order, so a loaded box's category id is its COCO category id).
+    Uses no random numbers. The folder is written atomically as a whole: everything goes into a fresh hidden
+    folder beside ``root`` (the thousands of per-image files as plain writes, the split and type lists with
+    :func:`~loupe_bench.utils.io.atomic_write_text`), which then replaces ``root`` with one rename; readers see no
+    folder or the complete one.
+    """
+    import shutil
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=str(root.parent)))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
+        sentences, annotations = stage / "Sentences", stage / "Annotations"
+        sentences.mkdir()
+        annotations.mkdir()
+        ids: Dict[str, List[str]] = {s: [] for s in SPLITS}
+        for scene in scenes:
+            fname = file_name(scene.image_id)
+            stem = fname.rsplit(".", 1)[0]
+            ids[scene.split].append(stem)
+            lines = "".join(entity_sentence(text, spans, scene.objects) + "\n" for text, spans in scene.captions)
+            with open(sentences / f"{stem}.txt", "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(lines)
+            with open(annotations / f"{stem}.xml", "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(entity_xml(fname, image_size, scene.objects))
+        for split in SPLITS:
+            atomic_write_text(stage / f"{split}.txt", "".join(s + "\n" for s in ids[split]))
+        atomic_write_text(stage / "types.txt", "\n".join(SHAPES) + "\n")
+        if root.is_dir():
+            shutil.rmtree(root)
+        os.replace(stage, root)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return root
+
+
 def make_scene(seed: int, split_index: int, split: str, index: int, image_size: int) -> Tuple[Scene, List[float], bytes]:
     """Sample, render and caption image ``index`` of ``split`` from its own generator ``[seed, split_index, index]``.
 
@@ -485,8 +564,10 @@ def file_name(image_id: int) -> str:
     return f"{image_id:06d}.jpg"
 
 
-WORLD_ENTRIES = ("images", "classification", "shards", "annotations", "refsynth", "dataset_synthetic.json",
-                 "phrases.json", "README.md", "world.json")
+WORLD_ENTRIES = ("images", "classification", "shards", "annotations", "refsynth", "flickr30k_entities",
+                 "dataset_synthetic.json", "phrases.json", "README.md", "world.json")
+#: the world's Flickr30K Entities folder (Sentences/, Annotations/, <split>.txt, types.txt; images stay in images/)
+F30K_DIR = "flickr30k_entities"
 
 
 def _prepare_out(out: Path) -> None:
@@ -545,6 +626,7 @@ def generate_world(
     coco: Dict[str, Dict[str, List[Any]]] = {s: {"images": [], "annotations": []} for s in SPLITS}
     refs: List[Dict[str, Any]] = []
     shard_samples: Dict[str, List[Tuple[str, bytes, bytes]]] = {s: [] for s in SPLITS}
+    scenes: List[Scene] = []  # for the Flickr30K Entities folder, written after the loop
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
     image_id, ann_id, sent_id, ref_id, ref_sent_id = 1, 1, 0, 0, 0
@@ -625,6 +707,7 @@ def generate_world(
                 }
             )
             ref_id += 1
+        scenes.append(scene)
         meta = {
             "image_id": image_id,
             "split": split,
@@ -670,6 +753,7 @@ def generate_world(
     atomic_write_json(out / "refsynth" / "instances.json", all_coco, indent=None)
     atomic_write_bytes(out / "refsynth" / "refs(unc).p", pickle.dumps(refs, protocol=2))
     atomic_write_text(out / "classification" / "classnames.txt", "\n".join(SHAPES) + "\n")
+    write_flickr30k_entities(out / F30K_DIR, scenes, image_size)
     atomic_write_json(out / "phrases.json", phrases, indent=None)
     atomic_write_json(out / "dataset_synthetic.json", {"dataset": "synthetic", "images": karpathy_images}, indent=None)
 
@@ -701,6 +785,7 @@ def generate_world(
             "classification": "classification",
             "classnames": "classification/classnames.txt",
             "shards": shard_files,
+            "flickr30k_entities": F30K_DIR,
         },
     }
     atomic_write_json(out / "world.json", world)
@@ -743,5 +828,6 @@ combinations that never occur in train/val/test: {held}.
 | `refsynth/instances.json`, `refsynth/refs(unc).p` | refer-style referring expressions (pickle, protocol 2) |
 | `classification/<split>/<class>/`, `classification/classnames.txt` | ImageFolder classification (class = shape of the large object) |
 | `shards/<split>-NNNNNN.tar` | webdataset shards: `<key>.jpg` + `<key>.json` (captions, phrases, image id) |
+| `flickr30k_entities/` | Flickr30K Entities layout: `Sentences/<id>.txt` (captions, phrases marked `[/EN#<ann_id>/<shape> ...]`), `Annotations/<id>.xml` (every object's box, 1-based VOC corners), `<split>.txt`, `types.txt` (shapes); images in `images/` (loader option `image_root`) |
 | `world.json` | generator options, vocabulary, splits, class names, file map |
 """

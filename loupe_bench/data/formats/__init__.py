@@ -1,5 +1,5 @@
 """Format loaders; importing this package registers every loader in :data:`DATASETS`."""
-from .base import DATASETS, Loader, check_bbox, image_size, image_size_from_bytes
-from . import karpathy, coco, refer, voc, shards, tabular, folders  # noqa: F401  (registration)
+from .base import DATASETS, Loader, check_bbox, image_size, image_size_from_bytes, read_xml
+from . import karpathy, coco, refer, voc, flickr30k_entities, shards, tabular, folders  # noqa: F401  (registration)
 
-__all__ = ["DATASETS", "Loader", "check_bbox", "image_size", "image_size_from_bytes"]
+__all__ = ["DATASETS", "Loader", "check_bbox", "image_size", "image_size_from_bytes", "read_xml"]
