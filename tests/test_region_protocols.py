@@ -218,3 +218,47 @@ def test_reference_rows_appear_once_in_reports(tiny_world, tmp_path):
     assert sorted(r.model for r in rows) == ["attribute-oracle", "chance", "clip-tiny", "filip-tiny"]
     table = build_table(rows)
     assert table.cell("chance", 0).n == 1
+
+
+def test_any_box_rule():
+    """A query whose entity has two boxes is answered by a candidate on either (and by nothing else)."""
+    from loupe_bench.tasks.grounding import Query, acceptable
+
+    q = [Query("two dogs", ((0, 0, 10, 10), (50, 50, 10, 10))), Query("a cat", ((20, 20, 10, 10),))]
+    cands = torch.tensor([[0, 0, 10, 10], [50, 50, 60, 60], [21, 21, 31, 31], [0, 0, 60, 60]], dtype=torch.float64)
+    ok = acceptable(cands, q, 0.5)
+    assert ok.tolist() == [[True, False], [True, False], [False, True], [False, False]]
+
+
+def test_phrase_grounding_on_the_world(tiny_world):
+    """Every boxed gold phrase of the world's captions is one query; chance equals the naive expected value."""
+    import json
+
+    from loupe_bench.models import create_model
+    from loupe_bench.tasks.evaluate import evaluate
+
+    r = evaluate([create_model("filip-tiny", seed=0)], [fast("synthetic-phrase-grounding-gt-boxes", splits=["test"])],
+                 data_root=tiny_world, out_dir=None)[0]
+    karpathy = json.loads((tiny_world / "dataset_synthetic.json").read_text())
+    phrases = json.loads((tiny_world / "phrases.json").read_text())
+    test_sents = [s for im in karpathy["images"] if im["split"] == "test" for s in im["sentences"]]
+    expected = sum(len(phrases.get(str(s["sentid"]), [])) for s in test_sents)
+    assert r["extra"]["n_queries"] == expected and r["extra"]["n_phrases_without_box"] == 0
+    inst = json.loads((tiny_world / "annotations" / "instances_test.json").read_text())
+    per_image = {}
+    for a in inst["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a["bbox"])
+    # gt-box candidates: exactly the phrase's own object has IoU >= 0.5 unless objects overlap that much
+    chance = []
+    for im in karpathy["images"]:
+        if im["split"] != "test":
+            continue
+        boxes = per_image[im["cocoid"]]
+        for s in im["sentences"]:
+            for ph in phrases.get(str(s["sentid"]), []):
+                x, y, w, h = ph["bbox"]
+                hits = sum(_iou((bx, by, bx + bw, by + bh), (x, y, x + w, y + h)) >= 0.5 for bx, by, bw, bh in boxes)
+                chance.append(hits / len(boxes))
+    assert r["reference_rows"]["chance"]["acc@0.5"]["value"] == pytest.approx(sum(chance) / len(chance))
+    assert 0 <= r["metrics"]["acc@0.5"]["value"] <= 1
+    assert r["extra"]["region_scoring"] == "shared" and r["extra"]["proposal_source"] == "gt-boxes"

@@ -30,6 +30,7 @@ SYNTHETIC_TASKS = [
     "synthetic-retrieval", "synthetic-classification", "synthetic-linear-probe", "synthetic-captioning",
     "synthetic-detection-grid", "synthetic-detection-native", "synthetic-detection-gt",
     "synthetic-grounding-gt-boxes", "synthetic-grounding-native", "synthetic-grounding-grid",
+    "synthetic-phrase-grounding-native",
 ]
 
 
@@ -59,7 +60,7 @@ def fast(name_or_path, splits=None, **option_overrides):
 def test_registry_and_listing():
     load_adapters()
     assert set(TASK_TYPES.names()) == {"retrieval", "classification", "linear-probe", "captioning", "detection",
-                                       "grounding"}
+                                       "grounding", "phrase-grounding"}
     names = [n for n, _ in list_tasks()]
     for t in SYNTHETIC_TASKS + ["flickr30k-retrieval-1k", "coco-retrieval-5k", "coco-captioning-karpathy",
                                 "coco-detection", "voc-detection", "refcoco-unc", "refcoco+-unc", "refcocog-umd",
@@ -167,7 +168,8 @@ def test_full_eval_every_task(model_name, tiny_world, tmp_path):
     assert "not comparable" in cap["extra"]["note"]
     for src in ("grid", "gt"):
         r = by_task[f"synthetic-detection-{src}"]
-        assert r["extra"]["proposal_source"] == src and set(r["metrics"]) == {"AP", "AP50", "AP75"}
+        recall = {"proposal_recall@10"} if src == "grid" else set()
+        assert r["extra"]["proposal_source"] == src and set(r["metrics"]) == {"AP", "AP50", "AP75"} | recall
     assert by_task["synthetic-grounding-gt-boxes"]["metrics"]["acc@0.5"]["value"] >= 0
     native = [by_task["synthetic-detection-native"], by_task["synthetic-grounding-native"]]
     if model.has_native_regions:

@@ -244,13 +244,16 @@ class Context:
 
 
 def _world_matches(world: Path, plan: SyntheticPlan) -> bool:
+    """A world on disk is reused when it was written by this world version with the plan's options."""
+    from ..data.synth import WORLD_VERSION
+
     meta = world / "world.json"
     if not meta.is_file():
         return False
     data = read_json(meta)
     opts = data.get("options", data)
-    return (opts.get("seed") == plan.world_seed and opts.get("size") == plan.world_size
-            and opts.get("image_size") == plan.image_size)
+    return (data.get("version") == WORLD_VERSION and opts.get("seed") == plan.world_seed
+            and opts.get("size") == plan.world_size and opts.get("image_size") == plan.image_size)
 
 
 @STAGES.register("world")

@@ -106,6 +106,15 @@ def distractor_kind(target, others, attributes: Dict[str, str], categories: Dict
     return "mixed"
 
 
+def acceptable(candidates_xyxy: torch.Tensor, queries: Sequence[Query], thr: float) -> torch.Tensor:
+    """``[K, Q]`` bool: candidate ``k`` answers query ``q`` when ``max_{g ∈ gt(q)} IoU(k, g) ≥ thr`` (ANY box)."""
+    ok = torch.zeros(len(candidates_xyxy), len(queries), dtype=torch.bool)
+    if len(candidates_xyxy):
+        for j, query in enumerate(queries):
+            ok[:, j] = (box_iou(candidates_xyxy, xywh_to_xyxy(query.gt)) >= thr).any(dim=1)
+    return ok
+
+
 class Grounded(NamedTuple):
     hits: np.ndarray            # [Q] 0/1
     chance: np.ndarray          # [Q] expected hit of a uniform pick
@@ -143,11 +152,7 @@ def ground_queries(adapter: "GroundingTask", model, images, queries: Dict[int, L
             boxes = props[n][0]
             scale = torch.tensor([im.width, im.height, im.width, im.height], dtype=torch.float64)
             px = boxes.double() * scale
-            # IoU of every candidate with every acceptable box of every query: hit = max over acceptable boxes
-            ok = torch.zeros(len(boxes), len(q), dtype=torch.bool)
-            for j, query in enumerate(q):
-                if len(boxes):
-                    ok[:, j] = (box_iou(px, xywh_to_xyxy(query.gt)) >= thr).any(dim=1)
+            ok = acceptable(px, q, thr)
             if len(boxes) == 0:
                 hits.extend([0.0] * len(q))
                 chance.extend([0.0] * len(q))
