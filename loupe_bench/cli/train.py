@@ -35,8 +35,11 @@ def _parse_overrides(items: Tuple[str, ...]) -> dict:
 @click.option("--steps", "steps", default=None, type=click.IntRange(min=1), help="Override the recipe's steps.")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="Override any recipe field (dotted, YAML value), e.g. --set optim.lr=1e-3. Repeatable.")
+@click.option("--allow-remote-shards", is_flag=True, default=False,
+              help="Let webdataset open shard names that are URLs or pipe: commands (off: refused; local shards are "
+              "always read by path, never through a shell).")
 def train_cmd(model: str, data: str, recipe: str, out: str, resume: Optional[str], seed: Optional[int],
-              steps: Optional[int], sets: Tuple[str, ...]) -> None:
+              steps: Optional[int], sets: Tuple[str, ...], allow_remote_shards: bool) -> None:
     """Train MODEL on DATA with RECIPE into OUT (a model directory when done).
 
     Under `torchrun --nproc_per_node N -m loupe_bench.train ...` every rank runs this command; DDP uses NCCL on GPU
@@ -49,6 +52,7 @@ def train_cmd(model: str, data: str, recipe: str, out: str, resume: Optional[str
     overrides = _parse_overrides(sets)
     if steps is not None:
         overrides["steps"] = steps
-    run = train(model, data, recipe, out, resume=resume, seed=seed, overrides=overrides)
+    run = train(model, data, recipe, out, resume=resume, seed=seed, overrides=overrides,
+                allow_remote_shards=allow_remote_shards)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"trained {model} -> {run}")

@@ -7,7 +7,7 @@ Weights are only ever read with safetensors (or ``torch.load(weights_only=True)`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,30 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from None
     load_strict(model, state, str(path))
+
+
+def latest_pointer_target(run_dir: Union[str, Path]) -> Optional[Path]:
+    """The checkpoint folder named by ``<run>/checkpoints/latest``, resolved inside the run folder only.
+
+    Rule: the pointer must hold one plain folder name (``step_<n>``: no path separator, not absolute, not ``..``)
+    and the folder it names, symlinks resolved, must lie inside ``<run>/checkpoints``. Anything else is a
+    :class:`CheckpointError`; a missing pointer is ``None``.
+    """
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({exc})") from None
+    cand = root / name
+    plain = (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+             and not Path(name).is_absolute())
+    if not plain or root.resolve() not in cand.resolve().parents:
+        raise CheckpointError(f"{pointer}: points outside the run's checkpoints folder ({name!r}); refusing to "
+                              "follow it")
+    return cand
 
 
 def is_model_dir(path: Union[str, Path]) -> bool:

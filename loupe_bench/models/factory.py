@@ -112,12 +112,12 @@ def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = Non
 
 
 def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    latest = run_dir / "checkpoints" / "latest"
-    if latest.is_file():
-        name = latest.read_text(encoding="utf-8").strip()
-        cand = Path(name) if Path(name).is_absolute() else run_dir / "checkpoints" / name
-        if (cand / "model.safetensors").is_file():
-            return cand / "model.safetensors"
+    """Weights of the checkpoint ``checkpoints/latest`` names (resolved inside the run folder only)."""
+    from .checkpoint import latest_pointer_target
+
+    cand = latest_pointer_target(run_dir)
+    if cand is not None and (cand / "model.safetensors").is_file():
+        return cand / "model.safetensors"
     return None
 
 

@@ -103,13 +103,15 @@ def prune_checkpoints(run_dir: Union[str, Path], keep_last: int) -> None:
 
 
 def resolve_resume(resume: Union[str, Path], run_dir: Union[str, Path]) -> Path:
-    """``latest`` (the newest complete checkpoint of ``run_dir``) or a path to a ``step_<n>`` folder / a run dir."""
+    """``latest`` (the checkpoint the ``latest`` pointer names, resolved inside the run folder only — see
+    :func:`~loupe_bench.models.checkpoint.latest_pointer_target` — else the newest complete checkpoint of
+    ``run_dir``) or a path to a ``step_<n>`` folder / a run dir."""
     if str(resume) == "latest":
-        pointer = checkpoint_root(run_dir) / LATEST
-        if pointer.is_file():
-            cand = checkpoint_root(run_dir) / pointer.read_text(encoding="utf-8").strip()
-            if (cand / STATE_FILE).is_file() and (cand / WEIGHTS_FILE).is_file():
-                return cand
+        from ..models.checkpoint import latest_pointer_target
+
+        cand = latest_pointer_target(run_dir)
+        if cand is not None and (cand / STATE_FILE).is_file() and (cand / WEIGHTS_FILE).is_file():
+            return cand
         complete = list_checkpoints(run_dir)
         if not complete:
             raise CheckpointError(f"{checkpoint_root(run_dir)}: no checkpoint to resume from")

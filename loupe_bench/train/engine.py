@@ -117,12 +117,12 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     return n
 
 
-def _source_for(data: Any, recipe: Recipe) -> TrainSource:
+def _source_for(data: Any, recipe: Recipe, allow_remote_shards: bool = False) -> TrainSource:
     if hasattr(data, "build") and hasattr(data, "captions"):
         return data
     from .sources import DatasetSource
 
-    return DatasetSource(data, recipe)
+    return DatasetSource(data, recipe, allow_remote_shards=allow_remote_shards)
 
 
 # -- logging ----------------------------------------------------------------------------------------------------------
@@ -294,6 +294,7 @@ def train(
     *,
     overrides: Optional[Mapping[str, Any]] = None,
     stop_after: Optional[int] = None,
+    allow_remote_shards: bool = False,
 ) -> Path:
     """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out``.
 
@@ -307,6 +308,7 @@ def train(
         seed: overrides the recipe's seed.
         overrides: dotted recipe overrides, e.g. ``{"steps": 10, "optim.lr": 1e-3}``.
         stop_after: stop (without the final save) after this optimiser step — for tests of interrupted runs.
+        allow_remote_shards: open webdataset shard names that are URLs / ``pipe:`` commands (off: refused).
     """
     recipe = load_recipe(recipe)
     changes = dict(overrides or {})
@@ -319,13 +321,14 @@ def train(
     run_dir = Path(out)
     info = init_distributed(recipe.device, recipe.distributed.backend)
     try:
-        return _train(model, data, recipe, run_dir, resume, info, stop_after)
+        return _train(model, data, recipe, run_dir, resume, info, stop_after, allow_remote_shards)
     finally:
         if info.initialized_here and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int]) -> Path:
+def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
+           allow_remote_shards: bool = False) -> Path:
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
                         "it, or choose another --out")
@@ -340,7 +343,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
 
         model = get_spec(model)  # an unknown spec fails here, before any data is read
     seed_everything(recipe.seed)
-    source = _source_for(data, recipe)
+    source = _source_for(data, recipe, allow_remote_shards)
     if not isinstance(model, torch.nn.Module):
         if resume is not None and (run_dir / "config.json").is_file():
             model = rebuild_from_run(model, run_dir)  # the run's own tokenizer; weights come from the checkpoint

@@ -71,9 +71,11 @@ class DatasetSource:
         data: a synthetic world folder, a data-set path (format detected) or ``"format:path"``.
         recipe: the recipe (``data.format`` other than ``auto`` is prefixed to the path; ``data.split`` selects
             the split of formats that have splits).
+        allow_remote_shards: let webdataset shard names that are URLs or ``pipe:`` commands be opened (off: they
+            are refused; local shards are always read by absolute path, never through a shell).
     """
 
-    def __init__(self, data: Any, recipe: Any):
+    def __init__(self, data: Any, recipe: Any, allow_remote_shards: bool = False):
         from ..data.check import detect_format
 
         self.recipe = recipe
@@ -92,6 +94,7 @@ class DatasetSource:
             fmt, path = "karpathy", str(load_world(path).path("karpathy"))
         self.format, self.path = fmt, path
         self.name = f"{fmt}:{path}"
+        self.allow_remote_shards = bool(allow_remote_shards)
         self._records = None
 
     @property
@@ -103,7 +106,10 @@ class DatasetSource:
             from ..data.training import load_caption_records
 
             split = None if self.streamed else self.recipe.data.split
-            self._records = load_caption_records(self.name, split=split)
+            spec = {"format": self.format, "path": self.path}
+            if self.streamed:
+                spec["allow_remote"] = self.allow_remote_shards
+            self._records = load_caption_records(spec, split=split)
         return self._records
 
     def captions(self) -> List[str]:
@@ -122,7 +128,8 @@ class DatasetSource:
         transform = _train_transform(model, recipe.data.augment.random_resized_crop, self.hflip())
         collate = TrainCollator(model.tokenizer, recipe.data.max_phrases)
         if self.streamed:
-            ds = ShardPairs(self.path, transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed)
+            ds = ShardPairs(self.path, transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed,
+                            allow_remote=self.allow_remote_shards)
             return BuiltData(ds, collate, None)
         ds = PairDataset(self.records(), transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed)
         return BuiltData(ds, collate, len(ds))

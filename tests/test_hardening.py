@@ -1,0 +1,108 @@
+"""Issue 15 hardening: hostile or careless input is refused with one line (exit 2), never runs a command, never
+silently changes a run or overwrites a result. One test (or a few) per numbered case of the issue."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from loupe_bench.cli.main import main
+from loupe_bench.errors import CheckpointError, DataError, LoupeBenchError, SpecError
+
+QUICK = ["--recipe", "tiny-cpu", "--steps", "2", "--set", "threads=1", "--set", "data.batch_size=8",
+         "--set", "log.progress=false", "--set", "checkpoint.every=1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cli(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def _one_line_error(code, err):
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err
+
+
+# -- 1: a shard file name must never run a shell command ---------------------------------------------------------------
+PLANTED = "pipe:touch PWNED;cat s.tar"
+
+
+def _plant_shard(tiny_world, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_world / "shards" / "val-000000.tar", folder / PLANTED)
+    return folder
+
+
+def test_case01_planted_pipe_shard_name_runs_no_command(tiny_world, tmp_path, monkeypatch, capsys):
+    from loupe_bench.data.training import ShardPairs
+
+    work = _plant_shard(tiny_world, tmp_path / "w")
+    monkeypatch.chdir(work)
+    ident = lambda img: torch.zeros(1)  # noqa: E731
+    assert len(list(ShardPairs(".", ident))) == 12          # the folder's shards, read as files
+    assert len(list(ShardPairs(PLANTED, ident))) == 12      # the file named explicitly
+    assert not (work / "PWNED").exists()
+    code, out, err = _cli(["train", "--model", "clip-tiny", "--data", ".", "--out", tmp_path / "run", *QUICK], capsys)
+    assert code == 0, err
+    code, out, err = _cli(["train", "--model", "clip-tiny", "--data", PLANTED, "--out", tmp_path / "run2", *QUICK],
+                          capsys)
+    assert code == 0, err
+    code, out, err = _cli(["data", "check", "--format", "webdataset", PLANTED], capsys)
+    assert code == 0 and "no problems" in out, err
+    assert not (work / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_case01_url_and_pipe_shard_names_refused_without_opt_in(tmp_path, monkeypatch, capsys):
+    from loupe_bench.data.training import ShardPairs
+
+    monkeypatch.chdir(tmp_path)
+    ident = lambda img: img  # noqa: E731
+    for name in ("pipe:touch PWNED2", "https://example.invalid/s.tar"):
+        with pytest.raises(DataError, match="allow-remote-shards"):
+            ShardPairs(name, ident)
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", "webdataset:pipe:touch PWNED2",
+                         "--out", tmp_path / "run", *QUICK], capsys)
+    _one_line_error(code, err)
+    assert "allow-remote-shards" in err
+    assert not (tmp_path / "PWNED2").exists()
+
+
+# -- 2: the `latest` pointer is resolved inside the run folder only ----------------------------------------------------
+def test_case02_latest_pointer_cannot_leave_the_run(tmp_path):
+    from loupe_bench.models import load_model
+    from loupe_bench.train import checkpoint as ckpt
+    from loupe_bench.train.engine import train
+
+    from test_train_support import TensorSource, TinyVL, tiny_recipe
+
+    torch.manual_seed(0)
+    run = train(TinyVL(), TensorSource(), tiny_recipe(steps=2), tmp_path / "run")
+    other = train(TinyVL(), TensorSource(), tiny_recipe(steps=2), tmp_path / "other")
+    assert ckpt.resolve_resume("latest", run).parent == run / "checkpoints"
+    pointer = run / "checkpoints" / "latest"
+    outside = other / "checkpoints" / "step_2"
+    (run / "checkpoints" / "link").symlink_to(outside)
+    for bad in (str(outside), "../../other/checkpoints/step_2", "link"):
+        pointer.write_text(bad + "\n")
+        with pytest.raises(CheckpointError, match="outside"):
+            ckpt.resolve_resume("latest", run)
+    # evaluation of an unfinished run follows the same rule
+    (run / "model.safetensors").unlink()
+    (run / "config.json").write_text(json.dumps({"name": "x", "family": "clip"}))
+    pointer.write_text(str(outside) + "\n")
+    with pytest.raises(CheckpointError, match="outside"):
+        load_model(run)
