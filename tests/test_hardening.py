@@ -106,3 +106,75 @@ def test_case02_latest_pointer_cannot_leave_the_run(tmp_path):
     pointer.write_text(str(outside) + "\n")
     with pytest.raises(CheckpointError, match="outside"):
         load_model(run)
+
+
+# -- 3: resume compares the recorded recipe, seed and data before writing anything -------------------------------------
+class _FingerprintedSource:
+    """TensorSource with a content fingerprint (as a data-layer source has)."""
+
+    def __init__(self, fp: str):
+        from test_train_support import TensorSource
+
+        self._inner, self.name, self._fp = TensorSource(), "tensors", fp
+
+    def captions(self):
+        return self._inner.captions()
+
+    def build(self, *a):
+        return self._inner.build(*a)
+
+    def fingerprint(self):
+        return self._fp
+
+
+def _snapshot(run: Path) -> dict:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_case03_resume_refuses_changed_recipe_seed_and_data(tmp_path):
+    from loupe_bench.train.engine import train
+    from loupe_bench.train.runinfo import RunMismatchError
+
+    from test_train_support import TinyVL, tiny_recipe
+
+    torch.manual_seed(0)
+    run = train(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=4), tmp_path / "r", stop_after=2)
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["recipe"]["seed"] == 3 and rec["data"]["fingerprint"] == "A"
+    before = _snapshot(run)
+    refused = [({"seed": 7}, "seed"), ({"overrides": {"optim.lr": 0.5}}, "optim.lr")]
+    for kwargs, field in refused:
+        with pytest.raises(RunMismatchError, match=field):
+            train(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=4), run, resume="latest", **kwargs)
+        assert _snapshot(run) == before  # nothing written
+    with pytest.raises(RunMismatchError, match="data"):
+        train(TinyVL(), _FingerprintedSource("B"), tiny_recipe(steps=4), run, resume="latest")
+    assert _snapshot(run) == before
+    # safe: more steps; explicitly allowed: the lr
+    train(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=6), run, resume="latest",
+          overrides={"optim.lr": 0.02}, allow_changed=["optim.lr"])
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["recipe"]["optim"]["lr"] == 0.02 and rec["recipe"]["steps"] == 6
+    assert rec["changes"] == [{"at_step": 2, "fields": {"optim.lr": [0.01, 0.02], "steps": [4, 6]}}]
+
+
+def test_case03_cli_resume_with_other_data_is_one_line(tiny_world, tmp_path, capsys):
+    other = tmp_path / "world2"
+    shutil.copytree(tiny_world, other)
+    karpathy = [p for p in other.rglob("*.json") if "karpathy" in p.name or "dataset" in p.name][0]
+    obj = json.loads(karpathy.read_text())
+    obj["images"][0]["sentences"][0]["raw"] = "a changed caption"
+    karpathy.write_text(json.dumps(obj))
+    run = tmp_path / "run"
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", tiny_world, "--out", run, *QUICK], capsys)
+    assert code == 0, err
+    before = _snapshot(run)
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", other, "--out", run, "--resume", "latest",
+                         *QUICK, "--steps", "3"], capsys)
+    _one_line_error(code, err)
+    assert "data" in err and "--allow-changed" in err
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", tiny_world, "--out", run, "--resume", "latest",
+                         *QUICK, "--seed", "7"], capsys)
+    _one_line_error(code, err)
+    assert "seed" in err
+    assert _snapshot(run) == before

@@ -18,7 +18,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ..errors import LoupeBenchError, SpecError
 from ..models.base import LossOutput
 from ..utils.io import atomic_write_json, atomic_write_text
 from . import checkpoint as ckpt
+from . import runinfo
 from .data import BuiltData, TrainSource, make_loader
 from .distributed import (DistInfo, all_gather_objects, apply_fsdp2, average_gradients, barrier, broadcast_module,
                           init_distributed)
@@ -295,6 +296,7 @@ def train(
     overrides: Optional[Mapping[str, Any]] = None,
     stop_after: Optional[int] = None,
     allow_remote_shards: bool = False,
+    allow_changed: Sequence[str] = (),
 ) -> Path:
     """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out``.
 
@@ -309,6 +311,9 @@ def train(
         overrides: dotted recipe overrides, e.g. ``{"steps": 10, "optim.lr": 1e-3}``.
         stop_after: stop (without the final save) after this optimiser step — for tests of interrupted runs.
         allow_remote_shards: open webdataset shard names that are URLs / ``pipe:`` commands (off: refused).
+        allow_changed: dotted recipe fields (or sections, or ``data``) a resume may change beyond
+            :data:`~loupe_bench.train.runinfo.SAFE_CHANGES`; any other difference from the run's ``run.json``
+            is refused before anything is written.
     """
     recipe = load_recipe(recipe)
     changes = dict(overrides or {})
@@ -321,14 +326,15 @@ def train(
     run_dir = Path(out)
     info = init_distributed(recipe.device, recipe.distributed.backend)
     try:
-        return _train(model, data, recipe, run_dir, resume, info, stop_after, allow_remote_shards)
+        return _train(model, data, recipe, run_dir, resume, info, stop_after, allow_remote_shards,
+                      tuple(allow_changed))
     finally:
         if info.initialized_here and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
 def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
-           allow_remote_shards: bool = False) -> Path:
+           allow_remote_shards: bool = False, allow_changed: Sequence[str] = ()) -> Path:
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
                         "it, or choose another --out")
@@ -344,6 +350,28 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
         model = get_spec(model)  # an unknown spec fails here, before any data is read
     seed_everything(recipe.seed)
     source = _source_for(data, recipe, allow_remote_shards)
+    data_rec = runinfo.data_record(source)
+    changes: Dict[str, Any] = {}
+    history: List[Dict[str, Any]] = []
+    where, state = None, None
+    if resume is not None:  # every check of a resume before anything is written
+        where = ckpt.resolve_resume(resume, run_dir)
+        state = ckpt.load_state(where / ckpt.STATE_FILE)
+        if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
+            raise ckpt.CheckpointError(
+                f"{where}: saved with world size {state.get('world_size')} and global batch "
+                f"{state.get('global_batch')}; this run has {info.world_size} and {recipe.data.batch_size} — an "
+                "exact resume needs the same layout")
+        recorded = runinfo.read_run_record(run_dir)
+        if recorded is not None:
+            changes = runinfo.resume_changes(recorded, recipe, data_rec, allow_changed)
+            history = list(recorded.get("changes") or [])
+            if recorded.get("data") and "data" not in changes:
+                data_rec = dict(recorded["data"])  # same content: keep the recorded source
+        if state.get("seed") is not None and state.get("seed") != recipe.seed and "seed" not in allow_changed:
+            raise runinfo.RunMismatchError(
+                f"{where}: resume refused: the checkpoint was trained with seed {state.get('seed')}, not "
+                f"{recipe.seed}; resume with the recorded seed, or pass --allow-changed seed")
     if not isinstance(model, torch.nn.Module):
         if resume is not None and (run_dir / "config.json").is_file():
             model = rebuild_from_run(model, run_dir)  # the run's own tokenizer; weights come from the checkpoint
@@ -382,15 +410,13 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
         if resume is None and (run_dir / LOG_FILE).is_file():
             (run_dir / LOG_FILE).unlink()  # rows of an earlier attempt killed before its first checkpoint
         _write_run_files(run_dir, model, recipe)
+        if changes:
+            history.append({"at_step": int(state["step"]), "fields": changes})
+        if resume is None or changes or not (run_dir / runinfo.RUN_FILE).is_file():
+            runinfo.write_run_record(run_dir, recipe, data_rec, getattr(model, "spec", {}).get("name")
+                                     if isinstance(getattr(model, "spec", None), dict) else None, history)
     barrier()
     if resume is not None:
-        where = ckpt.resolve_resume(resume, run_dir)
-        state = ckpt.load_state(where / ckpt.STATE_FILE)
-        if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
-            raise ckpt.CheckpointError(
-                f"{where}: saved with world size {state.get('world_size')} and global batch "
-                f"{state.get('global_batch')}; this run has {info.world_size} and {recipe.data.batch_size} — an exact "
-                "resume needs the same layout")
         if fsdp:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)
