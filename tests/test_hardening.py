@@ -178,3 +178,53 @@ def test_case03_cli_resume_with_other_data_is_one_line(tiny_world, tmp_path, cap
     _one_line_error(code, err)
     assert "seed" in err
     assert _snapshot(run) == before
+
+
+# -- 4 / 5: results never overwrite each other; an unfinished run is evaluated openly ----------------------------------
+TRAIN_OV = {"steps": 3, "threads": 1, "data.batch_size": 8, "log.progress": False, "checkpoint.every": 1}
+
+
+@pytest.fixture(scope="module")
+def two_full_runs(tiny_world, tmp_path_factory):
+    from loupe_bench.train.engine import train
+
+    root = tmp_path_factory.mktemp("runs")
+    a = train("clip-tiny", tiny_world, "tiny-cpu", root / "a" / "full", overrides=TRAIN_OV)
+    b = train("clip-tiny", tiny_world, "tiny-cpu", root / "b" / "full", overrides=TRAIN_OV, seed=1)
+    cut = train("clip-tiny", tiny_world, "tiny-cpu", root / "cut", overrides=TRAIN_OV, stop_after=2)
+    return a, b, cut
+
+
+def test_case04_two_runs_with_one_name_keep_both_results(two_full_runs, tiny_world, tmp_path, capsys):
+    from loupe_bench.report.results_io import load_rows
+
+    a, b, _ = two_full_runs
+    out = tmp_path / "res"
+    argv = ["eval", "--model", a, "--model", b, "--task", "synthetic-retrieval", "--data-root", tiny_world,
+            "--out", out]
+    code, stdout, err = _cli(argv, capsys)
+    assert code == 0, err
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 4 and "(4 files in" in stdout, files  # 2 models x 2 splits, none overwritten
+    ids = {json.loads(f.read_text())["model"]["id"] for f in files}
+    assert len(ids) == 2
+    code, _, err = _cli(argv, capsys)  # evaluating again replaces each model's own files
+    assert code == 0 and sorted(out.glob("*.json")) == files
+    assert len({r.path for r in load_rows(out)}) == 4
+
+
+def test_case05_unfinished_run_is_recorded_and_warned(two_full_runs, tiny_world, tmp_path, capsys):
+    from loupe_bench.report.render import report
+
+    a, _, cut = two_full_runs
+    out = tmp_path / "res"
+    code, _, err = _cli(["eval", "--model", cut, "--model", a, "--task", "synthetic-retrieval", "--data-root",
+                         tiny_world, "--out", out], capsys)
+    assert code == 0
+    assert "has not finished" in err and "step 2 of 3" in err
+    by_name = {json.loads(f.read_text())["model"]["name"]: json.loads(f.read_text())["model"]
+               for f in out.glob("*.json")}
+    assert by_name["cut"]["finished"] is False and by_name["cut"]["checkpoint_step"] == 2
+    assert by_name["full"]["finished"] is True and by_name["full"]["checkpoint_step"] == 3
+    paths = report(out, html=False, csv=False, quiet=True, runs={})
+    assert "cut: evaluated at checkpoint step 2 of an unfinished training run" in paths.markdown.read_text()

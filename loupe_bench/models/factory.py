@@ -111,32 +111,23 @@ def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = Non
     return cls.from_spec(spec, tokenizer_corpus=tokenizer_corpus)
 
 
-def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """Weights of the checkpoint ``checkpoints/latest`` names (resolved inside the run folder only)."""
-    from .checkpoint import latest_pointer_target
-
-    cand = latest_pointer_target(run_dir)
-    if cand is not None and (cand / "model.safetensors").is_file():
-        return cand / "model.safetensors"
-    return None
-
-
 def load_model(name_or_path: Union[str, Path]):
     """Load a model from a spec name, a spec file, a model directory or a training run directory.
 
-    A model directory (``model.safetensors`` + ``config.json``) is rebuilt with its weights. A run directory
-    without final weights uses the checkpoint named by ``checkpoints/latest``. A spec name or file builds a freshly
-    initialised (or pretrained, as the spec says) model.
+    A model directory (``model.safetensors`` + ``config.json``) is rebuilt with its weights. A training run that
+    has not finished uses the checkpoint named by ``checkpoints/latest`` (rule in
+    :func:`~loupe_bench.models.checkpoint.run_state`). A spec name or file builds a freshly initialised (or
+    pretrained, as the spec says) model.
     """
-    from .checkpoint import CONFIG_FILE, is_model_dir, load_model_dir
+    from .checkpoint import CONFIG_FILE, is_model_dir, load_model_dir, run_state
 
     path = Path(str(name_or_path)).expanduser()
     if path.is_dir():
+        if (path / CONFIG_FILE).is_file():
+            state = run_state(path)
+            if state["is_run"] and state["weights"] is not None:
+                return load_model_dir(path, weights=state["weights"])
         if is_model_dir(path):
             return load_model_dir(path)
-        if (path / CONFIG_FILE).is_file():
-            ckpt = _latest_checkpoint(path)
-            if ckpt is not None:
-                return load_model_dir(path, weights=ckpt)
         raise CheckpointError(f"{path}: not a model directory (needs model.safetensors and config.json)")
     return create_model(name_or_path)

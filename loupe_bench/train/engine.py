@@ -412,9 +412,8 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
         _write_run_files(run_dir, model, recipe)
         if changes:
             history.append({"at_step": int(state["step"]), "fields": changes})
-        if resume is None or changes or not (run_dir / runinfo.RUN_FILE).is_file():
-            runinfo.write_run_record(run_dir, recipe, data_rec, getattr(model, "spec", {}).get("name")
-                                     if isinstance(getattr(model, "spec", None), dict) else None, history)
+        runinfo.write_run_record(run_dir, recipe, data_rec, getattr(model, "spec", {}).get("name")
+                                 if isinstance(getattr(model, "spec", None), dict) else None, history)
     barrier()
     if resume is not None:
         if fsdp:
@@ -519,4 +518,6 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     if last_ckpt_step != step:
         _save_checkpoint(run_dir, model, optimizer, scheduler, scaler, step, epoch, batch_in_epoch, info, recipe, fsdp)
     _save_final(model, run_dir, fsdp, info)
+    if info.is_main:
+        runinfo.mark_finished(run_dir, step)
     return run_dir

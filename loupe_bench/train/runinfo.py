@@ -92,9 +92,19 @@ def data_record(source: Any) -> Dict[str, Any]:
 
 def write_run_record(run_dir: Path, recipe: Any, data: Dict[str, Any], model_name: Optional[str],
                      changes: Sequence[Dict[str, Any]] = ()) -> Path:
+    """Write ``run.json`` at the start of training (``finished_step`` null until :func:`mark_finished`)."""
     return atomic_write_json(Path(run_dir) / RUN_FILE, {
         "schema": RUN_SCHEMA, "recipe": recipe.to_dict(), "data": data, "model": model_name,
-        "changes": list(changes)})
+        "changes": list(changes), "finished_step": None})
+
+
+def mark_finished(run_dir: Path, step: int) -> None:
+    """Record in ``run.json`` that training ended at ``step`` with its final weights written."""
+    path = Path(run_dir) / RUN_FILE
+    if path.is_file():
+        rec = read_json(path)
+        rec["finished_step"] = int(step)
+        atomic_write_json(path, rec)
 
 
 def read_run_record(run_dir: Path) -> Optional[Dict[str, Any]]:
