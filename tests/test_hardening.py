@@ -228,3 +228,34 @@ def test_case05_unfinished_run_is_recorded_and_warned(two_full_runs, tiny_world,
     assert by_name["full"]["finished"] is True and by_name["full"]["checkpoint_step"] == 3
     paths = report(out, html=False, csv=False, quiet=True, runs={})
     assert "cut: evaluated at checkpoint step 2 of an unfinished training run" in paths.markdown.read_text()
+
+
+# -- 10 / 12: --set keys are checked; 1e-3 is a number --------------------------------------------------------------
+@pytest.mark.parametrize("item, words", [("foo.bar=1", ["'foo'", "known:", "optim"]),
+                                         ("steps.x=1", ["'steps' is a value"]),
+                                         ("optim.nope=1", ["'nope'", "lr"]),
+                                         ("optim=3", ["optim"])])
+def test_case10_bad_set_keys_are_one_line(item, words, tiny_world, tmp_path, capsys):
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", tiny_world, "--out", tmp_path / "r",
+                         "--set", item], capsys)
+    _one_line_error(code, err)
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_case12_set_lr_1e_3_accepted(tiny_world, tmp_path, capsys):
+    import yaml
+
+    from loupe_bench.cli.train import _parse_overrides
+    from loupe_bench.train.recipe import load_recipe, recipe_from_dict
+
+    assert load_recipe("tiny-cpu").replace(**_parse_overrides(("optim.lr=1e-3",))).optim.lr == 1e-3
+    assert recipe_from_dict({"steps": 10, "optim": {"lr": "2E-4"}}).optim.lr == 2e-4  # a recipe file too
+    with pytest.raises(SpecError, match="integer"):
+        recipe_from_dict({"steps": "1e1"})  # 10.0 is a float, as in YAML 1.2
+    with pytest.raises(SpecError, match="number"):
+        recipe_from_dict({"steps": 10, "optim": {"lr": "fast"}})
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", tiny_world, "--out", tmp_path / "r", *QUICK,
+                         "--set", "optim.lr=1e-3"], capsys)
+    assert code == 0, err
+    assert yaml.safe_load((tmp_path / "r" / "recipe.yaml").read_text())["optim"]["lr"] == 1e-3
