@@ -259,3 +259,23 @@ def test_case12_set_lr_1e_3_accepted(tiny_world, tmp_path, capsys):
                          "--set", "optim.lr=1e-3"], capsys)
     assert code == 0, err
     assert yaml.safe_load((tmp_path / "r" / "recipe.yaml").read_text())["optim"]["lr"] == 1e-3
+
+
+# -- 13: an unknown top-level model-spec key is refused, listing the known keys ----------------------------------------
+def test_case13_unknown_top_level_spec_key(tiny_world, tmp_path, capsys):
+    import yaml
+
+    from loupe_bench.models import create_model, get_spec
+
+    spec = get_spec("clip-tiny")
+    spec["temprature_init"] = 0.5
+    with pytest.raises(SpecError, match="temprature_init.*known:.*temperature_init"):
+        create_model(spec)
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code, _, err = _cli(["train", "--model", path, "--data", tiny_world, "--out", tmp_path / "r", *QUICK], capsys)
+    _one_line_error(code, err)
+    assert "temprature_init" in err and "temperature_init" in err
+    code, _, err = _cli(["eval", "--model", path, "--task", "synthetic-retrieval", "--data-root", tiny_world,
+                         "--out", tmp_path / "res"], capsys)
+    _one_line_error(code, err)

@@ -74,6 +74,10 @@ class DualEncoder(VLModel):
 
     #: families whose spec needs a global temperature (``logit_scale``) even when its loss weight is 0
     uses_global_scale: bool = True
+    #: top-level spec keys this family reads (any other key is refused by ``create_model``); subclasses add theirs
+    SPEC_KEYS: Tuple[str, ...] = ("name", "family", "description", "embed_dim", "image_size", "image_tower",
+                                  "text_tower", "tokenizer", "projection", "similarity", "loss", "temperature_init",
+                                  "max_logit_scale", "text_special_tokens", "image_mean", "image_std")
 
     def __init__(self, spec: Dict[str, Any], tokenizer: Tokenizer, load_pretrained: bool = True,
                  model_dir: Optional[Path] = None):

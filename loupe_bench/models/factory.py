@@ -43,6 +43,18 @@ def model_class(spec: Mapping[str, Any]):
     return MODEL_CLASSES.get(spec["family"])
 
 
+def check_spec_keys(spec: Mapping[str, Any], cls: Any) -> None:
+    """Refuse a top-level spec key the family does not read (a typo such as ``temprature_init`` would otherwise be
+    silently ignored). The known keys are the class's ``SPEC_KEYS`` (a family without it is not checked)."""
+    known = getattr(cls, "SPEC_KEYS", None)
+    if known is None:
+        return
+    unknown = sorted(set(spec) - set(known))
+    if unknown:
+        raise SpecError(f"model spec {spec.get('name', '?')!r}: unknown top-level key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(known))}")
+
+
 def _spec_paths() -> List[Path]:
     paths: List[Path] = []
     try:
@@ -106,6 +118,7 @@ def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = Non
     """
     spec = get_spec(spec)
     cls = model_class(spec)
+    check_spec_keys(spec, cls)
     if seed is not None:
         torch.manual_seed(int(seed))
     return cls.from_spec(spec, tokenizer_corpus=tokenizer_corpus)
