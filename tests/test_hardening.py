@@ -279,3 +279,51 @@ def test_case13_unknown_top_level_spec_key(tiny_world, tmp_path, capsys):
     code, _, err = _cli(["eval", "--model", path, "--task", "synthetic-retrieval", "--data-root", tiny_world,
                          "--out", tmp_path / "res"], capsys)
     _one_line_error(code, err)
+
+
+# -- 9: wrong field types in Karpathy / COCO files are one DataError, not a TypeError / OverflowError ------------------
+def _world_copy(tiny_world, tmp_path) -> Path:
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    return world
+
+
+@pytest.mark.parametrize("field, value, words", [("filename", 12, "filename 12"),
+                                                 ("imgid", float("inf"), "not an integer"),
+                                                 ("filepath", ["x"], "filepath")])
+def test_case09_karpathy_field_types(field, value, words, tiny_world, tmp_path, capsys):
+    world = _world_copy(tiny_world, tmp_path)
+    path = world / "dataset_synthetic.json"
+    obj = json.loads(path.read_text())
+    im = obj["images"][0]
+    im.pop("cocoid", None) if field == "imgid" else None
+    im[field] = value
+    path.write_text(json.dumps(obj))  # json writes inf as Infinity, as in the issue
+    if field == "imgid":
+        assert "Infinity" in path.read_text()
+    code, out, err = _cli(["data", "check", "--format", "karpathy", path], capsys)
+    assert code == 1 and "Traceback" not in err, err  # `data check`: 1 = problems listed
+    assert words in out
+    from loupe_bench.data import DATASETS
+
+    with pytest.raises(DataError, match=words):
+        DATASETS.get("karpathy")(path).load()
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", path, "--out", tmp_path / "r", *QUICK], capsys)
+    _one_line_error(code, err)
+
+
+@pytest.mark.parametrize("field, value", [("bbox", "1234"), ("bbox", {"x": 1}), ("area", "big"), ("area", [1]),
+                                          ("iscrowd", "yes"), ("iscrowd", 2), ("bbox", [1, 2, 10 ** 400, 4])])
+def test_case09_coco_annotation_field_types(field, value, tiny_world, tmp_path, capsys):
+    from loupe_bench.data import DATASETS
+
+    world = _world_copy(tiny_world, tmp_path)
+    path = next((world / "annotations").glob("instances_*.json"))
+    obj = json.loads(path.read_text())
+    obj["annotations"][0][field] = value
+    path.write_text(json.dumps(obj))
+    word = field.replace("bbox", "box")  # check_bbox says "box ..."
+    with pytest.raises(DataError, match=word):
+        DATASETS.get("coco")(path).load()
+    skipped = DATASETS.get("coco")(path, on_bad_sample="skip").load().skipped
+    assert len(skipped) == 1 and word in str(skipped[0])

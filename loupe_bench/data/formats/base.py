@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple, Union
@@ -123,8 +124,10 @@ def check_bbox(
         DataError: naming the file and record.
     """
     try:
+        if not isinstance(bbox, (list, tuple)) or any(isinstance(v, (bool, str)) for v in bbox):
+            raise TypeError
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"box {bbox!r} is not four numbers x, y, w, h", file=str(file), record=record) from None
     if any(v != v or v in (float("inf"), float("-inf")) for v in (x, y, w, h)):
         raise DataError(f"box {bbox!r} has a non-finite value", file=str(file), record=record)
@@ -146,15 +149,38 @@ def check_caption(text: Any, file: PathLike, record: Any) -> str:
 
 
 def as_int(value: Any, what: str, file: PathLike, record: Any) -> int:
+    """An integer field: an int, an integral float or a decimal string (``Infinity``/NaN/booleans are refused)."""
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
             raise TypeError
         out = int(value)
         if isinstance(value, float) and out != value:
             raise ValueError
         return out
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"{what} {value!r} is not an integer", file=str(file), record=record) from None
+
+
+def as_float(value: Any, what: str, file: PathLike, record: Any) -> float:
+    """A finite number field (int or float, not a boolean or a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DataError(f"{what} {value!r} is not a number", file=str(file), record=record)
+    try:
+        out = float(value)
+    except OverflowError:
+        out = float("inf")
+    if out != out or out in (float("inf"), float("-inf")):
+        raise DataError(f"{what} {value!r} is not a finite number", file=str(file), record=record)
+    return out
+
+
+def as_str(value: Any, what: str, file: PathLike, record: Any) -> str:
+    """A non-empty string field (a number where a file name belongs is refused, not joined into a path)."""
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{what} {value!r} is not a non-empty string", file=str(file), record=record)
+    if "\x00" in value:
+        raise DataError(f"{what} {value!r} holds a NUL character", file=str(file), record=record)
+    return value
 
 
 def require(obj: Any, key: str, file: PathLike, record: Any) -> Any:
