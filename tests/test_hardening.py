@@ -327,3 +327,59 @@ def test_case09_coco_annotation_field_types(field, value, tiny_world, tmp_path, 
         DATASETS.get("coco")(path).load()
     skipped = DATASETS.get("coco")(path, on_bad_sample="skip").load().skipped
     assert len(skipped) == 1 and word in str(skipped[0])
+
+
+# -- 8 / 14: a decompression bomb or corrupt image: one line before step 1 (or skipped and counted) --------------------
+def _bomb_png(w: int = 60000, h: int = 60000) -> bytes:
+    """A PNG whose header claims w x h pixels (the data itself is tiny)."""
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def _first_train_image(world: Path) -> Path:
+    obj = json.loads((world / "dataset_synthetic.json").read_text())
+    im = next(i for i in obj["images"] if i["split"] == "train")
+    return world / im.get("filepath", "") / im["filename"]
+
+
+def test_case08_decompression_bomb_is_one_line_everywhere(tiny_world, tmp_path, capsys):
+    world = _world_copy(tiny_world, tmp_path)
+    target = _first_train_image(world)
+    target.write_bytes(_bomb_png())
+    code, out, err = _cli(["data", "check", world], capsys)
+    assert code == 1 and "Traceback" not in err and "decompression bomb" in out
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", world, "--out", tmp_path / "r", *QUICK], capsys)
+    _one_line_error(code, err)
+    assert "decompression bomb" in err and target.name in err
+    test_img = [p for p in sorted((world / "images").iterdir()) if p != target]
+    for p in test_img:
+        p.write_bytes(_bomb_png())
+    code, _, err = _cli(["eval", "--model", "clip-tiny", "--task", "synthetic-retrieval", "--data-root", world,
+                         "--out", tmp_path / "res"], capsys)
+    _one_line_error(code, err)
+    assert "decompression bomb" in err
+
+
+def test_case14_images_checked_before_step_one_or_skipped(tiny_world, tmp_path, capsys):
+    world = _world_copy(tiny_world, tmp_path)
+    obj = json.loads((world / "dataset_synthetic.json").read_text())
+    train_imgs = [i for i in obj["images"] if i["split"] == "train"]
+    bad = world / train_imgs[-1].get("filepath", "") / train_imgs[-1]["filename"]
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # truncated JPEG
+    for steps in ("2", "10"):  # the same answer, before step 1, whatever the run length
+        run = tmp_path / f"r{steps}"
+        code, _, err = _cli(["train", "--model", "clip-tiny", "--data", world, "--out", run, *QUICK,
+                             "--steps", steps], capsys)
+        _one_line_error(code, err)
+        assert bad.name in err and "truncated" in err
+        assert not (run / "log.jsonl").exists()
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", world, "--out", tmp_path / "skip", *QUICK,
+                         "--on-bad-sample", "skip"], capsys)
+    assert code == 0, err
+    assert "skipped 1 record(s) with a bad image" in err

@@ -106,6 +106,10 @@ def open_rgb(path: PathLike, record: Any = None):
         raise DataError("image file not found", file=str(path), record=record) from None
     except UnidentifiedImageError:
         raise DataError("unreadable image (not a recognised image format)", file=str(path), record=record) from None
+    except Image.DecompressionBombError as exc:
+        from .formats.base import bomb_error
+
+        raise bomb_error(exc, path, record) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"unreadable or truncated image ({exc})", file=str(path), record=record) from None
 
@@ -254,7 +258,7 @@ class ShardPairs(IterableDataset):
                 if ext is None:
                     raise DataError("sample has no image member", file=url, record=key)
                 meta = parse_sample_meta(key, parts, Path(url))
-                image_size_from_bytes(parts[ext], file=url, record=key)
+                image_size_from_bytes(parts[ext], file=url, record=key)  # decodes: any bad image is a DataError
                 img = Image.open(io.BytesIO(parts[ext])).convert("RGB")
             except DataError as err:
                 if self.on_bad_sample == "error":

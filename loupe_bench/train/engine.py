@@ -118,12 +118,13 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     return n
 
 
-def _source_for(data: Any, recipe: Recipe, allow_remote_shards: bool = False) -> TrainSource:
+def _source_for(data: Any, recipe: Recipe, allow_remote_shards: bool = False,
+                on_bad_sample: str = "error") -> TrainSource:
     if hasattr(data, "build") and hasattr(data, "captions"):
         return data
     from .sources import DatasetSource
 
-    return DatasetSource(data, recipe, allow_remote_shards=allow_remote_shards)
+    return DatasetSource(data, recipe, allow_remote_shards=allow_remote_shards, on_bad_sample=on_bad_sample)
 
 
 # -- logging ----------------------------------------------------------------------------------------------------------
@@ -297,6 +298,7 @@ def train(
     stop_after: Optional[int] = None,
     allow_remote_shards: bool = False,
     allow_changed: Sequence[str] = (),
+    on_bad_sample: str = "error",
 ) -> Path:
     """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out``.
 
@@ -314,6 +316,8 @@ def train(
         allow_changed: dotted recipe fields (or sections, or ``data``) a resume may change beyond
             :data:`~loupe_bench.train.runinfo.SAFE_CHANGES`; any other difference from the run's ``run.json``
             is refused before anything is written.
+        on_bad_sample: every training image is checked once before step 1; ``error`` stops at the first bad one
+            (one line naming it), ``skip`` leaves bad ones out and counts them.
     """
     recipe = load_recipe(recipe)
     changes = dict(overrides or {})
@@ -327,14 +331,14 @@ def train(
     info = init_distributed(recipe.device, recipe.distributed.backend)
     try:
         return _train(model, data, recipe, run_dir, resume, info, stop_after, allow_remote_shards,
-                      tuple(allow_changed))
+                      tuple(allow_changed), on_bad_sample)
     finally:
         if info.initialized_here and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
 def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
-           allow_remote_shards: bool = False, allow_changed: Sequence[str] = ()) -> Path:
+           allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error") -> Path:
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
                         "it, or choose another --out")
@@ -349,7 +353,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
 
         model = get_spec(model)  # an unknown spec fails here, before any data is read
     seed_everything(recipe.seed)
-    source = _source_for(data, recipe, allow_remote_shards)
+    source = _source_for(data, recipe, allow_remote_shards, on_bad_sample)
     data_rec = runinfo.data_record(source)
     changes: Dict[str, Any] = {}
     history: List[Dict[str, Any]] = []
