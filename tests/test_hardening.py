@@ -383,3 +383,23 @@ def test_case14_images_checked_before_step_one_or_skipped(tiny_world, tmp_path, 
                          "--on-bad-sample", "skip"], capsys)
     assert code == 0, err
     assert "skipped 1 record(s) with a bad image" in err
+
+
+# -- 11: a truncated checkpoint is named, and the previous one offered ------------------------------------------------
+@pytest.mark.parametrize("broken", ["state.pt", "model.safetensors"])
+def test_case11_truncated_checkpoint_named_previous_offered(broken, tmp_path):
+    from loupe_bench.train import checkpoint as ckpt
+    from loupe_bench.train.engine import train
+
+    from test_train_support import TensorSource, TinyVL, tiny_recipe
+
+    torch.manual_seed(0)
+    run = train(TinyVL(), TensorSource(), tiny_recipe(steps=6), tmp_path / "r", stop_after=4)
+    f = run / "checkpoints" / "step_4" / broken
+    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])
+    with pytest.raises(CheckpointError) as info:
+        train(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume="latest")
+    msg = str(info.value)
+    assert "step_4 is broken" in msg and str(run / "checkpoints" / "step_2") in msg and "--resume" in msg
+    train(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume=run / "checkpoints" / "step_2")
+    assert (run / "model.safetensors").is_file()

@@ -357,10 +357,10 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     data_rec = runinfo.data_record(source)
     changes: Dict[str, Any] = {}
     history: List[Dict[str, Any]] = []
-    where, state = None, None
+    where, state, saved_weights = None, None, None
     if resume is not None:  # every check of a resume before anything is written
         where = ckpt.resolve_resume(resume, run_dir)
-        state = ckpt.load_state(where / ckpt.STATE_FILE)
+        state, saved_weights = ckpt.load_checkpoint(where, run_dir)
         if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
             raise ckpt.CheckpointError(
                 f"{where}: saved with world size {state.get('world_size')} and global batch "
@@ -425,10 +425,10 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
                                                                  set_optimizer_state_dict)
 
             opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(model, ckpt.load_weights(where / ckpt.WEIGHTS_FILE), options=opts)
+            set_model_state_dict(model, saved_weights, options=opts)
             set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
         else:
-            ckpt.load_model_weights(model, where / ckpt.WEIGHTS_FILE)
+            ckpt.load_model_weights(model, where / ckpt.WEIGHTS_FILE, saved_weights)
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _load_non_persistent_buffers(model, state.get("extra_buffers") or {}, where)
