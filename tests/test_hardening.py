@@ -403,3 +403,27 @@ def test_case11_truncated_checkpoint_named_previous_offered(broken, tmp_path):
     assert "step_4 is broken" in msg and str(run / "checkpoints" / "step_2") in msg and "--resume" in msg
     train(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume=run / "checkpoints" / "step_2")
     assert (run / "model.safetensors").is_file()
+
+
+# -- 15: a non-finite gradient norm stops training, naming the last good checkpoint ------------------------------------
+def test_case15_non_finite_grad_norm_stops(tmp_path):
+    from loupe_bench.train import checkpoint as ckpt
+    from loupe_bench.train.engine import NonFiniteGradError, train
+
+    from test_train_support import TensorSource, TinyVL, tiny_recipe
+
+    class NanGrad(TinyVL):
+        def loss_from_embeddings(self, emb, batch):
+            out = super().loss_from_embeddings(emb, batch)
+            if self.calls == 5:  # finite loss (0 * sqrt(0) = 0), NaN gradient (0 * inf)
+                out = out._replace(total=out.total + 0 * torch.sqrt(self.logit_scale - self.logit_scale.detach()))
+            return out
+
+    torch.manual_seed(0)
+    with pytest.raises(NonFiniteGradError) as info:
+        train(NanGrad(), TensorSource(), tiny_recipe(steps=10, **{"optim.grad_clip": None}), tmp_path / "g")
+    msg = str(info.value)
+    assert "step 5" in msg and "gradient norm is nan" in msg and "step_4" in msg
+    assert ckpt.resolve_resume("latest", tmp_path / "g").name == "step_4"
+    rows = [json.loads(l) for l in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 4

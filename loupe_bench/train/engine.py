@@ -6,8 +6,9 @@
 
 Per optimiser step: per-rank batch → :func:`~loupe_bench.train.step.forward_backward` (feature-caching accumulation
 when ``accum_freq > 1``) → gradient averaging across ranks → unscale (fp16) → clip → optimiser step → schedule step.
-A non-finite loss stops the run with a :class:`NonFiniteLossError` naming the step and the term; checkpoints are
-written only from finite steps, so the last good one stays.
+A non-finite loss stops the run with a :class:`NonFiniteLossError` naming the step and the term, a non-finite
+gradient norm (without fp16 loss scaling) with a :class:`NonFiniteGradError`; checkpoints are written only from
+finite steps, so the last good one stays and is named.
 """
 from __future__ import annotations
 
@@ -40,6 +41,28 @@ LOG_FILE = "log.jsonl"
 
 class NonFiniteLossError(LoupeBenchError):
     """The loss became NaN or infinite; the message names the step and the term."""
+
+
+class NonFiniteGradError(NonFiniteLossError):
+    """The global gradient norm became NaN or infinite (with a finite loss); the message names the step."""
+
+
+def _last_good(run_dir: Path) -> str:
+    last = ckpt.list_checkpoints(run_dir)
+    return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+
+
+def check_grad_norm(grad_norm: float, step: int, run_dir: Path, scaled: bool) -> None:
+    """Stop on a non-finite global gradient norm, before the optimiser step (the weights stay those of the last
+    finite step; checkpoints only ever hold finite steps).
+
+    Rule: ``not isfinite(||g||_2)`` stops the run, except under fp16 dynamic loss scaling (``scaled``), where an
+    overflowing step is the GradScaler's signal to skip that step and lower the scale.
+    """
+    if scaled or math.isfinite(grad_norm):
+        return
+    raise NonFiniteGradError(f"step {step}: gradient norm is {grad_norm} (the loss was finite) — training stopped; "
+                             f"{_last_good(run_dir)}")
 
 
 def seed_everything(seed: int) -> None:
@@ -203,10 +226,8 @@ def _finite_guard(step_ref: Dict[str, int], info: DistInfo, run_dir: Path):
             return
         term = next((k for k in bad if k != "total"), bad[0] if bad else "total (on another rank)")
         value = values.get(term, torch.tensor(float("nan")))
-        last = ckpt.list_checkpoints(run_dir)
-        where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
         raise NonFiniteLossError(f"step {step_ref['step'] + 1}: loss term {term!r} is {value.item()} — training "
-                                 f"stopped; {where}")
+                                 f"stopped; {_last_good(run_dir)}")
 
     return check
 
@@ -485,6 +506,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
                 scaler.unscale_(optimizer)
             clip_at = recipe.optim.grad_clip if recipe.optim.grad_clip is not None else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_at))  # logged even when not clipping
+            check_grad_norm(grad_norm, step + 1, run_dir, scaled=scaler is not None)
             lr = optimizer.param_groups[0]["lr"]
             if scaler is not None:
                 scaler.step(optimizer)
