@@ -427,3 +427,57 @@ def test_case15_non_finite_grad_norm_stops(tmp_path):
     assert ckpt.resolve_resume("latest", tmp_path / "g").name == "step_4"
     rows = [json.loads(l) for l in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 4
+
+
+# -- 7: tokenizer / text-tower files written once, atomically; stale temp files of ours cleaned -------------------------
+def _inodes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def test_case07_tokenizer_written_once_and_stale_temps_cleaned(tiny_world, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = _cli(["train", "--model", "filip-tiny", "--data", tiny_world, "--out", run, *QUICK], capsys)
+    assert code == 0, err
+    tok = _inodes(run / "tokenizer")
+    assert tok
+    dead = ".log.jsonl.4194311.ab12cd34.tmp"  # a pid above any pid_max: its writer is gone
+    alive = ".log.jsonl.1.zz99yy88.tmp"        # pid 1 runs: another writer's temp is left alone
+    for name in (dead, alive):
+        (run / name).write_text("partial")
+    (run / "checkpoints" / "step_2" / ".state.pt.4194311.qq11ww22.tmp").write_bytes(b"x")
+    code, _, err = _cli(["train", "--model", "filip-tiny", "--data", tiny_world, "--out", run, "--resume", "latest",
+                         *QUICK, "--steps", "3"], capsys)
+    assert code == 0, err
+    assert _inodes(run / "tokenizer") == tok  # not rewritten on resume nor by the final save
+    assert not (run / dead).exists() and (run / alive).exists()
+    assert not list((run / "checkpoints").rglob(".state.pt.4194311.*"))
+    assert not [p for p in run.iterdir() if p.name.startswith(".tokenizer.")]
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / ".x__t__test.json.4194311.abcdefgh.tmp").write_text("{")
+    code, _, err = _cli(["eval", "--model", run, "--task", "synthetic-retrieval", "--data-root", tiny_world,
+                         "--out", out], capsys)
+    assert code == 0, err
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_case07_atomic_write_dir(tmp_path):
+    from loupe_bench.utils.io import atomic_write_dir
+
+    target = tmp_path / "tok"
+    atomic_write_dir(target, lambda d: (d / "a.json").write_text("1"))
+    ino = (target / "a.json").stat().st_ino
+    atomic_write_dir(target, lambda d: (d / "a.json").write_text("1"))  # same content: untouched
+    assert (target / "a.json").stat().st_ino == ino
+
+    def broken(d):
+        (d / "a.json").write_text("half")
+        raise KeyboardInterrupt  # killed mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_dir(target, broken)
+    assert (target / "a.json").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+    atomic_write_dir(target, lambda d: (d / "b.json").write_text("2"))
+    assert sorted(p.name for p in target.iterdir()) == ["b.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]

@@ -84,6 +84,7 @@ class DualEncoder(VLModel):
         super().__init__()
         self.spec = copy.deepcopy(dict(spec))
         self.tokenizer = tokenizer
+        self.source_dir = None if model_dir is None else Path(model_dir).resolve()
         self.image_size = int(self.spec.get("image_size", 64))
         embed_dim = int(_require(self.spec, "embed_dim"))
         self.embed_dim = embed_dim
@@ -135,7 +136,12 @@ class DualEncoder(VLModel):
         return cls(spec, tokenizer, load_pretrained=True)
 
     def save_extra(self, directory: Path) -> None:
-        """Save what rebuilding the architecture needs beside the weights: tokenizer and text tower config."""
+        """Save what rebuilding the architecture needs beside the weights: tokenizer and text tower config.
+
+        Written once: a model rebuilt from ``directory`` itself (a resumed run) leaves the files it was built from
+        alone, and an unchanged tokenizer / config is not rewritten (each folder is written atomically)."""
+        if self.source_dir is not None and Path(directory).resolve() == self.source_dir:
+            return
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)
         if hasattr(self.text_tower, "save_config"):
             self.text_tower.save_config(Path(directory) / TEXT_TOWER_DIR)

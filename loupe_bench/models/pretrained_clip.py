@@ -110,7 +110,9 @@ class PretrainedCLIP(VLModel):
 
     def save_extra(self, directory: Path) -> None:
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)
-        self.clip.config.save_pretrained(str(Path(directory) / CLIP_CONFIG_DIR))
+        from ..utils.io import atomic_write_dir
+
+        atomic_write_dir(Path(directory) / CLIP_CONFIG_DIR, lambda d: self.clip.config.save_pretrained(str(d)))
 
     # -- encoders -------------------------------------------------------------------------------------------------
     def encode_image(self, pixels: Tensor) -> ImageFeatures:

@@ -143,6 +143,10 @@ def evaluate(
     from ..utils.device import resolve_device
 
     device = resolve_device(device)
+    if out_dir is not None:
+        from ..utils.io import clean_stale_temps
+
+        clean_stale_temps(out_dir)  # temp files of a killed earlier eval
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     specs = [_task(t) for t in tasks]

@@ -293,8 +293,18 @@ def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
     barrier()
 
 
+def clean_run_temps(run_dir: Path) -> int:
+    """Remove temp files of killed writers in the run folder, its checkpoints folder and each step folder."""
+    from ..utils.io import clean_stale_temps
+
+    root = ckpt.checkpoint_root(run_dir)
+    dirs = [run_dir, root] + (sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else [])
+    return sum(clean_stale_temps(d) for d in dirs)
+
+
 def _write_run_files(run_dir: Path, model, recipe: Recipe) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    clean_run_temps(run_dir)
     atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     spec = getattr(model, "spec", None)
     if spec is not None:
