@@ -481,3 +481,23 @@ def test_case07_atomic_write_dir(tmp_path):
     atomic_write_dir(target, lambda d: (d / "b.json").write_text("2"))
     assert sorted(p.name for p in target.iterdir()) == ["b.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+
+
+# -- 6: train --out refuses a non-empty folder that is not a run -------------------------------------------------------
+def test_case06_out_into_foreign_folder_refused(tiny_world, tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "log.jsonl").write_text("my own log\n")
+    (foreign / "config.json").write_text('{"mine": true}')
+    before = _snapshot(foreign)
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", tiny_world, "--out", foreign, *QUICK], capsys)
+    _one_line_error(code, err)
+    assert "not a loupe-bench run" in err
+    assert _snapshot(foreign) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", tiny_world, "--out", empty, *QUICK], capsys)
+    assert code == 0, err
+    code, _, err = _cli(["train", "--model", "clip-tiny", "--data", tiny_world, "--out", empty, *QUICK,
+                         "--resume", "latest"], capsys)
+    assert code == 0, err  # a run of ours

@@ -368,8 +368,26 @@ def train(
             torch.distributed.destroy_process_group()
 
 
+def check_out_dir(run_dir: Path) -> None:
+    """Refuse to train into an existing, non-empty folder that is not a run of ours.
+
+    Rule: a run of ours holds ``run.json`` or ``recipe.yaml`` (the first file a run writes) or a ``checkpoints/``
+    folder; any other non-empty folder (say one holding someone's ``log.jsonl`` and ``config.json``) is refused
+    before anything in it is replaced."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise SpecError(f"{run_dir}: --out exists and is not a folder")
+    markers = (runinfo.RUN_FILE, "recipe.yaml", ckpt.CHECKPOINT_DIR)
+    if any((run_dir / m).exists() for m in markers) or not any(run_dir.iterdir()):
+        return
+    raise SpecError(f"{run_dir}: --out is a non-empty folder that is not a loupe-bench run (no "
+                    f"{', '.join(markers)}); refusing to write into it — choose a new or empty folder")
+
+
 def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
            allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error") -> Path:
+    check_out_dir(run_dir)
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
                         "it, or choose another --out")
