@@ -501,3 +501,76 @@ def test_case06_out_into_foreign_folder_refused(tiny_world, tmp_path, capsys):
     code, _, err = _cli(["train", "--model", "clip-tiny", "--data", tiny_world, "--out", empty, *QUICK,
                          "--resume", "latest"], capsys)
     assert code == 0, err  # a run of ours
+
+
+# -- fuzz: mutated tiny worlds through data check, train (2 steps) and eval: exit 0/1/2, no traceback, bounded time ---
+def _flip_bytes(path: Path, rng, n: int = 24) -> None:
+    data = bytearray(path.read_bytes())
+    for _ in range(n):
+        i = int(rng.integers(len(data)))
+        data[i] ^= 1 << int(rng.integers(8))
+    path.write_bytes(bytes(data))
+
+
+def _mutate_json(path: Path, rng, how: str) -> None:
+    obj = json.loads(path.read_text())
+    images = obj["images"]
+    im = images[int(rng.integers(len(images)))]
+    key = sorted(im)[int(rng.integers(len(im)))]
+    if how == "type":
+        wrong = [None, 7, -1.5, "x", [], {}, True, float("inf"), 10 ** 30]
+        im[key] = wrong[int(rng.integers(len(wrong)))]
+    elif how == "missing":
+        del im[key]
+    elif how == "sentence":
+        sent = im["sentences"][0]
+        sent[sorted(sent)[int(rng.integers(len(sent)))]] = [None, 3, {"a": 1}][int(rng.integers(3))]
+    path.write_text(json.dumps(obj))
+
+
+def _mutate(world: Path, kind: str, rng) -> None:
+    images = sorted((world / "images").iterdir())
+    karpathy = world / "dataset_synthetic.json"
+    if kind == "image-bytes":
+        for p in rng.choice(images, size=4, replace=False):
+            _flip_bytes(Path(p), rng)
+    elif kind == "image-bomb":
+        Path(rng.choice(images)).write_bytes(_bomb_png(70000, 50000))
+    elif kind == "json-bytes":
+        _flip_bytes(karpathy, rng, n=3)
+    elif kind == "non-utf8":
+        data = karpathy.read_bytes()
+        i = int(rng.integers(len(data) // 2, len(data)))
+        karpathy.write_bytes(data[:i] + b"\xff\xfe\xc3" + data[i:])
+    elif kind == "coco-bytes":
+        _flip_bytes(next((world / "annotations").glob("instances_*.json")), rng, n=4)
+    else:
+        _mutate_json(karpathy, rng, kind)
+
+
+FUZZ = [("image-bytes", 0), ("image-bomb", 1), ("json-bytes", 2), ("non-utf8", 3), ("type", 4), ("type", 5),
+        ("missing", 6), ("sentence", 7), ("coco-bytes", 8), ("sentence", 19)]  # 19: tokens: 3 (found by it)
+
+
+@pytest.mark.parametrize("kind, seed", FUZZ)
+def test_fuzz_mutated_world_never_tracebacks(kind, seed, tiny_world, tmp_path, capsys):
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    world = _world_copy(tiny_world, tmp_path)
+    _mutate(world, kind, rng)
+    commands = [["data", "check", world],
+                ["train", "--model", "clip-tiny", "--data", world, "--out", tmp_path / "run", *QUICK],
+                ["eval", "--model", "clip-tiny", "--task", "synthetic-retrieval", "--data-root", world,
+                 "--out", tmp_path / "res"]]
+    for argv in commands:
+        t0 = time.perf_counter()
+        code, out, err = _cli(argv, capsys)  # an unexpected exception escapes main() and fails the test
+        took = time.perf_counter() - t0
+        assert code in (0, 1, 2), (argv[0], code, err)
+        assert "Traceback" not in out + err, err
+        assert took < 120, (argv[0], took)
+        if code == 2:
+            assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err

@@ -143,6 +143,8 @@ class KarpathyLoader(Loader):
             raise DataError("sentence is not an object", file=str(path), record=f"sentence {sid}")
         raw = check_caption(s.get("raw"), path, f"sentence {sid}")
         tokens = s.get("tokens") or tokenize(raw)
+        if not isinstance(tokens, list):
+            raise DataError(f"'tokens' {tokens!r} is not a list", file=str(path), record=f"sentence {sid}")
         sent_id = as_int(s.get("sentid"), "sentid", path, f"sentence {sid}")
         plist: Tuple[Phrase, ...] = ()
         if phrases is not None and str(sent_id) in phrases:
