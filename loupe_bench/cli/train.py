@@ -35,8 +35,19 @@ def _parse_overrides(items: Tuple[str, ...]) -> dict:
 @click.option("--steps", "steps", default=None, type=click.IntRange(min=1), help="Override the recipe's steps.")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="Override any recipe field (dotted, YAML value), e.g. --set optim.lr=1e-3. Repeatable.")
+@click.option("--allow-remote-shards", is_flag=True, default=False,
+              help="Let webdataset open shard names that are URLs or pipe: commands (off: refused; local shards are "
+              "always read by path, never through a shell).")
+@click.option("--allow-changed", "allow_changed", multiple=True, metavar="KEY",
+              help="On --resume, accept a change of this recipe field or section (e.g. optim.lr, optim, seed) or of "
+              "the data (`data`) against what the run recorded. Repeatable. More steps, logging and checkpoint "
+              "settings may always change.")
+@click.option("--on-bad-sample", "on_bad_sample", type=click.Choice(["error", "skip"]), default="error",
+              show_default=True, help="Every training image is checked once before step 1: stop at the first bad one "
+              "(error) or leave bad ones out and count them (skip).")
 def train_cmd(model: str, data: str, recipe: str, out: str, resume: Optional[str], seed: Optional[int],
-              steps: Optional[int], sets: Tuple[str, ...]) -> None:
+              steps: Optional[int], sets: Tuple[str, ...], allow_remote_shards: bool,
+              allow_changed: Tuple[str, ...], on_bad_sample: str) -> None:
     """Train MODEL on DATA with RECIPE into OUT (a model directory when done).
 
     Under `torchrun --nproc_per_node N -m loupe_bench.train ...` every rank runs this command; DDP uses NCCL on GPU
@@ -49,6 +60,7 @@ def train_cmd(model: str, data: str, recipe: str, out: str, resume: Optional[str
     overrides = _parse_overrides(sets)
     if steps is not None:
         overrides["steps"] = steps
-    run = train(model, data, recipe, out, resume=resume, seed=seed, overrides=overrides)
+    run = train(model, data, recipe, out, resume=resume, seed=seed, overrides=overrides,
+                allow_remote_shards=allow_remote_shards, allow_changed=allow_changed, on_bad_sample=on_bad_sample)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"trained {model} -> {run}")

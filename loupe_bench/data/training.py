@@ -106,6 +106,10 @@ def open_rgb(path: PathLike, record: Any = None):
         raise DataError("image file not found", file=str(path), record=record) from None
     except UnidentifiedImageError:
         raise DataError("unreadable image (not a recognised image format)", file=str(path), record=record) from None
+    except Image.DecompressionBombError as exc:
+        from .formats.base import bomb_error
+
+        raise bomb_error(exc, path, record) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"unreadable or truncated image ({exc})", file=str(path), record=record) from None
 
@@ -167,9 +171,14 @@ class PairDataset(Dataset):
 class ShardPairs(IterableDataset):
     """Iterable (image, caption) pairs from webdataset shards (``<key>.jpg`` + ``<key>.json``/``.txt``).
 
-    Shards are split across DDP ranks and data-loader workers (``webdataset.split_by_node`` /
-    ``split_by_worker``) and read in order; caption choice and augmentation are seeded by
-    ``(seed, epoch, image_id)`` as in :class:`PairDataset`, so both give the same samples.
+    Shards are split across DDP ranks and data-loader workers (shard ``i`` of ``n`` goes to rank ``i mod W``, then
+    to worker ``j mod K`` of that rank's list, as ``webdataset.split_by_node`` / ``split_by_worker``) and read in
+    order; caption choice and augmentation are seeded by ``(seed, epoch, image_id)`` as in :class:`PairDataset`, so
+    both give the same samples.
+
+    Local shards are opened by their resolved absolute path with :mod:`tarfile` (a file named
+    ``pipe:cmd;cat s.tar`` is just read, no shell runs); ``pipe:`` / ``http(s):`` names are refused unless
+    ``allow_remote`` (then webdataset's opener streams them).
 
     Args:
         shards: a file, folder, brace pattern or list of those.
@@ -177,6 +186,7 @@ class ShardPairs(IterableDataset):
         on_bad_sample: ``error`` or ``skip`` (counted in :attr:`skipped`, per worker).
         split: keep only this split: from a folder only ``<split>-*.tar``, and only samples whose JSON ``split``
             (when present) matches.
+        allow_remote: let webdataset open URL / ``pipe:`` shard names.
     """
 
     def __init__(
@@ -187,8 +197,9 @@ class ShardPairs(IterableDataset):
         seed: int = 0,
         on_bad_sample: str = "error",
         split: Optional[str] = None,
+        allow_remote: bool = False,
     ):
-        from .formats.shards import expand_shards
+        from .formats.shards import expand_shards, shard_url
 
         if caption_policy not in CAPTION_POLICIES:
             raise SpecError(f"caption_policy must be one of {', '.join(CAPTION_POLICIES)}, got {caption_policy!r}")
@@ -198,7 +209,8 @@ class ShardPairs(IterableDataset):
             if not paths:
                 raise DataError(f"no {split}-*.tar shards in folder", file=str(shards))
         self.split = split
-        self.urls = [str(p) for p in paths]
+        self.allow_remote = bool(allow_remote)
+        self.urls = [shard_url(p, self.allow_remote) for p in paths]
         self.transform = transform
         self.caption_policy = caption_policy
         self.seed = int(seed)
@@ -209,16 +221,28 @@ class ShardPairs(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _pipeline(self):
-        import webdataset as wds
+    def my_urls(self) -> List[str]:
+        """This rank's and this data-loader worker's shards (see the class docstring)."""
+        import torch.distributed as dist
+        from torch.utils.data import get_worker_info
 
-        return wds.WebDataset(
-            self.urls,
-            shardshuffle=False,
-            nodesplitter=wds.split_by_node,
-            workersplitter=wds.split_by_worker,
-            empty_check=False,
-        )
+        urls = list(self.urls)
+        if dist.is_available() and dist.is_initialized():
+            urls = urls[dist.get_rank()::dist.get_world_size()]
+        worker = get_worker_info()
+        if worker is not None:
+            urls = urls[worker.id::worker.num_workers]
+        return urls
+
+    def _samples(self) -> Iterator[Dict[str, Any]]:
+        """webdataset-style sample dicts (``__key__``, ``__url__``, one entry per member extension)."""
+        from .formats.shards import iter_tar_samples
+
+        for url in self.my_urls():
+            for key, parts in iter_tar_samples(url, self.allow_remote):
+                sample: Dict[str, Any] = dict(parts)
+                sample["__key__"], sample["__url__"] = key, url
+                yield sample
 
     def __iter__(self) -> Iterator[PairSample]:
         from PIL import Image
@@ -226,7 +250,7 @@ class ShardPairs(IterableDataset):
         from .formats.base import image_size_from_bytes
         from .formats.shards import IMAGE_EXTS, parse_sample_meta
 
-        for pos, sample in enumerate(self._pipeline()):
+        for pos, sample in enumerate(self._samples()):
             key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
             try:
                 parts = {k: v for k, v in sample.items() if not k.startswith("__")}
@@ -234,7 +258,7 @@ class ShardPairs(IterableDataset):
                 if ext is None:
                     raise DataError("sample has no image member", file=url, record=key)
                 meta = parse_sample_meta(key, parts, Path(url))
-                image_size_from_bytes(parts[ext], file=url, record=key)
+                image_size_from_bytes(parts[ext], file=url, record=key)  # decodes: any bad image is a DataError
                 img = Image.open(io.BytesIO(parts[ext])).convert("RGB")
             except DataError as err:
                 if self.on_bad_sample == "error":

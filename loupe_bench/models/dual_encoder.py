@@ -74,12 +74,17 @@ class DualEncoder(VLModel):
 
     #: families whose spec needs a global temperature (``logit_scale``) even when its loss weight is 0
     uses_global_scale: bool = True
+    #: top-level spec keys this family reads (any other key is refused by ``create_model``); subclasses add theirs
+    SPEC_KEYS: Tuple[str, ...] = ("name", "family", "description", "embed_dim", "image_size", "image_tower",
+                                  "text_tower", "tokenizer", "projection", "similarity", "loss", "temperature_init",
+                                  "max_logit_scale", "text_special_tokens", "image_mean", "image_std")
 
     def __init__(self, spec: Dict[str, Any], tokenizer: Tokenizer, load_pretrained: bool = True,
                  model_dir: Optional[Path] = None):
         super().__init__()
         self.spec = copy.deepcopy(dict(spec))
         self.tokenizer = tokenizer
+        self.source_dir = None if model_dir is None else Path(model_dir).resolve()
         self.image_size = int(self.spec.get("image_size", 64))
         embed_dim = int(_require(self.spec, "embed_dim"))
         self.embed_dim = embed_dim
@@ -131,7 +136,12 @@ class DualEncoder(VLModel):
         return cls(spec, tokenizer, load_pretrained=True)
 
     def save_extra(self, directory: Path) -> None:
-        """Save what rebuilding the architecture needs beside the weights: tokenizer and text tower config."""
+        """Save what rebuilding the architecture needs beside the weights: tokenizer and text tower config.
+
+        Written once: a model rebuilt from ``directory`` itself (a resumed run) leaves the files it was built from
+        alone, and an unchanged tokenizer / config is not rewritten (each folder is written atomically)."""
+        if self.source_dir is not None and Path(directory).resolve() == self.source_dir:
+            return
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)
         if hasattr(self.text_tower, "save_config"):
             self.text_tower.save_config(Path(directory) / TEXT_TOWER_DIR)

@@ -43,6 +43,18 @@ def model_class(spec: Mapping[str, Any]):
     return MODEL_CLASSES.get(spec["family"])
 
 
+def check_spec_keys(spec: Mapping[str, Any], cls: Any) -> None:
+    """Refuse a top-level spec key the family does not read (a typo such as ``temprature_init`` would otherwise be
+    silently ignored). The known keys are the class's ``SPEC_KEYS`` (a family without it is not checked)."""
+    known = getattr(cls, "SPEC_KEYS", None)
+    if known is None:
+        return
+    unknown = sorted(set(spec) - set(known))
+    if unknown:
+        raise SpecError(f"model spec {spec.get('name', '?')!r}: unknown top-level key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(known))}")
+
+
 def _spec_paths() -> List[Path]:
     paths: List[Path] = []
     try:
@@ -106,37 +118,29 @@ def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = Non
     """
     spec = get_spec(spec)
     cls = model_class(spec)
+    check_spec_keys(spec, cls)
     if seed is not None:
         torch.manual_seed(int(seed))
     return cls.from_spec(spec, tokenizer_corpus=tokenizer_corpus)
 
 
-def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    latest = run_dir / "checkpoints" / "latest"
-    if latest.is_file():
-        name = latest.read_text(encoding="utf-8").strip()
-        cand = Path(name) if Path(name).is_absolute() else run_dir / "checkpoints" / name
-        if (cand / "model.safetensors").is_file():
-            return cand / "model.safetensors"
-    return None
-
-
 def load_model(name_or_path: Union[str, Path]):
     """Load a model from a spec name, a spec file, a model directory or a training run directory.
 
-    A model directory (``model.safetensors`` + ``config.json``) is rebuilt with its weights. A run directory
-    without final weights uses the checkpoint named by ``checkpoints/latest``. A spec name or file builds a freshly
-    initialised (or pretrained, as the spec says) model.
+    A model directory (``model.safetensors`` + ``config.json``) is rebuilt with its weights. A training run that
+    has not finished uses the checkpoint named by ``checkpoints/latest`` (rule in
+    :func:`~loupe_bench.models.checkpoint.run_state`). A spec name or file builds a freshly initialised (or
+    pretrained, as the spec says) model.
     """
-    from .checkpoint import CONFIG_FILE, is_model_dir, load_model_dir
+    from .checkpoint import CONFIG_FILE, is_model_dir, load_model_dir, run_state
 
     path = Path(str(name_or_path)).expanduser()
     if path.is_dir():
+        if (path / CONFIG_FILE).is_file():
+            state = run_state(path)
+            if state["is_run"] and state["weights"] is not None:
+                return load_model_dir(path, weights=state["weights"])
         if is_model_dir(path):
             return load_model_dir(path)
-        if (path / CONFIG_FILE).is_file():
-            ckpt = _latest_checkpoint(path)
-            if ckpt is not None:
-                return load_model_dir(path, weights=ckpt)
         raise CheckpointError(f"{path}: not a model directory (needs model.safetensors and config.json)")
     return create_model(name_or_path)

@@ -39,6 +39,7 @@ def combine_directions(i2t: Tensor, t2i: Tensor, direction: str) -> Tensor:
 
 @MODEL_CLASSES.register("filip", help="FILIP dual encoder, token-wise late interaction")
 class FILIP(DualEncoder):
+    SPEC_KEYS = DualEncoder.SPEC_KEYS + ("filip",)
     """Dual encoder scored by token-wise late interaction.
 
         ``s^I_{i,j} = (1/n1) Σ_k max_r ⟨x^I_{i,k}, x^T_{j,r}⟩``,   ``s^T_{i,j} = (1/n2) Σ_r max_k ⟨x^I_{i,k}, x^T_{j,r}⟩``

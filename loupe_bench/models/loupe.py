@@ -184,6 +184,7 @@ class LoupeCfg:
 
 @MODEL_CLASSES.register("loupe", help="LOUPE: dual encoder + Shapley-interaction proxy heads (TSA, FSA, NSI)")
 class LOUPE(DualEncoder):
+    SPEC_KEYS = DualEncoder.SPEC_KEYS + ("loupe",)
     """LOUPE on top of :class:`DualEncoder` (towers, projections, temperature).
 
     Extra modules: ``region_head`` (:class:`RegionHead`), ``region_proj`` (``D → D``, identity init),

@@ -50,6 +50,10 @@ def _preprocessing(src: str, local: bool, vision_image_size: int) -> Tuple[int, 
 
 @MODEL_CLASSES.register("clip-pretrained", help="transformers CLIPModel from a local directory or the HF cache")
 class PretrainedCLIP(VLModel):
+    #: top-level spec keys this family reads (any other key is refused by ``create_model``)
+    SPEC_KEYS = ("name", "family", "description", "pretrained", "similarity", "loss", "max_logit_scale",
+                 "text_special_tokens", "tokenizer", "image_size", "image_mean", "image_std", "embed_dim",
+                 "temperature_init")
     """A pretrained transformers ``CLIPModel``; scores are cosines of the projected pooled embeddings.
 
     Loss (for fine-tuning): ``clip`` = symmetric InfoNCE with the checkpoint's ``logit_scale`` (clamped at 100),
@@ -106,7 +110,9 @@ class PretrainedCLIP(VLModel):
 
     def save_extra(self, directory: Path) -> None:
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)
-        self.clip.config.save_pretrained(str(Path(directory) / CLIP_CONFIG_DIR))
+        from ..utils.io import atomic_write_dir
+
+        atomic_write_dir(Path(directory) / CLIP_CONFIG_DIR, lambda d: self.clip.config.save_pretrained(str(d)))
 
     # -- encoders -------------------------------------------------------------------------------------------------
     def encode_image(self, pixels: Tensor) -> ImageFeatures:

@@ -101,7 +101,11 @@ class Tokenizer:
         return sorted({int(i) for i in self.hf.all_special_ids} - ({int(unk)} if unk is not None else set()))
 
     def save(self, directory: Path) -> None:
-        self.hf.save_pretrained(str(directory))
+        """``save_pretrained`` into ``directory`` atomically, and not at all when it already holds the same files
+        (:func:`~loupe_bench.utils.io.atomic_write_dir`)."""
+        from ..utils.io import atomic_write_dir
+
+        atomic_write_dir(directory, lambda d: self.hf.save_pretrained(str(d)))
 
     @classmethod
     def load(cls, directory: Path, max_length: int) -> "Tokenizer":

@@ -258,7 +258,10 @@ class BertTextTower(nn.Module):
         self.width = int(self.model.config.hidden_size)
 
     def save_config(self, directory: Path) -> None:
-        self.model.config.save_pretrained(str(directory))
+        """The transformers config, written atomically and only when it changes (``atomic_write_dir``)."""
+        from ..utils.io import atomic_write_dir
+
+        atomic_write_dir(directory, lambda d: self.model.config.save_pretrained(str(d)))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextTowerOutput:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)

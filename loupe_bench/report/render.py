@@ -226,6 +226,17 @@ def html_report(table: ResultTable, *, title: str, bars, curves: Optional[bytes]
     return "".join(parts)
 
 
+def unfinished_notes(results) -> List[str]:
+    """One note per model evaluated from an unfinished training run (result ``model.finished`` false)."""
+    seen = {}
+    for obj in results:
+        model = obj.get("model") or {}
+        if model.get("finished") is False:
+            seen[model.get("name")] = model.get("checkpoint_step")
+    return [f"{name}: evaluated at checkpoint step {step} of an unfinished training run"
+            for name, step in sorted(seen.items(), key=lambda kv: str(kv[0]))]
+
+
 # ------------------------------------------------------------------------------------------------ entry point
 def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = True, *, out_dir=None,
            runs: Optional[Dict[str, Path]] = None, world_dir=None, explain_images: int = 3,
@@ -255,6 +266,7 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     headline = build_table(rows, metrics=HEADLINE_METRICS, protocols=protocols)
     ctx = discover_context(results_dir)
     runs = dict(ctx["runs"]) if runs is None else runs  # type: ignore[arg-type]
+    table.notes.extend(unfinished_notes(load_results_raw(results_dir)))
     world_dir = ctx["world"] if world_dir is None else Path(world_dir)
     if out_dir is None:
         out_dir = results_dir.parent / "report" if ctx["manifest"] else results_dir / "report"

@@ -127,7 +127,11 @@ def open_image(path: Path, record: Any = None):
             return im.copy()
     except FileNotFoundError:
         raise DataError("image file not found", file=str(path), record=record) from None
-    except OSError as exc:
+    except Image.DecompressionBombError as exc:
+        from ..data.formats.base import bomb_error
+
+        raise bomb_error(exc, path, record) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"unreadable image ({exc})", file=str(path), record=record) from None
 
 

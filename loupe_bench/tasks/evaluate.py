@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -13,7 +14,7 @@ from ..errors import SpecError
 from ..utils.io import sha256_file
 from ..utils.provenance import code_version, package_versions
 from . import load_adapters, load_task
-from .results import SCHEMA, utc_timestamp, write_result
+from .results import SCHEMA, compute_model_id, utc_timestamp, write_result
 from .common import feature_cache
 from .spec import TaskSpec
 
@@ -32,29 +33,47 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
 
 
 def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """A model object and its record (name, spec, checkpoint_sha256, source).
+    """A model object and its record (name, spec, checkpoint_sha256, source, id; for a training run also
+    ``finished`` and ``checkpoint_step``).
 
     A spec name or spec file builds a freshly initialised model seeded with ``seed``; a model or run directory is
-    loaded with its weights (checkpoint hash = sha256 of its ``model.safetensors``).
+    loaded with its weights (checkpoint hash = sha256 of the ``model.safetensors`` used). An unfinished run is
+    evaluated at its latest checkpoint, recorded as ``finished: false`` with that checkpoint's step, and warned
+    about on stderr.
     """
     from ..models import create_model, get_spec, load_model
 
     if isinstance(model, torch.nn.Module):
         spec = dict(getattr(model, "spec", {}) or {})
         name = str(spec.get("name", type(model).__name__))
-        return model, {"name": name, "spec": spec, "checkpoint_sha256": state_dict_sha256(model), "source": "object"}
+        sha = state_dict_sha256(model)
+        return model, {"name": name, "spec": spec, "checkpoint_sha256": sha, "source": "object",
+                       "id": compute_model_id("object", sha)}
     text = str(model)
     path = Path(text).expanduser()
     if path.is_dir():
+        from ..models.checkpoint import run_state
+
         m = load_model(path)
-        weights = path / "model.safetensors"
+        state = run_state(path)
+        weights = state["weights"] if state["is_run"] and state["weights"] is not None else path / "model.safetensors"
         sha = sha256_file(weights) if weights.is_file() else state_dict_sha256(m)
-        return m, {"name": path.name, "spec": dict(getattr(m, "spec", {}) or {}), "checkpoint_sha256": sha,
-                   "source": str(path)}
+        record = {"name": path.name, "spec": dict(getattr(m, "spec", {}) or {}), "checkpoint_sha256": sha,
+                  "source": str(path), "id": compute_model_id(str(path.resolve()), sha, is_dir=True)}
+        if state["is_run"]:
+            record.update(finished=bool(state["finished"]), checkpoint_step=state["checkpoint_step"])
+            if not state["finished"]:
+                total = state["total_steps"]
+                of = f" of {total}" if total else ""
+                sys.stderr.write(f"warning: {path}: training has not finished; evaluating its latest checkpoint "
+                                 f"(step {state['checkpoint_step']}{of})\n")
+        return m, record
     spec = get_spec(text)
     m = create_model(spec, seed=seed)
-    return m, {"name": str(spec.get("name", path.stem)), "spec": spec,
-               "checkpoint_sha256": state_dict_sha256(m), "source": f"spec {text} (initialised with seed {seed})"}
+    source = f"spec {text} (initialised with seed {seed})"
+    sha = state_dict_sha256(m)
+    return m, {"name": str(spec.get("name", path.stem)), "spec": spec, "checkpoint_sha256": sha, "source": source,
+               "id": compute_model_id(source, sha)}
 
 
 def _task(task: TaskLike) -> TaskSpec:
@@ -105,7 +124,8 @@ def evaluate(
     device: str = "cpu",
     skip_unsupported: bool = True,
 ) -> List[Dict[str, Any]]:
-    """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir``.
+    """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir`` (suffixed with
+    ``__<id8>`` when another model's result holds that name: see :func:`~loupe_bench.tasks.results.result_path`).
 
     Args:
         models: spec names, spec YAML paths, model/run directories or ``VLModel`` objects.
@@ -124,6 +144,10 @@ def evaluate(
     from ..utils.device import resolve_device
 
     device = resolve_device(device)
+    if out_dir is not None:
+        from ..utils.io import clean_stale_temps
+
+        clean_stale_temps(out_dir)  # temp files of a killed earlier eval
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     specs = [_task(t) for t in tasks]

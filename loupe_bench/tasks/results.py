@@ -1,7 +1,9 @@
 """Result records: the JSON schema of ``docs/architecture.md``, atomic writing, loading, validation and the
 CLIP_benchmark-style export.
 
-One file per (model, task, split): ``<model>__<task>__<split>.json`` (names made file-safe). ``per_item`` values
+One file per (model, task, split): ``<model>__<task>__<split>.json`` (names made file-safe); when that name is
+taken by a result of another model (two runs both called ``full``), ``<model>__<task>__<split>__<id8>.json`` with
+the first 8 hex digits of the model id (:func:`model_id`). ``per_item`` values
 (hits per query/image) are kept so model-vs-model deltas get paired bootstrap intervals
 (:func:`paired_delta`).
 """
@@ -35,6 +37,46 @@ def safe_name(text: str) -> str:
 def result_filename(model: str, task: str, split: str) -> str:
     """``<model>__<task>__<split>.json``."""
     return f"{safe_name(model)}__{safe_name(task)}__{safe_name(split)}.json"
+
+
+def model_id(model: Dict[str, Any]) -> str:
+    """The unique id of a result's model: its ``id`` field, else (older results) the stable hash of its ``source``
+    (a model / run directory is its resolved path) and ``checkpoint_sha256``.
+
+    Rule: ``id = sha256(canonical JSON {"source": source, "sha": checkpoint_sha256})[:16]`` — for a directory the
+    source alone (``sha`` null), so re-evaluating a run that trained further replaces its own result.
+    """
+    if isinstance(model.get("id"), str) and model["id"]:
+        return model["id"]
+    source, sha = str(model.get("source", "")), str(model.get("checkpoint_sha256", ""))
+    if source and Path(source).is_dir():
+        return compute_model_id(str(Path(source).resolve()), sha, is_dir=True)
+    return compute_model_id(source, sha)
+
+
+def compute_model_id(source: str, checkpoint_sha256: str, is_dir: bool = False) -> str:
+    """See :func:`model_id`."""
+    from ..utils.io import stable_hash
+
+    return stable_hash({"source": source, "sha": None if is_dir else checkpoint_sha256})
+
+
+def result_path(out_dir: Union[str, Path], result: Dict[str, Any]) -> Path:
+    """Where :func:`write_result` puts ``result``: the plain name, unless a result of another model (other
+    :func:`model_id`) holds it, then the name suffixed with ``__<id8>``."""
+    model, task = result["model"], result["task"]
+    path = Path(out_dir) / result_filename(model["name"], task["name"], task["split"])
+    if not path.exists():
+        return path
+    try:
+        other = read_json(path)
+        same = isinstance(other, dict) and isinstance(other.get("model"), dict) and \
+            model_id(other["model"]) == model_id(model)
+    except DataError:
+        same = False
+    if same:
+        return path
+    return path.with_name(f"{path.stem}__{model_id(model)[:8]}.json")
 
 
 def utc_timestamp() -> str:
@@ -84,7 +126,7 @@ def validate_result(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
 def write_result(out_dir: Union[str, Path], result: Dict[str, Any]) -> Path:
     """Validate and atomically write one result; returns its path."""
     validate_result(result)
-    path = Path(out_dir) / result_filename(result["model"]["name"], result["task"]["name"], result["task"]["split"])
+    path = result_path(out_dir, result)
     atomic_write_json(path, result)
     return path
 

@@ -103,13 +103,15 @@ def prune_checkpoints(run_dir: Union[str, Path], keep_last: int) -> None:
 
 
 def resolve_resume(resume: Union[str, Path], run_dir: Union[str, Path]) -> Path:
-    """``latest`` (the newest complete checkpoint of ``run_dir``) or a path to a ``step_<n>`` folder / a run dir."""
+    """``latest`` (the checkpoint the ``latest`` pointer names, resolved inside the run folder only — see
+    :func:`~loupe_bench.models.checkpoint.latest_pointer_target` — else the newest complete checkpoint of
+    ``run_dir``) or a path to a ``step_<n>`` folder / a run dir."""
     if str(resume) == "latest":
-        pointer = checkpoint_root(run_dir) / LATEST
-        if pointer.is_file():
-            cand = checkpoint_root(run_dir) / pointer.read_text(encoding="utf-8").strip()
-            if (cand / STATE_FILE).is_file() and (cand / WEIGHTS_FILE).is_file():
-                return cand
+        from ..models.checkpoint import latest_pointer_target
+
+        cand = latest_pointer_target(run_dir)
+        if cand is not None and (cand / STATE_FILE).is_file() and (cand / WEIGHTS_FILE).is_file():
+            return cand
         complete = list_checkpoints(run_dir)
         if not complete:
             raise CheckpointError(f"{checkpoint_root(run_dir)}: no checkpoint to resume from")
@@ -131,17 +133,42 @@ def save_weights(path: Union[str, Path], state_dict: Dict[str, torch.Tensor], me
 
 
 def load_weights(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing, truncated or corrupt one is a :class:`CheckpointError`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
 
 
-def load_model_weights(model: torch.nn.Module, path: Union[str, Path]) -> None:
-    """Load safetensors weights into ``model`` strictly; mismatches name the missing / unexpected keys."""
-    sd = load_weights(path)
+def load_checkpoint(where: Path, run_dir: Union[str, Path]):
+    """``(state, weights)`` of the checkpoint folder ``where``, both read (and so checked) before a resume writes
+    anything. A truncated or corrupt file is a :class:`CheckpointError` naming the broken checkpoint and, when the
+    run holds an older complete one, offering it (``--resume <that folder>``)."""
+    try:
+        return load_state(where / STATE_FILE), load_weights(where / WEIGHTS_FILE)
+    except CheckpointError as exc:
+        older = [d for d in list_checkpoints(run_dir) if _step_of(d) < _step_of(where)]
+        offer = (f"; resume from the previous checkpoint with --resume {older[-1]}" if older
+                 else "; no earlier checkpoint in this run")
+        raise CheckpointError(f"checkpoint {where} is broken ({exc}){offer}") from None
+
+
+def _step_of(d: Path) -> int:
+    suffix = d.name[len("step_"):]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def load_model_weights(model: torch.nn.Module, path: Union[str, Path],
+                       state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Load safetensors weights (``state_dict`` when already read from ``path``) into ``model`` strictly;
+    mismatches name the missing / unexpected keys."""
+    sd = load_weights(path) if state_dict is None else state_dict
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))

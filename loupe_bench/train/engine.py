@@ -6,8 +6,9 @@
 
 Per optimiser step: per-rank batch → :func:`~loupe_bench.train.step.forward_backward` (feature-caching accumulation
 when ``accum_freq > 1``) → gradient averaging across ranks → unscale (fp16) → clip → optimiser step → schedule step.
-A non-finite loss stops the run with a :class:`NonFiniteLossError` naming the step and the term; checkpoints are
-written only from finite steps, so the last good one stays.
+A non-finite loss stops the run with a :class:`NonFiniteLossError` naming the step and the term, a non-finite
+gradient norm (without fp16 loss scaling) with a :class:`NonFiniteGradError`; checkpoints are written only from
+finite steps, so the last good one stays and is named.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from ..errors import LoupeBenchError, SpecError
 from ..models.base import LossOutput
 from ..utils.io import atomic_write_json, atomic_write_text
 from . import checkpoint as ckpt
+from . import runinfo
 from .data import BuiltData, TrainSource, make_loader
 from .distributed import (DistInfo, all_gather_objects, apply_fsdp2, average_gradients, barrier, broadcast_module,
                           init_distributed)
@@ -39,6 +41,28 @@ LOG_FILE = "log.jsonl"
 
 class NonFiniteLossError(LoupeBenchError):
     """The loss became NaN or infinite; the message names the step and the term."""
+
+
+class NonFiniteGradError(NonFiniteLossError):
+    """The global gradient norm became NaN or infinite (with a finite loss); the message names the step."""
+
+
+def _last_good(run_dir: Path) -> str:
+    last = ckpt.list_checkpoints(run_dir)
+    return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+
+
+def check_grad_norm(grad_norm: float, step: int, run_dir: Path, scaled: bool) -> None:
+    """Stop on a non-finite global gradient norm, before the optimiser step (the weights stay those of the last
+    finite step; checkpoints only ever hold finite steps).
+
+    Rule: ``not isfinite(||g||_2)`` stops the run, except under fp16 dynamic loss scaling (``scaled``), where an
+    overflowing step is the GradScaler's signal to skip that step and lower the scale.
+    """
+    if scaled or math.isfinite(grad_norm):
+        return
+    raise NonFiniteGradError(f"step {step}: gradient norm is {grad_norm} (the loss was finite) — training stopped; "
+                             f"{_last_good(run_dir)}")
 
 
 def seed_everything(seed: int) -> None:
@@ -117,12 +141,13 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     return n
 
 
-def _source_for(data: Any, recipe: Recipe) -> TrainSource:
+def _source_for(data: Any, recipe: Recipe, allow_remote_shards: bool = False,
+                on_bad_sample: str = "error") -> TrainSource:
     if hasattr(data, "build") and hasattr(data, "captions"):
         return data
     from .sources import DatasetSource
 
-    return DatasetSource(data, recipe)
+    return DatasetSource(data, recipe, allow_remote_shards=allow_remote_shards, on_bad_sample=on_bad_sample)
 
 
 # -- logging ----------------------------------------------------------------------------------------------------------
@@ -201,10 +226,8 @@ def _finite_guard(step_ref: Dict[str, int], info: DistInfo, run_dir: Path):
             return
         term = next((k for k in bad if k != "total"), bad[0] if bad else "total (on another rank)")
         value = values.get(term, torch.tensor(float("nan")))
-        last = ckpt.list_checkpoints(run_dir)
-        where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
         raise NonFiniteLossError(f"step {step_ref['step'] + 1}: loss term {term!r} is {value.item()} — training "
-                                 f"stopped; {where}")
+                                 f"stopped; {_last_good(run_dir)}")
 
     return check
 
@@ -270,8 +293,18 @@ def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
     barrier()
 
 
+def clean_run_temps(run_dir: Path) -> int:
+    """Remove temp files of killed writers in the run folder, its checkpoints folder and each step folder."""
+    from ..utils.io import clean_stale_temps
+
+    root = ckpt.checkpoint_root(run_dir)
+    dirs = [run_dir, root] + (sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else [])
+    return sum(clean_stale_temps(d) for d in dirs)
+
+
 def _write_run_files(run_dir: Path, model, recipe: Recipe) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    clean_run_temps(run_dir)
     atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     spec = getattr(model, "spec", None)
     if spec is not None:
@@ -294,6 +327,9 @@ def train(
     *,
     overrides: Optional[Mapping[str, Any]] = None,
     stop_after: Optional[int] = None,
+    allow_remote_shards: bool = False,
+    allow_changed: Sequence[str] = (),
+    on_bad_sample: str = "error",
 ) -> Path:
     """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out``.
 
@@ -307,6 +343,12 @@ def train(
         seed: overrides the recipe's seed.
         overrides: dotted recipe overrides, e.g. ``{"steps": 10, "optim.lr": 1e-3}``.
         stop_after: stop (without the final save) after this optimiser step — for tests of interrupted runs.
+        allow_remote_shards: open webdataset shard names that are URLs / ``pipe:`` commands (off: refused).
+        allow_changed: dotted recipe fields (or sections, or ``data``) a resume may change beyond
+            :data:`~loupe_bench.train.runinfo.SAFE_CHANGES`; any other difference from the run's ``run.json``
+            is refused before anything is written.
+        on_bad_sample: every training image is checked once before step 1; ``error`` stops at the first bad one
+            (one line naming it), ``skip`` leaves bad ones out and counts them.
     """
     recipe = load_recipe(recipe)
     changes = dict(overrides or {})
@@ -319,13 +361,33 @@ def train(
     run_dir = Path(out)
     info = init_distributed(recipe.device, recipe.distributed.backend)
     try:
-        return _train(model, data, recipe, run_dir, resume, info, stop_after)
+        return _train(model, data, recipe, run_dir, resume, info, stop_after, allow_remote_shards,
+                      tuple(allow_changed), on_bad_sample)
     finally:
         if info.initialized_here and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int]) -> Path:
+def check_out_dir(run_dir: Path) -> None:
+    """Refuse to train into an existing, non-empty folder that is not a run of ours.
+
+    Rule: a run of ours holds ``run.json`` or ``recipe.yaml`` (the first file a run writes) or a ``checkpoints/``
+    folder; any other non-empty folder (say one holding someone's ``log.jsonl`` and ``config.json``) is refused
+    before anything in it is replaced."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise SpecError(f"{run_dir}: --out exists and is not a folder")
+    markers = (runinfo.RUN_FILE, "recipe.yaml", ckpt.CHECKPOINT_DIR)
+    if any((run_dir / m).exists() for m in markers) or not any(run_dir.iterdir()):
+        return
+    raise SpecError(f"{run_dir}: --out is a non-empty folder that is not a loupe-bench run (no "
+                    f"{', '.join(markers)}); refusing to write into it — choose a new or empty folder")
+
+
+def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
+           allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error") -> Path:
+    check_out_dir(run_dir)
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
                         "it, or choose another --out")
@@ -340,7 +402,29 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
 
         model = get_spec(model)  # an unknown spec fails here, before any data is read
     seed_everything(recipe.seed)
-    source = _source_for(data, recipe)
+    source = _source_for(data, recipe, allow_remote_shards, on_bad_sample)
+    data_rec = runinfo.data_record(source)
+    changes: Dict[str, Any] = {}
+    history: List[Dict[str, Any]] = []
+    where, state, saved_weights = None, None, None
+    if resume is not None:  # every check of a resume before anything is written
+        where = ckpt.resolve_resume(resume, run_dir)
+        state, saved_weights = ckpt.load_checkpoint(where, run_dir)
+        if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
+            raise ckpt.CheckpointError(
+                f"{where}: saved with world size {state.get('world_size')} and global batch "
+                f"{state.get('global_batch')}; this run has {info.world_size} and {recipe.data.batch_size} — an "
+                "exact resume needs the same layout")
+        recorded = runinfo.read_run_record(run_dir)
+        if recorded is not None:
+            changes = runinfo.resume_changes(recorded, recipe, data_rec, allow_changed)
+            history = list(recorded.get("changes") or [])
+            if recorded.get("data") and "data" not in changes:
+                data_rec = dict(recorded["data"])  # same content: keep the recorded source
+        if state.get("seed") is not None and state.get("seed") != recipe.seed and "seed" not in allow_changed:
+            raise runinfo.RunMismatchError(
+                f"{where}: resume refused: the checkpoint was trained with seed {state.get('seed')}, not "
+                f"{recipe.seed}; resume with the recorded seed, or pass --allow-changed seed")
     if not isinstance(model, torch.nn.Module):
         if resume is not None and (run_dir / "config.json").is_file():
             model = rebuild_from_run(model, run_dir)  # the run's own tokenizer; weights come from the checkpoint
@@ -379,24 +463,21 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
         if resume is None and (run_dir / LOG_FILE).is_file():
             (run_dir / LOG_FILE).unlink()  # rows of an earlier attempt killed before its first checkpoint
         _write_run_files(run_dir, model, recipe)
+        if changes:
+            history.append({"at_step": int(state["step"]), "fields": changes})
+        runinfo.write_run_record(run_dir, recipe, data_rec, getattr(model, "spec", {}).get("name")
+                                 if isinstance(getattr(model, "spec", None), dict) else None, history)
     barrier()
     if resume is not None:
-        where = ckpt.resolve_resume(resume, run_dir)
-        state = ckpt.load_state(where / ckpt.STATE_FILE)
-        if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
-            raise ckpt.CheckpointError(
-                f"{where}: saved with world size {state.get('world_size')} and global batch "
-                f"{state.get('global_batch')}; this run has {info.world_size} and {recipe.data.batch_size} — an exact "
-                "resume needs the same layout")
         if fsdp:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)
 
             opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(model, ckpt.load_weights(where / ckpt.WEIGHTS_FILE), options=opts)
+            set_model_state_dict(model, saved_weights, options=opts)
             set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
         else:
-            ckpt.load_model_weights(model, where / ckpt.WEIGHTS_FILE)
+            ckpt.load_model_weights(model, where / ckpt.WEIGHTS_FILE, saved_weights)
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _load_non_persistent_buffers(model, state.get("extra_buffers") or {}, where)
@@ -453,6 +534,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
                 scaler.unscale_(optimizer)
             clip_at = recipe.optim.grad_clip if recipe.optim.grad_clip is not None else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_at))  # logged even when not clipping
+            check_grad_norm(grad_norm, step + 1, run_dir, scaled=scaler is not None)
             lr = optimizer.param_groups[0]["lr"]
             if scaler is not None:
                 scaler.step(optimizer)
@@ -490,4 +572,6 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     if last_ckpt_step != step:
         _save_checkpoint(run_dir, model, optimizer, scheduler, scaler, step, epoch, batch_in_epoch, info, recipe, fsdp)
     _save_final(model, run_dir, fsdp, info)
+    if info.is_main:
+        runinfo.mark_finished(run_dir, step)
     return run_dir

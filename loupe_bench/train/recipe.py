@@ -8,6 +8,7 @@ a bad value is a :class:`~loupe_bench.errors.SpecError` naming the file and the 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -21,6 +22,19 @@ RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 # -- checks -----------------------------------------------------------------------------------------------------------
 Check = Callable[[Any], Optional[str]]  # returns an error text, or None when the value is fine
+
+
+#: a number written the way YAML 1.1 leaves it a string (``1e-3``: no dot in the mantissa, or no sign in the exponent)
+_NUMBER_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def yaml_number(value: Any) -> Any:
+    """``"1e-3"`` -> ``0.001``: a string that is a decimal number (YAML 1.1 reads ``1e-3`` as a string, YAML 1.2 as
+    a float) becomes an int (no dot, no exponent) or a float; anything else is returned unchanged."""
+    if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    return value
 
 
 def _number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False, integer: bool = False,
@@ -37,6 +51,7 @@ def _number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: boo
             return f"must be <= {hi}, got {v!r}"
         return None
 
+    check.numeric = True  # type: ignore[attr-defined]  # values are read with yaml_number first
     return check
 
 
@@ -184,14 +199,29 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def replace(self, **changes: Any) -> "Recipe":
-        """A copy with dotted-field overrides, e.g. ``replace(**{"optim.lr": 1e-3, "steps": 5})`` (validated)."""
+        """A copy with dotted-field overrides, e.g. ``replace(**{"optim.lr": 1e-3, "steps": 5})`` (validated).
+
+        Every dotted part but the last must name a section, and the last a field of it (``notes`` takes any key);
+        otherwise a :class:`SpecError` names the key and the known fields there."""
         d = self.to_dict()
         for key, value in changes.items():
-            node = d
-            parts = key.split(".")
-            for p in parts[:-1]:
+            node, cls = d, Recipe
+            parts = str(key).split(".")
+            for i, p in enumerate(parts):
+                fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else None
+                if fields is not None and p not in fields:
+                    where = ".".join(parts[:i]) or "the recipe"
+                    raise SpecError(f"override {key!r}: unknown field {p!r} in {where}; known: "
+                                    f"{', '.join(sorted(fields))}")
+                if i == len(parts) - 1:
+                    node[p] = value
+                    break
+                if not isinstance(node.get(p), dict):
+                    raise SpecError(f"override {key!r}: {'.'.join(parts[:i + 1])!r} is a value, not a section")
+                f = fields[p] if fields is not None else None
+                factory = f.default_factory if f is not None else dataclasses.MISSING
+                cls = factory if dataclasses.is_dataclass(factory) else None
                 node = node[p]
-            node[parts[-1]] = value
         return recipe_from_dict(d, source=f"<{self.name} with overrides>")
 
     def per_rank_batch(self, world_size: int, source: str = "<recipe>") -> int:
@@ -224,6 +254,8 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
             continue
         value = data[name]
         check = f.metadata.get("check")
+        if getattr(check, "numeric", False):
+            value = yaml_number(value)
         err = check(value) if check else None
         if err:
             raise SpecError(f"{source}: field '{dotted}': {err}")

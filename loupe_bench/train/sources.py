@@ -71,9 +71,13 @@ class DatasetSource:
         data: a synthetic world folder, a data-set path (format detected) or ``"format:path"``.
         recipe: the recipe (``data.format`` other than ``auto`` is prefixed to the path; ``data.split`` selects
             the split of formats that have splits).
+        allow_remote_shards: let webdataset shard names that are URLs or ``pipe:`` commands be opened (off: they
+            are refused; local shards are always read by absolute path, never through a shell).
+        on_bad_sample: ``error`` (the first bad image stops training before step 1) or ``skip`` (bad images are
+            left out and counted in :attr:`skipped`; streamed shards skip bad samples as they come).
     """
 
-    def __init__(self, data: Any, recipe: Any):
+    def __init__(self, data: Any, recipe: Any, allow_remote_shards: bool = False, on_bad_sample: str = "error"):
         from ..data.check import detect_format
 
         self.recipe = recipe
@@ -92,6 +96,14 @@ class DatasetSource:
             fmt, path = "karpathy", str(load_world(path).path("karpathy"))
         self.format, self.path = fmt, path
         self.name = f"{fmt}:{path}"
+        self.allow_remote_shards = bool(allow_remote_shards)
+        from ..data.formats.base import ON_BAD_SAMPLE
+        from ..errors import SpecError
+
+        if on_bad_sample not in ON_BAD_SAMPLE:
+            raise SpecError(f"on_bad_sample must be one of {', '.join(ON_BAD_SAMPLE)}, got {on_bad_sample!r}")
+        self.on_bad_sample = on_bad_sample
+        self.skipped: List[Any] = []
         self._records = None
 
     @property
@@ -103,8 +115,44 @@ class DatasetSource:
             from ..data.training import load_caption_records
 
             split = None if self.streamed else self.recipe.data.split
-            self._records = load_caption_records(self.name, split=split)
+            spec = {"format": self.format, "path": self.path}
+            if self.streamed:
+                spec["allow_remote"] = self.allow_remote_shards
+            self._records = load_caption_records(spec, split=split)
         return self._records
+
+    def checked_records(self):
+        """The records whose image passes :func:`~loupe_bench.data.formats.base.check_image_header`, every image
+        checked once before step 1 (each distinct file once; fully decoded when the data set is small enough for
+        :class:`~loupe_bench.data.training.PairDataset` to cache it anyway): ``error`` raises the first bad one,
+        ``skip`` leaves the bad ones out, counts them in :attr:`skipped` and warns once on stderr."""
+        import sys
+
+        from ..data.formats.base import check_image_header
+        from ..data.training import CACHE_MAX_IMAGES
+        from ..errors import DataError
+
+        full = len(self.records()) <= CACHE_MAX_IMAGES
+        bad: Dict[str, DataError] = {}
+        keep = []
+        for rec in self.records():
+            key = str(rec.path)
+            if key not in bad:
+                try:
+                    check_image_header(rec.path, record=rec.image_id, full=full)
+                    bad[key] = None  # type: ignore[assignment]
+                except DataError as err:
+                    if self.on_bad_sample == "error":
+                        raise
+                    bad[key] = err
+            if bad[key] is None:
+                keep.append(rec)
+            else:
+                self.skipped.append(bad[key])
+        if self.skipped:
+            sys.stderr.write(f"warning: skipped {len(self.skipped)} record(s) with a bad image (first: "
+                             f"{self.skipped[0]})\n")
+        return keep
 
     def captions(self) -> List[str]:
         return [c.text for r in self.records() for c in r.captions]
@@ -122,7 +170,8 @@ class DatasetSource:
         transform = _train_transform(model, recipe.data.augment.random_resized_crop, self.hflip())
         collate = TrainCollator(model.tokenizer, recipe.data.max_phrases)
         if self.streamed:
-            ds = ShardPairs(self.path, transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed)
+            ds = ShardPairs(self.path, transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed,
+                            allow_remote=self.allow_remote_shards, on_bad_sample=self.on_bad_sample)
             return BuiltData(ds, collate, None)
-        ds = PairDataset(self.records(), transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed)
+        ds = PairDataset(self.checked_records(), transform, caption_policy=recipe.data.caption_policy, seed=recipe.seed)
         return BuiltData(ds, collate, len(ds))

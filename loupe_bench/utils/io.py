@@ -1,12 +1,18 @@
-"""Atomic writes (temp file in the same directory, fsync, rename) and stable hashing."""
+"""Atomic writes (temp file in the same directory, fsync, rename) and stable hashing.
+
+Temp files and folders of ours are named ``.<target name>.<pid>.<random>.tmp``; :func:`clean_stale_temps` removes
+the ones whose writing process is gone (a killed run or eval) on the next start.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from ..errors import DataError
 
@@ -17,7 +23,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -34,6 +40,83 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temps(directory: PathLike) -> int:
+    """Remove temp files / folders of ours (``.<name>.<pid>.<random>.tmp``) in ``directory`` whose writing process
+    no longer runs (a temp of a live process, another run writing now, is kept). Returns how many were removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    n = 0
+    for entry in directory.iterdir():
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                continue
+        n += 1
+    return n
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    files_a = {str(p.relative_to(a)): p for p in a.rglob("*") if p.is_file()}
+    files_b = {str(p.relative_to(b)): p for p in b.rglob("*") if p.is_file()}
+    return files_a.keys() == files_b.keys() and all(files_a[k].read_bytes() == files_b[k].read_bytes()
+                                                    for k in files_a)
+
+
+def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> Path:
+    """Write a folder (e.g. ``save_pretrained``) atomically and only when its content changes.
+
+    ``write(tmp)`` fills a temp folder beside ``target``; a missing ``target`` is then created by one rename; an
+    existing one with the same files and bytes is left untouched (written once); a different one is swapped out
+    (rename old aside, rename new in, delete old), so readers see the old or the new folder, never a mix.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=str(target.parent)))
+    try:
+        write(tmp)
+        if target.is_dir() and _same_tree(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
+        if not target.exists():
+            os.replace(tmp, target)
+            return target
+        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=str(target.parent)))
+        os.rmdir(old)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return target
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple, Union
@@ -99,6 +100,36 @@ def image_size(path: PathLike, record: Any = None) -> Tuple[int, int]:
         return image_size_from_bytes(fh.read(), file=path, record=record)
 
 
+def check_image_header(path: PathLike, record: Any = None, full: bool = False) -> None:
+    """The check of an image file made once before training: it exists, PIL recognises its format, its header's
+    size passes the decompression-bomb limit, ``Image.verify`` (PNG structure and checksums) finds no damage and a
+    JPEG ends with its end-of-image marker ``FF D9`` (trailing zero padding allowed); with ``full`` the image is
+    also decoded completely. Raises :class:`DataError` naming the file and record."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.verify()
+        if full:
+            with Image.open(path) as im:
+                im.load()
+        elif fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(max(0, Path(path).stat().st_size - 64))
+                if not fh.read().rstrip(b"\x00").endswith(b"\xff\xd9"):
+                    raise OSError("JPEG has no end-of-image marker")
+    except FileNotFoundError:
+        raise DataError("image file not found", file=str(path), record=record) from None
+    except UnidentifiedImageError:
+        raise DataError("unreadable image (not a recognised image format)", file=str(path), record=record) from None
+    except Image.DecompressionBombError as exc:
+        raise bomb_error(exc, path, record) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"unreadable or truncated image ({reason})", file=str(path), record=record) from None
+
+
 def image_size_from_bytes(data: bytes, file: PathLike, record: Any = None) -> Tuple[int, int]:
     """Decode image bytes fully; return ``(width, height)`` or raise :class:`DataError`."""
     from PIL import Image, UnidentifiedImageError
@@ -109,9 +140,19 @@ def image_size_from_bytes(data: bytes, file: PathLike, record: Any = None) -> Tu
             return int(im.size[0]), int(im.size[1])
     except UnidentifiedImageError:
         raise DataError("unreadable image (not a recognised image format)", file=str(file), record=record) from None
+    except Image.DecompressionBombError as exc:
+        raise bomb_error(exc, file, record) from None
     except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"unreadable or truncated image ({reason})", file=str(file), record=record) from None
+
+
+def bomb_error(exc: Exception, file: PathLike, record: Any = None) -> DataError:
+    """PIL's ``DecompressionBombError`` (a header claiming more than twice ``Image.MAX_IMAGE_PIXELS`` pixels) as a
+    :class:`DataError` naming the image."""
+    reason = str(exc).split(" could be")[0].rstrip(", ")
+    return DataError(f"image header claims an implausibly large image, refused as a decompression bomb ({reason})",
+                     file=str(file), record=record)
 
 
 def check_bbox(
@@ -123,8 +164,10 @@ def check_bbox(
         DataError: naming the file and record.
     """
     try:
+        if not isinstance(bbox, (list, tuple)) or any(isinstance(v, (bool, str)) for v in bbox):
+            raise TypeError
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"box {bbox!r} is not four numbers x, y, w, h", file=str(file), record=record) from None
     if any(v != v or v in (float("inf"), float("-inf")) for v in (x, y, w, h)):
         raise DataError(f"box {bbox!r} has a non-finite value", file=str(file), record=record)
@@ -146,15 +189,38 @@ def check_caption(text: Any, file: PathLike, record: Any) -> str:
 
 
 def as_int(value: Any, what: str, file: PathLike, record: Any) -> int:
+    """An integer field: an int, an integral float or a decimal string (``Infinity``/NaN/booleans are refused)."""
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
             raise TypeError
         out = int(value)
         if isinstance(value, float) and out != value:
             raise ValueError
         return out
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"{what} {value!r} is not an integer", file=str(file), record=record) from None
+
+
+def as_float(value: Any, what: str, file: PathLike, record: Any) -> float:
+    """A finite number field (int or float, not a boolean or a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DataError(f"{what} {value!r} is not a number", file=str(file), record=record)
+    try:
+        out = float(value)
+    except OverflowError:
+        out = float("inf")
+    if out != out or out in (float("inf"), float("-inf")):
+        raise DataError(f"{what} {value!r} is not a finite number", file=str(file), record=record)
+    return out
+
+
+def as_str(value: Any, what: str, file: PathLike, record: Any) -> str:
+    """A non-empty string field (a number where a file name belongs is refused, not joined into a path)."""
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{what} {value!r} is not a non-empty string", file=str(file), record=record)
+    if "\x00" in value:
+        raise DataError(f"{what} {value!r} holds a NUL character", file=str(file), record=record)
+    return value
 
 
 def require(obj: Any, key: str, file: PathLike, record: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 from ...errors import DataError
 from ...utils.io import read_json
 from ..records import BoxAnnotation, DatasetRecords, ImageRecord
-from .base import DATASETS, Loader, as_int, check_bbox, image_size, require
+from .base import DATASETS, Loader, as_float, as_int, as_str, check_bbox, image_size, require
 
 #: keys of a COCO annotation that are COCO's own; any other string-valued key is kept as an attribute
 COCO_ANNOTATION_KEYS = frozenset({"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation",
@@ -51,8 +51,10 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
             iid = as_int(require(im, "id", path, rec), "image id", path, rec)
             if iid in images:
                 raise DataError("duplicate image id", file=str(path), record=f"image {iid}")
-            fname = str(require(im, "file_name", path, f"image {iid}"))
+            fname = as_str(require(im, "file_name", path, f"image {iid}"), "file_name", path, f"image {iid}")
             w, h = im.get("width"), im.get("height")
+            w = None if w is None else as_int(w, "width", path, f"image {iid}")
+            h = None if h is None else as_int(h, "height", path, f"image {iid}")
             ipath = image_root / fname
             if loader.verify_images:
                 rw, rh = image_size(ipath, record=f"image {iid}")
@@ -87,12 +89,15 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
                 raise DataError(f"unknown category id {cid}", file=str(path), record=rec)
             im = images[iid]
             box = check_bbox(require(a, "bbox", path, rec), im["width"], im["height"], path, rec)
-            area = float(a.get("area", box[2] * box[3]))
+            area = as_float(a.get("area", box[2] * box[3]), "area", path, rec)
+            iscrowd = as_int(a.get("iscrowd", 0), "iscrowd", path, rec)
+            if iscrowd not in (0, 1):
+                raise DataError(f"iscrowd {iscrowd!r} is not 0 or 1", file=str(path), record=rec)
             seen_anns.add(aid)
             attrs = tuple(sorted((str(k), v) for k, v in a.items() if k not in COCO_ANNOTATION_KEYS and isinstance(v, str)))
             im["boxes"].append(
-                BoxAnnotation(ann_id=aid, image_id=iid, category_id=cid, bbox=box, area=area,
-                              iscrowd=int(a.get("iscrowd", 0)), attributes=attrs)
+                BoxAnnotation(ann_id=aid, image_id=iid, category_id=cid, bbox=box, area=area, iscrowd=iscrowd,
+                              attributes=attrs)
             )
 
         loader.guard(parse_ann)

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ...errors import DataError
 from ...utils.io import read_json
 from ..records import Caption, DatasetRecords, ImageRecord, Phrase, tokenize
-from .base import DATASETS, Loader, as_int, check_bbox, check_caption, image_size, require
+from .base import DATASETS, Loader, as_int, as_str, check_bbox, check_caption, image_size, require
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test", "comptest")
 
@@ -108,11 +108,11 @@ class KarpathyLoader(Loader):
         if not isinstance(im, dict):
             raise DataError("image entry is not an object", file=str(path), record=rec_id)
         image_id = as_int(im.get("cocoid", im.get("imgid")), "image id", path, rec_id)
-        fname = require(im, "filename", path, rec_id)
+        fname = as_str(require(im, "filename", path, rec_id), "filename", path, rec_id)
         split = self.check_split(require(im, "split", path, rec_id), path, rec_id)
         if self.split is not None and split != self.split:
             return None
-        sub = im.get("filepath") or ""
+        sub = as_str(im["filepath"], "filepath", path, rec_id) if im.get("filepath") else ""
         img_path = root / sub / fname
         width = height = None
         if self.verify_images:
@@ -143,6 +143,8 @@ class KarpathyLoader(Loader):
             raise DataError("sentence is not an object", file=str(path), record=f"sentence {sid}")
         raw = check_caption(s.get("raw"), path, f"sentence {sid}")
         tokens = s.get("tokens") or tokenize(raw)
+        if not isinstance(tokens, list):
+            raise DataError(f"'tokens' {tokens!r} is not a list", file=str(path), record=f"sentence {sid}")
         sent_id = as_int(s.get("sentid"), "sentid", path, f"sentence {sid}")
         plist: Tuple[Phrase, ...] = ()
         if phrases is not None and str(sent_id) in phrases:

@@ -3,6 +3,7 @@ or ``<key>.txt`` (one caption). Local paths, folders of ``*.tar`` and brace patt
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -33,10 +34,48 @@ def expand_shards(spec: Any) -> List[Path]:
     return [path]
 
 
-def iter_tar_samples(shard: Path) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """Group a tar's members by webdataset key (the member path up to the first dot of its base name)."""
+#: ``scheme:`` prefixes webdataset opens itself (``pipe:`` runs a shell command); see :func:`shard_url`
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def is_remote_shard(name: Any) -> bool:
+    """Whether a shard name is a URL / ``pipe:`` command rather than a local file.
+
+    Rule: a name that is an existing local file (whatever characters it holds, ``pipe:touch X;cat s.tar`` included)
+    is a local file; otherwise a name starting with ``scheme:`` (``pipe:``, ``http:``, ``https:``, ``s3:`` ...) is
+    remote. Remote names are only ever handed to webdataset when the user opts in (``--allow-remote-shards``).
+    """
+    text = str(name)
+    return not Path(text).is_file() and bool(_URL_SCHEME.match(text))
+
+
+def shard_url(name: Any, allow_remote: bool = False) -> str:
+    """The name a shard is opened by: a local file as its resolved absolute path (never a string webdataset could
+    read as ``pipe:``); a remote name only when ``allow_remote`` (else a :class:`DataError`)."""
+    if is_remote_shard(name):
+        if not allow_remote:
+            raise DataError("shard name is a URL or pipe: command; refusing to open it (pass --allow-remote-shards "
+                            "to let webdataset fetch it)", file=str(name))
+        return str(name)
+    return str(Path(str(name)).resolve())
+
+
+def _open_tar(shard: Any, allow_remote: bool) -> tarfile.TarFile:
+    """A local shard with :mod:`tarfile` by path; a remote one (opt-in only) as a stream from webdataset's opener."""
+    if is_remote_shard(shard):
+        url = shard_url(shard, allow_remote)  # raises unless allowed
+        from webdataset.gopen import gopen
+
+        return tarfile.open(fileobj=gopen(url, "rb"), mode="r|*")
+    return tarfile.open(Path(str(shard)), mode="r")
+
+
+def iter_tar_samples(shard: Any, allow_remote: bool = False) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """Group a tar's members by webdataset key (the member path up to the first dot of its base name).
+
+    A local shard is read by path, never through a shell; a URL / ``pipe:`` name needs ``allow_remote``."""
     try:
-        tar = tarfile.open(shard, mode="r")
+        tar = _open_tar(shard, allow_remote)
     except FileNotFoundError:
         raise DataError("shard not found", file=str(shard)) from None
     except (tarfile.TarError, OSError) as exc:
@@ -107,12 +146,15 @@ class WebDatasetLoader(Loader):
             shards = [s for s in shards if s.name.startswith(f"{self.split}-")]
         out = DatasetRecords(name=self.name, source=str(self.path))
         next_sid = 0
+        allow_remote = bool(self.options.get("allow_remote", False))
         for shard in shards:
-            if not shard.is_file():
+            if is_remote_shard(shard):
+                shard_url(shard, allow_remote)  # refused (fatal) unless the user opted in
+            elif not shard.is_file():
                 self.bad(DataError("shard not found", file=str(shard)))
                 continue
             try:
-                for key, parts in iter_tar_samples(shard):
+                for key, parts in iter_tar_samples(shard, allow_remote):
                     ok, rec = self.guard(lambda: self._sample(key, parts, shard, next_sid))
                     if ok and rec is not None:
                         out.images.append(rec)
