@@ -120,8 +120,7 @@ class Grounded(NamedTuple):
     chance: np.ndarray          # [Q] expected hit of a uniform pick
     oracle: Optional[np.ndarray]  # [Q] 0/1, gt-boxes with attributes only
     n_candidates: float         # mean candidates per image
-    recall: Optional[float]     # proposal recall@K
-    recall_items: Optional[np.ndarray]
+    recall_items: Optional[np.ndarray]  # [objects] 0/1: found by the first K proposals (grid and native only)
 
 
 def ground_queries(adapter: "GroundingTask", model, images, queries: Dict[int, List[Query]], categories, split: str,
@@ -166,12 +165,9 @@ def ground_queries(adapter: "GroundingTask", model, images, queries: Dict[int, L
                     k = oracle_pick(query.text, im.boxes, categories)
                     oracle.append(float(k >= 0 and bool(ok[k, j])))
             advance(1)
-    recall = recall_items = None
-    if opts.proposals != "gt-boxes":
-        recall_items = proposal_recall_items(props, ims, opts.recall_k, thr)
-        recall = float(recall_items.mean()) if recall_items.size else float("nan")
+    recall_items = proposal_recall_items(props, ims, opts.recall_k, thr) if opts.proposals != "gt-boxes" else None
     return Grounded(np.asarray(hits), np.asarray(chance), np.asarray(oracle) if use_oracle else None,
-                    float(np.mean([len(p[0]) for p in props])), recall, recall_items)
+                    float(np.mean([len(p[0]) for p in props])), recall_items)
 
 
 @TASK_TYPES.register("grounding")
@@ -279,7 +275,7 @@ class GroundingTask(TaskAdapter):
             n_queries=len(g.hits), iou_rule=f"IoU >= {self.opts.iou_threshold:g}", mean_candidates=g.n_candidates,
             breakdown_counts=_tag_counts(tags), **counts,
         )
-        if g.recall is not None:
+        if g.recall_items is not None:
             res.extra.update(recall_k=self.opts.recall_k)
         return res
 
