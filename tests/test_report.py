@@ -40,7 +40,7 @@ def _write(folder: Path, model: str, task: str, metrics: dict, *, seed=0, fp="fp
 def results(tmp_path):
     r = tmp_path / "results"
     _write(r, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.40, "t2i_R@1": 0.30})
-    _write(r, "filip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.50, "t2i_R@1": 0.30})
+    _write(r, "filip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.60, "t2i_R@1": 0.30})
     _write(r, "loupe-tiny", "synthetic-retrieval", {"i2t_R@1": 0.45, "t2i_R@1": 0.20})
     _write(r, "loupe-tiny", "synthetic-grounding", {"acc@0.5": 0.6}, fp="fp-g",
            unavailable={"SPICE": "models missing"})
@@ -53,8 +53,8 @@ def test_table_best_and_units(results):
     labels = [c.label for c in t.columns]
     i2t = labels.index("synthetic-retrieval/test/i2t_R@1")
     t2i = labels.index("synthetic-retrieval/test/t2i_R@1")
-    assert t.best[i2t] == ["filip-tiny"]
-    assert t.best[t2i] == ["clip-tiny", "filip-tiny"]          # ties: both marked
+    assert t.best[i2t] == ["filip-tiny"]                       # [55, 65] is clear of loupe-tiny's [40, 50]
+    assert t2i not in t.best                                   # a tie is no best
     cell = t.cell("clip-tiny", i2t)
     assert cell.value == pytest.approx(40.0) and cell.ci_low == pytest.approx(35.0)
     # a column with a single model has no "best"
@@ -106,9 +106,9 @@ def test_report_files(results, tmp_path):
     paths = report(results, out_dir=tmp_path / "out", quiet=True)
     df = pd.read_csv(paths.csv)
     assert len(df) == 7 and set(df.columns) >= {"model", "task", "metric", "value", "ci_low", "ci_high", "fingerprint"}
-    assert df.loc[(df.model == "filip-tiny") & (df.metric == "i2t_R@1"), "value"].item() == pytest.approx(0.5)
+    assert df.loc[(df.model == "filip-tiny") & (df.metric == "i2t_R@1"), "value"].item() == pytest.approx(0.6)
     md = paths.markdown.read_text()
-    assert "**50.0 [45.0, 55.0]**" in md and "| clip-tiny |" in md
+    assert "**60.0 [55.0, 65.0]**" in md and "| clip-tiny |" in md
     html = paths.html.read_text()
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(imgs) >= 3            # two task bar charts + training curves
@@ -199,4 +199,4 @@ def test_report_console_output_fits_80_columns(results, tmp_path):
     report(results, html=False, markdown=False, csv=False, console=Console(file=buf, width=80, color_system=None))
     lines = buf.getvalue().splitlines()
     assert max(len(l) for l in lines) <= 80
-    assert any(l.startswith("filip-tiny ") and "★ 50.0 [45.0,55.0]" in l for l in lines)
+    assert any(l.startswith("filip-tiny ") and "★ 60.0 [55.0,65.0]" in l for l in lines)

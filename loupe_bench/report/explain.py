@@ -51,18 +51,16 @@ def sample_images(world_dir, n: int = 3, split: str = "test") -> List[Sample]:
     return out
 
 
-def plot_explanation(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarray, phrases: Sequence[str],
-                     phrase_best_region: Sequence[int], interaction: np.ndarray, caption: str = "",
-                     max_regions: int = 8) -> bytes:
-    """One figure: image with regions and each phrase's best region, and the interaction heat map.
+def explanation_figure(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarray, phrases: Sequence[str],
+                       phrase_best_region: Sequence[int], interaction: np.ndarray, caption: str = "",
+                       max_regions: int = 6):
+    """The matplotlib figure behind :func:`plot_explanation`.
 
-    Args:
-        image: ``[H, W, 3]`` uint8.
-        boxes: ``[K, 4]`` normalised xyxy.
-        box_scores: ``[K]`` region confidences.
-        phrases: the P phrase texts.
-        phrase_best_region: ``[P]`` index of each phrase's best region.
-        interaction: ``[K, P]`` region–phrase interaction matrix.
+    Drawn regions: the ``max_regions`` most confident ones **and every phrase's best region** (what the figure
+    refers to is always drawn). Labels never overlap: no text is written on the images; each drawn region has its
+    own colour, and a legend left of the first panel lists ``r<i>  <confidence>`` (most confident first, a best
+    region outside the top ones marked "best of a phrase"); the phrases' legend (``phrase → r<i>``) sits below the
+    second panel. Each rectangle carries ``gid="r<i>"``.
     """
     plt = _plt()
     from matplotlib.patches import Rectangle
@@ -73,26 +71,31 @@ def plot_explanation(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarra
     k, p = boxes.shape[0], len(phrases)
     if interaction.shape != (k, p):
         raise ValueError(f"interaction matrix shape {interaction.shape} != (regions {k}, phrases {p})")
-    h, w = image.shape[:2]
-    order = np.argsort(-box_scores)[:max_regions]
     best = [int(i) for i in phrase_best_region]
-    keep = sorted(set(order.tolist()) | set(best))
-    colours = plt.get_cmap("tab10")
+    if any(not 0 <= i < k for i in best):
+        raise ValueError(f"a phrase's best region is not one of the {k} regions: {best}")
+    h, w = image.shape[:2]
+    top = [int(i) for i in np.argsort(-box_scores, kind="stable")[:max_regions]]
+    drawn = top + sorted(set(best) - set(top), key=lambda i: (-box_scores[i], i))
+    keep = sorted(drawn)
+    region_colours = plt.get_cmap("tab20")
+    phrase_colours = plt.get_cmap("tab10")
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.2]})
     ax0.imshow(image)
-    for i in order:
+    for n, i in enumerate(drawn):
         x0, y0, x1, y1 = boxes[i] * [w, h, w, h]
-        ax0.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1,
-                                linestyle="--"))
-        ax0.text(x0, y0, f"r{i} {box_scores[i]:.2f}", color="white", fontsize=6, va="bottom",
-                 bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "linewidth": 0})
-    ax0.set_title("generated regions (confidence)", fontsize=8)
+        note = "" if i in top else "  (best of a phrase)"
+        ax0.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=region_colours(n % 20),
+                                linewidth=1.5, gid=f"r{i}", label=f"r{i}  {box_scores[i]:.2f}{note}"))
+    ax0.legend(loc="upper right", bbox_to_anchor=(-0.03, 1.0), fontsize=7, frameon=False, borderaxespad=0.0,
+               title="region  confidence", title_fontsize=7)
+    ax0.set_title("generated regions", fontsize=8)
     ax1.imshow(image)
     for j, (phrase, i) in enumerate(zip(phrases, best)):
         x0, y0, x1, y1 = boxes[i] * [w, h, w, h]
-        ax1.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colours(j % 10), linewidth=2,
-                                label=f"{phrase} → r{i}"))
-    ax1.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.02))
+        ax1.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=phrase_colours(j % 10), linewidth=2,
+                                gid=f"r{i}", label=f"{phrase} → r{i}"))
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.03), frameon=False, borderaxespad=0.0)
     ax1.set_title("each phrase's best region", fontsize=8)
     for ax in (ax0, ax1):
         ax.set_xticks([])
@@ -107,7 +110,27 @@ def plot_explanation(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarra
     if caption:
         fig.suptitle(caption, fontsize=8)
     fig.tight_layout()
-    return fig_to_png(fig)
+    return fig
+
+
+def plot_explanation(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarray, phrases: Sequence[str],
+                     phrase_best_region: Sequence[int], interaction: np.ndarray, caption: str = "",
+                     max_regions: int = 6) -> bytes:
+    """One figure as PNG: image with regions and each phrase's best region, and the interaction heat map.
+
+    Args:
+        image: ``[H, W, 3]`` uint8.
+        boxes: ``[K, 4]`` normalised xyxy.
+        box_scores: ``[K]`` region confidences.
+        phrases: the P phrase texts.
+        phrase_best_region: ``[P]`` index of each phrase's best region.
+        interaction: ``[K, P]`` region–phrase interaction matrix.
+        max_regions: the most confident regions drawn (each phrase's best region is drawn too).
+
+    See :func:`explanation_figure` for the drawing and labelling rules.
+    """
+    return fig_to_png(explanation_figure(image, boxes, box_scores, phrases, phrase_best_region, interaction,
+                                         caption=caption, max_regions=max_regions))
 
 
 def _field(obj: Any, *names: str):

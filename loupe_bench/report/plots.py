@@ -25,56 +25,99 @@ def fig_to_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def metric_bars(table: ResultTable, max_metrics_per_task: int = 8) -> List[Tuple[str, bytes]]:
-    """One bar chart per (task, split, fingerprint): bars per model and metric, 95 % intervals as error bars.
+#: the palette model colours are drawn from (matplotlib's tab10, then tab20's light tones); black is left to the
+#: reference rows (dashed levels), so no model is drawn in it
+MODEL_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                 "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+                 "#dbdb8d", "#9edae5")
 
-    Reference rows (chance, the attribute oracle) are drawn as dashed levels across each metric's bars, not as bars.
+
+def model_colours(models) -> Dict[str, str]:
+    """One fixed colour per model for every figure of a report: the sorted, de-duplicated model names (reference
+    rows left out: they are drawn as black dashed levels) take :data:`MODEL_PALETTE` in order, cycling after 20.
+
+    Built once per report from every model that appears in it (results and run directories), so a model has the
+    same colour in the bar charts and the training curves whatever subset a figure shows.
+    """
+    from .results_io import REFERENCE_ROWS
+
+    names = sorted(set(models) - set(REFERENCE_ROWS))
+    return {m: MODEL_PALETTE[i % len(MODEL_PALETTE)] for i, m in enumerate(names)}
+
+
+def _legend_outside(ax, fontsize: int = 8):
+    """A legend right of the axes (never over the bars)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=fontsize,
+                     frameon=False)
+
+
+def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optional[Dict[str, str]] = None):
+    """The matplotlib figure of one metric bar chart (see :func:`metric_bars`); ``None`` when no model has a value.
+
+    Bars: one per model and metric in the model's colour (:func:`model_colours`), 95 % intervals as error bars.
+    Reference rows: black dashed/dotted levels across each metric's bars. The legend sits right of the axes.
     """
     plt = _plt()
     import numpy as np
 
     from .results_io import REFERENCE_ROWS
 
+    models = [m for m in table.models if any((m, c) in table.cells for c in cols) and m not in REFERENCE_ROWS]
+    levels = [m for m in REFERENCE_ROWS if any((m, c) in table.cells for c in cols)]
+    if not models:
+        return None
+    colours = colours or model_colours(table.models)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(cols) * max(1, len(models)) + 1.5), 3.2))
+    width = 0.8 / len(models)
+    x = np.arange(len(cols))
+    for i, m in enumerate(models):
+        vals, err_lo, err_hi = [], [], []
+        for c in cols:
+            cell = table.cells.get((m, c))
+            v = cell.value if cell else np.nan
+            vals.append(v)
+            if cell and cell.ci_low is not None:
+                err_lo.append(max(0.0, v - cell.ci_low))
+                err_hi.append(max(0.0, cell.ci_high - v))
+            else:
+                err_lo.append(0.0)
+                err_hi.append(0.0)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=[err_lo, err_hi], capsize=2, label=m,
+               color=colours.get(m, "#7f7f7f"), error_kw={"elinewidth": 0.8})
+    for j, ref in enumerate(levels):
+        style = ("--", ":")[j % 2]
+        for k, c in enumerate(cols):
+            cell = table.cells.get((ref, c))
+            if cell is not None:
+                ax.hlines(cell.value, x[k] - 0.45, x[k] + 0.45, colors="black", linestyles=style, linewidth=1.2,
+                          label=ref if k == 0 or all((ref, cc) not in table.cells for cc in cols[:k]) else None)
+    ax.set_xticks(x)
+    ax.set_xticklabels([table.columns[c].metric for c in cols], rotation=30, ha="right", fontsize=8)
+    units = {table.columns[c].units for c in cols}
+    ax.set_ylabel("percent" if units == {"fraction"} else "/".join(sorted(units)))
+    ax.set_title(title, fontsize=9)
+    _legend_outside(ax)
+    return fig
+
+
+def metric_bars(table: ResultTable, max_metrics_per_task: int = 8,
+                colours: Optional[Dict[str, str]] = None) -> List[Tuple[str, bytes]]:
+    """One bar chart per (task, split, fingerprint): bars per model and metric, 95 % intervals as error bars.
+
+    Metrics follow the table's column order (:func:`~loupe_bench.report.table.metric_sort_key`: R@1, R@5, R@10,
+    RSUM, ...); the first ``max_metrics_per_task`` are drawn. Each model keeps its colour from ``colours`` (one map
+    per report, :func:`model_colours`). Reference rows (chance, the attribute oracle) are drawn as dashed levels
+    across each metric's bars, not as bars. Legends sit outside the axes.
+    """
     groups: Dict[Tuple[str, str, str], List[int]] = {}
     for ci, col in enumerate(table.columns):
         groups.setdefault((col.task, col.split, col.fingerprint), []).append(ci)
+    colours = colours or model_colours(table.models)
     out = []
     for (task, split, fp), cols in groups.items():
-        cols = cols[:max_metrics_per_task]
-        models = [m for m in table.models if any((m, c) in table.cells for c in cols) and m not in REFERENCE_ROWS]
-        levels = [m for m in REFERENCE_ROWS if any((m, c) in table.cells for c in cols)]
-        if not models:
-            continue
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(cols) * max(1, len(models)) / 2 + 2), 3.2))
-        width = 0.8 / len(models)
-        x = np.arange(len(cols))
-        for i, m in enumerate(models):
-            vals, err_lo, err_hi = [], [], []
-            for c in cols:
-                cell = table.cells.get((m, c))
-                v = cell.value if cell else np.nan
-                vals.append(v)
-                if cell and cell.ci_low is not None:
-                    err_lo.append(max(0.0, v - cell.ci_low))
-                    err_hi.append(max(0.0, cell.ci_high - v))
-                else:
-                    err_lo.append(0.0)
-                    err_hi.append(0.0)
-            ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=[err_lo, err_hi], capsize=2, label=m)
-        for j, ref in enumerate(levels):
-            style = ("--", ":")[j % 2]
-            for k, c in enumerate(cols):
-                cell = table.cells.get((ref, c))
-                if cell is not None:
-                    ax.hlines(cell.value, x[k] - 0.45, x[k] + 0.45, colors="black", linestyles=style, linewidth=1.2,
-                              label=ref if k == 0 or all((ref, cc) not in table.cells for cc in cols[:k]) else None)
-        ax.set_xticks(x)
-        ax.set_xticklabels([table.columns[c].metric for c in cols], rotation=30, ha="right", fontsize=8)
-        units = {table.columns[c].units for c in cols}
-        ax.set_ylabel("percent" if units == {"fraction"} else "/".join(sorted(units)))
-        ax.set_title(f"{task} ({split}, protocol {fp[:8]})", fontsize=9)
-        ax.legend(fontsize=7)
-        out.append((f"{task} / {split}", fig_to_png(fig)))
+        fig = bar_figure(table, cols[:max_metrics_per_task], f"{task} ({split}, protocol {fp[:8]})", colours)
+        if fig is not None:
+            out.append((f"{task} / {split}", fig_to_png(fig)))
     return out
 
 
@@ -105,8 +148,14 @@ def read_log(path) -> List[Dict[str, float]]:
     return recs
 
 
-def training_curves(run_logs: Dict[str, Path]) -> Optional[bytes]:
-    """Loss curves (total loss, and every loss term) against step, one panel per run."""
+def loss_keys(recs: List[Dict[str, float]]) -> List[str]:
+    """The loss fields of a log (``loss`` first, then the terms alphabetically; scales left out)."""
+    keys = {k for r in recs for k in r if "loss" in k.lower() and "scale" not in k.lower()}
+    return sorted(keys, key=lambda k: (k != "loss", k))
+
+
+def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] = None, max_panels: int = 8):
+    """The training-curve figure (see :func:`training_curves`), or ``None`` when no log has a step."""
     plt = _plt()
     runs = {}
     for name, path in sorted(run_logs.items()):
@@ -115,15 +164,35 @@ def training_curves(run_logs: Dict[str, Path]) -> Optional[bytes]:
             runs[name] = recs
     if not runs:
         return None
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.0), squeeze=False)
-    for ax, (name, recs) in zip(axes[0], runs.items()):
-        keys = sorted({k for r in recs for k in r if "loss" in k.lower() and "scale" not in k.lower()})
-        for k in keys[:8]:
+    colours = colours or model_colours(runs)
+    keys: List[str] = []
+    for recs in runs.values():
+        keys += [k for k in loss_keys(recs) if k not in keys]
+    keys = sorted(keys, key=lambda k: (k != "loss", k))[:max_panels] or ["loss"]
+    ncols = min(4, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, keys):
+        for name, recs in runs.items():
             pts = [(r["step"], r[k]) for r in recs if k in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, linewidth=1)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step")
-        if keys:
-            ax.legend(fontsize=6)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, linewidth=1.3,
+                        color=colours.get(name, "#7f7f7f"))
+        ax.set_title(k, fontsize=10)
+        ax.set_xlabel("step", fontsize=9)
+        ax.tick_params(labelsize=8)
+    handles = [plt.Line2D([], [], color=colours.get(n, "#7f7f7f"), linewidth=2) for n in runs]
     fig.tight_layout()
-    return fig_to_png(fig)
+    fig.legend(handles, list(runs), loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=10, frameon=False,
+               title="model", title_fontsize=10)
+    return fig
+
+
+def training_curves(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] = None) -> Optional[bytes]:
+    """Training curves from the runs' ``log.jsonl``: one panel per loss field (the total ``loss``, then each term),
+    one line per run in the run's fixed colour (``colours``, one map per report: :func:`model_colours`), and one
+    legend of the runs right of the panels (10 pt, outside the axes)."""
+    fig = curves_figure(run_logs, colours)
+    return None if fig is None else fig_to_png(fig)

@@ -14,8 +14,9 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import LoupeBenchError
 from ..utils.io import atomic_write_text
+from .metadata import run_metadata, scope_statement
 from .results_io import MetricRow, load_rows, protocol_label
-from .table import ResultTable, build_table, display_units, format_cell
+from .table import BEST_RULE, ResultTable, build_table, display_units, format_cell, metric_sort_key
 
 MANIFEST = "reproduce.json"
 
@@ -29,6 +30,7 @@ class ReportPaths(NamedTuple):
 
 # ------------------------------------------------------------------------------------------------ console
 # Headline metrics shown in the console (the files hold every metric); a tuple looked up, not a chain of ifs.
+# Listed in the metric order (table.METRIC_ORDER) that every format uses.
 HEADLINE_METRICS = ("i2t_R@1", "t2i_R@1", "rsum", "top1", "AP", "AP50", "acc@0.5", "BLEU-4", "CIDEr-D")
 
 
@@ -55,19 +57,19 @@ def console_tables(table: ResultTable, width: int = CONSOLE_WIDTH) -> List:
     and short metric names as columns (in :data:`HEADLINE_METRICS` order), plus a units line where needed.
 
     No cell ever wraps (columns are ``no_wrap``): when a group's metrics do not fit in ``width`` columns they are
-    split over consecutive tables under the same title. Best per column is marked ★. The full matrix is in the
-    Markdown, CSV and HTML files.
+    split over consecutive tables under the same title. Best per column is marked ★ (:data:`BEST_RULE`). Columns
+    follow :func:`~loupe_bench.report.table.metric_sort_key`, the order of every report format. The full matrix is
+    in the Markdown, CSV and HTML files.
     """
     from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    order = {m: i for i, m in enumerate(HEADLINE_METRICS)}
     out = []
     for title, cols in column_groups(table):
         task_title = title.split(" (protocol ")[0].replace("/", " · ", 1)
-        cols = sorted(cols, key=lambda c: (order.get(table.columns[c].metric, len(order)), table.columns[c].metric))
+        cols = sorted(cols, key=lambda c: (metric_sort_key(table.columns[c].metric), table.columns[c].metric))
         models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
         texts = {c: {m: ("★ " if m in table.best.get(c, []) else "") + compact_cell(table.cell(m, c))
                      for m in models} for c in cols}
@@ -101,16 +103,29 @@ def console_tables(table: ResultTable, width: int = CONSOLE_WIDTH) -> List:
 
 
 CONSOLE_LEGEND = ("headline metrics (all of them in the Markdown, CSV and HTML files)",
-                  "values in % for fractions; [95% CI]; ±std over seeds; ★ best in column")
+                  "values in % for fractions; [95% CI]; ±std over seeds",
+                  "★ best: 95% CI clear of the runner-up's (no CI: strictly better; no ties)")
+
+#: the legend of the Markdown and HTML tables
+TABLE_LEGEND = ("Values in % for fractions; [95 % bootstrap interval]; ±std over n seeds. One table per task, split "
+                "and protocol fingerprint; metrics in a fixed order (R@1, R@5, R@10 then RSUM, i2t before t2i). "
+                "Bold = best: " + BEST_RULE + ".")
 
 
 # ------------------------------------------------------------------------------------------------ CSV / MD
 def to_dataframe(rows: Sequence[MetricRow]):
-    """Tidy pandas frame: one row per (model, task, split, metric, fingerprint, seed)."""
+    """Tidy pandas frame: one row per (model, task, split, metric, fingerprint, seed).
+
+    Rows are ordered by task, split, metric (in :func:`~loupe_bench.report.table.metric_sort_key` order, as the
+    tables' columns: R@1, R@5, R@10, RSUM), model and seed.
+    """
     import pandas as pd
 
     df = pd.DataFrame([r._asdict() for r in rows])
-    return df.sort_values(["task", "split", "metric", "model", "seed"], na_position="first").reset_index(drop=True)
+    ranks = {m: i for i, m in enumerate(sorted(set(df["metric"]), key=lambda m: (metric_sort_key(m), m)))}
+    df["_metric_rank"] = df["metric"].map(ranks)
+    df = df.sort_values(["task", "split", "_metric_rank", "model", "seed"], na_position="first", kind="stable")
+    return df.drop(columns="_metric_rank").reset_index(drop=True)
 
 
 def column_groups(table: ResultTable) -> List[Tuple[str, List[int]]]:
@@ -126,8 +141,19 @@ def column_groups(table: ResultTable) -> List[Tuple[str, List[int]]]:
     return out
 
 
+def markdown_header(title: str, metadata: Sequence[Tuple[str, str]], statement: Optional[str]) -> str:
+    """Title, the scope statement (synthetic results) as a quote, the run metadata as a list, the legend."""
+    parts = [f"# {title}", ""]
+    if statement:
+        parts += [f"> **{statement}**", ""]
+    if metadata:
+        parts += [f"- **{label}**: {text}" for label, text in metadata] + [""]
+    parts += [TABLE_LEGEND, "", ""]
+    return "\n".join(parts)
+
+
 def markdown_table(table: ResultTable) -> str:
-    """Markdown: one table (models × metrics) per task and split; best per column in bold."""
+    """Markdown: one table (models × metrics) per task and split; best per column in bold (:data:`BEST_RULE`)."""
     if not table.columns:
         return "_no results_\n"
     parts = []
@@ -181,7 +207,8 @@ def discover_context(results_dir: Path) -> Dict[str, object]:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
 .best{font-weight:bold;background:#e7f7e7}.note{color:#a15c00}img{max-width:100%;margin:6px 0}figure{margin:0 0 1em 0}
-figcaption{font-size:12px;color:#444}"""
+figcaption{font-size:12px;color:#444}.scope{border-left:4px solid #a15c00;background:#fff6e5;padding:.5em 1em}
+table.meta td{text-align:left}"""
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -190,11 +217,19 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def html_report(table: ResultTable, *, title: str, bars, curves: Optional[bytes], explanations, notes: List[str],
-                unavailable: Dict[str, str]) -> str:
+                unavailable: Dict[str, str], metadata: Sequence[Tuple[str, str]] = (),
+                statement: Optional[str] = None) -> str:
+    """The self-contained page: title, scope statement (synthetic results), run metadata, tables with the legend
+    (:data:`TABLE_LEGEND`), notes, plots and explanations (PNG embedded as base64)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{_html.escape(title)}</h1>"]
-    parts.append("<h2>Results</h2><p>Values in % for fractions; [95 % bootstrap interval]; bold = best in column; "
-                 "±std over n seeds. One table per task, split and protocol fingerprint.</p>")
+    if statement:
+        parts.append(f'<p class="scope"><strong>{_html.escape(statement)}</strong></p>')
+    if metadata:
+        parts.append('<h2>Run</h2><table class="meta">')
+        parts += [f"<tr><th>{_html.escape(label)}</th><td>{_html.escape(text)}</td></tr>" for label, text in metadata]
+        parts.append("</table>")
+    parts.append(f"<h2>Results</h2><p>{_html.escape(TABLE_LEGEND)}</p>")
     for title_g, cols in column_groups(table):
         models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
         parts.append(f"<h3>{_html.escape(title_g)}</h3><table><tr><th>model</th>")
@@ -238,6 +273,24 @@ def unfinished_notes(results) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------ entry point
+def main_loupe_model() -> str:
+    """The main LOUPE model of the reproduction plan: the LOUPE entry of ``reproduce.MAIN_MODELS``."""
+    from .reproduce import MAIN_MODELS
+
+    return next(m for m in MAIN_MODELS if "loupe" in m.lower())
+
+
+def explained_run(run_names: Sequence[str], main: Optional[str] = None) -> Optional[str]:
+    """Which LOUPE run the report explains: the run named as the plan's main LOUPE model (``main``, default
+    :func:`main_loupe_model`, i.e. ``loupe-tiny``) when present, else the LOUPE run (name containing ``loupe``)
+    with the shortest name, ties alphabetically; ``None`` when there is no LOUPE run."""
+    main = main_loupe_model() if main is None else main
+    loupe = [n for n in run_names if "loupe" in n.lower()]
+    if not loupe:
+        return None
+    return main if main in loupe else min(loupe, key=lambda n: (len(n), n))
+
+
 def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = True, *, out_dir=None,
            runs: Optional[Dict[str, Path]] = None, world_dir=None, explain_images: int = 3,
            console=None, title: Optional[str] = None, quiet: bool = False) -> ReportPaths:
@@ -284,15 +337,18 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
         for n in table.notes:
             console.print(f"[yellow]note:[/yellow] {n}")
     csv_path = md_path = html_path = None
+    metadata = run_metadata(raw, ctx["manifest"], runs, world_dir)      # type: ignore[arg-type]
+    statement = scope_statement([r.dataset for r in rows])
     if csv:
         csv_path = out_dir / "results.csv"
         atomic_write_text(csv_path, to_dataframe(rows).to_csv(index=False))
     if markdown:
         md_path = out_dir / "report.md"
-        atomic_write_text(md_path, f"# {title}\n\nValues in % for fractions; [95% bootstrap interval]; bold = best "
-                                   f"in column; ±std over n seeds.\n\n" + markdown_table(table))
+        atomic_write_text(md_path, markdown_header(title, metadata, statement) + markdown_table(table))
     if html:
-        from .plots import metric_bars, training_curves
+        from .plots import metric_bars, model_colours, training_curves
+
+        colours = model_colours(list(table.models) + list(runs))     # one colour per model for every figure
 
         unavailable: Dict[str, str] = {}
         for obj in raw:
@@ -300,22 +356,23 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
                 unavailable[f"{obj['model']['name']} / {obj['task']['name']} / {k}"] = str(v)
         notes: List[str] = []
         logs = {name: Path(p) / "log.jsonl" for name, p in runs.items() if (Path(p) / "log.jsonl").is_file()}
-        curves = training_curves(logs)
+        curves = training_curves(logs, colours)
         explanations = []
-        loupe_runs = {n: p for n, p in runs.items() if "loupe" in n.lower()}
-        if loupe_runs and world_dir is not None:
+        name = explained_run(list(runs))
+        if name is not None and world_dir is not None:
             from .explain import explanation_figures
 
-            name, run_dir = sorted(loupe_runs.items())[0]
+            run_dir = runs[name]
             try:
                 explanations = explanation_figures(run_dir, world_dir, n_images=explain_images, label=name)
             except LoupeBenchError as exc:
                 notes.append(f"LOUPE explanations unavailable: {exc}")
-        elif not loupe_runs:
+        elif name is None:
             notes.append("LOUPE explanations: no LOUPE run directory found beside the results")
         else:
             notes.append("LOUPE explanations: the synthetic world was not found beside the results")
         html_path = out_dir / "report.html"
-        atomic_write_text(html_path, html_report(table, title=title, bars=metric_bars(table), curves=curves,
-                                                 explanations=explanations, notes=notes, unavailable=unavailable))
+        atomic_write_text(html_path, html_report(table, title=title, bars=metric_bars(table, colours=colours),
+                                                 curves=curves, explanations=explanations, notes=notes,
+                                                 unavailable=unavailable, metadata=metadata, statement=statement))
     return ReportPaths(csv_path, md_path, html_path, table)

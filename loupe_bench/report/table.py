@@ -7,6 +7,7 @@ protocols are never merged. Several seeds of one cell are averaged (mean, sample
 """
 from __future__ import annotations
 
+import re
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .gate import higher_is_better
@@ -42,6 +43,59 @@ class ResultTable(NamedTuple):
         return self.cells.get((model, col))
 
 
+#: the order metrics are shown in (columns of the Markdown/HTML tables, rows of the CSV, bars of the plots, the
+#: console summary): retrieval R@1, R@5, R@10 (i2t before t2i) then RSUM, classification, detection, grounding,
+#: captioning. A tuple looked up by :func:`metric_sort_key`; metrics not listed come after, alphabetically.
+METRIC_ORDER = (
+    "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum",
+    "top1", "top5", "mean_per_class_recall",
+    "AP", "AP50", "AP75", "acc@0.5",
+    "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE",
+)
+_METRIC_RANK = {m: i for i, m in enumerate(METRIC_ORDER)}
+
+
+def _natural(text: str) -> Tuple:
+    """``proposal_recall@5`` before ``proposal_recall@10``: digit runs compare as numbers, the rest as text."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.findall(r"\d+|\D+", text))
+
+
+def metric_sort_key(metric: str) -> Tuple:
+    """Sort key of a metric name: its rank in :data:`METRIC_ORDER`, unknown metrics after every known one in
+    alphabetical (natural: digits by value) order. A breakdown ``base:tag`` (``acc@0.5:anchor``) sorts right after
+    its base metric, its tags alphabetically."""
+    base, _, tag = metric.partition(":")
+    rank = _METRIC_RANK.get(base, len(METRIC_ORDER))
+    return (rank, _natural(base) if rank == len(METRIC_ORDER) else (), 1 if tag else 0, _natural(tag))
+
+
+#: the rule behind the "best" mark, said in the legend of every report format
+BEST_RULE = ("a model is marked best in a column only when its 95 % interval is clear of the runner-up's (its lower "
+             "bound above the runner-up's upper bound; the reverse for lower-is-better metrics); for cells without "
+             "an interval, only when its value is strictly better (no ties); otherwise nothing is marked; reference "
+             "rows (chance, attribute-oracle) are never best")
+
+
+def best_models(cells: Sequence[Tuple[str, Cell]], higher_better: bool = True) -> List[str]:
+    """The best of one column's cells (models only, reference rows already left out): ``[model]`` or ``[]``.
+
+    The top cell (by value in the metric's direction) is best only when it is clear of the runner-up: with both
+    95 % intervals, the top's lower bound is above the runner-up's upper bound (higher-is-better) or the top's upper
+    bound is below the runner-up's lower bound (lower-is-better); when either cell has no interval, the top value is
+    strictly better (no ties). Fewer than two cells: no best (nothing to compare with).
+    """
+    if len(cells) < 2:
+        return []
+    sign = 1.0 if higher_better else -1.0
+    ranked = sorted(cells, key=lambda mc: -sign * mc[1].value)
+    (top_m, top), (_, run) = ranked[0], ranked[1]
+    if top.ci_low is not None and top.ci_high is not None and run.ci_low is not None and run.ci_high is not None:
+        clear = top.ci_low > run.ci_high if higher_better else top.ci_high < run.ci_low
+    else:
+        clear = sign * (top.value - run.value) > 1e-9
+    return [top_m] if clear else []
+
+
 def display_units(units: str) -> str:
     return "%" if units == "fraction" else units
 
@@ -50,7 +104,9 @@ def build_table(rows: Sequence[MetricRow], *, metrics: Optional[Sequence[str]] =
                 protocols: Optional[Dict[str, str]] = None) -> ResultTable:
     """Group metric rows into a models × columns table (best per column marked among the models).
 
-    Reference rows (:data:`~loupe_bench.report.results_io.REFERENCE_ROWS`: chance, the attribute oracle) are listed
+    Columns follow (task, split, fingerprint) and then :func:`metric_sort_key` (R@1, R@5, R@10, RSUM, ...). The best
+    of a column is chosen by :func:`best_models` (:data:`BEST_RULE`: interval clear of the runner-up's). Reference
+    rows (:data:`~loupe_bench.report.results_io.REFERENCE_ROWS`: chance, the attribute oracle) are listed
     after the models and never marked best.
     """
     if metrics:
@@ -63,7 +119,7 @@ def build_table(rows: Sequence[MetricRow], *, metrics: Optional[Sequence[str]] =
     col_index: Dict[Tuple[str, str, str, str], int] = {}
     columns: List[Column] = []
     notes: List[str] = []
-    for r in sorted(rows, key=lambda r: (r.task, r.split, r.fingerprint, r.metric)):
+    for r in sorted(rows, key=lambda r: (r.task, r.split, r.fingerprint, metric_sort_key(r.metric), r.metric)):
         ck = (r.task, r.split, r.metric, r.fingerprint)
         if ck in col_index:
             continue
@@ -92,12 +148,10 @@ def build_table(rows: Sequence[MetricRow], *, metrics: Optional[Sequence[str]] =
     models = sorted(names - set(REFERENCE_ROWS)) + [m for m in REFERENCE_ROWS if m in names]
     best: Dict[int, List[str]] = {}
     for ci, col in enumerate(columns):
-        present = [(m, cells[(m, ci)].value) for m in models if (m, ci) in cells and m not in REFERENCE_ROWS]
-        if len(present) < 2:
-            continue
-        sign = 1.0 if higher_is_better(col.metric) else -1.0
-        top = max(sign * v for _, v in present)
-        best[ci] = [m for m, v in present if abs(sign * v - top) <= 1e-9]
+        present = [(m, cells[(m, ci)]) for m in models if (m, ci) in cells and m not in REFERENCE_ROWS]
+        winner = best_models(present, higher_is_better(col.metric))
+        if winner:
+            best[ci] = winner
     return ResultTable(models, columns, cells, best, notes, dict(protocols or {}))
 
 
