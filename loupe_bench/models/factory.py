@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from ..errors import CheckpointError, SpecError
+from ..errors import SpecError
 from ..specs import load_yaml, spec_files
 from ..utils.io import read_json
 from ._registry import MODEL_CLASSES
@@ -111,32 +111,37 @@ def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = Non
     return cls.from_spec(spec, tokenizer_corpus=tokenizer_corpus)
 
 
-def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    latest = run_dir / "checkpoints" / "latest"
-    if latest.is_file():
-        name = latest.read_text(encoding="utf-8").strip()
-        cand = Path(name) if Path(name).is_absolute() else run_dir / "checkpoints" / name
-        if (cand / "model.safetensors").is_file():
-            return cand / "model.safetensors"
-    return None
+def load_model(name_or_path: Union[str, Path], seed: Optional[int] = None):
+    """Load a model from any reference ``--model`` accepts (see :mod:`loupe_bench.models.sources`).
 
+    Args:
+        name_or_path: one of
 
-def load_model(name_or_path: Union[str, Path]):
-    """Load a model from a spec name, a spec file, a model directory or a training run directory.
+            * a shipped spec name or a spec file (``.yaml`` / ``.json``): a freshly initialised model (or a pretrained
+              one, as the spec says);
+            * our model directory (``model.safetensors`` + ``config.json``) or training-run directory (without final
+              weights: the checkpoint ``checkpoints/latest`` names), rebuilt with its weights;
+            * a Hugging Face ``CLIPModel`` directory (``config.json`` with ``model_type: clip`` + ``model.safetensors``
+              / ``pytorch_model.bin``; its tokenizer when saved there);
+            * ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted.
+        seed: seeds the initialisation of spec models (ignored for checkpoints).
 
-    A model directory (``model.safetensors`` + ``config.json``) is rebuilt with its weights. A run directory
-    without final weights uses the checkpoint named by ``checkpoints/latest``. A spec name or file builds a freshly
-    initialised (or pretrained, as the spec says) model.
+    Returns:
+        The model (:class:`~loupe_bench.models.base.VLModel`); ``model.preprocess`` is its eval image transform and
+        ``model.tokenizer`` its tokenizer (see :func:`load_model_and_transforms`).
     """
-    from .checkpoint import CONFIG_FILE, is_model_dir, load_model_dir
+    from .sources import load_source
 
-    path = Path(str(name_or_path)).expanduser()
-    if path.is_dir():
-        if is_model_dir(path):
-            return load_model_dir(path)
-        if (path / CONFIG_FILE).is_file():
-            ckpt = _latest_checkpoint(path)
-            if ckpt is not None:
-                return load_model_dir(path, weights=ckpt)
-        raise CheckpointError(f"{path}: not a model directory (needs model.safetensors and config.json)")
-    return create_model(name_or_path)
+    return load_source(name_or_path, seed=seed).model
+
+
+def load_model_and_transforms(name_or_path: Union[str, Path], seed: Optional[int] = None):
+    """``(model, preprocess, tokenizer)``, like open_clip's ``create_model_and_transforms`` + ``get_tokenizer``.
+
+    ``preprocess`` maps a PIL image to the normalised ``[3, S, S]`` tensor the model expects (resize the short side,
+    centre crop, normalise with the checkpoint's mean / std); ``tokenizer(texts)`` returns a
+    :class:`~loupe_bench.models.base.TokenBatch` (``input_ids``, ``attention_mask``, ``offsets``). Arguments as for
+    :func:`load_model`.
+    """
+    model = load_model(name_or_path, seed=seed)
+    return model, model.preprocess, model.tokenizer

@@ -34,27 +34,23 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
 def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """A model object and its record (name, spec, checkpoint_sha256, source).
 
-    A spec name or spec file builds a freshly initialised model seeded with ``seed``; a model or run directory is
-    loaded with its weights (checkpoint hash = sha256 of its ``model.safetensors``).
+    A spec name or spec file builds a freshly initialised model seeded with ``seed``; a checkpoint (our model or run
+    directory, a Hugging Face CLIP directory, ``open_clip:ARCH:FILE``; see :mod:`loupe_bench.models.sources`) is
+    loaded with its weights (checkpoint hash = sha256 of its weights file).
     """
-    from ..models import create_model, get_spec, load_model
+    from ..models.sources import load_source
 
     if isinstance(model, torch.nn.Module):
         spec = dict(getattr(model, "spec", {}) or {})
         name = str(spec.get("name", type(model).__name__))
         return model, {"name": name, "spec": spec, "checkpoint_sha256": state_dict_sha256(model), "source": "object"}
-    text = str(model)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        m = load_model(path)
-        weights = path / "model.safetensors"
-        sha = sha256_file(weights) if weights.is_file() else state_dict_sha256(m)
-        return m, {"name": path.name, "spec": dict(getattr(m, "spec", {}) or {}), "checkpoint_sha256": sha,
-                   "source": str(path)}
-    spec = get_spec(text)
-    m = create_model(spec, seed=seed)
-    return m, {"name": str(spec.get("name", path.stem)), "spec": spec,
-               "checkpoint_sha256": state_dict_sha256(m), "source": f"spec {text} (initialised with seed {seed})"}
+    loaded = load_source(model, seed=seed)
+    m = loaded.model
+    sha = sha256_file(loaded.weights) if loaded.weights is not None and loaded.weights.is_file() \
+        else state_dict_sha256(m)
+    spec = loaded.spec if loaded.spec is not None else dict(getattr(m, "spec", {}) or {})
+    return m, {"name": loaded.name, "spec": spec, "checkpoint_sha256": sha,
+               "source": loaded.source}
 
 
 def _task(task: TaskLike) -> TaskSpec:
