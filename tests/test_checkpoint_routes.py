@@ -202,6 +202,18 @@ def test_open_clip_conversion_refuses_what_clipmodel_cannot_hold(open_clip_tiny,
         load_model(f"open_clip:{name}:{tmp_path / 'missing.pt'}")
 
 
+def test_foreign_directory_says_what_is_accepted(tmp_path):
+    """A Hugging Face folder of another model type is not mistaken for ours: one line naming what --model takes."""
+    from transformers import BertConfig, BertModel
+
+    d = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(str(d))
+    with pytest.raises(CheckpointError, match=r"model_type 'bert'.*Hugging Face CLIPModel directory") as err:
+        load_model(d)
+    assert "\n" not in str(err.value)
+
+
 def test_public_api_has_real_signatures():
     """``loupe_bench.load_model / train / evaluate / report`` show their parameters (no ``*args, **kwargs``)."""
     import loupe_bench

@@ -152,6 +152,12 @@ class ModelDirectory(ModelSource):
         from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_model_dir, load_model_dir
 
         path = Path(ref).expanduser()
+        config = _read_config(path)
+        if config is not None and "family" not in config:
+            kind = f"model_type {config['model_type']!r}" if "model_type" in config else "no 'family' key"
+            raise CheckpointError(f"{path}: config.json is not a loupe-bench model spec ({kind}); --model accepts "
+                                  + "; ".join(MODEL_SOURCES.get(n).describes for n in MODEL_SOURCES
+                                              if n != "spec-name"))
         if is_model_dir(path):
             return Loaded(load_model_dir(path), path.name, str(path), path / WEIGHTS_FILE)
         if (path / CONFIG_FILE).is_file():
