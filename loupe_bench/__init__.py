@@ -2,43 +2,159 @@
 
 The Python API (usable from a notebook) is what the CLI calls:
 
-* :func:`load_model` — build a model from a spec name / YAML file, or load a trained run / model directory.
+* :func:`load_model` — a model from a spec name / file, our model or run directory, a Hugging Face ``CLIPModel``
+  directory or an open_clip checkpoint (``open_clip:ARCH:FILE``); :func:`load_model_and_transforms` also returns the
+  image transform and the tokenizer.
 * :func:`train` — train a model with a recipe.
 * :func:`evaluate` — run task protocols on models, returning result records.
 * :func:`report` — render results (console, CSV, Markdown, HTML).
 
-Heavy libraries (torch, transformers, timm) are imported lazily.
+Heavy libraries (torch, transformers, timm) are imported lazily, on the first call.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
 from ._version import __version__
 
-__all__ = ["__version__", "load_model", "train", "evaluate", "report"]
+# The subpackages ``train`` and ``report`` share their names with the API functions below. Python binds a subpackage
+# as an attribute of ``loupe_bench`` when it is first imported, which would replace the function; importing both here
+# (they are light: no torch) makes that first import happen before the functions are defined, so the functions stay.
+from . import report as _report_package, train as _train_package  # noqa: E402,F401
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import torch
+
+    from .report.render import ReportPaths
+
+__all__ = ["__version__", "load_model", "load_model_and_transforms", "train", "evaluate", "report"]
 
 
-def load_model(*args, **kwargs):
-    """Build or load a model; see :func:`loupe_bench.models.factory.load_model`."""
+def load_model(name_or_path: Union[str, Path], seed: Optional[int] = None) -> "torch.nn.Module":
+    """Build or load a model.
+
+    Args:
+        name_or_path: a shipped spec name (``loupe-bench list models``) or spec file (``.yaml`` / ``.json``): a
+            freshly initialised model; our model directory or training-run directory: rebuilt with its weights; a
+            Hugging Face ``CLIPModel`` directory (``config.json`` with ``model_type: clip`` + ``model.safetensors`` /
+            ``pytorch_model.bin``); ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip
+            checkpoint, converted.
+        seed: seeds the initialisation of spec models (ignored for checkpoints).
+
+    Returns:
+        The model; ``model.preprocess`` is its eval image transform, ``model.tokenizer`` its tokenizer.
+    """
     from .models.factory import load_model as _load_model
 
-    return _load_model(*args, **kwargs)
+    return _load_model(name_or_path, seed=seed)
 
 
-def train(*args, **kwargs):
-    """Train a model with a recipe; see :func:`loupe_bench.train.engine.train`."""
+def load_model_and_transforms(name_or_path: Union[str, Path], seed: Optional[int] = None
+                              ) -> Tuple["torch.nn.Module", Any, Any]:
+    """``(model, preprocess, tokenizer)`` for any reference :func:`load_model` accepts (open_clip's
+    ``create_model_and_transforms`` + ``get_tokenizer`` in one call).
+
+    ``preprocess(pil_image)`` gives the normalised ``[3, S, S]`` tensor for ``model.encode_image``;
+    ``tokenizer(texts)`` gives ``TokenBatch(input_ids, attention_mask, offsets)`` for ``model.encode_text``.
+    """
+    from .models.factory import load_model_and_transforms as _load
+
+    return _load(name_or_path, seed=seed)
+
+
+def train(
+    model: Union[str, Mapping[str, Any], "torch.nn.Module"],
+    data: Any,
+    recipe: Union[str, Path, Any],
+    out: Union[str, Path],
+    resume: Optional[Union[str, Path]] = None,
+    seed: Optional[int] = None,
+    *,
+    overrides: Optional[Mapping[str, Any]] = None,
+    stop_after: Optional[int] = None,
+) -> Path:
+    """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out`` (a model directory when done).
+
+    Args:
+        model: a built model, or a model spec (name / mapping) to create — a from-scratch tokenizer is then trained
+            on the training captions.
+        data: a data path (synthetic-world folder, Karpathy JSON, CSV, shards, HF folder) or a ``TrainSource``.
+        recipe: shipped recipe name, YAML path or ``Recipe``.
+        out: run directory.
+        resume: ``"latest"`` (newest checkpoint of ``out``) or a checkpoint folder.
+        seed: overrides the recipe's seed.
+        overrides: dotted recipe overrides, e.g. ``{"steps": 10, "optim.lr": 1e-3}``.
+        stop_after: stop (without the final save) after this optimiser step — for tests of interrupted runs.
+    """
     from .train.engine import train as _train
 
-    return _train(*args, **kwargs)
+    return _train(model, data, recipe, out, resume, seed, overrides=overrides, stop_after=stop_after)
 
 
-def evaluate(*args, **kwargs):
-    """Evaluate models on tasks; see :func:`loupe_bench.tasks.evaluate.evaluate`."""
+def evaluate(
+    models: Union[str, Path, "torch.nn.Module", Sequence[Union[str, Path, "torch.nn.Module"]]],
+    tasks: Union[str, Path, Mapping[str, Any], Sequence[Union[str, Path, Mapping[str, Any]]]],
+    data_root: Union[str, Path, None] = None,
+    out_dir: Union[str, Path, None] = "results/eval",
+    seed: int = 0,
+    device: str = "cpu",
+    skip_unsupported: bool = True,
+) -> List[Dict[str, Any]]:
+    """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir``.
+
+    Args:
+        models: any reference :func:`load_model` accepts (spec names / files, model or run directories, Hugging
+            Face CLIP directories, ``open_clip:ARCH:FILE``) or model objects.
+        tasks: shipped task names, task YAML paths, spec mappings or ``TaskSpec`` objects.
+        data_root: folder the task's data paths are relative to (the synthetic world, or e.g. a COCO root).
+        out_dir: where result JSON goes (``None``: do not write).
+        seed: seeds model initialisation (spec names), the caption head and torch before each split.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        skip_unsupported: record a model that cannot run a protocol (``native`` proposals without a region head) as
+            skipped instead of aborting the run.
+
+    Returns:
+        The result dicts (also written when ``out_dir`` is given).
+    """
     from .tasks.evaluate import evaluate as _evaluate
 
-    return _evaluate(*args, **kwargs)
+    return _evaluate(models, tasks, data_root=data_root, out_dir=out_dir, seed=seed, device=device,
+                     skip_unsupported=skip_unsupported)
 
 
-def report(*args, **kwargs):
-    """Render a results folder; see :func:`loupe_bench.report.render.report`."""
+def report(
+    results_dir: Union[str, Path],
+    html: bool = True,
+    markdown: bool = True,
+    csv: bool = True,
+    *,
+    out_dir: Union[str, Path, None] = None,
+    runs: Optional[Dict[str, Path]] = None,
+    world_dir: Union[str, Path, None] = None,
+    explain_images: int = 3,
+    console: Any = None,
+    title: Optional[str] = None,
+    quiet: bool = False,
+) -> "ReportPaths":
+    """Render the results under ``results_dir`` (console table, ``report.html``, ``report.md``, ``results.csv``).
+
+    Args:
+        results_dir: folder of result JSONs.
+        html, markdown, csv: which files to write.
+        out_dir: where to write them (default: ``results_dir/../report`` inside a reproduction, else
+            ``results_dir/report``).
+        runs: run name → run directory (training curves, LOUPE explanations); discovered when None.
+        world_dir: the synthetic world (explanations); discovered when None.
+        explain_images: number of sample images for LOUPE's explanations.
+        console: a rich Console to print the table to (default: a new one unless ``quiet``).
+        title: the report's title.
+        quiet: print nothing.
+
+    Returns:
+        ``ReportPaths`` with the written files and the table.
+    """
     from .report.render import report as _report
 
-    return _report(*args, **kwargs)
+    return _report(results_dir, html, markdown, csv, out_dir=out_dir, runs=runs, world_dir=world_dir,
+                   explain_images=explain_images, console=console, title=title, quiet=quiet)

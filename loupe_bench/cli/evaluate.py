@@ -1,4 +1,4 @@
-"""``loupe-bench eval --model SPEC|RUN_DIR --task TASK [--data-root DIR] [--out DIR] [--seed N]``."""
+"""``loupe-bench eval --model SPEC|RUN_DIR|HF_CLIP_DIR|open_clip:ARCH:FILE --task TASK [--data-root DIR] [--out DIR] [--seed N]``."""
 from __future__ import annotations
 
 from typing import Tuple
@@ -8,7 +8,8 @@ import click
 
 @click.command("eval")
 @click.option("--model", "models", multiple=True, required=True,
-              help="Model spec name, spec YAML, model directory or training run directory (repeatable).")
+              help="Model spec name, spec YAML, model or training-run directory, Hugging Face CLIPModel directory, "
+                   "or open_clip:ARCH:FILE (a local open_clip checkpoint; repeatable).")
 @click.option("--task", "tasks", multiple=True, required=True,
               help="Task name (see `loupe-bench list tasks`) or task YAML (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,

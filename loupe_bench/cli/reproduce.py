@@ -41,7 +41,9 @@ def synthetic_cmd(out, n_seeds, first_seed, quick, workers):
 @reproduce.command("paper")
 @click.option("--data-root", "data_root", required=True, type=click.Path(path_type=Path, exists=True),
               help="Folder holding the benchmark data in the layouts the task specs name.")
-@click.option("--model", "models", multiple=True, required=True, help="Model spec, run or model directory (repeat).")
+@click.option("--model", "models", multiple=True, required=True,
+              help="Model spec, run or model directory, Hugging Face CLIPModel directory, or open_clip:ARCH:FILE "
+                   "(repeat).")
 @click.option("--task", "tasks", multiple=True, help="Restrict to these task specs (default: every paper task whose "
                                                      "data is under --data-root).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/paper"), show_default=True)

@@ -11,13 +11,14 @@ from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, Regions, TextFeatures, TokenBatch, VLModel
 from .checkpoint import load_model_dir, save_model
 from . import clip, filip, pretrained_clip  # noqa: F401  (register the built-in families)
-from .factory import available_specs, create_model, get_spec, list_models, load_families, load_model
+from .factory import (available_specs, create_model, get_spec, list_models, load_families, load_model,
+                      load_model_and_transforms)
 
 #: alias used in docs/architecture.md
 MODELS = MODEL_CLASSES
 
 __all__ = [
     "MODEL_CLASSES", "MODELS", "VLModel", "ImageFeatures", "TextFeatures", "TokenBatch", "LossOutput", "Regions",
-    "create_model", "load_model", "save_model", "load_model_dir", "list_models", "available_specs", "get_spec",
+    "create_model", "load_model", "load_model_and_transforms", "save_model", "load_model_dir", "list_models", "available_specs", "get_spec",
     "load_families",
 ]

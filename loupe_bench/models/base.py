@@ -127,6 +127,15 @@ class VLModel(nn.Module):
     image_std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     has_native_regions: bool = False
 
+    @property
+    def preprocess(self):
+        """The eval image transform: PIL image -> normalised ``[3, image_size, image_size]`` tensor (resize the short
+        side with bicubic interpolation, centre crop, normalise with :attr:`image_mean` / :attr:`image_std`; the
+        CLIP eval transform, as open_clip's ``preprocess``; task protocols build theirs from the task spec)."""
+        from ..data.transforms import build_transform
+
+        return build_transform(self.image_size, self.image_mean, self.image_std, train=False)
+
     # -- encoders -------------------------------------------------------------------------------------------------
     def encode_image(self, pixels: Tensor) -> ImageFeatures:
         raise NotImplementedError(f"{type(self).__name__} must implement encode_image")

@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from ..errors import CheckpointError, SpecError
+from ..errors import SpecError
 from ..specs import load_yaml, spec_files
 from ..utils.io import read_json
 from ._registry import MODEL_CLASSES
@@ -124,23 +124,37 @@ def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = Non
     return cls.from_spec(spec, tokenizer_corpus=tokenizer_corpus)
 
 
-def load_model(name_or_path: Union[str, Path]):
-    """Load a model from a spec name, a spec file, a model directory or a training run directory.
+def load_model(name_or_path: Union[str, Path], seed: Optional[int] = None):
+    """Load a model from any reference ``--model`` accepts (see :mod:`loupe_bench.models.sources`).
 
-    A model directory (``model.safetensors`` + ``config.json``) is rebuilt with its weights. A training run that
-    has not finished uses the checkpoint named by ``checkpoints/latest`` (rule in
-    :func:`~loupe_bench.models.checkpoint.run_state`). A spec name or file builds a freshly initialised (or
-    pretrained, as the spec says) model.
+    Args:
+        name_or_path: one of
+
+            * a shipped spec name or a spec file (``.yaml`` / ``.json``): a freshly initialised model (or a pretrained
+              one, as the spec says);
+            * our model directory (``model.safetensors`` + ``config.json``) or training-run directory (without final
+              weights: the checkpoint ``checkpoints/latest`` names), rebuilt with its weights;
+            * a Hugging Face ``CLIPModel`` directory (``config.json`` with ``model_type: clip`` + ``model.safetensors``
+              / ``pytorch_model.bin``; its tokenizer when saved there);
+            * ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted.
+        seed: seeds the initialisation of spec models (ignored for checkpoints).
+
+    Returns:
+        The model (:class:`~loupe_bench.models.base.VLModel`); ``model.preprocess`` is its eval image transform and
+        ``model.tokenizer`` its tokenizer (see :func:`load_model_and_transforms`).
     """
-    from .checkpoint import CONFIG_FILE, is_model_dir, load_model_dir, run_state
+    from .sources import load_source
 
-    path = Path(str(name_or_path)).expanduser()
-    if path.is_dir():
-        if (path / CONFIG_FILE).is_file():
-            state = run_state(path)
-            if state["is_run"] and state["weights"] is not None:
-                return load_model_dir(path, weights=state["weights"])
-        if is_model_dir(path):
-            return load_model_dir(path)
-        raise CheckpointError(f"{path}: not a model directory (needs model.safetensors and config.json)")
-    return create_model(name_or_path)
+    return load_source(name_or_path, seed=seed).model
+
+
+def load_model_and_transforms(name_or_path: Union[str, Path], seed: Optional[int] = None):
+    """``(model, preprocess, tokenizer)``, like open_clip's ``create_model_and_transforms`` + ``get_tokenizer``.
+
+    ``preprocess`` maps a PIL image to the normalised ``[3, S, S]`` tensor the model expects (resize the short side,
+    centre crop, normalise with the checkpoint's mean / std); ``tokenizer(texts)`` returns a
+    :class:`~loupe_bench.models.base.TokenBatch` (``input_ids``, ``attention_mask``, ``offsets``). Arguments as for
+    :func:`load_model`.
+    """
+    model = load_model(name_or_path, seed=seed)
+    return model, model.preprocess, model.tokenizer

@@ -1,31 +1,55 @@
 """``clip-pretrained``: transformers' ``CLIPModel`` (e.g. ``openai/clip-vit-base-patch32``) behind the VLModel interface.
 
-Weights, tokenizer and preprocessing constants come from a local HF-format directory or, for a hub id, from the HF
-cache (offline) or the hub (online). Pooled features are the model's own projected embeddings; token features are
-the post-layer-norm patch states (image ``[CLS]`` dropped) and the final-layer-norm text states, passed through the
-same projections, so token-level tasks (patch maps, region scoring) also work.
+The spec's ``pretrained`` names where the weights come from, found through :data:`CLIP_WEIGHT_SOURCES` by its scheme:
+
+* ``open_clip:<ARCH>:<checkpoint>``: a local open_clip checkpoint, converted by
+  :mod:`loupe_bench.models.open_clip_convert`;
+* anything else (``hf``): a local Hugging Face ``CLIPModel`` directory (``config.json`` + ``model.safetensors`` or
+  ``pytorch_model.bin``) or a hub id, from the HF cache (offline) or the hub (online). Weights are read by
+  transformers with ``weights_only=True`` (safetensors preferred); remote code is never run.
+
+Weights, tokenizer and preprocessing constants come from that source. Pooled features are the model's own projected
+embeddings; token features are the post-layer-norm patch states (image ``[CLS]`` dropped) and the final-layer-norm
+text states, passed through the same projections, so token-level tasks (patch maps, region scoring) also work.
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import CheckpointError, SpecError
+from ..registry import Registry
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, VLModel
 from .dual_encoder import TOKENIZER_DIR, spec_get
 from .losses import clip_infonce
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, UnavailableTokenizer
 from .towers import hub_offline
 
 CLIP_CONFIG_DIR = "clip_config"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+#: files of which at least one marks a saved Hugging Face tokenizer in a model directory
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+#: scheme of a ``pretrained`` reference (``open_clip:...``) -> loader ``ref -> PretrainedParts``; no scheme: ``hf``
+CLIP_WEIGHT_SOURCES = Registry("pretrained CLIP source")
+
+
+class PretrainedParts(NamedTuple):
+    """What a weight source gives: the ``CLIPModel``, its tokenizer (or a one-line reason there is none) and the
+    eval preprocessing (square ``image_size``, per-channel ``mean`` / ``std``)."""
+
+    clip: Any
+    tokenizer: Union[Tokenizer, str]
+    image_size: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
 
 
 def _resolve(src: str) -> Tuple[str, bool]:
@@ -46,6 +70,55 @@ def _preprocessing(src: str, local: bool, vision_image_size: int) -> Tuple[int, 
         return size, tuple(float(x) for x in proc.image_mean), tuple(float(x) for x in proc.image_std)
     except (OSError, ValueError, TypeError):
         return vision_image_size, OPENAI_MEAN, OPENAI_STD
+
+
+@CLIP_WEIGHT_SOURCES.register("hf", help="Hugging Face CLIPModel directory or hub id")
+def load_hf_clip(src: str) -> PretrainedParts:
+    """A transformers ``CLIPModel`` from a local directory or a hub id (HF cache when offline).
+
+    The tokenizer is the one saved beside the weights; a local directory without tokenizer files
+    (:data:`HF_TOKENIZER_FILES`) loads with a reason instead (encode token ids directly, or save the tokenizer there).
+    """
+    from transformers import AutoTokenizer, CLIPModel
+
+    src, local = _resolve(str(src))
+    offline = local or hub_offline()
+    try:
+        model = CLIPModel.from_pretrained(src, local_files_only=offline, weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"pretrained CLIP {src!r}: not found locally or in the HF cache ({str(exc).splitlines()[0]})"
+        ) from None
+    max_length = int(model.config.text_config.max_position_embeddings)
+    tokenizer: Union[Tokenizer, str]
+    if local and not any((Path(src) / f).is_file() for f in HF_TOKENIZER_FILES):
+        tokenizer = (f"{src}: Hugging Face CLIP directory without tokenizer files ({', '.join(HF_TOKENIZER_FILES)}); "
+                     "save the tokenizer there (tokenizer.save_pretrained) or feed token ids to encode_text")
+    else:
+        try:
+            tokenizer = Tokenizer(AutoTokenizer.from_pretrained(src, local_files_only=offline, use_fast=True),
+                                  max_length)
+        except OSError as exc:
+            raise CheckpointError(f"pretrained CLIP {src!r}: cannot load its tokenizer "
+                                  f"({str(exc).splitlines()[0]})") from None
+    size, mean, std = _preprocessing(src, offline, int(model.config.vision_config.image_size))
+    return PretrainedParts(model, tokenizer, size, mean, std)
+
+
+@CLIP_WEIGHT_SOURCES.register("open_clip", help="open_clip:<ARCH>:<checkpoint .pt/.safetensors>, converted")
+def load_open_clip_source(src: str) -> PretrainedParts:
+    """A local open_clip checkpoint converted to ``CLIPModel``
+    (:func:`~loupe_bench.models.open_clip_convert.load_open_clip`)."""
+    from .open_clip_convert import load_open_clip
+
+    return PretrainedParts(*load_open_clip(src))
+
+
+def weight_source(src: str) -> str:
+    """The :data:`CLIP_WEIGHT_SOURCES` name for a ``pretrained`` reference: its ``scheme:`` prefix when registered,
+    else ``hf``."""
+    scheme = str(src).split(":", 1)[0]
+    return scheme if ":" in str(src) and scheme in CLIP_WEIGHT_SOURCES else "hf"
 
 
 @MODEL_CLASSES.register("clip-pretrained", help="transformers CLIPModel from a local directory or the HF cache")
@@ -78,35 +151,37 @@ class PretrainedCLIP(VLModel):
     @classmethod
     def from_spec(cls, spec: Dict[str, Any], tokenizer_corpus: Optional[Iterable[str]] = None,
                   model_dir: Optional[Path] = None) -> "PretrainedCLIP":
-        from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+        from transformers import CLIPConfig, CLIPModel
 
         spec = copy.deepcopy(dict(spec))
         if model_dir is not None:
             conf = CLIPConfig.from_pretrained(str(Path(model_dir) / CLIP_CONFIG_DIR), local_files_only=True)
             model = CLIPModel(conf)
             max_length = int(spec_get(spec, "tokenizer.max_length", 77))
-            return cls(spec, model, Tokenizer.load(Path(model_dir) / TOKENIZER_DIR, max_length))
+            tok_dir = Path(model_dir) / TOKENIZER_DIR
+            if not tok_dir.is_dir():  # saved from a checkpoint that had no tokenizer
+                return cls(spec, model, UnavailableTokenizer(f"{model_dir}: model directory saved without a tokenizer",
+                                                             max_length))
+            return cls(spec, model, Tokenizer.load(tok_dir, max_length))
         src = spec.get("pretrained")
         if not src:
             raise SpecError(f"model spec {spec.get('name', '?')!r}: family clip-pretrained needs 'pretrained'")
-        src, local = _resolve(str(src))
-        try:
-            model = CLIPModel.from_pretrained(src, local_files_only=local or hub_offline())
-            hf_tok = AutoTokenizer.from_pretrained(src, local_files_only=local or hub_offline(), use_fast=True)
-        except OSError as exc:
-            raise CheckpointError(
-                f"pretrained CLIP {src!r}: not found locally or in the HF cache ({str(exc).splitlines()[0]})"
-            ) from None
-        size, mean, std = _preprocessing(src, local or hub_offline(), int(model.config.vision_config.image_size))
-        spec.setdefault("image_size", size)
-        spec.setdefault("image_mean", list(mean))
-        spec.setdefault("image_std", list(std))
+        parts = CLIP_WEIGHT_SOURCES.get(weight_source(str(src)))(str(src))
+        model = parts.clip
+        spec.setdefault("image_size", parts.image_size)
+        spec.setdefault("image_mean", list(parts.mean))
+        spec.setdefault("image_std", list(parts.std))
         spec.setdefault("embed_dim", int(model.config.projection_dim))
         tok = dict(spec.get("tokenizer") or {})
         tok.setdefault("kind", "pretrained")
         tok.setdefault("max_length", int(model.config.text_config.max_position_embeddings))
         spec["tokenizer"] = tok
-        return cls(spec, model, Tokenizer(hf_tok, tok["max_length"]))
+        tokenizer = parts.tokenizer
+        if isinstance(tokenizer, str):
+            tokenizer = UnavailableTokenizer(tokenizer, tok["max_length"])
+        elif tokenizer.max_length != int(tok["max_length"]):
+            tokenizer = Tokenizer(tokenizer.hf, int(tok["max_length"]))
+        return cls(spec, model, tokenizer)
 
     def save_extra(self, directory: Path) -> None:
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)

@@ -221,3 +221,31 @@ def build_tokenizer(cfg: TokenizerCfg, corpus: Optional[Iterable[str]] = None,
             return Tokenizer(AutoTokenizer.from_pretrained(src, use_fast=True), cfg.max_length)
         return Tokenizer.load(Path(src).expanduser(), cfg.max_length)
     return train_tokenizer(corpus or [], cfg.vocab_size, cfg.max_length, cfg.kind, cfg.lowercase)
+
+
+class UnavailableTokenizer:
+    """Stands in for the tokenizer of a checkpoint that ships none (e.g. a Hugging Face ``CLIPModel`` directory saved
+    without tokenizer files): the model loads and encodes token ids given to ``encode_text``; calling the tokenizer
+    is a :class:`CheckpointError` saying why there is none and what to do.
+
+    Args:
+        reason: one line, shown when the tokenizer is called.
+        max_length: the text tower's context length.
+    """
+
+    def __init__(self, reason: str, max_length: int):
+        self.reason = str(reason)
+        self.max_length = int(max_length)
+
+    @property
+    def special_ids(self) -> List[int]:
+        return []
+
+    def __call__(self, texts: Sequence[str]) -> TokenBatch:
+        raise CheckpointError(self.reason)
+
+    def __len__(self) -> int:
+        raise CheckpointError(self.reason)
+
+    def save(self, directory: Path) -> None:
+        """Nothing to save: a model directory without ``tokenizer/`` loads with this stand-in again."""

@@ -36,12 +36,12 @@ def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dic
     """A model object and its record (name, spec, checkpoint_sha256, source, id; for a training run also
     ``finished`` and ``checkpoint_step``).
 
-    A spec name or spec file builds a freshly initialised model seeded with ``seed``; a model or run directory is
-    loaded with its weights (checkpoint hash = sha256 of the ``model.safetensors`` used). An unfinished run is
-    evaluated at its latest checkpoint, recorded as ``finished: false`` with that checkpoint's step, and warned
-    about on stderr.
+    A spec name or spec file builds a freshly initialised model seeded with ``seed``; a checkpoint (our model or run
+    directory, a Hugging Face CLIP directory, ``open_clip:ARCH:FILE``; see :mod:`loupe_bench.models.sources`) is
+    loaded with its weights (checkpoint hash = sha256 of the weights file used). An unfinished run is evaluated at
+    its latest checkpoint, recorded as ``finished: false`` with that checkpoint's step, and warned about on stderr.
     """
-    from ..models import create_model, get_spec, load_model
+    from ..models.sources import load_source
 
     if isinstance(model, torch.nn.Module):
         spec = dict(getattr(model, "spec", {}) or {})
@@ -49,31 +49,24 @@ def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dic
         sha = state_dict_sha256(model)
         return model, {"name": name, "spec": spec, "checkpoint_sha256": sha, "source": "object",
                        "id": compute_model_id("object", sha)}
-    text = str(model)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        from ..models.checkpoint import run_state
-
-        m = load_model(path)
-        state = run_state(path)
-        weights = state["weights"] if state["is_run"] and state["weights"] is not None else path / "model.safetensors"
-        sha = sha256_file(weights) if weights.is_file() else state_dict_sha256(m)
-        record = {"name": path.name, "spec": dict(getattr(m, "spec", {}) or {}), "checkpoint_sha256": sha,
-                  "source": str(path), "id": compute_model_id(str(path.resolve()), sha, is_dir=True)}
-        if state["is_run"]:
-            record.update(finished=bool(state["finished"]), checkpoint_step=state["checkpoint_step"])
-            if not state["finished"]:
-                total = state["total_steps"]
-                of = f" of {total}" if total else ""
-                sys.stderr.write(f"warning: {path}: training has not finished; evaluating its latest checkpoint "
-                                 f"(step {state['checkpoint_step']}{of})\n")
-        return m, record
-    spec = get_spec(text)
-    m = create_model(spec, seed=seed)
-    source = f"spec {text} (initialised with seed {seed})"
-    sha = state_dict_sha256(m)
-    return m, {"name": str(spec.get("name", path.stem)), "spec": spec, "checkpoint_sha256": sha, "source": source,
-               "id": compute_model_id(source, sha)}
+    loaded = load_source(model, seed=seed)
+    m = loaded.model
+    sha = sha256_file(loaded.weights) if loaded.weights is not None and loaded.weights.is_file() \
+        else state_dict_sha256(m)
+    spec = loaded.spec if loaded.spec is not None else dict(getattr(m, "spec", {}) or {})
+    path = Path(str(model)).expanduser()
+    is_dir = path.is_dir()
+    record = {"name": loaded.name, "spec": spec, "checkpoint_sha256": sha, "source": loaded.source,
+              "id": compute_model_id(str(path.resolve()) if is_dir else loaded.source, sha, is_dir=is_dir)}
+    state = loaded.run
+    if state is not None and state["is_run"]:
+        record.update(finished=bool(state["finished"]), checkpoint_step=state["checkpoint_step"])
+        if not state["finished"]:
+            total = state["total_steps"]
+            of = f" of {total}" if total else ""
+            sys.stderr.write(f"warning: {path}: training has not finished; evaluating its latest checkpoint "
+                             f"(step {state['checkpoint_step']}{of})\n")
+    return m, record
 
 
 def _task(task: TaskLike) -> TaskSpec:

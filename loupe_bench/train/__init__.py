@@ -7,7 +7,7 @@ the CLI under torchrun.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 from ..registry import Registry
 from .recipe import RECIPE_DIR, Recipe, load_recipe, recipe_from_dict, shipped_recipes
@@ -23,11 +23,14 @@ def list_recipes() -> List[Tuple[str, str]]:
     return shipped_recipes()
 
 
-def train(*args: Any, **kwargs: Any) -> Path:
-    """See :func:`loupe_bench.train.engine.train` (imported lazily: torch is heavy)."""
+def train(model: Any, data: Any, recipe: Union[str, Path, Recipe], out: Union[str, Path],
+          resume: Optional[Union[str, Path]] = None, seed: Optional[int] = None, *,
+          overrides: Optional[Mapping[str, Any]] = None, stop_after: Optional[int] = None) -> Path:
+    """Train ``model`` on ``data`` with ``recipe`` into the run directory ``out``; arguments as
+    :func:`loupe_bench.train.engine.train` (imported lazily: torch is heavy)."""
     from .engine import train as _train
 
-    return _train(*args, **kwargs)
+    return _train(model, data, recipe, out, resume, seed, overrides=overrides, stop_after=stop_after)
 
 
 __all__ = ["RECIPES", "Recipe", "load_recipe", "recipe_from_dict", "list_recipes", "train"]

@@ -1,0 +1,225 @@
+"""Where ``--model`` / ``load_model(ref)`` finds a model: a registry of model-source resolvers.
+
+Each resolver in :data:`MODEL_SOURCES` answers :meth:`ModelSource.matches` for a reference (a string) and builds the
+model. The resolvers' matches are disjoint, so exactly one applies (or none: a :class:`SpecError` /
+:class:`CheckpointError` listing what is accepted):
+
+==================  ================================================================================================
+``open-clip``       ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted
+``hf-clip-dir``     a Hugging Face ``CLIPModel`` directory: ``config.json`` with ``model_type: clip`` (or
+                    ``architectures`` holding ``CLIPModel``) and ``model.safetensors`` / ``pytorch_model.bin``
+``model-dir``       our model or training-run directory: ``config.json`` holding a spec (``family``) and
+                    ``model.safetensors`` (a run without final weights: the checkpoint ``checkpoints/latest`` names)
+``spec-file``       a model spec file (``.yaml`` / ``.yml`` / ``.json``): a freshly initialised model
+``spec-name``       a shipped spec name (``loupe-bench list models``): a freshly initialised model
+==================  ================================================================================================
+
+Both checkpoint routes build a ``clip-pretrained`` model (:class:`~loupe_bench.models.pretrained_clip.PretrainedCLIP`)
+whose spec's ``pretrained`` is the reference, so ``save_model`` of such a model writes an ordinary model directory.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from torch import nn
+
+from ..errors import CheckpointError, SpecError
+from ..registry import Registry
+
+MODEL_SOURCES = Registry("model source")
+
+#: weight files of a Hugging Face model directory (any one of them)
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+@dataclass
+class Loaded:
+    """A resolved model and what a result record says about it.
+
+    Attributes:
+        model: the model (eval mode for checkpoints).
+        name: display name (the spec name, or the directory / file name).
+        source: where it came from, human-readable.
+        weights: the file whose sha256 identifies the weights (``None``: hash the state dict instead).
+        spec: the spec as given, for spec routes (``None``: the model's own ``spec``).
+    """
+
+    model: nn.Module
+    name: str
+    source: str
+    weights: Optional[Path] = None
+    spec: Optional[Dict[str, Any]] = None
+    run: Optional[Dict[str, Any]] = None   # a training run's state (:func:`~loupe_bench.models.checkpoint.run_state`)
+
+
+class ModelSource:
+    """A way to find a model from a reference string; subclasses register in :data:`MODEL_SOURCES`."""
+
+    #: one line for error messages and the docs
+    describes: str = ""
+
+    def matches(self, ref: str) -> bool:
+        raise NotImplementedError
+
+    def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
+        raise NotImplementedError
+
+
+def _read_config(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_hf_clip_config(config: Optional[Dict[str, Any]]) -> bool:
+    """A transformers ``CLIPModel`` config: ``model_type == "clip"`` or ``"CLIPModel"`` in ``architectures``."""
+    if not config or "family" in config:
+        return False
+    return config.get("model_type") == "clip" or "CLIPModel" in (config.get("architectures") or [])
+
+
+def _pretrained_clip(ref: str, name: str) -> nn.Module:
+    from .factory import create_model
+
+    return create_model({"name": name, "family": "clip-pretrained", "pretrained": ref,
+                         "description": f"checkpoint {ref}"}).eval()
+
+
+@MODEL_SOURCES.register("open-clip")
+class OpenClipCheckpoint(ModelSource):
+    """open_clip:<ARCH>:<checkpoint>: a local open_clip checkpoint converted to our CLIP model."""
+
+    describes = "open_clip:<ARCH>:<checkpoint .pt/.safetensors> (a local open_clip checkpoint)"
+
+    def matches(self, ref: str) -> bool:
+        from .open_clip_convert import is_open_clip_ref
+
+        return is_open_clip_ref(ref)
+
+    def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
+        from .open_clip_convert import parse_ref
+
+        arch, path = parse_ref(ref)
+        return Loaded(_pretrained_clip(ref, f"{arch}-{path.stem}"), f"{arch}-{path.stem}", ref, path)
+
+
+@MODEL_SOURCES.register("hf-clip-dir")
+class HFClipDirectory(ModelSource):
+    """A Hugging Face CLIPModel directory (config.json model_type clip + weights)."""
+
+    describes = "a Hugging Face CLIPModel directory (config.json with model_type 'clip' + model.safetensors or " \
+                "pytorch_model.bin)"
+
+    def matches(self, ref: str) -> bool:
+        path = Path(ref).expanduser()
+        return path.is_dir() and is_hf_clip_config(_read_config(path))
+
+    def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
+        path = Path(ref).expanduser()
+        if not any((path / f).is_file() for f in HF_WEIGHT_FILES):
+            raise CheckpointError(f"{path}: Hugging Face CLIP config without weights (expected one of "
+                                  f"{', '.join(HF_WEIGHT_FILES)})")
+        weights = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
+        return Loaded(_pretrained_clip(str(path), path.name), path.name, str(path), weights)
+
+
+@MODEL_SOURCES.register("model-dir")
+class ModelDirectory(ModelSource):
+    """Our model directory or training-run directory (config.json spec + model.safetensors)."""
+
+    describes = "a loupe-bench model or training-run directory (config.json spec + model.safetensors)"
+
+    def matches(self, ref: str) -> bool:
+        path = Path(ref).expanduser()
+        return path.is_dir() and not is_hf_clip_config(_read_config(path))
+
+    def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
+        from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_model_dir, load_model_dir, run_state
+
+        path = Path(ref).expanduser()
+        config = _read_config(path)
+        if config is not None and "family" not in config:
+            kind = f"model_type {config['model_type']!r}" if "model_type" in config else "no 'family' key"
+            raise CheckpointError(f"{path}: config.json is not a loupe-bench model spec ({kind}); --model accepts "
+                                  + "; ".join(MODEL_SOURCES.get(n).describes for n in MODEL_SOURCES
+                                              if n != "spec-name"))
+        if (path / CONFIG_FILE).is_file():
+            state = run_state(path)   # an unfinished run stands for the checkpoint `latest` names, inside the run
+            if state["is_run"] and state["weights"] is not None:
+                return Loaded(load_model_dir(path, weights=state["weights"]), path.name, str(path), state["weights"],
+                              run=state)
+        if is_model_dir(path):
+            return Loaded(load_model_dir(path), path.name, str(path), path / WEIGHTS_FILE)
+        raise CheckpointError(f"{path}: not a model directory; --model accepts " + "; ".join(
+            MODEL_SOURCES.get(n).describes for n in MODEL_SOURCES if n not in ("spec-name",)))
+
+
+def _seed_note(seed: Optional[int]) -> str:
+    return "" if seed is None else f" (initialised with seed {seed})"
+
+
+@MODEL_SOURCES.register("spec-file")
+class SpecFile(ModelSource):
+    """A model spec file (.yaml / .yml / .json): a freshly initialised model."""
+
+    describes = "a model spec file (.yaml / .yml / .json)"
+
+    def matches(self, ref: str) -> bool:
+        path = Path(ref).expanduser()
+        return path.is_file() and path.suffix in (".yaml", ".yml", ".json")
+
+    def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
+        from .factory import create_model, read_spec_file
+
+        spec = read_spec_file(Path(ref).expanduser())
+        return Loaded(create_model(spec, seed=seed), str(spec["name"]), f"spec {ref}{_seed_note(seed)}",
+                      spec=spec)
+
+
+@MODEL_SOURCES.register("spec-name")
+class SpecName(ModelSource):
+    """A shipped model spec name: a freshly initialised model."""
+
+    describes = "a shipped model spec name (loupe-bench list models)"
+
+    def matches(self, ref: str) -> bool:
+        from .factory import available_specs
+
+        return ref in available_specs() and not Path(ref).expanduser().exists()  # a folder of that name wins
+
+    def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
+        from .factory import create_model, get_spec
+
+        spec = get_spec(ref)
+        return Loaded(create_model(spec, seed=seed), str(spec["name"]), f"spec {ref}{_seed_note(seed)}",
+                      spec=spec)
+
+
+def resolve_source(ref: Any) -> ModelSource:
+    """The one resolver in :data:`MODEL_SOURCES` that matches ``ref``; none is a :class:`SpecError`."""
+    text = str(ref)
+    hits = [name for name in MODEL_SOURCES if MODEL_SOURCES.get(name)().matches(text)]
+    if len(hits) > 1:  # the matches are disjoint by construction; two hits is a bug
+        raise RuntimeError(f"model reference {text!r} matches several sources: {hits}")
+    if not hits:
+        from .factory import available_specs
+
+        known = ", ".join(sorted(available_specs())) or "(none)"
+        raise SpecError(f"unknown model {text!r}; known spec names: {known}; or give "
+                        + "; ".join(MODEL_SOURCES.get(n).describes for n in MODEL_SOURCES if n != "spec-name"))
+    return MODEL_SOURCES.get(hits[0])()
+
+
+def load_source(ref: Any, seed: Optional[int] = None) -> Loaded:
+    """Resolve and load ``ref`` (see :data:`MODEL_SOURCES`); ``seed`` seeds freshly initialised spec models."""
+    return resolve_source(ref).load(str(Path(ref)) if isinstance(ref, Path) else str(ref), seed)
+
+
+__all__ = ["MODEL_SOURCES", "ModelSource", "Loaded", "resolve_source", "load_source", "is_hf_clip_config",
+           "HF_WEIGHT_FILES"]
