@@ -73,6 +73,9 @@ def train(
     *,
     overrides: Optional[Mapping[str, Any]] = None,
     stop_after: Optional[int] = None,
+    allow_remote_shards: bool = False,
+    allow_changed: Sequence[str] = (),
+    on_bad_sample: str = "error",
 ) -> Path:
     """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out`` (a model directory when done).
 
@@ -86,10 +89,15 @@ def train(
         seed: overrides the recipe's seed.
         overrides: dotted recipe overrides, e.g. ``{"steps": 10, "optim.lr": 1e-3}``.
         stop_after: stop (without the final save) after this optimiser step — for tests of interrupted runs.
+        allow_remote_shards: open webdataset shard names that are URLs / ``pipe:`` commands (off: refused).
+        allow_changed: recipe fields a resume may change beyond the safe ones (see the engine's ``train``).
+        on_bad_sample: ``error`` stops at the first bad training image (checked before step 1), ``skip`` counts
+            and leaves bad ones out.
     """
     from .train.engine import train as _train
 
-    return _train(model, data, recipe, out, resume, seed, overrides=overrides, stop_after=stop_after)
+    return _train(model, data, recipe, out, resume, seed, overrides=overrides, stop_after=stop_after,
+                  allow_remote_shards=allow_remote_shards, allow_changed=allow_changed, on_bad_sample=on_bad_sample)
 
 
 def evaluate(
