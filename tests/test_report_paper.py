@@ -176,3 +176,18 @@ def test_canonical_sizes_have_sources():
     assert all(c.source and c.provenance in ("verified", "unverified") for c in canon.values())
     # every (dataset, split) a shipped paper entry reports on either has a canonical size or is never compared
     assert {("flickr30k", "test"), ("coco", "test"), ("refcoco+", "val"), ("refcoco+", "testB")} <= set(canon)
+
+
+def test_every_entry_cites_an_openable_source():
+    """Each shipped entry names a source a reader can open (arXiv id, URL, or paper + table) and keeps its tier."""
+    from loupe_bench.report.paper import source_is_openable
+
+    entries = load_paper_tables()
+    assert entries and all(source_is_openable(e.source) for e in entries), [
+        (e.model, e.dataset, e.metric) for e in entries if not source_is_openable(e.source)]
+    assert all(e.provenance in ("secondary", "unverified") for e in entries)
+    # an entry without a table number says so in its printed source
+    no_table = [e for e in entries if not e.source.get("table")]
+    assert no_table and all("table not identified" in e.source_text() for e in no_table)
+    assert not source_is_openable({"paper": "X", "table": None, "arxiv": None, "secondary_source": "a blog post"})
+    assert source_is_openable({"paper": "X", "table": "Table 3", "arxiv": None})

@@ -9,6 +9,7 @@ third-party source), ``[R-…]`` → ``unverified`` (a recollection). The tables
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -78,17 +79,31 @@ class PaperEntry(NamedTuple):
         return to_percent(self.value, self.units)
 
     def source_text(self) -> str:
-        """``paper, table, arXiv id; via secondary source`` in one line."""
+        """``paper, table, arXiv id; via secondary source`` in one line (``table not identified`` when the entry
+        names no table)."""
         s = self.source
         parts = [s.get("paper") or "?"]
-        if s.get("table"):
-            parts.append(str(s["table"]))
+        parts.append(str(s["table"]) if s.get("table") else "table not identified")
         if s.get("arxiv"):
             parts.append(f"arXiv {s['arxiv']}")
         text = ", ".join(parts)
         if s.get("secondary_source"):
             text += f"; via {s['secondary_source']}"
         return text
+
+
+_ARXIV_ID = re.compile(r"^\d{4}\.\d{4,5}(v\d+)?$")
+_URL = re.compile(r"https?://\S+")
+
+
+def source_is_openable(source: Dict[str, Any]) -> bool:
+    """A reader can open the source: an arXiv id (``NNNN.NNNNN``), a URL in any source field, or a named paper with
+    its table number."""
+    if _ARXIV_ID.match(str(source.get("arxiv") or "")):
+        return True
+    if any(_URL.search(str(v)) for v in source.values() if v):
+        return True
+    return bool(source.get("paper")) and bool(re.search(r"\bTable\s+\d+", str(source.get("table") or "")))
 
 
 def family_of(model_name: str) -> Optional[str]:
