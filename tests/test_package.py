@@ -69,7 +69,8 @@ def test_version_flag():
     assert __version__ in out.stdout
 
 
-@pytest.mark.parametrize("command", ["data", "list", "train", "eval", "report", "compare", "check", "reproduce", "bench"])
+@pytest.mark.parametrize("command", ["data", "list", "train", "eval", "report", "compare", "check", "reproduce", "bench",
+                                     "export"])
 def test_every_command_has_help(command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

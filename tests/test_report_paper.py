@@ -11,14 +11,21 @@ from loupe_bench.errors import DataError
 from loupe_bench.report.paper import compare_paper, comparison_markdown, family_of, load_paper_file, load_paper_tables
 
 
-def _result(path: Path, model: str, task_type: str, dataset: str, split: str, metrics: dict, fp: str = "fp1"):
+# the canonical sizes of results/paper/splits/canonical.yaml, as a real evaluation records them in `extra`
+FLICKR_1K = {"n_images": 1000, "n_captions": 5000}
+COCO_5K = {"n_images": 5000, "n_captions": 25010}
+REFCOCOP_VAL = {"n_refs": 3805, "n_queries": 10758, "n_images": 1500}
+
+
+def _result(path: Path, model: str, task_type: str, dataset: str, split: str, metrics: dict, fp: str = "fp1",
+            extra: dict = None):
     obj = {
         "schema": "loupe-bench/result/v1",
         "model": {"name": model, "spec": {}, "checkpoint_sha256": "0" * 64, "source": "runs/x"},
         "task": {"name": f"{dataset}-{task_type}", "type": task_type, "dataset": dataset, "split": split,
                  "spec": {}, "fingerprint": fp},
         "metrics": {k: {"value": v, "ci95": [v - 0.01, v + 0.01], "units": "fraction"} for k, v in metrics.items()},
-        "unavailable": {}, "extra": {}, "seed": 0, "code_version": "t", "packages": {}, "device": "cpu",
+        "unavailable": {}, "extra": dict(extra or {}), "seed": 0, "code_version": "t", "packages": {}, "device": "cpu",
         "timings": {"total_s": 1.0}, "timestamp": "2026-11-27T12:00:00Z",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +99,8 @@ def test_family_mapping():
 
 def test_compare_deltas_in_points(tmp_path):
     _result(tmp_path / "r" / "a.json", "loupe-tiny", "retrieval", "flickr30k", "test",
-            {"t2i_R@1": 0.70, "i2t_R@1": 0.80, "not_a_paper_metric": 0.1})
-    _result(tmp_path / "r" / "b.json", "clip-tiny", "retrieval", "coco", "test", {"t2i_R@1": 0.30})
+            {"t2i_R@1": 0.70, "i2t_R@1": 0.80, "not_a_paper_metric": 0.1}, extra=FLICKR_1K)
+    _result(tmp_path / "r" / "b.json", "clip-tiny", "retrieval", "coco", "test", {"t2i_R@1": 0.30}, extra=COCO_5K)
     rows = compare_paper(tmp_path / "r")
     loupe = [r for r in rows if r.model == "loupe-tiny" and r.paper_model == "LOUPE" and r.metric == "t2i_R@1"]
     assert len(loupe) == 1
@@ -116,9 +123,71 @@ def test_compare_deltas_in_points(tmp_path):
 def test_compare_cli(tmp_path):
     from loupe_bench.cli.main import cli
 
-    _result(tmp_path / "r" / "a.json", "loupe-tiny", "grounding", "refcoco+", "val", {"acc@0.5": 0.25})
+    _result(tmp_path / "r" / "a.json", "loupe-tiny", "grounding", "refcoco+", "val", {"acc@0.5": 0.25},
+            extra=REFCOCOP_VAL)
     res = CliRunner().invoke(cli, ["compare", "--paper", str(tmp_path / "r"), "--markdown", str(tmp_path / "c.md")],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     text = (tmp_path / "c.md").read_text()
     assert "22.9" in text and "+2.1" in text
+
+
+@pytest.mark.parametrize("extra,why", [
+    ({"n_images": 100, "n_captions": 500}, "n_images 100, the paper's 1000"),      # a 100-image subset
+    ({"n_images": 1000, "n_captions": 1000}, "n_captions 1000, the paper's 5000"),  # one caption per image
+    ({}, "records no n_captions"),                                                  # counts not recorded
+])
+def test_not_the_papers_split_has_no_delta(tmp_path, extra, why):
+    """A result whose split is not the canonical size is listed, labelled, and kept out of the delta column."""
+    _result(tmp_path / "r" / "a.json", "loupe-tiny", "retrieval", "flickr30k", "test", {"t2i_R@1": 0.70}, extra=extra)
+    _result(tmp_path / "r" / "b.json", "clip-tiny", "retrieval", "coco", "test", {"t2i_R@1": 0.30}, extra=COCO_5K)
+    rows = compare_paper(tmp_path / "r")
+    f30k = [r for r in rows if r.dataset == "flickr30k"]
+    assert f30k and all(r.delta is None and r.split_check.startswith("not the paper's split") for r in f30k)
+    assert all(why in r.split_check for r in f30k)
+    assert f30k[0].reproduced == pytest.approx(70.0)
+    coco = [r for r in rows if r.dataset == "coco"]
+    assert coco and all(r.delta is not None and r.split_check == "" for r in coco)
+    md = comparison_markdown(rows)
+    line = next(line for line in md.splitlines() if "flickr30k" in line and "LOUPE" in line)
+    assert "not the paper's split" in line and "-6.3" not in line
+
+
+def test_split_without_canonical_size_is_never_compared(tmp_path):
+    _result(tmp_path / "r" / "a.json", "loupe-tiny", "grounding", "refcoco+", "val", {"acc@0.5": 0.25},
+            extra=REFCOCOP_VAL)
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    from loupe_bench.specs import spec_dir
+
+    for f in spec_dir("paper").glob("*.yaml"):
+        (tables / f.name).write_text(f.read_text())
+    rows = compare_paper(tmp_path / "r", paper_dir=tables)  # tables without splits/: no canonical size known
+    assert rows and all(r.delta is None and "no canonical size recorded" in r.split_check for r in rows)
+
+
+def test_canonical_sizes_have_sources():
+    from loupe_bench.report.paper import load_canonical_splits
+
+    canon = load_canonical_splits()
+    assert canon[("flickr30k", "test")].counts == {"n_images": 1000, "n_captions": 5000}
+    assert canon[("coco", "test")].counts == {"n_images": 5000, "n_captions": 25010}
+    assert canon[("refcoco", "testA")].counts["n_queries"] == 5657
+    assert all(c.source and c.provenance in ("verified", "unverified") for c in canon.values())
+    # every (dataset, split) a shipped paper entry reports on either has a canonical size or is never compared
+    assert {("flickr30k", "test"), ("coco", "test"), ("refcoco+", "val"), ("refcoco+", "testB")} <= set(canon)
+
+
+def test_every_entry_cites_an_openable_source():
+    """Each shipped entry names a source a reader can open (arXiv id, URL, or paper + table) and keeps its tier."""
+    from loupe_bench.report.paper import source_is_openable
+
+    entries = load_paper_tables()
+    assert entries and all(source_is_openable(e.source) for e in entries), [
+        (e.model, e.dataset, e.metric) for e in entries if not source_is_openable(e.source)]
+    assert all(e.provenance in ("secondary", "unverified") for e in entries)
+    # an entry without a table number says so in its printed source
+    no_table = [e for e in entries if not e.source.get("table")]
+    assert no_table and all("table not identified" in e.source_text() for e in no_table)
+    assert not source_is_openable({"paper": "X", "table": None, "arxiv": None, "secondary_source": "a blog post"})
+    assert source_is_openable({"paper": "X", "table": "Table 3", "arxiv": None})

@@ -58,6 +58,9 @@ def test_reproduce_paper_cli(tiny_world, tmp_path):
     md = (out / "paper_comparison.md").read_text()
     # reproduced Flickr30K t2i R@1 beside LOUPE's published 76.3 (secondary) and RefCOCO+ testB beside 23.6
     assert "76.3 (LOUPE)" in md and "23.6 (LOUPE)" in md
+    # the tiny world is not the paper's split: every row is labelled, no delta is given
+    rows = [line for line in md.splitlines() if "(LOUPE)" in line]
+    assert rows and all("not the paper's split" in line for line in rows)
     assert (out / "report" / "report.html").is_file()
     results = sorted(p.name for p in (out / "results").glob("*.json"))
     assert any("flickr30k-retrieval-1k" in n for n in results) and any("refcoco+-unc" in n for n in results)

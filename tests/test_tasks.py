@@ -220,10 +220,10 @@ def test_results_export_and_paired_delta(tiny_world, tmp_path):
     assert len(loaded) == 4
     paths = export_clip_benchmark(loaded, tmp_path / "cb")
     cb = json.loads(next(p for p in paths if "retrieval" in p.name).read_text())
-    assert set(cb) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
+    assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(cb)
     assert cb["task"] == "zeroshot_retrieval" and "text_retrieval_recall@5" in cb["metrics"]
     csv_text = (tmp_path / "cb" / "benchmark.csv").read_text().splitlines()
-    assert csv_text[0].startswith("dataset,model,pretrained,task,language") and len(csv_text) == 5
+    assert csv_text[0].startswith("dataset,model,pretrained,model_fullname,task,language") and len(csv_text) == 5
     a, b = [r for r in loaded if r["task"]["type"] == "retrieval"]
     d = paired_delta(a, b, "i2t_R@5", n_resamples=200)
     diff = np.mean(a["per_item"]["i2t_R@5"]) - np.mean(b["per_item"]["i2t_R@5"])

@@ -38,21 +38,44 @@ def synth_cmd(out: str, seed: int, size: str, image_size: int) -> None:
 
 
 @data.command("check")
-@click.argument("path")
+@click.argument("path", required=False)
 @click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(CHECK_CHOICES))
 @click.option("--image-root", default=None, type=click.Path(file_okay=False),
               help="Image folder, for formats that keep images apart (karpathy, coco, refer, csv, flickr30k-entities).")
-def check_cmd(path: str, fmt: str, image_root: str) -> None:
+@click.option("--task", "task", default=None,
+              help="Check the data set this task spec describes (name or YAML), read with the spec's loader options "
+                   "(its image folder); needs --data-root, replaces PATH.")
+@click.option("--data-root", "data_root", default=None, type=click.Path(file_okay=False),
+              help="With --task: the folder the task's paths are relative to (as for `eval --data-root`).")
+def check_cmd(path: str, fmt: str, image_root: str, task: str, data_root: str) -> None:
     """Validate a data set and list every problem (file, record, what is wrong).
 
-    Exit code 0 when clean, 1 when problems were found, 2 when the input is unusable.
+    `data check PATH` checks one file or folder; `data check --task TASK --data-root DIR` checks what the task
+    reads. Exit code 0 when clean, 1 when problems were found, 2 when the input is unusable.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from ..data.check import check_dataset
+    from ..data.check import check_dataset, check_task_data
+    from ..errors import SpecError
 
-    errors = check_dataset(path, fmt=fmt, **({"image_root": image_root} if image_root else {}))
+    if task is not None:
+        if path is not None or image_root is not None or fmt != "auto":
+            raise SpecError("--task takes the path, format and image folder from the task spec; drop PATH, --format "
+                            "and --image-root")
+        if data_root is None:
+            from ..tasks import load_task
+
+            spec = load_task(task)
+            raise SpecError(f"--task {task} needs --data-root DIR, laid out as DIR/ {spec.layout_text()}")
+        errors = check_task_data(task, data_root)
+        path = f"{task} under {data_root}"
+    elif path is None:
+        raise SpecError("give a PATH to check, or --task TASK --data-root DIR")
+    elif data_root is not None:
+        raise SpecError("--data-root goes with --task; for a PATH use --image-root")
+    else:
+        errors = check_dataset(path, fmt=fmt, **({"image_root": image_root} if image_root else {}))
     console = Console(soft_wrap=True)
     if not errors:
         console.print(f"{path}: no problems found")

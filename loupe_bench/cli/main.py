@@ -25,6 +25,7 @@ COMMANDS: Dict[str, str] = {
     "check": "loupe_bench.cli.report:check_cmd",
     "reproduce": "loupe_bench.cli.reproduce:reproduce",
     "bench": "loupe_bench.cli.bench:bench_cmd",
+    "export": "loupe_bench.cli.export:export_cmd",
 }
 
 SHORT_HELP: Dict[str, str] = {
@@ -37,6 +38,7 @@ SHORT_HELP: Dict[str, str] = {
     "check": "Regression gate: compare results with a committed reference.",
     "reproduce": "Run a whole reproduction (synthetic world offline, or the paper's benchmarks).",
     "bench": "Benchmarks: every figure a ratio measured side by side in one run.",
+    "export": "Export results in another tool's layout (clip_benchmark).",
 }
 
 

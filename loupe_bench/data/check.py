@@ -125,3 +125,34 @@ def check_dataset(path: PathLike, fmt: str = "auto", **options: Any) -> List[Dat
             seen.add(str(e))
             out.append(e)
     return out
+
+
+def check_task_data(task: Any, data_root: PathLike) -> List[DataError]:
+    """Every problem of the data set a task spec describes, read as the task reads it: the spec's format, its
+    dataset path and loader options resolved against ``data_root`` (its ``image_root`` and the like), for every
+    split the task reads (:meth:`~loupe_bench.tasks.spec.TaskSpec.data_splits`); images are verified.
+
+    Args:
+        task: a task name, task YAML path or :class:`~loupe_bench.tasks.spec.TaskSpec`.
+        data_root: the folder the task's paths are relative to (what ``eval --data-root`` gets).
+
+    Raises:
+        DataError: a file or folder the spec names is missing (with the layout the task expects).
+    """
+    from ..tasks import load_task
+    from ..tasks.spec import TaskSpec
+
+    spec = task if isinstance(task, TaskSpec) else load_task(task)
+    root = Path(data_root)
+    splits = spec.data_splits()
+    spec.require_data(root, splits)
+    errors: List[DataError] = []
+    for split in splits:
+        path = spec.resolve_path(root, spec.dataset.path, split)
+        errors += _run(spec.dataset.format, path, split=split, **spec.loader_options(root, split))
+    seen, out = set(), []
+    for e in errors:
+        if str(e) not in seen:
+            seen.add(str(e))
+            out.append(e)
+    return out

@@ -9,6 +9,7 @@ third-party source), ``[R-…]`` → ``unverified`` (a recollection). The tables
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -78,17 +79,31 @@ class PaperEntry(NamedTuple):
         return to_percent(self.value, self.units)
 
     def source_text(self) -> str:
-        """``paper, table, arXiv id; via secondary source`` in one line."""
+        """``paper, table, arXiv id; via secondary source`` in one line (``table not identified`` when the entry
+        names no table)."""
         s = self.source
         parts = [s.get("paper") or "?"]
-        if s.get("table"):
-            parts.append(str(s["table"]))
+        parts.append(str(s["table"]) if s.get("table") else "table not identified")
         if s.get("arxiv"):
             parts.append(f"arXiv {s['arxiv']}")
         text = ", ".join(parts)
         if s.get("secondary_source"):
             text += f"; via {s['secondary_source']}"
         return text
+
+
+_ARXIV_ID = re.compile(r"^\d{4}\.\d{4,5}(v\d+)?$")
+_URL = re.compile(r"https?://\S+")
+
+
+def source_is_openable(source: Dict[str, Any]) -> bool:
+    """A reader can open the source: an arXiv id (``NNNN.NNNNN``), a URL in any source field, or a named paper with
+    its table number."""
+    if _ARXIV_ID.match(str(source.get("arxiv") or "")):
+        return True
+    if any(_URL.search(str(v)) for v in source.values() if v):
+        return True
+    return bool(source.get("paper")) and bool(re.search(r"\bTable\s+\d+", str(source.get("table") or "")))
 
 
 def family_of(model_name: str) -> Optional[str]:
@@ -195,6 +210,70 @@ class ComparisonRow(NamedTuple):
     provenance: str
     source: str
     note: str
+    split_check: str = ""           # "" (the paper's split) or why the delta is withheld ("not the paper's split ...")
+
+
+# ------------------------------------------------------------------------------------------------ canonical splits
+class CanonicalSplit(NamedTuple):
+    """The size of a (dataset, split) the paper tables report on: ``counts`` (result ``extra`` key -> value)."""
+
+    dataset: str
+    split: str
+    counts: Dict[str, int]
+    provenance: str
+    source: str
+
+
+def load_canonical_splits(paper_dir=None) -> Dict[Tuple[str, str], CanonicalSplit]:
+    """``(dataset, split) -> CanonicalSplit`` from ``<paper_dir>/splits/*.yaml`` (default: the shipped tables')."""
+    from ..specs import spec_dir
+
+    root = (Path(paper_dir) if paper_dir is not None else spec_dir("paper")) / "splits"
+    out: Dict[Tuple[str, str], CanonicalSplit] = {}
+    for f in sorted(root.glob("*.yaml")) if root.is_dir() else []:
+        try:
+            data = yaml.safe_load(f.read_text(encoding="utf-8")) or []
+        except yaml.YAMLError as exc:
+            raise DataError(f"malformed YAML: {exc}".replace("\n", " "), file=str(f)) from None
+        for i, raw in enumerate(data if isinstance(data, list) else [None]):
+            ok = isinstance(raw, dict) and isinstance(raw.get("counts"), dict) and raw["counts"] and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in raw["counts"].values())
+            if not ok or not raw.get("source") or raw.get("provenance") not in PROVENANCE:
+                raise DataError("a canonical split needs dataset, split, counts {name: int}, source and provenance",
+                                file=str(f), record=f"entry {i}")
+            c = CanonicalSplit(canonical_dataset(str(raw["dataset"])), str(raw["split"]), dict(raw["counts"]),
+                               raw["provenance"], str(raw["source"]))
+            out[(c.dataset, c.split)] = c
+    return out
+
+
+def split_check(extra: Optional[Dict[str, Any]], dataset: str, split: str,
+                canonical: Dict[Tuple[str, str], CanonicalSplit]) -> str:
+    """``""`` when a result's recorded counts (``extra``) equal every canonical count of its (dataset, split), else
+    the label ``"not the paper's split (...)"`` saying why: no canonical size recorded, a count missing from the
+    result, or a count that differs."""
+    c = canonical.get((dataset, split))
+    if c is None:
+        return "not the paper's split (no canonical size recorded for it)"
+    extra = extra or {}
+    problems = []
+    for key, want in sorted(c.counts.items()):
+        got = extra.get(key)
+        if got is None:
+            problems.append(f"the result records no {key}; the paper's has {want}")
+        elif got != want:
+            problems.append(f"{key} {got}, the paper's {want}")
+    return f"not the paper's split ({'; '.join(problems)})" if problems else ""
+
+
+def _result_extra(path: str) -> Optional[Dict[str, Any]]:
+    from ..utils.io import read_json
+
+    try:
+        obj = read_json(path)
+    except DataError:
+        return None
+    return obj.get("extra") if isinstance(obj, dict) and isinstance(obj.get("extra"), dict) else None
 
 
 def _result_task(row: MetricRow) -> Tuple[str, str]:
@@ -207,7 +286,10 @@ def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = Non
     """Reproduced results beside published numbers, matched on (task, setting, dataset, split, metric).
 
     ``delta = reproduced − published`` in percentage points (fractions are converted to percent first). Several
-    seeds of the same (model, task, split, metric) are averaged first.
+    seeds of the same (model, task, split, metric) are averaged first. The delta is given only when every result of
+    the group evaluated the paper's split: its recorded counts equal the canonical size of (dataset, split)
+    (``<paper_dir>/splits/*.yaml``, :func:`split_check`); otherwise the row keeps the reproduced number, has no
+    delta, and ``split_check`` says "not the paper's split (...)".
 
     Args:
         results_dir: folder of result JSONs (ignored when ``rows`` is given).
@@ -220,6 +302,7 @@ def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = Non
     if rows is None:
         rows = load_rows(results_dir)
     entries = load_paper_tables(paper_dir)
+    canonical = load_canonical_splits(paper_dir)
     # average seeds: (model, task_type, dataset, split, metric, fingerprint) -> rows
     groups: Dict[tuple, List[MetricRow]] = {}
     for r in rows:
@@ -234,13 +317,15 @@ def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = Non
         if len(grp) == 1 and grp[0].ci_low is not None:
             lo, hi = to_percent(grp[0].ci_low, grp[0].units), to_percent(grp[0].ci_high, grp[0].units)
         fam = family_of(model)
+        checks = [split_check(_result_extra(r.path), dataset, split, canonical) for r in grp]
+        check = next((c for c in checks if c), "")
         for e in entries:
             if (e.task, e.setting, e.dataset, e.split, e.metric) != (task, setting, dataset, split, metric):
                 continue
             matched.add(e.key)
             out.append(ComparisonRow(task, dataset, split, metric, model, val, lo, hi, e.model, e.variant,
-                                     e.percent, val - e.percent, fam == e.model, e.provenance, e.source_text(),
-                                     e.note))
+                                     e.percent, None if check else val - e.percent, fam == e.model, e.provenance,
+                                     e.source_text(), e.note, check))
     if include_unmatched:
         for e in entries:
             if e.key not in matched:
@@ -258,7 +343,8 @@ def comparison_markdown(rows: Sequence[ComparisonRow]) -> str:
         rep = "–" if r.reproduced is None else f"{r.reproduced:.1f} ({r.model})"
         ci = "–" if r.ci_low is None else f"[{r.ci_low:.1f}, {r.ci_high:.1f}]"
         pub_model = r.paper_model + (f" {r.paper_variant}" if r.paper_variant else "")
-        delta = "–" if r.delta is None else f"{r.delta:+.1f}" + (" (same family)" if r.same_family else "")
+        delta = r.split_check or ("–" if r.delta is None else f"{r.delta:+.1f}" + (" (same family)" if r.same_family
+                                                                                else ""))
         lines.append(f"| {r.task} | {r.dataset} | {r.split} | {r.metric} | {rep} | {ci} | {r.published:.1f} "
                      f"({pub_model}) | {delta} | {r.provenance} | {r.source.replace('|', '/')} |")
     lines.append("")
@@ -283,7 +369,8 @@ def comparison_table(rows: Sequence[ComparisonRow], title: str = "reproduced vs 
             "–" if r.reproduced is None else f"{r.reproduced:.1f} ({r.model})",
             "–" if r.ci_low is None else f"[{r.ci_low:.1f}, {r.ci_high:.1f}]",
             f"{r.published:.1f} ({pub_model})",
-            "–" if r.delta is None else (f"[bold]{r.delta:+.1f}[/bold]" if r.same_family else f"{r.delta:+.1f}"),
+            r.split_check or ("–" if r.delta is None else (f"[bold]{r.delta:+.1f}[/bold]" if r.same_family
+                                                           else f"{r.delta:+.1f}")),
             f"[{colour[r.provenance]}]{r.provenance}[/{colour[r.provenance]}]",
             r.source,
         )

@@ -563,7 +563,9 @@ def paper_task_specs(data_root: Optional[Path] = None) -> List[str]:
 def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Sequence[str]] = None, seed: int = 0,
                     console=None) -> Path:
     """Evaluate ``models`` on the real-benchmark task specs the paper tables use and render them beside the
-    published numbers (``OUT/results``, ``OUT/report``, ``OUT/paper_comparison.md``).
+    published numbers (``OUT/results``, ``OUT/report``, ``OUT/paper_comparison.md``). A number is set beside a
+    published one with a delta only when the evaluated split has the canonical size (``results/paper/splits``;
+    :func:`~loupe_bench.report.paper.split_check`); otherwise it is labelled "not the paper's split".
 
     Raises:
         SpecError: when no paper task spec has its data under ``data_root``.

@@ -15,10 +15,6 @@ from ..errors import DataError, SpecError
 from .metrics.bootstrap import bootstrap_ci
 from .spec import TaskSpec
 
-# loader option keys whose values are paths relative to --data-root
-_PATH_OPTIONS = ("image_root", "phrases", "shards", "instances")
-
-
 # ------------------------------------------------------------------------------------------------- outputs
 @dataclass
 class MetricValue:
@@ -65,25 +61,19 @@ def mean_metric(values: Sequence[float], spec: TaskSpec, units: str = "fraction"
 
 
 # ------------------------------------------------------------------------------------------------- data
-def resolve(data_root: Optional[Path], rel: str, split: Optional[str] = None) -> Path:
-    """``data_root / rel`` with ``{split}`` substituted."""
-    rel = rel.format(split=split) if split is not None and "{split}" in rel else rel
-    p = Path(rel)
-    return p if p.is_absolute() or data_root is None else Path(data_root) / p
-
-
 def load_records(spec: TaskSpec, data_root: Optional[Path], split: str):
-    """Read the task's data set for ``split`` through :data:`loupe_bench.data.DATASETS`."""
+    """Read the task's data set for ``split`` through :data:`loupe_bench.data.DATASETS`, with the spec's loader
+    options (:meth:`TaskSpec.loader_options`). A missing data set or image folder is
+    :meth:`TaskSpec.missing_data`: the file, that --data-root is required, and the layout the task expects."""
     from ..data import DATASETS
 
     loader_cls = DATASETS.get(spec.dataset.format)
-    opts = dict(spec.dataset.options)
-    for k in _PATH_OPTIONS:
-        if isinstance(opts.get(k), str):
-            opts[k] = str(resolve(data_root, opts[k], split))
-    path = resolve(data_root, spec.dataset.path, split)
+    opts = spec.loader_options(data_root, split)
+    path = spec.resolve_path(data_root, spec.dataset.path, split)
     if not path.exists():
-        raise DataError("data set not found (check --data-root)", file=str(path))
+        raise spec.missing_data(path, data_root, "data set not found")
+    if isinstance(opts.get("image_root"), str) and not Path(opts["image_root"]).is_dir():
+        raise spec.missing_data(Path(opts["image_root"]), data_root, "image folder not found")
     loader = loader_cls(path, split=split, verify_images=False, **opts)
     return loader.load()
 

@@ -145,6 +145,8 @@ def evaluate(
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     specs = [_task(t) for t in tasks]
     root = Path(data_root) if data_root is not None else None
+    for spec in specs:  # a missing data file is reported (with the layout it expects) before any model is built
+        spec.require_data(root)
     results: List[Dict[str, Any]] = []
     for m in models:
         model, record = resolve_model(m, seed)

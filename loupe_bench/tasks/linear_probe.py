@@ -60,6 +60,7 @@ class LinearProbeTask(TaskAdapter):
         res.extra.update(
             l2=out.l2, val_accuracy=dict(zip([str(v) for v in self.opts.l2_grid], out.val_accuracy)),
             n_train=len(trl), n_val=len(vl), n_test=len(tl), feature=self.opts.feature,
+            predictions=out.test_logits.argmax(1).tolist(), labels=list(tl),
             solver="multinomial logistic regression, L-BFGS (float64), standardised features",
         )
         return res

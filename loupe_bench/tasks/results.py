@@ -9,8 +9,6 @@ the first 8 hex digits of the model id (:func:`model_id`). ``per_item`` values
 """
 from __future__ import annotations
 
-import csv
-import io
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -170,62 +168,11 @@ def paired_delta(a: Dict[str, Any], b: Dict[str, Any], metric: str, n_resamples:
 
 
 # ------------------------------------------------------------------------------------- CLIP_benchmark layout
-# CLIP_benchmark names: image->text queries = "text_retrieval_recall@k", text->image = "image_retrieval_recall@k"
-_CB_NAMES = {
-    "retrieval": lambda m: (
-        f"text_retrieval_recall@{m.split('@')[1]}" if m.startswith("i2t_R@")
-        else f"image_retrieval_recall@{m.split('@')[1]}" if m.startswith("t2i_R@") else None
-    ),
-    "classification": lambda m: {"top1": "acc1", "top5": "acc5"}.get(m),
-    "linear-probe": lambda m: {"top1": "lp_acc1", "top5": "lp_acc5"}.get(m),
-}
-_CB_TASK = {"retrieval": "zeroshot_retrieval", "classification": "zeroshot_classification",
-            "linear-probe": "linear_probe"}
-
-
-def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """One result in CLIP_benchmark's per-run JSON layout (``dataset, model, pretrained, task, metrics,
-    language``), fractions; ``None`` for task types CLIP_benchmark does not have."""
-    ttype = result["task"]["type"]
-    if ttype not in _CB_NAMES:
-        return None
-    metrics = {}
-    for name, m in result["metrics"].items():
-        cb = _CB_NAMES[ttype](name)
-        if cb is not None:
-            metrics[cb] = m["value"]
-    return {
-        "dataset": f"{result['task']['dataset']}_{result['task']['split']}",
-        "model": result["model"]["name"],
-        "pretrained": result["model"].get("checkpoint_sha256", ""),
-        "task": _CB_TASK[ttype],
-        "metrics": metrics,
-        "language": "en",
-    }
-
-
 def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: Union[str, Path]) -> List[Path]:
-    """Write one CLIP_benchmark JSON per retrieval/classification result and ``benchmark.csv`` (their ``build``
-    layout: one row per run, metric columns). Returns the written paths."""
-    out_dir = Path(out_dir)
-    rows, paths = [], []
-    for r in results:
-        cb = to_clip_benchmark(r)
-        if cb is None:
-            continue
-        name = f"{safe_name(cb['dataset'])}_{safe_name(cb['model'])}_{cb['task']}.json"
-        paths.append(atomic_write_json(out_dir / name, cb))
-        rows.append({k: cb[k] for k in ("dataset", "model", "pretrained", "task", "language")} | cb["metrics"])
-    if rows:
-        cols = ["dataset", "model", "pretrained", "task", "language"]
-        cols += sorted({k for row in rows for k in row} - set(cols))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        w.writeheader()
-        for row in rows:
-            w.writerow(row)
-        paths.append(atomic_write_text(out_dir / "benchmark.csv", buf.getvalue()))
-    return paths
+    """CLIP_benchmark layout; see :func:`loupe_bench.report.export.export_clip_benchmark`."""
+    from ..report.export import export_clip_benchmark as export
+
+    return export(results, out_dir)
 
 
 def summarize_seeds(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -16,10 +16,12 @@ A spec is a YAML mapping::
     image: {resize: model, crop: center, interpolation: bicubic}
     bootstrap: {n_resamples: 1000, seed: 0, alpha: 0.05}
     options: {...}                   # type-specific (prompts, templates, proposals, caption head, ...)
+    layout:                          # cosmetic: what --data-root must hold and where each part comes from
+      dataset_synthetic.json: "Karpathy-style caption JSON (loupe-bench data synth --out DIR)"
 
 The **protocol fingerprint** is ``sha256(normalised spec JSON + sorted (file, sha256) of the annotation files)``,
-truncated to 16 hex characters. Normalisation fills in every default and drops the cosmetic keys ``name`` and
-``description``, so reformatting a YAML file or spelling out a default does not change it; any change of data,
+truncated to 16 hex characters. Normalisation fills in every default and drops the cosmetic keys ``name``,
+``description`` and ``layout``, so reformatting a YAML file or spelling out a default does not change it; any change of data,
 split, metric, prompt, image handling, proposals or bootstrap settings does.
 """
 from __future__ import annotations
@@ -34,7 +36,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..errors import DataError, SpecError
 from ..utils.io import sha256_file
 
-COSMETIC_KEYS = ("name", "description")
+COSMETIC_KEYS = ("name", "description", "layout")
+#: loader option keys whose values are paths relative to --data-root
+PATH_OPTIONS = ("image_root", "phrases", "shards", "instances")
 CROPS = ("center", "none")
 
 
@@ -81,6 +85,7 @@ class TaskSpec:
     batch_size: int = 64
     chunk_size: int = 1024
     options: Dict[str, Any] = field(default_factory=dict)
+    layout: Dict[str, str] = field(default_factory=dict)
     source: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
@@ -94,6 +99,56 @@ class TaskSpec:
         for k in COSMETIC_KEYS:
             d.pop(k, None)
         return d
+
+    def resolve_path(self, data_root: Optional[Path], rel: str, split: Optional[str] = None) -> Path:
+        """``data_root / rel`` with ``{split}`` substituted (an absolute ``rel`` or no ``data_root``: ``rel``)."""
+        rel = rel.format(split=split) if split is not None and "{split}" in rel else rel
+        p = Path(rel)
+        return p if p.is_absolute() or data_root is None else Path(data_root) / p
+
+    def loader_options(self, data_root: Optional[Path], split: Optional[str] = None) -> Dict[str, Any]:
+        """The dataset's loader options with the path-valued ones (:data:`PATH_OPTIONS`) resolved against
+        ``data_root`` — what the task's loader, and ``data check --task``, read the data with."""
+        opts = dict(self.dataset.options)
+        for k in PATH_OPTIONS:
+            if isinstance(opts.get(k), str):
+                opts[k] = str(self.resolve_path(data_root, opts[k], split))
+        return opts
+
+    def layout_text(self) -> str:
+        """One line: what ``--data-root`` must hold. The spec's ``layout`` (path -> what it is and where it comes
+        from) when given, else the files the spec names (dataset path, annotations, path-valued loader options)."""
+        if self.layout:
+            return "; ".join(f"{path} ({what})" for path, what in self.layout.items())
+        names = [self.dataset.path, *self.dataset.annotations]
+        names += [str(v) for k, v in self.dataset.options.items() if k in PATH_OPTIONS and isinstance(v, str)]
+        return "; ".join(dict.fromkeys(names))
+
+    def missing_data(self, path: Path, data_root: Optional[Path], what: str = "not found") -> DataError:
+        """The error for a missing data file or folder of this task: names the file, says that ``--data-root`` is
+        required (when none was given) and what it must hold (:meth:`layout_text`), in one line."""
+        if data_root is None:
+            head = f"{what}; task {self.name} needs --data-root DIR (required: its data paths are relative to it)"
+        else:
+            head = f"{what} under --data-root {data_root}; task {self.name} expects it"
+        return DataError(f"{head}, laid out as DIR/ {self.layout_text()}", file=str(path))
+
+    def data_splits(self) -> List[str]:
+        """The splits the task reads: its ``splits`` and any ``*_split`` option (a linear probe's train / val)."""
+        extra = [str(v) for k, v in sorted(self.options.items()) if k.endswith("_split") and isinstance(v, str)]
+        return list(dict.fromkeys([*self.splits, *extra]))
+
+    def require_data(self, data_root: Optional[Path], splits: Optional[Sequence[str]] = None) -> None:
+        """Raise :meth:`missing_data` for the first missing annotation file, dataset path or image folder of
+        ``splits`` (default: the spec's), before any model is built."""
+        for split in splits or self.splits:
+            paths = [*self.annotation_files(data_root), self.resolve_path(data_root, self.dataset.path, split)]
+            image_root = self.loader_options(data_root, split).get("image_root")
+            if image_root:
+                paths.append(Path(image_root))
+            for p in paths:
+                if not p.exists():
+                    raise self.missing_data(p, data_root)
 
     def annotation_files(self, data_root: Optional[Path]) -> List[Path]:
         files = self.dataset.annotations or [self.dataset.path]
@@ -113,7 +168,7 @@ class TaskSpec:
             elif f.is_file():
                 digest = sha256_file(f)
             else:
-                raise DataError("annotation file not found (needed for the protocol fingerprint)", file=str(f))
+                raise self.missing_data(f, data_root, "annotation file not found (needed for the protocol fingerprint)")
             parts["files"].append([f.name, digest])
         blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -147,7 +202,7 @@ def parse_task_spec(data: Dict[str, Any], source: Optional[str] = None) -> TaskS
     _known(
         data,
         ["name", "type", "description", "dataset", "splits", "split", "metrics", "image", "bootstrap", "batch_size",
-         "chunk_size", "options"],
+         "chunk_size", "options", "layout"],
         where,
     )
     ds = _require(data, "dataset", where)
@@ -194,6 +249,16 @@ def parse_task_spec(data: Dict[str, Any], source: Optional[str] = None) -> TaskS
         batch_size=int(data.get("batch_size", 64)),
         chunk_size=int(data.get("chunk_size", 1024)),
         options=dict(data.get("options") or {}),
+        layout=_layout(data.get("layout"), where),
         source=source,
     )
     return spec
+
+
+def _layout(raw: Any, where: str) -> Dict[str, str]:
+    """``layout``: a mapping of paths (relative to --data-root) to what each one is and where it comes from."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise SpecError(f"{where}: layout must map paths to descriptions (strings)")
+    return {str(k): v for k, v in raw.items()}
