@@ -63,7 +63,7 @@ def test_browser_check_finds_a_broken_image_and_console_errors(html_report, tmp_
 
 
 def test_missing_chromium_is_an_error(monkeypatch, tmp_path):
-    import loupe_bench.report.browser as browser
+    from loupe_bench.report import browser  # loupe_bench.report (the attribute) is the report() function
 
     monkeypatch.setattr(browser.shutil, "which", lambda name: None)
     monkeypatch.setattr(browser, "CHROMIUM", str(tmp_path / "no-chromium"))

@@ -249,7 +249,7 @@ def test_explanation_draws_best_regions_and_labels_without_overlap(tiny_world):
 
 
 def test_explained_run_is_the_main_loupe_model(tmp_path, monkeypatch):
-    import loupe_bench.report.explain as explain
+    from loupe_bench.report import explain  # loupe_bench.report (the attribute) is the report() function
     from loupe_bench.report.render import explained_run, main_loupe_model
 
     assert main_loupe_model() == "loupe-tiny"
