@@ -129,7 +129,17 @@ def test_compare_cli(tmp_path):
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     text = (tmp_path / "c.md").read_text()
-    assert "22.9" in text and "+2.1" in text
+    # RefCOCO+ split sizes are recalled, not read in a source (provenance unverified): the published number is
+    # shown beside ours, but no delta is given until the sizes are checked
+    assert "22.9" in text and "+2.1" not in text and "unverified" in text
+
+
+def test_verified_canonical_split_gets_its_delta(tmp_path):
+    from loupe_bench.report.paper import load_canonical_splits, split_check
+
+    canon = load_canonical_splits()
+    assert split_check({"n_images": 1000, "n_captions": 5000}, "flickr30k", "test", canon) == ""
+    assert split_check(REFCOCOP_VAL, "refcoco+", "val", canon).startswith("not compared")
 
 
 @pytest.mark.parametrize("extra,why", [

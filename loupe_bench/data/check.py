@@ -119,6 +119,11 @@ def check_dataset(path: PathLike, fmt: str = "auto", **options: Any) -> List[Dat
         errors = _check_world(Path(path))
     else:
         errors = _run(fmt, path, **options)
+    return unique_errors(errors)
+
+
+def unique_errors(errors: List[DataError]) -> List[DataError]:
+    """The errors in order, each message once (several loaders may report the same bad file)."""
     seen, out = set(), []
     for e in errors:
         if str(e) not in seen:
@@ -150,9 +155,4 @@ def check_task_data(task: Any, data_root: PathLike) -> List[DataError]:
     for split in splits:
         path = spec.resolve_path(root, spec.dataset.path, split)
         errors += _run(spec.dataset.format, path, split=split, **spec.loader_options(root, split))
-    seen, out = set(), []
-    for e in errors:
-        if str(e) not in seen:
-            seen.add(str(e))
-            out.append(e)
-    return out
+    return unique_errors(errors)

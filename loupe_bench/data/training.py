@@ -97,21 +97,13 @@ def _apply_transform(transform: Callable, img, seed: int, epoch: int, index: int
 
 def open_rgb(path: PathLike, record: Any = None):
     """Open an image file as RGB (a :class:`DataError` naming the file when it is missing or unreadable)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
+    from .formats.base import image_errors
+
+    with image_errors(path, record):
         with Image.open(path) as im:
             return im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError("image file not found", file=str(path), record=record) from None
-    except UnidentifiedImageError:
-        raise DataError("unreadable image (not a recognised image format)", file=str(path), record=record) from None
-    except Image.DecompressionBombError as exc:
-        from .formats.base import bomb_error
-
-        raise bomb_error(exc, path, record) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"unreadable or truncated image ({exc})", file=str(path), record=record) from None
 
 
 #: record count up to which :class:`PairDataset` keeps decoded images in memory by default

@@ -251,10 +251,12 @@ def split_check(extra: Optional[Dict[str, Any]], dataset: str, split: str,
                 canonical: Dict[Tuple[str, str], CanonicalSplit]) -> str:
     """``""`` when a result's recorded counts (``extra``) equal every canonical count of its (dataset, split), else
     the label ``"not the paper's split (...)"`` saying why: no canonical size recorded, a count missing from the
-    result, or a count that differs."""
+    result, or a count that differs. A canonical size whose provenance is not ``verified`` never admits a delta."""
     c = canonical.get((dataset, split))
     if c is None:
         return "not the paper's split (no canonical size recorded for it)"
+    if c.provenance != "verified":
+        return f"not compared: the canonical size of {dataset} {split} is {c.provenance} (recalled, not read in a source)"
     extra = extra or {}
     problems = []
     for key, want in sorted(c.counts.items()):

@@ -1,6 +1,7 @@
 """The dataset registry, the loader base class and the validators every loader shares."""
 from __future__ import annotations
 
+import contextlib
 import io
 import numbers
 import os
@@ -100,14 +101,33 @@ def image_size(path: PathLike, record: Any = None) -> Tuple[int, int]:
         return image_size_from_bytes(fh.read(), file=path, record=record)
 
 
+@contextlib.contextmanager
+def image_errors(file: PathLike, record: Any = None):
+    """Turn what PIL raises on a bad image into one :class:`DataError` naming the file and record: missing,
+    unrecognised format, decompression bomb (:func:`bomb_error`), unreadable or truncated data."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        yield
+    except FileNotFoundError:
+        raise DataError("image file not found", file=str(file), record=record) from None
+    except UnidentifiedImageError:
+        raise DataError("unreadable image (not a recognised image format)", file=str(file), record=record) from None
+    except Image.DecompressionBombError as exc:
+        raise bomb_error(exc, file, record) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"unreadable or truncated image ({reason})", file=str(file), record=record) from None
+
+
 def check_image_header(path: PathLike, record: Any = None, full: bool = False) -> None:
     """The check of an image file made once before training: it exists, PIL recognises its format, its header's
     size passes the decompression-bomb limit, ``Image.verify`` (PNG structure and checksums) finds no damage and a
     JPEG ends with its end-of-image marker ``FF D9`` (trailing zero padding allowed); with ``full`` the image is
     also decoded completely. Raises :class:`DataError` naming the file and record."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
+    with image_errors(path, record):
         with Image.open(path) as im:
             fmt = im.format
             im.verify()
@@ -119,32 +139,16 @@ def check_image_header(path: PathLike, record: Any = None, full: bool = False) -
                 fh.seek(max(0, Path(path).stat().st_size - 64))
                 if not fh.read().rstrip(b"\x00").endswith(b"\xff\xd9"):
                     raise OSError("JPEG has no end-of-image marker")
-    except FileNotFoundError:
-        raise DataError("image file not found", file=str(path), record=record) from None
-    except UnidentifiedImageError:
-        raise DataError("unreadable image (not a recognised image format)", file=str(path), record=record) from None
-    except Image.DecompressionBombError as exc:
-        raise bomb_error(exc, path, record) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"unreadable or truncated image ({reason})", file=str(path), record=record) from None
 
 
 def image_size_from_bytes(data: bytes, file: PathLike, record: Any = None) -> Tuple[int, int]:
     """Decode image bytes fully; return ``(width, height)`` or raise :class:`DataError`."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
+    with image_errors(file, record):
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             return int(im.size[0]), int(im.size[1])
-    except UnidentifiedImageError:
-        raise DataError("unreadable image (not a recognised image format)", file=str(file), record=record) from None
-    except Image.DecompressionBombError as exc:
-        raise bomb_error(exc, file, record) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"unreadable or truncated image ({reason})", file=str(file), record=record) from None
 
 
 def bomb_error(exc: Exception, file: PathLike, record: Any = None) -> DataError:
