@@ -15,6 +15,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one torch thread is much faster (no oversubscription). Modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """Path of the tiny synthetic world (``generate_world(size="tiny", seed=0, image_size=64)``)."""

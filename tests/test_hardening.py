@@ -16,12 +16,7 @@ QUICK = ["--recipe", "tiny-cpu", "--steps", "2", "--set", "threads=1", "--set", 
          "--set", "log.progress=false", "--set", "checkpoint.every=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(argv, capsys):

@@ -17,13 +17,7 @@ from loupe_bench.tasks.results import (
     export_clip_benchmark, load_results, paired_delta, result_filename, summarize_seeds, validate_result,
 )
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one torch thread is much faster (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SYNTHETIC_TASKS = [

@@ -17,12 +17,7 @@ REAL_TASKS = ["flickr30k-retrieval-1k", "coco-retrieval-5k", "coco-captioning-ka
               "voc-detection", "refcoco-unc", "refcoco+-unc", "refcocog-umd", "imagenet-zeroshot"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -28,12 +28,7 @@ from test_train_support import KILL_SCRIPT, TensorDataset, TensorSource, TinyVL,
 TESTS = str(Path(__file__).resolve().parent)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(out, **changes):

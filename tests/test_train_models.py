@@ -19,12 +19,7 @@ OVERRIDES = {"steps": 14, "threads": 1, "data.batch_size": 16, "optim.lr": 3e-3,
              "optim.min_lr_ratio": 0.3, "checkpoint.every": 0, "log.progress": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("spec", ["clip-tiny", "filip-tiny", "loupe-tiny"])
