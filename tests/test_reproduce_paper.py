@@ -61,6 +61,7 @@ def test_reproduce_paper_cli(tiny_world, tmp_path):
     # the tiny world is not the paper's split: every row is labelled, no delta is given
     rows = [line for line in md.splitlines() if "(LOUPE)" in line]
     assert rows and all("not the paper's split" in line for line in rows)
+    assert not any("chance" in line or "attribute-oracle" in line for line in rows)   # reference rows: not models
     assert (out / "report" / "report.html").is_file()
     results = sorted(p.name for p in (out / "results").glob("*.json"))
     assert any("flickr30k-retrieval-1k" in n for n in results) and any("refcoco+-unc" in n for n in results)

@@ -256,7 +256,8 @@ def split_check(extra: Optional[Dict[str, Any]], dataset: str, split: str,
     if c is None:
         return "not the paper's split (no canonical size recorded for it)"
     if c.provenance != "verified":
-        return f"not compared: the canonical size of {dataset} {split} is {c.provenance} (recalled, not read in a source)"
+        return (f"not the paper's split as far as we can check: the canonical size of {dataset} {split} is "
+                f"{c.provenance} (recalled, not read in a source)")
     extra = extra or {}
     problems = []
     for key, want in sorted(c.counts.items()):
@@ -287,6 +288,7 @@ def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = Non
                   include_unmatched: bool = False) -> List[ComparisonRow]:
     """Reproduced results beside published numbers, matched on (task, setting, dataset, split, metric).
 
+    Reference rows (chance, the attribute oracle) are never set beside a published number.
     ``delta = reproduced − published`` in percentage points (fractions are converted to percent first). Several
     seeds of the same (model, task, split, metric) are averaged first. The delta is given only when every result of
     the group evaluated the paper's split: its recorded counts equal the canonical size of (dataset, split)
@@ -299,10 +301,11 @@ def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = Non
         paper_dir: folder of paper tables (default: the shipped ones).
         include_unmatched: also list published numbers that no reproduced result matches.
     """
-    from .results_io import load_rows, mean_std
+    from .results_io import REFERENCE_ROWS, load_rows, mean_std
 
     if rows is None:
         rows = load_rows(results_dir)
+    rows = [r for r in rows if r.model not in REFERENCE_ROWS]   # chance and oracles are not reproductions
     entries = load_paper_tables(paper_dir)
     canonical = load_canonical_splits(paper_dir)
     # average seeds: (model, task_type, dataset, split, metric, fingerprint) -> rows
