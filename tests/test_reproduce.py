@@ -114,3 +114,21 @@ def test_task_overrides_general_and_per_task():
     assert det["options"]["bootstrap_resamples"] == 7 and "use_java" not in det["options"]
     assert "bootstrap_resamples" not in ret["options"]  # not a key of the retrieval spec: left alone
     assert grd["splits"] == ["test"] and ret["splits"] == ["test", "comptest"]
+
+
+def test_default_plan_reference_is_current(quick_run):
+    """`check` gates the default run too: the shipped `synthetic-default` reference was made by the default plan of
+    this code (same task fingerprints on the same world, every model of the plan, three seeds)."""
+    from loupe_bench.report.gate import load_reference
+    from loupe_bench.report.reproduce import default_plan, synthetic_tasks, task_spec_mapping
+    from loupe_bench.report.results_io import REFERENCE_ROWS
+    from loupe_bench.specs import reference_path
+    from loupe_bench.tasks import load_task
+
+    ref = load_reference(reference_path("synthetic-default"))
+    plan = default_plan(quick=False)
+    assert ref["seeds"] == [0, 1, 2]
+    assert {r["model"] for r in ref["rows"]} - set(REFERENCE_ROWS) == set(plan.models)
+    for task in synthetic_tasks():
+        spec = load_task(task_spec_mapping(task, plan.task_overrides))
+        assert ref["fingerprints"][task] == spec.fingerprint(quick_run / "world"), task
