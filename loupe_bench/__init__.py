@@ -63,41 +63,8 @@ def load_model_and_transforms(name_or_path: Union[str, Path], seed: Optional[int
     return _load(name_or_path, seed=seed)
 
 
-def train(
-    model: Union[str, Mapping[str, Any], "torch.nn.Module"],
-    data: Any,
-    recipe: Union[str, Path, Any],
-    out: Union[str, Path],
-    resume: Optional[Union[str, Path]] = None,
-    seed: Optional[int] = None,
-    *,
-    overrides: Optional[Mapping[str, Any]] = None,
-    stop_after: Optional[int] = None,
-    allow_remote_shards: bool = False,
-    allow_changed: Sequence[str] = (),
-    on_bad_sample: str = "error",
-) -> Path:
-    """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out`` (a model directory when done).
-
-    Args:
-        model: a built model, or a model spec (name / mapping) to create — a from-scratch tokenizer is then trained
-            on the training captions.
-        data: a data path (synthetic-world folder, Karpathy JSON, CSV, shards, HF folder) or a ``TrainSource``.
-        recipe: shipped recipe name, YAML path or ``Recipe``.
-        out: run directory.
-        resume: ``"latest"`` (newest checkpoint of ``out``) or a checkpoint folder.
-        seed: overrides the recipe's seed.
-        overrides: dotted recipe overrides, e.g. ``{"steps": 10, "optim.lr": 1e-3}``.
-        stop_after: stop (without the final save) after this optimiser step — for tests of interrupted runs.
-        allow_remote_shards: open webdataset shard names that are URLs / ``pipe:`` commands (off: refused).
-        allow_changed: recipe fields a resume may change beyond the safe ones (see the engine's ``train``).
-        on_bad_sample: ``error`` stops at the first bad training image (checked before step 1), ``skip`` counts
-            and leaves bad ones out.
-    """
-    from .train.engine import train as _train
-
-    return _train(model, data, recipe, out, resume, seed, overrides=overrides, stop_after=stop_after,
-                  allow_remote_shards=allow_remote_shards, allow_changed=allow_changed, on_bad_sample=on_bad_sample)
+#: :func:`loupe_bench.train.train` — one lazy wrapper of the training engine (its docstring lists the arguments)
+train = _train_package.train
 
 
 def evaluate(

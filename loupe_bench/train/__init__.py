@@ -27,8 +27,25 @@ def train(model: Any, data: Any, recipe: Union[str, Path, Recipe], out: Union[st
           resume: Optional[Union[str, Path]] = None, seed: Optional[int] = None, *,
           overrides: Optional[Mapping[str, Any]] = None, stop_after: Optional[int] = None,
           allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error") -> Path:
-    """Train ``model`` on ``data`` with ``recipe`` into the run directory ``out``; arguments as
-    :func:`loupe_bench.train.engine.train` (imported lazily: torch is heavy)."""
+    """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out`` (a model directory when done).
+
+    The engine (:func:`loupe_bench.train.engine.train`) is imported on the first call: torch is heavy.
+
+    Args:
+        model: a built model, or a model spec (name / mapping) to create — a from-scratch tokenizer is then trained
+            on the training captions.
+        data: a data path (synthetic-world folder, Karpathy JSON, CSV, shards, HF folder) or a ``TrainSource``.
+        recipe: shipped recipe name, YAML path or ``Recipe``.
+        out: run directory.
+        resume: ``"latest"`` (newest checkpoint of ``out``) or a checkpoint folder.
+        seed: overrides the recipe's seed.
+        overrides: dotted recipe overrides, e.g. ``{"steps": 10, "optim.lr": 1e-3}``.
+        stop_after: stop (without the final save) after this optimiser step — for tests of interrupted runs.
+        allow_remote_shards: open webdataset shard names that are URLs / ``pipe:`` commands (off: refused).
+        allow_changed: recipe fields a resume may change beyond the safe ones (see the engine's ``train``).
+        on_bad_sample: ``error`` stops at the first bad training image (checked before step 1), ``skip`` counts
+            and leaves bad ones out.
+    """
     from .engine import train as _train
 
     return _train(model, data, recipe, out, resume, seed, overrides=overrides, stop_after=stop_after,
