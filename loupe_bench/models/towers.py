@@ -210,6 +210,40 @@ class TimmImageTower(nn.Module):
                  if k in own or not any(k == h or k.startswith(h + ".") for h in heads)}
         load_strict(self.model, state, f"image tower {self.cfg.name} ({path})")
 
+    @property
+    def supports_token_drop(self) -> bool:
+        """True for ViT-like towers (a token sequence through ``blocks``), where hidden patches can be dropped."""
+        m = self.model
+        return all(hasattr(m, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm")) and \
+            not hasattr(m, "layers")
+
+    def _split(self, last_blocks: Optional[int]) -> int:
+        depth = len(self.model.blocks)
+        k = depth if last_blocks is None else max(1, min(int(last_blocks), depth))
+        return depth - k
+
+    def token_states(self, pixels: Tensor, last_blocks: Optional[int] = None) -> Tensor:
+        """Token states ``[B, P + N, W]`` (``P`` prefix tokens first) *before* the last ``last_blocks`` blocks
+        (``None``: before every block, i.e. patch + position embeddings). With :meth:`finish_states` on all tokens
+        this reproduces :meth:`forward`'s ``pooled``; on a subset of the patch tokens it encodes the masked image
+        with the hidden patches **dropped** (not attended to), which is what a token-drop game needs."""
+        m = self.model
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
+        for blk in m.blocks[: self._split(last_blocks)]:
+            x = blk(x)
+        return x
+
+    def finish_states(self, states: Tensor, last_blocks: Optional[int] = None) -> Tensor:
+        """The last ``last_blocks`` blocks, the final norm and the pooling of :meth:`forward` on ``states
+        [Q, P + k, W]``: pooled ``[Q, W]`` (``[CLS]`` when the tower has a prefix token, else the token mean)."""
+        m = self.model
+        x = states
+        for blk in m.blocks[self._split(last_blocks):]:
+            x = blk(x)
+        x = m.norm(x)
+        n_prefix = self.num_prefix_tokens
+        return x[:, 0] if n_prefix > 0 else x[:, n_prefix:].mean(dim=1)
+
     def forward(self, pixels: Tensor) -> ImageTowerOutput:
         x = self.model.forward_features(pixels)
         if x.ndim == 4:  # Swin: NHWC map

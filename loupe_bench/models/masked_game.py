@@ -1,0 +1,139 @@
+"""The tower-evaluated token-level game: the model's matching score of a **masked image** (ℒ_TSA's value).
+
+``v(S) = cos( f(x_S), t )`` — keep only the patches in ``S``, run the image tower on them (all of it, or its last
+``last_blocks`` blocks over cached states of the earlier ones), pool and project exactly as for ℒ_CMC, and take
+the cosine with the paired caption's pooled embedding ``t``. ``v(∅) = 0`` (an empty image carries no evidence).
+
+Why the tower and not cached tokens (loupe-method.md §6.2, ``[I]``): a cached-token pooling ``cos(Σ_S x_i, t)`` is a
+normalised *linear* pooling in which similar patches substitute for each other, so every semantic unit is
+sub-additive (negative interaction) by construction. Re-encoding the masked image lets attention combine parts:
+a two-colour object's caption matches only when both halves are present, which is the cooperation the paper's
+token-level interaction is meant to find.
+
+Hidden patches are **dropped** from the sequence (no attention mask): the masks of one call are grouped by their
+number of kept patches and each group runs as one batch ``[Q_k, P + k, W]`` (``P`` prefix tokens, e.g. ``[CLS]``,
+always kept). Towers that cannot drop tokens (Swin) use ``drop: pixels``: hidden patches are set to 0 in the
+normalised image (the dataset mean) and the whole tower runs per mask.
+
+The game is a constant target: it runs under ``torch.no_grad()`` with the tower in eval mode (no dropout / drop
+path), restored afterwards.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import SpecError
+
+DROPS = ("tokens", "pixels")
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
+class MaskedTowerGame:
+    """``v(masks [G, Q, N] bool) -> [G, Q]``: cosine of the re-encoded masked image with the caption.
+
+    Args:
+        model: a :class:`~loupe_bench.models.dual_encoder.DualEncoder` (its ``image_tower`` and ``image_proj``).
+        pixels: ``[G, 3, H, W]`` normalised images, one game per image.
+        text: ``[G, D]`` caption embeddings (normalised here).
+        last_blocks: blocks re-run on the kept tokens (``None``: the whole tower; ``drop: tokens`` only).
+        drop: ``tokens`` (drop hidden patch tokens; ViT towers) or ``pixels`` (zero hidden patches; any tower).
+        chunk: most token rows ``Q_k · (P + k)`` of one tower call (memory bound).
+    """
+
+    def __init__(self, model: nn.Module, pixels: Tensor, text: Tensor, last_blocks: Optional[int] = None,
+                 drop: str = "tokens", chunk: int = 65536):
+        if drop not in DROPS:
+            raise SpecError(f"tsa.drop: unknown {drop!r}; known: {list(DROPS)}")
+        tower = model.image_tower
+        if drop == "tokens" and not getattr(tower, "supports_token_drop", False):
+            raise SpecError(f"tsa.drop: 'tokens' needs a ViT-like image tower ({type(tower).__name__} cannot drop "
+                            "tokens); use drop: pixels")
+        self.model = model
+        self.drop = drop
+        self.last_blocks = last_blocks
+        self.chunk = int(chunk)
+        self.text = F.normalize(text.detach().float(), dim=-1)
+        self.grid = tuple(model.grid)
+        self.n = self.grid[0] * self.grid[1]
+        self.pixels = pixels.detach()
+        self.states: Optional[Tensor] = None
+        if drop == "tokens":
+            with torch.no_grad(), _eval_mode(tower):
+                self.states = tower.token_states(self.pixels, last_blocks)
+            self.prefix = int(tower.num_prefix_tokens)
+            if self.states.shape[1] != self.prefix + self.n:
+                raise SpecError(f"image tower gives {self.states.shape[1] - self.prefix} patch tokens, grid {self.grid}")
+
+    def select(self, idx: Tensor) -> "MaskedTowerGame":
+        """The games ``idx`` only (cached states sliced, not recomputed)."""
+        out = MaskedTowerGame.__new__(MaskedTowerGame)
+        out.__dict__.update(self.__dict__)
+        out.text = self.text[idx]
+        out.pixels = self.pixels[idx]
+        out.states = None if self.states is None else self.states[idx]
+        return out
+
+    def _embed(self, pooled: Tensor) -> Tensor:
+        return F.normalize(self.model.image_proj(pooled).float(), dim=-1)
+
+    def _tokens(self, masks: Tensor) -> Tensor:
+        g, q, n = masks.shape
+        flat = masks.reshape(g * q, n)
+        size = flat.sum(-1)
+        out = torch.zeros(g * q, dtype=torch.float32, device=masks.device)
+        game_of = torch.arange(g, device=masks.device).repeat_interleave(q)
+        tower = self.model.image_tower
+        p = self.prefix
+        for k in torch.unique(size).tolist():
+            if k == 0:
+                continue
+            rows = torch.nonzero(size == k).flatten()
+            step = max(1, self.chunk // (p + k))
+            for s in range(0, rows.numel(), step):
+                r = rows[s : s + step]
+                kept = (~flat[r]).to(torch.int8).argsort(dim=-1, stable=True)[:, :k]  # kept patches, ascending
+                st = self.states[game_of[r]]  # [R, P + N, W]
+                idx = torch.cat([torch.arange(p, device=masks.device).expand(r.numel(), p), p + kept], dim=1)
+                x = torch.gather(st, 1, idx[..., None].expand(-1, -1, st.shape[-1]))
+                emb = self._embed(tower.finish_states(x, self.last_blocks))
+                out[r] = (emb * self.text[game_of[r]]).sum(-1)
+        return out.reshape(g, q)
+
+    def _pixels(self, masks: Tensor) -> Tensor:
+        g, q, n = masks.shape
+        gh, gw = self.grid
+        h, w = self.pixels.shape[-2:]
+        out = torch.zeros(g, q, dtype=torch.float32, device=masks.device)
+        step = max(1, self.chunk // max(1, n))
+        flat = masks.reshape(g * q, n)
+        game_of = torch.arange(g, device=masks.device).repeat_interleave(q)
+        nonempty = torch.nonzero(flat.any(-1)).flatten()
+        for s in range(0, nonempty.numel(), step):
+            r = nonempty[s : s + step]
+            keep = flat[r].reshape(-1, 1, gh, gw).to(self.pixels.dtype)
+            keep = F.interpolate(keep, size=(h, w), mode="nearest")
+            img = self.pixels[game_of[r]] * keep
+            emb = self._embed(self.model.image_tower(img).pooled)
+            out.view(-1)[r] = (emb * self.text[game_of[r]]).sum(-1)
+        return out
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        if masks.dim() != 3 or masks.shape[-1] != self.n:
+            raise ValueError(f"masks must be [G, Q, {self.n}], got {tuple(masks.shape)}")
+        tower = self.model.image_tower
+        with torch.no_grad(), _eval_mode(tower):
+            return self._tokens(masks) if self.drop == "tokens" else self._pixels(masks)

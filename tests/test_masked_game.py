@@ -1,0 +1,86 @@
+"""The tower-evaluated token game (ℒ_TSA's value): dropping hidden tokens equals encoding the kept tokens alone."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loupe_bench.errors import SpecError
+from loupe_bench.models.factory import create_model
+from loupe_bench.models.masked_game import MaskedTowerGame
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = create_model("loupe-tiny", tokenizer_corpus=["a red square", "a blue circle"], seed=0)
+    m.train()  # the game must switch the tower to eval itself and restore the mode
+    return m
+
+
+def _naive(model, pixels, text, mask):
+    """Encode the kept patch tokens of one image as a sequence of their own (prefix tokens kept)."""
+    tower = model.image_tower
+    with torch.no_grad():
+        st = tower.token_states(pixels[None])
+        p = tower.num_prefix_tokens
+        keep = torch.cat([torch.arange(p), p + torch.nonzero(mask).flatten()])
+        emb = F.normalize(model.image_proj(tower.finish_states(st[:, keep])), dim=-1)[0]
+    return float(emb @ F.normalize(text, dim=-1))
+
+
+def test_full_mask_is_the_global_matching_score(model):
+    g = torch.Generator().manual_seed(0)
+    px, t = torch.randn(3, 3, 64, 64, generator=g), torch.randn(3, 64, generator=g)
+    for drop in ("tokens", "pixels"):
+        game = MaskedTowerGame(model, px, t, drop=drop)
+        v = game(torch.ones(3, 1, 64, dtype=torch.bool))[:, 0]
+        model.eval()
+        with torch.no_grad():
+            ref = (model.encode_image(px).pooled * F.normalize(t, dim=-1)).sum(-1)
+        model.train()
+        torch.testing.assert_close(v, ref, atol=1e-5, rtol=1e-5)
+        assert model.image_tower.training  # mode restored
+
+
+def test_token_drop_equals_naive_loop_and_empty_is_zero(model):
+    g = torch.Generator().manual_seed(1)
+    px, t = torch.randn(2, 3, 64, 64, generator=g), torch.randn(2, 64, generator=g)
+    masks = torch.rand(2, 12, 64, generator=g) < torch.rand(2, 12, 1, generator=g)
+    masks[0, 0] = False
+    masks[1, 3] = False
+    masks[1, 3, 5] = True  # one patch alone
+    game = MaskedTowerGame(model, px, t, chunk=50)  # a small chunk: several calls per size group
+    v = game(masks)
+    assert v[0, 0] == 0.0
+    for gi in range(2):
+        for q in range(12):
+            if masks[gi, q].any():
+                assert abs(float(v[gi, q]) - _naive(model, px[gi], t[gi], masks[gi, q])) < 1e-5
+    sub = game.select(torch.tensor([1]))
+    torch.testing.assert_close(sub(masks[1:]), v[1:])
+
+
+def test_masked_value_depends_on_the_kept_patches_only(model):
+    g = torch.Generator().manual_seed(2)
+    px, t = torch.randn(1, 3, 64, 64, generator=g), torch.randn(1, 64, generator=g)
+    mask = torch.zeros(1, 1, 64, dtype=torch.bool)
+    mask[0, 0, :16] = True  # the top two patch rows (8x8 grid)
+    px2 = px.clone()
+    px2[..., 16:, :] = torch.randn(1, 3, 48, 64, generator=g)  # change every hidden patch
+    a = MaskedTowerGame(model, px, t)(mask)
+    b = MaskedTowerGame(model, px2, t)(mask)
+    torch.testing.assert_close(a, b)
+
+
+def test_unknown_drop_and_tower_without_token_drop_are_spec_errors(model):
+    px, t = torch.randn(1, 3, 64, 64), torch.randn(1, 64)
+    with pytest.raises(SpecError, match="tsa.drop"):
+        MaskedTowerGame(model, px, t, drop="blur")
+
+    class NoDrop(torch.nn.Module):
+        supports_token_drop = False
+
+    class Fake:
+        image_tower = NoDrop()
+        grid = (8, 8)
+
+    with pytest.raises(SpecError, match="drop: pixels"):
+        MaskedTowerGame(Fake(), px, t)
