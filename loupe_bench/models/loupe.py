@@ -3,9 +3,11 @@
 ``ℒ = ℒ_CMC + λ_TSA ℒ_TSA + λ_FSA ℒ_FSA + λ_NSI ℒ_NSI`` (names ``[V: framework figure]``, form ``[I]``):
 
 * ℒ_CMC — global symmetric InfoNCE on the pooled (``[CLS]``) embeddings (:func:`clip_infonce`).
-* ℒ_TSA — token-level Shapley interaction → semantic region generation: the region head's confidences are trained
-  toward the normalised interactions ``I([B_k])`` of the patches of each candidate box, with the pooled-cosine game
-  ``v(S) = cos(Σ_{i∈S} x_i, t)`` (:class:`~loupe_bench.shapley.PooledCosineGame`).
+* ℒ_TSA — token-level Shapley interaction → semantic region generation: each candidate box's patches are one
+  coalition of the token game ``v(S)`` = the model's matching score of the **masked image** (only the patches in
+  ``S``, re-encoded by the image tower; :class:`~loupe_bench.models.masked_game.MaskedTowerGame`); the box's score
+  (``loupe.tsa.score``: coalition value φ([A]) or interaction I([A])) trains the region head's confidences and,
+  through jittered copies, its box geometry (:meth:`LOUPE._tsa`).
 * ℒ_FSA — semantics-level Shapley interaction → region–phrase alignment: soft labels from the pairwise interactions
   ``I_ij`` of the late-interaction game among regions and phrases (:class:`~loupe_bench.shapley.LateInteractionGame`).
 * ℒ_NSI — Gaussian NLL of the uncertainty-aware neural interaction predictor (``shapley: neural``).
@@ -50,13 +52,14 @@ from .tokenizer import Tokenizer
 class TsaProblem(NamedTuple):
     """Token-level interaction problem (see :meth:`LOUPE.tsa_problem`); ``C'`` = boxes × (1 + jitter)."""
 
-    game: PooledCosineGame
+    game: Any  # the token game (MaskedTowerGame or PooledCosineGame)
     coalitions: Tensor  # [T, C', N] bool
     valid: Tensor  # [T, C'] bool
     feats: Tensor  # [T, C', F] detached features for g_θ
     sel_boxes: Tensor  # [T, C, 4] predicted boxes (with gradient)
     sel_logits: Tensor  # [T, C] confidence logits (with gradient)
     cand: Tensor  # [T, C', 4] detached candidate boxes
+    stats: Tensor  # [T, C', 3] [v(A), v(N), v(N∖A)] under the game
 
 
 class FsaProblem(NamedTuple):
@@ -82,6 +85,9 @@ def pair_coalitions(g: int, k: int, p: int, device=None) -> Tuple[Tensor, Tensor
     coal[:, torch.arange(k * p, device=device), k + jj] = True
     return coal, jj
 
+
+TSA_VALUES = ("tower", "cached")
+TSA_SCORES = ("coalition_value", "interaction")
 
 LOSS_TERMS = {"cmc": 1.0, "tsa": 1.0, "fsa": 1.0, "nsi": 1.0, "tsa_box": 1.0}
 
@@ -122,11 +128,30 @@ class RegionCfg:
 
 @dataclass
 class TsaCfg:
-    """ℒ_TSA (``loupe.tsa``). ``target_images``: images of the batch that get targets (first rows);
-    ``temperature``: ``T_I`` of the soft labels ``σ(Î / (T_I · rms Î))``."""
+    """ℒ_TSA (``loupe.tsa``).
+
+    Attributes:
+        target_images: images of the batch that get targets (first rows).
+        temperature: ``T_I`` of the soft labels ``σ(z / (T_I · rms z))``.
+        value: the token-level game: ``tower`` (the masked image re-encoded by the image tower,
+            :class:`~loupe_bench.models.masked_game.MaskedTowerGame`) or ``cached`` (pooled cosine of the cached
+            final tokens, :class:`~loupe_bench.shapley.PooledCosineGame`; kept for comparison). ``[I]``
+        score: what scores a candidate box: ``coalition_value`` (φ([A]), the merged patches' Shapley value; ``[I]``,
+            not the paper's quantity) or ``interaction`` (I([A]) = φ([A]) − Σ_{i∈A} φ(i), the paper's).
+        last_blocks: image-tower blocks re-run on the kept tokens (``null``: the whole tower; large towers: the last
+            few over cached states of the earlier ones).
+        drop: ``tokens`` (hidden patches dropped; ViT towers) or ``pixels`` (hidden patches zeroed; any tower).
+        num_samples: Monte-Carlo contexts ``M`` of the token level (``null``: ``loupe.num_samples``); each costs two
+            tower passes per coalition for the coalition value, ``|A| + 2`` for the interaction.
+    """
 
     target_images: int = 4
     temperature: float = 1.0
+    value: str = "tower"
+    score: str = "coalition_value"
+    last_blocks: Optional[int] = None
+    drop: str = "tokens"
+    num_samples: Optional[int] = None
 
 
 @dataclass
@@ -179,6 +204,10 @@ class LoupeCfg:
             raise SpecError(f"loupe.shapley: unknown estimator {cfg.shapley!r}; known: {ESTIMATORS.names()}")
         if cfg.region_text not in ("phrase", "pooled"):
             raise SpecError("loupe.region_text must be 'phrase' or 'pooled'")
+        if cfg.tsa.value not in TSA_VALUES:
+            raise SpecError(f"loupe.tsa.value: unknown {cfg.tsa.value!r}; known: {list(TSA_VALUES)}")
+        if cfg.tsa.score not in TSA_SCORES:
+            raise SpecError(f"loupe.tsa.score: unknown {cfg.tsa.score!r}; known: {list(TSA_SCORES)}")
         return cfg
 
 
@@ -213,7 +242,8 @@ class LOUPE(DualEncoder):
                 self.phrase_proj.bias.zero_()
         est_cfg = EstimatorConfig(num_samples=self.cfg.num_samples, neural=self.cfg.neural)
         est = ESTIMATORS.get(self.cfg.shapley)
-        self.tsa_estimator = est(3 * d + TSA_STATS + 4, est_cfg)
+        self.tsa_estimator = est(3 * d + TSA_STATS + 4, EstimatorConfig(
+            num_samples=self.cfg.tsa.num_samples or self.cfg.num_samples, neural=self.cfg.neural, target=self.cfg.tsa.score))
         self.fsa_estimator = est(d + 10, est_cfg)
 
     # -- region head --------------------------------------------------------------------------------------------
@@ -276,12 +306,36 @@ class LOUPE(DualEncoder):
             out.append(top)
         return torch.stack(out)
 
-    def tsa_problem(self, emb: Mapping[str, Tensor], boxes: Tensor, logits: Tensor) -> "TsaProblem":
-        """The token-level interaction problem of the first ``tsa.target_images`` images of a batch.
+    def token_game(self, pixels: Optional[Tensor], tokens: Tensor, text: Tensor):
+        """The token-level game ``loupe.tsa.value`` names, one game per image (constants, no gradient).
+
+        ``tower``: :class:`~loupe_bench.models.masked_game.MaskedTowerGame` on ``pixels`` (the masked image
+        re-encoded); ``cached``: :class:`~loupe_bench.shapley.PooledCosineGame` on the cached ``tokens``."""
+        if self.cfg.tsa.value == "cached":
+            return PooledCosineGame(tokens.detach().float(), text.detach().float())
+        if pixels is None:
+            raise SpecError("loupe.tsa.value 'tower' needs the batch pixels")
+        from .masked_game import MaskedTowerGame
+
+        return MaskedTowerGame(self, pixels.detach(), text.detach(), last_blocks=self.cfg.tsa.last_blocks,
+                               drop=self.cfg.tsa.drop)
+
+    @staticmethod
+    def game_stats(game, members: Tensor) -> Tensor:
+        """``[T, C, 3]`` = ``[v(A), v(N), v(N∖A)]`` of each coalition under ``game`` (features for ``g_θ``)."""
+        t, c, n = members.shape
+        full = torch.ones(t, 1, n, dtype=torch.bool, device=members.device)
+        vals = game(torch.cat([members, ~members, full], dim=1)).float()
+        v_a, v_rest, v_n = vals[:, :c], vals[:, c : 2 * c], vals[:, 2 * c :]
+        return torch.stack([v_a, v_n.expand(t, c), v_rest], dim=-1)
+
+    def tsa_problem(self, emb: Mapping[str, Tensor], boxes: Tensor, logits: Tensor,
+                    batch: Optional[Mapping[str, Any]] = None) -> "TsaProblem":
+        """The token-level problem of the first ``tsa.target_images`` images of a batch.
 
         Players: the ``N`` patches; coalitions: the member patches of each candidate box (top ``train_boxes`` after
-        NMS plus ``random_boxes`` random anchors, and ``box_jitter`` jittered copies of each); game: the
-        :class:`~loupe_bench.shapley.PooledCosineGame` on detached projected patch tokens and pooled caption.
+        NMS plus ``random_boxes`` random anchors, and ``box_jitter`` jittered copies of each); game:
+        :meth:`token_game` (the masked image re-encoded by the tower, scored against the paired caption).
         """
         t_img = min(self.cfg.tsa.target_images, boxes.shape[0])
         tokens = emb["image_tokens"][:t_img].detach()
@@ -296,31 +350,58 @@ class LOUPE(DualEncoder):
             jit = jitter_boxes(cand, j, self.cfg.region.jitter_scale)  # [T, C, J, 4]
             cand = torch.cat([cand[:, :, None], jit], dim=2).reshape(t_img, -1, 4)
         members = member_masks(cand, grid)  # [T, C', N]
-        feats = tsa_features(tokens, text, members, cand)
-        game = PooledCosineGame(tokens.float(), text.float())
-        valid = torch.ones(members.shape[:2], dtype=torch.bool, device=members.device)
-        return TsaProblem(game, members, valid, feats, sel_boxes, sel_logits, cand)
+        pixels = None if batch is None or "pixels" not in batch else batch["pixels"][:t_img]
+        game = self.token_game(pixels, tokens, text)
+        stats = self.game_stats(game, members)
+        feats = tsa_features(tokens, text, members, cand, stats)
+        valid = members.sum(-1) >= 1
+        return TsaProblem(game, members, valid, feats, sel_boxes, sel_logits, cand, stats)
 
-    def _tsa(self, emb: Mapping[str, Tensor], boxes: Tensor, logits: Tensor, terms: Dict[str, Tensor],
-             logs: Dict[str, float], nsi: List[Tensor]) -> None:
-        pr = self.tsa_problem(emb, boxes, logits)
+    def _tsa(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor, logits: Tensor,
+             terms: Dict[str, Tensor], logs: Dict[str, float], nsi: List[Tensor]) -> None:
+        """ℒ_TSA and the box self-training term (``tsa_box``) from the scores of the candidate boxes.
+
+        With ``s(A)`` the estimated ``tsa.score`` of box ``A`` (φ([A]) or I([A])), ``|A|`` its patches and ``v(N)``
+        the whole image's value, the **excess** of a box is ``e(A) = φ([A]) − |A| · v(N) / N`` for the coalition
+        value (what the box earns above its patches' fair share, by efficiency Σ_i φ_i = v(N)) and ``e(A) = I([A])``
+        for the interaction (already an excess over its members alone). ``[I]``
+
+        * geometry: among each box and its ``box_jitter`` copies, the one with the largest ``e`` is the box's target
+          (L1 toward it when a copy beats the box itself) — a box can move, grow and shrink onto what its value
+          rewards;
+        * confidence: ``z(A) = e(A) / |A|`` centred over the image's boxes, target ``y = σ(z / (T_I · rms z))``,
+          ``ℒ_TSA = BCE(σ(logit), y)`` (:func:`tsa_loss`).
+        """
+        pr = self.tsa_problem(emb, boxes, logits, batch)
         t_img = pr.sel_logits.shape[0]
         est = self.tsa_estimator(pr.game, pr.coalitions, pr.valid, pr.feats)
-        inter = est.targets.to(pr.sel_logits.dtype)
+        score = est.targets.to(pr.sel_logits.dtype)  # [T, C']
+        size = pr.coalitions.sum(-1).to(score.dtype).clamp_min(1.0)
+        n = pr.coalitions.shape[-1]
+        if self.cfg.tsa.score == "coalition_value":
+            excess = score - size / n * pr.stats[..., 1].to(score.dtype)
+        else:
+            excess = score
+        excess = excess.masked_fill(~pr.valid, float("-inf"))
         j = self.cfg.region.box_jitter
+        ex = excess.reshape(t_img, -1, j + 1)
         if j > 0:
-            inter = inter.reshape(t_img, -1, j + 1)
-            best = inter.argmax(-1)  # [T, C]
+            best = ex.argmax(-1)  # [T, C]
             target_box = torch.gather(pr.cand.reshape(t_img, -1, j + 1, 4), 2,
                                       best[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
             improve = (best > 0).to(pr.sel_boxes.dtype)[..., None]
             terms["tsa_box"] = (F.l1_loss(pr.sel_boxes, target_box, reduction="none") * improve).sum() / (
                 improve.sum() * 4).clamp_min(1.0)
-            inter = inter[..., 0]
-        valid = torch.ones_like(inter, dtype=torch.bool)
-        target = normalise_interactions(inter, valid, self.cfg.tsa.temperature)
-        terms["tsa"] = tsa_loss(pr.sel_logits, target, valid)
-        logs["tsa_interaction_mean"] = float(inter.mean())
+            logs["tsa_box_moved"] = float(improve.mean())
+        base = ex[..., 0]
+        ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
+        z = torch.where(ok, base / size.reshape(t_img, -1, j + 1)[..., 0], torch.zeros_like(base))
+        mean = (z * ok).sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp_min(1)
+        z = (z - mean) * ok
+        target = normalise_interactions(z, ok, self.cfg.tsa.temperature)
+        terms["tsa"] = tsa_loss(pr.sel_logits, target, ok)
+        logs["tsa_score_mean"] = float(score.reshape(t_img, -1, j + 1)[..., 0][ok].mean()) if bool(ok.any()) else 0.0
+        logs["tsa_box_area"] = float(size.reshape(t_img, -1, j + 1)[..., 0].mean() / n)
         self._collect(est, "tsa", logs, nsi)
 
     def fsa_problem(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor,
@@ -391,7 +472,7 @@ class LOUPE(DualEncoder):
         if w["tsa"] > 0 or w["fsa"] > 0:
             boxes, logits = self.regions_all(emb["image_tokens"])
             if w["tsa"] > 0:
-                self._tsa(emb, boxes, logits, terms, logs, nsi)
+                self._tsa(emb, batch, boxes, logits, terms, logs, nsi)
             if w["fsa"] > 0:
                 self._fsa(emb, batch, boxes, logits, terms, logs, nsi)
         if nsi and w["nsi"] > 0:
@@ -412,7 +493,7 @@ class LOUPE(DualEncoder):
         """Regions, their confidences and the region–phrase interaction matrix of a batch (for report plots).
 
         Returns ``boxes [B, K, 4]`` (normalised xyxy), ``box_scores [B, K]``, ``tsa_interaction [B, K]`` (token-level
-        interaction of each box), ``interaction_matrix [B, K, P]`` (``Î_ij``, Monte-Carlo with
+        score of each box, ``loupe.tsa.score``), ``interaction_matrix [B, K, P]`` (``Î_ij``, Monte-Carlo with
         ``loupe.explain_samples``), ``similarity [B, K, P]`` and ``phrase_best_region [B, P]`` (argmax over regions
         of the interaction; −1 for padding phrases).
         """
@@ -428,7 +509,8 @@ class LOUPE(DualEncoder):
         scores = torch.gather(logits, 1, idx).sigmoid()
         members = member_masks(rboxes, tuple(img.grid))
         m = self.cfg.explain_samples
-        tsa = sample_interaction(PooledCosineGame(img.tokens.float(), txt.pooled.float()), members, m).mean
+        est = sample_interaction(self.token_game(pixels, img.tokens, txt.pooled), members, m, with_value=True)
+        tsa = est.value if self.cfg.tsa.score == "coalition_value" else est.mean
         region = pool_regions(img.tokens, members, self.region_proj)
         span = phrase_token_mask.bool() & txt.mask[:, None, :]
         pvalid = phrase_mask.bool() & span.any(-1)

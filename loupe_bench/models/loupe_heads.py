@@ -102,15 +102,17 @@ def pool_phrases(text_tokens: Tensor, phrase_token_mask: Tensor, proj: Optional[
     return F.normalize(mean, dim=-1)
 
 
-TSA_STATS = 9
+TSA_STATS = 12
 """Scalar statistics per token-level coalition in :func:`tsa_features` (besides ``3D`` vector entries and the box)."""
 
 
-def tsa_features(tokens: Tensor, text: Tensor, members: Tensor, boxes: Tensor) -> Tensor:
+def tsa_features(tokens: Tensor, text: Tensor, members: Tensor, boxes: Tensor,
+                 game_stats: Optional[Tensor] = None) -> Tensor:
     """Features of each token-level coalition (a box) for ``g_θ``: ``[B, C, 3D + TSA_STATS + 4]`` (all detached).
 
-    ``[p ⊙ t, p, t, v(A), mean/max/min_{i∈A} v({i}), v(N), |A|/N, v(N∖A), I_∅, I_N, x0, y0, x1, y1]`` with
-    ``v`` the pooled-cosine game, ``p`` the normalised mean of the member tokens, and the two extreme context terms
+    ``[p ⊙ t, p, t, v(A), mean/max/min_{i∈A} v({i}), v(N), |A|/N, v(N∖A), I_∅, I_N, u(A), u(N), u(N∖A),
+    x0, y0, x1, y1]`` with ``v`` the pooled-cosine game on the cached tokens, ``u`` the training game
+    (``game_stats [B, C, 3]``, e.g. the tower-evaluated game; ``v`` itself when not given), ``p`` the normalised mean of the member tokens, and the two extreme context terms
     of the Shapley sum (each has weight ``1/n'``):
 
     ``I_∅ = v(A) − Σ_{i∈A} v({i})``  (empty context),
@@ -145,6 +147,9 @@ def tsa_features(tokens: Tensor, text: Tensor, members: Tensor, boxes: Tensor) -
         i_empty,
         i_full,
     ], dim=-1)
+    if game_stats is None:
+        game_stats = torch.stack([v_a, v_all[:, None].expand_as(cnt), v_rest], dim=-1)
+    stats = torch.cat([stats, game_stats.detach().to(stats.dtype)], dim=-1)
     return torch.cat([p * t, p, t, stats, boxes], dim=-1)
 
 
