@@ -2,6 +2,8 @@
 
 Each estimator is an ``nn.Module`` called as ``est(game, coalitions, valid, feats)`` and returns an
 :class:`EstimatorOutput` with constant (detached) targets ``[G, C]``, the ℒ_NSI term when it has one, and scalar logs.
+The estimated quantity is ``EstimatorConfig.target``: the interaction ``I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i)``
+(default) or the coalition value ``φ([A]|N_[A])``.
 """
 from __future__ import annotations
 
@@ -11,13 +13,27 @@ from typing import Dict, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from ..errors import SpecError
 from ..registry import Registry
-from .exact import exact_interaction
+from .exact import exact_coalition_value, exact_interaction
 from .games import Game
 from .neural import NeuralConfig, NeuralInteraction, spearman
-from .sampling import sample_interaction_subset
+from .sampling import sample_coalition_value_subset, sample_interaction_subset
 
 ESTIMATORS = Registry("shapley estimator")
+
+EXACT_TARGETS = {"interaction": exact_interaction, "coalition_value": exact_coalition_value}
+"""Exact enumeration of each estimable quantity (``fn(game, n, coalitions) -> [G, C]``)."""
+SAMPLED_TARGETS = {"interaction": sample_interaction_subset, "coalition_value": sample_coalition_value_subset}
+"""Monte-Carlo estimate of each quantity on selected coalitions (``fn(game, coalitions, select, M, generator)``)."""
+TARGETS = tuple(EXACT_TARGETS)
+
+
+def check_target(target: str) -> str:
+    """``target`` if it is a known quantity, else a :class:`SpecError` naming the choices."""
+    if target not in EXACT_TARGETS:
+        raise SpecError(f"unknown shapley target {target!r}; known: {', '.join(TARGETS)}")
+    return target
 
 
 @dataclass
@@ -25,15 +41,23 @@ class EstimatorConfig:
     """Attributes:
     num_samples: ``M``, Monte-Carlo contexts per coalition.
     neural: configuration of the neural module (used by ``neural`` only).
+    target: the estimated quantity: ``interaction`` — ``I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i)`` (default) —
+        or ``coalition_value`` — ``φ([A]|N_[A]) = E_S[v(S∪A) − v(S)]``, ``S`` Shapley-weighted on ``N∖A``
+        (2 masks per context instead of ``|A| + 2``).
     """
 
     num_samples: int = 32
     neural: NeuralConfig = field(default_factory=NeuralConfig)
+    target: str = "interaction"
+
+    def __post_init__(self) -> None:
+        check_target(self.target)
 
 
 class EstimatorOutput(NamedTuple):
     """Attributes:
-    targets: ``[G, C]`` interaction targets (detached; 0 at invalid coalitions).
+    targets: ``[G, C]`` targets of the configured quantity (interaction or coalition value; detached; 0 at invalid
+        coalitions).
     nsi: scalar ℒ_NSI (``None`` for estimators without a neural module).
     logs: floats to log (``routed_fraction``, ``nsi_spearman``, ``mc_evals``).
     """
@@ -48,6 +72,7 @@ class _ConfiguredEstimator(nn.Module):
 
     def __init__(self, feature_dim: int, cfg: EstimatorConfig):
         super().__init__()
+        check_target(cfg.target)
         self.cfg = cfg
 
 
@@ -56,7 +81,7 @@ class ExactEstimator(_ConfiguredEstimator):
     @torch.no_grad()
     def forward(self, game: Game, coalitions: Tensor, valid: Tensor, feats: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> EstimatorOutput:
-        out = exact_interaction(game, coalitions.shape[-1], coalitions & valid[..., None])
+        out = EXACT_TARGETS[self.cfg.target](game, coalitions.shape[-1], coalitions & valid[..., None])
         return EstimatorOutput(out.float() * valid, None, {})
 
 
@@ -65,7 +90,7 @@ class SamplingEstimator(_ConfiguredEstimator):
     @torch.no_grad()
     def forward(self, game: Game, coalitions: Tensor, valid: Tensor, feats: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> EstimatorOutput:
-        est = sample_interaction_subset(game, coalitions, valid, self.cfg.num_samples, generator)
+        est = SAMPLED_TARGETS[self.cfg.target](game, coalitions, valid, self.cfg.num_samples, generator)
         return EstimatorOutput(est.mean.float(), None, {"routed_fraction": 1.0, "mc_evals": float(est.num_evals)})
 
 
@@ -73,14 +98,15 @@ class SamplingEstimator(_ConfiguredEstimator):
 class NeuralEstimator(nn.Module):
     """Routing between ``g_θ``'s mean and Monte-Carlo sampling (see :mod:`loupe_bench.shapley.neural`).
 
-    Per call: ``routed = (step < warm-up) or σ²_std > γ``; routed coalitions are sampled and their ``Î`` is both the
-    target and new training data for ``g_θ``; the others use ``μ``. ``holdout`` extra coalitions (taken from the
+    Per call: ``routed = (step < warm-up) or σ²_std > γ``; routed coalitions are sampled (the configured quantity,
+    ``cfg.target``) and their ``Î`` is both the target and new training data for ``g_θ``; the others use ``μ``. ``holdout`` extra coalitions (taken from the
     unrouted ones, or, during warm-up or when fewer are unrouted, from any, kept out of the buffer) are sampled to log the Spearman
     ρ between ``μ`` and ``Î`` (``nsi_spearman``). ``feats`` are detached, so ℒ_NSI trains only ``g_θ``.
     """
 
     def __init__(self, feature_dim: int, cfg: EstimatorConfig):
         super().__init__()
+        check_target(cfg.target)
         self.cfg = cfg
         self.module = NeuralInteraction(feature_dim, cfg.neural)
 
@@ -105,7 +131,7 @@ class NeuralEstimator(nn.Module):
         sample = routed | hold
         sel = torch.zeros_like(valid)
         sel[valid] = sample
-        est = sample_interaction_subset(game, coalitions, sel, self.cfg.num_samples, generator)
+        est = SAMPLED_TARGETS[self.cfg.target](game, coalitions, sel, self.cfg.num_samples, generator)
         mc = est.mean[valid].float()
         se = est.stderr[valid].float()
         t = torch.where(routed, mc, mu.float())

@@ -55,22 +55,51 @@ def exact_shapley(game: Game, n: int, num_games: int = 1, device=None) -> Tensor
     return out
 
 
-def _interaction_from_table(table: Tensor, n: int, coalition: Tensor) -> Tensor:
-    """``I([A])`` of one coalition (``[n]`` bool) for every game of ``table`` (``[G, 2^n]``)."""
+def _reduced_terms(table: Tensor, n: int, coalition: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(φ([A]|N_[A]), Σ_{i∈A} φ(i|N_i))`` of one coalition (``[n]`` bool) for every game of ``table`` (``[G, 2^n]``).
+
+    Both reduced games have ``n' = n − |A| + 1`` players and share the contexts ``S ⊆ N∖A``:
+
+    ``φ([A]|N_[A]) = Σ_{S⊆N∖A} p_{n'}(S) [v(S∪A) − v(S)]``,
+    ``Σ_{i∈A} φ(i|N_i) = Σ_{S⊆N∖A} p_{n'}(S) Σ_{i∈A} [v(S∪{i}) − v(S)]``,
+    ``p_{n'}(S) = |S|! (n' − |S| − 1)! / n'!``. Both are 0 for the empty coalition.
+    """
     members = torch.nonzero(coalition).flatten().tolist()
     a = len(members)
-    if a < 2:
-        return torch.zeros(table.shape[0], dtype=table.dtype, device=table.device)
+    if a == 0:
+        z = torch.zeros(table.shape[0], dtype=table.dtype, device=table.device)
+        return z, z
     abit = sum(1 << i for i in members)
     idx = torch.arange(2**n, device=table.device)
     ctx = idx[(idx & abit) == 0]  # every S ⊆ N∖A
     size = ((ctx[:, None] >> torch.arange(n, device=table.device)) & 1).sum(-1)
     w = shapley_weights(n - a + 1).to(table.device)[size]  # both reduced games have n' = n − |A| + 1 players
     base = table[:, ctx]
-    delta = table[:, ctx | abit] - base
+    merged = table[:, ctx | abit] - base
+    alone = torch.zeros_like(base)
     for i in members:
-        delta = delta - (table[:, ctx | (1 << i)] - base)
-    return (delta * w).sum(-1)
+        alone = alone + (table[:, ctx | (1 << i)] - base)
+    return (merged * w).sum(-1), (alone * w).sum(-1)
+
+
+def _interaction_from_table(table: Tensor, n: int, coalition: Tensor) -> Tensor:
+    """``I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i)`` of one coalition (``[n]`` bool) for every game of ``table``;
+    0 for coalitions of fewer than two players."""
+    if int(coalition.sum()) < 2:
+        return torch.zeros(table.shape[0], dtype=table.dtype, device=table.device)
+    merged, alone = _reduced_terms(table, n, coalition)
+    return merged - alone
+
+
+def _per_coalition(game: Game, n: int, coalitions: Tensor, fn) -> Tensor:
+    """``fn(table_g, n, coalition)`` of every coalition of every game, on one enumeration: ``[G, C]`` float64."""
+    g, c, _ = coalitions.shape
+    table = value_table(game, n, g, coalitions.device)
+    out = torch.zeros(g, c, dtype=torch.float64, device=coalitions.device)
+    for gi in range(g):
+        for ci in range(c):
+            out[gi, ci] = fn(table[gi : gi + 1], n, coalitions[gi, ci])[0]
+    return out
 
 
 def exact_interaction(game: Game, n: int, coalitions: Tensor) -> Tensor:
@@ -88,13 +117,23 @@ def exact_interaction(game: Game, n: int, coalitions: Tensor) -> Tensor:
         n: number of players.
         coalitions: ``[G, C, n]`` bool.
     """
-    g, c, _ = coalitions.shape
-    table = value_table(game, n, g, coalitions.device)
-    out = torch.zeros(g, c, dtype=torch.float64, device=coalitions.device)
-    for gi in range(g):
-        for ci in range(c):
-            out[gi, ci] = _interaction_from_table(table[gi : gi + 1], n, coalitions[gi, ci])[0]
-    return out
+    return _per_coalition(game, n, coalitions, _interaction_from_table)
+
+
+def exact_coalition_value(game: Game, n: int, coalitions: Tensor) -> Tensor:
+    """Exact coalition value: the Shapley value of the merged player ``[A]`` in the reduced game, ``[G, C]``.
+
+    ``φ([A] | N_[A]) = Σ_{S⊆N∖A} p_{n'}(S) [v(S∪A) − v(S)]``,  ``N_[A] = (N∖A) ∪ {[A]}``,  ``n' = n − |A| + 1``,
+    ``p_{n'}(S) = |S|! (n' − |S| − 1)! / n'!``.
+
+    For ``A = {i}`` this is the plain Shapley value ``φ(i | N)``; 0 for the empty coalition.
+
+    Args:
+        game: the batched game.
+        n: number of players.
+        coalitions: ``[G, C, n]`` bool.
+    """
+    return _per_coalition(game, n, coalitions, lambda t, n_, a: _reduced_terms(t, n_, a)[0])
 
 
 def exact_shapley_and_interaction(game: Game, n: int, coalitions: Tensor) -> Tuple[Tensor, Tensor]:

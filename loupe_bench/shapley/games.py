@@ -40,22 +40,104 @@ class AdditiveGame:
 
 
 class AndGame:
-    """Unanimity game ``v(S) = 1[A ⊆ S]`` of a coalition ``A``.
+    """Unanimity game ("all parts needed") ``v(S) = 1[A ⊆ S]`` of a coalition ``A``.
 
-    Closed forms: ``φ_i = 1/|A|`` for ``i ∈ A`` else 0; ``I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i) = 1 − 0 = 1``
-    for ``|A| ≥ 2`` (alone, a member never completes ``A``).
+    Closed forms (contexts ``S ⊆ N∖A``, so ``A ⊄ S``: ``v(S) = 0``, ``v(S ∪ A) = 1``, and for ``|A| ≥ 2`` also
+    ``v(S ∪ {i}) = 0`` — alone, a member never completes ``A``, the other members being absent from ``N_i``):
+
+    * ``φ_i = 1/|A|`` for ``i ∈ A`` else 0 (in the full game ``N``);
+    * coalition value ``φ([A]|N_[A]) = Σ_{S⊆N∖A} p_{n'}(S) [v(S∪A) − v(S)] = Σ_S p_{n'}(S) = 1``;
+    * ``φ(i|N_i) = Σ_S p_{n'}(S) [v(S∪{i}) − v(S)] = 0`` for ``|A| ≥ 2`` (``= 1`` when ``A = {i}``);
+    * ``I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i) = 1 − 0 = 1`` for ``|A| ≥ 2``.
+
+    Every Monte-Carlo sample of ``[A]`` itself is exact: ``Δ_m = 1`` (standard error 0).
 
     Args:
-        coalition: ``[G, n]`` bool, the coalition ``A`` of each game.
+        coalition: ``[G, n]`` bool, the coalition ``A`` of each game (an empty ``A`` gives the constant game 1).
     """
 
     def __init__(self, coalition: Tensor):
         self.coalition = coalition.bool()
 
+    def select(self, idx: Tensor) -> "AndGame":
+        """The games ``idx`` only."""
+        return AndGame(self.coalition[idx])
+
     def __call__(self, masks: Tensor) -> Tensor:
         _check_masks(masks, self.coalition.shape[-1])
         need = self.coalition[:, None, :]
         return ((masks | ~need).all(dim=-1)).to(torch.float32)
+
+
+class OrGame:
+    """Disjunction game ("any part is enough") ``v(S) = 1[S ∩ A ≠ ∅]`` of a coalition ``A``.
+
+    Closed forms (contexts ``S ⊆ N∖A``, so ``S ∩ A = ∅``: ``v(S) = 0``, while ``v(S ∪ A) = 1`` and
+    ``v(S ∪ {i}) = 1`` for every ``i ∈ A``):
+
+    * ``φ_i = 1/|A|`` for ``i ∈ A`` else 0 (in the full game: the first member of ``A`` in a random order gets 1);
+    * coalition value ``φ([A]|N_[A]) = Σ_{S⊆N∖A} p_{n'}(S) [v(S∪A) − v(S)] = 1``;
+    * ``φ(i|N_i) = Σ_S p_{n'}(S) [v(S∪{i}) − v(S)] = 1`` for ``i ∈ A``;
+    * ``I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i) = 1 − |A|`` (negative for ``|A| ≥ 2``: the members are
+      redundant, each alone already does the whole job).
+
+    Every Monte-Carlo sample of ``[A]`` itself is exact: ``Δ_m = 1 − |A|`` (standard error 0).
+
+    Args:
+        coalition: ``[G, n]`` bool, the coalition ``A`` of each game (an empty ``A`` gives the constant game 0).
+    """
+
+    def __init__(self, coalition: Tensor):
+        self.coalition = coalition.bool()
+
+    def select(self, idx: Tensor) -> "OrGame":
+        """The games ``idx`` only."""
+        return OrGame(self.coalition[idx])
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        _check_masks(masks, self.coalition.shape[-1])
+        return (masks & self.coalition[:, None, :]).any(dim=-1).to(torch.float32)
+
+
+class AndOrGame:
+    """Planted two-object game: "all parts of object A needed" + "any part of object B enough" + additive noise.
+
+    ``v(S) = 1[A ⊆ S] + 1[S ∩ B ≠ ∅] + Σ_{i∈S} w_i``  with ``A ∩ B = ∅``.
+
+    Every quantity below is linear in ``v``, so it is the sum of the three parts' values. For the coalition ``[A]``
+    (contexts ``S ⊆ N∖A``; adding ``A`` or a member of ``A`` never changes ``1[S ∩ B ≠ ∅]``) and ``|A|, |B| ≥ 2``:
+
+    * ``φ([A]|N_[A]) = 1 + Σ_{i∈A} w_i``,  ``φ(i|N_i) = 0 + w_i``  →  ``I([A]) = 1 > 0``;
+    * ``φ([B]|N_[B]) = 1 + Σ_{i∈B} w_i``,  ``φ(i|N_i) = 1 + w_i``  →  ``I([B]) = 1 − |B| < 0``;
+    * ``φ([A∪B]) = 2 + Σ_{i∈A∪B} w_i``, ``I([A∪B]) = 1 + (1 − |B|) = 2 − |B|`` (members of ``A`` contribute 0
+      alone, members of ``B`` 1 each);
+    * a noise player ``k ∉ A ∪ B``: ``φ([{k}]) = φ_k = w_k``; any coalition of noise players only has ``I = 0``.
+
+    Players of ``A ∪ B`` typically carry ``w_i = 0`` (then ``φ([A]) = φ([B]) = 1``). An empty ``A`` (or ``B``)
+    drops that part (a constant), so the same class gives pure AND, pure OR and mixed games per game index.
+
+    Args:
+        and_coalition: ``[G, n]`` bool, ``A`` of each game.
+        or_coalition: ``[G, n]`` bool, ``B`` of each game (disjoint from ``A``).
+        weights: optional ``[G, n]`` additive player weights ``w`` (default 0).
+    """
+
+    def __init__(self, and_coalition: Tensor, or_coalition: Tensor, weights: Optional[Tensor] = None):
+        self.and_coalition = and_coalition.bool()
+        self.or_coalition = or_coalition.bool()
+        if (self.and_coalition & self.or_coalition).any():
+            raise ValueError("the AND and OR coalitions of an AndOrGame must be disjoint")
+        self.weights = torch.zeros(and_coalition.shape, dtype=torch.float32) if weights is None else weights
+
+    def select(self, idx: Tensor) -> "AndOrGame":
+        """The games ``idx`` only."""
+        return AndOrGame(self.and_coalition[idx], self.or_coalition[idx], self.weights[idx])
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        _check_masks(masks, self.and_coalition.shape[-1])
+        v_and = (masks | ~self.and_coalition[:, None, :]).all(dim=-1).to(self.weights.dtype)
+        v_or = (masks & self.or_coalition[:, None, :]).any(dim=-1).to(self.weights.dtype)
+        return v_and + v_or + torch.einsum("gqn,gn->gq", masks.to(self.weights.dtype), self.weights)
 
 
 class TableGame:

@@ -1,7 +1,8 @@
-"""Monte-Carlo coalition interactions with shared Shapley-weighted contexts, all masks in one batched call."""
+"""Monte-Carlo coalition interactions and coalition values with shared Shapley-weighted contexts, all masks in one
+batched call."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -10,17 +11,23 @@ from .games import Game
 
 
 class InteractionEstimate(NamedTuple):
-    """A Monte-Carlo estimate of coalition interactions.
+    """A Monte-Carlo estimate of coalition interactions (or of coalition values).
 
     Attributes:
-        mean: ``[G, C]`` estimate ``Î([A])``.
+        mean: ``[G, C]`` estimate ``Î([A])`` (:func:`sample_interaction`) or ``φ̂([A])``
+            (:func:`sample_coalition_value`).
         stderr: ``[G, C]`` standard error ``sd(Δ_m) / √M`` (unbiased sd over the ``M`` samples).
         num_evals: number of value-function evaluations spent (masks evaluated).
+        value: ``[G, C]`` coalition value ``φ̂([A]|N_[A])`` from the same contexts, when asked for
+            (``sample_interaction(..., with_value=True)``); else ``None``.
+        value_stderr: its standard error ``sd(v(S_m∪A) − v(S_m)) / √M``; ``None`` with ``value``.
     """
 
     mean: Tensor
     stderr: Tensor
     num_evals: int
+    value: Optional[Tensor] = None
+    value_stderr: Optional[Tensor] = None
 
 
 def sample_contexts(coalitions: Tensor, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -41,11 +48,22 @@ def sample_contexts(coalitions: Tensor, num_samples: int, generator: Optional[to
     return torch.zeros_like(first_k).scatter_(-1, order, first_k)
 
 
+def _mean_and_stderr(delta: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(mean, sd/√M)`` over the last dimension (``M`` samples; unbiased sd)."""
+    return delta.mean(-1), delta.std(-1, unbiased=True) / delta.shape[-1] ** 0.5
+
+
+def _check_samples(num_samples: int) -> None:
+    if num_samples < 2:
+        raise ValueError("num_samples must be >= 2")
+
+
 def sample_interaction(
     game: Game,
     coalitions: Tensor,
     num_samples: int = 64,
     generator: Optional[torch.Generator] = None,
+    with_value: bool = False,
 ) -> InteractionEstimate:
     """Monte-Carlo multivariate interaction of every coalition of every game.
 
@@ -56,14 +74,18 @@ def sample_interaction(
     ``Î`` is unbiased; its standard error is ``sd(Δ) / √M``. Cost: ``M (|A|_max + 2)`` masks per coalition, all
     evaluated in **one** call ``game(masks[G, C·M·(|A|_max+2), n])``. Coalitions of fewer than two players get 0.
 
+    With ``with_value=True`` the coalition value of the same contexts comes for free (its two masks are already
+    evaluated): ``φ̂([A]) = (1/M) Σ_m [v(S_m ∪ A) − v(S_m)]`` in ``value`` (standard error in ``value_stderr``),
+    defined for every non-empty coalition (singletons included: ``φ̂([{i}]) = φ̂_i``), 0 for empty ones.
+
     Args:
         game: batched game ``[G, Q, n] -> [G, Q]``.
         coalitions: ``[G, C, n]`` bool.
         num_samples: ``M``, contexts per coalition (≥ 2 for a standard error).
         generator: optional RNG (determinism).
+        with_value: also return ``φ̂([A])`` from the same contexts.
     """
-    if num_samples < 2:
-        raise ValueError("num_samples must be >= 2")
+    _check_samples(num_samples)
     coalitions = coalitions.bool()
     g, c, n = coalitions.shape
     size = coalitions.sum(-1)  # [G, C]
@@ -83,13 +105,47 @@ def sample_interaction(
     )  # [G, C, M, 2 + a_max, n]
     vals = game(masks.reshape(g, -1, n)).reshape(g, c, num_samples, 2 + a_max).to(torch.float64)
     base = vals[..., 0]
+    merged = vals[..., 1] - base  # v(S ∪ A) − v(S)   [G, C, M]
     single = ((vals[..., 2:] - base[..., None]) * member_ok[:, :, None, :]).sum(-1)
-    delta = vals[..., 1] - base - single  # [G, C, M]
-    valid = (size >= 2)[..., None]
-    delta = delta * valid
-    mean = delta.mean(-1)
-    stderr = delta.std(-1, unbiased=True) / num_samples**0.5
-    return InteractionEstimate(mean=mean, stderr=stderr, num_evals=int(masks.shape[0] * masks.shape[1] * masks.shape[2] * masks.shape[3]))
+    delta = (merged - single) * (size >= 2)[..., None]
+    mean, stderr = _mean_and_stderr(delta)
+    value = value_se = None
+    if with_value:
+        value, value_se = _mean_and_stderr(merged)
+    return InteractionEstimate(mean=mean, stderr=stderr, num_evals=int(masks.shape[0] * masks.shape[1] * masks.shape[2] * masks.shape[3]),
+                               value=value, value_stderr=value_se)
+
+
+def sample_coalition_value(
+    game: Game,
+    coalitions: Tensor,
+    num_samples: int = 64,
+    generator: Optional[torch.Generator] = None,
+) -> InteractionEstimate:
+    """Monte-Carlo coalition value ``φ([A]|N_[A])`` (Shapley value of the merged player) of every coalition.
+
+    ``φ̂([A]) = (1/M) Σ_m Δ_m``,  ``Δ_m = v(S_m ∪ A) − v(S_m)``,  ``S_m`` from :func:`sample_contexts` (Shapley
+    weights ``p_{n'}(S)``, ``n' = n − |A| + 1``, on ``N∖A``); unbiased, standard error ``sd(Δ) / √M``.
+
+    Only the masks ``S_m`` and ``S_m ∪ A`` are needed: ``2 M`` per coalition (against ``M (|A|_max + 2)`` for the
+    interaction), all in **one** call of the game. With the same generator state the contexts, hence ``mean``, equal
+    ``sample_interaction(..., with_value=True).value``. ``φ̂([{i}])`` estimates the plain Shapley value ``φ_i``; empty
+    coalitions get 0.
+
+    Args:
+        game: batched game ``[G, Q, n] -> [G, Q]``.
+        coalitions: ``[G, C, n]`` bool.
+        num_samples: ``M``, contexts per coalition (≥ 2 for a standard error).
+        generator: optional RNG (determinism).
+    """
+    _check_samples(num_samples)
+    coalitions = coalitions.bool()
+    g, c, n = coalitions.shape
+    ctx = sample_contexts(coalitions, num_samples, generator)  # [G, C, M, n]
+    masks = torch.stack([ctx, ctx | coalitions[:, :, None, :]], dim=3)  # [G, C, M, 2, n]
+    vals = game(masks.reshape(g, -1, n)).reshape(g, c, num_samples, 2).to(torch.float64)
+    mean, stderr = _mean_and_stderr(vals[..., 1] - vals[..., 0])
+    return InteractionEstimate(mean=mean, stderr=stderr, num_evals=int(masks[..., 0].numel()))
 
 
 def _select_games(game: Game, idx: Tensor) -> Game:
@@ -98,25 +154,20 @@ def _select_games(game: Game, idx: Tensor) -> Game:
     return sel(idx) if sel is not None else game
 
 
-def sample_interaction_subset(
-    game: Game,
-    coalitions: Tensor,
-    select: Tensor,
-    num_samples: int = 64,
-    generator: Optional[torch.Generator] = None,
-) -> InteractionEstimate:
-    """:func:`sample_interaction` for the selected coalitions only (``select [G, C]`` bool); zeros elsewhere.
+def _sample_subset(sampler, game: Game, coalitions: Tensor, select: Tensor, num_samples: int,
+                   generator: Optional[torch.Generator], **kw) -> InteractionEstimate:
+    """``sampler(game, coalitions, num_samples, generator, **kw)`` on the selected coalitions only; zeros elsewhere.
 
     Selected coalitions are packed to the front of each game (padded with empty coalitions to the largest count),
     games without a selected coalition are dropped when the game has a ``select(game_idx)`` method, and everything
-    is still evaluated in one call of the game.
+    is still evaluated in one call of the game. Optional fields (``value``) are scattered back like ``mean``.
     """
     g, c, n = coalitions.shape
-    mean = torch.zeros(g, c, dtype=torch.float64, device=coalitions.device)
-    stderr = torch.zeros_like(mean)
+    zeros = torch.zeros(g, c, dtype=torch.float64, device=coalitions.device)
     counts = select.sum(-1)
     if int(counts.sum()) == 0:
-        return InteractionEstimate(mean, stderr, 0)
+        extra = {"value": zeros.clone(), "value_stderr": zeros.clone()} if kw.get("with_value") else {}
+        return InteractionEstimate(zeros, zeros.clone(), 0, **extra)
     keep_games = torch.nonzero(counts > 0).flatten()
     if getattr(game, "select", None) is None:
         keep_games = torch.arange(g, device=coalitions.device)
@@ -125,9 +176,49 @@ def sample_interaction_subset(
     order = (~sub_sel).to(torch.int8).argsort(dim=-1, stable=True)[:, :c_max]  # selected first
     ok = torch.arange(c_max, device=coalitions.device) < sub_sel.sum(-1, keepdim=True)
     packed = torch.gather(coalitions[keep_games], 1, order[..., None].expand(-1, -1, n)) & ok[..., None]
-    est = sample_interaction(_select_games(game, keep_games), packed, num_samples, generator)
+    est = sampler(_select_games(game, keep_games), packed, num_samples, generator, **kw)
     rows = keep_games[:, None].expand(-1, c_max)[ok]
     cols = order[ok]
-    mean[rows, cols] = est.mean[ok]
-    stderr[rows, cols] = est.stderr[ok]
-    return InteractionEstimate(mean, stderr, est.num_evals)
+
+    def scatter(x: Optional[Tensor]) -> Optional[Tensor]:
+        if x is None:
+            return None
+        out = zeros.clone()
+        out[rows, cols] = x[ok]
+        return out
+
+    return InteractionEstimate(scatter(est.mean), scatter(est.stderr), est.num_evals, scatter(est.value),
+                               scatter(est.value_stderr))
+
+
+def sample_interaction_subset(
+    game: Game,
+    coalitions: Tensor,
+    select: Tensor,
+    num_samples: int = 64,
+    generator: Optional[torch.Generator] = None,
+    with_value: bool = False,
+) -> InteractionEstimate:
+    """:func:`sample_interaction` for the selected coalitions only (``select [G, C]`` bool); zeros elsewhere.
+
+    Same estimator ``Î([A]) = (1/M) Σ_m [v(S_m∪A) − v(S_m) − Σ_{i∈A}(v(S_m∪{i}) − v(S_m))]`` (and, with
+    ``with_value``, ``φ̂([A]) = (1/M) Σ_m [v(S_m∪A) − v(S_m)]``). Selected coalitions are packed to the front of
+    each game (padded with empty coalitions to the largest count), games without a selected coalition are dropped
+    when the game has a ``select(game_idx)`` method, and everything is still evaluated in one call of the game.
+    """
+    return _sample_subset(sample_interaction, game, coalitions, select, num_samples, generator, with_value=with_value)
+
+
+def sample_coalition_value_subset(
+    game: Game,
+    coalitions: Tensor,
+    select: Tensor,
+    num_samples: int = 64,
+    generator: Optional[torch.Generator] = None,
+) -> InteractionEstimate:
+    """:func:`sample_coalition_value` for the selected coalitions only (``select [G, C]`` bool); zeros elsewhere.
+
+    ``φ̂([A]) = (1/M) Σ_m [v(S_m ∪ A) − v(S_m)]``, packed and evaluated in one call as in
+    :func:`sample_interaction_subset`.
+    """
+    return _sample_subset(sample_coalition_value, game, coalitions, select, num_samples, generator)
