@@ -75,7 +75,7 @@ def test_forward_backward_all_terms_finite_and_nonzero():
     model = _model()
     model.train()
     out = model.loss(_batch(model))
-    assert set(out.terms) == {"cmc", "tsa", "fsa", "nsi"}
+    assert set(out.terms) == {"cmc", "tsa", "fsa", "nsi", "tsa_box"}
     for name, t in out.terms.items():
         assert torch.isfinite(t) and t.abs().item() > 0, name
     out.total.backward()
@@ -85,7 +85,7 @@ def test_forward_backward_all_terms_finite_and_nonzero():
     assert any(n.startswith("tsa_estimator.module") and g is not None and g.abs().sum() > 0 for n, g in grads.items())
     assert out.logs["routed_fraction"] == 1.0  # warm-up
     assert "nsi_spearman" in out.logs and math.isfinite(out.logs["nsi_spearman"])
-    expected = out.terms["cmc"] + out.terms["tsa"] + out.terms["fsa"] + out.terms["nsi"]
+    expected = sum(out.terms[k] for k in ("cmc", "tsa", "fsa", "nsi", "tsa_box"))
     assert out.total.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -97,11 +97,11 @@ def test_box_jitter_term():
 
 def test_routed_fraction_falls_on_fixed_batch():
     torch.manual_seed(0)
-    model = _model(neural__warmup_steps=3, neural__holdout=4, num_samples=8)
+    model = _model(neural__warmup_steps=3, neural__holdout=4, num_samples=8, tsa__num_samples=4)
     batch = _batch(model, n=4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     fr, tsa_fr = [], []
-    for _ in range(16):
+    for _ in range(36):  # the tower-evaluated token game needs ~25 steps before g_θ is confident
         out = model.loss(batch)
         fr.append(out.logs["routed_fraction"])
         tsa_fr.append(out.logs["tsa_routed_fraction"])
@@ -110,8 +110,8 @@ def test_routed_fraction_falls_on_fixed_batch():
         out.total.backward()
         opt.step()
     assert fr[:3] == [1.0, 1.0, 1.0]  # warm-up: everything sampled
-    assert sum(fr[-2:]) / 2 < 0.75, fr
-    assert sum(tsa_fr[-2:]) / 2 < 0.5, tsa_fr
+    assert sum(fr[-3:]) / 3 < 0.75, fr
+    assert sum(tsa_fr[-3:]) / 3 < 0.5, tsa_fr
 
 
 @pytest.mark.parametrize("name,absent", [("loupe-no-tsa", "tsa"), ("loupe-no-fsa", "fsa"), ("loupe-sampling", "nsi")])
