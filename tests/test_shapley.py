@@ -9,21 +9,29 @@ import torch
 
 from loupe_bench.errors import SpecError
 from loupe_bench.shapley import (
+    TARGETS,
     AdditiveGame,
     AndGame,
+    AndOrGame,
     EstimatorConfig,
     LateInteractionGame,
     NeuralConfig,
+    OrGame,
     PooledCosineGame,
     TableGame,
     build_estimator,
+    exact_coalition_value,
     exact_interaction,
     exact_shapley,
+    sample_coalition_value,
+    sample_coalition_value_subset,
     sample_contexts,
     sample_interaction,
     sample_interaction_subset,
     spearman,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _bits(s, n):
@@ -42,8 +50,8 @@ def _naive_shapley(v, players):
     return {p: x / len(perms) for p, x in out.items()}
 
 
-def _naive_interaction(table, n, coalition):
-    """I([A]) by building the merged game explicitly and averaging over permutations."""
+def _naive_reduced(table, n, coalition):
+    """(φ([A]|N_[A]), Σ_{i∈A} φ(i|N_i)) by building the reduced games explicitly and averaging over permutations."""
     a = frozenset(coalition)
     rest = [i for i in range(n) if i not in a]
 
@@ -56,6 +64,12 @@ def _naive_interaction(table, n, coalition):
 
     merged = _naive_shapley(v_of, rest + ["A"])["A"]
     alone = sum(_naive_shapley(v_of, rest + [i])[i] for i in a)
+    return merged, alone
+
+
+def _naive_interaction(table, n, coalition):
+    """I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i), naively."""
+    merged, alone = _naive_reduced(table, n, coalition)
     return merged - alone
 
 
@@ -250,3 +264,160 @@ def test_neural_module_learns_and_routes_less():
     assert fractions[0] == 1.0
     assert sum(fractions[-10:]) / 10 < 0.5
     assert sum(rhos[-10:]) / 10 > 0.8
+
+
+# ------------------------------------------------------------------------------------------ coalition value φ([A])
+def test_coalition_value_exact_naive_and_sampled():
+    """φ([A]|N_[A]) against the explicit merged game; singletons are Shapley values; MC within 4 SE and cheaper."""
+    g = torch.Generator().manual_seed(11)
+    n = 5
+    table = torch.randn(2, 2**n, generator=g, dtype=torch.float64)
+    game = TableGame(table, n)
+    sets = [(0, 1), (1, 2, 4), (3,), (0, 2, 3, 4)]
+    coal = torch.stack([_mask(n, s, 2) for s in sets], dim=1)
+    exact = exact_coalition_value(game, n, coal)
+    for ci, s in enumerate(sets):
+        assert exact[1, ci].item() == pytest.approx(_naive_reduced(table[1], n, s)[0], abs=1e-10)
+    assert exact[:, 2].tolist() == pytest.approx(exact_shapley(game, n, 2)[:, 3].tolist(), abs=1e-10)
+    est = sample_coalition_value(game, coal, 4000, g)
+    assert ((est.mean - exact).abs() / est.stderr < 4).all()
+    # the interaction call returns the same φ̂ from the same contexts, and the value alone needs 2 masks per context
+    both = sample_interaction(game, coal, 64, torch.Generator().manual_seed(3), with_value=True)
+    alone = sample_coalition_value(game, coal, 64, torch.Generator().manual_seed(3))
+    assert torch.allclose(both.value, alone.mean) and torch.allclose(both.value_stderr, alone.stderr)
+    assert alone.num_evals == 2 * 2 * 4 * 64 and both.num_evals == 2 * 4 * 64 * (4 + 2)
+    assert sample_interaction(game, coal, 8).value is None
+
+
+def test_coalition_value_subset_scatters_selected():
+    coal = torch.tensor([[[1, 1, 0, 0, 0], [0, 0, 0, 1, 1]]], dtype=torch.bool).expand(2, -1, -1).clone()
+    game = OrGame(torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool))
+    sel = torch.tensor([[True, False], [True, True]])
+    est = sample_coalition_value_subset(game, coal, sel, 8, torch.Generator().manual_seed(0))
+    assert est.mean.tolist() == [[1.0, 0.0], [0.0, 1.0]]  # OR game 0 is {0,1}: [A]={3,4} is a null coalition
+    both = sample_interaction_subset(game, coal, sel, 8, torch.Generator().manual_seed(0), with_value=True)
+    assert both.value.tolist() == [[1.0, 0.0], [0.0, 1.0]] and both.mean.tolist() == [[-1.0, 0.0], [0.0, -1.0]]
+
+
+# ------------------------------------------------------------------------------------- planted AND / OR games
+@pytest.mark.parametrize("members", [(0, 1), (1, 3, 4), (0, 1, 2, 3, 4)])
+def test_or_game_closed_forms(members):
+    """"Any part is enough": I([A]) = 1 − |A| < 0, φ([A]) = 1, φ_i = 1/|A| (and AND: φ([A]) = 1 too)."""
+    a = _mask(6, members)
+    game = OrGame(a)
+    assert exact_interaction(game, 6, a[:, None]).item() == pytest.approx(1 - len(members))
+    assert exact_coalition_value(game, 6, a[:, None]).item() == pytest.approx(1.0)
+    assert exact_coalition_value(AndGame(a), 6, a[:, None]).item() == pytest.approx(1.0)
+    phi = exact_shapley(game, 6)[0]
+    for i in range(6):
+        assert phi[i].item() == pytest.approx(1 / len(members) if i in members else 0.0)
+    # Σ_{i∈A} φ(i|N_i) = |A|: each member alone (others of A absent) completes the OR
+    table = game(torch.tensor([_bits(s, 6) for s in range(64)])[None]).double()[0]
+    assert _naive_reduced(table, 6, members)[1] == pytest.approx(len(members))
+    and_table = AndGame(a)(torch.tensor([_bits(s, 6) for s in range(64)])[None]).double()[0]
+    assert _naive_reduced(and_table, 6, members)[1] == pytest.approx(0.0)  # AND: a member alone never completes A
+
+
+def test_and_or_mixed_game_closed_forms():
+    """v = AND over A + OR over B + additive noise: I([A]) = 1 > 0 > I([B]) = 1 − |B|, φ as in the docstring."""
+    n = 9
+    A, B, noise = (0, 1, 2), (3, 4), (5, 6, 7, 8)
+    w = torch.zeros(1, n)
+    w[0, list(noise)] = torch.tensor([0.5, -0.25, 0.75, 0.1])
+    game = AndOrGame(_mask(n, A), _mask(n, B), w)
+    sets = [A, B, A + B, (5,), (5, 6), (0, 3)]
+    coal = torch.stack([_mask(n, s) for s in sets], dim=1)
+    inter = exact_interaction(game, n, coal)[0].tolist()
+    value = exact_coalition_value(game, n, coal)[0].tolist()
+    assert inter[:5] == pytest.approx([1.0, 1.0 - len(B), 2.0 - len(B), 0.0, 0.0], abs=1e-6)
+    assert value[:5] == pytest.approx([1.0, 1.0, 2.0, 0.5, 0.25], abs=1e-6)
+    assert inter[0] > 0 > inter[1]
+    est = sample_interaction(game, coal, 2000, torch.Generator().manual_seed(12), with_value=True)
+    for got, se, ref in ((est.mean, est.stderr, inter), (est.value, est.value_stderr, value)):
+        assert ((got[0] - torch.tensor(ref, dtype=torch.float64)).abs() <= 4 * se[0] + 1e-6).all()
+    assert est.stderr[0, 5] > 0  # the cut coalition {a, b} is genuinely random: the 4-SE check is not vacuous
+    with pytest.raises(ValueError):
+        AndOrGame(_mask(n, A), _mask(n, (2, 3)))
+
+
+def _planted_family(num_games, n, gen, noise=True):
+    """Random pure AND / pure OR games (one per image) of sizes 2–4 and their planted coalitions.
+
+    Returns (game, coalitions [G, 2, n] (the planted one, then an invalid padding slot), valid [G, 2], is_and [G],
+    size [G], feats [G, 2, 8]: one-hot family, |A|/4, family × |A|/4, three nuisance dims).
+    """
+    is_and = torch.rand(num_games, generator=gen) < 0.5
+    size = torch.randint(2, 5, (num_games,), generator=gen)
+    order = torch.rand(num_games, n, generator=gen).argsort(-1)
+    planted = torch.zeros(num_games, n, dtype=torch.bool).scatter_(1, order, torch.arange(n) < size[:, None])
+    weights = torch.randn(num_games, n, generator=gen) * 0.3 * noise * ~planted
+    game = AndOrGame(planted & is_and[:, None], planted & ~is_and[:, None], weights)
+    coal = torch.stack([planted, planted], dim=1)
+    valid = torch.tensor([True, False]).expand(num_games, -1).clone()
+    fam = torch.stack([is_and.float(), (~is_and).float(), size / 4, is_and * size / 4, ~is_and * size / 4], -1)
+    feats = torch.cat([fam, torch.randn(num_games, 3, generator=gen)], -1)[:, None].expand(-1, 2, -1).clone()
+    return game, coal, valid, is_and, size, feats
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", ["exact", "sampling", "neural"])
+def test_planted_and_or_games_through_estimators(name, target):
+    """"All parts needed" → I = +1, "any part is enough" → I = 1 − |A| < 0; coalition values 1 for both.
+
+    The neural estimator is fresh (warm-up: every coalition is sampled), so its targets are the sampled quantity.
+    """
+    gen = torch.Generator().manual_seed(13)
+    n = 10
+    game, coal, valid, is_and, size, feats = _planted_family(12, n, gen)
+    est = build_estimator(name, feats.shape[-1], EstimatorConfig(num_samples=8, target=target))
+    out = est(game, coal, valid, feats, gen)
+    got = out.targets[:, 0].double()
+    if target == "interaction":
+        want = torch.where(is_and, 1.0, 1.0 - size.double())
+        assert (got[is_and] > 0).all() and (got[~is_and] < 0).all()
+    else:
+        want = torch.ones(12, dtype=torch.float64)
+    assert torch.allclose(got, want, atol=1e-5), (got, want)
+    assert (out.targets[:, 1] == 0).all()  # invalid slot
+
+
+def test_unknown_target_is_spec_error():
+    with pytest.raises(SpecError, match="interaction.*coalition_value"):
+        EstimatorConfig(target="shapley_value")
+    cfg = EstimatorConfig()
+    assert cfg.target == "interaction"
+    cfg.target = "nope"
+    with pytest.raises(SpecError):
+        build_estimator("sampling", 4, cfg)
+
+
+def test_neural_learns_and_or_sign_and_routes_less():
+    """Train g_θ through the estimator's own training path on random AND/OR games (n = 16, |A| = 2–4); after
+    warm-up its unrouted predictions μ have the sign of the interaction on held-out games and routing falls."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(14)
+    n = 16
+    cfg = EstimatorConfig(num_samples=4, neural=NeuralConfig(hidden=32, warmup_steps=5, gamma=0.25, holdout=4))
+    est = build_estimator("neural", 8, cfg)
+    opt = torch.optim.Adam(est.parameters(), lr=1e-2)
+    fractions = []
+    for _ in range(60):
+        game, coal, valid, *_, feats = _planted_family(32, n, gen)
+        out = est(game, coal, valid, feats, gen)
+        fractions.append(out.logs["routed_fraction"])
+        opt.zero_grad()
+        out.nsi.backward()
+        opt.step()
+    assert fractions[:5] == [1.0] * 5
+    assert sum(fractions[-10:]) / 10 < 0.25, fractions
+    est.eval()
+    game, coal, valid, is_and, size, feats = _planted_family(64, n, gen)
+    routed, _, _ = est.module.route(feats[:, 0])
+    assert routed.float().mean() < 0.25
+    with torch.no_grad():
+        mu = est.module.predict(feats[:, 0])[0]
+    assert (mu[is_and] > 0).all() and (mu[~is_and] < 0).all(), mu
+    want = torch.where(is_and, 1.0, 1.0 - size.float())
+    assert (mu - want).abs().mean() < 0.35
+    out = est(game, coal, valid, feats, gen)  # unrouted coalitions are answered with μ
+    assert torch.allclose(out.targets[:, 0][~routed], mu[~routed])

@@ -99,9 +99,10 @@ class NeuralEstimator(nn.Module):
     """Routing between ``g_θ``'s mean and Monte-Carlo sampling (see :mod:`loupe_bench.shapley.neural`).
 
     Per call: ``routed = (step < warm-up) or σ²_std > γ``; routed coalitions are sampled (the configured quantity,
-    ``cfg.target``) and their ``Î`` is both the target and new training data for ``g_θ``; the others use ``μ``. ``holdout`` extra coalitions (taken from the
-    unrouted ones, or, during warm-up or when fewer are unrouted, from any, kept out of the buffer) are sampled to log the Spearman
-    ρ between ``μ`` and ``Î`` (``nsi_spearman``). ``feats`` are detached, so ℒ_NSI trains only ``g_θ``.
+    ``cfg.target``) and their ``Î`` is both the target and new training data for ``g_θ``; the others use ``μ``.
+    ``holdout`` extra coalitions (taken from the unrouted ones, or, during warm-up or when fewer are unrouted, from
+    any, kept out of the buffer) are sampled to log the Spearman ρ between ``μ`` and ``Î`` (``nsi_spearman``).
+    ``feats`` are detached, so ℒ_NSI trains only ``g_θ``.
     """
 
     def __init__(self, feature_dim: int, cfg: EstimatorConfig):
