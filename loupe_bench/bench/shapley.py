@@ -96,7 +96,7 @@ def to_device(batch: Dict[str, torch.Tensor], device: str) -> Dict[str, torch.Te
 def _problems(model, batch):
     emb = model.embed(batch)
     boxes, logits = model.regions_all(emb["image_tokens"])
-    return model.tsa_problem(emb, boxes, logits), model.fsa_problem(emb, batch, boxes, logits)
+    return model.tsa_problem(emb, boxes, logits, batch), model.fsa_problem(emb, batch, boxes, logits), emb
 
 
 def mc_reference(game, coalitions: torch.Tensor, valid: torch.Tensor, total: int, target: str = "interaction",
@@ -115,10 +115,6 @@ def mc_reference(game, coalitions: torch.Tensor, valid: torch.Tensor, total: int
         m = sampler(game, coalitions, valid, min(chunk, total), generator).mean
         acc = m if acc is None else acc + m
     return acc / reps
-
-
-def _reference(game, coal, valid, total: int, chunk: int = 128) -> torch.Tensor:
-    return mc_reference(game, coal, valid, total, chunk=chunk)
 
 
 class MatchedAccuracy(NamedTuple):
@@ -283,7 +279,8 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
     from rich.progress import Progress
 
     from ..models.loupe_heads import fsa_features, tsa_features
-    from ..shapley import exact_interaction, sample_interaction_subset, spearman
+    from ..shapley import spearman
+    from ..shapley.estimators import EXACT_TARGETS, SAMPLED_TARGETS
 
     torch.manual_seed(seed)
     if world is None:
@@ -298,6 +295,8 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
         over["num_samples"] = int(num_samples)
     model = build_tiny(spec, seed, world_path, **over).eval().to(device)
     m_spec = int(model.cfg.num_samples)
+    # the token level estimates what ℒ_TSA uses (loupe.tsa.score), the semantics level the pair interaction
+    targets = {"tsa": model.cfg.tsa.score, "fsa": "interaction"}
     batches = [to_device(b, device) for b in world_batches(model, train_batches + 1, batch_size, seed, world_path)]
     eval_batch, train = batches[-1], batches[:-1]
     levels = {}
@@ -305,30 +304,37 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
         task = progress.add_task("MC targets for training g", total=len(train))
         data = {"tsa": ([], [], []), "fsa": ([], [], [])}
         for b in train:
-            tsa, fsa = _problems(model, b)
+            tsa, fsa, _ = _problems(model, b)
             for name, pr in (("tsa", tsa), ("fsa", fsa)):
-                est = sample_interaction_subset(pr.game, pr.coalitions, pr.valid, m_spec)
+                est = SAMPLED_TARGETS[targets[name]](pr.game, pr.coalitions, pr.valid, m_spec)
                 data[name][0].append(pr.feats[pr.valid])
                 data[name][1].append(est.mean[pr.valid].float())
                 data[name][2].append(est.stderr[pr.valid].float())
             progress.advance(task)
-    tsa, fsa = _problems(model, eval_batch)
+    tsa, fsa, emb = _problems(model, eval_batch)
     for name, pr in (("tsa", tsa), ("fsa", fsa)):
-        ref = _reference(pr.game, pr.coalitions, pr.valid, reference_samples)[pr.valid].float()
+        target = targets[name]
+        sampler = SAMPLED_TARGETS[target]
+        ref = mc_reference(pr.game, pr.coalitions, pr.valid, reference_samples, target)[pr.valid].float()
         rec: Dict[str, Any] = {"coalitions": int(pr.valid.sum()), "players": int(pr.coalitions.shape[-1]),
-                               "reference_samples": reference_samples}
+                               "reference_samples": reference_samples, "target": target,
+                               "game": type(pr.game).__name__}
         fns: Dict[str, Any] = {}
         for m in samples:
             fns[f"sampling_M{m}"] = synced(
-                lambda m=m: sample_interaction_subset(pr.game, pr.coalitions, pr.valid, m).mean, device)
+                lambda m=m, sampler=sampler, pr=pr: sampler(pr.game, pr.coalitions, pr.valid, m).mean, device)
         f, y, s = (torch.cat(x) for x in data[name])
         mod = _train_neural(f, y, s, model.cfg.neural, train_steps, seed)
         if name == "tsa":
-            toks, text, members, cand = pr.game.tokens, pr.game.text, pr.coalitions, pr.cand
+            t_img = pr.coalitions.shape[0]
+            toks, text = emb["image_tokens"][:t_img], emb["text_pooled"][:t_img]
+            members, cand = pr.coalitions, pr.cand
 
             def neural(mod=mod, pr=pr, toks=toks, text=text, members=members, cand=cand):
+                # the neural path pays for its features, including the game's own v(A), v(N), v(N∖A)
                 with torch.no_grad():
-                    return mod.predict(tsa_features(toks, text, members, cand)[pr.valid])[0]
+                    stats = model.game_stats(pr.game, members)
+                    return mod.predict(tsa_features(toks, text, members, cand, stats)[pr.valid])[0]
         else:
             region, phrase, pv = pr.region, pr.phrase, pr.phrase_valid
 
@@ -353,12 +359,14 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
                         "spearman": spearman(est, ref)}
         rec["neural"].update({"train_coalitions": int(f.shape[0]), "train_steps": train_steps})
         if pr.coalitions.shape[-1] <= 16:
-            t = time_call(synced(lambda: exact_interaction(pr.game, pr.coalitions.shape[-1], pr.coalitions), device),
+            exact = EXACT_TARGETS[target]
+            t = time_call(synced(lambda: exact(pr.game, pr.coalitions.shape[-1], pr.coalitions), device),
                           repeat=1, warmup=0)
-            ex = exact_interaction(pr.game, pr.coalitions.shape[-1], pr.coalitions)[pr.valid].float()
+            ex = exact(pr.game, pr.coalitions.shape[-1], pr.coalitions)[pr.valid].float()
             rec["exact"] = {"time_s": t["median_s"], "spearman": spearman(ex, ref)}
         if matched_ladder:
-            ma = matched_accuracy_speedup(pr.game, pr.coalitions, neural, valid=pr.valid, ladder=matched_ladder,
+            ma = matched_accuracy_speedup(pr.game, pr.coalitions, neural, valid=pr.valid, target=target,
+                                          ladder=matched_ladder,
                                           reference_samples=reference_samples, reference=ref, draws=matched_draws,
                                           repeat=max(repeat, 5))
             rec["matched_accuracy"] = {**ma._asdict(), "ladder_rho": {str(k): v for k, v in ma.ladder_rho.items()}}
