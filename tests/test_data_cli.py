@@ -80,7 +80,7 @@ def test_phrases_with_a_parser_writes_sidecar(tiny_world, tmp_path):
     shutil.copyfile(tiny_world / "dataset_synthetic.json", src)
 
     def parser(text):
-        return [m.span() for m in re.finditer(r"(?:(?:small|large) )?\w+ (?:circle|square|triangle|diamond|star|cross)", text)]
+        return [m.span() for m in re.finditer(r"(?:(?:small|large) )?[\w-]+ (?:circle|square|triangle|diamond|star|cross)", text)]
 
     out = extract_phrases(src, parser=parser)
     assert out == tmp_path / "phrases.json"

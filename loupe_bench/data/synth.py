@@ -4,10 +4,16 @@ boxes, referring expressions and class labels, written in the real data formats.
 Design (why it separates region–phrase models from global ones):
 
 * every image holds 1–5 objects (shape × colour × size) on a textured background, exactly one of them large;
+* objects come in two kinds: ``flat`` ones (one colour: any single patch of the object carries everything its
+  phrase names, the redundant contrast) and ``two-part`` ones (top half one colour, bottom half another, named
+  "red-and-blue square", top colour first), whose description needs patches of both halves together; scenes with
+  a two-part object often hold a distractor with the same shape that swaps its colours or shares one part, so only
+  the joint description picks it out;
 * each caption mentions only some of the objects, with bound attributes ("a small red triangle left of a large
   blue circle"), so matching needs the right colour on the right shape in the right place;
 * referring expressions single out one object among distractors that share its shape or its colour;
-* the ``comptest`` split holds colour–shape combinations that never occur in ``train``/``val``/``test``.
+* the ``comptest`` split holds colour–shape combinations that never occur in ``train``/``val``/``test``
+  (for a two-part object the combination is its *top* colour with its shape).
 
 Everything is a pure function of ``(seed, size, image_size)``: each image draws from its own
 ``numpy.random.Generator`` seeded with ``[seed, split_index, image_index]``; files are written with sorted JSON
@@ -33,7 +39,11 @@ from ..errors import DataError, SpecError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .records import tokenize
 
-WORLD_VERSION = 2  # 2: refs record each sentence's head noun phrase; the Flickr30K Entities layout
+# 2: refs record each sentence's head noun phrase; the Flickr30K Entities layout.
+# 3: two-part objects (kind ``two-part``: top half / bottom half in two colours, "red-and-blue square", drawn with
+#    probability TWO_PART_PROB, small ones slightly larger) with swapped-colour / shared-part distractors; COCO
+#    annotations and phrase entries record ``kind`` (and annotations ``colour2``); world.json the kind settings.
+WORLD_VERSION = 3
 SPLITS: Tuple[str, ...] = ("train", "val", "test", "comptest")
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLOURS: Dict[str, Tuple[int, int, int]] = {
@@ -45,6 +55,16 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     "cyan": (20, 210, 225),
 }
 SIZE_RANGES: Dict[str, Tuple[float, float]] = {"small": (0.19, 0.25), "large": (0.36, 0.43)}
+#: object kinds: ``flat`` (one colour) and ``two-part`` (top half :attr:`SceneObject.colour`, bottom half
+#: :attr:`SceneObject.colour2`)
+KINDS: Tuple[str, ...] = ("flat", "two-part")
+#: probability that an object is two-part (drawn independently for every object, distractors included)
+TWO_PART_PROB = 0.4
+#: side ranges (fraction of the image side) of two-part objects: small ones are enlarged from 0.19–0.25 so that at
+#: 64 px each half is at least 8 rows (one patch of an 8 × 8 grid) tall: side ``round(64 · 0.25) = 16``, half 8
+TWO_PART_SIZE_RANGES: Dict[str, Tuple[float, float]] = {"small": (0.25, 0.31), "large": (0.36, 0.43)}
+#: probability that an object after the first is a distractor of an earlier two-part object (when there is one)
+TWO_PART_DISTRACTOR_PROB = 0.5
 BACKGROUNDS: Tuple[str, ...] = ("noisy", "striped", "checkered", "shaded")
 #: colour–shape combinations that appear only in ``comptest`` (one per shape and one per colour).
 HELDOUT_COMBOS: Tuple[Tuple[str, str], ...] = (
@@ -76,14 +96,34 @@ class SceneObject:
     box: Tuple[int, int, int, int]  # x, y, w, h (pixels, integers)
     rgb: Tuple[int, int, int]
     ann_id: int = 0
+    colour2: Optional[str] = None  # bottom colour of a two-part object; None for a flat one
+    rgb2: Optional[Tuple[int, int, int]] = None
+
+    @property
+    def kind(self) -> str:
+        """``two-part`` when the object has a bottom colour, else ``flat``."""
+        return "flat" if self.colour2 is None else "two-part"
 
     @property
     def centre(self) -> Tuple[float, float]:
         x, y, w, h = self.box
         return x + w / 2.0, y + h / 2.0
 
+    @property
+    def split_row(self) -> int:
+        """First image row drawn in the bottom colour of a two-part object: ``y + h // 2`` (rows ``y … y+h//2-1``
+        are the top half); for a flat object the same middle row, with no colour change."""
+        x, y, w, h = self.box
+        return y + h // 2
+
+    @property
+    def colour_words(self) -> str:
+        """``red`` for a flat object, ``red-and-blue`` (top colour first) for a two-part one."""
+        return self.colour if self.colour2 is None else f"{self.colour}-and-{self.colour2}"
+
     def describe(self, with_size: bool) -> str:
-        return f"{self.size} {self.colour} {self.shape}" if with_size else f"{self.colour} {self.shape}"
+        """``[size] <colour_words> <shape>``: "small red circle", "red-and-blue square", "large red-and-blue square"."""
+        return f"{self.size} {self.colour_words} {self.shape}" if with_size else f"{self.colour_words} {self.shape}"
 
 
 @dataclass
@@ -106,31 +146,85 @@ def _overlap_ok(box: Tuple[int, int, int, int], others: Sequence[Tuple[int, int,
     return True
 
 
+def _jitter(rng: np.random.Generator, colour: str) -> Tuple[int, int, int]:
+    """Per-object colour: the nominal RGB plus a uniform integer offset in ``[-12, 12]`` per channel, clipped."""
+    base = np.array(COLOURS[colour], dtype=np.int64)
+    return tuple(int(v) for v in np.clip(base + rng.integers(-12, 13, size=3), 0, 255))
+
+
+def _other_colour(rng: np.random.Generator, exclude: Sequence[str]) -> str:
+    """A colour drawn uniformly from :data:`COLOURS` minus ``exclude``."""
+    pool = [c for c in COLOURS if c not in exclude]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _draw_attributes(rng: np.random.Generator, objects: Sequence[SceneObject], two_part: bool
+                     ) -> Tuple[str, str, Optional[str]]:
+    """``(shape, colour, colour2)`` of the next object, of the given kind (``colour2`` None when flat).
+
+    Rules, in order:
+
+    * **two-part distractor** (an earlier object is two-part, probability :data:`TWO_PART_DISTRACTOR_PROB`):
+      take a uniformly chosen earlier two-part object ``(c1, c2, shape)`` and keep its shape; a two-part new object
+      either swaps its colours ``(c2, c1)`` or keeps one part in place and replaces the other with a colour outside
+      ``{c1, c2}`` (``(c1, x)`` or ``(x, c2)``), each with probability 1/2; a flat new object takes one of its
+      parts ``c1`` or ``c2`` (1/2 each). Only the joint "c1-and-c2 shape" then tells the target apart.
+    * **shared attribute** (an earlier object exists, probability 0.6): the shape of an earlier object with a
+      random colour, or (1/2) a random shape with one of the earlier object's colours (top or bottom, 1/2 each);
+    * otherwise a uniform shape and colour. A two-part object's bottom colour is uniform over the colours other
+      than its top colour (the distractor rule above aside).
+    """
+    colours = list(COLOURS)
+    earlier_two = [o for o in objects if o.colour2 is not None]
+    if earlier_two and rng.random() < TWO_PART_DISTRACTOR_PROB:
+        ref = earlier_two[int(rng.integers(len(earlier_two)))]
+        c1, c2 = ref.colour, ref.colour2
+        if not two_part:
+            return ref.shape, (c1, c2)[int(rng.integers(2))], None
+        if rng.random() < 0.5:
+            return ref.shape, c2, c1
+        x = _other_colour(rng, (c1, c2))
+        return (ref.shape, c1, x) if rng.random() < 0.5 else (ref.shape, x, c2)
+    if objects and rng.random() < 0.6:
+        # share the shape or the colour of an earlier object: distractors for referring expressions
+        ref = objects[int(rng.integers(len(objects)))]
+        if rng.random() < 0.5:
+            shape, colour = ref.shape, colours[int(rng.integers(len(colours)))]
+        else:
+            parts = [ref.colour] if ref.colour2 is None else [ref.colour, ref.colour2]
+            shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], parts[int(rng.integers(len(parts)))]
+    else:
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        colour = colours[int(rng.integers(len(colours)))]
+    return shape, colour, (_other_colour(rng, (colour,)) if two_part else None)
+
+
 def _sample_objects(rng: np.random.Generator, image_size: int, comp: bool) -> List[SceneObject]:
+    """The objects of one scene, in drawing order (object 0 is the large one).
+
+    Per object: its kind (two-part with probability :data:`TWO_PART_PROB`, independently), then its attributes
+    (:func:`_draw_attributes`, redrawn until ``(top colour, shape)`` is not held out unless ``comp``; in
+    ``comptest`` one object is forced to a held-out ``(top colour, shape)``), then its side
+    ``round(image_size · u)``, ``u ~ U(lo, hi)`` of :data:`SIZE_RANGES` (flat) or :data:`TWO_PART_SIZE_RANGES`
+    (two-part), then up to 60 uniform placements accepted by :func:`_overlap_ok` (an object that finds none is
+    dropped), then its jittered RGB (:func:`_jitter`; one per part).
+    """
     n = int(rng.choice([1, 2, 3, 4, 5], p=[0.1, 0.25, 0.25, 0.2, 0.2]))
     heldout = set(HELDOUT_COMBOS)
-    colours = list(COLOURS)
     objects: List[SceneObject] = []
     forced = int(rng.integers(n)) if comp else -1
     for k in range(n):
         size = "large" if k == 0 else "small"
+        two_part = bool(rng.random() < TWO_PART_PROB)
         if k == forced:
             colour, shape = HELDOUT_COMBOS[int(rng.integers(len(HELDOUT_COMBOS)))]
+            colour2 = _other_colour(rng, (colour,)) if two_part else None
         else:
             while True:
-                if objects and rng.random() < 0.6:
-                    # share the shape or the colour of an earlier object: distractors for referring expressions
-                    ref = objects[int(rng.integers(len(objects)))]
-                    if rng.random() < 0.5:
-                        shape, colour = ref.shape, colours[int(rng.integers(len(colours)))]
-                    else:
-                        shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], ref.colour
-                else:
-                    shape = SHAPES[int(rng.integers(len(SHAPES)))]
-                    colour = colours[int(rng.integers(len(colours)))]
+                shape, colour, colour2 = _draw_attributes(rng, objects, two_part)
                 if comp or (colour, shape) not in heldout:
                     break
-        lo, hi = SIZE_RANGES[size]
+        lo, hi = (TWO_PART_SIZE_RANGES if two_part else SIZE_RANGES)[size]
         side = max(4, int(round(image_size * rng.uniform(lo, hi))))
         placed = None
         for _ in range(60):
@@ -143,15 +237,18 @@ def _sample_objects(rng: np.random.Generator, image_size: int, comp: bool) -> Li
             if k == forced:
                 forced = k + 1 if k + 1 < n else -2
             continue
-        base = np.array(COLOURS[colour], dtype=np.int64)
-        rgb = tuple(int(v) for v in np.clip(base + rng.integers(-12, 13, size=3), 0, 255))
-        objects.append(SceneObject(shape, colour, size, placed, rgb))
+        rgb = _jitter(rng, colour)
+        rgb2 = _jitter(rng, colour2) if colour2 is not None else None
+        objects.append(SceneObject(shape, colour, size, placed, rgb, colour2=colour2, rgb2=rgb2))
     if comp and not any((o.colour, o.shape) in heldout for o in objects):
-        # placement failed for the forced object: recolour one existing object into a held-out combination
+        # placement failed for the forced object: recolour one existing object into a held-out combination (its top
+        # colour; a two-part object whose bottom colour is the new top colour takes the old top colour below)
         o = objects[-1]
-        o.colour = next(c for c, s in HELDOUT_COMBOS if s == o.shape)
-        base = np.array(COLOURS[o.colour], dtype=np.int64)
-        o.rgb = tuple(int(v) for v in np.clip(base + rng.integers(-12, 13, size=3), 0, 255))
+        old, o.colour = o.colour, next(c for c, s in HELDOUT_COMBOS if s == o.shape)
+        o.rgb = _jitter(rng, o.colour)
+        if o.colour2 == o.colour:
+            o.colour2 = old
+            o.rgb2 = _jitter(rng, old)
     return objects
 
 
@@ -234,7 +331,10 @@ def _background(rng: np.random.Generator, kind: str, image_size: int) -> np.ndar
 def render_scene(rng: np.random.Generator, scene: Scene, image_size: int) -> Tuple[np.ndarray, List[float]]:
     """Composite the objects (in order, later ones on top) over the background.
 
-    Pixel value ``I = (1 - a) * I_below + a * (rgb + noise)`` with ``a`` the object's anti-aliased coverage.
+    Pixel value ``I = (1 - a) * I_below + a * (rgb + noise)`` with ``a`` the object's anti-aliased coverage
+    (the same for both kinds) and ``noise ~ N(0, 5²)`` per pixel and channel. For a two-part object ``rgb`` is the
+    top colour's on the box rows ``y … y + h//2 - 1`` and the bottom colour's on rows ``y + h//2 … y + h - 1`` (a
+    crisp split at :attr:`SceneObject.split_row`).
 
     Returns:
         ``uint8 [H, W, 3]`` image and the pixel area (coverage sum) of each object.
@@ -244,7 +344,11 @@ def render_scene(rng: np.random.Generator, scene: Scene, image_size: int) -> Tup
     for obj in scene.objects:
         x, y, w, h = obj.box
         alpha = _shape_alpha(obj)[..., None]
-        fill = np.asarray(obj.rgb, np.float32)[None, None, :] + rng.normal(0, 5, size=(h, w, 3)).astype(np.float32)
+        fill = np.empty((h, w, 3), np.float32)
+        fill[:] = np.asarray(obj.rgb, np.float32)
+        if obj.rgb2 is not None:
+            fill[h // 2:] = np.asarray(obj.rgb2, np.float32)
+        fill += rng.normal(0, 5, size=(h, w, 3)).astype(np.float32)
         patch = img[y : y + h, x : x + w]
         img[y : y + h, x : x + w] = (1 - alpha) * patch + alpha * fill
         areas.append(round(float(alpha.sum()), 2))
@@ -370,44 +474,64 @@ def _make_captions(rng: np.random.Generator, scene: Scene, image_size: int, n_ca
         scene.captions.append((text, spans))
 
 
+def _colour_set(o: SceneObject) -> frozenset:
+    """The colours an object shows: ``{colour}`` (flat) or ``{colour, colour2}`` (two-part)."""
+    return frozenset((o.colour,) if o.colour2 is None else (o.colour, o.colour2))
+
+
+def _shares_attribute(p: SceneObject, o: SceneObject) -> bool:
+    """``p`` is a distractor of ``o``: same shape, or any colour in common (either part of a two-part object)."""
+    return p.shape == o.shape or bool(_colour_set(p) & _colour_set(o))
+
+
+def _same_description(p: SceneObject, o: SceneObject) -> bool:
+    """Same description ``(colour, colour2, shape)``: same shape, same top colour and same bottom colour (None for
+    a flat object, so a flat "red square" and a "red-and-blue square" differ)."""
+    return p.shape == o.shape and p.colour == o.colour and p.colour2 == o.colour2
+
+
 def _referring_expressions(scene: Scene, image_size: int) -> List[Tuple[int, List[str], List[str]]]:
     """(object index, sentences, head noun phrases) for each object that has a distractor sharing its shape or
-    colour.
+    a colour (:func:`_shares_attribute`).
 
-    The expression uses the fewest attributes that make it unique: colour + shape, then size, then position
-    among the objects with the same colour and shape; objects that stay ambiguous get no expression. The second
-    sentence names an anchor object when one differs in both shape and colour ("the red circle left of the blue
-    square"); a sentence's head noun phrase is the expression without the anchor ("the red circle").
+    An object's description is ``(colour, colour2, shape)`` with ``colour2`` None for a flat object, written
+    :attr:`SceneObject.colour_words` + shape ("red square", "red-and-blue square": a two-part object's expression
+    always names both colours, top first). The expression uses the fewest attributes that make it unique among the
+    scene's objects: the description, then size, then position among the objects with the same description
+    (:func:`_same_description`); objects that stay ambiguous get no expression. The second sentence names an
+    anchor object when one shares neither shape nor any colour ("the red circle left of the blue square"); a
+    sentence's head noun phrase is the expression without the anchor ("the red circle").
     """
     out = []
     objs = scene.objects
     for i, o in enumerate(objs):
         others = [p for j, p in enumerate(objs) if j != i]
-        if not any(p.shape == o.shape or p.colour == o.colour for p in others):
+        if not any(_shares_attribute(p, o) for p in others):
             continue
-        same = [p for p in others if p.shape == o.shape and p.colour == o.colour]
+        same = [p for p in others if _same_description(p, o)]
+        name = f"{o.colour_words} {o.shape}"
         if not same:
-            desc = f"{o.colour} {o.shape}"
+            desc = name
         elif not any(p.size == o.size for p in same):
-            desc = f"{o.size} {o.colour} {o.shape}"
+            desc = f"{o.size} {name}"
         else:
             cx, cy = o.centre
             margin = 0.08 * image_size
             if all(cx < p.centre[0] - margin for p in same):
-                desc = f"{o.colour} {o.shape} on the left"
+                desc = f"{name} on the left"
             elif all(cx > p.centre[0] + margin for p in same):
-                desc = f"{o.colour} {o.shape} on the right"
+                desc = f"{name} on the right"
             elif all(cy < p.centre[1] - margin for p in same):
-                desc = f"{o.colour} {o.shape} at the top"
+                desc = f"{name} at the top"
             elif all(cy > p.centre[1] + margin for p in same):
-                desc = f"{o.colour} {o.shape} at the bottom"
+                desc = f"{name} at the bottom"
             else:
                 continue
         sentences = [f"the {desc}"]
-        anchors = [p for p in others if not (p.shape == o.shape or p.colour == o.colour)]
+        anchors = [p for p in others if not _shares_attribute(p, o)]
         if anchors and " on the " not in desc and " at the " not in desc:
             a = anchors[0]
-            sentences.append(f"the {desc} {relation(o, a, image_size)} the {a.colour} {a.shape}")
+            sentences.append(f"the {desc} {relation(o, a, image_size)} the {a.colour_words} {a.shape}")
             heads = [f"the {desc}", f"the {desc}"]
         else:
             sentences.append(desc)
@@ -630,6 +754,7 @@ def generate_world(
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
     image_id, ann_id, sent_id, ref_id, ref_sent_id = 1, 1, 0, 0, 0
+    kind_counts: Dict[str, int] = {k: 0 for k in KINDS}
 
     bar = _progress(progress, total)
     jobs = [(seed, k, split, i, image_size) for k, split in enumerate(SPLITS) for i in range(counts[split])]
@@ -646,6 +771,7 @@ def generate_world(
         coco[split]["images"].append(dict(img_entry))
         for obj, area in zip(objects, areas):
             obj.ann_id = ann_id
+            kind_counts[obj.kind] = kind_counts.get(obj.kind, 0) + 1
             coco[split]["annotations"].append(
                 {
                     "id": ann_id,
@@ -655,6 +781,8 @@ def generate_world(
                     "area": area,
                     "iscrowd": 0,
                     "colour": obj.colour,
+                    "colour2": obj.colour2,
+                    "kind": obj.kind,
                     "size": obj.size,
                 }
             )
@@ -669,6 +797,7 @@ def generate_world(
                     "text": text[s:e],
                     "ann_id": objects[k].ann_id,
                     "bbox": [float(v) for v in objects[k].box],
+                    "kind": objects[k].kind,
                 }
                 for s, e, k in spans
             ]
@@ -771,8 +900,15 @@ def generate_world(
         "shapes": list(SHAPES),
         "colours": {k: list(v) for k, v in COLOURS.items()},
         "sizes": list(SIZE_RANGES),
+        "size_ranges": {k: list(v) for k, v in SIZE_RANGES.items()},
+        "kinds": list(KINDS),
+        "two_part_prob": TWO_PART_PROB,
+        "two_part_size_ranges": {k: list(v) for k, v in TWO_PART_SIZE_RANGES.items()},
+        "two_part_distractor_prob": TWO_PART_DISTRACTOR_PROB,
+        "num_objects_by_kind": dict(sorted(kind_counts.items())),
         "backgrounds": list(BACKGROUNDS),
         "heldout_combos": [list(c) for c in HELDOUT_COMBOS],
+        "heldout_combos_of_two_part": "top colour and shape",
         "classnames": list(SHAPES),
         "class_label": "shape of the large object",
         "categories": categories,
@@ -793,6 +929,39 @@ def generate_world(
     return out
 
 
+def load_object_kinds(world_dir: Union[str, os.PathLike], split: str
+                      ) -> Dict[int, List[Tuple[Tuple[float, float, float, float], str, int]]]:
+    """Each object's normalised box, kind and annotation id per image of ``split``, from the world's COCO file.
+
+    Reads ``annotations/instances_<split>.json`` (path from ``world.json``) with the COCO loader; every annotation
+    carries ``kind`` (``flat`` / ``two-part``; worlds before version 3 have no such key and only flat objects, read
+    as ``flat``). A pixel box ``(x, y, w, h)`` on a ``W × H`` image becomes ``(x/W, y/H, (x+w)/W, (y+h)/H)``; a
+    two-part object's colours split at the box's middle row ``y + h//2`` (:attr:`SceneObject.split_row`), i.e. at
+    normalised height ``(y + h//2)/H``.
+
+    Returns:
+        ``{image_id: [(box_xyxy_norm, kind, ann_id), ...]}`` with objects in drawing order (later ones on top);
+        every image of the split is a key, also one without objects.
+    """
+    from . import load_world
+    from .formats.coco import CocoLoader
+
+    world = load_world(world_dir)
+    if split not in world.splits:
+        raise SpecError(f"unknown split {split!r}; the world has {', '.join(world.splits)}")
+    recs = CocoLoader(world.path("coco", split), verify_images=False).load()
+    out: Dict[int, List[Tuple[Tuple[float, float, float, float], str, int]]] = {}
+    for im in recs.images:
+        W = float(im.width or world.image_size)
+        H = float(im.height or world.image_size)
+        rows = []
+        for b in im.boxes:
+            x, y, w, h = b.bbox
+            rows.append(((x / W, y / H, (x + w) / W, (y + h) / H), b.attribute("kind") or "flat", b.ann_id))
+        out[im.image_id] = rows
+    return out
+
+
 def _progress(enabled: bool, total: int):
     if not enabled:
         return None
@@ -806,6 +975,7 @@ def _progress(enabled: bool, total: int):
 def _readme(world: Dict[str, Any]) -> str:
     splits = ", ".join(f"{k} {v}" for k, v in world["splits"].items())
     held = ", ".join(f"{c} {s}" for c, s in world["heldout_combos"])
+    kinds = ", ".join(f"{v} {k}" for k, v in world["num_objects_by_kind"].items()) + " objects"
     return f"""# loupe-bench synthetic fine-grained world
 
 Generated by `loupe-bench data synth` (world version {world['version']}, seed {world['seed']}, size
@@ -815,16 +985,18 @@ Images per split: {splits} ({world['num_images']} images, {world['num_captions']
 {world['num_annotations']} boxes, {world['num_refs']} referring expressions).
 
 Each image shows 1-5 shapes ({', '.join(world['shapes'])}) in saturated colours ({', '.join(world['colours'])}),
-exactly one of them large, on a noisy, striped, checkered or shaded background. Every image has 5 captions that
-mention some of its objects with attributes and spatial relations. The `comptest` split holds the colour-shape
-combinations that never occur in train/val/test: {held}.
+exactly one of them large, on a noisy, striped, checkered or shaded background. Objects are `flat` (one colour)
+or, with probability {world['two_part_prob']}, `two-part`: top half one colour, bottom half another, described
+top colour first ("red-and-blue square"); {kinds}. Every image has 5 captions that mention some of its objects with
+attributes and spatial relations. The `comptest` split holds the colour-shape combinations that never occur in
+train/val/test (for a two-part object: its top colour and shape): {held}.
 
 | path | format |
 |---|---|
 | `images/` | all images (JPEG, quality 95) |
 | `dataset_synthetic.json` | Karpathy caption JSON (`images[].sentences[].raw/tokens`, `split`, `filename`) |
-| `phrases.json` | gold phrase spans keyed by sentence id: `start`, `end` (character offsets), `text`, `ann_id`, `bbox` (xywh) |
-| `annotations/instances_<split>.json` | COCO detection (category = shape, boxes xywh pixels) |
+| `phrases.json` | gold phrase spans keyed by sentence id: `start`, `end` (character offsets), `text`, `ann_id`, `bbox` (xywh), `kind` of the object |
+| `annotations/instances_<split>.json` | COCO detection (category = shape, boxes xywh pixels; extra keys `colour` (top colour), `colour2` (bottom colour, null when flat), `kind` (`flat` / `two-part`), `size`) |
 | `refsynth/instances.json`, `refsynth/refs(unc).p` | refer-style referring expressions (pickle, protocol 2) |
 | `classification/<split>/<class>/`, `classification/classnames.txt` | ImageFolder classification (class = shape of the large object) |
 | `shards/<split>-NNNNNN.tar` | webdataset shards: `<key>.jpg` + `<key>.json` (captions, phrases, image id) |
