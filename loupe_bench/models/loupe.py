@@ -114,6 +114,9 @@ class RegionCfg:
         random_boxes: extra random anchors per image in ℒ_TSA (exploration of low-confidence anchors).
         box_jitter: jittered variants per box for the geometry self-training (0 = off).
         jitter_scale: relative shift/scale of the jitter.
+        box_start: fraction of the training run before the geometry self-training starts (the token game only
+            says where objects are once ℒ_CMC has learned to match images and captions; before that its scores
+            are noise, and any size bias in them would shrink or grow every box). ``[I]``
     """
 
     hidden: int = 128
@@ -124,6 +127,7 @@ class RegionCfg:
     random_boxes: int = 2
     box_jitter: int = 0
     jitter_scale: float = 0.3
+    box_start: float = 0.0
 
 
 @dataclass
@@ -245,6 +249,15 @@ class LOUPE(DualEncoder):
         self.tsa_estimator = est(3 * d + TSA_STATS + 4, EstimatorConfig(
             num_samples=self.cfg.tsa.num_samples or self.cfg.num_samples, neural=self.cfg.neural, target=self.cfg.tsa.score))
         self.fsa_estimator = est(d + 10, est_cfg)
+
+    # -- schedule -----------------------------------------------------------------------------------------------
+    def set_training_progress(self, step: int, total: int) -> None:
+        """Called by the training engine before each step: term schedules are fractions of the run."""
+        self._progress = float(step) / max(1, int(total))
+
+    def training_progress(self) -> float:
+        """Fraction of the run done (1.0 outside the engine: every scheduled term on)."""
+        return getattr(self, "_progress", 1.0)
 
     # -- region head --------------------------------------------------------------------------------------------
     def regions_all(self, tokens: Tensor) -> Tuple[Tensor, Tensor]:
@@ -385,7 +398,7 @@ class LOUPE(DualEncoder):
         excess = excess.masked_fill(~pr.valid, float("-inf"))
         j = self.cfg.region.box_jitter
         ex = excess.reshape(t_img, -1, j + 1)
-        if j > 0:
+        if j > 0 and self.training_progress() >= self.cfg.region.box_start:
             best = ex.argmax(-1)  # [T, C]
             target_box = torch.gather(pr.cand.reshape(t_img, -1, j + 1, 4), 2,
                                       best[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]

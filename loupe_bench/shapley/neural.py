@@ -14,6 +14,8 @@ other coalition uses ``μ``. During the first ``warmup_steps`` every coalition i
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -33,6 +35,8 @@ class NeuralConfig:
         buffer_size: replay-buffer capacity (coalitions).
         replay_batch: replayed coalitions per NSI loss evaluation.
         holdout: coalitions per step held out of training and estimated by sampling to log ``nsi_spearman``.
+        max_routed_fraction: after warm-up, at most this fraction of a call's coalitions is routed to sampling —
+            the most uncertain ones first (a sampling budget; 1.0 = no cap).
         min_logvar, max_logvar: clamp of the predicted log-variance (standardised units).
     """
 
@@ -42,6 +46,7 @@ class NeuralConfig:
     buffer_size: int = 4096
     replay_batch: int = 256
     holdout: int = 16
+    max_routed_fraction: float = 1.0
     min_logvar: float = -8.0
     max_logvar: float = 4.0
 
@@ -95,6 +100,11 @@ class NeuralInteraction(nn.Module):
             routed = torch.ones_like(var_s, dtype=torch.bool)
         else:
             routed = var_s > self.cfg.gamma
+            cap = int(math.ceil(self.cfg.max_routed_fraction * var_s.numel()))
+            if int(routed.sum()) > cap:  # sampling budget: keep the most uncertain routed coalitions
+                keep = var_s.masked_fill(~routed, float("-inf")).topk(cap).indices
+                routed = torch.zeros_like(routed)
+                routed[keep] = True
         return routed, mu, var_s
 
     # -- training -----------------------------------------------------------------------------------------------
