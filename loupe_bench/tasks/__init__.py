@@ -24,6 +24,7 @@ _ADAPTER_MODULES = (
     "loupe_bench.tasks.captioning",
     "loupe_bench.tasks.detection",
     "loupe_bench.tasks.grounding",
+    "loupe_bench.tasks.token_interaction",
 )
 
 
