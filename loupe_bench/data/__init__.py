@@ -58,7 +58,7 @@ class World:
         splits: split -> number of images.
         classnames: class names by label (shape of the large object).
         categories: COCO category id -> name (shapes).
-        heldout_combos: (colour, shape) pairs only present in ``comptest``.
+        heldout_combos: (colour, shape) pairs only present in ``comptest`` (a two-part object's top colour).
         files: the world's file map (relative paths).
         meta: the whole ``world.json``.
     """

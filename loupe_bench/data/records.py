@@ -61,7 +61,8 @@ class BoxAnnotation:
     """One object box (COCO ``annotations`` entry).
 
     ``attributes``: extra string-valued keys of the annotation beyond COCO's own (the synthetic world records
-    ``colour`` and ``size``), as sorted ``(key, value)`` pairs; empty for plain COCO.
+    ``colour``, ``size``, ``kind`` (``flat`` / ``two-part``) and, for a two-part object, ``colour2``; a null
+    ``colour2`` is not a string and so not kept), as sorted ``(key, value)`` pairs; empty for plain COCO.
     """
 
     ann_id: int

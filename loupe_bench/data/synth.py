@@ -11,7 +11,8 @@ Design (why it separates region–phrase models from global ones):
   the joint description picks it out;
 * each caption mentions only some of the objects, with bound attributes ("a small red triangle left of a large
   blue circle"), so matching needs the right colour on the right shape in the right place;
-* referring expressions single out one object among distractors that share its shape or its colour;
+* referring expressions single out one object among distractors that share its shape or a colour (a two-part
+  object's expression always names both of its colours);
 * the ``comptest`` split holds colour–shape combinations that never occur in ``train``/``val``/``test``
   (for a two-part object the combination is its *top* colour with its shape).
 
