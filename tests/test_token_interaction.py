@@ -216,7 +216,7 @@ def test_spec_is_registered_and_validated():
         load_task(fast(text="sentence"))
     from loupe_bench.report.reproduce import synthetic_tasks
 
-    assert NAME not in synthetic_tasks()  # the reproduction plans do not run it (yet)
+    assert NAME not in synthetic_tasks(quick=True) and NAME in synthetic_tasks()  # the default plan only
 
 
 def test_untrained_model_end_to_end_and_deterministic(tiny_world, tmp_path, clip):
@@ -230,7 +230,9 @@ def test_untrained_model_end_to_end_and_deterministic(tiny_world, tmp_path, clip
         assert res["metrics"][name]["ci95"] is not None
     assert res["metrics"]["box_beats_shifted@I:all"]["units"] == "fraction"
     assert res["metrics"]["mean_I:all"]["units"] == "score"
-    assert "box_beats_shifted@I:two-part" in res["unavailable"]  # the tiny world has no two-part objects yet
+    assert res["metrics"]["box_beats_shifted@I:two-part"]["ci95"] is not None  # the world has two-part objects
+    assert res["extra"]["n_evaluated"]["two-part"] > 0
+    assert res["metrics"]["part_interaction_positive:all"]["units"] == "fraction"
     assert res["reference_rows"]["chance"]["box_beats_shifted@phi:all"]["value"] == 0.5
     assert set(res["extra"]["skipped_objects"]) == {"too_few_patches", "not_named", "no_placement"}
     again = evaluate(clip, fast(images_per_call=3), data_root=tiny_world, out_dir=None)[0]  # other batching
@@ -255,3 +257,27 @@ def test_cli_eval_loupe(tiny_world, tmp_path):
     assert res.exit_code == 0, res.output
     got = json.loads((out / f"loupe-tiny__{NAME}__test.json").read_text())
     assert "box_beats_shifted@I:all" in got["metrics"] and got["extra"]["n_images"] == 2
+
+
+def test_part_interaction_planted_and_or_games():
+    """Parts as players: 'both parts needed' (AND over the box) gives +1, 'either part is enough' (OR) gives −1."""
+    from loupe_bench.shapley import AndGame, OrGame
+    from loupe_bench.shapley.sampling import sample_contexts
+    from loupe_bench.tasks.token_interaction import part_interaction, top_half
+
+    grid = (4, 4)
+    a = torch.zeros(1, 1, 16, dtype=torch.bool)
+    a[0, 0, [5, 6, 9, 10]] = True  # a 2x2 box: rows 1-2, cols 1-2
+    top = top_half(a, grid)
+    assert top[0, 0].nonzero().flatten().tolist() == [5, 6]
+    ctx = sample_contexts(a, 16, torch.Generator().manual_seed(0))
+    mean, se = part_interaction(AndGame(a[:, 0]), a, top, ctx)
+    assert float(mean) == pytest.approx(1.0) and float(se) == 0.0
+    mean, _ = part_interaction(OrGame(a[:, 0]), a, top, ctx)
+    assert float(mean) == pytest.approx(-1.0)
+    one_row = torch.zeros(1, 1, 16, dtype=torch.bool)
+    one_row[0, 0, [5, 6]] = True
+    assert not top_half(one_row, grid).any()
+    mean, _ = part_interaction(AndGame(one_row[:, 0]), one_row, top_half(one_row, grid),
+                               sample_contexts(one_row, 4, torch.Generator().manual_seed(0)))
+    assert float(mean) == 0.0  # undefined for a one-row box: reported as 0, never as cooperation

@@ -68,16 +68,17 @@ class SyntheticPlan:
     model_task_types: Dict[str, List[str]] = field(default_factory=dict)
     workers: int = 2
     worker_threads: int = 1
+    quick: bool = False
 
 
 #: task types the LOUPE ablations are evaluated on in the default plan
-ABLATION_TASK_TYPES = ["retrieval", "classification", "detection", "grounding", "phrase-grounding"]
+ABLATION_TASK_TYPES = ["retrieval", "classification", "detection", "grounding", "phrase-grounding", "token-interaction"]
 
 
 def default_plan(quick: bool = False) -> SyntheticPlan:
     """The default plan (all models incl. LOUPE ablations) or the quick CI plan (main models, fewer steps)."""
     if quick:
-        return SyntheticPlan(models=list(MAIN_MODELS), recipe_overrides=dict(QUICK_OVERRIDES),
+        return SyntheticPlan(models=list(MAIN_MODELS), recipe_overrides=dict(QUICK_OVERRIDES), quick=True,
                              task_overrides=dict(QUICK_TASK_OVERRIDES))
     return SyntheticPlan(task_overrides=dict(DEFAULT_TASK_OVERRIDES),
                          model_task_types={m: list(ABLATION_TASK_TYPES) for m in ABLATIONS})
@@ -145,17 +146,19 @@ def task_spec_mapping(name: str, overrides: Optional[Dict[str, Any]] = None) -> 
 
 #: synthetic task types the reproduction plans leave out until they are chosen for them (the token-interaction
 #: probe costs ~20 s of game evaluations per model on one thread; see tasks/README.md)
-NOT_IN_PLANS: Tuple[str, ...] = ("token-interaction",)
+#: task types only the default plan runs (the token-level probe re-encodes ~10^4 masked images per model)
+NOT_IN_QUICK: Tuple[str, ...] = ("token-interaction",)
 
 
-def synthetic_tasks() -> List[str]:
-    """Every shipped task spec whose dataset is the synthetic world (types in :data:`NOT_IN_PLANS` left out)."""
+def synthetic_tasks(quick: bool = False) -> List[str]:
+    """Every shipped task spec whose dataset is the synthetic world (with ``quick``, types in
+    :data:`NOT_IN_QUICK` left out)."""
     from ..specs import load_yaml, spec_files
 
     out = []
     for f in spec_files("tasks"):
         data = load_yaml(f)
-        if str(data.get("type", "")) in NOT_IN_PLANS:
+        if quick and str(data.get("type", "")) in NOT_IN_QUICK:
             continue
         ds = data.get("dataset") or {}
         name = ds.get("name") if isinstance(ds, dict) else ds
@@ -517,7 +520,7 @@ def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise SpecError("at least one seed is needed")
-    tasks = list(plan.tasks) if plan.tasks else synthetic_tasks()
+    tasks = list(plan.tasks) if plan.tasks else synthetic_tasks(quick=plan.quick)
     n_train = len(seeds) * len(plan.models)
     log = StageLog(console, total=2 + 2 * n_train, enabled=progress)
     log.planned = {"world": 1, "train": n_train, "eval": n_train, "report": 1}  # eval: set by its stage

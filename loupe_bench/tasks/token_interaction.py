@@ -57,6 +57,9 @@ DEFAULT_KIND = "flat"
 TEXTS = ("caption", "phrase")
 #: metric stems: the rate of objects whose box beats its shifted copy, and the means
 RATE_STEMS = ("box_beats_shifted@I", "box_beats_shifted@phi")
+#: the box's two parts (top / bottom rows) as players: rate of positive part interaction, and its means
+PART_RATE_STEMS = ("part_interaction_positive",)
+PART_STEMS = PART_RATE_STEMS + ("mean_part_interaction", "mean_part_interaction_shifted")
 MEAN_STEMS = ("mean_I", "mean_I_shifted", "mean_phi", "mean_phi_shifted")
 PER_PATCH_STEMS = tuple(f"{s}_per_patch" for s in MEAN_STEMS)
 SKIP_REASONS = ("too_few_patches", "not_named", "no_placement")
@@ -66,7 +69,7 @@ CHANCE = "chance"
 def metric_names(kinds: Sequence[str] = KINDS + (ALL,)) -> List[str]:
     """Every metric the task can report: each stem of :data:`RATE_STEMS`, :data:`MEAN_STEMS` and
     :data:`PER_PATCH_STEMS` with a ``:<kind>`` suffix."""
-    return [f"{s}:{k}" for k in kinds for s in RATE_STEMS + MEAN_STEMS + PER_PATCH_STEMS]
+    return [f"{s}:{k}" for k in kinds for s in RATE_STEMS + MEAN_STEMS + PER_PATCH_STEMS + PART_STEMS]
 
 
 # ------------------------------------------------------------------------------------------------ shifted boxes
@@ -242,6 +245,45 @@ def interaction_and_value(game: Game, coalitions: Tensor, num_samples: int = 64,
                             gain.std(-1, unbiased=True) / root, int(per_game.sum()))
 
 
+def top_half(coalitions: Tensor, grid: Tuple[int, int]) -> Tensor:
+    """The top part ``T`` of each coalition: its patches in rows above the middle of its row span
+    (``row < r0 + ⌊rows / 2⌋``); the bottom part is ``B = A ∖ T``. ``[G, C, n]`` → ``[G, C, n]`` bool (empty when
+    the coalition spans fewer than two rows)."""
+    h, w = grid
+    rows = torch.arange(h * w, device=coalitions.device) // w
+    big = h * w
+    r = torch.where(coalitions, rows, torch.full_like(rows, big))
+    r0 = r.amin(-1, keepdim=True)
+    r1 = torch.where(coalitions, rows, torch.full_like(rows, -1)).amax(-1, keepdim=True)
+    span = (r1 - r0 + 1).clamp_min(0)
+    return coalitions & (rows < r0 + span // 2)
+
+
+def part_interaction(game: Game, coalitions: Tensor, top: Tensor, contexts: Tensor) -> Tuple[Tensor, Tensor]:
+    """Interaction of a box's two **parts** ``T`` (top rows) and ``B = A ∖ T`` (bottom rows) as two players:
+
+    ``I(T, B) = φ([A]) − φ(T) − φ(B)`` in the reduced game whose players are ``N ∖ A`` and the merged parts
+    (Zhang et al.'s multivariate interaction with the parts as players), estimated from the same contexts
+    ``S_m ⊆ N ∖ A`` as :func:`interaction_and_value`:
+    ``Δ^part_m = v(S_m ∪ A) − v(S_m ∪ T) − v(S_m ∪ B) + v(S_m)``, ``Î(T, B) = (1/M) Σ_m Δ^part_m``.
+
+    Positive when the parts are complementary (both needed, as the two colours of a two-part object), negative
+    when either is enough (a flat object's halves). Returns ``(mean [G, C], stderr [G, C])``; 0 where ``T`` or
+    ``B`` is empty. Costs 4 masks per context.
+    """
+    g, c, m, n = contexts.shape
+    a = coalitions.bool()[:, :, None, :]
+    t = top.bool()[:, :, None, :]
+    b = a & ~t
+    ctx = contexts.bool()
+    masks = torch.stack([ctx | a, ctx | t, ctx | b, ctx], dim=3)  # [G, C, M, 4, n]
+    vals = game(masks.reshape(g, -1, n)).to(torch.float64).reshape(g, c, m, 4)
+    delta = vals[..., 0] - vals[..., 1] - vals[..., 2] + vals[..., 3]
+    ok = (top.any(-1) & (coalitions.bool() & ~top.bool()).any(-1))[..., None]
+    delta = delta * ok
+    return delta.mean(-1), delta.std(-1, unbiased=True) / m ** 0.5
+
+
 # ------------------------------------------------------------------------------------------------ objects
 class ProbeObject(NamedTuple):
     """One evaluated object: where it is, its kind, the caption naming it, its coalition and its shifted copy."""
@@ -398,7 +440,7 @@ class TokenInteractionTask(TaskAdapter):
         for i, o in enumerate(objs):
             by_image[o.image_index].append(i)
         order = sorted(by_image)
-        keys = ("I", "I_se", "phi", "phi_se")
+        keys = ("I", "I_se", "phi", "phi_se", "part", "part_se")
         out = {k: np.zeros((len(objs), 2)) for k in keys}
         evals, t_game = 0, 0.0
         step = self.opts.images_per_call
@@ -414,9 +456,10 @@ class TokenInteractionTask(TaskAdapter):
                 t0 = time.perf_counter()
                 game = self.game(model, pixels, txt[idx].to(device), coal)
                 r = interaction_and_value(game, coal, m, contexts=ctx)
+                part, part_se = part_interaction(game, coal, top_half(coal, grid), ctx)
                 t_game += time.perf_counter() - t0
-                evals += r.num_evals
-                for k, v in zip(keys, (r.mean, r.stderr, r.value, r.value_stderr)):
+                evals += r.num_evals + 4 * int(ctx.shape[0] * ctx.shape[1] * ctx.shape[2])
+                for k, v in zip(keys, (r.mean, r.stderr, r.value, r.value_stderr, part, part_se)):
                     out[k][idx] = v.double().cpu().numpy()
                 advance(len(group))
         out["num_evals"] = np.asarray(evals)
@@ -436,6 +479,10 @@ class TokenInteractionTask(TaskAdapter):
             "box_beats_shifted@phi": (p_a > p_s).astype(np.float64),
             "mean_I": i_a, "mean_I_shifted": i_s, "mean_phi": p_a, "mean_phi_shifted": p_s,
         }
+        part_a, part_s = est["part"][:, 0], est["part"][:, 1]
+        per["part_interaction_positive"] = (part_a > 0).astype(np.float64)
+        per["mean_part_interaction"] = part_a
+        per["mean_part_interaction_shifted"] = part_s
         for stem in MEAN_STEMS:
             per[f"{stem}_per_patch"] = per[stem] / size
         wanted = set(self.spec.metrics)
@@ -450,7 +497,7 @@ class TokenInteractionTask(TaskAdapter):
                 if not sel.any():
                     res.unavailable[name] = f"no {kind} object was evaluated in split {split!r}"
                     continue
-                units = "fraction" if stem in RATE_STEMS else "score"
+                units = "fraction" if stem in RATE_STEMS or stem in PART_RATE_STEMS else "score"
                 res.metrics[name] = mean_metric(values[sel], self.spec, units)
                 res.per_item[name] = values[sel].tolist()
             if self.opts.reference_rows and sel.any():
@@ -465,6 +512,7 @@ class TokenInteractionTask(TaskAdapter):
             n_shifted_on_background=int((overlap <= 1e-12).sum()), mean_shifted_overlap=float(overlap.mean()),
             mean_patches=float(size.mean()),
             mean_stderr={"I": float(est["I_se"][:, 0].mean()), "I_shifted": float(est["I_se"][:, 1].mean()),
+                         "part": float(est["part_se"][:, 0].mean()),
                          "phi": float(est["phi_se"][:, 0].mean()), "phi_shifted": float(est["phi_se"][:, 1].mean())},
             num_evals=int(est["num_evals"]), game_s=round(float(est["game_s"]), 3),
             objects=[[o.image_id, o.ann_id] for o in objs], **counts,
