@@ -9,7 +9,8 @@ A game is a batched value function ``v(masks[G, Q, n] bool) -> [G, Q]`` (see :mo
 """
 from .estimators import ESTIMATORS, EstimatorConfig, EstimatorOutput, build_estimator
 from .exact import all_subsets, exact_interaction, exact_shapley, shapley_weights
-from .games import AdditiveGame, AndGame, Game, LateInteractionGame, PooledCosineGame, TableGame
+from .games import (AdditiveGame, AndGame, Game, LateInteractionGame, PooledCosineGame, PooledRegionPhraseGame,
+                    TableGame)
 from .neural import NeuralConfig, NeuralInteraction, spearman
 from .sampling import InteractionEstimate, sample_contexts, sample_interaction, sample_interaction_subset
 
@@ -27,6 +28,7 @@ __all__ = [
     "Game",
     "LateInteractionGame",
     "PooledCosineGame",
+    "PooledRegionPhraseGame",
     "TableGame",
     "NeuralConfig",
     "NeuralInteraction",
