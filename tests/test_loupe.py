@@ -395,3 +395,22 @@ def test_fsa_oracle_regions():
     assert not torch.equal(pr.boxes[1, 1], pb[0, 1])  # image 1: one gt box, then proposals
     out = model.loss(batch)
     assert torch.isfinite(out.terms["fsa"])
+
+
+def test_every_loupe_spec_parses_and_the_tiny_ones_build():
+    from loupe_bench.models import available_specs
+    from loupe_bench.models.loupe import LoupeCfg
+
+    names = [n for n in available_specs() if get_spec(n).get("family") == "loupe"]
+    assert {"loupe-tiny", "loupe-no-fsa", "loupe-no-tsa", "loupe-sampling", "loupe-paper", "loupe-swin-t",
+            "loupe-oracle-regions"} <= set(names)
+    for n in names:
+        spec = get_spec(n)
+        cfg = LoupeCfg.from_dict(spec["loupe"])
+        assert (cfg.fsa.value, cfg.fsa.region_projection) == ("pooled", "none"), n
+        assert cfg.fsa.regions == ("oracle" if n == "loupe-oracle-regions" else "proposals"), n
+        assert 0 < cfg.fsa.start_step and 0 < cfg.fsa.ramp_steps, n
+        if spec["image_size"] == 64:
+            model = _model(n, **FSA_NOW)
+            assert model.region_proj is None
+    assert get_spec("loupe-oracle-regions")["description"].startswith("NOT LOUPE")
