@@ -14,7 +14,7 @@ from loupe_bench.data.training import (
     load_caption_records,
     phrase_token_mask,
 )
-from loupe_bench.data.transforms import build_transform
+from loupe_bench.data.transforms import build_transform, crop_boxes
 from loupe_bench.models.base import TokenBatch
 
 
@@ -142,6 +142,7 @@ def test_shard_pairs_match_pair_dataset(tiny_world):
     for g, i in zip(got, range(len(ds))):
         want = ds[i]
         assert g.caption == want.caption and g.spans == want.spans and torch.equal(g.pixels, want.pixels)
+        torch.testing.assert_close(torch.tensor(g.phrase_boxes), torch.tensor(want.phrase_boxes), equal_nan=True)
 
 
 def test_collator_batch_contract(tiny_world):
@@ -151,7 +152,10 @@ def test_collator_batch_contract(tiny_world):
     coll = TrainCollator(tok, max_phrases=4)
     loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=coll)
     batch = next(iter(loader))
-    assert set(batch) == {"pixels", "input_ids", "attention_mask", "phrase_token_mask", "phrase_mask", "image_ids"}
+    assert set(batch) == {"pixels", "input_ids", "attention_mask", "phrase_token_mask", "phrase_mask", "image_ids",
+                          "phrase_boxes"}  # the synthetic world knows each phrase's object
+    assert batch["phrase_boxes"].shape == (8, 4, 4)
+    assert torch.isfinite(batch["phrase_boxes"]).all(-1).equal(batch["phrase_mask"])
     assert batch["pixels"].shape == (8, 3, 64, 64)
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (8, 24)
     assert batch["phrase_token_mask"].shape == (8, 4, 24) and batch["phrase_token_mask"].dtype == torch.bool
@@ -170,6 +174,14 @@ def test_collator_batch_contract(tiny_world):
     # plain tuples work too
     tup = coll([tuple(samples[0]), tuple(samples[1])])
     assert tup["pixels"].shape[0] == 2
+    # eval transform of the 64 px world is the identity geometry: the box is the phrase's bbox / 64
+    cap = next(c for c in recs[0].captions if c.text == samples[0].caption)
+    x, y, w, h = cap.phrases[0].bbox
+    want = torch.tensor([x / 64, y / 64, (x + w) / 64, (y + h) / 64])
+    assert torch.allclose(batch["phrase_boxes"][0, 0], want, atol=1e-6)
+    # data without phrase boxes: no phrase_boxes key
+    plain = coll([s._replace(phrase_boxes=None) for s in samples[:2]])
+    assert "phrase_boxes" not in plain
 
 
 def test_shard_pairs_split_filter(tiny_world):
@@ -198,3 +210,74 @@ def test_pair_dataset_image_cache_changes_nothing_and_keeps_global_rng(tiny_worl
     torch.manual_seed(5)
     cached[0]
     assert torch.equal(torch.rand(3), expected)  # augmentation seeds its own draws, the caller's RNG is untouched
+
+
+def _planted(width=96, height=72, box=(20, 10, 50, 40)):
+    """A black image with one white rectangle at pixel corners ``box`` (x0, y0, x1, y1; exclusive ends)."""
+    arr = np.zeros((height, width, 3), dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    arr[y0:y1, x0:x1] = 255
+    norm = torch.tensor([[x0 / width, y0 / height, x1 / width, y1 / height]], dtype=torch.float64)
+    return Image.fromarray(arr), norm
+
+
+def _bright_box(x: torch.Tensor):
+    """Pixel-edge xyxy of the pixels brighter than half (None when there is none)."""
+    on = x[0] > 0.5
+    if not on.any():
+        return None
+    ys, xs = on.any(1).nonzero().flatten(), on.any(0).nonzero().flatten()
+    return torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float64)
+
+
+def test_boxes_follow_the_random_resized_crop():
+    """A planted rectangle: under the same seed ``with_boxes`` gives exactly the pixels of ``transform(img)`` and a
+    box that matches where the rectangle landed (within bicubic blur); cut boxes are clipped, vanished ones NaN."""
+    img, box = _planted()
+    tr = build_transform(48, (0.0,) * 3, (1.0,) * 3, train=True, scale=(0.15, 0.5))
+    kinds = {"inside": 0, "clipped": 0, "gone": 0}
+    for seed in range(40):
+        torch.manual_seed(seed)
+        x, b = tr.with_boxes(img, box)
+        torch.manual_seed(seed)
+        assert torch.equal(x, tr(img))  # same random draws, same pixels
+        bright = _bright_box(x)
+        if torch.isnan(b).all():
+            kinds["gone"] += 1
+            assert bright is None or (x[0] > 0.5).sum() <= 2, seed
+            continue
+        assert torch.isfinite(b).all() and (b >= 0).all() and (b <= 1).all()
+        assert bright is not None and torch.allclose(b[0] * 48, bright, atol=1.5), (seed, b[0] * 48, bright)
+        kinds["clipped" if ((b == 0) | (b == 1)).any() else "inside"] += 1
+    assert min(kinds.values()) > 0, kinds
+
+
+def test_boxes_follow_centre_crop_and_flip():
+    img, box = _planted(width=120, height=60, box=(10, 5, 40, 30))
+    ev = build_transform(30, (0.0,) * 3, (1.0,) * 3, train=False)  # 120x60 -> 60x30 -> centre 30x30 (x 15..45)
+    x, b = ev.with_boxes(img, box)
+    assert torch.allclose(b, torch.tensor([[0.0, 2.5 / 30, 5 / 30, 0.5]], dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(b[0] * 30, _bright_box(x), atol=1.0)
+    flip = build_transform(30, (0.0,) * 3, (1.0,) * 3, train=True, hflip=True, scale=None)
+    seen = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        x, fb = flip.with_boxes(img, box)
+        flipped = bool(fb[0, 2] == 1.0)
+        seen.add(flipped)
+        want = torch.tensor([[1 - 5 / 30, 2.5 / 30, 1.0, 0.5]], dtype=torch.float64) if flipped else b
+        assert torch.allclose(fb, want, atol=1e-9)
+        assert torch.allclose(fb[0] * 30, _bright_box(x), atol=1.0)
+    assert seen == {True, False}
+    # a step without a box rule makes the boxes unknown
+    from torchvision import transforms as T
+
+    odd = type(ev)([T.RandomRotation(10), T.ToTensor()])
+    assert odd.with_boxes(img, box)[1] is None
+
+
+def test_crop_boxes_closed_form():
+    b = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.0, 0.0, 0.05, 0.05], [float("nan")] * 4])
+    got = crop_boxes(b, 100, 100, 10, 20, 50, 40)  # crop x 10..60, y 20..60
+    assert torch.allclose(got[0], torch.tensor([0.0, 0.0, 0.4, 0.25]))
+    assert torch.isnan(got[1:]).all()

@@ -8,7 +8,9 @@ import torch
 
 from loupe_bench.errors import SpecError
 from loupe_bench.models import create_model, get_spec
-from loupe_bench.models.loupe_heads import fsa_loss, nms_topk, RegionHead, tsa_loss
+from loupe_bench.errors import DataError
+from loupe_bench.models.loupe import fsa_schedule
+from loupe_bench.models.loupe_heads import fsa_logits, fsa_loss, fsa_targets, nms_topk, RegionHead, tsa_loss
 
 COLOURS = ["red", "blue", "green", "yellow"]
 SHAPES = ["circle", "square", "triangle", "star"]
@@ -50,6 +52,9 @@ def _batch(model, n=6, seed=0, max_phrases=3):
     }
 
 
+FSA_NOW = {"fsa__start_step": 0, "fsa__ramp_steps": 0}  # ℒ_FSA from the first step (the specs start it at 60)
+
+
 def _model(name="loupe-tiny", **loupe):
     spec = get_spec(name)
     for k, v in loupe.items():
@@ -72,7 +77,7 @@ def test_phrase_masks_hit_tokens():
 
 
 def test_forward_backward_all_terms_finite_and_nonzero():
-    model = _model()
+    model = _model(**FSA_NOW)
     model.train()
     out = model.loss(_batch(model))
     assert set(out.terms) == {"cmc", "tsa", "fsa", "nsi", "tsa_box"}
@@ -81,7 +86,7 @@ def test_forward_backward_all_terms_finite_and_nonzero():
     out.total.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert grads["region_head.mlp.2.weight"] is not None and grads["region_head.mlp.2.weight"].abs().sum() > 0
-    assert grads["region_proj.weight"].abs().sum() > 0
+    assert "region_proj.weight" not in grads  # fsa.region_projection: none — no parameter only ℒ_FSA trains
     assert any(n.startswith("tsa_estimator.module") and g is not None and g.abs().sum() > 0 for n, g in grads.items())
     assert out.logs["routed_fraction"] == 1.0  # warm-up
     assert "nsi_spearman" in out.logs and math.isfinite(out.logs["nsi_spearman"])
@@ -90,14 +95,14 @@ def test_forward_backward_all_terms_finite_and_nonzero():
 
 
 def test_box_jitter_term():
-    model = _model(region__box_jitter=2)
+    model = _model(region__box_jitter=2, region__box_start=0)
     out = model.loss(_batch(model))
     assert "tsa_box" in out.terms and torch.isfinite(out.terms["tsa_box"])
 
 
 def test_routed_fraction_falls_on_fixed_batch():
     torch.manual_seed(0)
-    model = _model(neural__warmup_steps=3, neural__holdout=4, num_samples=8, tsa__num_samples=4)
+    model = _model(neural__warmup_steps=3, neural__holdout=4, num_samples=8, tsa__num_samples=4)  # ℒ_FSA off (starts at 60)
     batch = _batch(model, n=4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     fr, tsa_fr = [], []
@@ -116,7 +121,7 @@ def test_routed_fraction_falls_on_fixed_batch():
 
 @pytest.mark.parametrize("name,absent", [("loupe-no-tsa", "tsa"), ("loupe-no-fsa", "fsa"), ("loupe-sampling", "nsi")])
 def test_ablation_specs(name, absent):
-    model = _model(name)
+    model = _model(name, **FSA_NOW)
     out = model.loss(_batch(model, n=4))
     assert absent not in out.terms
     assert "cmc" in out.terms and torch.isfinite(out.total)
@@ -200,19 +205,6 @@ def test_heads_standalone():
     t = torch.tensor([[0.2, 0.8]])
     v = torch.ones_like(t, dtype=torch.bool)
     assert tsa_loss(torch.logit(t), t, v) < tsa_loss(torch.zeros(1, 2), t, v)
-    # FSA: hand-computed value; a padding phrase changes nothing
-    sim = torch.tensor([[[0.5, 0.1], [0.2, 0.4]]])
-    inter = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    pv = torch.tensor([[True, True]])
-    got = fsa_loss(sim, inter, pv, 1.0, 1.0)
-    q = inter[0].softmax(0)
-    ref_r = -(q * sim[0].log_softmax(0)).sum(0).mean()
-    ref_t = -(inter[0].softmax(1) * sim[0].log_softmax(1)).sum(1).mean()
-    assert got.item() == pytest.approx(0.5 * (ref_r + ref_t).item(), abs=1e-6)
-    sim3 = torch.cat([sim, torch.full((1, 2, 1), 9.0)], dim=2)
-    inter3 = torch.cat([inter, torch.full((1, 2, 1), 5.0)], dim=2)
-    got3 = fsa_loss(sim3, inter3, torch.tensor([[True, True, False]]), 1.0, 1.0)
-    assert got3.item() == pytest.approx(got.item(), abs=1e-6)
 
 
 def test_tsa_features_extreme_context_terms_match_game():
@@ -237,3 +229,188 @@ def test_tsa_features_extreme_context_terms_match_game():
     assert st[6].item() == pytest.approx(v(n - set(a)), abs=1e-5)
     assert st[7].item() == pytest.approx(v(a) - sum(v([i]) for i in a), abs=1e-5)
     assert st[8].item() == pytest.approx((v(n) - v(n - set(a))) - sum(v(n) - v(n - {i}) for i in a), abs=1e-5)
+
+
+# -- ℒ_FSA ----------------------------------------------------------------------------------------------------------
+def test_fsa_targets_zscore_and_affine_invariance():
+    g = torch.Generator().manual_seed(0)
+    inter = torch.randn(2, 5, 3, generator=g)
+    pv = torch.tensor([[True, True, False], [True, False, False]])
+    q = fsa_targets(inter, pv, 0.5)
+    assert torch.allclose(q.sum(1), pv.float(), atol=1e-6)  # a distribution per valid phrase, 0 for padding
+    z = (inter - inter.mean(1, keepdim=True)) / inter.std(1, unbiased=False, keepdim=True)
+    assert torch.allclose(q[0, :, 0], (z[0, :, 0] / 0.5).softmax(0), atol=1e-5)
+    for a, c in ((3.0, 0.0), (0.05, 0.3), (250.0, -3.0)):  # up to ε and float32 rounding
+        assert torch.allclose(fsa_targets(a * inter + c, pv, 0.5), q, atol=1e-4), (a, c)
+    # equal interactions: uniform target (no NaN)
+    flat = fsa_targets(torch.ones(1, 4, 1), torch.tensor([[True]]), 0.5)
+    assert torch.allclose(flat[0, :, 0], torch.full((4,), 0.25))
+
+
+def _unit(v):
+    return torch.nn.functional.normalize(torch.as_tensor(v, dtype=torch.float32), dim=-1)
+
+
+def test_fsa_loss_closed_form_and_minimal_when_prediction_ranks_as_target():
+    """One image, one phrase: ℒ = −Σ_i q_i log softmax_i(s_i / τ); over every assignment of the same similarity
+    values to the regions the loss is smallest when the prediction ranks the regions as the target does."""
+    import itertools
+
+    k = 4
+    q = torch.tensor([0.5, 0.3, 0.15, 0.05])[None, :, None]  # [1, K, 1]
+    pv = torch.tensor([[True]])
+    phrase = _unit([[[1.0, 0.0]]])
+    angles = torch.tensor([0.2, 0.7, 1.2, 1.9])  # cosines decrease with the angle
+    losses = {}
+    for perm in itertools.permutations(range(k)):
+        a = angles[list(perm)]
+        region = torch.stack([a.cos(), a.sin()], -1)[None]
+        losses[perm] = fsa_loss(region, phrase, q, pv, 0.1).item()
+        s = region[0] @ phrase[0, 0]
+        ref = -(q[0, :, 0] * (s / 0.1).log_softmax(0)).sum().item()
+        assert losses[perm] == pytest.approx(ref, abs=1e-5)
+    assert min(losses, key=losses.get) == (0, 1, 2, 3)
+
+
+def test_fsa_loss_cross_image_negatives():
+    """The prediction's softmax covers every FSA image's regions: raising another image's region similarity to a
+    phrase raises that phrase's loss; the target puts no mass there."""
+    torch.manual_seed(0)
+    region = _unit(torch.randn(2, 3, 4))
+    phrase = _unit(torch.randn(2, 1, 4))
+    q = fsa_targets(torch.randn(2, 3, 1), torch.tensor([[True], [False]]), 0.5)
+    pv = torch.tensor([[True], [False]])  # only image 0's phrase counts
+    base = fsa_loss(region, phrase, q, pv, 0.1)
+    logits = fsa_logits(region, phrase, 0.1)
+    assert logits.shape == (2, 1, 6)
+    own = -(q[0, :, 0] * logits[0, 0].log_softmax(-1)[:3]).sum()
+    assert base.item() == pytest.approx(own.item(), abs=1e-5)
+    harder = region.clone()
+    harder[1, 0] = phrase[0, 0]  # image 1's region 0 now matches image 0's phrase perfectly
+    assert fsa_loss(harder, phrase, q, pv, 0.1) > base + 0.1
+    far = region.clone()
+    far[1] = -phrase[0, 0]  # image 1's regions pointing away: the loss falls
+    assert fsa_loss(far, phrase, q, pv, 0.1) < base
+    # no valid phrase: zero loss
+    assert fsa_loss(region, phrase, q, torch.zeros(2, 1, dtype=torch.bool), 0.1).item() == 0.0
+
+
+def test_fsa_schedule_and_train_step():
+    assert [fsa_schedule(t, 3, 4) for t in range(9)] == [0, 0, 0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [fsa_schedule(t, 2, 0) for t in range(4)] == [0, 0, 1.0, 1.0]
+    model = _model(fsa__start_step=2, fsa__ramp_steps=2).train()
+    batch = _batch(model, n=4)
+    seen = []
+    for _ in range(4):
+        out = model.loss(batch)
+        seen.append((out.logs["fsa_factor"], "fsa" in out.terms))
+        if "fsa" in out.terms:
+            parts = sum(v for k, v in out.terms.items() if k != "fsa") + out.logs["fsa_factor"] * out.terms["fsa"]
+            assert out.total.item() == pytest.approx(parts.item(), rel=1e-5)
+    assert seen == [(0.0, False), (0.0, False), (0.5, True), (1.0, True)]
+    assert int(model.train_step) == 4
+    model.eval()
+    with torch.no_grad():
+        model.loss(batch)
+    assert int(model.train_step) == 4  # evaluation does not advance the schedule
+    assert "train_step" in model.state_dict()
+
+
+def test_fsa_pooled_value_does_not_read_the_region_projection():
+    """``fsa.value: pooled``: the game (targets) is built from the ℒ_CMC-space tokens; changing ``W_r`` changes the
+    prediction only. ``late`` reads the prediction."""
+    batch = None
+    for value in ("pooled", "late"):
+        model = _model(fsa__region_projection="linear", fsa__value=value, **FSA_NOW)
+        assert model.region_proj.bias is None and torch.equal(model.region_proj.weight, torch.eye(model.embed_dim))
+        batch = batch or _batch(model, n=3)
+        with torch.no_grad():
+            emb = model.embed(batch)
+            boxes, logits = model.regions_all(emb["image_tokens"])
+            a = model.fsa_problem(emb, batch, boxes, logits)
+            model.region_proj.weight.add_(0.3 * torch.randn_like(model.region_proj.weight))
+            b = model.fsa_problem(emb, batch, boxes, logits)
+        masks = torch.rand(3, 16, a.coalitions.shape[-1], generator=torch.Generator().manual_seed(0)) > 0.5
+        assert not torch.allclose(a.sim, b.sim)
+        same = torch.allclose(a.game(masks), b.game(masks))
+        assert same == (value == "pooled"), value
+
+
+def test_fsa_late_value_and_unknown_options():
+    model = _model(fsa__value="late", **FSA_NOW).train()
+    out = model.loss(_batch(model, n=4))
+    assert torch.isfinite(out.terms["fsa"])
+    for key, bad in (("fsa__value", "magic"), ("fsa__region_projection", "mlp"), ("fsa__regions", 6),
+                     ("fsa__regions", "gt")):
+        with pytest.raises(SpecError):
+            _model(**{key: bad})
+
+
+def test_linear_region_projection_save_load(tmp_path):
+    from loupe_bench.models import load_model, save_model
+
+    model = _model(fsa__region_projection="linear").eval()
+    with torch.no_grad():
+        model.region_proj.weight.add_(0.1)
+        model.train_step.fill_(7)
+    batch = _batch(model, n=2)
+    save_model(model, tmp_path / "m")
+    again = load_model(tmp_path / "m").eval()
+    assert again.region_proj is not None and again.region_proj.bias is None and int(again.train_step) == 7
+    img, txt = model.encode_image(batch["pixels"]), model.encode_text(batch["input_ids"], batch["attention_mask"])
+    img2, txt2 = again.encode_image(batch["pixels"]), again.encode_text(batch["input_ids"], batch["attention_mask"])
+    bx = [torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 1.0, 1.0]])] * 2
+    for s1, s2 in zip(model.score_regions(img, bx, txt), again.score_regions(img2, bx, txt2)):
+        assert torch.allclose(s1, s2, atol=1e-6)
+
+
+def test_region_scoring_without_projection_is_the_cmc_space_mean():
+    model = _model().eval()
+    batch = _batch(model, n=2)
+    img = model.encode_image(batch["pixels"])
+    bx = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    got = model.region_features(img, [bx, bx])[0]
+    members = torch.zeros(64, dtype=torch.bool).reshape(8, 8)
+    members[:4, :4] = True
+    want = torch.nn.functional.normalize(img.tokens[0][members.flatten()].mean(0), dim=-1)
+    assert torch.allclose(got[0], want, atol=1e-6)
+
+
+def test_fsa_oracle_regions():
+    model = _model("loupe-tiny", fsa__regions="oracle", **FSA_NOW).train()
+    batch = _batch(model, n=4)
+    with pytest.raises(DataError, match="phrase_boxes"):
+        model.loss(batch)
+    pb = torch.full((4, 3, 4), float("nan"))
+    pb[:, 0] = torch.tensor([0.0, 0.0, 0.5, 0.5])
+    pb[:, 1] = torch.tensor([0.5, 0.5, 1.0, 1.0])
+    pb[1, 1] = float("nan")  # cut away by the crop: not a region
+    batch["phrase_boxes"] = pb
+    with torch.no_grad():
+        emb = model.embed(batch)
+        boxes, logits = model.regions_all(emb["image_tokens"])
+        pr = model.fsa_problem(emb, batch, boxes, logits)
+    assert pr.boxes.shape == (4, 6, 4)
+    assert torch.equal(pr.boxes[0, :2], pb[0, :2]) and torch.equal(pr.boxes[1, 0], pb[1, 0])
+    assert not torch.equal(pr.boxes[1, 1], pb[0, 1])  # image 1: one gt box, then proposals
+    out = model.loss(batch)
+    assert torch.isfinite(out.terms["fsa"])
+
+
+def test_every_loupe_spec_parses_and_the_tiny_ones_build():
+    from loupe_bench.models import available_specs
+    from loupe_bench.models.loupe import LoupeCfg
+
+    names = [n for n in available_specs() if get_spec(n).get("family") == "loupe"]
+    assert {"loupe-tiny", "loupe-no-fsa", "loupe-no-tsa", "loupe-sampling", "loupe-paper", "loupe-swin-t",
+            "loupe-oracle-regions"} <= set(names)
+    for n in names:
+        spec = get_spec(n)
+        cfg = LoupeCfg.from_dict(spec["loupe"])
+        assert (cfg.fsa.value, cfg.fsa.region_projection) == ("pooled", "none"), n
+        assert cfg.fsa.regions == ("oracle" if n == "loupe-oracle-regions" else "proposals"), n
+        assert 0 < cfg.fsa.start_step and 0 < cfg.fsa.ramp_steps, n
+        if spec["image_size"] == 64:
+            model = _model(n, **FSA_NOW)
+            assert model.region_proj is None
+    assert get_spec("loupe-oracle-regions")["description"].startswith("NOT LOUPE")

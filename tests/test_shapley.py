@@ -18,6 +18,7 @@ from loupe_bench.shapley import (
     NeuralConfig,
     OrGame,
     PooledCosineGame,
+    PooledRegionPhraseGame,
     TableGame,
     build_estimator,
     exact_coalition_value,
@@ -218,6 +219,51 @@ def test_late_interaction_game_matches_loop_and_null_players():
             assert exact_interaction(small, k + 2, c_small).item() == pytest.approx(
                 exact_interaction(pad, k + p, c_pad).item(), abs=1e-9
             )
+
+
+def test_pooled_region_phrase_game_matches_loop_and_null_players():
+    g = torch.Generator().manual_seed(11)
+    k, p, d = 3, 3, 5
+    reg, phr = torch.randn(2, k, d, generator=g), torch.randn(2, p, d, generator=g)
+    masks = torch.rand(2, 24, k + p, generator=g) > 0.4
+    game = PooledRegionPhraseGame(reg, phr)
+    got = game(masks)
+    for gi in range(2):
+        for q in range(24):
+            ri = masks[gi, q, :k]
+            tj = masks[gi, q, k:]
+            if not ri.any() or not tj.any():
+                ref = 0.0
+            else:
+                ref = torch.cosine_similarity(reg[gi][ri].sum(0), phr[gi][tj].sum(0), dim=0).item()
+            assert got[gi, q].item() == pytest.approx(ref, abs=1e-5)
+    sub = game.select(torch.tensor([1]))
+    assert torch.allclose(sub(masks[1:]), got[1:])
+    # a padding phrase (null player, whatever its vector) leaves interactions of real pairs unchanged
+    small = PooledRegionPhraseGame(reg[:1], phr[:1, :2])
+    pad = PooledRegionPhraseGame(reg[:1], phr[:1], torch.tensor([[True] * (k + 2) + [False]]))
+    for i in range(k):
+        for j in range(2):
+            a = exact_interaction(small, k + 2, _mask(k + 2, (i, k + j))[:, None]).item()
+            b = exact_interaction(pad, k + p, _mask(k + p, (i, k + j))[:, None]).item()
+            assert a == pytest.approx(b, abs=1e-9)
+
+
+def test_pooled_region_phrase_game_closed_form_interactions():
+    """One region, one phrase: ``I = cos(r, p)`` (the only context is ∅). Two orthogonal regions ``e1``, ``e2`` and
+    a phrase ``e1``: ``I(r1, p) = ½ (1 + 1/√2)``, ``I(r2, p) = ½ (1/√2 − 1)`` (contexts ∅ and the other region)."""
+    r = torch.tensor([[[1.0, 2.0, 0.0]]])
+    ph = torch.tensor([[[0.5, -1.0, 3.0]]])
+    one = exact_interaction(PooledRegionPhraseGame(r, ph), 2, _mask(2, (0, 1))[:, None]).item()
+    assert one == pytest.approx(torch.cosine_similarity(r[0, 0], ph[0, 0], dim=0).item(), abs=1e-6)
+    e = torch.eye(2)
+    game = PooledRegionPhraseGame(e[None], e[None, :1])
+    i1 = exact_interaction(game, 3, _mask(3, (0, 2))[:, None]).item()
+    i2 = exact_interaction(game, 3, _mask(3, (1, 2))[:, None]).item()
+    assert i1 == pytest.approx(0.5 * (1 + 2 ** -0.5), abs=1e-6)
+    assert i2 == pytest.approx(0.5 * (2 ** -0.5 - 1), abs=1e-6)
+    # a coalition with no phrase or no region is worth 0
+    assert game(torch.tensor([[[True, True, False], [False, False, True]]])).abs().sum().item() == 0.0
 
 
 def test_spearman_matches_scipy():

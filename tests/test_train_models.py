@@ -79,15 +79,28 @@ def test_torchrun_two_cpu_processes_cli(tiny_world, tmp_path):
     load_model(out)
 
 
+def _loupe_spec(name="loupe-tiny", start=1, ramp=2):
+    """A LOUPE spec whose ℒ_FSA starts at step ``start`` (the shipped specs wait 60 steps)."""
+    from loupe_bench.models import get_spec
+
+    spec = get_spec(name)
+    spec["loupe"]["fsa"].update(start_step=start, ramp_steps=ramp)
+    return spec
+
+
 def test_loupe_resume_is_bit_identical(tiny_world, tmp_path):
     """The most stateful model (dropout, sampled coalitions, the neural-Shapley replay buffer kept out of the
-    weights file): stop after step 3, resume from the step-2 checkpoint, compare with an uninterrupted run."""
+    weights file, ℒ_FSA's step schedule): stop after step 3, resume from the step-2 checkpoint, compare with an
+    uninterrupted run. ℒ_FSA starts at step 1 and ramps over 2, so the schedule crosses the cut."""
     from safetensors.torch import load_file
 
     ov = dict(OVERRIDES, steps=5, **{"data.batch_size": 8, "checkpoint.every": 2})
-    full = train("loupe-tiny", tiny_world, "tiny-cpu", tmp_path / "full", overrides=ov)
-    train("loupe-tiny", tiny_world, "tiny-cpu", tmp_path / "cut", overrides=ov, stop_after=3)
-    cut = train("loupe-tiny", tiny_world, "tiny-cpu", tmp_path / "cut", overrides=ov, resume="latest")
+    full = train(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "full", overrides=ov)
+    train(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "cut", overrides=ov, stop_after=3)
+    cut = train(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "cut", overrides=ov, resume="latest")
+    rows = [json.loads(l) for l in (cut / "log.jsonl").read_text().splitlines()]
+    assert [r["fsa_factor"] for r in rows] == [0.0, 0.5, 1.0, 1.0, 1.0]
+    assert [("loss/fsa" in r) for r in rows] == [False, True, True, True, True]
     a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
@@ -122,3 +135,24 @@ def test_grad_checkpointing_keeps_the_gradient():
     assert got.keys() == ref.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_oracle_regions_spec_trains_on_the_world(tiny_world, tmp_path):
+    """``loupe-oracle-regions`` (NOT LOUPE: ℒ_FSA on ground-truth phrase boxes) trains a few steps: the batch carries
+    the phrase boxes through the crop, ℒ_FSA stays finite; data without phrase boxes is refused."""
+    from loupe_bench.errors import DataError
+
+    ov = dict(OVERRIDES, steps=4, **{"data.batch_size": 8})
+    run = train(_loupe_spec("loupe-oracle-regions", 0, 0), tiny_world, "tiny-cpu", tmp_path / "oracle", overrides=ov)
+    rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(math.isfinite(r["loss/fsa"]) and r["fsa_factor"] == 1.0 for r in rows)
+    no_boxes = tmp_path / "no_boxes"
+    import shutil
+
+    shutil.copytree(tiny_world, no_boxes)
+    (no_boxes / "phrases.json").write_text(
+        json.dumps({k: [{kk: vv for kk, vv in p.items() if kk != "bbox"} for p in v]
+                    for k, v in json.loads((tiny_world / "phrases.json").read_text()).items()}))
+    with pytest.raises(DataError, match="phrase_boxes"):
+        train(_loupe_spec("loupe-oracle-regions", 0, 0), no_boxes, "tiny-cpu", tmp_path / "oracle2",
+              overrides=dict(ov, steps=1))

@@ -290,7 +290,7 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
                                     size="tiny", image_size=64)
     else:
         world_path = Path(world)
-    over = {"tsa__target_images": batch_size, "fsa__target_images": batch_size, "fsa__regions": fsa_regions}
+    over = {"tsa__target_images": batch_size, "fsa__target_images": batch_size, "fsa__num_regions": fsa_regions}
     if num_samples:
         over["num_samples"] = int(num_samples)
     model = build_tiny(spec, seed, world_path, **over).eval().to(device)
@@ -336,7 +336,7 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
                     stats = model.game_stats(pr.game, members)
                     return mod.predict(tsa_features(toks, text, members, cand, stats)[pr.valid])[0]
         else:
-            region, phrase, pv = pr.region, pr.phrase, pr.phrase_valid
+            region, phrase, pv = pr.feat_region, pr.feat_phrase, pr.phrase_valid
 
             def neural(mod=mod, pr=pr, region=region, phrase=phrase, pv=pv):
                 with torch.no_grad():

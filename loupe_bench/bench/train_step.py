@@ -57,7 +57,8 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
             batch = to_device(world_batches(model, 1, batch_size, seed, world_path)[0], device)
             steps[name], lasts[name] = _stepper(model, batch)
         # LOUPE with the neural module: train on the batch stream until past warm-up, then time on the fixed batch
-        model = build_tiny("loupe-tiny", seed, world_path, neural__warmup_steps=warmup_steps).to(device)
+        fsa_now = {"fsa__start_step": 0, "fsa__ramp_steps": 0}  # time every LOUPE term (the specs start ℒ_FSA at 60)
+        model = build_tiny("loupe-tiny", seed, world_path, neural__warmup_steps=warmup_steps, **fsa_now).to(device)
         batches = [to_device(b, device) for b in world_batches(model, settle_steps + 1, batch_size, seed, world_path)]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         model.train()
@@ -70,9 +71,9 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
             opt.step()
         steps["loupe-tiny (neural)"], lasts["loupe-tiny (neural)"] = _stepper(model, batches[-1], opt)
         # LOUPE inside its warm-up window (every target sampled): a copy whose warm-up never ends
-        warm = build_tiny("loupe-tiny", seed, world_path, neural__warmup_steps=10**9).to(device)
+        warm = build_tiny("loupe-tiny", seed, world_path, neural__warmup_steps=10**9, **fsa_now).to(device)
         steps["loupe-tiny (warm-up: sampling)"], lasts["loupe-tiny (warm-up: sampling)"] = _stepper(warm, batches[-1])
-        sampling = build_tiny("loupe-sampling", seed, world_path).to(device)
+        sampling = build_tiny("loupe-sampling", seed, world_path, **fsa_now).to(device)
         steps["loupe-sampling"], lasts["loupe-sampling"] = _stepper(sampling, batches[-1])
         # round-robin: one step of each model per round, so load changes on a shared machine hit all alike
         samples: Dict[str, list] = {k: [] for k in steps}

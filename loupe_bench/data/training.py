@@ -31,12 +31,16 @@ class PairSample(NamedTuple):
         caption: the caption text.
         spans: ``(start, end)`` character spans of the caption's phrases.
         image_id: the image's integer id.
+        phrase_boxes: per phrase (same order as ``spans``), the box of the object it refers to in the
+            *transformed* image, normalised xyxy, NaN where unknown or cut away by the crop; ``None`` when the data
+            carries no phrase box at all (or the transform cannot move boxes).
     """
 
     pixels: torch.Tensor
     caption: str
     spans: Tuple[Tuple[int, int], ...]
     image_id: int
+    phrase_boxes: Optional[Tuple[Tuple[float, float, float, float], ...]] = None
 
 
 def load_caption_records(data: Union[PathLike, Dict[str, Any]], split: Optional[str] = None) -> List[ImageRecord]:
@@ -82,17 +86,44 @@ def _caption_index(policy: str, seed: int, epoch: int, index: int, n: int) -> in
     return int(np.random.default_rng([seed, epoch, index]).integers(n))
 
 
-def _apply_transform(transform: Callable, img, seed: int, epoch: int, index: int) -> torch.Tensor:
-    """Run a (possibly random) torchvision transform under a torch seed derived from ``(seed, epoch, index)``."""
+def _apply_transform(transform: Callable, img, seed: int, epoch: int, index: int,
+                     boxes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Run a (possibly random) torchvision transform under a torch seed derived from ``(seed, epoch, index)``.
+
+    Returns ``(pixels, boxes)``: with ``boxes`` (``[M, 4]`` normalised xyxy in ``img``) and a transform that can
+    move them (:meth:`~loupe_bench.data.transforms.PairTransform.with_boxes`, same random draws, so the same
+    pixels), the boxes in the transformed image; otherwise ``None``.
+    """
     # the CPU default generator directly: torch.random.fork_rng + torch.manual_seed cost ~0.3 ms per image (they
     # also visit every accelerator), this costs ~5 us; the caller's random state is restored either way
     gen = torch.default_generator
     state = gen.get_state()
     try:
         gen.manual_seed(int(np.random.default_rng([seed, epoch, index, 7]).integers(2**62)))
-        return transform(img)
+        if boxes is not None and hasattr(transform, "with_boxes"):
+            return transform.with_boxes(img, boxes)
+        return transform(img), None
     finally:
         gen.set_state(state)
+
+
+def normalised_phrase_boxes(bboxes: Sequence[Optional[Sequence[float]]], width: int, height: int
+                            ) -> Optional[torch.Tensor]:
+    """Pixel ``xywh`` boxes of a caption's phrases (``None`` where a phrase has none) -> ``[M, 4]`` normalised xyxy
+    ``(x / W, y / H, (x + w) / W, (y + h) / H)`` with NaN rows for the missing ones; ``None`` when no phrase has
+    a box (or there is no phrase)."""
+    if not any(b is not None for b in bboxes):
+        return None
+    out = torch.full((len(bboxes), 4), float("nan"), dtype=torch.float64)
+    for k, b in enumerate(bboxes):
+        if b is not None:
+            x, y, w, h = (float(v) for v in b)
+            out[k] = torch.tensor([x / width, y / height, (x + w) / width, (y + h) / height], dtype=torch.float64)
+    return out
+
+
+def _box_tuple(boxes: Optional[torch.Tensor]) -> Optional[Tuple[Tuple[float, float, float, float], ...]]:
+    return None if boxes is None else tuple(tuple(float(v) for v in row) for row in boxes.tolist())
 
 
 def open_rgb(path: PathLike, record: Any = None):
@@ -156,8 +187,10 @@ class PairDataset(Dataset):
             img = self.cache.get(index)
             if img is None:
                 img = self.cache[index] = open_rgb(rec.path, record=rec.image_id)
-        pixels = _apply_transform(self.transform, img, self.seed, self.epoch, int(rec.image_id))
-        return PairSample(pixels, cap.text, tuple((p.start, p.end) for p in cap.phrases), int(rec.image_id))
+        boxes = normalised_phrase_boxes([p.bbox for p in cap.phrases], *img.size)
+        pixels, boxes = _apply_transform(self.transform, img, self.seed, self.epoch, int(rec.image_id), boxes)
+        return PairSample(pixels, cap.text, tuple((p.start, p.end) for p in cap.phrases), int(rec.image_id),
+                          _box_tuple(boxes))
 
 
 class ShardPairs(IterableDataset):
@@ -239,7 +272,7 @@ class ShardPairs(IterableDataset):
     def __iter__(self) -> Iterator[PairSample]:
         from PIL import Image
 
-        from .formats.base import image_size_from_bytes
+        from .formats.base import check_bbox, image_size_from_bytes
         from .formats.shards import IMAGE_EXTS, parse_sample_meta
 
         for pos, sample in enumerate(self._samples()):
@@ -252,6 +285,12 @@ class ShardPairs(IterableDataset):
                 meta = parse_sample_meta(key, parts, Path(url))
                 image_size_from_bytes(parts[ext], file=url, record=key)  # decodes: any bad image is a DataError
                 img = Image.open(io.BytesIO(parts[ext])).convert("RGB")
+                caps = meta["captions"]
+                phrases = meta.get("phrases") or [[] for _ in caps]
+                image_id = int(meta.get("image_id", key if str(key).isdigit() else pos))
+                c = _caption_index(self.caption_policy, self.seed, self.epoch, image_id, len(caps))
+                bboxes = [None if p.get("bbox") is None else check_bbox(p["bbox"], img.size[0], img.size[1], url, key)
+                          for p in phrases[c]]
             except DataError as err:
                 if self.on_bad_sample == "error":
                     raise
@@ -259,13 +298,10 @@ class ShardPairs(IterableDataset):
                 continue
             if self.split is not None and meta.get("split", self.split) != self.split:
                 continue
-            caps = meta["captions"]
-            phrases = meta.get("phrases") or [[] for _ in caps]
-            image_id = int(meta.get("image_id", key if str(key).isdigit() else pos))
-            c = _caption_index(self.caption_policy, self.seed, self.epoch, image_id, len(caps))
-            pixels = _apply_transform(self.transform, img, self.seed, self.epoch, image_id)
+            boxes = normalised_phrase_boxes(bboxes, *img.size)
+            pixels, boxes = _apply_transform(self.transform, img, self.seed, self.epoch, image_id, boxes)
             spans = tuple((int(p["start"]), int(p["end"])) for p in phrases[c])
-            yield PairSample(pixels, caps[c], spans, image_id)
+            yield PairSample(pixels, caps[c], spans, image_id, _box_tuple(boxes))
 
 
 def phrase_token_mask(offsets: torch.Tensor, attention_mask: torch.Tensor, spans: Sequence[Sequence[Tuple[int, int]]], max_phrases: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +339,9 @@ class TrainCollator:
     """List of :class:`PairSample` -> the training batch dict.
 
     Keys: ``pixels [B,3,H,W]``, ``input_ids``/``attention_mask [B,L]``, ``phrase_token_mask [B,P,L]`` bool,
-    ``phrase_mask [B,P]`` bool, ``image_ids [B]`` long.
+    ``phrase_mask [B,P]`` bool, ``image_ids [B]`` long, and — only when some sample carries phrase boxes —
+    ``phrase_boxes [B,P,4]`` float (normalised xyxy in the transformed image of the object each phrase slot refers
+    to; NaN where unknown, cut away by the crop, or the slot is empty).
 
     Args:
         tokenizer: ``tokenizer(texts) -> TokenBatch(input_ids, attention_mask, offsets)``.
@@ -319,7 +357,7 @@ class TrainCollator:
         tb = self.tokenizer([s.caption for s in samples])
         input_ids, attention_mask, offsets = tb[0], tb[1], tb[2]
         ptm, pm = phrase_token_mask(offsets, attention_mask, [s.spans for s in samples], self.max_phrases)
-        return {
+        out = {
             "pixels": torch.stack([s.pixels for s in samples]),
             "input_ids": input_ids.long(),
             "attention_mask": attention_mask.long(),
@@ -327,3 +365,12 @@ class TrainCollator:
             "phrase_mask": pm,
             "image_ids": torch.tensor([s.image_id for s in samples], dtype=torch.long),
         }
+        if any(s.phrase_boxes is not None for s in samples):
+            p = pm.shape[1]
+            boxes = torch.full((len(samples), p, 4), float("nan"), dtype=torch.float32)
+            for i, s in enumerate(samples):
+                for k, box in enumerate(list(s.phrase_boxes or ())[:p]):
+                    boxes[i, k] = torch.tensor(box, dtype=torch.float32)
+            boxes[~pm] = float("nan")  # a slot without a real phrase (dropped by truncation) has no box either
+            out["phrase_boxes"] = boxes
+        return out

@@ -9,7 +9,11 @@
   (``loupe.tsa.score``: coalition value φ([A]) or interaction I([A])) trains the region head's confidences and,
   through jittered copies, its box geometry (:meth:`LOUPE._tsa`).
 * ℒ_FSA — semantics-level Shapley interaction → region–phrase alignment: soft labels from the pairwise interactions
-  ``I_ij`` of the late-interaction game among regions and phrases (:class:`~loupe_bench.shapley.LateInteractionGame`).
+  ``I_ij`` of a game among regions and phrases — by default the pooled matching game in the ℒ_CMC space
+  (:class:`~loupe_bench.shapley.PooledRegionPhraseGame`, ``fsa.value: pooled``; the late-interaction game on the
+  prediction, :class:`~loupe_bench.shapley.LateInteractionGame`, is ``fsa.value: late``), z-scored per phrase over
+  its image's regions; the prediction's softmax runs over the regions of every FSA image (cross-image negatives);
+  switched on at ``fsa.start_step`` and ramped in over ``fsa.ramp_steps``.
 * ℒ_NSI — Gaussian NLL of the uncertainty-aware neural interaction predictor (``shapley: neural``).
 
 Shapley targets are constants (computed on detached features). At inference the proxy heads are removed for
@@ -27,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import SpecError
-from ..shapley import ESTIMATORS, EstimatorConfig, LateInteractionGame, NeuralConfig, PooledCosineGame
+from ..errors import DataError, SpecError
+from ..shapley import (ESTIMATORS, EstimatorConfig, LateInteractionGame, NeuralConfig, PooledCosineGame,
+                       PooledRegionPhraseGame)
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, Regions, TextFeatures
 from .dual_encoder import DualEncoder
@@ -38,6 +43,7 @@ from .loupe_heads import (
     RegionHead,
     fsa_features,
     fsa_loss,
+    fsa_targets,
     jitter_boxes,
     member_masks,
     nms_topk,
@@ -65,15 +71,30 @@ class TsaProblem(NamedTuple):
 class FsaProblem(NamedTuple):
     """Semantics-level interaction problem (see :meth:`LOUPE.fsa_problem`)."""
 
-    game: LateInteractionGame
+    game: Any  # PooledRegionPhraseGame (fsa.value: pooled) or LateInteractionGame (late)
     coalitions: Tensor  # [T, K*P, K+P] bool
     valid: Tensor  # [T, K*P] bool
     feats: Tensor  # [T, K*P, F]
-    sim: Tensor  # [T, K, P] region–phrase cosine (with gradient)
+    sim: Tensor  # [T, K, P] own-image region–phrase cosine of the prediction (with gradient)
     phrase_valid: Tensor  # [T, P] bool
     boxes: Tensor  # [T, K, 4]
-    region: Tensor  # [T, K, D] region embeddings (with gradient)
-    phrase: Tensor  # [T, P, D] phrase embeddings (with gradient)
+    region: Tensor  # [T, K, D] region embeddings of the prediction (with gradient)
+    phrase: Tensor  # [T, P, D] phrase embeddings of the prediction (with gradient)
+    feat_region: Tensor  # [T, K, D] detached region embeddings g_θ's features are built from
+    feat_phrase: Tensor  # [T, P, D] detached phrase embeddings g_θ's features are built from
+
+
+def fsa_schedule(step: int, start: int, ramp: int) -> float:
+    """Weight factor of ℒ_FSA at training step ``t`` (0-based count of earlier training-mode loss calls):
+
+    ``f(t) = 0`` for ``t < s``; ``f(t) = min(1, (t − s + 1) / r)`` for ``t ≥ s`` (``r = 0``: ``f = 1``), with
+    ``s = fsa.start_step``, ``r = fsa.ramp_steps``. ℒ = … + f(t) · λ_FSA · ℒ_FSA; at ``f = 0`` nothing is computed.
+    """
+    if step < start:
+        return 0.0
+    if ramp <= 0:
+        return 1.0
+    return min(1.0, (step - start + 1) / ramp)
 
 
 def pair_coalitions(g: int, k: int, p: int, device=None) -> Tuple[Tensor, Tensor]:
@@ -114,7 +135,7 @@ class RegionCfg:
         random_boxes: extra random anchors per image in ℒ_TSA (exploration of low-confidence anchors).
         box_jitter: jittered variants per box for the geometry self-training (0 = off).
         jitter_scale: relative shift/scale of the jitter.
-        box_start: fraction of the training run before the geometry self-training starts (the token game only
+        box_start: training step (``train_step``) at which the geometry self-training starts (the token game only
             says where objects are once ℒ_CMC has learned to match images and captions; before that its scores
             are noise, and any size bias in them would shrink or grow every box). ``[I]``
     """
@@ -127,7 +148,7 @@ class RegionCfg:
     random_boxes: int = 2
     box_jitter: int = 0
     jitter_scale: float = 0.3
-    box_start: float = 0.0
+    box_start: int = 0
 
 
 @dataclass
@@ -158,16 +179,54 @@ class TsaCfg:
     num_samples: Optional[int] = None
 
 
+FSA_VALUES = ("pooled", "late")
+FSA_REGION_SOURCES = ("proposals", "oracle")
+FSA_REGION_PROJECTIONS = ("none", "linear")
+
+
 @dataclass
 class FsaCfg:
-    """ℒ_FSA (``loupe.fsa``). ``regions``: K regions per image; ``sim_temperature``: τ_f of ``A = s / τ_f``;
-    ``target_temperature``: T of ``softmax(Î / T)``; ``phrase_projection``: a learnable phrase projection."""
+    """ℒ_FSA (``loupe.fsa``); docs/loupe.md explains each choice.
+
+    Attributes:
+        target_images: ``T_img``, images of the batch (first rows) that get ℒ_FSA; each one's regions are the
+            other images' cross-image negatives.
+        num_regions: ``K`` regions per image (top boxes after NMS; ``oracle``: at least the phrase boxes).
+        regions: region source: ``proposals`` (the region head's) or ``oracle`` (the ground-truth boxes of the
+            caption's phrases, then proposals up to ``K``; needs ``phrase_boxes`` in the batch; NOT LOUPE — the
+            ``loupe-oracle-regions`` upper bound).
+        value: semantics-level game: ``pooled`` (:class:`~loupe_bench.shapley.PooledRegionPhraseGame` in the
+            ℒ_CMC space) or ``late`` (:class:`~loupe_bench.shapley.LateInteractionGame` on the prediction).
+        region_projection: ``none`` (regions scored in the shared ℒ_CMC token space) or ``linear`` (``W_r``, no
+            bias, identity init).
+        phrase_projection: a learnable phrase projection (``D → D``, identity init).
+        sim_temperature: ``τ_f`` of ``A = s / τ_f``.
+        target_temperature: ``T`` of ``q = softmax_i(z / T)`` (``z``: per-phrase z-scored interactions).
+        start_step: training step at which ℒ_FSA switches on (:func:`fsa_schedule`).
+        ramp_steps: steps of the linear ramp of its weight from ``1/r`` to 1.
+    """
 
     target_images: int = 4
-    regions: int = 6
-    sim_temperature: float = 0.1
-    target_temperature: float = 0.05
+    num_regions: int = 6
+    regions: str = "proposals"
+    value: str = "pooled"
+    region_projection: str = "none"
     phrase_projection: bool = False
+    sim_temperature: float = 0.1
+    target_temperature: float = 0.5
+    start_step: int = 0
+    ramp_steps: int = 0
+
+    def check(self) -> None:
+        if not isinstance(self.regions, str):
+            raise SpecError(f"loupe.fsa.regions is the region source ({' | '.join(FSA_REGION_SOURCES)}), got "
+                            f"{self.regions!r}; the number of regions per image is loupe.fsa.num_regions")
+        for key, allowed in (("regions", FSA_REGION_SOURCES), ("value", FSA_VALUES),
+                             ("region_projection", FSA_REGION_PROJECTIONS)):
+            if getattr(self, key) not in allowed:
+                raise SpecError(f"loupe.fsa.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if int(self.num_regions) < 1 or int(self.start_step) < 0 or int(self.ramp_steps) < 0:
+            raise SpecError("loupe.fsa: num_regions must be >= 1, start_step and ramp_steps >= 0")
 
 
 @dataclass
@@ -212,6 +271,7 @@ class LoupeCfg:
             raise SpecError(f"loupe.tsa.value: unknown {cfg.tsa.value!r}; known: {list(TSA_VALUES)}")
         if cfg.tsa.score not in TSA_SCORES:
             raise SpecError(f"loupe.tsa.score: unknown {cfg.tsa.score!r}; known: {list(TSA_SCORES)}")
+        cfg.fsa.check()
         return cfg
 
 
@@ -220,9 +280,11 @@ class LOUPE(DualEncoder):
     SPEC_KEYS = DualEncoder.SPEC_KEYS + ("loupe",)
     """LOUPE on top of :class:`DualEncoder` (towers, projections, temperature).
 
-    Extra modules: ``region_head`` (:class:`RegionHead`), ``region_proj`` (``D → D``, identity init),
-    optional ``phrase_proj``, and two interaction estimators ``tsa_estimator`` / ``fsa_estimator`` (with the
-    neural predictor ``g_θ`` when ``loupe.shapley: neural``).
+    Extra modules: ``region_head`` (:class:`RegionHead`), optional ``region_proj`` (``W_r``, ``D → D`` without
+    bias, identity init; ``fsa.region_projection: linear``), optional ``phrase_proj``, and two interaction
+    estimators ``tsa_estimator`` / ``fsa_estimator`` (with the neural predictor ``g_θ`` when
+    ``loupe.shapley: neural``). Buffer ``train_step``: training-mode loss calls so far (ℒ_FSA's schedule; saved in
+    checkpoints, so a resumed run continues the schedule).
     """
 
     has_native_regions = True
@@ -234,10 +296,12 @@ class LOUPE(DualEncoder):
         self.weights = self.loss_weights(LOSS_TERMS)
         d = self.embed_dim
         self.region_head = RegionHead(d, self.cfg.region.hidden, self.cfg.region.init_size)
-        self.region_proj = nn.Linear(d, d)
-        with torch.no_grad():
-            self.region_proj.weight.copy_(torch.eye(d))
-            self.region_proj.bias.zero_()
+        self.region_proj: Optional[nn.Linear] = None
+        if self.cfg.fsa.region_projection == "linear":
+            self.region_proj = nn.Linear(d, d, bias=False)
+            with torch.no_grad():
+                self.region_proj.weight.copy_(torch.eye(d))
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
         self.phrase_proj: Optional[nn.Linear] = None
         if self.cfg.fsa.phrase_projection:
             self.phrase_proj = nn.Linear(d, d)
@@ -249,15 +313,6 @@ class LOUPE(DualEncoder):
         self.tsa_estimator = est(3 * d + TSA_STATS + 4, EstimatorConfig(
             num_samples=self.cfg.tsa.num_samples or self.cfg.num_samples, neural=self.cfg.neural, target=self.cfg.tsa.score))
         self.fsa_estimator = est(d + 10, est_cfg)
-
-    # -- schedule -----------------------------------------------------------------------------------------------
-    def set_training_progress(self, step: int, total: int) -> None:
-        """Called by the training engine before each step: term schedules are fractions of the run."""
-        self._progress = float(step) / max(1, int(total))
-
-    def training_progress(self) -> float:
-        """Fraction of the run done (1.0 outside the engine: every scheduled term on)."""
-        return getattr(self, "_progress", 1.0)
 
     # -- region head --------------------------------------------------------------------------------------------
     def regions_all(self, tokens: Tensor) -> Tuple[Tensor, Tensor]:
@@ -283,7 +338,9 @@ class LOUPE(DualEncoder):
         return out
 
     def region_features(self, image_features: ImageFeatures, boxes: Sequence[Tensor]) -> List[Tensor]:
-        """``h^I = normalize(W_r · mean_{n ∈ box} x_n + b_r)`` per box (region projection of the pooled patches)."""
+        """Region embeddings per box, as ℒ_FSA's prediction: ``h^I = normalize(mean_{n ∈ box} x_n)`` in the shared
+        ℒ_CMC token space (``fsa.region_projection: none``) or ``h^I = normalize(W_r · mean_{n ∈ box} x_n)``
+        (``linear``); members = patches whose centres lie in the box."""
         out = []
         for b, bx in enumerate(boxes):
             members = member_masks(bx.to(image_features.tokens.dtype)[None], tuple(image_features.grid))
@@ -398,7 +455,7 @@ class LOUPE(DualEncoder):
         excess = excess.masked_fill(~pr.valid, float("-inf"))
         j = self.cfg.region.box_jitter
         ex = excess.reshape(t_img, -1, j + 1)
-        if j > 0 and self.training_progress() >= self.cfg.region.box_start:
+        if j > 0 and getattr(self, "_loss_step", 0) >= self.cfg.region.box_start:
             best = ex.argmax(-1)  # [T, C]
             target_box = torch.gather(pr.cand.reshape(t_img, -1, j + 1, 4), 2,
                                       best[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
@@ -417,13 +474,65 @@ class LOUPE(DualEncoder):
         logs["tsa_box_area"] = float(size.reshape(t_img, -1, j + 1)[..., 0].mean() / n)
         self._collect(est, "tsa", logs, nsi)
 
+    def _fsa_boxes(self, batch: Mapping[str, Any], boxes: Tensor, logits: Tensor, t_img: int,
+                   pvalid: Tensor) -> Tensor:
+        """ℒ_FSA's regions ``[T, K', 4]`` (detached): the top ``fsa.num_regions`` boxes after NMS (``proposals``),
+        or (``oracle``) the ground-truth boxes of each image's valid phrases first, in phrase order, then its top
+        proposals, ``K' = max(K, most phrase boxes of an image)``."""
+        k = min(self.cfg.fsa.num_regions, boxes.shape[1])
+        nms = self.cfg.region.nms_iou
+        with torch.no_grad():
+            bx, lg = boxes[:t_img].detach(), logits[:t_img].detach()
+            if self.cfg.fsa.regions == "proposals":
+                idx = torch.stack([nms_topk(bx[b], lg[b], k, nms) for b in range(t_img)])
+                return torch.gather(bx, 1, idx[..., None].expand(-1, -1, 4))
+            pb = batch.get("phrase_boxes")
+            if pb is None:
+                raise DataError("loupe.fsa.regions: oracle needs the ground-truth box of each caption phrase, but the "
+                                "training batch has no 'phrase_boxes' (the data carries no phrase boxes; the "
+                                "synthetic world and Flickr30K Entities do)")
+            gt = pb[:t_img].to(device=bx.device, dtype=bx.dtype)
+            ok = torch.isfinite(gt).all(-1) & pvalid
+            k2 = max(k, int(ok.sum(-1).max()) if ok.numel() else k)
+            out = []
+            for b in range(t_img):
+                own = gt[b][ok[b]]
+                top = nms_topk(bx[b], lg[b], k2, nms)[: k2 - own.shape[0]]
+                out.append(torch.cat([own, bx[b, top]], dim=0))
+            return torch.stack(out)
+
+    def _fsa_game(self, tokens: Tensor, members: Tensor, text_tokens: Tensor, span: Tensor, pvalid: Tensor,
+                  region: Tensor, phrase: Tensor):
+        """The semantics-level game and the detached embeddings of ``g_θ``'s features: ``(game, f_region,
+        f_phrase)``.
+
+        ``pooled``: :class:`~loupe_bench.shapley.PooledRegionPhraseGame` with ``r_i = Σ_{n∈box_i} x_n`` (detached
+        ℒ_CMC-space patch tokens) and ``p_j = mean_{l∈span_j} w_l`` (detached ℒ_CMC-space text tokens, no phrase
+        projection); features from ``normalize(r_i)``, ``normalize(p_j)``. ``late``:
+        :class:`~loupe_bench.shapley.LateInteractionGame` on the prediction's detached cosines
+        ``s_ij = ⟨h^I_i, h^T_j⟩``; features from ``h^I``, ``h^T``. Padding phrases are null players.
+        """
+        t_img, k = members.shape[:2]
+        player_mask = torch.cat([torch.ones(t_img, k, dtype=torch.bool, device=pvalid.device), pvalid], dim=1)
+        if self.cfg.fsa.value == "late":
+            f_region, f_phrase = region.detach(), phrase.detach()
+            game = LateInteractionGame((f_region @ f_phrase.transpose(1, 2)).float(), player_mask)
+            return game, f_region, f_phrase
+        tok = tokens.detach().float()
+        r_sum = members.to(tok.dtype) @ tok  # [T, K, D]
+        m = span.to(tok.dtype)
+        p_mean = m @ text_tokens.detach().float() / m.sum(-1, keepdim=True).clamp_min(1.0)  # [T, P, D]
+        game = PooledRegionPhraseGame(r_sum, p_mean, player_mask)
+        return game, F.normalize(r_sum, dim=-1).to(region.dtype), F.normalize(p_mean, dim=-1).to(phrase.dtype)
+
     def fsa_problem(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor,
                     logits: Tensor) -> Optional["FsaProblem"]:
         """The semantics-level interaction problem of the first ``fsa.target_images`` pairs (None without phrases).
 
-        Players: the top ``fsa.regions`` boxes (after NMS) and the ``P`` phrase slots (padding phrases are null
-        players); coalitions: every region–phrase pair; game: :class:`~loupe_bench.shapley.LateInteractionGame` on
-        the detached region–phrase similarities.
+        Players: the ``K`` regions (:meth:`_fsa_boxes`) and the ``P`` phrase slots (padding phrases are null
+        players); coalitions: every region–phrase pair ``{i, K + j}``; game: :meth:`_fsa_game` (``fsa.value``).
+        Prediction (with gradient): ``h^I_i = normalize(mean_{n∈box_i} x_n)`` (``W_r`` first with
+        ``fsa.region_projection: linear``), ``h^T_j = normalize(mean_{l∈span_j} w_l)`` (optional phrase projection).
         """
         ptm = batch.get("phrase_token_mask")
         pmask = batch.get("phrase_mask")
@@ -432,25 +541,22 @@ class LOUPE(DualEncoder):
         t_img = min(self.cfg.fsa.target_images, boxes.shape[0], ptm.shape[0])
         tokens = emb["image_tokens"][:t_img]
         grid = self.grid_of(tokens)
-        k = min(self.cfg.fsa.regions, tokens.shape[1])
-        with torch.no_grad():
-            idx = torch.stack([nms_topk(boxes[b], logits[b], k, self.cfg.region.nms_iou) for b in range(t_img)])
-            rboxes = torch.gather(boxes[:t_img].detach(), 1, idx[..., None].expand(-1, -1, 4))
-        members = member_masks(rboxes, grid)
-        region = pool_regions(tokens, members, self.region_proj)  # [T, K, D] (grad)
         ptm = ptm[:t_img].to(emb["text_tokens"].device).bool()
         span = ptm & emb["text_mask"][:t_img, None, :].bool()
         span = span | (ptm & ~span.any(-1, keepdim=True))  # a span of special tokens only: keep it
         pvalid = pmask[:t_img].to(span.device).bool() & span.any(-1)
+        rboxes = self._fsa_boxes(batch, boxes, logits, t_img, pvalid)
+        members = member_masks(rboxes, grid)
+        region = pool_regions(tokens, members, self.region_proj)  # [T, K, D] (grad)
         phrase = pool_phrases(emb["text_tokens"][:t_img], span, self.phrase_proj)  # [T, P, D] (grad)
         sim = region @ phrase.transpose(1, 2)  # [T, K, P]
-        p = sim.shape[2]
-        player_mask = torch.cat([torch.ones(t_img, k, dtype=torch.bool, device=sim.device), pvalid], dim=1)
-        game = LateInteractionGame(sim.detach().float(), player_mask)
+        k, p = sim.shape[1], sim.shape[2]
+        game, f_region, f_phrase = self._fsa_game(tokens, members, emb["text_tokens"][:t_img], span, pvalid, region,
+                                                  phrase)
         coal, jj = pair_coalitions(t_img, k, p, sim.device)
         valid = pvalid[:, jj]  # [T, K*P]
-        feats = fsa_features(sim, region, phrase, pvalid).reshape(t_img, k * p, -1)
-        return FsaProblem(game, coal, valid, feats, sim, pvalid, rboxes, region, phrase)
+        feats = fsa_features(f_region @ f_phrase.transpose(1, 2), f_region, f_phrase, pvalid).reshape(t_img, k * p, -1)
+        return FsaProblem(game, coal, valid, feats, sim, pvalid, rboxes, region, phrase, f_region, f_phrase)
 
     def _fsa(self, emb: Mapping[str, Tensor], batch: Mapping[str, Any], boxes: Tensor, logits: Tensor,
              terms: Dict[str, Tensor], logs: Dict[str, float], nsi: List[Tensor]) -> None:
@@ -458,11 +564,15 @@ class LOUPE(DualEncoder):
         if pr is None:
             return
         est = self.fsa_estimator(pr.game, pr.coalitions, pr.valid, pr.feats)
-        inter = est.targets.reshape(pr.sim.shape).to(pr.sim.dtype)
-        terms["fsa"] = fsa_loss(pr.sim, inter, pr.phrase_valid, self.cfg.fsa.sim_temperature,
-                                self.cfg.fsa.target_temperature)
-        pv = pr.phrase_valid[:, None, :].expand_as(inter)
-        logs["fsa_interaction_mean"] = float(inter[pv].mean()) if bool(pv.any()) else 0.0
+        inter = est.targets.reshape(pr.sim.shape).float()
+        target = fsa_targets(inter, pr.phrase_valid, self.cfg.fsa.target_temperature)
+        terms["fsa"] = fsa_loss(pr.region, pr.phrase, target, pr.phrase_valid, self.cfg.fsa.sim_temperature)
+        pv = pr.phrase_valid
+        if bool(pv.any()):
+            logs["fsa_interaction_mean"] = float(inter.transpose(1, 2)[pv].mean())
+            # does the target pick the region the prediction already prefers? (1.0 = self-referential targets)
+            agree = target.argmax(1) == pr.sim.detach().argmax(1)  # [T, P]
+            logs["fsa_target_agreement"] = float(agree[pv].float().mean())
         self._collect(est, "fsa", logs, nsi)
 
     @staticmethod
@@ -473,20 +583,34 @@ class LOUPE(DualEncoder):
             nsi.append(est.nsi)
 
     def loss_from_embeddings(self, emb: Dict[str, Tensor], batch: Dict[str, Any]) -> LossOutput:
-        """All LOUPE terms; a term whose weight is 0 is not computed (ablation specs)."""
+        """All LOUPE terms; a term whose weight is 0 is not computed (ablation specs).
+
+        ``ℒ = ℒ_CMC + λ_TSA ℒ_TSA + f(t) λ_FSA ℒ_FSA + λ_NSI ℒ_NSI (+ λ_box ℒ_TSA-box)`` with ``f`` the ℒ_FSA
+        schedule (:func:`fsa_schedule`) at ``t = train_step``; each training-mode call advances ``train_step`` by one
+        (once per optimiser step: feature-caching accumulation calls the loss once). ``terms["fsa"]`` is the
+        unweighted ℒ_FSA; ``logs["fsa_factor"]`` is ``f(t)``.
+        """
         w = self.weights
+        step = int(self.train_step)
+        self._loss_step = step  # the schedules of this call (ℒ_FSA's factor, the box geometry's start)
+        if self.training:
+            self.train_step += 1
+        fc = self.cfg.fsa
+        f_fsa = fsa_schedule(step, fc.start_step, fc.ramp_steps) if w["fsa"] > 0 else 0.0
         scale = self.scale()
         terms: Dict[str, Tensor] = {
             "cmc": clip_infonce(emb["image_pooled"], emb["text_pooled"], scale, with_grad=self.gather_with_grad,
                                 local_loss=self.local_loss)
         }
         logs: Dict[str, float] = {"logit_scale": float(scale.detach())}
+        if w["fsa"] > 0:
+            logs["fsa_factor"] = f_fsa
         nsi: List[Tensor] = []
-        if w["tsa"] > 0 or w["fsa"] > 0:
+        if w["tsa"] > 0 or f_fsa > 0:
             boxes, logits = self.regions_all(emb["image_tokens"])
             if w["tsa"] > 0:
                 self._tsa(emb, batch, boxes, logits, terms, logs, nsi)
-            if w["fsa"] > 0:
+            if f_fsa > 0:
                 self._fsa(emb, batch, boxes, logits, terms, logs, nsi)
         if nsi and w["nsi"] > 0:
             terms["nsi"] = torch.stack(nsi).mean()
@@ -496,7 +620,8 @@ class LOUPE(DualEncoder):
         rho = [logs[k] for k in ("tsa_nsi_spearman", "fsa_nsi_spearman") if k in logs]
         if rho:
             logs["nsi_spearman"] = sum(rho) / len(rho)
-        total = sum(w[k] * v for k, v in terms.items())
+        factor = {"fsa": f_fsa}
+        total = sum(w[k] * factor.get(k, 1.0) * v for k, v in terms.items())
         return LossOutput(total, terms, logs)
 
     # -- explanation --------------------------------------------------------------------------------------------
@@ -506,9 +631,9 @@ class LOUPE(DualEncoder):
         """Regions, their confidences and the region–phrase interaction matrix of a batch (for report plots).
 
         Returns ``boxes [B, K, 4]`` (normalised xyxy), ``box_scores [B, K]``, ``tsa_interaction [B, K]`` (token-level
-        score of each box, ``loupe.tsa.score``), ``interaction_matrix [B, K, P]`` (``Î_ij``, Monte-Carlo with
-        ``loupe.explain_samples``), ``similarity [B, K, P]`` and ``phrase_best_region [B, P]`` (argmax over regions
-        of the interaction; −1 for padding phrases).
+        score of each box, ``loupe.tsa.score``), ``interaction_matrix [B, K, P]`` (``Î_ij`` of the ``fsa.value`` game, Monte-Carlo
+        with ``loupe.explain_samples``), ``similarity [B, K, P]`` (the prediction's ``⟨h^I_i, h^T_j⟩``) and
+        ``phrase_best_region [B, P]`` (argmax over regions of the interaction; −1 for padding phrases).
         """
         from ..shapley import sample_interaction
 
@@ -530,8 +655,7 @@ class LOUPE(DualEncoder):
         phrase = pool_phrases(txt.tokens, span, self.phrase_proj)
         sim = region @ phrase.transpose(1, 2)
         b, _, p = sim.shape
-        player_mask = torch.cat([torch.ones(b, k, dtype=torch.bool, device=sim.device), pvalid], dim=1)
-        game = LateInteractionGame(sim.float(), player_mask)
+        game, _, _ = self._fsa_game(img.tokens, members, txt.tokens, span, pvalid, region, phrase)
         coal, _ = pair_coalitions(b, k, p, sim.device)
         inter = sample_interaction(game, coal, m).mean.reshape(b, k, p).float() if p > 0 else sim.new_zeros(b, k, 0)
         inter = inter * pvalid[:, None, :]

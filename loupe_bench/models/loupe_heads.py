@@ -4,7 +4,7 @@
 * :func:`nms_topk` — top-K with NMS.
 * :func:`pool_regions`, :func:`pool_phrases` — region / phrase embeddings.
 * :func:`tsa_features`, :func:`fsa_features` — coalition features for the neural Shapley module.
-* :func:`tsa_loss`, :func:`fsa_loss` — ℒ_TSA and ℒ_FSA.
+* :func:`tsa_loss`, :func:`fsa_targets`, :func:`fsa_loss` — ℒ_TSA and ℒ_FSA.
 
 Provenance tags (``[V]`` verified, ``[R-*]`` recalled, ``[I]`` our design) follow
 ``shared/reference/loupe-method.md``; ``docs/loupe.md`` explains each choice.
@@ -189,36 +189,72 @@ def tsa_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
     return (bce * valid).sum() / valid.sum().clamp_min(1)
 
 
-def fsa_loss(sim: Tensor, interactions: Tensor, phrase_valid: Tensor, sim_temperature: float,
-             target_temperature: float) -> Tensor:
-    """Symmetric soft-label cross-entropy between similarity and interaction distributions (§6.3, ``[I]``).
+FSA_EPS = 1e-6
+"""``ε`` of the per-phrase z-score in :func:`fsa_targets`."""
 
-    With ``A_ij = s_ij / τ_f`` and ``Q = Î / T``, over the valid phrases ``j`` and the regions ``i`` of each pair:
 
-    ``ℒ_FSA = ½ [ mean_j CE( softmax_i Q_ij , softmax_i A_ij ) + mean_i CE( softmax_j Q_ij , softmax_j A_ij ) ]``,
-    ``CE(q, p) = −Σ q log p``. Images without a valid phrase contribute nothing.
+def fsa_targets(interactions: Tensor, phrase_valid: Tensor, temperature: float, eps: float = FSA_EPS) -> Tensor:
+    """ℒ_FSA soft labels: per phrase, the z-scored interactions over its own image's regions, then a softmax.
+
+    For image ``b``, phrase ``j`` and its image's ``K`` regions ``i``:
+
+    ``μ_bj = (1/K) Σ_i Î_bij``, ``σ_bj = sqrt( (1/K) Σ_i (Î_bij − μ_bj)² )``, ``z_bij = (Î_bij − μ_bj) / (σ_bj + ε)``,
+    ``q_bij = softmax_i( z_bij / T )``, and ``q_b·j = 0`` for a padding phrase.
+
+    ``z`` is invariant to any affine rescale ``Î → a Î + c`` (``a > 0``) up to the ``ε`` term, so ``T`` is in units
+    of the phrase's own spread of interactions, whatever the game's scale (docs/loupe.md, ℒ_FSA).
 
     Args:
-        sim: ``[B, K, P]`` region–phrase cosine similarities (with gradient).
-        interactions: ``[B, K, P]`` pairwise interactions ``Î_ij`` (constants).
+        interactions: ``[B, K, P]`` ``Î_bij`` (constants).
         phrase_valid: ``[B, P]`` bool.
+        temperature: ``T``.
+
+    Returns:
+        ``[B, K, P]`` (each valid phrase's column sums to 1 over ``i``), detached.
     """
-    a = sim / sim_temperature
-    q = interactions.detach() / target_temperature
-    pv = phrase_valid[:, None, :].expand_as(a)
-    # regions given a phrase (softmax over i), for each valid phrase
-    ce_r = -(q.softmax(1) * a.log_softmax(1)).sum(1)  # [B, P]
-    n_p = phrase_valid.sum().clamp_min(1)
-    term_r = (ce_r * phrase_valid).sum() / n_p
-    # phrases given a region (softmax over valid j), for images with a valid phrase
-    neg = torch.finfo(a.dtype).min
-    has = phrase_valid.any(-1)  # [B]
-    qa = q.masked_fill(~pv, neg).softmax(-1)
-    la = a.masked_fill(~pv, neg).log_softmax(-1)
-    ce_t = -(qa * la.masked_fill(~pv, 0.0)).sum(-1)  # [B, K]
-    n_i = (has[:, None].expand_as(ce_t)).sum().clamp_min(1)
-    term_t = (ce_t * has[:, None]).sum() / n_i
-    return 0.5 * (term_r + term_t)
+    v = interactions.detach().float()
+    mu = v.mean(1, keepdim=True)
+    sd = (v - mu).pow(2).mean(1, keepdim=True).sqrt()
+    z = (v - mu) / (sd + eps)
+    q = (z / temperature).softmax(1)
+    return q * phrase_valid[:, None, :].to(q.dtype)
+
+
+def fsa_logits(region: Tensor, phrase: Tensor, sim_temperature: float) -> Tensor:
+    """``A[b, j, (c, i)] = ⟨h^I_ci, h^T_bj⟩ / τ_f``: every phrase of image ``b`` against every region ``i`` of every
+    FSA image ``c``: ``region [B, K, D]``, ``phrase [B, P, D]`` → ``[B, P, B·K]`` (column ``c·K + i``)."""
+    b, k, _ = region.shape
+    return torch.einsum("bpd,ckd->bpck", phrase, region).reshape(b, phrase.shape[1], b * k) / sim_temperature
+
+
+def fsa_loss(region: Tensor, phrase: Tensor, targets: Tensor, phrase_valid: Tensor, sim_temperature: float) -> Tensor:
+    """ℒ_FSA: soft-label cross-entropy of each phrase's region distribution, with cross-image negatives (``[I]``).
+
+    With ``A[b, j, (c, i)] = ⟨h^I_ci, h^T_bj⟩ / τ_f`` (:func:`fsa_logits`) over the ``B·K`` regions of all ``B`` FSA
+    images, the target ``q̃[b, j, (c, i)] = q_bij`` if ``c = b`` else 0 (:func:`fsa_targets`: all mass on the
+    phrase's own image) and ``V`` the valid phrases:
+
+    ``ℒ_FSA = (1/|V|) Σ_{(b,j)∈V} − Σ_{c,i} q̃[b, j, (c, i)] · log softmax_{(c,i)} A[b, j, (c, i)]``
+
+    (0 when ``V = ∅``). For fixed logits values its minimum over the assignment of values to regions puts the
+    largest logit on the largest target (rearrangement inequality), and every region of another image is a
+    negative: a cross-image region more similar to the phrase raises the loss. There is no phrase-given-region
+    term: a proposal that shows no phrase's object (background) has no correct phrase, and a caption with one
+    phrase gives a one-way softmax (docs/loupe.md).
+
+    Args:
+        region: ``[B, K, D]`` region embeddings ``h^I`` (with gradient).
+        phrase: ``[B, P, D]`` phrase embeddings ``h^T`` (with gradient).
+        targets: ``[B, K, P]`` ``q_bij`` (constants; columns of valid phrases sum to 1).
+        phrase_valid: ``[B, P]`` bool.
+        sim_temperature: ``τ_f``.
+    """
+    b, k, _ = region.shape
+    logp = fsa_logits(region.float(), phrase.float(), sim_temperature).log_softmax(-1)  # [B, P, B*K]
+    own = logp.reshape(b, -1, b, k)[torch.arange(b), :, torch.arange(b)]  # [B, P, K]: c = b
+    ce = -(targets.detach().transpose(1, 2) * own).sum(-1)  # [B, P]
+    pv = phrase_valid.to(ce.dtype)
+    return (ce * pv).sum() / pv.sum().clamp_min(1.0)
 
 
 def jitter_boxes(boxes: Tensor, num: int, scale: float = 0.3, generator: Optional[torch.Generator] = None) -> Tensor:

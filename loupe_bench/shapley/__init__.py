@@ -10,7 +10,8 @@ A game is a batched value function ``v(masks[G, Q, n] bool) -> [G, Q]`` (see :mo
 """
 from .estimators import ESTIMATORS, TARGETS, EstimatorConfig, EstimatorOutput, build_estimator
 from .exact import all_subsets, exact_coalition_value, exact_interaction, exact_shapley, shapley_weights
-from .games import AdditiveGame, AndGame, AndOrGame, Game, LateInteractionGame, OrGame, PooledCosineGame, TableGame
+from .games import (AdditiveGame, AndGame, AndOrGame, Game, LateInteractionGame, OrGame, PooledCosineGame,
+                    PooledRegionPhraseGame, TableGame)
 from .neural import NeuralConfig, NeuralInteraction, spearman
 from .sampling import (
     InteractionEstimate,
@@ -39,6 +40,7 @@ __all__ = [
     "Game",
     "LateInteractionGame",
     "PooledCosineGame",
+    "PooledRegionPhraseGame",
     "TableGame",
     "NeuralConfig",
     "NeuralInteraction",

@@ -5,8 +5,9 @@ games, e.g. one per image of a batch; ``Q`` coalitions each; ``n`` players) retu
 estimators in :mod:`loupe_bench.shapley` evaluate every mask they need in **one** call of the game, so a game should
 be vectorised over ``G`` and ``Q`` (a masked mean or a masked max-matmul on cached features).
 
-The two LOUPE games (:class:`PooledCosineGame`, token level; :class:`LateInteractionGame`, semantics level) are
-defined here too, because they are plain functions of cached, detached features and are useful outside the model.
+The LOUPE games (:class:`PooledCosineGame`, token level; :class:`PooledRegionPhraseGame` and
+:class:`LateInteractionGame`, semantics level) are defined here too, because they are plain functions of cached,
+detached features and are useful outside the model.
 """
 from __future__ import annotations
 
@@ -241,3 +242,65 @@ class LateInteractionGame:
         c = (col.masked_fill(~mt, 0.0)).sum(-1) / nt.clamp_min(1)
         v = 0.5 * (r + c)
         return torch.where((ni > 0) & (nt > 0), v, torch.zeros_like(v))
+
+
+class PooledRegionPhraseGame:
+    """LOUPE semantics-level value (ℒ_FSA, ``fsa.value: pooled``): matching of the pooled regions and phrases in ``S``.
+
+    Players ``0..K-1`` are regions, ``K..K+P-1`` phrases. With ``S_I``, ``S_T`` the regions and phrases in ``S``:
+
+    ``v(S) = cos( Σ_{i∈S_I} r_i , Σ_{j∈S_T} p_j )``, and ``v(S) = 0`` if ``S_I = ∅`` or ``S_T = ∅``,
+
+    where ``r_i = Σ_{n ∈ box_i} x_n`` is the **sum** of the (projected, L2-normalised, detached) ℒ_CMC-space patch
+    tokens inside region ``i``'s box and ``p_j = mean_{l ∈ span_j} w_l`` the mean of phrase ``j``'s ℒ_CMC-space token
+    embeddings (not normalised). Neither goes through a region or phrase projection, so the value does not read
+    the parameters that ℒ_FSA's prediction trains (docs/loupe.md, "Semantics-level value function").
+
+    Evaluated in the player space: with ``a = m_I``, ``b = m_T`` the 0/1 membership vectors,
+    ``v = aᵀ C b / sqrt( (aᵀ G_r a) (bᵀ G_p b) )``, ``C = R Pᵀ``, ``G_r = R Rᵀ``, ``G_p = P Pᵀ`` (cached), so a mask
+    costs ``O((K + P)²)``. A zero pooled vector (norm ``< 1e-6``) gives ``v = 0``.
+
+    Pairwise interaction (the ℒ_FSA target): for the pair ``{i, K + j}`` with context ``S = ∅`` the Shapley term is
+    ``v({i, j}) = cos(r_i, p_j)``; larger contexts measure what region ``i`` adds to phrase ``j`` beyond the other
+    regions and phrases present (similar regions substitute for each other and share the credit).
+
+    Players marked absent in ``player_mask`` (padding phrases) are null players: they never enter ``S_I``/``S_T``,
+    which leaves every other player's Shapley value and interaction unchanged.
+
+    Args:
+        regions: ``[G, K, D]`` region vectors ``r_i``.
+        phrases: ``[G, P, D]`` phrase vectors ``p_j``.
+        player_mask: optional ``[G, K+P]`` bool, False at padding players.
+    """
+
+    def __init__(self, regions: Tensor, phrases: Tensor, player_mask: Optional[Tensor] = None):
+        self.regions = regions
+        self.phrases = phrases
+        self.k = regions.shape[1]
+        self.p = phrases.shape[1]
+        self.player_mask = player_mask
+        self.cross = regions @ phrases.transpose(1, 2)  # [G, K, P]
+        self.gram_r = regions @ regions.transpose(1, 2)  # [G, K, K]
+        self.gram_p = phrases @ phrases.transpose(1, 2)  # [G, P, P]
+
+    def select(self, idx: Tensor) -> "PooledRegionPhraseGame":
+        """The games ``idx`` only (cached products sliced, not recomputed)."""
+        out = PooledRegionPhraseGame.__new__(PooledRegionPhraseGame)
+        out.regions, out.phrases = self.regions[idx], self.phrases[idx]
+        out.k, out.p = self.k, self.p
+        out.player_mask = None if self.player_mask is None else self.player_mask[idx]
+        out.cross, out.gram_r, out.gram_p = self.cross[idx], self.gram_r[idx], self.gram_p[idx]
+        return out
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        _check_masks(masks, self.k + self.p)
+        if self.player_mask is not None:
+            masks = masks & self.player_mask[:, None, :]
+        mi = masks[..., : self.k].to(self.cross.dtype)  # [G, Q, K]
+        mt = masks[..., self.k :].to(self.cross.dtype)  # [G, Q, P]
+        num = (torch.bmm(mi, self.cross) * mt).sum(-1)
+        nr2 = (torch.bmm(mi, self.gram_r) * mi).sum(-1)
+        nt2 = (torch.bmm(mt, self.gram_p) * mt).sum(-1)
+        ok = (nr2 > 1e-12) & (nt2 > 1e-12)
+        v = num / (nr2 * nt2).clamp_min(1e-24).sqrt()
+        return torch.where(ok, v, torch.zeros_like(v))

@@ -497,7 +497,6 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     check = _finite_guard(guard_step, info, run_dir)
     params = [p for p in model.parameters() if p.requires_grad]
     post_step = getattr(model, "clamp_logit_scale_", None)  # e.g. logit scale kept in [0, ln 100]
-    progress_hook = getattr(model, "set_training_progress", None)  # e.g. LOUPE's term schedules (fractions of a run)
     workers = recipe.data.workers
     loader_it, per_epoch = None, None
     last_ckpt_step = step if resume is not None else -1
@@ -520,8 +519,6 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
             batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                      for k, v in batch.items()}
             guard_step["step"] = step
-            if progress_hook is not None:
-                progress_hook(step, total)
             optimizer.zero_grad(set_to_none=True)
             if fsdp:
                 with autocast():

@@ -62,6 +62,8 @@ def _spec(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         spec.setdefault("image_tower", {}).setdefault("kwargs", {})
     if spec.get("family") == "loupe" and isinstance(spec.get("loupe", {}).get("neural"), dict):
         spec["loupe"]["neural"]["warmup_steps"] = int(args.loupe_warmup)
+    if spec.get("family") == "loupe" and isinstance(spec.get("loupe", {}).get("fsa"), dict):
+        spec["loupe"]["fsa"].update(start_step=0, ramp_steps=0)  # time every term from the first step
     return spec
 
 

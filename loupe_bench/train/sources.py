@@ -44,24 +44,13 @@ def captions_mention_sides(captions: Sequence[str]) -> bool:
 
 
 def _train_transform(model: Any, scale: Optional[Sequence[float]], hflip: bool):
-    """The data layer's training transform, with the recipe's random-resized-crop scale (None: resize + centre crop
-    and, when asked, a flip)."""
-    from ..data.transforms import TRAIN_RATIO, TRAIN_SCALE, build_transform
+    """The data layer's training transform (a :class:`~loupe_bench.data.transforms.PairTransform`, so phrase boxes
+    follow the crop), with the recipe's random-resized-crop scale (None: resize + centre crop and, when asked, a
+    flip)."""
+    from ..data.transforms import build_transform
 
-    size, mean, std = int(model.image_size), model.image_mean, model.image_std
-    if scale is not None and tuple(scale) == tuple(TRAIN_SCALE):
-        return build_transform(size, mean, std, train=True, hflip=hflip)
-    from torchvision import transforms as T
-
-    interp = T.InterpolationMode.BICUBIC
-    if scale is None:
-        steps = [T.Resize(size, interpolation=interp), T.CenterCrop(size)]
-    else:
-        steps = [T.RandomResizedCrop(size, scale=tuple(scale), ratio=TRAIN_RATIO, interpolation=interp)]
-    if hflip:
-        steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
-    return T.Compose([T.Lambda(lambda im: im.convert("RGB") if im.mode != "RGB" else im)] + steps)
+    return build_transform(int(model.image_size), model.image_mean, model.image_std, train=True, hflip=hflip,
+                           scale=None if scale is None else tuple(scale))
 
 
 class DatasetSource:
