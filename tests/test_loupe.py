@@ -52,7 +52,7 @@ def _batch(model, n=6, seed=0, max_phrases=3):
     }
 
 
-FSA_NOW = {"fsa__start_step": 0, "fsa__ramp_steps": 0}  # ℒ_FSA from the first step (the specs start it at 60)
+FSA_NOW = {"fsa__start_step": 0, "fsa__ramp_steps": 0, "region__box_start": 0}  # ℒ_FSA and box geometry from step 0
 
 
 def _model(name="loupe-tiny", **loupe):
