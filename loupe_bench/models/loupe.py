@@ -439,8 +439,11 @@ class LOUPE(DualEncoder):
         * geometry: among each box and its ``box_jitter`` copies, the one with the largest ``e`` is the box's target
           (L1 toward it when a copy beats the box itself) — a box can move, grow and shrink onto what its value
           rewards;
-        * confidence: ``z(A) = e(A) / |A|`` centred over the image's boxes, target ``y = σ(z / (T_I · rms z))``,
-          ``ℒ_TSA = BCE(σ(logit), y)`` (:func:`tsa_loss`).
+        * confidence: ``z(A) = e(A)`` centred over the image's boxes, target ``y = σ(z / (T_I · rms z))``,
+          ``ℒ_TSA = BCE(σ(logit), y)`` (:func:`tsa_loss`). The size normalisation is the fair-share term of ``e``:
+          ``e`` peaks where a box matches an object's extent (a background patch adds ~0 value but costs
+          ``v(N)/N``; a missing object patch loses more than that). Dividing ``e`` by ``|A|`` as well was measured to
+          favour one-patch boxes (mean box area fell to 1.3 patches, proposal recall@10 0.21 vs grid 0.20).
         """
         pr = self.tsa_problem(emb, boxes, logits, batch)
         t_img = pr.sel_logits.shape[0]
@@ -465,7 +468,7 @@ class LOUPE(DualEncoder):
             logs["tsa_box_moved"] = float(improve.mean())
         base = ex[..., 0]
         ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
-        z = torch.where(ok, base / size.reshape(t_img, -1, j + 1)[..., 0], torch.zeros_like(base))
+        z = torch.where(ok, base, torch.zeros_like(base))
         mean = (z * ok).sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp_min(1)
         z = (z - mean) * ok
         target = normalise_interactions(z, ok, self.cfg.tsa.temperature)
