@@ -31,10 +31,10 @@ def _results(folder: Path, seed=0, r1=0.50, r5=0.80, ap=0.30, fp="fpA"):
     return folder
 
 
-def _cli(args):
+def _cli(args, env=None):
     from loupe_bench.cli.main import cli
 
-    return CliRunner().invoke(cli, args)
+    return CliRunner(env=env).invoke(cli, args)
 
 
 def test_reference_from_seeds_records_spread(tmp_path):
@@ -115,3 +115,32 @@ def test_cli_exit_codes_and_update(tmp_path):
     update_reference([tmp_path / "s0"], p)
     new = {r["metric"]: r["abs_tol"] for r in json.loads(p.read_text())["rows"]}
     assert all(new[m] >= old_tol[m] for m in old_tol)
+
+
+def test_check_output_fits_80_columns_and_names_the_failures_whole(tmp_path):
+    """At 80 columns (CI logs) the output is a per-task · split count table plus the rows that did not pass, each
+    with model, task, split and metric whole (no `…`), and every line fits; ``--all`` lists the passing rows too."""
+    model, task = "loupe-oracle-regions", "synthetic-phrase-grounding-gt-boxes"
+    metric = "mean_part_interaction_shifted:two-part"
+    ref_dir, bad_dir = tmp_path / "ref", tmp_path / "bad"
+    for d, v in ((ref_dir, 0.50), (bad_dir, 0.20)):
+        _write_result(d, model, task, {metric: v, "acc@0.5": 0.7})
+        _results(d)
+    p = tmp_path / "ref.json"
+    p.write_text(json.dumps(build_reference([ref_dir])))
+    res = _cli(["check", str(bad_dir), "--reference", str(p)], env={"COLUMNS": "80"})
+    assert res.exit_code == 1
+    lines = res.output.splitlines()
+    assert max(len(l) for l in lines) <= 80, max(lines, key=len)
+    assert "…" not in res.output
+    assert "4 pass, 1 regressed, 0 improved, 0 missing" in res.output
+    head = [i for i, l in enumerate(lines) if l.strip() == f"{model} · {task} · test"]
+    assert len(head) == 1  # the regressed row, whole, once
+    tail = " ".join(lines[head[0] + 1:head[0] + 3])
+    assert metric in tail and "reference 0.5000" in tail and "value 0.2000" in tail and "Δ -0.3000" in tail
+    # the count table: one line per task · split, names whole
+    assert any(l.split()[:2] == [task, "test"] and l.split()[2:] == ["1", "1", "0", "0"] for l in lines)
+    assert "i2t_R@1" not in res.output  # passing rows are counted, not listed
+    full = _cli(["check", str(bad_dir), "--reference", str(p), "--all"], env={"COLUMNS": "80"})
+    assert "i2t_R@1: reference 0.5000, value 0.5000" in full.output
+    assert max(len(l) for l in full.output.splitlines()) <= 80

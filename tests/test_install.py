@@ -109,6 +109,18 @@ def test_installed_reproduce_quick_then_check_by_name(installed, installed_quick
     assert "regression gate passed" in res.stdout
 
 
+def test_installed_reproduce_redirected_is_one_line_per_unit(installed_quick_run):
+    """Redirected, ``reproduce`` writes plain lines: no live worker rows (no step/loss lines, no cursor control),
+    one ``done in`` line per finished unit (3 trainings, the evaluation groups, world, report)."""
+    text = (installed_quick_run / "console.txt").read_text()
+    assert "\x1b[" not in text and "\r" not in text
+    lines = text.splitlines()
+    assert not [l for l in lines if "loss " in l]
+    man = json.loads((installed_quick_run / "reproduce.json").read_text())
+    trained = [l for l in lines if "done in" in l and "train:" in l]
+    assert len(trained) == len(man["plan"]["models"]) == 3
+
+
 def test_installed_reproduce_summary_fits_80_columns(installed_quick_run):
     """Redirected to a file, the end-of-run summary is readable at 80 columns: no line longer, no cell wrapped."""
     text = (installed_quick_run / "console.txt").read_text()

@@ -71,21 +71,24 @@ def compare_cmd(results_dir, tables, include_unmatched, markdown):
               help="Deliberately rewrite the reference from RESULTS_DIR (atomically) instead of checking.")
 @click.option("--seeds-from", "extra", multiple=True, type=click.Path(path_type=Path),
               help="With --update: further result folders (other seeds) whose spread sets the tolerances.")
-def check_cmd(results_dir, reference, update, extra):
+@click.option("--all", "show_all", is_flag=True,
+              help="List every gated row (default: the per-task counts and the rows that did not pass).")
+def check_cmd(results_dir, reference, update, extra, show_all):
     """Regression gate: exit 1 when any metric regressed beyond its tolerance band or is missing."""
     from rich.console import Console
 
-    from ..report.gate import check, gate_table, update_reference
+    from ..report.gate import check, print_gate, update_reference
     from ..specs import reference_path
 
     console = Console()
+    name = str(reference)
     reference = reference_path(reference)
     if update:
         ref = update_reference([results_dir, *extra], reference, created_from=str(results_dir))
         console.print(f"reference {reference} rewritten: {len(ref['rows'])} rows, seeds {ref['seeds']}")
         return 0
     rep = check(results_dir, reference)
-    console.print(gate_table(rep))
+    print_gate(console, rep, name=name, show_all=show_all)
     if rep.extra_rows:
         console.print(f"{len(rep.extra_rows)} result rows are not in the reference (not gated)")
     if rep.failed:

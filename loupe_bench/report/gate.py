@@ -224,19 +224,58 @@ def update_reference(results_dirs: Sequence, reference_path, *, config: Optional
     return ref
 
 
+def _record(r: GateRow) -> List[str]:
+    """One gated row as lines of at most 80 columns (names never cut): model · task · split, then the metric and its
+    numbers (on a third line when a long metric name leaves no room)."""
+    value = "–" if r.value is None else f"{r.value:.4f}"
+    delta = "–" if r.delta is None else f"{r.delta:+.4f}"
+    numbers = f"reference {r.reference:.4f}, value {value}, Δ {delta}, band ±{r.band:.4f}"
+    head = f"  {r.model} · {r.task} · {r.split}"
+    if len(f"    {r.metric}: {numbers}") <= 80:
+        return [head, f"    {r.metric}: {numbers}"]
+    return [head, f"    {r.metric}:", f"      {numbers}"]
+
+
+#: what each status means, for the list headings
+STATUS_HELP = {"regressed": "worse than the reference by more than the band", "missing": "in the reference, not in "
+               "the results", "improved": "better than the reference by more than the band (informational)",
+               "pass": "within the band"}
+
+
 def gate_table(report: GateReport):
-    """A rich Table of a :class:`GateReport`."""
+    """A rich Table with one row per task · split and the count of gated rows of each status (fits 80 columns:
+    names are never cut)."""
     from rich.table import Table
 
     style = {"pass": "green", "regressed": "bold red", "improved": "cyan", "missing": "bold magenta"}
-    c = report.counts()
-    t = Table(title=f"regression gate vs {report.reference_path}: "
-                    + ", ".join(f"{n} {s}" for s, n in c.items()))
-    for col in ("model", "task", "split", "metric", "reference", "value", "Δ", "band", "status"):
-        t.add_column(col, justify="right" if col in ("reference", "value", "Δ", "band") else "left")
+    per: Dict[Tuple[str, str], Dict[str, int]] = {}
     for r in report.rows:
-        t.add_row(r.model, r.task, r.split, r.metric, f"{r.reference:.4f}",
-                  "–" if r.value is None else f"{r.value:.4f}",
-                  "–" if r.delta is None else f"{r.delta:+.4f}", f"±{r.band:.4f}",
-                  f"[{style[r.status]}]{r.status}[/{style[r.status]}]")
+        per.setdefault((r.task, r.split), {s: 0 for s in STATUSES})[r.status] += 1
+    t = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold underline")
+    t.add_column("task", no_wrap=True)
+    t.add_column("split", no_wrap=True)
+    for s in STATUSES:
+        t.add_column(s, justify="right", no_wrap=True)
+    for (task, split), c in sorted(per.items()):
+        cells = [f"[{style[s]}]{c[s]}[/{style[s]}]" if c[s] and s != "pass" else str(c[s]) for s in STATUSES]
+        t.add_row(task, split, *cells)
     return t
+
+
+def print_gate(console, report: GateReport, name: str = "", show_all: bool = False) -> None:
+    """The gate's console output: a title with the counts, the per-task · split count table, then every row that
+    is not ``pass`` (all rows with ``show_all``) as two-line records grouped by status."""
+    c = report.counts()
+    console.print(f"[bold]regression gate[/bold] vs {name or report.reference_path}"
+                  + (f" ({report.reference_path})" if name and name != report.reference_path else ""))
+    console.print(f"{len(report.rows)} gated rows: " + ", ".join(f"{n} {s}" for s, n in c.items()))
+    console.print(gate_table(report))
+    for status in (("regressed", "missing", "improved", "pass") if show_all else ("regressed", "missing",
+                                                                                   "improved")):
+        rows = [r for r in report.rows if r.status == status]
+        if not rows:
+            continue
+        console.print(f"[bold]{status}[/bold] ({len(rows)}): {STATUS_HELP[status]}", highlight=False)
+        for r in sorted(rows, key=lambda r: (r.task, r.split, r.model, r.metric)):
+            for line in _record(r):
+                console.print(line, highlight=False, markup=False)

@@ -280,9 +280,10 @@ def stage_world(ctx: Context) -> None:
 def _train_job(model: str, world: str, recipe: str, run: str, seed: int, overrides: Dict[str, Any]) -> float:
     """One training run (in a worker process when the plan has ``workers > 1``); returns its wall seconds."""
     from ..train.engine import train
+    from .worker_progress import step_reporter
 
     t0 = time.perf_counter()
-    train(model, world, recipe, run, seed=seed, overrides=overrides or None)
+    train(model, world, recipe, run, seed=seed, overrides=overrides or None, on_step=step_reporter())
     return time.perf_counter() - t0
 
 
@@ -314,11 +315,18 @@ def _run_jobs(ctx: "Context", kind: str, jobs: List[Tuple[str, str, Any, tuple]]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from .worker_progress import LiveJobs, init_worker, run_reported
+
     if ctx.log.enabled:
         ctx.console.log(f"{kind}: {len(jobs)} jobs on {workers} worker processes "
                         f"({ctx.plan.worker_threads} torch thread(s) each)")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(fn, *args): (key, desc) for key, desc, fn, args in jobs}
+    spawn = mp.get_context("spawn")
+    # a live row per running job (training: step, loss, ETA) in a terminal; one line per finished job otherwise
+    with LiveJobs(ctx.console, spawn, enabled=ctx.log.enabled and ctx.console.is_terminal) as live, \
+            ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=init_worker,
+                                initargs=(live.queue,)) as pool:
+        futures = {pool.submit(run_reported, key, key.replace("/", " "), fn, args): (key, desc)
+                   for key, desc, fn, args in jobs}
         left = len(futures)
         for fut in as_completed(futures):
             left -= 1
@@ -326,6 +334,7 @@ def _run_jobs(ctx: "Context", kind: str, jobs: List[Tuple[str, str, Any, tuple]]
                 on_idle()
                 on_idle = None
             key, desc = futures[fut]
+            live.done(key)
             seconds = fut.result()  # a failed job raises here, naming nothing half-written (results are atomic)
             ctx.timings[key] = round(seconds, 3)
             ctx.log.finished(kind, desc, seconds, parallel=workers)

@@ -7,7 +7,7 @@ the CLI under torchrun.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..registry import Registry
 from .recipe import RECIPE_DIR, Recipe, load_recipe, recipe_from_dict, shipped_recipes
@@ -26,7 +26,8 @@ def list_recipes() -> List[Tuple[str, str]]:
 def train(model: Any, data: Any, recipe: Union[str, Path, Recipe], out: Union[str, Path],
           resume: Optional[Union[str, Path]] = None, seed: Optional[int] = None, *,
           overrides: Optional[Mapping[str, Any]] = None, stop_after: Optional[int] = None,
-          allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error") -> Path:
+          allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error",
+          on_step: Optional[Callable[[int, int, float], None]] = None) -> Path:
     """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out`` (a model directory when done).
 
     The engine (:func:`loupe_bench.train.engine.train`) is imported on the first call: torch is heavy.
@@ -45,11 +46,12 @@ def train(model: Any, data: Any, recipe: Union[str, Path, Recipe], out: Union[st
         allow_changed: recipe fields a resume may change beyond the safe ones (see the engine's ``train``).
         on_bad_sample: ``error`` stops at the first bad training image (checked before step 1), ``skip`` counts
             and leaves bad ones out.
+        on_step: called on rank 0 after every optimiser step as ``on_step(step, total_steps, loss)``.
     """
     from .engine import train as _train
 
     return _train(model, data, recipe, out, resume, seed, overrides=overrides, stop_after=stop_after,
-                  allow_remote_shards=allow_remote_shards, allow_changed=allow_changed, on_bad_sample=on_bad_sample)
+                  allow_remote_shards=allow_remote_shards, allow_changed=allow_changed, on_bad_sample=on_bad_sample, on_step=on_step)
 
 
 __all__ = ["RECIPES", "Recipe", "load_recipe", "recipe_from_dict", "list_recipes", "train"]

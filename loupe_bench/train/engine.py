@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -154,11 +154,14 @@ def _source_for(data: Any, recipe: Recipe, allow_remote_shards: bool = False,
 class RunLogger:
     """``log.jsonl`` rows (rank 0), optional TensorBoard, rich progress bar with ETA."""
 
-    def __init__(self, run_dir: Path, recipe: Recipe, total: int, start: int, enabled: bool):
+    def __init__(self, run_dir: Path, recipe: Recipe, total: int, start: int, enabled: bool,
+                 on_step: Optional[Callable[[int, int, float], None]] = None):
         self.enabled = enabled
         self.path = run_dir / LOG_FILE
         self.tb = None
         self.progress = None
+        self.total = total
+        self.on_step = on_step if enabled else None
         if not enabled:
             return
         if recipe.log.tensorboard:
@@ -201,6 +204,8 @@ class RunLogger:
                     self.tb.add_scalar(k, v, row["step"])
 
     def advance(self, step: int, loss: float) -> None:
+        if self.on_step is not None:
+            self.on_step(step, self.total, loss)
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}")
 
@@ -330,6 +335,7 @@ def train(
     allow_remote_shards: bool = False,
     allow_changed: Sequence[str] = (),
     on_bad_sample: str = "error",
+    on_step: Optional[Callable[[int, int, float], None]] = None,
 ) -> Path:
     """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out``.
 
@@ -349,6 +355,8 @@ def train(
             is refused before anything is written.
         on_bad_sample: every training image is checked once before step 1; ``error`` stops at the first bad one
             (one line naming it), ``skip`` leaves bad ones out and counts them.
+        on_step: called on rank 0 after every optimiser step as ``on_step(step, total_steps, loss)`` — e.g. to
+            forward progress from a worker process (``reproduce`` does); it must be cheap and must not raise.
     """
     recipe = load_recipe(recipe)
     changes = dict(overrides or {})
@@ -362,7 +370,7 @@ def train(
     info = init_distributed(recipe.device, recipe.distributed.backend)
     try:
         return _train(model, data, recipe, run_dir, resume, info, stop_after, allow_remote_shards,
-                      tuple(allow_changed), on_bad_sample)
+                      tuple(allow_changed), on_bad_sample, on_step)
     finally:
         if info.initialized_here and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -386,7 +394,8 @@ def check_out_dir(run_dir: Path) -> None:
 
 
 def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
-           allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error") -> Path:
+           allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error",
+           on_step: Optional[Callable[[int, int, float], None]] = None) -> Path:
     check_out_dir(run_dir)
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
@@ -490,7 +499,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
         if info.rank:
             seed_everything(recipe.seed + 1000 * info.rank)
 
-    logger = RunLogger(run_dir, recipe, total, step, info.is_main)
+    logger = RunLogger(run_dir, recipe, total, step, info.is_main, on_step=on_step)
     if resume is not None:
         logger.truncate_after(step)
     guard_step = {"step": step}

@@ -1,0 +1,107 @@
+"""Per-job progress of ``reproduce``'s worker processes: rows per running job in a terminal, nothing when redirected."""
+from __future__ import annotations
+
+import io
+import queue
+import re
+
+from rich.console import Console
+
+from loupe_bench.report import worker_progress as wp
+from loupe_bench.report.reproduce import Context, StageLog, SyntheticPlan, _run_jobs, _train_job
+
+
+class _Ctx:
+    """A multiprocessing context stand-in whose Queue is a thread queue (for the in-process unit tests)."""
+
+    class _Q(queue.Queue):
+        def close(self):
+            pass
+
+        def cancel_join_thread(self):
+            pass
+
+    Queue = _Q
+
+
+def test_step_reporter_throttles_and_always_sends_the_last_step(monkeypatch):
+    q = queue.Queue()
+    wp.init_worker(q)
+    try:
+        seen = []
+
+        def job(n):
+            cb = wp.step_reporter(min_interval=3600.0)  # only the first step and the final one pass the throttle
+            for step in range(1, n + 1):
+                cb(step, n, 1.0 / step)
+            return "ok"
+
+        assert wp.run_reported("train/s0/m", "train s0 m", job, (5,)) == "ok"
+        while not q.empty():
+            seen.append(q.get_nowait())
+        assert seen[0] == ("train/s0/m", "train s0 m", 0, None, "")  # the announcement
+        assert [m[2] for m in seen[1:]] == [1, 5]
+        assert seen[-1] == ("train/s0/m", "train s0 m", 5, 5, "loss 0.2000")
+        assert wp.step_reporter() is None  # no current job any more
+    finally:
+        wp.init_worker(None)
+    assert wp.step_reporter() is None  # nothing reported without a queue
+
+
+def test_live_rows_follow_running_jobs_only():
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with wp.LiveJobs(console, _Ctx(), enabled=True) as live:
+        live.handle(("train/s0/a", "train s0 a", 0, None, ""))
+        live.handle(("train/s0/b", "train s0 b", 3, 10, "loss 1.5000"))
+        rows = live.rows()
+        assert set(rows) == {"train/s0/a", "train/s0/b"}
+        assert rows["train/s0/b"]["completed"] == 3 and rows["train/s0/b"]["total"] == 10
+        assert rows["train/s0/b"]["info"] == "loss 1.5000"
+        live.done("train/s0/a")
+        live.handle(("train/s0/a", "train s0 a", 7, 10, "loss 0.1"))  # late message of a finished job: no row
+        assert set(live.rows()) == {"train/s0/b"}
+        assert live.last["train/s0/a"][2] == 7
+    inert = wp.LiveJobs(console, _Ctx(), enabled=False)
+    with inert:
+        assert inert.queue is None and inert.rows() == {}
+
+
+def _ctx(tmp_path, console, enabled=True) -> Context:
+    plan = SyntheticPlan(models=["clip-tiny", "filip-tiny"], workers=2, worker_threads=1)
+    log = StageLog(console, total=2, enabled=enabled)
+    log.planned = {"train": 2}
+    return Context(out=tmp_path, seeds=[0], plan=plan, log=log, console=console)
+
+
+def _jobs(tmp_path, world, steps):
+    over = {"steps": steps, "optim.warmup_steps": 1, "checkpoint.every": 0, "threads": 1, "log.progress": False,
+            "data.batch_size": 8}
+    return [(f"train/s0/{m}", f"train: {m}", _train_job, (m, str(world), "tiny-cpu", str(tmp_path / m), 0, over))
+            for m in ("clip-tiny", "filip-tiny")]
+
+
+def test_reproduce_workers_report_training_steps_in_a_terminal(tmp_path, tiny_world, monkeypatch):
+    """The real training jobs in two spawned workers: each job's final step, total and loss reach the display,
+    rows are drawn on the terminal, and every row is gone at the end."""
+    seen = {}
+    orig_exit = wp.LiveJobs.__exit__
+
+    def spy_exit(self, *exc):
+        orig_exit(self, *exc)
+        seen.update(self.last)
+        seen["__rows__"] = self.rows()
+
+    monkeypatch.setattr(wp.LiveJobs, "__exit__", spy_exit)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=140)
+    ctx = _ctx(tmp_path, console)
+    _run_jobs(ctx, "train", _jobs(tmp_path, tiny_world, steps=6))
+    for m in ("clip-tiny", "filip-tiny"):
+        key, label, step, total, info = seen[f"train/s0/{m}"]
+        assert (label, step, total) == (f"train s0 {m}", 6, 6)
+        assert info.startswith("loss ") and float(info.split()[1]) > 0
+        assert (tmp_path / m / "log.jsonl").is_file()
+    assert seen["__rows__"] == {}
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "train s0 clip-tiny" in text or "train s0 filip-tiny" in text  # live rows were drawn
+    assert "[2/2]" in text  # the stage log's per-job lines still come
