@@ -3,9 +3,11 @@ encoding with progress bars, prompt ensembles, and the per-split output with boo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -74,8 +76,43 @@ def load_records(spec: TaskSpec, data_root: Optional[Path], split: str):
         raise spec.missing_data(path, data_root, "data set not found")
     if isinstance(opts.get("image_root"), str) and not Path(opts["image_root"]).is_dir():
         raise spec.missing_data(Path(opts["image_root"]), data_root, "image folder not found")
-    loader = loader_cls(path, split=split, verify_images=False, **opts)
-    return loader.load()
+    key = _records_key(spec.dataset.format, path, split, opts)
+    hit = _RECORDS_CACHE.get(key) if key is not None else None
+    if hit is None:
+        hit = loader_cls(path, split=split, verify_images=False, **opts).load()
+        if key is not None:
+            _RECORDS_CACHE[key] = hit
+            while len(_RECORDS_CACHE) > RECORDS_CACHE_SIZE:
+                _RECORDS_CACHE.pop(next(iter(_RECORDS_CACHE)))
+    # a fresh container each call (the records themselves are frozen dataclasses of tuples)
+    return dataclasses.replace(hit, images=list(hit.images), refs=list(hit.refs), samples=list(hit.samples),
+                               categories=dict(hit.categories), classnames=list(hit.classnames),
+                               skipped=list(hit.skipped), notes=dict(hit.notes))
+
+
+#: parsed data sets kept in this process: the tasks of one evaluation often read the same annotation file and split
+#: (the eight grounding protocols read one refer file), and parsing it is most of their data time
+RECORDS_CACHE_SIZE = 8
+_RECORDS_CACHE: Dict[Tuple[Any, ...], Any] = {}
+
+
+def _records_key(fmt: str, path: Path, split: str, opts: Dict[str, Any]) -> Optional[Tuple[Any, ...]]:
+    """Cache key of one ``load_records`` call: the format, split and loader options, and the name, size and mtime of
+    every file beside (or in) the data set path — a rewritten annotation file is read again. ``None`` (no caching)
+    when an option cannot be keyed."""
+    try:
+        folder = path if path.is_dir() else path.parent
+        files = sorted((f.name, st.st_size, st.st_mtime_ns) for f in folder.iterdir()
+                       if f.is_file() and (st := f.stat()))
+        frozen = tuple(sorted((k, repr(v)) for k, v in opts.items()))
+        # option values naming files elsewhere (e.g. a refer data set's instances file): their size and mtime too
+        named = tuple(sorted((str(v), Path(v).stat().st_size, Path(v).stat().st_mtime_ns) for v in opts.values()
+                             if isinstance(v, (str, Path)) and Path(v).is_file()))
+    except OSError:
+        return None
+    if len(files) > 10_000:
+        return None
+    return (fmt, str(path.resolve()), split, frozen, tuple(files), named)
 
 
 # ------------------------------------------------------------------------------------------------- images
@@ -205,8 +242,41 @@ def encode_texts(model, texts: Sequence[str], spec: TaskSpec, device: str = "cpu
     """
     if not texts:
         raise DataError("no texts to encode")
-    parts = []
     bs = max(1, spec.batch_size * 4)
+    if getattr(model, "training", False):  # dropout on: every call draws anew, nothing to share
+        return _encode_texts(model, texts, bs, device, desc)
+    try:
+        per_model = _TEXT_CACHE.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: no cache
+        return _encode_texts(model, texts, bs, device, desc)
+    key = (tuple(texts), bs, str(device), _weights_version(model))
+    out = per_model.get(key)
+    if out is None:
+        out = per_model[key] = _encode_texts(model, texts, bs, device, desc)
+        while len(per_model) > TEXT_CACHE_SIZE:
+            per_model.pop(next(iter(per_model)))
+    # copies: a caller may normalise or edit its features in place
+    return type(out)(*[f.clone() if isinstance(f, Tensor) else f for f in out])
+
+
+#: text features kept per model object (weakly: they go with the model): the tasks of one evaluation encode the same
+#: query lists again (the grounding protocols of one split share their queries). Keyed by the exact texts, batch
+#: size, device and the parameters' in-place version counters, so a cached answer is the one a fresh call would give.
+TEXT_CACHE_SIZE = 16
+_TEXT_CACHE: "weakref.WeakKeyDictionary[Any, Dict[Tuple[Any, ...], Any]]" = weakref.WeakKeyDictionary()
+
+
+def _weights_version(model) -> Tuple[Any, ...]:
+    """Changes whenever a parameter or buffer is modified in place or replaced (an optimiser step, ``load_state_dict``)."""
+    try:
+        tensors = list(model.parameters()) + list(model.buffers())
+    except AttributeError:
+        return (id(model),)
+    return tuple((id(t), t._version) for t in tensors)
+
+
+def _encode_texts(model, texts: Sequence[str], bs: int, device: str, desc: str):
+    parts = []
     with progress_bar(f"encode {desc}", len(texts)) as advance:
         for s in range(0, len(texts), bs):
             tok = model.tokenizer(list(texts[s : s + bs]))

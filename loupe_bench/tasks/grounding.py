@@ -109,9 +109,14 @@ def distractor_kind(target, others, attributes: Dict[str, str], categories: Dict
 def acceptable(candidates_xyxy: torch.Tensor, queries: Sequence[Query], thr: float) -> torch.Tensor:
     """``[K, Q]`` bool: candidate ``k`` answers query ``q`` when ``max_{g ∈ gt(q)} IoU(k, g) ≥ thr`` (ANY box)."""
     ok = torch.zeros(len(candidates_xyxy), len(queries), dtype=torch.bool)
-    if len(candidates_xyxy):
-        for j, query in enumerate(queries):
-            ok[:, j] = (box_iou(candidates_xyxy, xywh_to_xyxy(query.gt)) >= thr).any(dim=1)
+    if len(candidates_xyxy) and len(queries):
+        # one IoU matrix against every query's gt boxes, then "any" per query (a scatter over the gt columns)
+        gts = [xywh_to_xyxy(q.gt) for q in queries]
+        owner = torch.repeat_interleave(torch.arange(len(queries)), torch.tensor([len(g) for g in gts]))
+        hit = (box_iou(candidates_xyxy, torch.cat(gts)) >= thr).to(torch.int32)
+        counts = torch.zeros(len(candidates_xyxy), len(queries), dtype=torch.int32)
+        counts.index_add_(1, owner, hit)
+        ok = counts > 0
     return ok
 
 
