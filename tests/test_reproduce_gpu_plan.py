@@ -146,7 +146,9 @@ def toy_gpu_plan():
                    task_overrides={**gpu.task_overrides, **TOY_TASK_OVERRIDES})
 
 
+@pytest.mark.slow
 def test_gpu_plan_runs_on_cpu_at_toy_size(tmp_path):
+    """The GPU plan's code path end to end on the CPU (~32 CPU s: world, 2 x 3 training steps, 16 tasks, report)."""
     from rich.console import Console
 
     plan = toy_gpu_plan()
