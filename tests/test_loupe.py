@@ -408,9 +408,10 @@ def test_every_loupe_spec_parses_and_the_tiny_ones_build():
         spec = get_spec(n)
         cfg = LoupeCfg.from_dict(spec["loupe"])
         assert (cfg.fsa.value, cfg.fsa.region_projection) == ("pooled", "none"), n
-        assert cfg.fsa.regions == ("oracle" if n == "loupe-oracle-regions" else "proposals"), n
+        assert cfg.fsa.regions == ("oracle" if n.endswith("oracle-regions") else "proposals"), n
         assert 0 < cfg.fsa.start_step and 0 < cfg.fsa.ramp_steps, n
         if spec["image_size"] == 64:
             model = _model(n, **FSA_NOW)
             assert model.region_proj is None
-    assert get_spec("loupe-oracle-regions")["description"].startswith("NOT LOUPE")
+    for n in ("loupe-oracle-regions", "loupe-small-oracle-regions"):
+        assert get_spec(n)["description"].startswith("NOT LOUPE"), n

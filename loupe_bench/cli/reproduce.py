@@ -11,29 +11,42 @@ def reproduce() -> None:
     """Run a whole reproduction: the synthetic world offline, or the paper's benchmarks on real data."""
 
 
+def _plan_names():
+    from ..report.reproduce import PLANS
+
+    return PLANS.names()
+
+
 @reproduce.command("synthetic")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/synthetic"), show_default=True,
               help="Folder for the world, runs, results and report.")
-@click.option("--seeds", "n_seeds", type=click.IntRange(1, 10), default=1, show_default=True,
-              help="Number of training seeds (0..N-1); tables show mean ± std.")
+@click.option("--plan", "plan_name", type=click.Choice(_plan_names()), default=None,
+              help="Named plan (default: default): default = tiny towers on 2 CPU cores; quick = the CI variant; "
+                   "gpu = ViT-S/16 towers on the medium world, bf16, one GPU (docs/loupe.md, GPU plan).")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1, 10), default=None,
+              help="Number of training seeds (0..N-1); tables show mean ± std. Default: the plan's (1 for default "
+                   "and quick, 3 for gpu).")
 @click.option("--seed", "first_seed", type=click.IntRange(0), default=0, show_default=True, help="First seed.")
-@click.option("--quick", is_flag=True, help="CI variant: CLIP, FILIP, LOUPE with the quick recipe variant (~2 min).")
+@click.option("--quick", is_flag=True, help="Alias of --plan quick: CLIP, FILIP, LOUPE with the quick recipe variant "
+                                            "(~2 min).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Processes training/evaluating models at once (default 2, one torch thread each; 1 = sequential "
-                   "in this process with the recipe's threads). Part of the plan: numbers depend on it.")
-def synthetic_cmd(out, n_seeds, first_seed, quick, workers):
+              help="Processes training/evaluating models at once (default: the plan's; default plan 2, one torch "
+                   "thread each; 1 = sequential in this process with the recipe's threads). Part of the plan: "
+                   "numbers depend on it.")
+def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers):
     """Generate the synthetic world, train CLIP, FILIP and LOUPE (and LOUPE's ablations unless --quick) with the
-    tiny-cpu recipe, evaluate every synthetic task and write the report."""
-    from ..report.reproduce import reproduce_synthetic
+    plan's recipe, evaluate every synthetic task and write the report."""
+    from dataclasses import replace
 
-    plan = None
+    from ..report.reproduce import get_plan, reproduce_synthetic
+
+    if quick and plan_name not in (None, "quick"):
+        raise click.UsageError(f"--quick is --plan quick; it cannot be combined with --plan {plan_name}")
+    plan = get_plan("quick" if quick else (plan_name or "default"))
     if workers is not None:
-        from dataclasses import replace
-
-        from ..report.reproduce import default_plan
-
-        plan = replace(default_plan(quick), workers=workers)
-    manifest = reproduce_synthetic(out, seeds=range(first_seed, first_seed + n_seeds), quick=quick, plan=plan)
+        plan = replace(plan, workers=workers)
+    n = int(n_seeds) if n_seeds is not None else int(plan.seeds)
+    manifest = reproduce_synthetic(out, seeds=range(first_seed, first_seed + n), quick=plan.quick, plan=plan)
     click.echo(f"manifest: {manifest}")
     click.echo(f"report:   {Path(out) / 'report' / 'report.html'}")
 

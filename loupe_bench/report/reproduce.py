@@ -55,6 +55,15 @@ class SyntheticPlan:
             job (measured on 2 cores: training 1.5x, evaluation 1.7x the throughput).
         worker_threads: torch threads of each job when ``workers > 1`` (recorded in each run's recipe, so a plan
             gives the same numbers on any machine).
+        quick: the plan leaves out the task types in :data:`NOT_IN_QUICK`.
+        seeds: number of training seeds the CLI runs when ``--seeds`` is not given (seeds ``0 .. seeds-1``).
+        model_overrides: dotted overrides applied to every model spec where the key exists, e.g.
+            ``{"image_tower.kwargs.depth": 1}``; ``"MODEL:dotted.key"`` applies to that model only and creates the
+            key (as ``task_overrides``; see :func:`model_spec_mapping`). Empty: the shipped specs are trained by name.
+            The runs keep the spec's name: a plan with overrides is a different protocol (the manifest records them).
+        eval_device: device of the evaluation jobs (``cpu``, ``cuda``, ``auto``); training uses the recipe's.
+        world_workers: processes rendering the world (``None``: :func:`~loupe_bench.data.synth.generate_world`'s
+            default, up to 4); the world does not depend on it.
     """
 
     world_size: str = "small"
@@ -69,6 +78,10 @@ class SyntheticPlan:
     workers: int = 2
     worker_threads: int = 1
     quick: bool = False
+    seeds: int = 1
+    model_overrides: Dict[str, Any] = field(default_factory=dict)
+    eval_device: str = "cpu"
+    world_workers: Optional[int] = None
 
 
 #: task types the LOUPE ablations are evaluated on in the default plan
@@ -108,6 +121,135 @@ QUICK_TASK_OVERRIDES: Dict[str, Any] = {
 }
 
 
+#: the named plans of ``reproduce synthetic --plan NAME``: each entry is a function ``() -> SyntheticPlan``
+PLANS = Registry("reproduce plan")
+
+PLANS.register("default", help="CLIP, FILIP, LOUPE and its ablations, tiny towers, small world, tiny-cpu "
+               "(2 CPU cores, minutes)")(lambda: default_plan(False))
+PLANS.register("quick", help="CI variant: CLIP, FILIP, LOUPE, 100 steps, lighter task options "
+               "(~2 min on 2 cores)")(lambda: default_plan(True))
+
+#: models of the GPU plan: one tower size (ViT-S/16 at 128 px + BERT 4 x 384) for every compared model
+GPU_MAIN_MODELS = ("clip-small", "filip-small", "loupe-small")
+GPU_ABLATIONS = ("loupe-small-no-tsa", "loupe-small-no-fsa", "loupe-small-sampling", "loupe-small-oracle-regions")
+#: task options of the GPU plan: fewer bootstrap replicates per result (the tables' intervals are over the three
+#: seeds), grounding without the val split (the model-selection split; test and comptest stay), captions without
+#: the JVM metrics (METEOR/SPICE: a JVM per model, absent on most GPU hosts). The medium world's evaluation is
+#: CPU-bound (annotation parsing, matching, bootstrap): see :func:`gpu_plan`.
+GPU_TASK_OVERRIDES: Dict[str, Any] = {
+    "bootstrap.n_resamples": 200,
+    "options.bootstrap_resamples": 50,
+    "synthetic-captioning:options.bootstrap_resamples": 0,
+    "synthetic-captioning:metrics": _CAPTION_QUICK_METRICS,
+    "synthetic-captioning:options.use_java": False,
+    **{k: v for k, v in QUICK_TASK_OVERRIDES.items() if k.endswith(":splits")},
+}
+
+
+@PLANS.register("gpu", help="CLIP, FILIP, LOUPE, its ablations and the oracle-regions bound with ViT-S/16 towers "
+                "at 128 px on the medium world, bf16, 3 seeds (one H200, <= 10 min estimated; not yet run)")
+def gpu_plan() -> SyntheticPlan:
+    """The GPU plan: the question at a scale where it can show, sized for <= 10 minutes of one H200-class GPU.
+
+    What: the ``medium`` world (20 000 train / 1 000 val / 1 000 test / 1 000 comptest images) at 128 px; the
+    ``*-small`` specs (:data:`GPU_MAIN_MODELS`, :data:`GPU_ABLATIONS`: ViT-S/16 image tower, 12 blocks x 384, 6 heads,
+    mean-pooled, no class token; BERT 4 x 384 text tower; 256-d; otherwise the tiny specs unchanged, ``tsa.
+    target_images`` 4 instead of 2) with the ``gpu-bf16`` recipe (bf16 autocast, batch 256, 300 steps, AdamW 1e-3),
+    three seeds, every task of the default plan (ablations and the oracle bound on the region and alignment task
+    types, as the default plan's ablations), evaluation on CUDA.
+
+    Why 128 px: ViT-S/16 at 128 px has an 8 x 8 patch grid, the grid of the tiny specs: the token-level game keeps its
+    64 players and every patch-unit setting (box size, jitter, top-k, NMS) means the same as in the tuned tiny
+    specs. 224 px would give 196 players (3x the tokens, ~3.3x the FLOPs per image, noisier Monte-Carlo contexts).
+    Why 300 steps: the LOUPE specs' schedules are in steps (box_start 60, FSA start 60 + ramp 60, neural warm-up
+    20); at tiny-cpu's 300 steps they mean the same. 300 x 256 = 76.8k pairs, ~3.8 epochs of the medium world.
+
+    Time estimate (arithmetic; NOT measured on a GPU yet):
+
+    * FLOPs per image, forward: per ViT block ``24 T W^2 + 4 T^2 W`` with T = 64 tokens, W = 384:
+      226.5 M + 6.3 M = 232.8 M; x 12 blocks + patch embedding (37.7 M) = 2.83 GFLOP. Text, per BERT layer with L =
+      32 tokens: ``24 L W^2 + 4 L^2 W`` = 114.8 M; x 4 = 0.46 GFLOP. Training ~3x forward: 9.9 GFLOP per pair,
+      2.53 TFLOP per step at batch 256, 0.76 PFLOP per 300-step CLIP run: 3 s at 250 TFLOP/s (25 % of the H200's
+      ~990 TFLOP/s dense bf16). Compute is not the limit; kernel dispatch is.
+    * Dispatch: ``clip-tiny`` steps take 14 ms on an H200 with 2 + 2 blocks (measured, ``bench train-step``), i.e.
+      launch-bound; scaled by blocks (16 vs 4) a ``clip-small`` step is ~50 ms, FILIP ~55 ms.
+    * ℒ_TSA's tower game (``models/masked_game.py``): the masks of one step are grouped by kept-patch count
+      (1..64), one tower call per group: <= 64 calls x 12 blocks ~ 0.1 ms dispatch each = ~77 ms per step,
+      independent of the number of masks. Masks: 4 images x 24 coalitions x 8 contexts x 2 (coalition value) =
+      1 536 per warm-up step (~half the tokens each: 2.2 TFLOP, ~9 ms), ~400 after warm-up (routing <= 25 %).
+      Hence ``tsa.target_images`` 4: twice the tiny specs' coalitions for ~5 ms more; ``tsa.last_blocks`` stays
+      null (the whole tower re-encodes the masked image, the tiny specs' game). LOUPE step ~50 + 77 + 10 (ℒ_FSA,
+      ℒ_NSI, region head) = ~135 ms; ``-no-tsa`` ~60, ``-no-fsa`` ~125, ``-sampling`` ~140, oracle ~135.
+    * Training: per seed 50 + 55 + 135 + 60 + 125 + 140 + 135 = 700 ms per step, x 300 steps x 3 seeds = 630 s
+      one run after another, with the GPU busy ~15 % of it (~80 s of kernels). ``workers`` 4: four runs at once
+      (processes on the one GPU) interleave their kernels; bound by host dispatch on 4 cores: ~630 / 4 = ~160 s
+      (~3 min; ~10 min with ``--workers 1``). Data: 256 JPEG decodes + crops per step (~0.1 CPU s) on 3 loader
+      workers per run; 4 x (1 + 3) processes on the 16-core host.
+    * World: 23 000 images; measured on the 2-core box: ~16 ms per image rendered in a worker, ~5 ms per image in
+      the writing process (files, JSON): ~2 min with 8 workers (bound by the writer), once (reused when
+      ``world/world.json`` matches).
+    * Evaluation (CPU-bound): measured on the 2-core box, one thread, small world, all 16 tasks of one tiny model:
+      222 s (captioning 97 s, grounding/phrase grounding 82 s). On the medium world the grounding tasks re-parse
+      the whole world's refer annotations per task and split (~1.7 s on the small world, x 9.2 on the medium one)
+      and match 3-5x more queries: ~25 CPU s per grounding task-split, x 12 task-splits (val dropped) x 21
+      model-seeds = ~6 300 CPU s: ~7 min on 16 cores (``workers`` 4 jobs at a time: ~26 min). **This is where the
+      budget does not close today**: one parse per split and ``evaluate`` call instead of one per task
+      (tasks/common.py ``load_records``) would bring it to ~2-3 min; a GPU host's cores are likely faster than
+      the 2-core box's.
+    * Total: world ~2 + train ~3 + eval ~3-7 + report ~0.5 min: 9-13 min on a first run; the GPU run itself
+      will say (``reproduce.json`` timings per stage and run).
+    """
+    return SyntheticPlan(
+        world_size="medium", image_size=128, models=list(GPU_MAIN_MODELS + GPU_ABLATIONS), recipe="gpu-bf16",
+        task_overrides=dict(GPU_TASK_OVERRIDES),
+        model_task_types={m: list(ABLATION_TASK_TYPES) for m in GPU_ABLATIONS},
+        workers=4, worker_threads=2, seeds=3, eval_device="cuda", world_workers=8)
+
+
+def get_plan(name: str) -> SyntheticPlan:
+    """A fresh :class:`SyntheticPlan` of the registered plan ``name`` (:data:`PLANS`); unknown: SpecError."""
+    return PLANS.get(name)()
+
+
+def apply_overrides(data: Dict[str, Any], name: str, overrides: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Apply dotted ``overrides`` to the spec mapping ``data`` (named ``name``) in place and return it.
+
+    ``"dotted.key": value`` replaces an existing key only; ``"NAME:dotted.key": value`` applies to the spec named
+    ``NAME`` only, creating the key (and missing parent mappings) when needed.
+    """
+    for key, value in (overrides or {}).items():
+        create = ":" in key  # "name:dotted.key" applies to that spec only, creating the key if needed
+        if create:
+            only, key = key.split(":", 1)
+            if only != name:
+                continue
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if create and isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict) and (create or parts[-1] in node):
+            node[parts[-1]] = value
+    return data
+
+
+def model_spec_mapping(name: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The shipped model spec ``name`` as a mapping with the plan's dotted ``model_overrides`` applied (rules of
+    :func:`apply_overrides`), e.g. ``{"image_tower.kwargs.depth": 1, "text_tower.config.num_hidden_layers": 1}``."""
+    from ..models.factory import get_spec
+
+    return apply_overrides(get_spec(name), name, overrides)
+
+
+def plan_model(plan: SyntheticPlan, name: str):
+    """What the train stage passes for model ``name``: the spec name (no ``model_overrides``), else the spec
+    mapping with the overrides applied."""
+    return model_spec_mapping(name, plan.model_overrides) if plan.model_overrides else name
+
+
 def task_spec_mapping(name: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The shipped task spec ``name`` as a mapping, with dotted ``overrides`` applied where the key exists.
 
@@ -124,23 +266,7 @@ def task_spec_mapping(name: str, overrides: Optional[Dict[str, Any]] = None) -> 
             continue
         data = copy.deepcopy(data)
         data.setdefault("name", f.stem)
-        for key, value in (overrides or {}).items():
-            create = ":" in key  # "task-name:dotted.key" applies to that task only, creating the key if needed
-            if create:
-                only, key = key.split(":", 1)
-                if only != name:
-                    continue
-            node = data
-            parts = key.split(".")
-            for part in parts[:-1]:
-                if create and isinstance(node, dict) and node.get(part) is None:
-                    node[part] = {}
-                node = node.get(part) if isinstance(node, dict) else None
-                if node is None:
-                    break
-            if isinstance(node, dict) and (create or parts[-1] in node):
-                node[parts[-1]] = value
-        return data
+        return apply_overrides(data, name, overrides)
     raise SpecError(f"unknown task {name!r}")
 
 
@@ -274,7 +400,7 @@ def stage_world(ctx: Context) -> None:
     with ctx.unit("world", f"world: generate ({ctx.plan.world_size}, {ctx.plan.image_size}px)"):
         if not _world_matches(ctx.world, ctx.plan):
             generate_world(ctx.world, seed=ctx.plan.world_seed, size=ctx.plan.world_size,
-                           image_size=ctx.plan.image_size)
+                           image_size=ctx.plan.image_size, workers=ctx.plan.world_workers)
 
 
 def _train_job(model: str, world: str, recipe: str, run: str, seed: int, overrides: Dict[str, Any]) -> float:
@@ -288,7 +414,7 @@ def _train_job(model: str, world: str, recipe: str, run: str, seed: int, overrid
 
 
 def _eval_job(run: str, specs: List[Dict[str, Any]], world: str, out_dir: str, seed: int,
-              threads: Optional[int] = None) -> float:
+              threads: Optional[int] = None, device: str = "cpu") -> float:
     """Evaluate one trained model on ``specs`` (in a worker process when ``workers > 1``); returns wall seconds."""
     import torch
 
@@ -297,7 +423,7 @@ def _eval_job(run: str, specs: List[Dict[str, Any]], world: str, out_dir: str, s
     if threads:
         torch.set_num_threads(int(threads))
     t0 = time.perf_counter()
-    evaluate([run], specs, data_root=world, out_dir=out_dir, seed=seed)
+    evaluate([run], specs, data_root=world, out_dir=out_dir, seed=seed, device=device)
     return time.perf_counter() - t0
 
 
@@ -381,7 +507,8 @@ def stage_train(ctx: Context) -> None:
         for model in ctx.plan.models:
             run = ctx.out / "runs" / f"s{seed}" / model
             jobs.append((f"train/s{seed}/{model}", f"train: {model} (seed {seed}, recipe {ctx.plan.recipe})",
-                         _train_job, (model, str(ctx.world), ctx.plan.recipe, str(run), seed, _worker_overrides(ctx))))
+                         _train_job, (plan_model(ctx.plan, model), str(ctx.world), ctx.plan.recipe, str(run), seed,
+                                      _worker_overrides(ctx))))
             ctx.runs[f"s{seed}/{model}"] = ctx.rel(run)
     _run_jobs(ctx, "train", jobs, on_idle=_prewarm_report_imports)
 
@@ -408,7 +535,8 @@ def stage_eval(ctx: Context) -> None:
             out_dir = str(ctx.out / "results" / f"s{seed}")
             if not parallel:
                 jobs.append((f"eval/s{seed}/{model}", f"eval: {model} (seed {seed}) on {len(specs)} tasks",
-                             _eval_job, (str(run), specs, str(ctx.world), out_dir, seed, threads)))
+                             _eval_job, (str(run), specs, str(ctx.world), out_dir, seed, threads,
+                                         ctx.plan.eval_device)))
                 continue
             grouped = [[sp for sp in specs if sp.get("type") in g] for g in EVAL_GROUPS]
             grouped.append([sp for sp in specs if not any(sp.get("type") in g for g in EVAL_GROUPS)])
@@ -416,7 +544,8 @@ def stage_eval(ctx: Context) -> None:
                 if group:
                     names = ", ".join(sorted({str(sp.get("type")) for sp in group}))
                     jobs.append((f"eval/s{seed}/{model}/{gi}", f"eval: {model} (seed {seed}): {names}",
-                                 _eval_job, (str(run), group, str(ctx.world), out_dir, seed, threads)))
+                                 _eval_job, (str(run), group, str(ctx.world), out_dir, seed, threads,
+                                             ctx.plan.eval_device)))
     if parallel:  # longest groups first (group index), across models and seeds
         jobs.sort(key=lambda j: int(j[0].rsplit("/", 1)[1]))
     ctx.log.total += len(jobs) - ctx.log.planned.get("eval", 0)
@@ -488,7 +617,7 @@ def write_manifest(ctx: Context, extra: Optional[Dict[str, Any]] = None) -> Path
         "report": "report",
         "timings": ctx.timings,
         "missing_metrics": ctx.missing,
-        "environment": environment_info("cpu"),
+        "environment": environment_info(ctx.plan.eval_device),
     }
     man.update(extra or {})
     return atomic_write_json(ctx.out / "reproduce.json", man)
