@@ -39,7 +39,7 @@ def test_step_reporter_throttles_and_always_sends_the_last_step(monkeypatch):
         assert wp.run_reported("train/s0/m", "train s0 m", job, (5,)) == "ok"
         while not q.empty():
             seen.append(q.get_nowait())
-        assert seen[0] == ("train/s0/m", "train s0 m", 0, None, "")  # the announcement
+        assert seen[0] == ("train/s0/m", "train s0 m", 0, None, "starting")  # the announcement
         assert [m[2] for m in seen[1:]] == [1, 5]
         assert seen[-1] == ("train/s0/m", "train s0 m", 5, 5, "loss 0.2000")
         assert wp.step_reporter() is None  # no current job any more

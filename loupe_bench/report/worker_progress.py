@@ -47,7 +47,7 @@ def run_reported(key: str, label: str, fn: Callable[..., Any], args: Tuple[Any, 
     clear it afterwards."""
     global _CURRENT
     _CURRENT = (key, label)
-    _post((key, label, 0, None, ""))
+    _post((key, label, 0, None, "starting"))
     try:
         return fn(*args)
     finally:
