@@ -63,5 +63,6 @@ def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
         ips = rec["images_per_s"]
         assert ratios["ours / open_clip"]["value"] == pytest.approx(ips["ours"] / ips["open_clip"])
         assert ratios["LOUPE / ours"]["value"] == pytest.approx(ips["loupe"] / ips["ours"])
-        assert all("GPU target" in f["target"] and f["met"] is None for f in ratios.values())  # CPU: targets recorded
+        targeted = [f for f in ratios.values() if f["target"]]
+        assert len(targeted) == 2 and all("GPU target" in f["target"] and f["met"] is None for f in targeted)  # CPU
         assert rec["loupe_logs"].get("routed_fraction", 0) > 0  # LOUPE timed past warm-up: the neural module routes

@@ -20,7 +20,8 @@ Three training loops run side by side in one process, on the same batch, precisi
   so the neural module routes the coalitions it is confident about (``neural routing, after warm-up``).
 
 Each round times one step of every model in turn (after two untimed steps each), so load changes on a shared machine
-hit all alike; a model's step time is the median over rounds and its throughput ``batch / median``. Figures: images/s
+hit all alike; a model's step time is the median over rounds and its throughput ``batch / median`` (also recorded:
+the median over rounds of the within-round ratio ``t_open_clip / t_ours``). Figures: images/s
 of each, ``ours / open_clip`` (target ≥ 0.9 on a GPU) and ``LOUPE / ours`` (target ≥ 0.75 on a GPU). Precision:
 bf16 autocast on CUDA, fp32 on CPU. Sizes: ``tiny`` (``clip-tiny`` towers: ViT 64 px/8, 2 × 64; BERT 2 × 64; the CPU
 default) and ``base`` (``clip-vit-b16`` towers: ViT-B/16 224 px, BERT-base; the CUDA default). On CPU the targets
@@ -292,12 +293,15 @@ def train_throughput(repeat: int = 3, device: str = "cpu", size: Optional[str] =
         routed = {k: float(v) for k, v in loupe_logs.items() if isinstance(v, (int, float))}
         ratio_oc = ips["ours"] / ips["open_clip"]
         ratio_loupe = ips["loupe"] / ips["ours"]
+        # the same ratio within each round (both steps timed back to back), median over rounds: robust to load drift
+        paired_oc = statistics.median(o / u for o, u in zip(samples["open_clip"], samples["ours"]))
         where = "" if cuda else " (GPU target)"
         figures = [
             figure("ours (loupe-bench CLIP) images/s", ips["ours"], "img/s"),
             figure("open_clip (same backbone) images/s", ips["open_clip"], "img/s"),
             figure("LOUPE (neural routing, after warm-up) images/s", ips["loupe"], "img/s"),
             figure("ours / open_clip", ratio_oc, "x", ">= 0.9" + where, (ratio_oc >= 0.9) if cuda else None),
+            figure("ours / open_clip, per-round pairs (median)", paired_oc, "x"),
             figure("LOUPE / ours", ratio_loupe, "x", ">= 0.75" + where, (ratio_loupe >= 0.75) if cuda else None),
         ]
         return {
