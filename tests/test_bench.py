@@ -16,6 +16,7 @@ TINY_OPTIONS = {
     "shapley": {"batch_size": 4, "train_batches": 2, "samples": (8,), "reference_samples": 32, "fsa_regions": 3,
                 "train_steps": 5, "num_samples": 8},
     "train-step": {"batch_size": 4, "settle_steps": 2, "warmup_steps": 1},
+    "train-throughput": {"batch_size": 4, "rounds": 1, "settle_steps": 2, "warmup_steps": 1},
     "late-interaction": {"n_images": 6, "n_texts": 10, "n1": 4, "n2": 6, "d": 8},
     "retrieval-metric": {"n_images": 40, "captions_per_image": 3},
     "eval-throughput": {"size": "tiny", "models": ("clip-tiny", "filip-tiny")},
@@ -33,8 +34,10 @@ def test_every_benchmark_has_tiny_options():
 def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
     from loupe_bench.bench.runner import run_benchmarks
 
+    if name == "train-throughput":
+        pytest.importorskip("open_clip")  # the optional extra it compares with
     opts = dict(TINY_OPTIONS[name])
-    if name in ("shapley", "train-step"):
+    if name in ("shapley", "train-step", "train-throughput"):
         opts["world"] = str(tiny_world)
     (rec,) = run_benchmarks([name], repeat=1, out_dir=tmp_path, **{name: opts})
     assert rec["figures"] and all(math.isfinite(float(f["value"])) for f in rec["figures"])
@@ -51,3 +54,15 @@ def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
         assert rec["runs"]["quick"]["models"] == ["clip-tiny"] and rec["runs"]["quick"]["wall_s"] > 0
     if name == "train-step":
         assert any(x.endswith("/ clip-tiny") for x in labels)
+    if name == "train-throughput":  # the same backbone in both libraries: same parameters, the same function
+        assert rec["params"]["ours"] == rec["params"]["open_clip"] > 0
+        assert rec["same_function_max_abs_diff"] <= 1e-5
+        assert set(rec["images_per_s"]) == {"ours", "open_clip", "loupe"}
+        assert rec["precision"] == "fp32" and rec["batch_size"] == 4 and rec["size"] == "tiny"
+        ratios = {f["label"]: f for f in rec["figures"] if f["unit"] == "x"}
+        ips = rec["images_per_s"]
+        assert ratios["ours / open_clip"]["value"] == pytest.approx(ips["ours"] / ips["open_clip"])
+        assert ratios["LOUPE / ours"]["value"] == pytest.approx(ips["loupe"] / ips["ours"])
+        targeted = [f for f in ratios.values() if f["target"]]
+        assert len(targeted) == 2 and all("GPU target" in f["target"] and f["met"] is None for f in targeted)  # CPU
+        assert rec["loupe_logs"].get("routed_fraction", 0) > 0  # LOUPE timed past warm-up: the neural module routes

@@ -16,6 +16,7 @@ BENCHMARKS = Registry("benchmark")
 _BENCH_MODULES = (
     "loupe_bench.bench.shapley",
     "loupe_bench.bench.train_step",
+    "loupe_bench.bench.train_throughput",
     "loupe_bench.bench.late_interaction",
     "loupe_bench.bench.retrieval_metric",
     "loupe_bench.bench.eval_throughput",

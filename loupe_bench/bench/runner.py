@@ -30,6 +30,9 @@ def run_benchmarks(
         console.print(f"[bold]bench[/bold] {name} …")
         t0 = time.perf_counter()
         record = registry.get(name)(repeat=repeat, device=device, **options.get(name, {}))
+        if isinstance(record, dict) and record.get("skipped"):  # an optional dependency is missing: one line, no JSON
+            console.print(f"{name}: skipped: {record['skipped']}", markup=False, highlight=False, soft_wrap=True)
+            continue
         if not isinstance(record, dict) or "figures" not in record:
             raise SpecError(f"benchmark {name!r} returned no figures")
         record.setdefault("name", name)

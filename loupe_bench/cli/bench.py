@@ -13,8 +13,8 @@ import click
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:N, or auto (cuda when available); cuda without a GPU is an error.")
 def bench_cmd(names, repeat: int, out_dir: Path, device: str) -> None:
-    """Run benchmarks (all when no NAME is given): shapley, train-step, late-interaction, retrieval-metric,
-    eval-throughput, demo. Each prints its figures beside their targets and writes JSON to --out."""
+    """Run benchmarks (all when no NAME is given): shapley, train-step, train-throughput,
+    late-interaction, retrieval-metric, eval-throughput, demo. Each prints its figures beside their targets and writes JSON to --out."""
     from ..bench.runner import run_benchmarks
     from ..utils.device import resolve_device
 
