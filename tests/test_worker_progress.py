@@ -36,7 +36,8 @@ def test_step_reporter_throttles_and_always_sends_the_last_step(monkeypatch):
                 cb(step, n, 1.0 / step)
             return "ok"
 
-        assert wp.run_reported("train/s0/m", "train s0 m", job, (5,)) == "ok"
+        result, cpu = wp.run_reported("train/s0/m", "train s0 m", job, (5,))
+        assert result == "ok" and cpu >= 0
         while not q.empty():
             seen.append(q.get_nowait())
         assert seen[0] == ("train/s0/m", "train s0 m", 0, None, "starting")  # the announcement
@@ -96,9 +97,14 @@ def test_reproduce_workers_report_training_steps_in_a_terminal(tmp_path, tiny_wo
     console = Console(file=out, force_terminal=True, width=140)
     ctx = _ctx(tmp_path, console)
     _run_jobs(ctx, "train", _jobs(tmp_path, tiny_world, steps=6))
+    pool = ctx._pool
+    _run_jobs(ctx, "train", _jobs(tmp_path / "again", tiny_world, steps=2))  # a second stage: the same workers
+    assert ctx._pool is pool and ctx.worker_cpu > 0
+    ctx.close()
+    assert ctx._pool is None
     for m in ("clip-tiny", "filip-tiny"):
         key, label, step, total, info = seen[f"train/s0/{m}"]
-        assert (label, step, total) == (f"train s0 {m}", 6, 6)
+        assert (label, total) == (f"train s0 {m}", 2)  # the second stage's runs (same keys) are the last seen
         assert info.startswith("loss ") and float(info.split()[1]) > 0
         assert (tmp_path / m / "log.jsonl").is_file()
     assert seen["__rows__"] == {}

@@ -378,6 +378,36 @@ class Context:
         yield
         self.log.finish()
 
+    #: the worker pool and its live display, shared by the train and eval stages (started on first use)
+    _pool: Any = None
+    _live: Any = None
+    #: CPU seconds the worker processes reported for their jobs so far
+    worker_cpu: float = 0.0
+
+    def worker_pool(self):
+        """``(pool, live)``: ``plan.workers`` spawned processes kept for the whole reproduction (each imports torch
+        and the model zoo once, not once per stage) and the terminal's live rows (inert when not a terminal)."""
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            from .worker_progress import LiveJobs, init_worker
+
+            spawn = mp.get_context("spawn")
+            live = LiveJobs(self.console, spawn, enabled=self.log.enabled and self.console.is_terminal)
+            self._live = live.__enter__()
+            self._pool = ProcessPoolExecutor(max_workers=max(1, int(self.plan.workers)), mp_context=spawn,
+                                             initializer=init_worker, initargs=(live.queue,))
+        return self._pool, self._live
+
+    def close(self) -> None:
+        """Stop the worker pool (waiting for its processes) and the live display."""
+        pool, live, self._pool, self._live = self._pool, self._live, None, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if live is not None:
+            live.__exit__(None, None, None)
+
 
 def _world_matches(world: Path, plan: SyntheticPlan) -> bool:
     """A world on disk is reused when it was written by this world version with the plan's options."""
@@ -428,42 +458,40 @@ def _eval_job(run: str, specs: List[Dict[str, Any]], world: str, out_dir: str, s
 
 
 def _run_jobs(ctx: "Context", kind: str, jobs: List[Tuple[str, str, Any, tuple]], on_idle=None) -> None:
-    """Run ``(key, description, fn, args)`` jobs: in this process one after the other (``workers == 1``), else in a
-    pool of ``workers`` spawned processes. Each job's wall seconds land in ``ctx.timings[key]``; the worker
-    processes' CPU seconds are added to the stage's CPU time by the caller (``RUSAGE_CHILDREN``). ``on_idle`` is
-    called once, in this process, as soon as fewer jobs are left than workers (a core is free)."""
+    """Run ``(key, description, fn, args)`` jobs: in this process one after the other (``workers == 1``), else on
+    the reproduction's pool of ``workers`` spawned processes (:meth:`Context.worker_pool`, kept from the train stage
+    to the end of the eval stage). Each job's wall seconds land in ``ctx.timings[key]``, the CPU seconds its worker
+    measured in ``ctx.worker_cpu``. ``on_idle`` is called once, in this process, as soon as fewer jobs are left than
+    workers (a core is free)."""
     workers = max(1, int(ctx.plan.workers))
     if workers == 1 or len(jobs) == 1:
         for key, desc, fn, args in jobs:
             with ctx.unit(kind, desc):
                 ctx.timings[key] = round(fn(*args), 3)
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    from .worker_progress import LiveJobs, init_worker, run_reported
+    from .worker_progress import run_reported
 
     if ctx.log.enabled:
         ctx.console.log(f"{kind}: {len(jobs)} jobs on {workers} worker processes "
                         f"({ctx.plan.worker_threads} torch thread(s) each)")
-    spawn = mp.get_context("spawn")
     # a live row per running job (training: step, loss, ETA) in a terminal; one line per finished job otherwise
-    with LiveJobs(ctx.console, spawn, enabled=ctx.log.enabled and ctx.console.is_terminal) as live, \
-            ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=init_worker,
-                                initargs=(live.queue,)) as pool:
-        futures = {pool.submit(run_reported, key, key.replace("/", " "), fn, args): (key, desc)
-                   for key, desc, fn, args in jobs}
-        left = len(futures)
-        for fut in as_completed(futures):
-            left -= 1
-            if on_idle is not None and left < workers:
-                on_idle()
-                on_idle = None
-            key, desc = futures[fut]
-            live.done(key)
-            seconds = fut.result()  # a failed job raises here, naming nothing half-written (results are atomic)
-            ctx.timings[key] = round(seconds, 3)
-            ctx.log.finished(kind, desc, seconds, parallel=workers)
+    pool, live = ctx.worker_pool()
+    futures = {pool.submit(run_reported, key, key.replace("/", " "), fn, args): (key, desc)
+               for key, desc, fn, args in jobs}
+    left = len(futures)
+    for fut in as_completed(futures):
+        left -= 1
+        if on_idle is not None and left < workers:
+            on_idle()
+            on_idle = None
+        key, desc = futures[fut]
+        live.done(key)
+        seconds, cpu = fut.result()  # a failed job raises here, naming nothing half-written (results are atomic)
+        ctx.timings[key] = round(seconds, 3)
+        ctx.worker_cpu += cpu
+        ctx.log.finished(kind, desc, seconds, parallel=workers)
 
 
 def _prewarm_report_imports() -> None:
@@ -624,14 +652,8 @@ def write_manifest(ctx: Context, extra: Optional[Dict[str, Any]] = None) -> Path
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds of this process plus its terminated child processes (the worker pools)."""
-    try:
-        import resource
-
-        ch = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.process_time() + ch.ru_utime + ch.ru_stime
-    except (ImportError, OSError):  # pragma: no cover - non-POSIX
-        return time.process_time()
+    """CPU seconds of this process (all its threads); the worker processes report their jobs' own CPU seconds."""
+    return time.process_time()
 
 
 def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *, plan: Optional[SyntheticPlan] = None,
@@ -667,17 +689,23 @@ def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *
     ctx.missing = missing_metrics(tasks)
     announce_missing(console, ctx.missing)
     c_all = _cpu_seconds()
-    for name in STAGE_ORDER:
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        STAGES.get(name)(ctx)
-        ctx.timings[f"stage/{name}"] = round(time.perf_counter() - t0, 3)
-        # CPU seconds of this process and its finished workers (all threads): the cost independent of other load
-        ctx.timings[f"cpu/stage/{name}"] = round(_cpu_seconds() - c0, 3)
-        if progress:
-            console.log(f"stage {name} done in {ctx.timings[f'stage/{name}']:.1f}s "
-                        f"({ctx.timings[f'cpu/stage/{name}']:.1f} CPU s)")
+    try:
+        for name in STAGE_ORDER:
+            t0, c0 = time.perf_counter(), _cpu_seconds() + ctx.worker_cpu
+            STAGES.get(name)(ctx)
+            if name == STAGE_ORDER[-2]:
+                ctx.close()  # the workers' last jobs are done: free their memory before the report
+            ctx.timings[f"stage/{name}"] = round(time.perf_counter() - t0, 3)
+            # CPU seconds of this process (all threads) and of the jobs its workers ran in the stage (as the workers
+            # measured them): the cost independent of other load
+            ctx.timings[f"cpu/stage/{name}"] = round(_cpu_seconds() + ctx.worker_cpu - c0, 3)
+            if progress:
+                console.log(f"stage {name} done in {ctx.timings[f'stage/{name}']:.1f}s "
+                            f"({ctx.timings[f'cpu/stage/{name}']:.1f} CPU s)")
+    finally:
+        ctx.close()
     ctx.timings["total"] = round(time.perf_counter() - t_all, 3)
-    ctx.timings["cpu/total"] = round(_cpu_seconds() - c_all, 3)
+    ctx.timings["cpu/total"] = round(_cpu_seconds() + ctx.worker_cpu - c_all, 3)
     return write_manifest(ctx, {"quick": bool(quick)})
 
 

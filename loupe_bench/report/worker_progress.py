@@ -42,14 +42,15 @@ def _post(message: Tuple[Any, ...]) -> None:
         pass
 
 
-def run_reported(key: str, label: str, fn: Callable[..., Any], args: Tuple[Any, ...]) -> Any:
+def run_reported(key: str, label: str, fn: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[Any, float]:
     """Run ``fn(*args)`` as the job ``key``: announce it (a row appears), let :func:`step_reporter` name it, and
-    clear it afterwards."""
+    clear it afterwards. Returns ``(fn's result, CPU seconds of this process during the job)`` (all threads)."""
     global _CURRENT
     _CURRENT = (key, label)
     _post((key, label, 0, None, "starting"))
+    c0 = time.process_time()
     try:
-        return fn(*args)
+        return fn(*args), time.process_time() - c0
     finally:
         _CURRENT = None
 
