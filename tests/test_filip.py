@@ -264,3 +264,23 @@ def test_similarity_pair_equals_both_directions(tiny_filip):
         s_i, s_t = model.similarity_pair(img, txt)
         assert torch.equal(s_i, model.similarity(img, txt, "i2t"))
         assert torch.equal(s_t, model.similarity(img, txt, "t2i"))
+
+
+def test_repeated_captions_scored_once_equal_columns():
+    """Texts repeated (same real tokens and mask, different padding garbage) get bit-equal columns, equal to the
+    scores without deduplication and to the per-pair loop."""
+    g = torch.Generator().manual_seed(11)
+    img = F.normalize(torch.randn(5, 6, 8, generator=g), dim=-1)
+    base = F.normalize(torch.randn(4, 7, 8, generator=g), dim=-1)
+    lengths = torch.tensor([7, 3, 5, 3])
+    idx = torch.tensor([0, 1, 2, 1, 3, 0, 1])  # captions 1 and 0 repeated
+    txt = base[idx].clone()
+    mask = torch.arange(7)[None, :] < lengths[idx][:, None]
+    txt[~mask] = torch.randn(int((~mask).sum()), 8, generator=g)  # padding differs between repeats
+    a = filip_similarity(img, txt, mask)
+    b = filip_similarity(img, txt, mask, dedupe=False)
+    ref_i, ref_t = pairwise_reference(img, txt, mask)
+    for got, ref in ((a.i2t, ref_i), (a.t2i, ref_t), (b.i2t, ref_i), (b.t2i, ref_t)):
+        torch.testing.assert_close(got.double(), ref, atol=1e-6, rtol=0)
+    for j, k in ((1, 3), (1, 6), (0, 5)):
+        assert torch.equal(a.i2t[:, j], a.i2t[:, k]) and torch.equal(a.t2i[:, j], a.t2i[:, k])

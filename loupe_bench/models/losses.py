@@ -177,6 +177,8 @@ def filip_chunk_shape(n_images: int, n_texts: int, n1: int, n2: int, image_chunk
     return ci, ct
 
 
+#: largest text-token tensor (``N_texts · n2 · d`` values) :func:`filip_similarity` deduplicates (its key is a copy)
+DEDUPE_MAX_ELEMENTS = 1 << 26
 #: similarity values per block of the unpadded CPU scorer: ``2**19`` float32 (2 MiB) stay in cache between the
 #: product and the two max reductions (a GPU uses the larger :func:`default_chunk_elements` blocks)
 CPU_TILE_ELEMENTS = 1 << 19
@@ -252,7 +254,7 @@ def _filip_similarity_unpadded(image_tokens: Tensor, text_tokens: Tensor, image_
 @torch.no_grad()
 def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor, image_chunk: int = 256,
                      max_chunk_elements: Optional[int] = None, out_device: str = "cpu",
-                     length_buckets: bool = True) -> FilipScores:
+                     length_buckets: bool = True, dedupe: bool = True) -> FilipScores:
     """Chunked FILIP scores for evaluation: the values of :func:`filip_scores` with bounded memory.
 
     The ``[N_img, N_txt, n1, n2]`` tensor is never built: blocks of ``ci`` images × ``ct`` texts are scored with one
@@ -271,12 +273,28 @@ def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tenso
         max_chunk_elements: bound on the similarity values of one block (default
             :func:`default_chunk_elements` of the features' device).
         out_device: where the two ``[Ni, Nt]`` float32 results live.
+        length_buckets: score texts grouped by real length, packed (no padded column is scored).
+        dedupe: score each distinct text once (texts with equal masks and equal real-token features, e.g. a caption
+            repeated for several images, have equal scores by definition) and copy its columns to the repeats
+            (when the text tokens hold at most :data:`DEDUPE_MAX_ELEMENTS` values).
     """
     ni, n1, _ = image_tokens.shape
     nt, n2, d = text_tokens.shape
     if max_chunk_elements is None:
         max_chunk_elements = default_chunk_elements(image_tokens.device)
     tmask = text_mask.bool().to(text_tokens.device)
+    if dedupe and 1 < nt and nt * n2 * d <= DEDUPE_MAX_ELEMENTS:
+        real = torch.where(tmask[..., None], text_tokens, torch.zeros((), dtype=text_tokens.dtype,
+                                                                      device=text_tokens.device))
+        key = torch.cat([real.reshape(nt, n2 * d).float(), tmask.float()], dim=1)
+        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+        if uniq.shape[0] < nt:
+            first = torch.full((uniq.shape[0],), nt, dtype=torch.long, device=inverse.device).scatter_reduce_(
+                0, inverse, torch.arange(nt, device=inverse.device), reduce="amin")
+            part = filip_similarity(image_tokens, text_tokens[first], tmask[first], image_chunk, max_chunk_elements,
+                                    out_device, length_buckets=length_buckets, dedupe=False)
+            cols = inverse.to(part.i2t.device)
+            return FilipScores(part.i2t[:, cols], part.t2i[:, cols])
     lengths = tmask.sum(dim=1)
     if length_buckets and nt > 1 and bool((lengths < n2).any()):
         # texts grouped by real length and packed (real tokens first, in order): no padded column is scored
@@ -290,7 +308,7 @@ def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tenso
                 sub_tok = torch.gather(sub_tok, 1, order[..., None].expand(-1, -1, d))
                 sub_mask = torch.ones(len(cols), length, dtype=torch.bool, device=tmask.device)
             part = filip_similarity(image_tokens, sub_tok, sub_mask, image_chunk, max_chunk_elements, out_device,
-                                    length_buckets=False)
+                                    length_buckets=False, dedupe=False)
             cols_out = cols.to(out_device)
             s_i[:, cols_out] = part.i2t
             s_t[:, cols_out] = part.t2i
