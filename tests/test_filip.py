@@ -202,3 +202,85 @@ def test_length_buckets_with_masked_holes_equal_padded_scoring():
     b = filip_similarity(img, txt, mask, length_buckets=False)
     torch.testing.assert_close(a.i2t, b.i2t, atol=1e-6, rtol=0)
     torch.testing.assert_close(a.t2i, b.t2i, atol=1e-6, rtol=0)
+
+
+def pairwise_reference(img, txt, mask):
+    """float64 per-pair loop: each pair's [n1, L] dot products over the caption's real tokens only."""
+    ni, nt = img.shape[0], txt.shape[0]
+    s_i = torch.zeros(ni, nt, dtype=torch.float64)
+    s_t = torch.zeros(ni, nt, dtype=torch.float64)
+    for i in range(ni):
+        for j in range(nt):
+            dots = img[i].double() @ txt[j][mask[j]].double().T  # [n1, L]
+            s_i[i, j] = dots.max(dim=1).values.mean()
+            s_t[i, j] = dots.max(dim=0).values.mean()
+    return s_i, s_t
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("max_elems", [64, 1000, 1 << 23])
+def test_tiled_unpadded_scorer_equals_pairwise_loop(threads, max_elems):
+    """The cache-tiled scorer (one length bucket per call, several image and text blocks, blocks in a thread pool)
+    against a per-pair float64 loop, with padding filled by garbage; 1 and 2 threads give the same bits."""
+    from loupe_bench.models.losses import unpadded_tile_shape
+
+    g = torch.Generator().manual_seed(7)
+    ni, nt, n1, n2, d = 13, 21, 6, 9, 8
+    img = F.normalize(torch.randn(ni, n1, d, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(nt, n2, d, generator=g), dim=-1)
+    lengths = torch.randint(1, n2 + 1, (nt,), generator=g)
+    lengths[:3] = n2
+    mask = torch.arange(n2)[None, :] < lengths[:, None]
+    txt = torch.where(mask[..., None], txt, torch.full_like(txt, 7.0))
+    ref_i, ref_t = pairwise_reference(img, txt, mask)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = filip_similarity(img, txt, mask, image_chunk=4, max_chunk_elements=max_elems)
+        full = filip_similarity(img, txt[:3], mask[:3], image_chunk=4, max_chunk_elements=max_elems)  # unpadded
+        assert torch.get_num_threads() == threads  # restored after the pool
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(got.i2t.double(), ref_i, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.t2i.double(), ref_t, atol=1e-6, rtol=0)
+    torch.testing.assert_close(full.i2t.double(), ref_i[:, :3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(full.t2i.double(), ref_t[:, :3], atol=1e-6, rtol=0)
+    ci, ct = unpadded_tile_shape(ni, 3, n1, n2, 4, min(max_elems, 1 << 19))
+    assert ci * n1 * ct * n2 <= max(min(max_elems, 1 << 19), n1 * n2) and ci <= 4
+    if threads == 2:
+        torch.set_num_threads(1)
+        try:
+            one = filip_similarity(img, txt, mask, image_chunk=4, max_chunk_elements=max_elems)
+        finally:
+            torch.set_num_threads(old)
+        assert torch.equal(one.i2t, got.i2t) and torch.equal(one.t2i, got.t2i)
+
+
+def test_similarity_pair_equals_both_directions(tiny_filip):
+    model, batch = tiny_filip
+    with torch.no_grad():
+        img = model.encode_image(batch["pixels"])
+        txt = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        s_i, s_t = model.similarity_pair(img, txt)
+        assert torch.equal(s_i, model.similarity(img, txt, "i2t"))
+        assert torch.equal(s_t, model.similarity(img, txt, "t2i"))
+
+
+def test_repeated_captions_scored_once_equal_columns():
+    """Texts repeated (same real tokens and mask, different padding garbage) get bit-equal columns, equal to the
+    scores without deduplication and to the per-pair loop."""
+    g = torch.Generator().manual_seed(11)
+    img = F.normalize(torch.randn(5, 6, 8, generator=g), dim=-1)
+    base = F.normalize(torch.randn(4, 7, 8, generator=g), dim=-1)
+    lengths = torch.tensor([7, 3, 5, 3])
+    idx = torch.tensor([0, 1, 2, 1, 3, 0, 1])  # captions 1 and 0 repeated
+    txt = base[idx].clone()
+    mask = torch.arange(7)[None, :] < lengths[idx][:, None]
+    txt[~mask] = torch.randn(int((~mask).sum()), 8, generator=g)  # padding differs between repeats
+    a = filip_similarity(img, txt, mask)
+    b = filip_similarity(img, txt, mask, dedupe=False)
+    ref_i, ref_t = pairwise_reference(img, txt, mask)
+    for got, ref in ((a.i2t, ref_i), (a.t2i, ref_t), (b.i2t, ref_i), (b.t2i, ref_t)):
+        torch.testing.assert_close(got.double(), ref, atol=1e-6, rtol=0)
+    for j, k in ((1, 3), (1, 6), (0, 5)):
+        assert torch.equal(a.i2t[:, j], a.i2t[:, k]) and torch.equal(a.t2i[:, j], a.t2i[:, k])

@@ -80,6 +80,35 @@ def test_chunked_equals_dense_reference(chunk):
     assert (text_to_image_ranks(torch.from_numpy(s), owners, chunk_size=chunk) == ref_t2i).all()
 
 
+@pytest.mark.parametrize("chunk,gblock", [(1, 1), (2, 3), (4, 7), (5, None), (1000, 2)])
+def test_tiled_counting_equals_dense_reference(chunk, gblock):
+    """Tiles cut the gallery axis too (the threshold switch at p* inside a tile), shuffled owners, heavy ties,
+    infinite scores, and a transposed (non-contiguous) float64 input compared in float32."""
+    rng = np.random.default_rng(3)
+    n_img, per = 11, 4
+    owners = np.repeat(np.arange(n_img), per)
+    rng.shuffle(owners)
+    s = np.round(rng.normal(size=(n_img, owners.size)), 1).astype(np.float32)
+    s[2, :] = -np.inf  # image 2: every score -inf (its best positive has no float below it)
+    s[:, 5] = np.inf
+    s[4, owners == 4] = np.inf
+    pos_i2t = [np.flatnonzero(owners == i) for i in range(n_img)]
+    pos_t2i = [[owners[j]] for j in range(owners.size)]
+    ref_i2t, ref_t2i = naive_ranks(s, pos_i2t), naive_ranks(s.T.copy(), pos_t2i)
+    for m in (torch.from_numpy(s), torch.from_numpy(s.T.astype(np.float64).copy()).T):
+        assert (image_to_text_ranks(m, owners, chunk_size=chunk, gallery_block=gblock) == ref_i2t).all()
+        assert (text_to_image_ranks(m, owners, chunk_size=chunk, gallery_block=gblock) == ref_t2i).all()
+
+
+def test_float32_comparison_of_float64_and_bf16_inputs():
+    # 1 + 1e-9 and 1 are one float32 value: a tie in float32 (lower index first), whatever the input dtype
+    s64 = torch.tensor([[1.0 + 1e-9, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    assert image_to_text_ranks(s64, [1, 0]).tolist() == [1, 0]
+    sb = torch.tensor([[0.5, 0.25], [0.75, 0.25]], dtype=torch.bfloat16)
+    assert text_to_image_ranks(sb, [0, 1]).tolist() == [1, 1]  # caption 1: tie 0.25, image 0 first
+    assert image_to_text_ranks(sb, [0, 1]).tolist() == [0, 1]
+
+
 def test_equals_clip_benchmark_definition_without_ties():
     rng = np.random.default_rng(1)
     n_img, per = 12, 5
@@ -91,6 +120,34 @@ def test_equals_clip_benchmark_definition_without_ties():
         # CLIP_benchmark: scores = text @ image.T; image retrieval uses rows of texts, text retrieval the transpose
         assert out.metrics[f"t2i_R@{k}"] == pytest.approx(clip_benchmark_recall(s.T.copy(), pos.T.copy(), k))
         assert out.metrics[f"i2t_R@{k}"] == pytest.approx(clip_benchmark_recall(s, pos, k))
+
+
+def test_equals_clip_benchmark_library_and_ties_only_where_ambiguous():
+    """The real CLIP_benchmark 1.6.2 metric (optional extra): equal recalls on a tie-free matrix; on a tied one the
+    per-query hits differ only on tie-ambiguous queries (its ``topk`` order among equal scores is unspecified)."""
+    from loupe_bench.bench.retrieval_metric import (clip_benchmark_hits, compare_with_clip_benchmark,
+                                                    load_clip_benchmark, tie_bounds)
+
+    zr = load_clip_benchmark()
+    if zr is None:
+        pytest.skip("clip-benchmark (extra 'bench') not installed")
+    rng = np.random.default_rng(5)
+    n_img, per = 30, 5
+    owners = np.repeat(np.arange(n_img), per)
+    rng.shuffle(owners)
+    for decimals in (None, 1):
+        s = rng.normal(size=(n_img, owners.size)) + 1.5 * (owners[None, :] == np.arange(n_img)[:, None])
+        s = (s if decimals is None else np.round(s, decimals)).astype(np.float32)
+        out = retrieval_metrics(torch.from_numpy(s), torch.from_numpy(s), owners)
+        hits = clip_benchmark_hits(zr, s, owners, (1, 5, 10), batch_size=7)
+        pos = s[owners, np.arange(owners.size)]
+        best = np.full(n_img, -np.inf, dtype=np.float32)
+        np.maximum.at(best, owners, pos)
+        rows = compare_with_clip_benchmark(hits, out, tie_bounds(s, owners, best, pos, block=4))
+        for key, r in rows.items():
+            assert r["differing_unambiguous_queries"] == 0
+            if decimals is None:
+                assert r["tie_ambiguous_queries"] == 0 and r["recall_clip_benchmark"] == out.metrics[key]
 
 
 def test_retrieval_rejects_nan_and_orphans():

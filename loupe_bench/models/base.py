@@ -162,6 +162,19 @@ class VLModel(nn.Module):
             out[s : s + chunk_size] = (image_features.pooled[s : s + chunk_size] @ text_features.pooled.T).float().cpu()
         return out
 
+    def similarity_pair(self, image_features: ImageFeatures, text_features: TextFeatures,
+                        chunk_size: int = 1024) -> Tuple[Tensor, Tensor]:
+        """Both retrieval score matrices at once: ``(similarity(direction="i2t"), similarity(direction="t2i"))``.
+
+        A model whose :meth:`similarity` is this class's (global cosine, direction ignored) returns the same matrix
+        twice (one product, and the retrieval metric scans a shared matrix for NaN once); token-level models compute
+        both directions in one pass (FILIP).
+        """
+        i2t = self.similarity(image_features, text_features, direction="i2t", chunk_size=chunk_size)
+        if type(self).similarity is VLModel.similarity:
+            return i2t, i2t
+        return i2t, self.similarity(image_features, text_features, direction="t2i", chunk_size=chunk_size)
+
     def region_features(self, image_features: ImageFeatures, boxes: Sequence[Tensor]) -> List[Tensor]:
         """Embedding of each box: L2-normalised mean of the projected patch tokens inside it (``[K_b, D]`` per image)."""
         out = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -91,6 +91,14 @@ class FILIP(DualEncoder):
         scores = filip_similarity(image_features.tokens, text_features.tokens, text_features.mask,
                                   image_chunk=chunk_size, max_chunk_elements=self.max_chunk_elements)
         return combine_directions(scores.i2t, scores.t2i, direction)
+
+    def similarity_pair(self, image_features: ImageFeatures, text_features: TextFeatures,
+                        chunk_size: int = 1024) -> Tuple[Tensor, Tensor]:
+        """``(s^I, s^T)`` from one pass of the late interaction (the values of ``similarity("i2t")`` and
+        ``similarity("t2i")``: one product per block serves both directions)."""
+        scores = filip_similarity(image_features.tokens, text_features.tokens, text_features.mask,
+                                  image_chunk=chunk_size, max_chunk_elements=self.max_chunk_elements)
+        return scores.i2t, scores.t2i
 
     def _text_chunk(self, rows: int, n1: int, n2: int, device: torch.device) -> int:
         bound = self.max_chunk_elements or default_chunk_elements(device)

@@ -177,10 +177,84 @@ def filip_chunk_shape(n_images: int, n_texts: int, n1: int, n2: int, image_chunk
     return ci, ct
 
 
+#: largest text-token tensor (``N_texts · n2 · d`` values) :func:`filip_similarity` deduplicates (its key is a copy)
+DEDUPE_MAX_ELEMENTS = 1 << 26
+#: similarity values per block of the unpadded CPU scorer: ``2**19`` float32 (2 MiB) stay in cache between the
+#: product and the two max reductions (a GPU uses the larger :func:`default_chunk_elements` blocks)
+CPU_TILE_ELEMENTS = 1 << 19
+
+
+def unpadded_tile_shape(n_images: int, n_texts: int, n1: int, n2: int, image_chunk: int,
+                        tile_elements: int) -> Tuple[int, int]:
+    """Images and texts per block of :func:`_filip_similarity_unpadded`: about square in products
+    (``ci·n1 ≈ ct·n2``), ``ci·n1·ct·n2 <= tile_elements``, at most ``image_chunk`` images."""
+    side = max(1.0, math.sqrt(tile_elements))
+    ci = max(1, min(n_images, image_chunk, int(side // max(1, n1)) or 1))
+    ct = max(1, min(n_texts, tile_elements // max(1, ci * n1 * n2)))
+    return ci, ct
+
+
+def _filip_similarity_unpadded(image_tokens: Tensor, text_tokens: Tensor, image_chunk: int,
+                               max_chunk_elements: int, out_device: str) -> FilipScores:
+    """:func:`filip_similarity` when every text token is real (one length bucket): no mask, no extra coordinate.
+
+    A block of ``ct`` texts × ``ci`` images is one product ``P = [ct·n2, d] @ [d, ci·n1]`` viewed as
+    ``P[j, r, i, k] = ⟨x^T_{j,r}, x^I_{i,k}⟩`` (texts outer, patches innermost), so that
+
+        ``s^I_{i,j} = mean_k max_r P[j, r, i, k]``  (max over the outer ``r`` axis: elementwise maxima of
+        contiguous ``[ci·n1]`` rows, then a mean over the contiguous ``k``)
+
+        ``s^T_{i,j} = mean_r max_k P[j, r, i, k]``  (max over the contiguous ``k``, mean over ``r``)
+
+    and the block stays in cache (:data:`CPU_TILE_ELEMENTS`) between the product and the reductions. Results are
+    accumulated text-major (``[N_texts, N_images]``) and transposed once.
+    """
+    ni, n1, d = image_tokens.shape
+    nt, n2, _ = text_tokens.shape
+    dev = image_tokens.device
+    tile = min(max_chunk_elements, CPU_TILE_ELEMENTS) if dev.type == "cpu" else max_chunk_elements
+    ci, ct = unpadded_tile_shape(ni, nt, n1, n2, image_chunk, tile)
+    flat_i = image_tokens.reshape(ni * n1, d)
+    flat_t = text_tokens.reshape(nt * n2, d)
+    s_i = torch.empty(nt, ni, dtype=torch.float32, device=dev)
+    s_t = torch.empty(nt, ni, dtype=torch.float32, device=dev)
+
+    def image_block(i0: int) -> None:
+        bi = min(ci, ni - i0)
+        img_t = flat_i[i0 * n1 : (i0 + bi) * n1].T
+        for j0 in range(0, nt, ct):
+            bt = min(ct, nt - j0)
+            prod = (flat_t[j0 * n2 : (j0 + bt) * n2] @ img_t).view(bt, n2, bi, n1)
+            s_i[j0 : j0 + bt, i0 : i0 + bi] = prod.amax(dim=1).float().mean(dim=2)
+            s_t[j0 : j0 + bt, i0 : i0 + bi] = prod.amax(dim=3).float().mean(dim=1)
+
+    starts = list(range(0, ni, ci))
+    workers = torch.get_num_threads() if dev.type == "cpu" else 1
+    if workers > 1 and len(starts) > 1:
+        # cache-sized blocks are too small for torch's intra-op threads (a barrier per op, costly on a busy machine):
+        # blocks run single-threaded, several at a time in a thread pool (disjoint outputs, the same values)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def single_threaded_block(i0: int) -> None:
+            torch.set_num_threads(1)  # OpenMP's thread count is per thread: set it in every worker too
+            image_block(i0)
+
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+                list(pool.map(single_threaded_block, starts))
+        finally:
+            torch.set_num_threads(workers)
+    else:
+        for i0 in starts:
+            image_block(i0)
+    return FilipScores(s_i.T.contiguous().to(out_device), s_t.T.contiguous().to(out_device))
+
+
 @torch.no_grad()
 def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor, image_chunk: int = 256,
                      max_chunk_elements: Optional[int] = None, out_device: str = "cpu",
-                     length_buckets: bool = True) -> FilipScores:
+                     length_buckets: bool = True, dedupe: bool = True) -> FilipScores:
     """Chunked FILIP scores for evaluation: the values of :func:`filip_scores` with bounded memory.
 
     The ``[N_img, N_txt, n1, n2]`` tensor is never built: blocks of ``ci`` images × ``ct`` texts are scored with one
@@ -199,12 +273,28 @@ def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tenso
         max_chunk_elements: bound on the similarity values of one block (default
             :func:`default_chunk_elements` of the features' device).
         out_device: where the two ``[Ni, Nt]`` float32 results live.
+        length_buckets: score texts grouped by real length, packed (no padded column is scored).
+        dedupe: score each distinct text once (texts with equal masks and equal real-token features, e.g. a caption
+            repeated for several images, have equal scores by definition) and copy its columns to the repeats
+            (when the text tokens hold at most :data:`DEDUPE_MAX_ELEMENTS` values).
     """
     ni, n1, _ = image_tokens.shape
     nt, n2, d = text_tokens.shape
     if max_chunk_elements is None:
         max_chunk_elements = default_chunk_elements(image_tokens.device)
     tmask = text_mask.bool().to(text_tokens.device)
+    if dedupe and 1 < nt and nt * n2 * d <= DEDUPE_MAX_ELEMENTS:
+        real = torch.where(tmask[..., None], text_tokens, torch.zeros((), dtype=text_tokens.dtype,
+                                                                      device=text_tokens.device))
+        key = torch.cat([real.reshape(nt, n2 * d).float(), tmask.float()], dim=1)
+        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+        if uniq.shape[0] < nt:
+            first = torch.full((uniq.shape[0],), nt, dtype=torch.long, device=inverse.device).scatter_reduce_(
+                0, inverse, torch.arange(nt, device=inverse.device), reduce="amin")
+            part = filip_similarity(image_tokens, text_tokens[first], tmask[first], image_chunk, max_chunk_elements,
+                                    out_device, length_buckets=length_buckets, dedupe=False)
+            cols = inverse.to(part.i2t.device)
+            return FilipScores(part.i2t[:, cols], part.t2i[:, cols])
     lengths = tmask.sum(dim=1)
     if length_buckets and nt > 1 and bool((lengths < n2).any()):
         # texts grouped by real length and packed (real tokens first, in order): no padded column is scored
@@ -218,11 +308,13 @@ def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tenso
                 sub_tok = torch.gather(sub_tok, 1, order[..., None].expand(-1, -1, d))
                 sub_mask = torch.ones(len(cols), length, dtype=torch.bool, device=tmask.device)
             part = filip_similarity(image_tokens, sub_tok, sub_mask, image_chunk, max_chunk_elements, out_device,
-                                    length_buckets=False)
+                                    length_buckets=False, dedupe=False)
             cols_out = cols.to(out_device)
             s_i[:, cols_out] = part.i2t
             s_t[:, cols_out] = part.t2i
         return FilipScores(s_i, s_t)
+    if nt and ni and bool(tmask.all()):
+        return _filip_similarity_unpadded(image_tokens, text_tokens, image_chunk, max_chunk_elements, out_device)
     counts = tmask.sum(dim=1).clamp(min=1).to(torch.float32)
     s_i = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
     s_t = torch.empty(ni, nt, dtype=torch.float32, device=out_device)

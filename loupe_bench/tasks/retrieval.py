@@ -47,9 +47,11 @@ class RetrievalTask(TaskAdapter):
         txt = encode_texts(model, texts, self.spec, device, desc=f"{split} captions")
         with torch.no_grad():
             img_d, txt_d = to_device(img, device), to_device(txt, device)
-            s_i2t = model.similarity(img_d, txt_d, direction="i2t", chunk_size=self.spec.chunk_size)
-            s_t2i = model.similarity(img_d, txt_d, direction="t2i", chunk_size=self.spec.chunk_size)
-        out = retrieval_metrics(s_i2t.float().cpu(), s_t2i.float().cpu(), owners, self.opts.ks, self.spec.chunk_size)
+            # (i2t, t2i) in one pass; the same tensor for global models
+            s_i2t, s_t2i = model.similarity_pair(img_d, txt_d, chunk_size=self.spec.chunk_size)
+        s_i2t_cpu = s_i2t.float().cpu()
+        s_t2i_cpu = s_i2t_cpu if s_t2i is s_i2t else s_t2i.float().cpu()
+        out = retrieval_metrics(s_i2t_cpu, s_t2i_cpu, owners, self.opts.ks, self.spec.chunk_size)
         res = SplitOutput(split)
         per = {}
         for k in self.opts.ks:

@@ -11,12 +11,15 @@ scores, by ascending gallery index (a stable sort of the negated scores), i.e.
     rank_q(g) = #{g' : s_qg' > s_qg} + #{g' < g : s_qg' = s_qg}.
 
 The best-ranked positive is therefore the positive with the highest score, the lowest index among equal ones, so the
-rank is computed in ``O(N_gallery)`` per query without sorting. Scores are processed ``chunk_size`` queries at a
-time so that memory stays bounded for COCO 5K (5,000 × 25,010).
+rank is computed in ``O(N_gallery)`` per query without sorting: one strict comparison per score against a
+per-query threshold (:func:`stable_ranks`), on cache-sized tiles counted in a thread pool, so that memory stays
+bounded for COCO 5K (5,000 × 25,010) and no whole-matrix copy (float64 or transposed) is made.
 """
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Sequence
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -75,67 +78,173 @@ def _check(scores: Tensor, t2i: Tensor) -> None:
         raise DataError(f"{t2i.numel()} caption owners for {n_txt} score columns")
     if n_txt and (t2i.min() < 0 or t2i.max() >= n_img):
         raise DataError("a caption belongs to an image outside the score matrix")
-    if torch.isnan(scores).any():
-        raise DataError("score matrix holds NaN values")
 
 
-def image_to_text_ranks(scores: Tensor, text_to_image: Sequence[int], chunk_size: int = 1024) -> np.ndarray:
+#: elements of the score matrix per tile (``2**19`` float32 = 2 MiB: the tile and its boolean mask stay in cache)
+TILE_ELEMENTS = 1 << 19
+#: rows summed at once as uint8 (at most 255 ones per column cannot overflow)
+U8_RUN = 255
+
+
+def _as_scores(scores: Tensor) -> Tensor:
+    """CPU, no autograd; the dtype is kept (tiles are converted to float32 one at a time, no full copy)."""
+    return scores.detach().cpu()
+
+
+def _tile(scores: Tensor, rows: slice, cols: slice) -> np.ndarray:
+    """One tile as a float32 numpy array (a view when ``scores`` is already float32)."""
+    t = scores[rows, cols]
+    return (t if t.dtype == torch.float32 else t.float()).numpy()
+
+
+def _workers() -> int:
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def stable_ranks(scores: Tensor, best: np.ndarray, split: np.ndarray, query_axis: int, query_block: int = 1024,
+                 gallery_block: Optional[int] = None, check_nan: bool = True) -> np.ndarray:
+    """``rank_q = #{g : s_qg > b_q} + #{g < p_q : s_qg = b_q}`` for every query ``q`` without sorting or a
+    whole-matrix temporary.
+
+    ``b_q`` is the float32 score of the query's best positive and ``p_q`` its gallery index. With
+    ``b_q^- = nextafter(b_q, -inf)`` (the largest float32 below ``b_q``), ``s >= b_q  <=>  s > b_q^-``, so the rank is
+    one strict comparison per element against a per-query threshold that switches at ``p_q``:
+
+        rank_q = #{g < p_q : s_qg > b_q^-} + #{g >= p_q : s_qg > b_q}
+
+    (the positive itself, ``s_qp = b_q`` at ``g = p_q``, is not counted). The matrix is cut into tiles of
+    ``query_block`` queries × ``gallery_block`` gallery items; inside a gallery block ``[a, c)`` a query uses
+    ``b_q^-`` when ``p_q >= c``, ``b_q`` otherwise, and the queries with ``a <= p_q < c`` add the ties of
+    ``[a, p_q)`` from their own rows of the tile. Tiles are counted in a thread pool (integer counts: the result
+    does not depend on the order). When queries are columns the boolean tile is summed down its rows as uint8 in
+    runs of at most 255 rows (exact, vectorised along the contiguous axis). Queries with ``b_q = -inf`` (no float
+    below it) are counted directly.
+
+    Args:
+        scores: ``[N_images, N_texts]`` scores (any float dtype, compared in float32).
+        best: ``[Q]`` best-positive score of every query (float32 values).
+        split: ``[Q]`` gallery index ``p_q`` of the best positive.
+        query_axis: 0 when rows are the queries (image → text), 1 when columns are (text → image).
+        query_block: queries per tile.
+        gallery_block: gallery items per tile (default: ``TILE_ELEMENTS // query_block``; at most 255 when the
+            queries are columns).
+        check_nan: raise :class:`DataError` when a tile holds NaN (skip only for a matrix already checked).
+
+    Returns:
+        ``[Q]`` int64 ranks.
+    """
+    n_q, n_g = scores.shape[query_axis], scores.shape[1 - query_axis]
+    out = np.zeros(n_q, dtype=np.int64)
+    if n_q == 0 or n_g == 0:
+        return out
+    best = np.asarray(best, dtype=np.float32)
+    split = np.asarray(split, dtype=np.int64)
+    lo = np.nextafter(best, np.float32(-np.inf))
+    qb = max(1, min(int(query_block), n_q))
+    default_gb = max(1, TILE_ELEMENTS // qb) if query_axis == 0 else min(U8_RUN, max(1, TILE_ELEMENTS // qb))
+    gb = max(1, min(int(gallery_block) if gallery_block else default_gb, n_g))
+
+    def count(job):
+        q0, g0 = job
+        q1, g1 = min(n_q, q0 + qb), min(n_g, g0 + gb)
+        b, sp = best[q0:q1], split[q0:q1]
+        thr = np.where(sp >= g1, lo[q0:q1], b)
+        inside = np.flatnonzero((sp >= g0) & (sp < g1))
+        if query_axis == 0:
+            t = _tile(scores, slice(q0, q1), slice(g0, g1))
+            if check_nan and np.isnan(t).any():
+                raise DataError("score matrix holds NaN values")
+            n = np.count_nonzero(t > thr[:, None], axis=1)
+            if inside.size:
+                sub = t[inside]
+                before = np.arange(g0, g1)[None, :] < sp[inside, None]
+                n[inside] += np.count_nonzero((sub == b[inside, None]) & before, axis=1)
+        else:
+            t = _tile(scores, slice(g0, g1), slice(q0, q1))
+            if check_nan and np.isnan(t).any():
+                raise DataError("score matrix holds NaN values")
+            above = (t > thr[None, :]).view(np.uint8)
+            n = np.zeros(q1 - q0, dtype=np.int64)
+            for r in range(0, above.shape[0], U8_RUN):  # <= 255 ones per column: exact in uint8
+                n += above[r : r + U8_RUN].sum(axis=0, dtype=np.uint8)
+            if inside.size:
+                sub = t[:, inside]
+                before = np.arange(g0, g1)[:, None] < sp[None, inside]
+                n[inside] += np.count_nonzero((sub == b[None, inside]) & before, axis=0)
+        return q0, n
+
+    jobs = [(q0, g0) for g0 in range(0, n_g, gb) for q0 in range(0, n_q, qb)]
+    workers = _workers()
+    if workers > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(count, jobs))
+    else:
+        results = [count(j) for j in jobs]
+    for q0, n in results:
+        out[q0 : q0 + n.size] += n
+    for q in np.flatnonzero(best == -np.inf):  # nothing below -inf: count this query directly
+        v = _tile(scores, slice(q, q + 1), slice(None)).ravel() if query_axis == 0 else \
+            _tile(scores, slice(None), slice(q, q + 1)).ravel()
+        out[q] = np.count_nonzero(v > best[q]) + np.count_nonzero(v[: split[q]] == best[q])
+    return out
+
+
+def image_to_text_ranks(scores: Tensor, text_to_image: Sequence[int], chunk_size: int = 1024,
+                        gallery_block: Optional[int] = None, check_nan: bool = True) -> np.ndarray:
     """Best rank of any GT caption for each image query; ``scores`` is ``[N_images, N_texts]``.
 
     The best positive ``p*`` of image ``i`` is found by gathering the scores of its own captions only (a padded
-    ``[N_images, P_max]`` index table), then ``rank = #{j : s_ij > s_ip*} + #{j < p* : s_ij = s_ip*}`` costs two
-    passes over each chunk of rows.
+    ``[N_images, P_max]`` index table: the largest score, the lowest caption index among equal ones), then
+    ``rank = #{j : s_ij > s_ip*} + #{j < p* : s_ij = s_ip*}`` is counted tile by tile (:func:`stable_ranks`).
 
     Args:
         scores: image-query score matrix (rows rank texts).
         text_to_image: ``[N_texts]`` index of the image each caption belongs to.
-        chunk_size: image queries per chunk.
+        chunk_size: image queries per tile.
+        gallery_block: captions per tile (default from :data:`TILE_ELEMENTS`).
+        check_nan: raise :class:`DataError` on NaN scores (checked tile by tile).
     """
     t2i = torch.as_tensor(np.asarray(text_to_image), dtype=torch.long)
+    scores = _as_scores(scores)
     _check(scores, t2i)
     n_img, n_txt = scores.shape
     counts = torch.bincount(t2i, minlength=n_img)
     if n_img and counts.min() == 0:
         raise DataError("a retrieval query has no positive in the gallery (an image without captions)")
+    if n_img == 0:
+        return np.zeros(0, dtype=np.int64)
     order = torch.argsort(t2i, stable=True)  # caption indices grouped by image, ascending within an image
-    p_max = int(counts.max()) if n_img else 0
+    p_max = int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(n_txt) - starts[t2i[order]]
     table = torch.full((n_img, max(p_max, 1)), -1, dtype=torch.long)
     table[t2i[order], slot] = order
-    out = []
-    for s in range(0, n_img, chunk_size):
-        block = scores[s : s + chunk_size].float()
-        g = table[s : s + chunk_size]
-        valid = g >= 0
-        vals = block.gather(1, g.clamp(min=0)).masked_fill(~valid, float("-inf"))
-        best = vals.max(1).values
-        p_star = torch.where(valid & (vals == best[:, None]), g, torch.full_like(g, n_txt)).min(1).values
-        above = (block > best[:, None]).sum(1)
-        tied = ((block == best[:, None]) & (torch.arange(block.shape[1])[None] < p_star[:, None])).sum(1)
-        out.append(above + tied)
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+    valid = table >= 0
+    vals = scores.gather(1, table.clamp(min=0)).float().masked_fill(~valid, float("-inf"))
+    best = vals.max(1).values
+    p_star = torch.where(valid & (vals == best[:, None]), table, torch.full_like(table, n_txt)).min(1).values
+    return stable_ranks(scores, best.numpy(), p_star.numpy(), 0, chunk_size, gallery_block, check_nan)
 
 
-def text_to_image_ranks(scores: Tensor, text_to_image: Sequence[int], chunk_size: int = 1024) -> np.ndarray:
+def text_to_image_ranks(scores: Tensor, text_to_image: Sequence[int], chunk_size: int = 1024,
+                        gallery_block: Optional[int] = None, check_nan: bool = True) -> np.ndarray:
     """Rank of the GT image for each caption query; ``scores`` is ``[N_images, N_texts]`` (columns are queries).
 
-    One positive per query: ``rank_j = #{i : s_ij > s_{o(j) j}} + #{i < o(j) : s_ij = s_{o(j) j}}``, computed on
-    column blocks without transposing.
+    One positive per query: ``rank_j = #{i : s_ij > s_{o(j) j}} + #{i < o(j) : s_ij = s_{o(j) j}}``, counted on
+    tiles of the row-major matrix without transposing (:func:`stable_ranks` with ``query_axis=1``).
+
+    Args:
+        chunk_size: caption queries per tile.
+        gallery_block: images per tile (default from :data:`TILE_ELEMENTS`).
     """
     t2i = torch.as_tensor(np.asarray(text_to_image), dtype=torch.long)
+    scores = _as_scores(scores)
     _check(scores, t2i)
     n_img, n_txt = scores.shape
-    rows = torch.arange(n_img)[:, None]
-    out = []
-    for s in range(0, n_txt, chunk_size):
-        block = scores[:, s : s + chunk_size].float()
-        owners = t2i[s : s + chunk_size]
-        best = block.gather(0, owners[None]).squeeze(0)
-        above = (block > best[None]).sum(0)
-        tied = ((block == best[None]) & (rows < owners[None])).sum(0)
-        out.append(above + tied)
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+    if n_txt == 0:
+        return np.zeros(0, dtype=np.int64)
+    best = scores[t2i, torch.arange(n_txt)].float()
+    return stable_ranks(scores, best.numpy(), t2i.numpy(), 1, chunk_size, gallery_block, check_nan)
 
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
@@ -162,7 +271,8 @@ def retrieval_metrics(
         chunk_size: queries per chunk.
     """
     r_i2t = image_to_text_ranks(scores_i2t, text_to_image, chunk_size)
-    r_t2i = text_to_image_ranks(scores_t2i, text_to_image, chunk_size)
+    # one NaN scan per distinct matrix: the i2t pass has already checked a shared (global-model) matrix
+    r_t2i = text_to_image_ranks(scores_t2i, text_to_image, chunk_size, check_nan=scores_t2i is not scores_i2t)
     metrics: Dict[str, float] = {}
     for k in ks:
         metrics[f"i2t_R@{k}"] = recall_at_k(r_i2t, k)
