@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import queue
 import re
+from pathlib import Path
 
 from rich.console import Console
 
@@ -111,3 +112,17 @@ def test_reproduce_workers_report_training_steps_in_a_terminal(tmp_path, tiny_wo
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
     assert "train s0 clip-tiny" in text or "train s0 filip-tiny" in text  # live rows were drawn
     assert "[2/2]" in text  # the stage log's per-job lines still come
+
+
+def test_training_runs_longest_first(monkeypatch):
+    """The train stage starts LOUPE (5 loss terms) and its ablations before CLIP / FILIP (1 term), in plan order
+    within a rank — so the longest run never starts last on a free worker."""
+    from loupe_bench.report import reproduce as rp
+
+    submitted = []
+    ctx = _ctx(Path("/tmp/unused"), Console(file=io.StringIO()), enabled=False)
+    ctx.plan = SyntheticPlan(models=["clip-tiny", "filip-tiny", "loupe-tiny", "loupe-no-tsa"], workers=2)
+    monkeypatch.setattr(rp, "_run_jobs", lambda c, kind, jobs, on_idle=None: submitted.extend(j[0] for j in jobs))
+    rp.stage_train(ctx)
+    assert submitted == ["train/s0/loupe-tiny", "train/s0/loupe-no-tsa", "train/s0/clip-tiny", "train/s0/filip-tiny"]
+    assert [rp.training_cost(rp.model_spec_mapping(m)) for m in ctx.plan.models] == [1, 1, 5, 4]

@@ -538,7 +538,18 @@ def stage_train(ctx: Context) -> None:
                          _train_job, (plan_model(ctx.plan, model), str(ctx.world), ctx.plan.recipe, str(run), seed,
                                       _worker_overrides(ctx))))
             ctx.runs[f"s{seed}/{model}"] = ctx.rel(run)
+    if ctx.plan.workers > 1:  # longest first, so that no long run starts last on a free worker (stable: plan order)
+        cost = {m: training_cost(model_spec_mapping(m, ctx.plan.model_overrides)) for m in ctx.plan.models}
+        jobs.sort(key=lambda j: -cost[j[0].rsplit("/", 1)[1]])
     _run_jobs(ctx, "train", jobs, on_idle=_prewarm_report_imports)
+
+
+def training_cost(spec: Dict[str, Any]) -> int:
+    """A rank of a model's training cost from its spec: the number of loss terms with a non-zero weight (CLIP and
+    FILIP 1, LOUPE 5, an ablation 4). Used only to start the longest runs first (longest-processing-time-first on
+    the worker pool); it never changes what a run computes."""
+    weights = (spec.get("loss") or {}).get("weights") or {}
+    return sum(1 for w in weights.values() if isinstance(w, (int, float)) and w != 0) or 1
 
 
 #: with worker processes, each model's tasks are evaluated in these groups (tasks of a group share encoded
