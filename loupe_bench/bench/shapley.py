@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -25,7 +24,7 @@ import torch
 
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
-from .timing import figure, time_call
+from .timing import bench_world, figure, time_call
 
 
 def world_batches(model, n_batches: int, batch_size: int, seed: int = 0, world: Optional[Path] = None,
@@ -34,11 +33,7 @@ def world_batches(model, n_batches: int, batch_size: int, seed: int = 0, world: 
     from ..data.training import PairDataset, TrainCollator, load_caption_records
     from ..data.transforms import build_transform
 
-    if world is None:
-        from ..data.synth import generate_world
-
-        world = generate_world(Path(tempfile.mkdtemp(prefix="loupe-bench-world-")) / "tiny", seed=seed, size="tiny",
-                               image_size=model.image_size)
+    world = bench_world(world, seed, image_size=model.image_size)
     records = load_caption_records(str(world), split=split)
     ds = PairDataset(records, build_transform(model.image_size, model.image_mean, model.image_std, train=False),
                      caption_policy="cycle", seed=seed)
@@ -289,13 +284,7 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
     from ..shapley.estimators import EXACT_TARGETS, SAMPLED_TARGETS
 
     torch.manual_seed(seed)
-    if world is None:
-        from ..data.synth import generate_world
-
-        world_path = generate_world(Path(tempfile.mkdtemp(prefix="loupe-bench-world-")) / "tiny", seed=seed,
-                                    size="tiny", image_size=64)
-    else:
-        world_path = Path(world)
+    world_path = bench_world(world, seed)
     over = {"tsa__target_images": batch_size, "fsa__target_images": batch_size, "fsa__num_regions": fsa_regions}
     if num_samples:
         over["num_samples"] = int(num_samples)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
-from typing import Any, Callable, Dict, List
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 
 def time_call(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> Dict[str, float]:
@@ -21,3 +23,14 @@ def time_call(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> Dict[s
 def figure(label: str, value: float, unit: str, target: str = "", met: Any = None) -> Dict[str, Any]:
     """One printed figure of a benchmark: its value, unit, target (text) and whether the target is met."""
     return {"label": label, "value": value, "unit": unit, "target": target, "met": met}
+
+
+def bench_world(world: Optional[Any] = None, seed: int = 0, image_size: int = 64) -> Path:
+    """The synthetic world a benchmark runs on: ``world`` when given, else a ``tiny`` world generated into a fresh
+    temporary folder."""
+    if world is not None:
+        return Path(world)
+    from ..data.synth import generate_world
+
+    return generate_world(Path(tempfile.mkdtemp(prefix="loupe-bench-world-")) / "tiny", seed=seed, size="tiny",
+                          image_size=image_size)

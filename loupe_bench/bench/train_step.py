@@ -7,8 +7,6 @@ is timed in both regimes: during warm-up (every interaction target by Monte-Carl
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -16,7 +14,7 @@ import torch
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
 from .shapley import build_tiny, synced, to_device, world_batches
-from .timing import figure, time_call
+from .timing import bench_world, figure, time_call
 
 
 def _stepper(model, batch, opt=None):
@@ -42,13 +40,7 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
     if threads and not str(device).startswith("cuda"):
         torch.set_num_threads(int(threads))
     try:
-        if world is None:
-            from ..data.synth import generate_world
-
-            world_path = generate_world(Path(tempfile.mkdtemp(prefix="loupe-bench-world-")) / "tiny", seed=seed,
-                                        size="tiny", image_size=64)
-        else:
-            world_path = Path(world)
+        world_path = bench_world(world, seed)
         reps = max(repeat, 5)
         steps: Dict[str, Any] = {}
         lasts: Dict[str, Dict[str, Any]] = {}

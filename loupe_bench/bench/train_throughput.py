@@ -35,7 +35,6 @@ import math
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -43,7 +42,7 @@ import torch
 from ..errors import SpecError
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
-from .timing import figure
+from .timing import bench_world, figure
 
 #: size -> the ``clip`` spec whose towers (and embed dim, image size, tokenizer) all three models share
 SIZES = {"tiny": "clip-tiny", "base": "clip-vit-b16"}
@@ -251,13 +250,7 @@ def train_throughput(repeat: int = 3, device: str = "cpu", size: Optional[str] =
     if threads and not cuda:
         torch.set_num_threads(int(threads))
     try:
-        if world is None:
-            from ..data.synth import generate_world
-
-            world_path = generate_world(Path(tempfile.mkdtemp(prefix="loupe-bench-world-")) / "tiny", seed=seed,
-                                        size="tiny", image_size=64)
-        else:
-            world_path = Path(world)
+        world_path = bench_world(world, seed)
         captions = world_captions(world_path)
         clip_spec = get_spec(SIZES[size])
         ours = create_model(clip_spec, tokenizer_corpus=captions, seed=seed).to(device)
