@@ -176,3 +176,17 @@ def test_gpu_plan_runs_on_cpu_at_toy_size(tmp_path):
     for m in plan.models:
         assert seen[m] == set(tasks), m
     assert (out / "report" / "report.html").stat().st_size > 0
+
+
+@pytest.mark.parametrize("plan_name", R.PLANS.names())
+def test_every_plan_compares_models_on_identical_towers(plan_name):
+    """The identical-protocol promise, for every registered plan: all its models share the image and text towers,
+    tokenizer, image size, projection, special tokens and logit-scale settings (with the plan's model overrides
+    applied), and one recipe."""
+    plan = R.get_plan(plan_name)
+    specs = {m: R.model_spec_mapping(m, plan.model_overrides) for m in plan.models}
+    first = plan.models[0]
+    for m, spec in specs.items():
+        for key in TOWER_KEYS + ("text_special_tokens", "temperature_init", "max_logit_scale"):
+            assert spec.get(key) == specs[first].get(key), (plan_name, m, key)
+    assert not any(k.split(":", 1)[0] in plan.models for k in plan.recipe_overrides if ":" in k)  # no per-model recipe
