@@ -192,10 +192,12 @@ def gpu_plan() -> SyntheticPlan:
       222 s (captioning 97 s, grounding/phrase grounding 82 s). On the medium world the grounding tasks re-parse
       the whole world's refer annotations per task and split (~1.7 s on the small world, x 9.2 on the medium one)
       and match 3-5x more queries: ~25 CPU s per grounding task-split, x 12 task-splits (val dropped) x 21
-      model-seeds = ~6 300 CPU s: ~7 min on 16 cores (``workers`` 4 jobs at a time: ~26 min). **This is where the
-      budget does not close today**: one parse per split and ``evaluate`` call instead of one per task
-      (tasks/common.py ``load_records``) would bring it to ~2-3 min; a GPU host's cores are likely faster than
-      the 2-core box's.
+      model-seeds = ~6 300 CPU s: ~7 min on 16 cores (``workers`` 4 jobs at a time: ~26 min) if every task parsed
+      its data afresh. The tasks of one evaluation process now share one parse per data set and split, and the
+      query-text features (tasks/common.py ``load_records``, ``encode_texts``: on the small world's eight grounding
+      protocols 21 s -> 7 s of parsing, 17 s -> 10 s of text encoding, identical results), which should bring it
+      to ~2-3 min; **this stage is the risk to the budget**. A GPU host's cores are likely faster than the 2-core
+      box's.
     * Total: world ~2 + train ~3 + eval ~3-7 + report ~0.5 min: 9-13 min on a first run; the GPU run itself
       will say (``reproduce.json`` timings per stage and run).
     """
