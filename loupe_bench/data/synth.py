@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -715,6 +715,262 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the world: scene sampling, then one writer per output format (the formats of data/formats/)
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class RenderedScene:
+    """One image of the world after sampling: its scene (``image_id`` and every object's ``ann_id`` assigned), each
+    object's pixel area (same order as ``scene.objects``), the JPEG bytes and the global ids of its captions."""
+
+    scene: Scene
+    areas: List[float]
+    jpg: bytes
+    sent_ids: List[int]
+
+    @property
+    def label(self) -> int:
+        """Class label: index in :data:`SHAPES` of the large object's shape (object 0)."""
+        return SHAPES.index(self.scene.objects[0].shape)
+
+
+def sample_world(seed: int, counts: Mapping[str, int], image_size: int, workers: int = 1,
+                 progress: bool = False) -> List[RenderedScene]:
+    """Sample, render and caption every image (:func:`make_scene`), splits in :data:`SPLITS` order, and number them.
+
+    Ids, in that order: ``image_id`` 1, 2, …; ``ann_id`` 1, 2, … over the objects of all images in drawing order;
+    sentence ids 0, 1, … over the captions of all images. Writes nothing; the output does not depend on ``workers``.
+    """
+    jobs = [(seed, k, split, i, image_size) for k, split in enumerate(SPLITS) for i in range(counts[split])]
+    bar = _progress(progress, len(jobs))
+    rendered: List[RenderedScene] = []
+    ann_id, sent_id = 1, 0
+    for image_id, (scene, areas, jpg) in enumerate(_map_scenes(jobs, workers), start=1):
+        scene.image_id = image_id
+        for obj in scene.objects:
+            obj.ann_id = ann_id
+            ann_id += 1
+        rendered.append(RenderedScene(scene, areas, jpg, list(range(sent_id, sent_id + len(scene.captions)))))
+        sent_id += len(scene.captions)
+        if bar is not None:
+            bar[0].advance(bar[1])
+    if bar is not None:
+        bar[0].stop()
+    return rendered
+
+
+def categories() -> List[Dict[str, Any]]:
+    """COCO categories: one per shape, ids ``1 … len(SHAPES)`` in :data:`SHAPES` order, supercategory ``shape``."""
+    return [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
+
+
+def _phrase_entries(text: str, spans: Sequence[Tuple[int, int, int]], objects: Sequence[SceneObject]
+                    ) -> List[Dict[str, Any]]:
+    """One caption's gold phrases: ``start``, ``end`` (character offsets), ``text``, ``ann_id``, ``bbox`` (xywh) and
+    ``kind`` of the object each span names (the entries of ``phrases.json`` and of the shard samples)."""
+    return [
+        {
+            "start": s,
+            "end": e,
+            "text": text[s:e],
+            "ann_id": objects[k].ann_id,
+            "bbox": [float(v) for v in objects[k].box],
+            "kind": objects[k].kind,
+        }
+        for s, e, k in spans
+    ]
+
+
+def write_images(out: Path, rendered: Sequence[RenderedScene]) -> None:
+    """``images/<image_id:06d>.jpg``: every image's JPEG bytes (the files all other formats point to)."""
+    for r in rendered:
+        _put(out / "images" / file_name(r.scene.image_id), r.jpg)
+
+
+def write_imagefolder(out: Path, rendered: Sequence[RenderedScene]) -> None:
+    """ImageFolder classification (:mod:`~loupe_bench.data.formats.folders`): a copy of each image in
+    ``classification/<split>/<shape of the large object>/<file>`` and ``classification/classnames.txt`` (the shapes
+    in :data:`SHAPES` order, one a line)."""
+    for r in rendered:
+        _put(out / "classification" / r.scene.split / SHAPES[r.label] / file_name(r.scene.image_id), r.jpg)
+    atomic_write_text(out / "classification" / "classnames.txt", "\n".join(SHAPES) + "\n")
+
+
+def coco_instances(rendered: Sequence[RenderedScene], image_size: int) -> Dict[str, Dict[str, Any]]:
+    """The COCO instances document of each split: ``info``, ``licenses`` (empty), ``categories`` (:func:`categories`),
+    ``images`` (``id``, ``file_name``, ``width``, ``height``) and ``annotations`` (``id`` = ann_id, ``image_id``,
+    ``category_id``, ``bbox`` xywh pixels, ``area`` = coverage sum, ``iscrowd`` 0, and the extra keys ``colour``,
+    ``colour2``, ``kind``, ``size``)."""
+    info = {"description": "loupe-bench synthetic fine-grained world", "version": str(WORLD_VERSION), "year": 2026}
+    cats = categories()
+    cat_id = {c["name"]: c["id"] for c in cats}
+    docs = {s: {"info": info, "licenses": [], "categories": cats, "images": [], "annotations": []} for s in SPLITS}
+    for r in rendered:
+        scene = r.scene
+        doc = docs[scene.split]
+        doc["images"].append({"id": scene.image_id, "file_name": file_name(scene.image_id), "width": image_size,
+                              "height": image_size})
+        for obj, area in zip(scene.objects, r.areas):
+            doc["annotations"].append({
+                "id": obj.ann_id, "image_id": scene.image_id, "category_id": cat_id[obj.shape],
+                "bbox": [float(v) for v in obj.box], "area": area, "iscrowd": 0, "colour": obj.colour,
+                "colour2": obj.colour2, "kind": obj.kind, "size": obj.size,
+            })
+    return docs
+
+
+def _all_splits(coco: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
+    """One COCO document holding the images and annotations of every split (in :data:`SPLITS` order)."""
+    first = coco[SPLITS[0]]
+    return {
+        "info": first["info"],
+        "licenses": [],
+        "categories": first["categories"],
+        "images": [im for s in SPLITS for im in coco[s]["images"]],
+        "annotations": [a for s in SPLITS for a in coco[s]["annotations"]],
+    }
+
+
+def write_coco(out: Path, coco: Mapping[str, Mapping[str, Any]]) -> None:
+    """COCO detection (:mod:`~loupe_bench.data.formats.coco`): ``annotations/instances_<split>.json`` per split, the
+    documents of :func:`coco_instances` (sorted keys, no indent)."""
+    for split in SPLITS:
+        atomic_write_json(out / "annotations" / f"instances_{split}.json", coco[split], indent=None)
+
+
+def write_refer(out: Path, rendered: Sequence[RenderedScene], coco: Mapping[str, Mapping[str, Any]],
+                image_size: int) -> int:
+    """refer-style referring expressions (:mod:`~loupe_bench.data.formats.refer`), returning how many refs.
+
+    ``refsynth/instances.json``: the COCO document of all splits together; ``refsynth/refs(unc).p``: a pickle
+    (protocol 2) of one dict per expression (:func:`_referring_expressions`) with ``ref_id`` (0, 1, …), ``ann_id``,
+    ``image_id``, ``category_id``, ``split``, ``file_name``, ``sent_ids`` and ``sentences`` (``sent``, ``raw``,
+    ``sent_id`` 0, 1, … over all refs, ``tokens``, ``head``).
+    """
+    atomic_write_json(out / "refsynth" / "instances.json", _all_splits(coco), indent=None)
+    cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
+    refs: List[Dict[str, Any]] = []
+    ref_sent_id = 0
+    for r in rendered:
+        scene = r.scene
+        fname = file_name(scene.image_id)  # one string per image: the pickle's bytes depend on shared objects
+        for k, texts, heads in _referring_expressions(scene, image_size):
+            obj = scene.objects[k]
+            sents = []
+            for t, head in zip(texts, heads):
+                sents.append({"sent": t, "raw": t, "sent_id": ref_sent_id, "tokens": tokenize(t), "head": head})
+                ref_sent_id += 1
+            refs.append({
+                "ref_id": len(refs), "ann_id": obj.ann_id, "image_id": scene.image_id,
+                "category_id": cat_id[obj.shape], "split": scene.split, "file_name": fname,
+                "sent_ids": [s["sent_id"] for s in sents], "sentences": sents,
+            })
+    atomic_write_bytes(out / "refsynth" / "refs(unc).p", pickle.dumps(refs, protocol=2))
+    return len(refs)
+
+
+def write_karpathy(out: Path, rendered: Sequence[RenderedScene]) -> None:
+    """Karpathy captions (:mod:`~loupe_bench.data.formats.karpathy`) and their gold phrases.
+
+    ``dataset_synthetic.json``: ``{"dataset": "synthetic", "images": [...]}`` with per image ``imgid``
+    (image_id − 1), ``cocoid``, ``filename``, ``filepath`` (``images``), ``split``, ``sentids`` and ``sentences``
+    (``raw``, ``tokens``, ``imgid``, ``sentid``); ``phrases.json``: ``{sentid: [phrase entry, ...]}``
+    (:func:`_phrase_entries`).
+    """
+    images: List[Dict[str, Any]] = []
+    phrases: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rendered:
+        scene = r.scene
+        sentences = []
+        for (text, spans), sid in zip(scene.captions, r.sent_ids):
+            phrases[str(sid)] = _phrase_entries(text, spans, scene.objects)
+            sentences.append({"raw": text, "tokens": tokenize(text), "imgid": scene.image_id - 1, "sentid": sid})
+        images.append({"imgid": scene.image_id - 1, "cocoid": scene.image_id, "filename": file_name(scene.image_id),
+                       "filepath": "images", "split": scene.split, "sentids": list(r.sent_ids),
+                       "sentences": sentences})
+    atomic_write_json(out / "phrases.json", phrases, indent=None)
+    atomic_write_json(out / "dataset_synthetic.json", {"dataset": "synthetic", "images": images}, indent=None)
+
+
+def write_shards(out: Path, rendered: Sequence[RenderedScene]) -> Dict[str, List[str]]:
+    """webdataset shards (:mod:`~loupe_bench.data.formats.shards`): ``shards/<split>-<n:06d>.tar`` of at most
+    :data:`SHARD_SIZE` samples (one, possibly empty, shard for an empty split), each sample ``<key>.jpg`` and
+    ``<key>.json`` (``image_id``, ``split``, ``captions``, ``sent_ids``, ``phrases`` per caption, ``label``; sorted
+    keys) with key ``<image_id:06d>``, archived by :func:`_tar_bytes`. Returns each split's shard paths."""
+    samples: Dict[str, List[Tuple[str, bytes, bytes]]] = {s: [] for s in SPLITS}
+    for r in rendered:
+        scene = r.scene
+        meta = {
+            "image_id": scene.image_id,
+            "split": scene.split,
+            "captions": [c[0] for c in scene.captions],
+            "sent_ids": list(r.sent_ids),
+            "phrases": [_phrase_entries(text, spans, scene.objects) for text, spans in scene.captions],
+            "label": r.label,
+        }
+        samples[scene.split].append((f"{scene.image_id:06d}", r.jpg, json.dumps(meta, sort_keys=True).encode("utf-8")))
+    shard_files: Dict[str, List[str]] = {}
+    for split in SPLITS:
+        shard_files[split] = []
+        for k in range(0, max(len(samples[split]), 1), SHARD_SIZE):
+            members = []
+            for key, jpg, js in samples[split][k : k + SHARD_SIZE]:
+                members += [(f"{key}.jpg", jpg), (f"{key}.json", js)]
+            name = f"{split}-{k // SHARD_SIZE:06d}.tar"
+            _put(out / "shards" / name, _tar_bytes(members))
+            shard_files[split].append(f"shards/{name}")
+    return shard_files
+
+
+def world_record(seed: int, size: str, image_size: int, rendered: Sequence[RenderedScene], num_refs: int,
+                 shard_files: Mapping[str, List[str]]) -> Dict[str, Any]:
+    """The content of ``world.json``: generator options, counts, vocabulary, generator constants, class names,
+    COCO categories and the file map of every format."""
+    counts = {s: sum(1 for r in rendered if r.scene.split == s) for s in SPLITS}
+    kind_counts: Dict[str, int] = {k: 0 for k in KINDS}
+    for r in rendered:
+        for obj in r.scene.objects:
+            kind_counts[obj.kind] = kind_counts.get(obj.kind, 0) + 1
+    return {
+        "name": "synthetic",
+        "version": WORLD_VERSION,
+        "seed": int(seed),
+        "size": size,
+        "image_size": image_size,
+        "splits": counts,
+        "num_images": len(rendered),
+        "num_captions": sum(len(r.sent_ids) for r in rendered),
+        "num_annotations": sum(len(r.scene.objects) for r in rendered),
+        "num_refs": num_refs,
+        "shapes": list(SHAPES),
+        "colours": {k: list(v) for k, v in COLOURS.items()},
+        "sizes": list(SIZE_RANGES),
+        "size_ranges": {k: list(v) for k, v in SIZE_RANGES.items()},
+        "kinds": list(KINDS),
+        "two_part_prob": TWO_PART_PROB,
+        "two_part_size_ranges": {k: list(v) for k, v in TWO_PART_SIZE_RANGES.items()},
+        "two_part_distractor_prob": TWO_PART_DISTRACTOR_PROB,
+        "num_objects_by_kind": dict(sorted(kind_counts.items())),
+        "backgrounds": list(BACKGROUNDS),
+        "heldout_combos": [list(c) for c in HELDOUT_COMBOS],
+        "heldout_combos_of_two_part": "top colour and shape",
+        "classnames": list(SHAPES),
+        "class_label": "shape of the large object",
+        "categories": categories(),
+        "files": {
+            "karpathy": "dataset_synthetic.json",
+            "phrases": "phrases.json",
+            "images": "images",
+            "coco": {s: f"annotations/instances_{s}.json" for s in SPLITS},
+            "refer": {"instances": "refsynth/instances.json", "refs": "refsynth/refs(unc).p", "splitBy": "unc"},
+            "classification": "classification",
+            "classnames": "classification/classnames.txt",
+            "shards": dict(shard_files),
+            "flickr30k_entities": F30K_DIR,
+        },
+    }
+
+
 def generate_world(
     out: Union[str, os.PathLike],
     seed: int = 0,
@@ -724,6 +980,11 @@ def generate_world(
     workers: Optional[int] = None,
 ) -> Path:
     """Generate the synthetic world into ``out`` (layout in ``docs/architecture.md``) and return its path.
+
+    :func:`sample_world` draws every scene; then one writer per format: :func:`write_images`,
+    :func:`write_imagefolder`, :func:`write_shards`, :func:`write_coco`, :func:`write_refer`,
+    :func:`write_flickr30k_entities`, :func:`write_karpathy`; last ``world.json`` (:func:`world_record`) and
+    ``README.md``.
 
     Args:
         out: output folder (created; existing files of the same names are replaced).
@@ -741,190 +1002,19 @@ def generate_world(
     image_size = int(image_size)
     out = Path(out)
     _prepare_out(out)
-    counts = SIZES[size]
-    total = sum(counts.values())
     if workers is None:
         workers = 1 if size == "tiny" else max(1, min(4, os.cpu_count() or 1))
 
-    karpathy_images: List[Dict[str, Any]] = []
-    phrases: Dict[str, List[Dict[str, Any]]] = {}
-    coco: Dict[str, Dict[str, List[Any]]] = {s: {"images": [], "annotations": []} for s in SPLITS}
-    refs: List[Dict[str, Any]] = []
-    shard_samples: Dict[str, List[Tuple[str, bytes, bytes]]] = {s: [] for s in SPLITS}
-    scenes: List[Scene] = []  # for the Flickr30K Entities folder, written after the loop
-    categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
-    cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
-    image_id, ann_id, sent_id, ref_id, ref_sent_id = 1, 1, 0, 0, 0
-    kind_counts: Dict[str, int] = {k: 0 for k in KINDS}
-
-    bar = _progress(progress, total)
-    jobs = [(seed, k, split, i, image_size) for k, split in enumerate(SPLITS) for i in range(counts[split])]
-    for scene, areas, jpg in _map_scenes(jobs, workers):
-        split = scene.split
-        objects = scene.objects
-        scene.image_id = image_id
-        fname = file_name(image_id)
-        _put(out / "images" / fname, jpg)
-        label = SHAPES.index(objects[0].shape)
-        _put(out / "classification" / split / SHAPES[label] / fname, jpg)
-
-        img_entry = {"id": image_id, "file_name": fname, "width": image_size, "height": image_size}
-        coco[split]["images"].append(dict(img_entry))
-        for obj, area in zip(objects, areas):
-            obj.ann_id = ann_id
-            kind_counts[obj.kind] = kind_counts.get(obj.kind, 0) + 1
-            coco[split]["annotations"].append(
-                {
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": cat_id[obj.shape],
-                    "bbox": [float(v) for v in obj.box],
-                    "area": area,
-                    "iscrowd": 0,
-                    "colour": obj.colour,
-                    "colour2": obj.colour2,
-                    "kind": obj.kind,
-                    "size": obj.size,
-                }
-            )
-            ann_id += 1
-
-        sentences, sent_ids, wds_phrases = [], [], []
-        for text, spans in scene.captions:
-            plist = [
-                {
-                    "start": s,
-                    "end": e,
-                    "text": text[s:e],
-                    "ann_id": objects[k].ann_id,
-                    "bbox": [float(v) for v in objects[k].box],
-                    "kind": objects[k].kind,
-                }
-                for s, e, k in spans
-            ]
-            phrases[str(sent_id)] = plist
-            wds_phrases.append(plist)
-            sentences.append({"raw": text, "tokens": tokenize(text), "imgid": image_id - 1, "sentid": sent_id})
-            sent_ids.append(sent_id)
-            sent_id += 1
-        karpathy_images.append(
-            {
-                "imgid": image_id - 1,
-                "cocoid": image_id,
-                "filename": fname,
-                "filepath": "images",
-                "split": split,
-                "sentids": sent_ids,
-                "sentences": sentences,
-            }
-        )
-        for k, texts, heads in _referring_expressions(scene, image_size):
-            obj = objects[k]
-            sents = []
-            for t, head in zip(texts, heads):
-                sents.append({"sent": t, "raw": t, "sent_id": ref_sent_id, "tokens": tokenize(t), "head": head})
-                ref_sent_id += 1
-            refs.append(
-                {
-                    "ref_id": ref_id,
-                    "ann_id": obj.ann_id,
-                    "image_id": image_id,
-                    "category_id": cat_id[obj.shape],
-                    "split": split,
-                    "file_name": fname,
-                    "sent_ids": [s["sent_id"] for s in sents],
-                    "sentences": sents,
-                }
-            )
-            ref_id += 1
-        scenes.append(scene)
-        meta = {
-            "image_id": image_id,
-            "split": split,
-            "captions": [c[0] for c in scene.captions],
-            "sent_ids": sent_ids,
-            "phrases": wds_phrases,
-            "label": label,
-        }
-        key = f"{image_id:06d}"
-        shard_samples[split].append((key, jpg, json.dumps(meta, sort_keys=True).encode("utf-8")))
-        image_id += 1
-        if bar is not None:
-            bar[0].advance(bar[1])
-    if bar is not None:
-        bar[0].stop()
-
-    shard_files: Dict[str, List[str]] = {}
-    for split in SPLITS:
-        samples = shard_samples[split]
-        shard_files[split] = []
-        for k in range(0, max(len(samples), 1), SHARD_SIZE):
-            members = []
-            for key, jpg, js in samples[k : k + SHARD_SIZE]:
-                members += [(f"{key}.jpg", jpg), (f"{key}.json", js)]
-            name = f"{split}-{k // SHARD_SIZE:06d}.tar"
-            _put(out / "shards" / name, _tar_bytes(members))
-            shard_files[split].append(f"shards/{name}")
-
-    info = {"description": "loupe-bench synthetic fine-grained world", "version": str(WORLD_VERSION), "year": 2026}
-    for split in SPLITS:
-        atomic_write_json(
-            out / "annotations" / f"instances_{split}.json",
-            {"info": info, "licenses": [], "categories": categories, **coco[split]},
-            indent=None,
-        )
-    all_coco = {
-        "info": info,
-        "licenses": [],
-        "categories": categories,
-        "images": [im for s in SPLITS for im in coco[s]["images"]],
-        "annotations": [a for s in SPLITS for a in coco[s]["annotations"]],
-    }
-    atomic_write_json(out / "refsynth" / "instances.json", all_coco, indent=None)
-    atomic_write_bytes(out / "refsynth" / "refs(unc).p", pickle.dumps(refs, protocol=2))
-    atomic_write_text(out / "classification" / "classnames.txt", "\n".join(SHAPES) + "\n")
-    write_flickr30k_entities(out / F30K_DIR, scenes, image_size)
-    atomic_write_json(out / "phrases.json", phrases, indent=None)
-    atomic_write_json(out / "dataset_synthetic.json", {"dataset": "synthetic", "images": karpathy_images}, indent=None)
-
-    world = {
-        "name": "synthetic",
-        "version": WORLD_VERSION,
-        "seed": int(seed),
-        "size": size,
-        "image_size": image_size,
-        "splits": {s: counts[s] for s in SPLITS},
-        "num_images": total,
-        "num_captions": sent_id,
-        "num_annotations": ann_id - 1,
-        "num_refs": ref_id,
-        "shapes": list(SHAPES),
-        "colours": {k: list(v) for k, v in COLOURS.items()},
-        "sizes": list(SIZE_RANGES),
-        "size_ranges": {k: list(v) for k, v in SIZE_RANGES.items()},
-        "kinds": list(KINDS),
-        "two_part_prob": TWO_PART_PROB,
-        "two_part_size_ranges": {k: list(v) for k, v in TWO_PART_SIZE_RANGES.items()},
-        "two_part_distractor_prob": TWO_PART_DISTRACTOR_PROB,
-        "num_objects_by_kind": dict(sorted(kind_counts.items())),
-        "backgrounds": list(BACKGROUNDS),
-        "heldout_combos": [list(c) for c in HELDOUT_COMBOS],
-        "heldout_combos_of_two_part": "top colour and shape",
-        "classnames": list(SHAPES),
-        "class_label": "shape of the large object",
-        "categories": categories,
-        "files": {
-            "karpathy": "dataset_synthetic.json",
-            "phrases": "phrases.json",
-            "images": "images",
-            "coco": {s: f"annotations/instances_{s}.json" for s in SPLITS},
-            "refer": {"instances": "refsynth/instances.json", "refs": "refsynth/refs(unc).p", "splitBy": "unc"},
-            "classification": "classification",
-            "classnames": "classification/classnames.txt",
-            "shards": shard_files,
-            "flickr30k_entities": F30K_DIR,
-        },
-    }
+    rendered = sample_world(seed, SIZES[size], image_size, workers, progress)
+    write_images(out, rendered)
+    write_imagefolder(out, rendered)
+    shard_files = write_shards(out, rendered)
+    coco = coco_instances(rendered, image_size)
+    write_coco(out, coco)
+    num_refs = write_refer(out, rendered, coco, image_size)
+    write_flickr30k_entities(out / F30K_DIR, [r.scene for r in rendered], image_size)
+    write_karpathy(out, rendered)
+    world = world_record(seed, size, image_size, rendered, num_refs, shard_files)
     atomic_write_json(out / "world.json", world)
     atomic_write_text(out / "README.md", _readme(world))
     return out
