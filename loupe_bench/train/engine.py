@@ -18,8 +18,9 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -216,9 +217,55 @@ class RunLogger:
             self.tb.close()
 
 
+# -- the training state -----------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """What the optimiser steps change and a checkpoint saves.
+
+    ``step`` optimiser steps are done; ``batch_in_epoch`` batches of epoch ``epoch`` are consumed (the exact place a
+    resume continues from). ``loader_it`` / ``per_epoch`` are the open loader of the current epoch and its number of
+    batches (None: open one before the next step); ``last_checkpoint`` is the step of the newest checkpoint written
+    or resumed from (-1: none).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    loader_it: Optional[Iterator[Dict[str, Any]]] = None
+    per_epoch: Optional[int] = None
+    last_checkpoint: int = -1
+
+    def end_epoch(self) -> None:
+        """Move to the start of the next epoch (a new loader is opened before the next step)."""
+        self.epoch, self.batch_in_epoch, self.loader_it = self.epoch + 1, 0, None
+
+
+@dataclass
+class RunSetup:
+    """The fixed settings the loop reads, resolved once before step 1 (nothing here changes during the run)."""
+
+    recipe: Recipe
+    info: DistInfo
+    run_dir: Path
+    fsdp: bool
+    built: BuiltData
+    per_rank: int  # per-rank batch size
+    total: int  # optimiser steps of the whole run
+    autocast: Callable[[], Any]
+    embed_fn: Optional[Callable]  # the compiled ``model.embed`` (recipe.compile) or None
+    params: List[torch.nn.Parameter]  # trainable parameters: gradient clipping (and DDP averaging)
+    replicated: Optional[List[torch.nn.Parameter]]  # FSDP2: the parameters whose gradients the loop averages
+    post_step: Optional[Callable[[], None]]  # e.g. the logit scale kept in [0, ln 100]
+
+
 # -- the loop ---------------------------------------------------------------------------------------------------------
-def _finite_guard(step_ref: Dict[str, int], info: DistInfo, run_dir: Path):
-    """The NaN/inf check run on every loss before backward (collective under DDP: all ranks stop together)."""
+def _finite_guard(ts: TrainState, info: DistInfo, run_dir: Path):
+    """The NaN/inf check run on every loss before backward (collective under DDP: all ranks stop together); the
+    error names step ``ts.step + 1``, the step being computed."""
 
     def check(out: LossOutput) -> None:
         values = {"total": out.total.detach().float()}
@@ -231,40 +278,43 @@ def _finite_guard(step_ref: Dict[str, int], info: DistInfo, run_dir: Path):
             return
         term = next((k for k in bad if k != "total"), bad[0] if bad else "total (on another rank)")
         value = values.get(term, torch.tensor(float("nan")))
-        raise NonFiniteLossError(f"step {step_ref['step'] + 1}: loss term {term!r} is {value.item()} — training "
+        raise NonFiniteLossError(f"step {ts.step + 1}: loss term {term!r} is {value.item()} — training "
                                  f"stopped; {_last_good(run_dir)}")
 
     return check
 
 
-def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: int, epoch: int, batch_in_epoch: int,
-                     info: DistInfo, recipe: Recipe, fsdp: bool) -> None:
+def _save_checkpoint(ts: TrainState, run: RunSetup) -> None:
+    """``checkpoints/step_<n>/{model.safetensors, state.pt}`` (rank 0; every rank's RNG state gathered), then
+    ``checkpoints/latest`` and pruning to ``recipe.checkpoint.keep_last``; all ranks meet at a barrier."""
+    info, recipe, model = run.info, run.recipe, ts.model
     rngs = all_gather_objects(ckpt.rng_state())
-    if fsdp:
+    if run.fsdp:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd = get_model_state_dict(model, options=opts)
-        optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+        optim_sd = get_optimizer_state_dict(model, ts.optimizer, options=opts)
     else:
         model_sd = model.state_dict()
-        optim_sd = optimizer.state_dict()
+        optim_sd = ts.optimizer.state_dict()
     if info.is_main:
-        d = ckpt.checkpoint_root(run_dir) / f"step_{step}"
+        d = ckpt.checkpoint_root(run.run_dir) / f"step_{ts.step}"
         d.mkdir(parents=True, exist_ok=True)
-        ckpt.save_weights(d / ckpt.WEIGHTS_FILE, model_sd, metadata={"step": str(step)})
+        ckpt.save_weights(d / ckpt.WEIGHTS_FILE, model_sd, metadata={"step": str(ts.step)})
         ckpt.save_state(d / ckpt.STATE_FILE, {
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-            "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
+            "step": ts.step, "epoch": ts.epoch, "batch_in_epoch": ts.batch_in_epoch,
+            "optimizer": optim_sd, "scheduler": ts.scheduler.state_dict(),
+            "scaler": ts.scaler.state_dict() if ts.scaler is not None else None,
             "rng": rngs, "world_size": info.world_size, "seed": recipe.seed,
             "extra_buffers": _non_persistent_buffers(model),
             "global_batch": recipe.data.batch_size,
         })
-        ckpt.write_latest(run_dir, d)
-        ckpt.prune_checkpoints(run_dir, recipe.checkpoint.keep_last)
+        ckpt.write_latest(run.run_dir, d)
+        ckpt.prune_checkpoints(run.run_dir, recipe.checkpoint.keep_last)
     barrier()
+    ts.last_checkpoint = ts.step
 
 
 def _non_persistent_buffers(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -393,50 +443,67 @@ def check_out_dir(run_dir: Path) -> None:
                     f"{', '.join(markers)}); refusing to write into it — choose a new or empty folder")
 
 
-def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
-           allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error",
-           on_step: Optional[Callable[[int, int, float], None]] = None) -> Path:
+def _check_start(run_dir: Path, resume, recipe: Recipe, info: DistInfo) -> Tuple[int, bool]:
+    """Checks before anything is read: the output folder, an unasked-for resume, the per-rank batch and FSDP2's
+    limits. Returns ``(per-rank batch, fsdp)``."""
     check_out_dir(run_dir)
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
                         "it, or choose another --out")
-    device = info.device
     per_rank = recipe.per_rank_batch(info.world_size, source=f"recipe {recipe.name!r}")
     fsdp = recipe.distributed.strategy == "fsdp2" and info.distributed
     if fsdp and recipe.accum_freq > 1:
         raise SpecError(f"recipe {recipe.name!r}: field 'accum_freq': feature-caching accumulation is not supported "
                         "with distributed.strategy fsdp2")
-    if not isinstance(model, torch.nn.Module):
-        from ..models import get_spec
+    return per_rank, fsdp
 
-        model = get_spec(model)  # an unknown spec fails here, before any data is read
-    seed_everything(recipe.seed)
-    source = _source_for(data, recipe, allow_remote_shards, on_bad_sample)
-    data_rec = runinfo.data_record(source)
+
+@dataclass
+class ResumePoint:
+    """A checked checkpoint to resume from, and what the run record says about the run being resumed."""
+
+    where: Path  # the checkpoint folder
+    state: Dict[str, Any]  # its training state (state.pt)
+    weights: Any  # its model weights
+    changes: Dict[str, Any]  # recipe / data fields changed against run.json (allowed ones only)
+    history: List[Dict[str, Any]]  # the changes recorded by earlier resumes
+    data_rec: Dict[str, Any]  # the data record to keep in run.json
+
+
+def _check_resume(resume, run_dir: Path, recipe: Recipe, info: DistInfo, data_rec: Dict[str, Any],
+                  allow_changed: Sequence[str]) -> ResumePoint:
+    """Every check of a resume, before anything is written: same world size and global batch as the checkpoint,
+    only allowed differences from ``run.json`` (:func:`~loupe_bench.train.runinfo.resume_changes`), same seed."""
+    where = ckpt.resolve_resume(resume, run_dir)
+    state, saved_weights = ckpt.load_checkpoint(where, run_dir)
+    if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
+        raise ckpt.CheckpointError(
+            f"{where}: saved with world size {state.get('world_size')} and global batch "
+            f"{state.get('global_batch')}; this run has {info.world_size} and {recipe.data.batch_size} — an "
+            "exact resume needs the same layout")
     changes: Dict[str, Any] = {}
     history: List[Dict[str, Any]] = []
-    where, state, saved_weights = None, None, None
-    if resume is not None:  # every check of a resume before anything is written
-        where = ckpt.resolve_resume(resume, run_dir)
-        state, saved_weights = ckpt.load_checkpoint(where, run_dir)
-        if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
-            raise ckpt.CheckpointError(
-                f"{where}: saved with world size {state.get('world_size')} and global batch "
-                f"{state.get('global_batch')}; this run has {info.world_size} and {recipe.data.batch_size} — an "
-                "exact resume needs the same layout")
-        recorded = runinfo.read_run_record(run_dir)
-        if recorded is not None:
-            changes = runinfo.resume_changes(recorded, recipe, data_rec, allow_changed)
-            history = list(recorded.get("changes") or [])
-            if recorded.get("data") and "data" not in changes:
-                data_rec = dict(recorded["data"])  # same content: keep the recorded source
-        if state.get("seed") is not None and state.get("seed") != recipe.seed and "seed" not in allow_changed:
-            raise runinfo.RunMismatchError(
-                f"{where}: resume refused: the checkpoint was trained with seed {state.get('seed')}, not "
-                f"{recipe.seed}; resume with the recorded seed, or pass --allow-changed seed")
+    recorded = runinfo.read_run_record(run_dir)
+    if recorded is not None:
+        changes = runinfo.resume_changes(recorded, recipe, data_rec, allow_changed)
+        history = list(recorded.get("changes") or [])
+        if recorded.get("data") and "data" not in changes:
+            data_rec = dict(recorded["data"])  # same content: keep the recorded source
+    if state.get("seed") is not None and state.get("seed") != recipe.seed and "seed" not in allow_changed:
+        raise runinfo.RunMismatchError(
+            f"{where}: resume refused: the checkpoint was trained with seed {state.get('seed')}, not "
+            f"{recipe.seed}; resume with the recorded seed, or pass --allow-changed seed")
+    return ResumePoint(where, state, saved_weights, changes, history, data_rec)
+
+
+def _prepare_model(model, resuming: bool, run_dir: Path, source: TrainSource, recipe: Recipe, device) -> torch.nn.Module:
+    """The model on ``device`` in train mode, activation checkpointing on if asked, rank 0's weights on every rank.
+
+    A spec becomes a model: a resumed run rebuilds its own architecture and tokenizer (:func:`rebuild_from_run`;
+    weights come from the checkpoint), a new one is built with a tokenizer trained on the source's captions."""
     if not isinstance(model, torch.nn.Module):
-        if resume is not None and (run_dir / "config.json").is_file():
-            model = rebuild_from_run(model, run_dir)  # the run's own tokenizer; weights come from the checkpoint
+        if resuming and (run_dir / "config.json").is_file():
+            model = rebuild_from_run(model, run_dir)
         else:
             model = build_model(model, source, recipe.seed)
     model.to(device)
@@ -444,9 +511,12 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     if recipe.grad_checkpointing:
         enable_grad_checkpointing(model)
     broadcast_module(model)
-    built: BuiltData = source.build(model, recipe, info.rank, info.world_size)
+    return model
 
-    # total steps
+
+def _total_steps(recipe: Recipe, built: BuiltData) -> int:
+    """``recipe.steps``, else ``epochs · ⌊size / batch⌋``; a streamed data set needs steps, and the global batch may
+    not exceed the training samples."""
     if recipe.steps is not None:
         total = recipe.steps
     else:
@@ -457,130 +527,193 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     if built.size is not None and built.size < recipe.data.batch_size:
         raise SpecError(f"recipe {recipe.name!r}: field 'data.batch_size': {recipe.data.batch_size} exceeds the "
                         f"{built.size} training samples")
+    return total
 
-    replicated = None  # parameters whose gradients this loop averages itself
-    if fsdp:
-        replicated = apply_fsdp2(model, device)
-    optimizer = create_optimizer(model, recipe.optim)
-    scheduler = create_scheduler(optimizer, recipe.optim, total)
-    scaler = make_scaler(recipe.precision, device)
-    autocast = autocast_factory(recipe.precision, device)
-    embed_fn = torch.compile(model.embed) if recipe.compile else None
 
-    step, epoch, batch_in_epoch = 0, 0, 0
+def _write_run_start(run_dir: Path, model, recipe: Recipe, info: DistInfo, point: Optional[ResumePoint],
+                     data_rec: Dict[str, Any]) -> None:
+    """Rank 0: drop the log of a new run's earlier killed attempt, write the run files (:func:`_write_run_files`)
+    and ``run.json`` (a resume's changes appended to its history); all ranks meet at a barrier."""
     if info.is_main:
-        if resume is None and (run_dir / LOG_FILE).is_file():
+        if point is None and (run_dir / LOG_FILE).is_file():
             (run_dir / LOG_FILE).unlink()  # rows of an earlier attempt killed before its first checkpoint
         _write_run_files(run_dir, model, recipe)
-        if changes:
-            history.append({"at_step": int(state["step"]), "fields": changes})
+        history = list(point.history) if point is not None else []
+        if point is not None and point.changes:
+            history.append({"at_step": int(point.state["step"]), "fields": point.changes})
         runinfo.write_run_record(run_dir, recipe, data_rec, getattr(model, "spec", {}).get("name")
                                  if isinstance(getattr(model, "spec", None), dict) else None, history)
     barrier()
-    if resume is not None:
-        if fsdp:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
 
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(model, saved_weights, options=opts)
-            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
-        else:
-            ckpt.load_model_weights(model, where / ckpt.WEIGHTS_FILE, saved_weights)
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _load_non_persistent_buffers(model, state.get("extra_buffers") or {}, where)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        ckpt.set_rng_state(state["rng"][info.rank])
+
+def _restore(ts: TrainState, point: ResumePoint, fsdp: bool, info: DistInfo) -> None:
+    """Load a checkpoint into the state: weights, optimiser, schedule, non-persistent buffers, loss scaler, the data
+    position and this rank's RNG state."""
+    state, model = point.state, ts.model
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, point.weights, options=opts)
+        set_optimizer_state_dict(model, ts.optimizer, state["optimizer"], options=opts)
     else:
-        # ranks differ in their stochastic choices (dropout, sampled coalitions); rank 0 keeps the recipe seed
-        if info.rank:
-            seed_everything(recipe.seed + 1000 * info.rank)
+        ckpt.load_model_weights(model, point.where / ckpt.WEIGHTS_FILE, point.weights)
+        ts.optimizer.load_state_dict(state["optimizer"])
+    ts.scheduler.load_state_dict(state["scheduler"])
+    _load_non_persistent_buffers(model, state.get("extra_buffers") or {}, point.where)
+    if ts.scaler is not None and state.get("scaler"):
+        ts.scaler.load_state_dict(state["scaler"])
+    ts.step, ts.epoch, ts.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+    ts.last_checkpoint = ts.step
+    ckpt.set_rng_state(state["rng"][info.rank])
 
-    logger = RunLogger(run_dir, recipe, total, step, info.is_main, on_step=on_step)
-    if resume is not None:
-        logger.truncate_after(step)
-    guard_step = {"step": step}
-    check = _finite_guard(guard_step, info, run_dir)
-    params = [p for p in model.parameters() if p.requires_grad]
-    post_step = getattr(model, "clamp_logit_scale_", None)  # e.g. logit scale kept in [0, ln 100]
-    workers = recipe.data.workers
-    loader_it, per_epoch = None, None
-    last_ckpt_step = step if resume is not None else -1
+
+def _next_batch(ts: TrainState, run: RunSetup) -> Optional[Tuple[Dict[str, Any], float, float]]:
+    """The next batch on the device, with the step's start time and the data-loading seconds; None at the end of an
+    epoch (the state moves to the next one). An epoch without a single complete batch is an error."""
+    if ts.loader_it is None:
+        recipe, info = run.recipe, run.info
+        _, ts.loader_it, ts.per_epoch = make_loader(run.built, run.per_rank, recipe.data.batch_size, info.rank,
+                                                    info.world_size, recipe.seed, ts.epoch, ts.batch_in_epoch,
+                                                    recipe.data.workers, pin_memory=info.device.type == "cuda")
+    t0 = time.perf_counter()
     try:
-        while step < total:
-            if loader_it is None:
-                _, loader_it, per_epoch = make_loader(built, per_rank, recipe.data.batch_size, info.rank,
-                                                      info.world_size, recipe.seed, epoch, batch_in_epoch, workers,
-                                                      pin_memory=device.type == "cuda")
-            t0 = time.perf_counter()
-            try:
-                batch = next(loader_it)
-            except StopIteration:
-                if batch_in_epoch == 0:
-                    raise SpecError(f"recipe {recipe.name!r}: the data yields no complete batch of "
-                                    f"{per_rank} per rank") from None
-                epoch, batch_in_epoch, loader_it = epoch + 1, 0, None
-                continue
-            data_s = time.perf_counter() - t0
-            batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                     for k, v in batch.items()}
-            guard_step["step"] = step
-            optimizer.zero_grad(set_to_none=True)
-            if fsdp:
-                with autocast():
-                    out = model(batch)
-                check(out)
-                (scaler.scale(out.total) if scaler else out.total).backward()
-            else:
-                out = forward_backward(model, batch, recipe.accum_freq, autocast,
-                                       scaler.scale if scaler is not None else (lambda t: t), embed_fn, check)
-            if info.distributed:
-                average_gradients(params if replicated is None else replicated)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            clip_at = recipe.optim.grad_clip if recipe.optim.grad_clip is not None else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_at))  # logged even when not clipping
-            check_grad_norm(grad_norm, step + 1, run_dir, scaled=scaler is not None)
-            lr = optimizer.param_groups[0]["lr"]
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            if post_step is not None:
-                post_step()
-            step += 1
-            batch_in_epoch += 1
-            if per_epoch is not None and batch_in_epoch >= per_epoch:
-                epoch, batch_in_epoch, loader_it = epoch + 1, 0, None
-            dt = time.perf_counter() - t0
-            loss_value = float(out.total.detach())
-            if step % recipe.log.every == 0 or step == total:
-                row: Dict[str, Any] = {"step": step, "epoch": epoch, "lr": lr, "loss": loss_value,
-                                       "images_per_s": batch_size_of(batch) * info.world_size / max(dt, 1e-9),
-                                       "step_time_s": dt, "data_time_s": data_s}
-                row.update({f"loss/{k}": float(v) for k, v in out.terms.items()})
-                row.update({k: float(v) for k, v in out.logs.items()})
-                row["grad_norm"] = grad_norm if math.isfinite(grad_norm) else str(grad_norm)
-                if scaler is not None:
-                    row["loss_scale"] = float(scaler.get_scale())
-                logger.row(row)
-            logger.advance(step, loss_value)
-            if (recipe.checkpoint.every and step % recipe.checkpoint.every == 0) or step == total:
-                _save_checkpoint(run_dir, model, optimizer, scheduler, scaler, step, epoch, batch_in_epoch, info,
-                                 recipe, fsdp)
-                last_ckpt_step = step
-            if stop_after is not None and step >= stop_after:
-                return run_dir
+        batch = next(ts.loader_it)
+    except StopIteration:
+        if ts.batch_in_epoch == 0:
+            raise SpecError(f"recipe {run.recipe.name!r}: the data yields no complete batch of "
+                            f"{run.per_rank} per rank") from None
+        ts.end_epoch()
+        return None
+    data_s = time.perf_counter() - t0
+    device = run.info.device
+    batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return batch, t0, data_s
+
+
+def _optimizer_step(ts: TrainState, run: RunSetup, batch: Dict[str, Any], check) -> Tuple[LossOutput, float, float]:
+    """One optimiser step on ``batch``: forward/backward (the finite ``check`` on every loss), gradient averaging
+    across ranks, unscale (fp16), clip at ``optim.grad_clip`` (∞: none; the norm is measured either way), the
+    non-finite-gradient stop, optimiser and schedule step, ``post_step``; then the data position advances.
+
+    Returns ``(loss output, global grad norm, learning rate used)``."""
+    model, optimizer, scaler, recipe = ts.model, ts.optimizer, ts.scaler, run.recipe
+    optimizer.zero_grad(set_to_none=True)
+    if run.fsdp:
+        with run.autocast():
+            out = model(batch)
+        check(out)
+        (scaler.scale(out.total) if scaler else out.total).backward()
+    else:
+        out = forward_backward(model, batch, recipe.accum_freq, run.autocast,
+                               scaler.scale if scaler is not None else (lambda t: t), run.embed_fn, check)
+    if run.info.distributed:
+        average_gradients(run.params if run.replicated is None else run.replicated)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    clip_at = recipe.optim.grad_clip if recipe.optim.grad_clip is not None else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, clip_at))  # logged even when not clipping
+    check_grad_norm(grad_norm, ts.step + 1, run.run_dir, scaled=scaler is not None)
+    lr = optimizer.param_groups[0]["lr"]
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    ts.scheduler.step()
+    if run.post_step is not None:
+        run.post_step()
+    ts.step += 1
+    ts.batch_in_epoch += 1
+    if ts.per_epoch is not None and ts.batch_in_epoch >= ts.per_epoch:
+        ts.end_epoch()
+    return out, grad_norm, lr
+
+
+def _log_row(ts: TrainState, run: RunSetup, out: LossOutput, batch: Dict[str, Any], lr: float, grad_norm: float,
+             dt: float, data_s: float) -> Dict[str, Any]:
+    """One ``log.jsonl`` row: step, epoch, lr, loss, images/s over all ranks, step and data seconds, every loss term
+    (``loss/<term>``), the model's logs, the grad norm (a string when not finite) and the fp16 loss scale."""
+    row: Dict[str, Any] = {"step": ts.step, "epoch": ts.epoch, "lr": lr, "loss": float(out.total.detach()),
+                           "images_per_s": batch_size_of(batch) * run.info.world_size / max(dt, 1e-9),
+                           "step_time_s": dt, "data_time_s": data_s}
+    row.update({f"loss/{k}": float(v) for k, v in out.terms.items()})
+    row.update({k: float(v) for k, v in out.logs.items()})
+    row["grad_norm"] = grad_norm if math.isfinite(grad_norm) else str(grad_norm)
+    if ts.scaler is not None:
+        row["loss_scale"] = float(ts.scaler.get_scale())
+    return row
+
+
+def _run_loop(ts: TrainState, run: RunSetup, logger: RunLogger, stop_after: Optional[int]) -> bool:
+    """Steps until ``run.total``: a log row every ``log.every`` steps and at the last, a checkpoint every
+    ``checkpoint.every`` steps and at the last. Returns False when stopped early at ``stop_after``."""
+    recipe = run.recipe
+    check = _finite_guard(ts, run.info, run.run_dir)
+    while ts.step < run.total:
+        got = _next_batch(ts, run)
+        if got is None:
+            continue
+        batch, t0, data_s = got
+        out, grad_norm, lr = _optimizer_step(ts, run, batch, check)
+        dt = time.perf_counter() - t0
+        if ts.step % recipe.log.every == 0 or ts.step == run.total:
+            logger.row(_log_row(ts, run, out, batch, lr, grad_norm, dt, data_s))
+        logger.advance(ts.step, float(out.total.detach()))
+        if (recipe.checkpoint.every and ts.step % recipe.checkpoint.every == 0) or ts.step == run.total:
+            _save_checkpoint(ts, run)
+        if stop_after is not None and ts.step >= stop_after:
+            return False
+    return True
+
+
+def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
+           allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error",
+           on_step: Optional[Callable[[int, int, float], None]] = None) -> Path:
+    """Checks, build, optional resume, the loop, the final checkpoint and model (see :func:`train`)."""
+    per_rank, fsdp = _check_start(run_dir, resume, recipe, info)
+    if not isinstance(model, torch.nn.Module):
+        from ..models import get_spec
+
+        model = get_spec(model)  # an unknown spec fails here, before any data is read
+    seed_everything(recipe.seed)
+    source = _source_for(data, recipe, allow_remote_shards, on_bad_sample)
+    data_rec = runinfo.data_record(source)
+    point = None
+    if resume is not None:
+        point = _check_resume(resume, run_dir, recipe, info, data_rec, allow_changed)
+        data_rec = point.data_rec
+    model = _prepare_model(model, point is not None, run_dir, source, recipe, info.device)
+    built: BuiltData = source.build(model, recipe, info.rank, info.world_size)
+    total = _total_steps(recipe, built)
+
+    replicated = apply_fsdp2(model, info.device) if fsdp else None
+    optimizer = create_optimizer(model, recipe.optim)
+    ts = TrainState(model, optimizer, create_scheduler(optimizer, recipe.optim, total),
+                    make_scaler(recipe.precision, info.device))
+    autocast = autocast_factory(recipe.precision, info.device)
+    embed_fn = torch.compile(model.embed) if recipe.compile else None
+    _write_run_start(run_dir, model, recipe, info, point, data_rec)
+    if point is not None:
+        _restore(ts, point, fsdp, info)
+    elif info.rank:  # ranks differ in their stochastic choices (dropout, sampled coalitions); rank 0 keeps the seed
+        seed_everything(recipe.seed + 1000 * info.rank)
+    run = RunSetup(recipe, info, run_dir, fsdp, built, per_rank, total, autocast, embed_fn,
+                   [p for p in model.parameters() if p.requires_grad], replicated,
+                   getattr(model, "clamp_logit_scale_", None))
+
+    logger = RunLogger(run_dir, recipe, total, ts.step, info.is_main, on_step=on_step)
+    if point is not None:
+        logger.truncate_after(ts.step)
+    try:
+        if not _run_loop(ts, run, logger, stop_after):
+            return run_dir
     finally:
         logger.close()
-    if last_ckpt_step != step:
-        _save_checkpoint(run_dir, model, optimizer, scheduler, scaler, step, epoch, batch_in_epoch, info, recipe, fsdp)
+    if ts.last_checkpoint != ts.step:
+        _save_checkpoint(ts, run)
     _save_final(model, run_dir, fsdp, info)
     if info.is_main:
-        runinfo.mark_finished(run_dir, step)
+        runinfo.mark_finished(run_dir, ts.step)
     return run_dir
