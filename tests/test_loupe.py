@@ -415,3 +415,28 @@ def test_every_loupe_spec_parses_and_the_tiny_ones_build():
             assert model.region_proj is None
     for n in ("loupe-oracle-regions", "loupe-small-oracle-regions"):
         assert get_spec(n)["description"].startswith("NOT LOUPE"), n
+
+
+def test_tsa_every_k_steps_and_region_head_untouched_between():
+    """``tsa.every: 3``: ℒ_TSA (and its box term) on training steps 0, 3, ... only; between them the region head gets
+    no gradient (the optimiser skips it); evaluation always computes it; a bad value is a SpecError."""
+    model = _model(tsa__every=3, fsa__start_step=100).train()
+    batch = _batch(model, n=4)
+    seen = []
+    for _ in range(5):
+        model.zero_grad(set_to_none=True)
+        out = model.loss(batch)
+        out.total.backward()
+        head_grads = [p.grad for p in model.region_head.parameters()]
+        seen.append("tsa" in out.terms)
+        if "tsa" not in out.terms:
+            assert all(g is None for g in head_grads)
+        else:
+            assert any(g is not None and bool(g.abs().sum() > 0) for g in head_grads)
+    assert seen == [True, False, False, True, False]
+    model.eval()
+    with torch.no_grad():
+        assert "tsa" in model.loss(batch).terms  # step 5, not a multiple of 3: evaluation still scores it
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(SpecError, match="tsa.every"):
+            _model(tsa__every=bad)

@@ -58,6 +58,41 @@ def test_token_drop_equals_naive_loop_and_empty_is_zero(model):
     torch.testing.assert_close(sub(masks[1:]), v[1:])
 
 
+@pytest.mark.parametrize("class_token", [False, True])
+@pytest.mark.parametrize("bucket", [3, 8, 64])
+def test_bucketed_padding_equals_naive_loop(class_token, bucket):
+    """Rows padded to a shared length (key-masked, not pooled) give each unpadded row's value, with fewer calls."""
+    from loupe_bench.models import get_spec
+
+    spec = get_spec("loupe-tiny")
+    spec["image_tower"]["kwargs"]["class_token"] = class_token
+    spec["image_tower"]["kwargs"]["global_pool"] = "token" if class_token else "avg"
+    m = create_model(spec, tokenizer_corpus=["a red square"], seed=0)
+    g = torch.Generator().manual_seed(2)
+    px, t = torch.randn(2, 3, 64, 64, generator=g), torch.randn(2, 64, generator=g)
+    masks = torch.rand(2, 20, 64, generator=g) < torch.rand(2, 20, 1, generator=g)  # nearly every size
+    masks[0, 0] = False
+    masks[1, 1] = False
+    masks[1, 1, 7] = True
+    calls = []
+    tower = m.image_tower
+    orig = tower.finish_states
+    tower.finish_states = lambda *a, **k: calls.append(a[0].shape[1]) or orig(*a, **k)
+    v = MaskedTowerGame(m, px, t, bucket=bucket)(masks)
+    padded_calls = len(calls)
+    calls.clear()
+    exact = MaskedTowerGame(m, px, t)(masks)
+    assert v[0, 0] == 0.0
+    for gi in range(2):
+        for q in range(20):
+            if masks[gi, q].any():
+                assert abs(float(v[gi, q]) - _naive(m, px[gi], t[gi], masks[gi, q])) < 1e-5
+    torch.testing.assert_close(v, exact, atol=1e-5, rtol=0)
+    assert padded_calls < len(calls)  # fewer tower calls than one per kept count
+    with pytest.raises(SpecError, match="bucket"):
+        MaskedTowerGame(m, px, t, bucket=0)
+
+
 def test_masked_value_depends_on_the_kept_patches_only(model):
     g = torch.Generator().manual_seed(2)
     px, t = torch.randn(1, 3, 64, 64, generator=g), torch.randn(1, 64, generator=g)

@@ -67,3 +67,30 @@ def test_gathered_losses_equal_full_batch(tmp_path):
     # local loss (local rows x global columns): the mean over ranks is the full-batch loss
     assert sum(res["local"][0] for res in ranks) / WORLD == pytest.approx(clip_full.item(), abs=1e-6)
     assert sum(res["local"][1] for res in ranks) / WORLD == pytest.approx(filip_full.item(), abs=1e-6)
+
+
+def _grad_worker(rank, init_file, out_file):
+    from loupe_bench.train.distributed import average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        both, only0, none = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+        both.grad = torch.full((3,), float(rank + 1))  # 1 and 2: mean 1.5
+        if rank == 0:
+            only0.grad = torch.full((3,), 4.0)  # rank 1 has none: it takes part with zeros, mean 2
+        average_gradients([both, only0, none])
+        torch.save({"both": both.grad, "only0": only0.grad, "none": none.grad is None}, f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_average_gradients_keeps_none_where_no_rank_has_a_gradient(tmp_path):
+    """A parameter with a gradient on some rank is averaged with zeros elsewhere; one without a gradient on every
+    rank keeps ``grad = None`` (as in one process, where the optimiser skips it: e.g. ``loupe.tsa.every``)."""
+    mp.spawn(_grad_worker, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=WORLD, join=True)
+    for r in range(WORLD):
+        res = torch.load(tmp_path / f"out.{r}", weights_only=True)
+        torch.testing.assert_close(res["both"], torch.full((3,), 1.5))
+        torch.testing.assert_close(res["only0"], torch.full((3,), 2.0))
+        assert res["none"] is True

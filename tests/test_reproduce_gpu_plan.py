@@ -37,7 +37,7 @@ def test_plan_registry_names_and_unchanged_default_quick():
         R.get_plan("nope")
     # the default and quick plans compute what they did: their fields are the constants the gate was built with
     d, q = R.default_plan(False), R.default_plan(True)
-    assert d.models == list(R.MAIN_MODELS + R.ABLATIONS) and q.models == list(R.MAIN_MODELS)
+    assert d.models == list(R.MAIN_MODELS + R.ABLATIONS + R.BOUNDS) and q.models == list(R.MAIN_MODELS)
     assert (d.world_size, d.image_size, d.recipe, d.workers, d.worker_threads) == ("small", 64, "tiny-cpu", 2, 1)
     assert d.recipe_overrides == {} and q.recipe_overrides == R.QUICK_OVERRIDES
     assert d.task_overrides == R.DEFAULT_TASK_OVERRIDES and q.task_overrides == R.QUICK_TASK_OVERRIDES
@@ -59,14 +59,16 @@ def test_gpu_plan_one_tower_size_one_recipe():
         spec = get_spec(m)
         for key in TOWER_KEYS:
             assert spec[key] == ref[key], (m, key)
-        # otherwise the tiny spec it follows, key for key (LOUPE: tsa.target_images 4 instead of 2)
+        # otherwise the tiny spec it follows, key for key (LOUPE: tsa.target_images 4 instead of 1, tsa.bucket 16
+        # instead of 8: a GPU prefers fewer, larger tower calls)
         tiny = get_spec(SMALL_TO_TINY[m])
         a, b = copy.deepcopy(spec), copy.deepcopy(tiny)
         for s in (a, b):
             for key in TOWER_KEYS + ("name", "description"):
                 s.pop(key)
         if "loupe" in a:
-            assert (a["loupe"]["tsa"].pop("target_images"), b["loupe"]["tsa"].pop("target_images")) == (4, 2)
+            assert (a["loupe"]["tsa"].pop("target_images"), b["loupe"]["tsa"].pop("target_images")) == (4, 1)
+            assert (a["loupe"]["tsa"].pop("bucket"), b["loupe"]["tsa"].pop("bucket")) == (16, 8)
         assert a == b, m
     assert get_spec("loupe-small-oracle-regions")["loupe"]["fsa"]["regions"] == "oracle"
     assert get_spec("loupe-small-oracle-regions")["description"].startswith("NOT LOUPE")

@@ -34,8 +34,8 @@ def _plan_names():
                    "thread each; 1 = sequential in this process with the recipe's threads). Part of the plan: "
                    "numbers depend on it.")
 def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers):
-    """Generate the synthetic world, train CLIP, FILIP and LOUPE (and LOUPE's ablations unless --quick) with the
-    plan's recipe, evaluate every synthetic task and write the report."""
+    """Generate the synthetic world, train CLIP, FILIP and LOUPE (and LOUPE's ablations and the oracle-regions
+    bound unless --quick) with the plan's recipe, evaluate every synthetic task and write the report."""
     from dataclasses import replace
 
     from ..report.reproduce import get_plan, reproduce_synthetic

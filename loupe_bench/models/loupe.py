@@ -168,6 +168,11 @@ class TsaCfg:
         drop: ``tokens`` (hidden patches dropped; ViT towers) or ``pixels`` (hidden patches zeroed; any tower).
         num_samples: Monte-Carlo contexts ``M`` of the token level (``null``: ``loupe.num_samples``); each costs two
             tower passes per coalition for the coalition value, ``|A| + 2`` for the interaction.
+        bucket: masked images whose kept counts round up to the same multiple of ``bucket`` share one tower call
+            (padding key-masked; same values up to round-off; ``1``: one call per kept count).
+        every: the token game runs on every ``every``-th training step only (ℒ_TSA, its box term and its
+            ℒ_NSI share are absent on the others; ``1``: every step). ``[I]``: the paper is silent on the cost; the
+            boxes and confidences move slowly, so their targets need not be refreshed on every step.
     """
 
     target_images: int = 4
@@ -177,6 +182,8 @@ class TsaCfg:
     last_blocks: Optional[int] = None
     drop: str = "tokens"
     num_samples: Optional[int] = None
+    bucket: int = 1
+    every: int = 1
 
 
 FSA_VALUES = ("pooled", "late")
@@ -271,6 +278,9 @@ class LoupeCfg:
             raise SpecError(f"loupe.tsa.value: unknown {cfg.tsa.value!r}; known: {list(TSA_VALUES)}")
         if cfg.tsa.score not in TSA_SCORES:
             raise SpecError(f"loupe.tsa.score: unknown {cfg.tsa.score!r}; known: {list(TSA_SCORES)}")
+        for key in ("bucket", "every"):
+            if not isinstance(getattr(cfg.tsa, key), int) or getattr(cfg.tsa, key) < 1:
+                raise SpecError(f"loupe.tsa.{key} must be an integer >= 1, got {getattr(cfg.tsa, key)!r}")
         cfg.fsa.check()
         return cfg
 
@@ -388,7 +398,7 @@ class LOUPE(DualEncoder):
         from .masked_game import MaskedTowerGame
 
         return MaskedTowerGame(self, pixels.detach(), text.detach(), last_blocks=self.cfg.tsa.last_blocks,
-                               drop=self.cfg.tsa.drop)
+                               drop=self.cfg.tsa.drop, bucket=self.cfg.tsa.bucket)
 
     @staticmethod
     def game_stats(game, members: Tensor) -> Tensor:
@@ -611,7 +621,7 @@ class LOUPE(DualEncoder):
         nsi: List[Tensor] = []
         if w["tsa"] > 0 or f_fsa > 0:
             boxes, logits = self.regions_all(emb["image_tokens"])
-            if w["tsa"] > 0:
+            if w["tsa"] > 0 and (not self.training or step % self.cfg.tsa.every == 0):
                 self._tsa(emb, batch, boxes, logits, terms, logs, nsi)
             if f_fsa > 0:
                 self._fsa(emb, batch, boxes, logits, terms, logs, nsi)

@@ -12,7 +12,11 @@ token-level interaction is meant to find.
 
 Hidden patches are **dropped** from the sequence (no attention mask): the masks of one call are grouped by their
 number of kept patches and each group runs as one batch ``[Q_k, P + k, W]`` (``P`` prefix tokens, e.g. ``[CLS]``,
-always kept). Towers that cannot drop tokens (Swin) use ``drop: pixels``: hidden patches are set to 0 in the
+always kept). With ``bucket > 1`` the kept counts are rounded up to a multiple of ``bucket`` and the shorter rows of
+a group are padded with key-masked tokens (:meth:`~loupe_bench.models.towers.TimmImageTower.finish_states`'s
+``valid``): the values are those of the unpadded rows up to float round-off, in far fewer tower calls (a
+Monte-Carlo batch has nearly every kept count from 1 to ``N``; on tiny towers the per-call cost dominates). Towers
+that cannot drop tokens (Swin) use ``drop: pixels``: hidden patches are set to 0 in the
 normalised image (the dataset mean) and the whole tower runs per mask.
 
 The game is a constant target: it runs under ``torch.no_grad()`` with the tower in eval mode (no dropout / drop
@@ -52,10 +56,11 @@ class MaskedTowerGame:
         last_blocks: blocks re-run on the kept tokens (``None``: the whole tower; ``drop: tokens`` only).
         drop: ``tokens`` (drop hidden patch tokens; ViT towers) or ``pixels`` (zero hidden patches; any tower).
         chunk: most token rows ``Q_k · (P + k)`` of one tower call (memory bound).
+        bucket: kept counts are padded up to a multiple of this (``1``: exact groups, no attention mask).
     """
 
     def __init__(self, model: nn.Module, pixels: Tensor, text: Tensor, last_blocks: Optional[int] = None,
-                 drop: str = "tokens", chunk: int = 65536):
+                 drop: str = "tokens", chunk: int = 65536, bucket: int = 1):
         if drop not in DROPS:
             raise SpecError(f"tsa.drop: unknown {drop!r}; known: {list(DROPS)}")
         tower = model.image_tower
@@ -66,6 +71,9 @@ class MaskedTowerGame:
         self.drop = drop
         self.last_blocks = last_blocks
         self.chunk = int(chunk)
+        if int(bucket) < 1:
+            raise SpecError(f"tsa.bucket must be >= 1, got {bucket!r}")
+        self.bucket = int(bucket)
         self.text = F.normalize(text.detach().float(), dim=-1)
         self.grid = tuple(model.grid)
         self.n = self.grid[0] * self.grid[1]
@@ -98,18 +106,26 @@ class MaskedTowerGame:
         game_of = torch.arange(g, device=masks.device).repeat_interleave(q)
         tower = self.model.image_tower
         p = self.prefix
-        for k in torch.unique(size).tolist():
+        b = self.bucket
+        length = torch.clamp((size + b - 1) // b * b, max=n)  # padded kept count of each row
+        length = torch.where(size > 0, length, torch.zeros_like(length))
+        for k in torch.unique(length).tolist():
             if k == 0:
                 continue
-            rows = torch.nonzero(size == k).flatten()
+            rows = torch.nonzero(length == k).flatten()
             step = max(1, self.chunk // (p + k))
             for s in range(0, rows.numel(), step):
                 r = rows[s : s + step]
-                kept = (~flat[r]).to(torch.int8).argsort(dim=-1, stable=True)[:, :k]  # kept patches, ascending
+                # kept patches first (ascending), then hidden ones as padding
+                kept = (~flat[r]).to(torch.int8).argsort(dim=-1, stable=True)[:, :k]
                 st = self.states[game_of[r]]  # [R, P + N, W]
                 idx = torch.cat([torch.arange(p, device=masks.device).expand(r.numel(), p), p + kept], dim=1)
                 x = torch.gather(st, 1, idx[..., None].expand(-1, -1, st.shape[-1]))
-                emb = self._embed(tower.finish_states(x, self.last_blocks))
+                valid = None
+                if b > 1 and bool((size[r] < k).any()):
+                    pos = torch.arange(p + k, device=masks.device)
+                    valid = pos[None, :] < (p + size[r])[:, None]
+                emb = self._embed(tower.finish_states(x, self.last_blocks, valid))
                 out[r] = (emb * self.text[game_of[r]]).sum(-1)
         return out.reshape(g, q)
 

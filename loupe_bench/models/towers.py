@@ -233,16 +233,27 @@ class TimmImageTower(nn.Module):
             x = blk(x)
         return x
 
-    def finish_states(self, states: Tensor, last_blocks: Optional[int] = None) -> Tensor:
+    def finish_states(self, states: Tensor, last_blocks: Optional[int] = None,
+                      valid: Optional[Tensor] = None) -> Tensor:
         """The last ``last_blocks`` blocks, the final norm and the pooling of :meth:`forward` on ``states
-        [Q, P + k, W]``: pooled ``[Q, W]`` (``[CLS]`` when the tower has a prefix token, else the token mean)."""
+        [Q, P + k, W]``: pooled ``[Q, W]`` (``[CLS]`` when the tower has a prefix token, else the token mean).
+
+        ``valid [Q, P + k]`` (bool, optional) marks padding: tokens where it is False are neither attended to (a key
+        mask in every block) nor pooled, so a row padded from ``k'`` to ``k`` tokens gives what the unpadded
+        ``[P + k']`` row gives (up to float round-off). Rows of different lengths then share one tower call."""
         m = self.model
         x = states
+        mask = None if valid is None else valid[:, None, None, :]  # [Q, 1, 1, L]: True = attend
         for blk in m.blocks[self._split(last_blocks):]:
-            x = blk(x)
+            x = blk(x) if mask is None else blk(x, attn_mask=mask)
         x = m.norm(x)
         n_prefix = self.num_prefix_tokens
-        return x[:, 0] if n_prefix > 0 else x[:, n_prefix:].mean(dim=1)
+        if n_prefix > 0:
+            return x[:, 0]
+        if valid is None:
+            return x[:, n_prefix:].mean(dim=1)
+        w = valid[:, n_prefix:, None].to(x.dtype)
+        return (x[:, n_prefix:] * w).sum(1) / w.sum(1).clamp_min(1.0)
 
     def forward(self, pixels: Tensor) -> ImageTowerOutput:
         x = self.model.forward_features(pixels)

@@ -29,6 +29,8 @@ STAGES = Registry("reproduce stage")
 
 MAIN_MODELS = ("clip-tiny", "filip-tiny", "loupe-tiny")
 ABLATIONS = ("loupe-no-tsa", "loupe-no-fsa", "loupe-sampling")
+#: upper bounds trained with the same recipe that are NOT LOUPE (they use box labels), evaluated like the ablations
+BOUNDS = ("loupe-oracle-regions",)
 
 
 @dataclass
@@ -69,7 +71,7 @@ class SyntheticPlan:
     world_size: str = "small"
     image_size: int = 64
     world_seed: int = 0
-    models: List[str] = field(default_factory=lambda: list(MAIN_MODELS + ABLATIONS))
+    models: List[str] = field(default_factory=lambda: list(MAIN_MODELS + ABLATIONS + BOUNDS))
     recipe: str = "tiny-cpu"
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
     tasks: Optional[List[str]] = None
@@ -94,7 +96,7 @@ def default_plan(quick: bool = False) -> SyntheticPlan:
         return SyntheticPlan(models=list(MAIN_MODELS), recipe_overrides=dict(QUICK_OVERRIDES), quick=True,
                              task_overrides=dict(QUICK_TASK_OVERRIDES))
     return SyntheticPlan(task_overrides=dict(DEFAULT_TASK_OVERRIDES),
-                         model_task_types={m: list(ABLATION_TASK_TYPES) for m in ABLATIONS})
+                         model_task_types={m: list(ABLATION_TASK_TYPES) for m in ABLATIONS + BOUNDS})
 
 
 # quick variant of the recipe: the same for every model (sized so --quick stays near 2 minutes on 2 cores)
@@ -124,8 +126,8 @@ QUICK_TASK_OVERRIDES: Dict[str, Any] = {
 #: the named plans of ``reproduce synthetic --plan NAME``: each entry is a function ``() -> SyntheticPlan``
 PLANS = Registry("reproduce plan")
 
-PLANS.register("default", help="CLIP, FILIP, LOUPE and its ablations, tiny towers, small world, tiny-cpu "
-               "(2 CPU cores, minutes)")(lambda: default_plan(False))
+PLANS.register("default", help="CLIP, FILIP, LOUPE, its ablations and the oracle-regions bound, tiny towers, "
+               "small world, tiny-cpu (2 CPU cores, minutes)")(lambda: default_plan(False))
 PLANS.register("quick", help="CI variant: CLIP, FILIP, LOUPE, 100 steps, lighter task options "
                "(~2 min on 2 cores)")(lambda: default_plan(True))
 

@@ -101,7 +101,8 @@ class NeuralEstimator(nn.Module):
     Per call: ``routed = (step < warm-up) or σ²_std > γ``; routed coalitions are sampled (the configured quantity,
     ``cfg.target``) and their ``Î`` is both the target and new training data for ``g_θ``; the others use ``μ``.
     ``holdout`` extra coalitions (taken from the unrouted ones, or, during warm-up or when fewer are unrouted, from
-    any, kept out of the buffer) are sampled to log the Spearman ρ between ``μ`` and ``Î`` (``nsi_spearman``).
+    any, kept out of the buffer) are sampled to log the Spearman ρ between ``μ`` and ``Î`` (``nsi_spearman``), on
+    every ``holdout_every``-th call after warm-up.
     ``feats`` are detached, so ℒ_NSI trains only ``g_θ``.
     """
 
@@ -123,12 +124,15 @@ class NeuralEstimator(nn.Module):
             return EstimatorOutput(targets, None, {})
         routed, mu, _ = self.module.route(f)
         perm = torch.randperm(n_items, generator=generator, device=f.device)
-        pool = routed if self.module.in_warmup() else ~routed
+        warm = self.module.in_warmup()
+        pool = routed if warm else ~routed
         if int(pool.sum()) < self.cfg.neural.holdout:  # too few unrouted coalitions: hold out sampled ones
             pool = torch.ones_like(routed)
         pool_idx = perm[pool[perm]]
         hold = torch.zeros_like(routed)
-        hold[pool_idx[: self.cfg.neural.holdout]] = True
+        every = max(1, int(self.cfg.neural.holdout_every))
+        if warm or int(self.module.step) % every == 0:  # the monitor's own samples: every `holdout_every` calls
+            hold[pool_idx[: self.cfg.neural.holdout]] = True
         sample = routed | hold
         sel = torch.zeros_like(valid)
         sel[valid] = sample

@@ -35,6 +35,9 @@ class NeuralConfig:
         buffer_size: replay-buffer capacity (coalitions).
         replay_batch: replayed coalitions per NSI loss evaluation.
         holdout: coalitions per step held out of training and estimated by sampling to log ``nsi_spearman``.
+        holdout_every: after warm-up, the held-out coalitions are sampled on every ``holdout_every``-th call only
+            (they are a monitor, not targets: on the tiny specs their tower passes were half of ℒ_TSA's sampling).
+            During warm-up they come from the routed coalitions, which are sampled anyway.
         max_routed_fraction: after warm-up, at most this fraction of a call's coalitions is routed to sampling —
             the most uncertain ones first (a sampling budget; 1.0 = no cap).
         min_logvar, max_logvar: clamp of the predicted log-variance (standardised units).
@@ -46,6 +49,7 @@ class NeuralConfig:
     buffer_size: int = 4096
     replay_batch: int = 256
     holdout: int = 16
+    holdout_every: int = 1
     max_routed_fraction: float = 1.0
     min_logvar: float = -8.0
     max_logvar: float = 4.0

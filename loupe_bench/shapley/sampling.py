@@ -64,6 +64,7 @@ def sample_interaction(
     num_samples: int = 64,
     generator: Optional[torch.Generator] = None,
     with_value: bool = False,
+    contexts: Optional[Tensor] = None,
 ) -> InteractionEstimate:
     """Monte-Carlo multivariate interaction of every coalition of every game.
 
@@ -71,8 +72,10 @@ def sample_interaction(
 
     with contexts ``S_m`` from :func:`sample_contexts`, shared by the coalition ``[A]`` and each of its members
     (both reduced games of ``I([A]) = φ([A]|N_[A]) − Σ_{i∈A} φ(i|N_i)`` have the same other players ``N∖A``).
-    ``Î`` is unbiased; its standard error is ``sd(Δ) / √M``. Cost: ``M (|A|_max + 2)`` masks per coalition, all
-    evaluated in **one** call ``game(masks[G, C·M·(|A|_max+2), n])``. Coalitions of fewer than two players get 0.
+    ``Î`` is unbiased; its standard error is ``sd(Δ) / √M``. Cost: ``M (|A| + 2)`` masks per coalition, all
+    evaluated in **one** call of the game: the masks each coalition needs are packed to the front of its game and
+    games are padded to the longest with empty masks (``v(∅)`` is evaluated but not used). Coalitions of fewer than
+    two players get 0.
 
     With ``with_value=True`` the coalition value of the same contexts comes for free (its two masks are already
     evaluated): ``φ̂([A]) = (1/M) Σ_m [v(S_m ∪ A) − v(S_m)]`` in ``value`` (standard error in ``value_stderr``),
@@ -82,28 +85,40 @@ def sample_interaction(
         game: batched game ``[G, Q, n] -> [G, Q]``.
         coalitions: ``[G, C, n]`` bool.
         num_samples: ``M``, contexts per coalition (≥ 2 for a standard error).
-        generator: optional RNG (determinism).
+        generator: optional RNG (determinism; unused when ``contexts`` is given).
         with_value: also return ``φ̂([A])`` from the same contexts.
+        contexts: ``[G, C, M, n]`` bool contexts drawn beforehand (each disjoint from its coalition), e.g. shared
+            between estimates; default: :func:`sample_contexts` with ``generator``.
     """
     _check_samples(num_samples)
     coalitions = coalitions.bool()
     g, c, n = coalitions.shape
+    dev = coalitions.device
+    ctx = sample_contexts(coalitions, num_samples, generator) if contexts is None else contexts.bool()
+    if ctx.shape != (g, c, num_samples, n):
+        raise ValueError(f"contexts must be [{g}, {c}, {num_samples}, {n}], got {tuple(ctx.shape)}")
+    if (ctx & coalitions[:, :, None, :]).any():
+        raise ValueError("a context shares players with its coalition")
     size = coalitions.sum(-1)  # [G, C]
     a_max = max(int(size.max()) if size.numel() else 0, 1)
     # members of each coalition first (stable), padded to a_max
     members = (~coalitions).to(torch.int8).argsort(dim=-1, stable=True)[..., :a_max]  # [G, C, a_max]
-    member_ok = torch.arange(a_max, device=coalitions.device) < size[..., None]  # [G, C, a_max]
-    ctx = sample_contexts(coalitions, num_samples, generator)  # [G, C, M, n]
+    member_ok = torch.arange(a_max, device=dev) < size[..., None]  # [G, C, a_max]
     onehot = torch.nn.functional.one_hot(members, n).bool() & member_ok[..., None]  # [G, C, a_max, n]
-    masks = torch.cat(
-        [
-            ctx[:, :, :, None, :],
-            (ctx | coalitions[:, :, None, :])[:, :, :, None, :],
-            ctx[:, :, :, None, :] | onehot[:, :, None, :, :],
-        ],
-        dim=3,
-    )  # [G, C, M, 2 + a_max, n]
-    vals = game(masks.reshape(g, -1, n)).reshape(g, c, num_samples, 2 + a_max).to(torch.float64)
+    masks = torch.cat([ctx[:, :, :, None, :], (ctx | coalitions[:, :, None, :])[:, :, :, None, :],
+                       ctx[:, :, :, None, :] | onehot[:, :, None, :, :]], dim=3)  # [G, C, M, 2 + a_max, n]
+    need = torch.cat([torch.ones(g, c, 2, dtype=torch.bool, device=dev), member_ok], dim=-1)  # [G, C, 2 + a_max]
+    need = need[:, :, None, :].expand(g, c, num_samples, 2 + a_max).reshape(g, -1)  # [G, C·M·(2 + a_max)]
+    per_game = need.sum(-1)
+    q = int(per_game.max()) if g else 0
+    order = (~need).to(torch.int8).argsort(dim=-1, stable=True)[:, :q]  # needed masks first, in order
+    flat = masks.reshape(g, -1, n)
+    live = torch.arange(q, device=dev) < per_game[:, None]  # [G, q]: False = padding (empty mask)
+    packed = torch.gather(flat, 1, order[..., None].expand(-1, -1, n)) & live[..., None]
+    vals = torch.zeros(g, flat.shape[1], dtype=torch.float64, device=dev)
+    if q:
+        vals.scatter_(1, order, game(packed).to(torch.float64) * live)
+    vals = vals.reshape(g, c, num_samples, 2 + a_max)
     base = vals[..., 0]
     merged = vals[..., 1] - base  # v(S ∪ A) − v(S)   [G, C, M]
     single = ((vals[..., 2:] - base[..., None]) * member_ok[:, :, None, :]).sum(-1)
@@ -111,9 +126,9 @@ def sample_interaction(
     mean, stderr = _mean_and_stderr(delta)
     value = value_se = None
     if with_value:
-        value, value_se = _mean_and_stderr(merged)
-    return InteractionEstimate(mean=mean, stderr=stderr, num_evals=int(masks.shape[0] * masks.shape[1] * masks.shape[2] * masks.shape[3]),
-                               value=value, value_stderr=value_se)
+        value, value_se = _mean_and_stderr(merged * (size >= 1)[..., None])
+    return InteractionEstimate(mean=mean, stderr=stderr, num_evals=int(per_game.sum()), value=value,
+                               value_stderr=value_se)
 
 
 def sample_coalition_value(

@@ -44,7 +44,7 @@ from torch import Tensor
 from ..errors import DataError, SpecError
 from ..models.base import boxes_to_patch_mask
 from ..shapley.games import Game
-from ..shapley.sampling import sample_contexts
+from ..shapley.sampling import sample_contexts, sample_interaction
 from . import TASK_TYPES
 from .base import TaskAdapter
 from .common import (
@@ -194,9 +194,9 @@ def interaction_and_value(game: Game, coalitions: Tensor, num_samples: int = 64,
     * ``δ_m = v(S_m ∪ A) − v(S_m)``, ``φ̂([A]) = (1/M) Σ_m δ_m`` (the Shapley value of ``[A]``; 0 for ``A = ∅``);
     * standard errors ``sd(Δ) / √M`` and ``sd(δ) / √M`` (unbiased sd).
 
-    Drawn from the same ``generator`` state, the contexts and hence ``Î`` equal ``sample_interaction``'s. Only the
-    ``M (|A| + 2)`` masks each coalition needs are evaluated: masks of one game are packed, games are padded to the
-    longest with empty masks (free in :class:`~loupe_bench.models.masked_game.MaskedTowerGame`, ``v(∅) = 0``).
+    The library's :func:`~loupe_bench.shapley.sampling.sample_interaction` (``with_value=True``) computes both: only
+    the ``M (|A| + 2)`` masks each coalition needs are evaluated (masks of one game packed, games padded to the
+    longest with empty masks, free in :class:`~loupe_bench.models.masked_game.MaskedTowerGame`).
 
     Args:
         game: batched game ``[G, Q, n] -> [G, Q]``.
@@ -205,44 +205,8 @@ def interaction_and_value(game: Game, coalitions: Tensor, num_samples: int = 64,
         generator: RNG of the contexts (when ``contexts`` is not given).
         contexts: ``[G, C, M, n]`` bool, contexts drawn beforehand (each disjoint from its coalition).
     """
-    if num_samples < 2:
-        raise ValueError("num_samples must be >= 2")
-    coalitions = coalitions.bool()
-    g, c, n = coalitions.shape
-    dev = coalitions.device
-    ctx = sample_contexts(coalitions, num_samples, generator) if contexts is None else contexts.bool()
-    if ctx.shape != (g, c, num_samples, n):
-        raise ValueError(f"contexts must be [{g}, {c}, {num_samples}, {n}], got {tuple(ctx.shape)}")
-    if (ctx & coalitions[:, :, None, :]).any():
-        raise ValueError("a context shares players with its coalition")
-    size = coalitions.sum(-1)  # [G, C]
-    a_max = max(int(size.max()) if size.numel() else 0, 1)
-    members = (~coalitions).to(torch.int8).argsort(dim=-1, stable=True)[..., :a_max]  # [G, C, a_max]
-    member_ok = torch.arange(a_max, device=dev) < size[..., None]
-    onehot = torch.nn.functional.one_hot(members, n).bool() & member_ok[..., None]
-    masks = torch.cat([ctx[:, :, :, None, :], (ctx | coalitions[:, :, None, :])[:, :, :, None, :],
-                       ctx[:, :, :, None, :] | onehot[:, :, None, :, :]], dim=3)  # [G, C, M, 2 + a_max, n]
-    need = torch.cat([torch.ones(g, c, 2, dtype=torch.bool, device=dev), member_ok], dim=-1)  # [G, C, 2 + a_max]
-    need = need[:, :, None, :].expand(g, c, num_samples, 2 + a_max).reshape(g, -1)  # [G, C·M·(2 + a_max)]
-    per_game = need.sum(-1)
-    q = int(per_game.max()) if g else 0
-    order = (~need).to(torch.int8).argsort(dim=-1, stable=True)[:, :q]  # needed masks first, in order
-    flat = masks.reshape(g, -1, n)
-    packed = torch.gather(flat, 1, order[..., None].expand(-1, -1, n))
-    packed &= (torch.arange(q, device=dev) < per_game[:, None])[..., None]  # padding: empty masks
-    vals = torch.zeros(g, flat.shape[1], dtype=torch.float64, device=dev)
-    if q:
-        got = game(packed).to(torch.float64)
-        vals.scatter_(1, order, got * (torch.arange(q, device=dev) < per_game[:, None]))
-    vals = vals.reshape(g, c, num_samples, 2 + a_max)
-    base = vals[..., 0]
-    gain = vals[..., 1] - base  # δ_m
-    single = ((vals[..., 2:] - base[..., None]) * member_ok[:, :, None, :]).sum(-1)
-    delta = (gain - single) * (size >= 2)[..., None]  # Δ_m
-    gain = gain * (size >= 1)[..., None]
-    root = num_samples ** 0.5
-    return InteractionValue(delta.mean(-1), delta.std(-1, unbiased=True) / root, gain.mean(-1),
-                            gain.std(-1, unbiased=True) / root, int(per_game.sum()))
+    est = sample_interaction(game, coalitions, num_samples, generator, with_value=True, contexts=contexts)
+    return InteractionValue(est.mean, est.stderr, est.value, est.value_stderr, est.num_evals)
 
 
 def top_half(coalitions: Tensor, grid: Tuple[int, int]) -> Tensor:
@@ -332,6 +296,7 @@ class TokenInteractionTask(TaskAdapter):
         drop: str = "tokens"         # MaskedTowerGame: tokens (ViT towers) | pixels (any tower)
         last_blocks: Optional[int] = None  # blocks re-run on the kept tokens (None: the whole tower)
         images_per_call: int = 4     # images whose masks go through one call of the game
+        bucket: int = 1              # MaskedTowerGame: kept counts padded to a multiple (1: exact groups)
         captions: str = "dataset_synthetic.json"  # Karpathy caption JSON (relative to --data-root)
         phrases: str = "phrases.json"  # its gold phrase sidecar (relative to --data-root)
         reference_rows: bool = True  # the chance row (0.5 for both rates)
@@ -348,6 +313,8 @@ class TokenInteractionTask(TaskAdapter):
                 raise ValueError(f"drop must be tokens or pixels, got {self.drop!r}")
             if int(self.images_per_call) < 1:
                 raise ValueError("images_per_call must be >= 1")
+            if int(self.bucket) < 1:
+                raise ValueError("bucket must be >= 1")
 
     @classmethod
     def validate_spec(cls, spec) -> None:
@@ -366,7 +333,8 @@ class TokenInteractionTask(TaskAdapter):
         and ``text [G, D]``. ``coalitions [G, 2, N]`` (``A``, ``A'``) is not used by it (planted games use it)."""
         from ..models.masked_game import MaskedTowerGame
 
-        return MaskedTowerGame(model, pixels, text, last_blocks=self.opts.last_blocks, drop=self.opts.drop)
+        return MaskedTowerGame(model, pixels, text, last_blocks=self.opts.last_blocks, drop=self.opts.drop,
+                               bucket=self.opts.bucket)
 
     # -- data ---------------------------------------------------------------------------------------------------
     def _captions(self, data_root: Optional[Path], split: str):
@@ -506,7 +474,7 @@ class TokenInteractionTask(TaskAdapter):
                         res.reference_rows.setdefault(CHANCE, {})[f"{stem}:{kind}"] = MetricValue(0.5)
         overlap = np.asarray([o.overlap for o in objs])
         res.extra.update(
-            game="MaskedTowerGame", drop=self.opts.drop, last_blocks=self.opts.last_blocks,
+            game="MaskedTowerGame", drop=self.opts.drop, last_blocks=self.opts.last_blocks, bucket=self.opts.bucket,
             num_samples=self.opts.num_samples, text=self.opts.text, seed=self.opts.seed,
             n_evaluated=n_kind, skipped_objects={r: int(skipped.get(r, 0)) for r in SKIP_REASONS},
             n_shifted_on_background=int((overlap <= 1e-12).sum()), mean_shifted_overlap=float(overlap.mean()),

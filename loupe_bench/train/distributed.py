@@ -72,12 +72,19 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
 def average_gradients(params: Iterable[nn.Parameter], bucket_bytes: int = 25 << 20) -> None:
     """Average ``.grad`` over ranks: flatten into buckets of ≈``bucket_bytes``, one ``all_reduce`` (sum) each, / W.
 
-    A parameter without a gradient on this rank takes part with zeros (so every rank runs the same collectives).
+    A parameter without a gradient on this rank takes part with zeros (so every rank runs the same collectives); a
+    parameter without a gradient on **every** rank keeps ``grad = None``, as in one process (the optimiser skips it:
+    e.g. the region head on a step where ℒ_TSA does not run, ``loupe.tsa.every``).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     world = dist.get_world_size()
     params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    params = [p for p, h in zip(params, has.tolist()) if h > 0]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
