@@ -119,3 +119,38 @@ def test_unknown_drop_and_tower_without_token_drop_are_spec_errors(model):
 
     with pytest.raises(SpecError, match="drop: pixels"):
         MaskedTowerGame(Fake(), px, t)
+
+
+@pytest.mark.parametrize("contrast", ["log", "prob"])
+def test_contrastive_value_is_log_softmax_over_the_bank_plus_log_k(model, contrast):
+    """``log``: ``v(S) = log softmax_k(s · cos(f(x_S), t_k))[target] + log K``; ``prob``: ``softmax(...)[target] − 1/K``
+    (naive per-mask loop); ``v(∅) = 0``; a bank without targets is an error."""
+    import math
+
+    g = torch.Generator().manual_seed(4)
+    px, t = torch.randn(2, 3, 64, 64, generator=g), torch.randn(2, 64, generator=g)
+    bank = torch.randn(5, 64, generator=g)
+    target = torch.tensor([3, 0])
+    masks = torch.rand(2, 6, 64, generator=g) < 0.5
+    masks[1, 2] = False
+    game = MaskedTowerGame(model, px, t, bank=bank, target=target, scale=7.0, bucket=8, contrast=contrast)
+    v = game(masks)
+    assert v[1, 2] == 0.0
+    tower = model.image_tower
+    for gi in range(2):
+        for q in range(6):
+            if not masks[gi, q].any():
+                continue
+            with torch.no_grad():
+                st = tower.token_states(px[gi][None])
+                keep = torch.nonzero(masks[gi, q]).flatten()
+                emb = F.normalize(model.image_proj(tower.finish_states(st[:, keep])), dim=-1)[0]
+            logits = 7.0 * F.normalize(bank, dim=-1) @ emb
+            logp = float(torch.log_softmax(logits, -1)[target[gi]])
+            ref = logp + math.log(5) if contrast == "log" else math.exp(logp) - 1 / 5
+            assert abs(float(v[gi, q]) - ref) < 1e-4
+    torch.testing.assert_close(game.select(torch.tensor([1]))(masks[1:]), v[1:])
+    with pytest.raises(ValueError, match="bank and target"):
+        MaskedTowerGame(model, px, t, bank=bank)
+    with pytest.raises(ValueError, match="contrast must be"):
+        MaskedTowerGame(model, px, t, bank=bank, target=target, contrast="odds")

@@ -18,8 +18,8 @@ from loupe_bench.specs import load_yaml, spec_files
 from loupe_bench.tasks import list_tasks, load_task
 from loupe_bench.tasks.results import validate_result
 from loupe_bench.tasks.token_interaction import (
-    TokenInteractionTask, choose_caption, interaction_and_value, metric_names, patch_rectangle, placement_overlap,
-    shifted_box,
+    TokenInteractionTask, bank_texts, choose_caption, interaction_and_value, metric_names, patch_rectangle,
+    placement_overlap, shifted_box,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -217,6 +217,10 @@ def test_spec_is_registered_and_validated():
     from loupe_bench.report.reproduce import synthetic_tasks
 
     assert NAME not in synthetic_tasks(quick=True) and NAME in synthetic_tasks()  # the default plan only
+    prob = load_task("synthetic-token-interaction-prob")  # the same probe under the matching-probability value
+    assert (prob.type, set(prob.metrics), prob.options["value"], prob.options["text"]) == (
+        "token-interaction", set(metric_names()), "prob", "phrase")
+    assert prob.name not in synthetic_tasks(quick=True) and prob.name in synthetic_tasks()
 
 
 def test_untrained_model_end_to_end_and_deterministic(tiny_world, tmp_path, clip):
@@ -281,3 +285,43 @@ def test_part_interaction_planted_and_or_games():
     mean, _ = part_interaction(AndGame(one_row[:, 0]), one_row, top_half(one_row, grid),
                                sample_contexts(one_row, 4, torch.Generator().manual_seed(0)))
     assert float(mean) == 0.0  # undefined for a one-row box: reported as 0, never as cooperation
+
+
+def test_bank_texts_are_the_distinct_captions_or_phrases_sorted():
+    caps = {1: [Caption(0, "a red square left of a blue circle",
+                        phrases=(Phrase(2, 12, "red square", 7), Phrase(21, 32, "blue circle", 8)))],
+            2: [Caption(1, "a red square", phrases=(Phrase(2, 12, "red square", 9),)), Caption(2, "a star")]}
+    assert bank_texts(caps, "phrase") == ["blue circle", "red square"]
+    assert bank_texts(caps, "caption") == ["a red square", "a red square left of a blue circle", "a star"]
+
+
+@pytest.mark.parametrize("value", ["prob", "logprob"])
+def test_prob_value_scores_each_object_among_the_splits_phrases(value, tiny_world, tmp_path, clip, monkeypatch):
+    """``value: prob``/``logprob``: the game gets a bank of every distinct gold phrase of the split (independently
+    counted from the world's files), each object's target is its own phrase, and the scale is the task's."""
+    seen = []
+
+    def game(self, model, px, text, coal, contrast=None):
+        seen.append((text, contrast))
+        return AndGame(coal[:, 0])
+
+    monkeypatch.setattr(TokenInteractionTask, "game", game)
+    task = TokenInteractionTask(load_task(fast(value=value, text="phrase", scale=9.0)))
+    out = task.run(clip, tiny_world, "test")
+    assert out.extra["value"] == value and out.metrics["box_beats_shifted@phi:all"].value == 1.0
+    karpathy = json.loads((tiny_world / "dataset_synthetic.json").read_text())
+    phrases = json.loads((tiny_world / "phrases.json").read_text())
+    test_sents = {str(s["sentid"]) for im in karpathy["images"] if im["split"] == "test" for s in im["sentences"]}
+    expected = sorted({p["text"] for sid, ps in phrases.items() if sid in test_sents for p in ps})
+    from loupe_bench.tasks.common import encode_texts
+
+    ref = torch.nn.functional.normalize(encode_texts(clip, expected, task.spec, "cpu").pooled, dim=-1)
+    for text, (bank, target, scale) in seen:
+        assert bank.shape[0] == len(expected) and scale == 9.0
+        torch.testing.assert_close(torch.nn.functional.normalize(bank, dim=-1), ref, atol=1e-5, rtol=0)
+        own = torch.nn.functional.normalize(text, dim=-1)
+        torch.testing.assert_close(ref[target], own, atol=1e-5, rtol=0)  # the target is the object's own phrase
+    with pytest.raises(SpecError, match="value must be"):
+        load_task(fast(value="cosine-squared"))
+    with pytest.raises(SpecError, match="scale must be"):
+        load_task(fast(value="prob", scale=0))

@@ -19,11 +19,21 @@ Monte-Carlo batch has nearly every kept count from 1 to ``N``; on tiny towers th
 that cannot drop tokens (Swin) use ``drop: pixels``: hidden patches are set to 0 in the
 normalised image (the dataset mean) and the whole tower runs per mask.
 
+**Contrastive values** (``bank``/``target`` given), over a bank of ``K`` texts with ``p_S = softmax_k(s · cos(f(x_S),
+t_k))[target]``: ``contrast: prob`` gives ``v(S) = p_S − 1/K`` (the matching probability), ``contrast: log`` gives
+``v(S) = log p_S + log K`` (the information, in nats, the kept patches give about which text is the paired one);
+``v(∅) = 0`` is the uniform guess for both. Unlike the cosine they do not saturate on partial evidence: half of a
+red-and-blue square matches "red square" as well as "red-and-blue square", so with both in the bank its value stays
+low until both halves are kept. Measured on a trained ``loupe-tiny``: the two halves of two-part objects interact
+positively under ``prob`` (the log's concavity keeps its part interaction negative: ``log p_A − log p_T − log p_B``
+with ``p_T ≈ p_B ≈ 1/15`` is positive only when ``K < 225`` or so).
+
 The game is a constant target: it runs under ``torch.no_grad()`` with the tower in eval mode (no dropout / drop
 path), restored afterwards.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -34,6 +44,8 @@ from torch import Tensor, nn
 from ..errors import SpecError
 
 DROPS = ("tokens", "pixels")
+#: the contrastive value: ``log`` = log-probability of the paired text + log K; ``prob`` = its probability − 1/K
+CONTRASTS = ("log", "prob")
 
 
 @contextmanager
@@ -57,10 +69,14 @@ class MaskedTowerGame:
         drop: ``tokens`` (drop hidden patch tokens; ViT towers) or ``pixels`` (zero hidden patches; any tower).
         chunk: most token rows ``Q_k · (P + k)`` of one tower call (memory bound).
         bucket: kept counts are padded up to a multiple of this (``1``: exact groups, no attention mask).
+        bank: ``[K, D]`` text embeddings of the contrastive value (normalised here); ``None``: the cosine value.
+        target: ``[G]`` index into ``bank`` of each game's paired text (with ``bank``).
+        scale: logit scale ``s`` of the contrastive value (the model's ℒ_CMC scale is the natural choice).
     """
 
     def __init__(self, model: nn.Module, pixels: Tensor, text: Tensor, last_blocks: Optional[int] = None,
-                 drop: str = "tokens", chunk: int = 65536, bucket: int = 1):
+                 drop: str = "tokens", chunk: int = 65536, bucket: int = 1, bank: Optional[Tensor] = None,
+                 target: Optional[Tensor] = None, scale: float = 1.0, contrast: str = "log"):
         if drop not in DROPS:
             raise SpecError(f"tsa.drop: unknown {drop!r}; known: {list(DROPS)}")
         tower = model.image_tower
@@ -75,6 +91,14 @@ class MaskedTowerGame:
             raise SpecError(f"tsa.bucket must be >= 1, got {bucket!r}")
         self.bucket = int(bucket)
         self.text = F.normalize(text.detach().float(), dim=-1)
+        self.bank = None if bank is None else F.normalize(bank.detach().float(), dim=-1)
+        if (bank is None) != (target is None):
+            raise ValueError("a contrastive game needs both bank and target")
+        self.target = None if target is None else target.long()
+        self.scale = float(scale)
+        if contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+        self.contrast = contrast
         self.grid = tuple(model.grid)
         self.n = self.grid[0] * self.grid[1]
         self.pixels = pixels.detach()
@@ -91,12 +115,21 @@ class MaskedTowerGame:
         out = MaskedTowerGame.__new__(MaskedTowerGame)
         out.__dict__.update(self.__dict__)
         out.text = self.text[idx]
+        out.target = None if self.target is None else self.target[idx]
         out.pixels = self.pixels[idx]
         out.states = None if self.states is None else self.states[idx]
         return out
 
     def _embed(self, pooled: Tensor) -> Tensor:
         return F.normalize(self.model.image_proj(pooled).float(), dim=-1)
+
+    def _score(self, emb: Tensor, games: Tensor) -> Tensor:
+        """``v`` of masked-image embeddings ``emb [R, D]`` of games ``games [R]`` (cosine or contrastive)."""
+        if self.bank is None:
+            return (emb * self.text[games]).sum(-1)
+        logp = torch.log_softmax(self.scale * emb @ self.bank.T, dim=-1).gather(1, self.target[games][:, None])[:, 0]
+        k = self.bank.shape[0]
+        return logp + math.log(k) if self.contrast == "log" else logp.exp() - 1.0 / k
 
     def _tokens(self, masks: Tensor) -> Tensor:
         g, q, n = masks.shape
@@ -126,7 +159,7 @@ class MaskedTowerGame:
                     pos = torch.arange(p + k, device=masks.device)
                     valid = pos[None, :] < (p + size[r])[:, None]
                 emb = self._embed(tower.finish_states(x, self.last_blocks, valid))
-                out[r] = (emb * self.text[game_of[r]]).sum(-1)
+                out[r] = self._score(emb, game_of[r])
         return out.reshape(g, q)
 
     def _pixels(self, masks: Tensor) -> Tensor:
@@ -144,7 +177,7 @@ class MaskedTowerGame:
             keep = F.interpolate(keep, size=(h, w), mode="nearest")
             img = self.pixels[game_of[r]] * keep
             emb = self._embed(self.model.image_tower(img).pooled)
-            out.view(-1)[r] = (emb * self.text[game_of[r]]).sum(-1)
+            out.view(-1)[r] = self._score(emb, game_of[r])
         return out
 
     def __call__(self, masks: Tensor) -> Tensor:

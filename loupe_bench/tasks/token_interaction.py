@@ -12,7 +12,13 @@ estimates, from ``M = options.num_samples`` Shapley-weighted contexts per coalit
   (together they say more about the caption than each one alone), and
 * the coalition value ``φ([A]) = E_S[v(S ∪ A) − v(S)]`` — the Shapley value of ``A`` as one player,
 
-and the same two for ``A'``. Per object kind (``flat``, ``two-part`` and ``all``; a COCO annotation without a
+and the same two for ``A'``. ``options.value`` chooses the value: ``cosine`` (above, ℒ_TSA's own game), or the
+matching score among the ``K`` distinct texts of the split (:func:`bank_texts`): ``prob``
+``v(S) = softmax_k(s · cos(f(x_S), t_k))[t] − 1/K`` or ``logprob`` (its log + log K), ``s = options.scale`` for every
+model (FILIP has no trained global temperature). The cosine saturates on
+partial evidence (half of a red-and-blue square is already close to "red-and-blue square"); among texts that name
+each part alone, a half leaves several texts as likely as the true one, so the halves of a two-part object become
+complementary (``synthetic-token-interaction-prob``). Per object kind (``flat``, ``two-part`` and ``all``; a COCO annotation without a
 ``kind`` is ``flat``) it reports
 
 * ``box_beats_shifted@I:<kind>`` = ``mean_o 1[I([A_o]) > I([A'_o])]`` and ``box_beats_shifted@phi:<kind>`` (the
@@ -55,6 +61,10 @@ KINDS = ("flat", "two-part")
 ALL = "all"
 DEFAULT_KIND = "flat"
 TEXTS = ("caption", "phrase")
+#: ``cosine``: ``v(S) = cos(f(x_S), t)``; ``logprob``: ``v(S) = log softmax_k(s·cos(f(x_S), t_k))[t] + log K`` and
+#: ``prob``: ``v(S) = softmax_k(s·cos(f(x_S), t_k))[t] − 1/K`` over the ``K`` distinct texts of the split
+#: (:func:`bank_texts`), ``s = options.scale`` (the same for every model); ``v(∅) = 0`` for all three (:class:`~loupe_bench.models.masked_game.MaskedTowerGame`)
+VALUES = ("cosine", "logprob", "prob")
 #: metric stems: the rate of objects whose box beats its shifted copy, and the means
 RATE_STEMS = ("box_beats_shifted@I", "box_beats_shifted@phi")
 #: the box's two parts (top / bottom rows) as players: rate of positive part interaction, and its means
@@ -277,6 +287,20 @@ def choose_caption(captions, ann_id: int, text: str = "caption") -> Optional[str
     return best
 
 
+def bank_texts(captions, text: str = "caption") -> List[str]:
+    """The distinct texts of a split (``captions``: image id → captions), sorted: every caption (``text: caption``)
+    or every gold phrase span (``phrase``) — the bank of the ``logprob`` / ``prob`` values, in which a part of a two-part object
+    meets the phrases that name that part alone ("red square" beside "red-and-blue square")."""
+    out = set()
+    for caps in captions.values():
+        for cap in caps:
+            if text == "caption":
+                out.add(cap.text)
+            else:
+                out.update(p.text for p in cap.phrases if p.text)
+    return sorted(out)
+
+
 def object_rng(seed: int, image_id: int, ann_id: int, stream: int) -> np.random.Generator:
     """The generator of one object's random choices, ``numpy.random.default_rng([seed, image_id, ann_id, stream])``:
     stream 0 breaks the shifted box's ties, stream 1 seeds its contexts."""
@@ -297,6 +321,8 @@ class TokenInteractionTask(TaskAdapter):
         last_blocks: Optional[int] = None  # blocks re-run on the kept tokens (None: the whole tower)
         images_per_call: int = 4     # images whose masks go through one call of the game
         bucket: int = 1              # MaskedTowerGame: kept counts padded to a multiple (1: exact groups)
+        value: str = "cosine"        # cosine | logprob | prob (the object's text among the split's texts)
+        scale: float = 1 / 0.07      # logit scale of logprob / prob: one for every model (CLIP's initial 1/τ)
         captions: str = "dataset_synthetic.json"  # Karpathy caption JSON (relative to --data-root)
         phrases: str = "phrases.json"  # its gold phrase sidecar (relative to --data-root)
         reference_rows: bool = True  # the chance row (0.5 for both rates)
@@ -315,6 +341,11 @@ class TokenInteractionTask(TaskAdapter):
                 raise ValueError("images_per_call must be >= 1")
             if int(self.bucket) < 1:
                 raise ValueError("bucket must be >= 1")
+            if self.value not in VALUES:
+                raise ValueError(f"value must be one of {', '.join(VALUES)}, got {self.value!r}")
+            if not float(self.scale) > 0:
+                raise ValueError("scale must be > 0")
+            self.scale = float(self.scale)
 
     @classmethod
     def validate_spec(cls, spec) -> None:
@@ -328,13 +359,16 @@ class TokenInteractionTask(TaskAdapter):
                             f"kinds {', '.join(KINDS + (ALL,))}")
 
     # -- the game (tests replace it by a planted one) -----------------------------------------------------------
-    def game(self, model, pixels: Tensor, text: Tensor, coalitions: Tensor) -> Game:
+    def game(self, model, pixels: Tensor, text: Tensor, coalitions: Tensor, contrast=None) -> Game:
         """The value function of ``G`` (object, caption) pairs: :class:`MaskedTowerGame` on ``pixels [G, 3, H, W]``
-        and ``text [G, D]``. ``coalitions [G, 2, N]`` (``A``, ``A'``) is not used by it (planted games use it)."""
+        and ``text [G, D]``. ``coalitions [G, 2, N]`` (``A``, ``A'``) is not used by it (planted games use it).
+        ``contrast = (bank [K, D], target [G], scale)``: the ``logprob`` / ``prob`` value (``options.value``)."""
         from ..models.masked_game import MaskedTowerGame
 
+        bank, target, scale = contrast if contrast is not None else (None, None, 1.0)
         return MaskedTowerGame(model, pixels, text, last_blocks=self.opts.last_blocks, drop=self.opts.drop,
-                               bucket=self.opts.bucket)
+                               bucket=self.opts.bucket, bank=bank, target=target, scale=scale,
+                               contrast="prob" if self.opts.value == "prob" else "log")
 
     # -- data ---------------------------------------------------------------------------------------------------
     def _captions(self, data_root: Optional[Path], split: str):
@@ -394,15 +428,24 @@ class TokenInteractionTask(TaskAdapter):
             raise DataError(f"no object of split {split!r} can be probed (skipped: {dict(skipped)})",
                             file=recs.source)
         model.eval()
-        est = self.estimate(model, images, objs, grid, device)
+        est = self.estimate(model, images, objs, grid, device, bank_texts(captions, self.opts.text))
         return self.output(split, objs, est, skipped, n_images=len(images), n_images_in_split=len(all_images),
                            n_objects=sum(len(im.boxes) for im in images))
 
-    def estimate(self, model, images, objs: List[ProbeObject], grid, device) -> Dict[str, np.ndarray]:
+    def estimate(self, model, images, objs: List[ProbeObject], grid, device,
+                 bank_pool: Sequence[str] = ()) -> Dict[str, np.ndarray]:
         """``I``, ``φ`` (and standard errors) of ``A`` and ``A'`` for every object, ``images_per_call`` images per
-        call of the game; arrays ``[objects, 2]`` (column 0: ``A``, 1: ``A'``)."""
+        call of the game; arrays ``[objects, 2]`` (column 0: ``A``, 1: ``A'``). ``bank_pool``: the texts of the
+        ``logprob`` / ``prob`` values (the probed objects' texts are added)."""
         m, n = self.opts.num_samples, grid[0] * grid[1]
         txt = encode_texts(model, [o.text for o in objs], self.spec, device, desc="captions").pooled
+        bank = None
+        if self.opts.value != "cosine":  # every distinct text of the split, sorted: the same for every model
+            texts = sorted(set(bank_pool) | {o.text for o in objs})
+            where = {t: k for k, t in enumerate(texts)}
+            bank = encode_texts(model, texts, self.spec, device, desc="text bank").pooled.to(device)
+            target = torch.tensor([where[o.text] for o in objs], device=device)
+            scale = float(self.opts.scale)
         tf = image_transform(model, self.spec)
         by_image: Dict[int, List[int]] = defaultdict(list)
         for i, o in enumerate(objs):
@@ -422,7 +465,10 @@ class TokenInteractionTask(TaskAdapter):
                 ctx = torch.cat([sample_contexts(coal[j : j + 1].cpu(), m, _generator(self.opts.seed, objs[i]))
                                  for j, i in enumerate(idx)]).to(device)
                 t0 = time.perf_counter()
-                game = self.game(model, pixels, txt[idx].to(device), coal)
+                if bank is None:
+                    game = self.game(model, pixels, txt[idx].to(device), coal)
+                else:
+                    game = self.game(model, pixels, txt[idx].to(device), coal, (bank, target[idx], scale))
                 r = interaction_and_value(game, coal, m, contexts=ctx)
                 part, part_se = part_interaction(game, coal, top_half(coal, grid), ctx)
                 t_game += time.perf_counter() - t0
@@ -474,7 +520,9 @@ class TokenInteractionTask(TaskAdapter):
                         res.reference_rows.setdefault(CHANCE, {})[f"{stem}:{kind}"] = MetricValue(0.5)
         overlap = np.asarray([o.overlap for o in objs])
         res.extra.update(
-            game="MaskedTowerGame", drop=self.opts.drop, last_blocks=self.opts.last_blocks, bucket=self.opts.bucket,
+            game="MaskedTowerGame", value=self.opts.value, scale=self.opts.scale, drop=self.opts.drop,
+            last_blocks=self.opts.last_blocks,
+            bucket=self.opts.bucket,
             num_samples=self.opts.num_samples, text=self.opts.text, seed=self.opts.seed,
             n_evaluated=n_kind, skipped_objects={r: int(skipped.get(r, 0)) for r in SKIP_REASONS},
             n_shifted_on_background=int((overlap <= 1e-12).sum()), mean_shifted_overlap=float(overlap.mean()),
