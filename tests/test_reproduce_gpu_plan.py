@@ -59,7 +59,7 @@ def test_gpu_plan_one_tower_size_one_recipe():
         spec = get_spec(m)
         for key in TOWER_KEYS:
             assert spec[key] == ref[key], (m, key)
-        # otherwise the tiny spec it follows, key for key (LOUPE: tsa.target_images 4 instead of 1, tsa.bucket 16
+        # otherwise the tiny spec it follows, key for key (LOUPE: tsa.target_images 4 instead of 2, tsa.bucket 16
         # instead of 8: a GPU prefers fewer, larger tower calls)
         tiny = get_spec(SMALL_TO_TINY[m])
         a, b = copy.deepcopy(spec), copy.deepcopy(tiny)
@@ -67,7 +67,7 @@ def test_gpu_plan_one_tower_size_one_recipe():
             for key in TOWER_KEYS + ("name", "description"):
                 s.pop(key)
         if "loupe" in a:
-            assert (a["loupe"]["tsa"].pop("target_images"), b["loupe"]["tsa"].pop("target_images")) == (4, 1)
+            assert (a["loupe"]["tsa"].pop("target_images"), b["loupe"]["tsa"].pop("target_images")) == (4, 2)
             assert (a["loupe"]["tsa"].pop("bucket"), b["loupe"]["tsa"].pop("bucket")) == (16, 8)
         assert a == b, m
     assert get_spec("loupe-small-oracle-regions")["loupe"]["fsa"]["regions"] == "oracle"
