@@ -98,8 +98,9 @@ def resolve_base(spec: Mapping[str, Any], where: str, known: Optional[Mapping[st
                  _chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
     """Resolve ``base: NAME`` (a shipped model spec's name) of ``spec``, recursively.
 
-    The result is ``merge_spec(resolved(base) minus NOT_INHERITED, spec minus "base")`` (see :func:`merge_spec`); a
-    spec without ``base`` is returned as a copy. An unknown base or a cycle (``a -> b -> a``) is a
+    The result is ``merge_spec(resolved(base), spec minus "base")`` (see :func:`merge_spec`) without the base's
+    ``NOT_INHERITED`` keys the child does not give; a spec without ``base`` is returned as a copy. A chain
+    (``loupe-small-no-fsa -> loupe-small -> loupe-tiny``) resolves bottom-up. An unknown base or a cycle (``a -> b -> a``) is a
     :class:`SpecError` naming ``where`` (the file, or ``<mapping>``).
     """
     spec = dict(spec)
