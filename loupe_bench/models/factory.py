@@ -66,18 +66,75 @@ def _spec_paths() -> List[Path]:
     return paths
 
 
-def read_spec_file(path: Union[str, Path]) -> Dict[str, Any]:
-    path = Path(path)
+#: keys a child spec never inherits from its ``base:`` (each spec says what it is: ``name`` defaults to the file
+#: stem, ``description`` is the child's own or absent)
+NOT_INHERITED = ("name", "description")
+
+
+def merge_spec(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursive merge of a child spec onto its base (neither is modified).
+
+    ``merge(b, o)[k] = merge(b[k], o[k])`` when both values are mappings, else ``o[k]`` when ``k`` is in ``o``, else
+    ``b[k]``: the override wins, nested mappings merge key by key, a list or scalar replaces the base's value whole.
+    Key order: the base's keys in its order, then the override's new keys in theirs.
+    """
+    out: Dict[str, Any] = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_spec(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_raw(path: Path) -> Dict[str, Any]:
+    """One spec file as written (``base:`` unresolved); ``name`` defaults to the file stem."""
     spec = read_json(path) if path.suffix == ".json" else load_yaml(path)
     spec.setdefault("name", path.stem)
     return spec
+
+
+def resolve_base(spec: Mapping[str, Any], where: str, known: Optional[Mapping[str, Path]] = None,
+                 _chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Resolve ``base: NAME`` (a shipped model spec's name) of ``spec``, recursively.
+
+    The result is ``merge_spec(resolved(base), spec minus "base")`` (see :func:`merge_spec`) without the base's
+    ``NOT_INHERITED`` keys the child does not give; a spec without ``base`` is returned as a copy. A chain
+    (``loupe-small-no-fsa -> loupe-small -> loupe-tiny``) resolves bottom-up. An unknown base or a cycle (``a -> b -> a``) is a
+    :class:`SpecError` naming ``where`` (the file, or ``<mapping>``).
+    """
+    spec = dict(spec)
+    if "base" not in spec:
+        return copy.deepcopy(spec)
+    base = spec.pop("base")
+    name = str(spec.get("name", "?"))
+    chain = _chain + (name,)
+    if known is None:
+        known = available_specs()
+    if not isinstance(base, str) or base not in known:
+        raise SpecError(f"{where}: model spec {name!r}: unknown base {base!r}; "
+                        f"known: {', '.join(sorted(known)) or '(none)'}")
+    if base in chain:
+        raise SpecError(f"{where}: model spec {name!r}: cycle in base specs ({' -> '.join(chain + (base,))})")
+    parent_path = known[base]
+    merged = merge_spec(resolve_base(_read_raw(parent_path), str(parent_path), known, chain), spec)
+    for key in NOT_INHERITED:  # kept in the base's place when the child gives them, else dropped
+        if key not in spec:
+            merged.pop(key, None)
+    return merged
+
+
+def read_spec_file(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a model spec file (YAML or JSON), with its ``base:`` resolved (:func:`resolve_base`)."""
+    path = Path(path)
+    return resolve_base(_read_raw(path), str(path))
 
 
 def available_specs() -> Dict[str, Path]:
     """Name -> file of every shipped model spec (``baselines/*.yaml`` and ``loupe_bench/models/specs/*.yaml``)."""
     out: Dict[str, Path] = {}
     for path in _spec_paths():
-        name = read_spec_file(path)["name"]
+        name = _read_raw(path)["name"]
         if name in out:
             raise SpecError(f"model spec {name!r} defined twice ({out[name]} and {path})")
         out[name] = path
@@ -95,16 +152,21 @@ def list_models() -> List[Tuple[str, str]]:
 
 
 def get_spec(spec: SpecLike) -> Dict[str, Any]:
-    """Resolve a spec name, a spec file path or a mapping to a spec dict (a copy)."""
+    """Resolve a spec name, a spec file path or a mapping to a spec dict (a copy), its ``base:`` resolved.
+
+    Inheritance: a spec may say ``base: NAME`` (a shipped model spec) and give only the keys it changes, e.g.
+    ``{name: loupe-no-fsa, base: loupe-tiny, loss: {weights: {fsa: 0.0}}}``; the returned dict is the fully merged
+    spec (see :func:`resolve_base`), so nothing downstream sees ``base``.
+    """
     if isinstance(spec, Mapping):
-        return copy.deepcopy(dict(spec))
+        return resolve_base(spec, "<mapping>")
     text = str(spec)
     known = available_specs()
     if text in known:
-        return read_spec_file(known[text])
+        return resolve_base(_read_raw(known[text]), str(known[text]), known)
     path = Path(text).expanduser()
     if path.is_file() and path.suffix in (".yaml", ".yml", ".json"):
-        return read_spec_file(path)
+        return resolve_base(_read_raw(path), str(path), known)
     raise SpecError(f"unknown model {text!r}; known: {', '.join(sorted(known)) or '(none)'}")
 
 
