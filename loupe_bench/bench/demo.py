@@ -1,7 +1,7 @@
 """``demo`` benchmark: wall time of ``reproduce synthetic --quick`` and of the default run, stages broken down.
 
 Wall time depends on other load on the machine; the CPU seconds of each stage (all threads of the process) are
-recorded beside it. The default run trains six models and takes minutes; ``full=False`` (``loupe-bench bench demo`` with option
+recorded beside it. The default run trains seven models and takes minutes; ``full=False`` (``loupe-bench bench demo`` with option
 ``{"demo": {"full": False}}``) times only the quick run. ``repeat`` is not used: one run of each is timed (a
 reproduction is minutes long and deterministic; the figure is its wall time on this machine).
 """
@@ -45,7 +45,7 @@ def _time_run(out: Path, quick: bool, plan_changes: Optional[Dict[str, Any]] = N
 @BENCHMARKS.register("demo", help="Wall time of `reproduce synthetic --quick` and of the default run, by stage.")
 def demo(repeat: int = 1, device: str = "cpu", full: bool = True, out_dir: str = "",
          plan_changes: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Time the quick and (when ``full``) the default synthetic reproduction; targets 120 s and 600 s.
+    """Time the quick and (when ``full``) the default synthetic reproduction; targets :data:`TARGETS` (60 s, 300 s).
 
     ``plan_changes``: :class:`~loupe_bench.report.reproduce.SyntheticPlan` fields replaced in both plans (the
     smoke test shrinks world, steps and tasks); the targets only mean something without it."""
