@@ -428,7 +428,8 @@ class TokenInteractionTask(TaskAdapter):
             raise DataError(f"no object of split {split!r} can be probed (skipped: {dict(skipped)})",
                             file=recs.source)
         model.eval()
-        est = self.estimate(model, images, objs, grid, device, bank_texts(captions, self.opts.text))
+        pool = bank_texts(captions, self.opts.text) if self.opts.value != "cosine" else ()
+        est = self.estimate(model, images, objs, grid, device, pool)
         return self.output(split, objs, est, skipped, n_images=len(images), n_images_in_split=len(all_images),
                            n_objects=sum(len(im.boxes) for im in images))
 
@@ -437,7 +438,7 @@ class TokenInteractionTask(TaskAdapter):
         """``I``, ``φ`` (and standard errors) of ``A`` and ``A'`` for every object, ``images_per_call`` images per
         call of the game; arrays ``[objects, 2]`` (column 0: ``A``, 1: ``A'``). ``bank_pool``: the texts of the
         ``logprob`` / ``prob`` values (the probed objects' texts are added)."""
-        m, n = self.opts.num_samples, grid[0] * grid[1]
+        m = self.opts.num_samples
         txt = encode_texts(model, [o.text for o in objs], self.spec, device, desc="captions").pooled
         bank = None
         if self.opts.value != "cosine":  # every distinct text of the split, sorted: the same for every model
