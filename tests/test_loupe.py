@@ -440,3 +440,35 @@ def test_tsa_every_k_steps_and_region_head_untouched_between():
     for bad in (0, 1.5, "2"):
         with pytest.raises(SpecError, match="tsa.every"):
             _model(tsa__every=bad)
+
+
+@pytest.mark.parametrize("features", ["tower", "coalition", "image"])
+def test_game_stats_evaluates_only_what_tsa_features_names(features):
+    """``loupe.tsa.features``: ``tower`` = ``[u(A), u(N), u(N∖A)]`` (2C + 1 evaluations per image), ``coalition`` =
+    ``[u(A), u(N), u(N) − u(A)]`` (C + 1), ``image`` = ``[0, u(N), 0]`` (1); checked on a planted additive game
+    ``u(S) = Σ_{i∈S} w_i`` whose values are known in closed form."""
+    from loupe_bench.models.loupe import LOUPE
+
+    g = torch.Generator().manual_seed(0)
+    t, c, n = 2, 5, 9
+    w = torch.rand(t, n, generator=g)
+    members = torch.rand(t, c, n, generator=g) > 0.5
+    seen = []
+
+    def game(masks):
+        seen.append(masks.shape[1])
+        return (masks.float() * w[:, None]).sum(-1)
+
+    stats = LOUPE.game_stats(game, members, features)
+    v_a = (members.float() * w[:, None]).sum(-1)
+    v_n = w.sum(-1, keepdim=True).expand(t, c)
+    want = {"tower": torch.stack([v_a, v_n, v_n - v_a], -1),
+            "coalition": torch.stack([v_a, v_n, v_n - v_a], -1),
+            "image": torch.stack([torch.zeros_like(v_n), v_n, torch.zeros_like(v_n)], -1)}[features]
+    assert torch.allclose(stats, want, atol=1e-6)
+    assert seen == [{"tower": 2 * c + 1, "coalition": c + 1, "image": 1}[features]]
+
+
+def test_tsa_features_key_is_checked():
+    with pytest.raises(SpecError, match="tsa.features"):
+        _model(tsa__features="nope")

@@ -77,6 +77,65 @@ def max_mask_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min if dtype in (torch.float16, torch.bfloat16) else float("-inf")
 
 
+class _LateInteraction(torch.autograd.Function):
+    """Both FILIP directions with a sparse backward (the formulas are in :func:`filip_scores`).
+
+    Forward keeps, besides the two score matrices, only the index of each max (``[ni, n1, nt]`` text tokens and
+    ``[ni, nt, n2]`` patches). Backward builds the gradient of the similarity tensor from those indices — each
+    ``s^I_{i,j}`` depends on one entry per patch, each ``s^T_{i,j}`` on one entry per text token — and multiplies it
+    back onto the tokens: ``∂/∂x^I = G · X^T``, ``∂/∂x^T = Gᵀ · X^I``. The dense autograd route (masked copies,
+    ``amax`` backward comparing every entry with the max) took most of a tiny FILIP training step. At an exact tie
+    the whole gradient goes to one of the tied entries (``amax`` splits it); the scores are identical.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
+                image_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        ni, n1, d = image_tokens.shape
+        nt, n2, _ = text_tokens.shape
+        tmask = text_mask.bool()
+        sim = (image_tokens.reshape(ni * n1, d) @ text_tokens.reshape(nt * n2, d).T).view(ni, n1, nt, n2)
+        neg_inf = max_mask_value(sim.dtype)
+        sim.masked_fill_(~tmask[None, None], neg_inf)
+        per_patch, arg_text = sim.max(dim=3)  # [ni, n1, nt]
+        n_txt = tmask.sum(dim=1).clamp(min=1)
+        if image_mask is None:
+            s_i = per_patch.mean(dim=1)
+            w_img = torch.full((ni, n1), 1.0 / n1, dtype=sim.dtype, device=sim.device)
+        else:
+            imask = image_mask.bool()
+            n_img = imask.sum(dim=1).clamp(min=1)
+            s_i = per_patch.masked_fill(~imask[:, :, None], 0).sum(dim=1) / n_img[:, None]
+            w_img = imask.to(sim.dtype) / n_img[:, None].to(sim.dtype)
+            sim.masked_fill_(~imask[:, :, None, None], neg_inf)
+        per_token, arg_img = sim.max(dim=1)  # [ni, nt, n2]
+        s_t = per_token.masked_fill(~tmask[None], 0).sum(dim=2) / n_txt[None]
+        w_txt = tmask.to(sim.dtype) / n_txt[:, None].to(sim.dtype)
+        ctx.save_for_backward(image_tokens, text_tokens, arg_text, arg_img, w_img, w_txt)
+        return s_i, s_t
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, g_i: Tensor, g_t: Tensor):
+        image_tokens, text_tokens, arg_text, arg_img, w_img, w_txt = ctx.saved_tensors
+        ni, n1, d = image_tokens.shape
+        nt, n2, _ = text_tokens.shape
+        dtype = w_img.dtype
+        grad = torch.zeros(ni, n1, nt, n2, dtype=dtype, device=w_img.device)
+        if g_i is not None:  # ∂s^I_{i,j} / ∂sim[i, k, j, argmax_r] = w_img[i, k]
+            grad.scatter_add_(3, arg_text[..., None], (g_i.to(dtype)[:, None, :] * w_img[:, :, None])[..., None])
+        if g_t is not None:  # ∂s^T_{i,j} / ∂sim[i, argmax_k, j, r] = w_txt[j, r]
+            grad.scatter_add_(1, arg_img[:, None], (g_t.to(dtype)[:, :, None] * w_txt[None])[:, None])
+        flat = grad.view(ni * n1, nt * n2)
+        grad_img = grad_txt = None
+        if ctx.needs_input_grad[0]:
+            grad_img = (flat @ text_tokens.reshape(nt * n2, d).to(dtype)).view(ni, n1, d).to(image_tokens.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_txt = (flat.T @ image_tokens.reshape(ni * n1, d).to(dtype)).view(nt, n2, d).to(text_tokens.dtype)
+        return grad_img, grad_txt, None, None
+
+
 def filip_scores(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
                  image_mask: Optional[Tensor] = None) -> FilipScores:
     """FILIP token-wise late interaction for every image–text pair (differentiable, dense).
@@ -90,6 +149,7 @@ def filip_scores(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
         ``s^T_{i,j} = (1/n2) Σ_r max_k ⟨x^I_{i,k}, x^T_{j,r}⟩``   (text→image)
 
     Memory is ``N_img × N_txt × n1 × n2``: use it for training batches; evaluation uses :func:`filip_similarity`.
+    The gradient is the max's (sub)gradient, computed sparsely by :class:`_LateInteraction`.
 
     Args:
         image_tokens: ``[Ni, n1, d]``.
@@ -97,23 +157,7 @@ def filip_scores(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
         text_mask: ``[Nt, n2]`` bool, True at real tokens (each row needs at least one).
         image_mask: optional ``[Ni, n1]`` bool restricting the patches (region scoring); None = all patches.
     """
-    ni, n1, d = image_tokens.shape
-    nt, n2, _ = text_tokens.shape
-    tmask = text_mask.bool()
-    sim = (image_tokens.reshape(ni * n1, d) @ text_tokens.reshape(nt * n2, d).T).view(ni, n1, nt, n2)
-    neg_inf = max_mask_value(sim.dtype)
-    # image -> text: max over real text tokens, mean over (real) patches
-    per_patch = sim.masked_fill(~tmask[None, None], neg_inf).amax(dim=3)  # [ni, n1, nt]
-    if image_mask is None:
-        s_i = per_patch.mean(dim=1)
-    else:
-        imask = image_mask.bool()[:, :, None]
-        s_i = per_patch.masked_fill(~imask, 0).sum(dim=1) / imask.sum(dim=1).clamp(min=1)
-    # text -> image: max over (real) patches, mean over real text tokens
-    if image_mask is not None:
-        sim = sim.masked_fill(~image_mask.bool()[:, :, None, None], neg_inf)
-    per_token = sim.amax(dim=1)  # [ni, nt, n2]
-    s_t = per_token.masked_fill(~tmask[None], 0).sum(dim=2) / tmask.sum(dim=1).clamp(min=1)[None]
+    s_i, s_t = _LateInteraction.apply(image_tokens, text_tokens, text_mask, image_mask)
     return FilipScores(s_i, s_t)
 
 

@@ -109,6 +109,8 @@ def pair_coalitions(g: int, k: int, p: int, device=None) -> Tuple[Tensor, Tensor
 
 TSA_VALUES = ("tower", "cached")
 TSA_SCORES = ("coalition_value", "interaction")
+#: what of the training game enters ``g_θ``'s features (:meth:`LOUPE.game_stats`)
+TSA_FEATURES = ("tower", "coalition", "image")
 
 LOSS_TERMS = {"cmc": 1.0, "tsa": 1.0, "fsa": 1.0, "nsi": 1.0, "tsa_box": 1.0}
 
@@ -173,6 +175,10 @@ class TsaCfg:
         every: the token game runs on every ``every``-th training step only (ℒ_TSA, its box term and its
             ℒ_NSI share are absent on the others; ``1``: every step). ``[I]``: the paper is silent on the cost; the
             boxes and confidences move slowly, so their targets need not be refreshed on every step.
+        features: the training game's values among ``g_θ``'s features (:meth:`LOUPE.game_stats`): ``tower``
+            (``u(A)``, ``u(N)``, ``u(N∖A)``, three game evaluations per coalition), ``coalition`` (``u(A)`` and
+            ``u(N)``: the complements ``N∖A``, nearly full images, were ~95 % of the feature passes) or ``image``
+            (``u(N)`` only, one evaluation per image: every other feature comes from the cached tokens). ``[I]``
     """
 
     target_images: int = 4
@@ -184,6 +190,7 @@ class TsaCfg:
     num_samples: Optional[int] = None
     bucket: int = 1
     every: int = 1
+    features: str = "tower"
 
 
 FSA_VALUES = ("pooled", "late")
@@ -278,6 +285,8 @@ class LoupeCfg:
             raise SpecError(f"loupe.tsa.value: unknown {cfg.tsa.value!r}; known: {list(TSA_VALUES)}")
         if cfg.tsa.score not in TSA_SCORES:
             raise SpecError(f"loupe.tsa.score: unknown {cfg.tsa.score!r}; known: {list(TSA_SCORES)}")
+        if cfg.tsa.features not in TSA_FEATURES:
+            raise SpecError(f"loupe.tsa.features: unknown {cfg.tsa.features!r}; known: {list(TSA_FEATURES)}")
         for key in ("bucket", "every"):
             if not isinstance(getattr(cfg.tsa, key), int) or getattr(cfg.tsa, key) < 1:
                 raise SpecError(f"loupe.tsa.{key} must be an integer >= 1, got {getattr(cfg.tsa, key)!r}")
@@ -401,13 +410,24 @@ class LOUPE(DualEncoder):
                                drop=self.cfg.tsa.drop, bucket=self.cfg.tsa.bucket)
 
     @staticmethod
-    def game_stats(game, members: Tensor) -> Tensor:
-        """``[T, C, 3]`` = ``[v(A), v(N), v(N∖A)]`` of each coalition under ``game`` (features for ``g_θ``)."""
+    def game_stats(game, members: Tensor, features: str = "tower") -> Tensor:
+        """``[T, C, 3]`` = ``[u(A), u(N), u(N∖A)]`` of each coalition under ``game`` (features for ``g_θ``).
+
+        ``features`` (``loupe.tsa.features``) says which are evaluated: ``tower`` all three; ``coalition`` ``u(A)``
+        and ``u(N)``, with ``u(N) − u(A)`` in the third column (the additive guess of ``u(N∖A)``); ``image``
+        ``u(N)`` only, the other two columns 0. One game evaluation per image plus ``C`` (``coalition``) or ``2C``
+        (``tower``) per image."""
         t, c, n = members.shape
         full = torch.ones(t, 1, n, dtype=torch.bool, device=members.device)
-        vals = game(torch.cat([members, ~members, full], dim=1)).float()
-        v_a, v_rest, v_n = vals[:, :c], vals[:, c : 2 * c], vals[:, 2 * c :]
-        return torch.stack([v_a, v_n.expand(t, c), v_rest], dim=-1)
+        parts = {"tower": [members, ~members, full], "coalition": [members, full], "image": [full]}[features]
+        vals = game(torch.cat(parts, dim=1)).float()
+        v_n = vals[:, -1:].expand(t, c)
+        if features == "image":
+            zero = torch.zeros_like(v_n)
+            return torch.stack([zero, v_n, zero], dim=-1)
+        v_a = vals[:, :c]
+        v_rest = vals[:, c : 2 * c] if features == "tower" else v_n - v_a
+        return torch.stack([v_a, v_n, v_rest], dim=-1)
 
     def tsa_problem(self, emb: Mapping[str, Tensor], boxes: Tensor, logits: Tensor,
                     batch: Optional[Mapping[str, Any]] = None) -> "TsaProblem":
@@ -432,7 +452,7 @@ class LOUPE(DualEncoder):
         members = member_masks(cand, grid)  # [T, C', N]
         pixels = None if batch is None or "pixels" not in batch else batch["pixels"][:t_img]
         game = self.token_game(pixels, tokens, text)
-        stats = self.game_stats(game, members)
+        stats = self.game_stats(game, members, self.cfg.tsa.features)
         feats = tsa_features(tokens, text, members, cand, stats)
         valid = members.sum(-1) >= 1
         return TsaProblem(game, members, valid, feats, sel_boxes, sel_logits, cand, stats)
