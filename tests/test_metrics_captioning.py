@@ -64,10 +64,9 @@ def test_java_path_ptb_tokenizer_and_meteor():
     assert out.gts[1][1] == "a red circle and a blue square"
 
 
-def test_caption_head_learns_and_beam1_equals_greedy():
+def test_caption_head_learns_and_beam1_equals_greedy(one_torch_thread):
     from loupe_bench.tasks.caption_head import CaptionHeadConfig, Vocab, train_caption_head
 
-    torch.set_num_threads(1)
     feats = torch.zeros(4, 3, 8)
     for i in range(4):
         feats[i, :, i] = 1.0

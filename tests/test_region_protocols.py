@@ -88,6 +88,30 @@ def test_region_scoring_is_validated():
         load_task(fast("synthetic-grounding-gt-boxes", region_scoring="mine"))
 
 
+def test_proposal_sources_have_one_spelling_in_every_box_task():
+    """Detection, grounding and phrase grounding take their candidates from ``PROPOSAL_SOURCES`` under the same
+    names: the ground-truth boxes are ``gt-boxes`` in every shipped spec and every box task type; ``gt`` is
+    refused."""
+    from loupe_bench.errors import SpecError
+    from loupe_bench.specs import spec_files
+    from loupe_bench.tasks import load_task
+    from loupe_bench.tasks.proposals import GT_BOXES, PROPOSAL_SOURCES
+
+    assert GT_BOXES == "gt-boxes" and PROPOSAL_SOURCES.names() == ["grid", "gt-boxes", "native"]
+    used = {}
+    for f in spec_files("tasks"):
+        spec = load_task(f)
+        if "proposals" in spec.options:
+            used.setdefault(spec.type, set()).add(spec.options["proposals"])
+    assert set(used) == {"detection", "grounding", "phrase-grounding"}
+    assert all(GT_BOXES in names and names <= set(PROPOSAL_SOURCES.names()) for names in used.values()), used
+    for task in ("synthetic-detection-gt", "synthetic-grounding-gt-boxes", "synthetic-phrase-grounding-gt-boxes"):
+        for source in PROPOSAL_SOURCES.names():
+            assert load_task(fast(task, proposals=source)).options["proposals"] == source
+        with pytest.raises(SpecError, match="proposals must be one of grid, gt-boxes, native"):
+            load_task(fast(task, proposals="gt"))
+
+
 # ------------------------------------------------------------------------------------------------ grounding extras
 def _box(ann_id, cat, colour, bbox=(0, 0, 10, 10)):
     from loupe_bench.data.records import BoxAnnotation

@@ -1,4 +1,4 @@
-"""Noun-phrase spans for real captions (issue 4): spaCy noun chunks -> ``phrases.json`` sidecar.
+"""Noun-phrase spans for real captions (the phrases LOUPE grounds): spaCy noun chunks -> ``phrases.json`` sidecar.
 
 spaCy is an optional dependency; without it (or without an English pipeline) :func:`load_parser` raises a
 one-line :class:`~loupe_bench.errors.DataError` that says how to install one.

@@ -322,43 +322,87 @@ def filip_similarity(image_tokens: Tensor, text_tokens: Tensor, text_mask: Tenso
             repeated for several images, have equal scores by definition) and copy its columns to the repeats
             (when the text tokens hold at most :data:`DEDUPE_MAX_ELEMENTS` values).
     """
-    ni, n1, _ = image_tokens.shape
+    ni = image_tokens.shape[0]
     nt, n2, d = text_tokens.shape
     if max_chunk_elements is None:
         max_chunk_elements = default_chunk_elements(image_tokens.device)
     tmask = text_mask.bool().to(text_tokens.device)
     if dedupe and 1 < nt and nt * n2 * d <= DEDUPE_MAX_ELEMENTS:
-        real = torch.where(tmask[..., None], text_tokens, torch.zeros((), dtype=text_tokens.dtype,
-                                                                      device=text_tokens.device))
-        key = torch.cat([real.reshape(nt, n2 * d).float(), tmask.float()], dim=1)
-        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
-        if uniq.shape[0] < nt:
-            first = torch.full((uniq.shape[0],), nt, dtype=torch.long, device=inverse.device).scatter_reduce_(
-                0, inverse, torch.arange(nt, device=inverse.device), reduce="amin")
-            part = filip_similarity(image_tokens, text_tokens[first], tmask[first], image_chunk, max_chunk_elements,
-                                    out_device, length_buckets=length_buckets, dedupe=False)
-            cols = inverse.to(part.i2t.device)
-            return FilipScores(part.i2t[:, cols], part.t2i[:, cols])
+        deduped = _filip_similarity_deduped(image_tokens, text_tokens, tmask, image_chunk, max_chunk_elements,
+                                            out_device, length_buckets)
+        if deduped is not None:
+            return deduped
     lengths = tmask.sum(dim=1)
     if length_buckets and nt > 1 and bool((lengths < n2).any()):
-        # texts grouped by real length and packed (real tokens first, in order): no padded column is scored
-        s_i = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
-        s_t = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
-        for length in torch.unique(lengths).tolist():
-            cols = (lengths == length).nonzero().squeeze(1)
-            sub_tok, sub_mask = text_tokens[cols], tmask[cols]
-            if length > 0:
-                order = torch.argsort((~sub_mask).to(torch.int8), dim=1, stable=True)[:, :length]
-                sub_tok = torch.gather(sub_tok, 1, order[..., None].expand(-1, -1, d))
-                sub_mask = torch.ones(len(cols), length, dtype=torch.bool, device=tmask.device)
-            part = filip_similarity(image_tokens, sub_tok, sub_mask, image_chunk, max_chunk_elements, out_device,
-                                    length_buckets=False, dedupe=False)
-            cols_out = cols.to(out_device)
-            s_i[:, cols_out] = part.i2t
-            s_t[:, cols_out] = part.t2i
-        return FilipScores(s_i, s_t)
+        return _filip_similarity_bucketed(image_tokens, text_tokens, tmask, lengths, image_chunk, max_chunk_elements,
+                                          out_device)
     if nt and ni and bool(tmask.all()):
         return _filip_similarity_unpadded(image_tokens, text_tokens, image_chunk, max_chunk_elements, out_device)
+    return _filip_similarity_masked(image_tokens, text_tokens, tmask, image_chunk, max_chunk_elements, out_device)
+
+
+def _filip_similarity_deduped(image_tokens: Tensor, text_tokens: Tensor, tmask: Tensor, image_chunk: int,
+                              max_chunk_elements: int, out_device: str,
+                              length_buckets: bool) -> Optional[FilipScores]:
+    """:func:`filip_similarity` scoring each distinct text once; ``None`` when every text is distinct.
+
+    Two texts are equal when their masks and their real-token features are (padded positions are zeroed in the
+    key), so they have equal scores by definition: text ``j`` takes the columns of the first text ``first[u]`` of
+    its class ``u = inverse[j]``, ``s[:, j] = s_unique[:, inverse[j]]``.
+    """
+    nt, n2, d = text_tokens.shape
+    real = torch.where(tmask[..., None], text_tokens, torch.zeros((), dtype=text_tokens.dtype,
+                                                                  device=text_tokens.device))
+    key = torch.cat([real.reshape(nt, n2 * d).float(), tmask.float()], dim=1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if uniq.shape[0] >= nt:
+        return None
+    first = torch.full((uniq.shape[0],), nt, dtype=torch.long, device=inverse.device).scatter_reduce_(
+        0, inverse, torch.arange(nt, device=inverse.device), reduce="amin")
+    part = filip_similarity(image_tokens, text_tokens[first], tmask[first], image_chunk, max_chunk_elements,
+                            out_device, length_buckets=length_buckets, dedupe=False)
+    cols = inverse.to(part.i2t.device)
+    return FilipScores(part.i2t[:, cols], part.t2i[:, cols])
+
+
+def _filip_similarity_bucketed(image_tokens: Tensor, text_tokens: Tensor, tmask: Tensor, lengths: Tensor,
+                               image_chunk: int, max_chunk_elements: int, out_device: str) -> FilipScores:
+    """:func:`filip_similarity` with the texts grouped by real length ``L`` and packed (real tokens first, in
+    order, to ``[n_L, L, d]`` with an all-true mask): no padded column is scored, and each group's columns are
+    written back to their places in the ``[Ni, Nt]`` results."""
+    ni = image_tokens.shape[0]
+    nt, _, d = text_tokens.shape
+    s_i = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
+    s_t = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
+    for length in torch.unique(lengths).tolist():
+        cols = (lengths == length).nonzero().squeeze(1)
+        sub_tok, sub_mask = text_tokens[cols], tmask[cols]
+        if length > 0:
+            order = torch.argsort((~sub_mask).to(torch.int8), dim=1, stable=True)[:, :length]
+            sub_tok = torch.gather(sub_tok, 1, order[..., None].expand(-1, -1, d))
+            sub_mask = torch.ones(len(cols), length, dtype=torch.bool, device=tmask.device)
+        part = filip_similarity(image_tokens, sub_tok, sub_mask, image_chunk, max_chunk_elements, out_device,
+                                length_buckets=False, dedupe=False)
+        cols_out = cols.to(out_device)
+        s_i[:, cols_out] = part.i2t
+        s_t[:, cols_out] = part.t2i
+    return FilipScores(s_i, s_t)
+
+
+def _filip_similarity_masked(image_tokens: Tensor, text_tokens: Tensor, tmask: Tensor, image_chunk: int,
+                             max_chunk_elements: int, out_device: str) -> FilipScores:
+    """:func:`filip_similarity` on padded texts: the mask is applied inside the product.
+
+    Blocks of ``ci`` images × ``ct`` texts (:func:`filip_chunk_shape`) are one product
+    ``[ci·n1, d'] @ [d', ct·n2]`` of :func:`_augment`-ed tokens whose extra coordinate is 1 for patches and
+    ``0`` / ``-MASK_VALUE`` for real / padded text tokens, so a padded token never wins a max; then
+
+        ``s^I_{i,j} = (1/n1) Σ_k max_r sim[i, k, j, r]``
+
+        ``s^T_{i,j} = (Σ_{r real} max_k sim[i, k, j, r]) / #real_j``
+    """
+    ni, n1, _ = image_tokens.shape
+    nt, n2, _ = text_tokens.shape
     counts = tmask.sum(dim=1).clamp(min=1).to(torch.float32)
     s_i = torch.empty(ni, nt, dtype=torch.float32, device=out_device)
     s_t = torch.empty(ni, nt, dtype=torch.float32, device=out_device)

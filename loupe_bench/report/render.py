@@ -326,16 +326,7 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     out_dir = Path(out_dir)
     title = title or f"loupe-bench report: {results_dir.name}"
     if not quiet:
-        from rich.console import Console
-
-        console = console or Console()
-        console.print(f"[bold]{title}[/bold]")
-        for line in CONSOLE_LEGEND:
-            console.print(line)
-        for t in console_tables(headline if headline.columns else table, width=max(40, console.width)):
-            console.print(t)
-        for n in table.notes:
-            console.print(f"[yellow]note:[/yellow] {n}")
+        _print_console(console, title, headline if headline.columns else table, table.notes)
     csv_path = md_path = html_path = None
     metadata = run_metadata(raw, ctx["manifest"], runs, world_dir)      # type: ignore[arg-type]
     statement = scope_statement([r.dataset for r in rows])
@@ -346,33 +337,66 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
         md_path = out_dir / "report.md"
         atomic_write_text(md_path, markdown_header(title, metadata, statement) + markdown_table(table))
     if html:
-        from .plots import metric_bars, model_colours, training_curves
-
-        colours = model_colours(list(table.models) + list(runs))     # one colour per model for every figure
-
-        unavailable: Dict[str, str] = {}
-        for obj in raw:
-            for k, v in (obj.get("unavailable") or {}).items():
-                unavailable[f"{obj['model']['name']} / {obj['task']['name']} / {k}"] = str(v)
-        notes: List[str] = []
-        logs = {name: Path(p) / "log.jsonl" for name, p in runs.items() if (Path(p) / "log.jsonl").is_file()}
-        curves = training_curves(logs, colours)
-        explanations = []
-        name = explained_run(list(runs))
-        if name is not None and world_dir is not None:
-            from .explain import explanation_figures
-
-            run_dir = runs[name]
-            try:
-                explanations = explanation_figures(run_dir, world_dir, n_images=explain_images, label=name)
-            except LoupeBenchError as exc:
-                notes.append(f"LOUPE explanations unavailable: {exc}")
-        elif name is None:
-            notes.append("LOUPE explanations: no LOUPE run directory found beside the results")
-        else:
-            notes.append("LOUPE explanations: the synthetic world was not found beside the results")
         html_path = out_dir / "report.html"
-        atomic_write_text(html_path, html_report(table, title=title, bars=metric_bars(table, colours=colours),
-                                                 curves=curves, explanations=explanations, notes=notes,
-                                                 unavailable=unavailable, metadata=metadata, statement=statement))
+        atomic_write_text(html_path, _html_page(table, raw, runs, world_dir, explain_images, title=title,
+                                                metadata=metadata, statement=statement))
     return ReportPaths(csv_path, md_path, html_path, table)
+
+
+def _print_console(console, title: str, shown: ResultTable, notes: Sequence[str]) -> None:
+    """Print the title, :data:`CONSOLE_LEGEND`, the console tables of ``shown`` and the notes to ``console`` (a new
+    rich Console when None)."""
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(f"[bold]{title}[/bold]")
+    for line in CONSOLE_LEGEND:
+        console.print(line)
+    for t in console_tables(shown, width=max(40, console.width)):
+        console.print(t)
+    for n in notes:
+        console.print(f"[yellow]note:[/yellow] {n}")
+
+
+def _unavailable_metrics(raw) -> Dict[str, str]:
+    """``{"MODEL / TASK / METRIC": reason}`` for every metric a result JSON lists as unavailable."""
+    unavailable: Dict[str, str] = {}
+    for obj in raw:
+        for k, v in (obj.get("unavailable") or {}).items():
+            unavailable[f"{obj['model']['name']} / {obj['task']['name']} / {k}"] = str(v)
+    return unavailable
+
+
+def _explanations(runs: Dict[str, Path], world_dir, explain_images: int, notes: List[str]) -> List:
+    """LOUPE's explanation figures for the run :func:`explained_run` picks; when there are none, why goes to
+    ``notes``."""
+    name = explained_run(list(runs))
+    if name is not None and world_dir is not None:
+        from .explain import explanation_figures
+
+        try:
+            return explanation_figures(runs[name], world_dir, n_images=explain_images, label=name)
+        except LoupeBenchError as exc:
+            notes.append(f"LOUPE explanations unavailable: {exc}")
+    elif name is None:
+        notes.append("LOUPE explanations: no LOUPE run directory found beside the results")
+    else:
+        notes.append("LOUPE explanations: the synthetic world was not found beside the results")
+    return []
+
+
+def _html_page(table: ResultTable, raw, runs: Dict[str, Path], world_dir, explain_images: int, *, title: str,
+               metadata: Sequence[Tuple[str, str]], statement: Optional[str]) -> str:
+    """The HTML report of :func:`report`: :func:`html_report` with the metric bars, the training curves of the
+    runs' ``log.jsonl`` and LOUPE's explanations (one colour per model in every figure)."""
+    from .plots import metric_bars, model_colours, training_curves
+
+    colours = model_colours(list(table.models) + list(runs))     # one colour per model for every figure
+    unavailable = _unavailable_metrics(raw)
+    notes: List[str] = []
+    logs = {name: Path(p) / "log.jsonl" for name, p in runs.items() if (Path(p) / "log.jsonl").is_file()}
+    curves = training_curves(logs, colours)
+    explanations = _explanations(runs, world_dir, explain_images, notes)
+    return html_report(table, title=title, bars=metric_bars(table, colours=colours), curves=curves,
+                       explanations=explanations, notes=notes, unavailable=unavailable, metadata=metadata,
+                       statement=statement)

@@ -1,4 +1,4 @@
-"""Zero-shot detection: proposals (``native`` | ``grid`` | ``gt``) scored against class prompts with the spec's
+"""Zero-shot detection: proposals (``native`` | ``grid`` | ``gt-boxes``) scored against class prompts with the spec's
 region scorer (``options.region_scoring``: ``shared`` or ``native``; :mod:`loupe_bench.tasks.region_scoring`),
 per-class NMS, COCOeval AP / AP50 / AP75; for ``grid`` and ``native`` proposals also ``proposal_recall@K`` (the
 fraction of ground-truth objects matched at IoU ≥ 0.5 by the first K proposals, :mod:`.proposals`).
@@ -27,7 +27,7 @@ from .common import (
 )
 from .metrics.bootstrap import resample_indices
 from .metrics.detection import AP_NAMES, COCOMatches, per_class_nms
-from .proposals import PROPOSAL_SOURCES, proposal_recall_items
+from .proposals import GT_BOXES, PROPOSAL_SOURCES, proposal_recall_items
 from .region_scoring import REGION_SCORERS, check_region_scoring
 
 
@@ -50,7 +50,7 @@ class ZeroShotDetectionTask(TaskAdapter):
 
     @dataclass
     class Options:
-        proposals: str = "grid"  # native | grid | gt
+        proposals: str = "grid"  # native | grid | gt-boxes
         templates: List[str] = field(default_factory=lambda: ["a photo of a {}."])
         logit_scale: float = 100.0
         nms_iou: float = 0.5
@@ -124,7 +124,7 @@ class ZeroShotDetectionTask(TaskAdapter):
                 ci[n] = [float(lo), float(hi)]
         for name in wanted:
             res.metrics[name] = MetricValue(base[name], ci.get(name), "fraction")
-        if self.opts.proposals != "gt":
+        if self.opts.proposals != GT_BOXES:
             recall = proposal_recall_items(props, images, self.opts.recall_k, 0.5)
             rname = f"proposal_recall@{self.opts.recall_k}"
             res.metrics[rname] = mean_metric(recall, self.spec)

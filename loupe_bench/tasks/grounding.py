@@ -51,10 +51,9 @@ from .common import (
     to_device,
 )
 from .metrics.grounding import box_iou, xywh_to_xyxy
-from .proposals import PROPOSAL_SOURCES, proposal_recall_items
+from .proposals import GT_BOXES, PROPOSAL_SOURCES, proposal_recall_items
 from .region_scoring import REGION_SCORERS, check_region_scoring
 
-_SOURCES = {"gt-boxes": "gt", "grid": "grid", "native": "native"}
 QUERY_KINDS = ("sentence", "head-phrase")
 CHANCE, ORACLE = "chance", "attribute-oracle"
 
@@ -139,14 +138,14 @@ def ground_queries(adapter: "GroundingTask", model, images, queries: Dict[int, L
         if not (im.width and im.height):
             raise DataError("image size unknown", record=im.image_id)
     img = encode_images(model, [im.path for im in ims], adapter.spec, device, desc=f"{split} images")
-    props = PROPOSAL_SOURCES.get(_SOURCES[opts.proposals])(
+    props = PROPOSAL_SOURCES.get(opts.proposals)(
         model, img, ims, top_k=opts.top_k_proposals, scales=opts.grid_scales, device=device)
     texts = [q.text for i in image_ids for q in queries[i]]
     txt = encode_texts(model, texts, adapter.spec, device, desc="queries")
     score = REGION_SCORERS.get(opts.region_scoring)
     thr = opts.iou_threshold
     hits, chance, oracle = [], [], []
-    use_oracle = opts.proposals == "gt-boxes" and any(b.attributes for im in ims for b in im.boxes)
+    use_oracle = opts.proposals == GT_BOXES and any(b.attributes for im in ims for b in im.boxes)
     offset = 0
     with progress_bar(f"ground {split}", len(ims)) as advance, torch.no_grad():
         for n, (iid, im) in enumerate(zip(image_ids, ims)):
@@ -170,7 +169,7 @@ def ground_queries(adapter: "GroundingTask", model, images, queries: Dict[int, L
                     k = oracle_pick(query.text, im.boxes, categories)
                     oracle.append(float(k >= 0 and bool(ok[k, j])))
             advance(1)
-    recall_items = proposal_recall_items(props, ims, opts.recall_k, thr) if opts.proposals != "gt-boxes" else None
+    recall_items = proposal_recall_items(props, ims, opts.recall_k, thr) if opts.proposals != GT_BOXES else None
     return Grounded(np.asarray(hits), np.asarray(chance), np.asarray(oracle) if use_oracle else None,
                     float(np.mean([len(p[0]) for p in props])), recall_items)
 
@@ -181,7 +180,7 @@ class GroundingTask(TaskAdapter):
 
     @dataclass
     class Options:
-        proposals: str = "gt-boxes"  # gt-boxes | grid | native
+        proposals: str = GT_BOXES  # gt-boxes | grid | native (:data:`~.proposals.PROPOSAL_SOURCES`)
         iou_threshold: float = 0.5
         top_k_proposals: int = 100
         grid_scales: Tuple[int, ...] = (1, 2, 3, 4)
@@ -193,8 +192,9 @@ class GroundingTask(TaskAdapter):
         reference_rows: bool = True  # chance and attribute-oracle rows
 
         def __post_init__(self):
-            if self.proposals not in _SOURCES:
-                raise ValueError(f"proposals must be one of {', '.join(_SOURCES)}, got {self.proposals!r}")
+            if self.proposals not in PROPOSAL_SOURCES:
+                known = ", ".join(PROPOSAL_SOURCES.names())
+                raise ValueError(f"proposals must be one of {known}, got {self.proposals!r}")
             self.grid_scales = tuple(int(s) for s in self.grid_scales)
             check_region_scoring(self.region_scoring)
             if self.query not in QUERY_KINDS:

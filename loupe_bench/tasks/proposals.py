@@ -4,14 +4,16 @@
 * ``grid``: one fixed multi-scale box set, identical for every model and image: square windows of side
   ``1/n`` of the image for ``n`` in ``scales``, slid with stride ``1/(2n)`` (``(2n - 1)^2`` windows per scale;
   scales (1, 2, 3, 4) give 1 + 9 + 25 + 49 = 84 boxes), plus, per scale, the same windows stretched 2:1 and 1:2.
-* ``gt``: the image's ground-truth boxes (oracle localisation; detection then measures classification only).
+* ``gt-boxes`` (:data:`GT_BOXES`): the image's ground-truth boxes (oracle localisation; detection then measures
+  classification only; grounding then picks among the image's objects, ReCLIP's zero-shot setting).
 
 Each source returns, per image, normalised ``xyxy`` boxes ``[K, 4]`` and an objectness ``[K]`` in ``[0, 1]``
-(1 for grid and gt), best first: native by objectness, grid coarse to fine.
+(1 for grid and gt-boxes), best first: native by objectness, grid coarse to fine.
 
 Proposal recall (:func:`proposal_recall_items`), a metric of the detection and grounding tasks: the fraction of
 ground-truth objects matched at IoU ≥ t by any of a source's first ``K`` proposals — for every source at the same
-``K`` (for the grid: its ``K`` coarsest windows).
+``K`` (for the grid: its ``K`` coarsest windows). The ground-truth source has none (its recall is 1 by
+construction).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from ..errors import SpecError
 from ..registry import Registry
 
 PROPOSAL_SOURCES = Registry("proposal source")
+#: the registered name of the ground-truth source (the one spelling in task specs, results and docs)
+GT_BOXES = "gt-boxes"
 
 Proposals = List[Tuple[Tensor, Tensor]]
 
@@ -56,7 +60,7 @@ def grid_proposals(model, img_feats, images, top_k: int = 100, scales=(1, 2, 3, 
     return [(g.clone(), torch.ones(len(g))) for _ in images]
 
 
-@PROPOSAL_SOURCES.register("gt")
+@PROPOSAL_SOURCES.register(GT_BOXES)
 def gt_proposals(model, img_feats, images, top_k: int = 100, scales=None, device: str = "cpu") -> Proposals:
     """The image's ground-truth boxes (objectness 1)."""
     out = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ...errors import DataError
 from ...utils.io import read_json
@@ -24,7 +24,10 @@ def default_image_root(json_path: Path) -> Path:
 
 
 def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optional[str]) -> DatasetRecords:
-    """Read a COCO-style instances file with ``loader``'s bad-sample policy (shared by coco and refer)."""
+    """Read a COCO-style instances file with ``loader``'s bad-sample policy (shared by coco and refer).
+
+    Categories are read first, then images, then annotations (each checked against the images and categories kept
+    so far); ``loader.dropped_image_ids`` is left holding the ids of images skipped as bad."""
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError("expected a COCO object with an 'images' list", file=str(path))
@@ -33,18 +36,34 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
     if not isinstance(cats, list) or not isinstance(anns, list):
         raise DataError("'categories' and 'annotations' must be lists", file=str(path))
     out = DatasetRecords(name=loader.name, source=str(path))
+    _parse_categories(loader, cats, path, out.categories)
+    # images skipped as bad: their annotations go with them silently (the image's error is already reported)
+    dropped = loader.dropped_image_ids = set()
+    images, order = _parse_images(loader, data["images"], path, image_root, dropped)
+    _parse_annotations(loader, anns, path, images, out.categories, dropped)
+    out.images.extend(_image_record(iid, images[iid], split) for iid in order)
+    return out
+
+
+def _parse_categories(loader: Loader, cats: List[Any], path: Path, categories: Dict[int, str]) -> None:
+    """Fill ``categories`` (id -> name) from the COCO ``categories`` list; a bad entry is reported and skipped."""
     for idx, c in enumerate(cats):
 
         def parse_category(c=c, rec=f"category #{idx}"):
             cid = as_int(require(c, "id", path, rec), "category id", path, rec)
-            out.categories[cid] = str(require(c, "name", path, f"category {cid}"))
+            categories[cid] = str(require(c, "name", path, f"category {cid}"))
 
         loader.guard(parse_category)
+
+
+def _parse_images(loader: Loader, entries: List[Any], path: Path, image_root: Path,
+                  dropped: set) -> Tuple[Dict[int, Dict[str, Any]], List[int]]:
+    """The COCO ``images`` list as ``({id: fields}, ids in file order)``; the ids of bad images go to ``dropped``.
+
+    With ``loader.verify_images`` each file is decoded and its size must match the recorded one (when given)."""
     images: Dict[int, Dict[str, Any]] = {}
     order: List[int] = []
-    # images skipped as bad: their annotations go with them silently (the image's error is already reported)
-    dropped = loader.dropped_image_ids = set()
-    for idx, im in enumerate(data["images"]):
+    for idx, im in enumerate(entries):
         rec = im.get("id", f"#{idx}") if isinstance(im, dict) else f"#{idx}"
 
         def parse_image(im=im, rec=rec):
@@ -71,6 +90,16 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
             order.append(got[0])
         elif isinstance(im, dict) and isinstance(im.get("id"), int):
             dropped.add(im["id"])
+    return images, order
+
+
+def _parse_annotations(loader: Loader, anns: List[Any], path: Path, images: Dict[int, Dict[str, Any]],
+                       categories: Dict[int, str], dropped: set) -> None:
+    """Append each COCO annotation as a :class:`BoxAnnotation` to its image's ``boxes``.
+
+    Annotations of a ``dropped`` image are skipped silently; an unknown image or category id, a duplicate
+    annotation id, a bad box or an ``iscrowd`` other than 0/1 is reported and skipped. Any string-valued key that
+    is not one of :data:`COCO_ANNOTATION_KEYS` is kept as an attribute."""
     seen_anns = set()
     for idx, a in enumerate(anns):
         rec = f"annotation {a.get('id', '#' + str(idx)) if isinstance(a, dict) else '#' + str(idx)}"
@@ -85,7 +114,7 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
             if iid not in images:
                 raise DataError(f"points at unknown image id {iid}", file=str(path), record=rec)
             cid = as_int(require(a, "category_id", path, rec), "category_id", path, rec)
-            if out.categories and cid not in out.categories:
+            if categories and cid not in categories:
                 raise DataError(f"unknown category id {cid}", file=str(path), record=rec)
             im = images[iid]
             box = check_bbox(require(a, "bbox", path, rec), im["width"], im["height"], path, rec)
@@ -101,20 +130,19 @@ def parse_instances(loader: Loader, path: Path, image_root: Path, split: Optiona
             )
 
         loader.guard(parse_ann)
-    for iid in order:
-        im = images[iid]
-        out.images.append(
-            ImageRecord(
-                image_id=iid,
-                file_name=im["file_name"],
-                path=im["path"],
-                split=split,
-                width=None if im["width"] is None else int(im["width"]),
-                height=None if im["height"] is None else int(im["height"]),
-                boxes=tuple(im["boxes"]),
-            )
-        )
-    return out
+
+
+def _image_record(iid: int, im: Dict[str, Any], split: Optional[str]) -> ImageRecord:
+    """One parsed image (with its boxes) as an :class:`ImageRecord`."""
+    return ImageRecord(
+        image_id=iid,
+        file_name=im["file_name"],
+        path=im["path"],
+        split=split,
+        width=None if im["width"] is None else int(im["width"]),
+        height=None if im["height"] is None else int(im["height"]),
+        boxes=tuple(im["boxes"]),
+    )
 
 
 @DATASETS.register("coco")

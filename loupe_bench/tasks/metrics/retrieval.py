@@ -146,32 +146,8 @@ def stable_ranks(scores: Tensor, best: np.ndarray, split: np.ndarray, query_axis
 
     def count(job):
         q0, g0 = job
-        q1, g1 = min(n_q, q0 + qb), min(n_g, g0 + gb)
-        b, sp = best[q0:q1], split[q0:q1]
-        thr = np.where(sp >= g1, lo[q0:q1], b)
-        inside = np.flatnonzero((sp >= g0) & (sp < g1))
-        if query_axis == 0:
-            t = _tile(scores, slice(q0, q1), slice(g0, g1))
-            if check_nan and np.isnan(t).any():
-                raise DataError("score matrix holds NaN values")
-            n = np.count_nonzero(t > thr[:, None], axis=1)
-            if inside.size:
-                sub = t[inside]
-                before = np.arange(g0, g1)[None, :] < sp[inside, None]
-                n[inside] += np.count_nonzero((sub == b[inside, None]) & before, axis=1)
-        else:
-            t = _tile(scores, slice(g0, g1), slice(q0, q1))
-            if check_nan and np.isnan(t).any():
-                raise DataError("score matrix holds NaN values")
-            above = (t > thr[None, :]).view(np.uint8)
-            n = np.zeros(q1 - q0, dtype=np.int64)
-            for r in range(0, above.shape[0], U8_RUN):  # <= 255 ones per column: exact in uint8
-                n += above[r : r + U8_RUN].sum(axis=0, dtype=np.uint8)
-            if inside.size:
-                sub = t[:, inside]
-                before = np.arange(g0, g1)[:, None] < sp[None, inside]
-                n[inside] += np.count_nonzero((sub == b[None, inside]) & before, axis=0)
-        return q0, n
+        return q0, _count_tile(scores, best, lo, split, query_axis, (q0, min(n_q, q0 + qb)), (g0, min(n_g, g0 + gb)),
+                               check_nan)
 
     jobs = [(q0, g0) for g0 in range(0, n_g, gb) for q0 in range(0, n_q, qb)]
     workers = _workers()
@@ -183,10 +159,57 @@ def stable_ranks(scores: Tensor, best: np.ndarray, split: np.ndarray, query_axis
     for q0, n in results:
         out[q0 : q0 + n.size] += n
     for q in np.flatnonzero(best == -np.inf):  # nothing below -inf: count this query directly
-        v = _tile(scores, slice(q, q + 1), slice(None)).ravel() if query_axis == 0 else \
-            _tile(scores, slice(None), slice(q, q + 1)).ravel()
-        out[q] = np.count_nonzero(v > best[q]) + np.count_nonzero(v[: split[q]] == best[q])
+        out[q] = _count_query(scores, best[q], split[q], query_axis, q)
     return out
+
+
+def _count_tile(scores: Tensor, best: np.ndarray, lo: np.ndarray, split: np.ndarray, query_axis: int,
+                queries: tuple, gallery: tuple, check_nan: bool) -> np.ndarray:
+    """The part of :func:`stable_ranks` that gallery block ``[a, c)`` adds to the queries ``[q0, q1)``.
+
+        n_q = #{a <= g < c : s_qg > t_q} + 1[a <= p_q < c] * #{a <= g < p_q : s_qg = b_q},
+        t_q = b_q^- if p_q >= c else b_q
+
+    ``queries = (q0, q1)``, ``gallery = (a, c)``; ``lo`` holds ``b^-``. When queries are columns
+    (``query_axis == 1``) the boolean tile is summed down its rows as uint8 in runs of at most 255 rows (exact).
+
+    Returns:
+        ``[q1 - q0]`` int64 counts.
+    """
+    (q0, q1), (g0, g1) = queries, gallery
+    b, sp = best[q0:q1], split[q0:q1]
+    thr = np.where(sp >= g1, lo[q0:q1], b)
+    inside = np.flatnonzero((sp >= g0) & (sp < g1))
+    if query_axis == 0:
+        t = _tile(scores, slice(q0, q1), slice(g0, g1))
+        if check_nan and np.isnan(t).any():
+            raise DataError("score matrix holds NaN values")
+        n = np.count_nonzero(t > thr[:, None], axis=1)
+        if inside.size:
+            sub = t[inside]
+            before = np.arange(g0, g1)[None, :] < sp[inside, None]
+            n[inside] += np.count_nonzero((sub == b[inside, None]) & before, axis=1)
+    else:
+        t = _tile(scores, slice(g0, g1), slice(q0, q1))
+        if check_nan and np.isnan(t).any():
+            raise DataError("score matrix holds NaN values")
+        above = (t > thr[None, :]).view(np.uint8)
+        n = np.zeros(q1 - q0, dtype=np.int64)
+        for r in range(0, above.shape[0], U8_RUN):  # <= 255 ones per column: exact in uint8
+            n += above[r : r + U8_RUN].sum(axis=0, dtype=np.uint8)
+        if inside.size:
+            sub = t[:, inside]
+            before = np.arange(g0, g1)[:, None] < sp[None, inside]
+            n[inside] += np.count_nonzero((sub == b[None, inside]) & before, axis=0)
+    return n
+
+
+def _count_query(scores: Tensor, best: np.float32, split: np.int64, query_axis: int, q: int) -> int:
+    """``rank_q = #{g : s_qg > b_q} + #{g < p_q : s_qg = b_q}`` for one query counted over its whole row (or
+    column): used for ``b_q = -inf``, which has no float below it for the threshold of :func:`stable_ranks`."""
+    v = _tile(scores, slice(q, q + 1), slice(None)).ravel() if query_axis == 0 else \
+        _tile(scores, slice(None), slice(q, q + 1)).ravel()
+    return np.count_nonzero(v > best) + np.count_nonzero(v[:split] == best)
 
 
 def image_to_text_ranks(scores: Tensor, text_to_image: Sequence[int], chunk_size: int = 1024,
