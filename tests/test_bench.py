@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from loupe_bench.bench import load_all
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_OPTIONS = {
     "shapley": {"batch_size": 4, "train_batches": 2, "samples": (8,), "reference_samples": 32, "fsa_regions": 3,
@@ -20,6 +23,7 @@ TINY_OPTIONS = {
     "late-interaction": {"n_images": 6, "n_texts": 10, "n1": 4, "n2": 6, "d": 8},
     "retrieval-metric": {"n_images": 40, "captions_per_image": 3},
     "eval-throughput": {"size": "tiny", "models": ("clip-tiny", "filip-tiny")},
+    "gpu-check": {"tiny": True, "steps": 2, "warmup": 1, "batch": 4},
     "demo": {"full": False, "plan_changes": {"world_size": "tiny", "models": ["clip-tiny"],
                                              "recipe_overrides": {"steps": 2},
                                              "tasks": ["synthetic-retrieval", "synthetic-classification"]}},
@@ -54,6 +58,19 @@ def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
         assert rec["runs"]["quick"]["models"] == ["clip-tiny"] and rec["runs"]["quick"]["wall_s"] > 0
     if name == "train-step":
         assert any(x.endswith("/ clip-tiny") for x in labels)
+    if name == "gpu-check":  # the layout of the committed GPU record (the README performance block renders it)
+        committed = json.loads((ROOT / "results" / "benchmarks" / "gpu_check.json").read_text())
+        assert set(written) == set(committed) and set(written["config"]) == set(committed["config"])
+        assert set(written["ratios"]) == set(committed["ratios"]) and set(written["models"]) == {"clip", "filip", "loupe"}
+        for key, model in written["models"].items():  # peak GPU memory is recorded on CUDA only
+            assert set(model) | {"peak_memory_gib"} == set(committed["models"][key]), key
+            assert model["timed_steps"] == 2 and model["loss_finite"] and model["params_m"] > 0
+        assert labels == [f["label"] for f in committed["figures"]]
+        assert written["config"]["specs"] == ["clip-tiny", "filip-tiny", "loupe-tiny"]
+        models = written["models"]
+        ratio = next(f for f in rec["figures"] if f["label"] == "LOUPE / CLIP step time")
+        assert ratio["value"] == models["loupe"]["median_step_s"] / models["clip"]["median_step_s"]
+        assert ratio["target"] == "<= 1.3" and ratio["met"] == (ratio["value"] <= 1.3)
     if name == "train-throughput":  # the same backbone in both libraries: same parameters, the same function
         assert rec["params"]["ours"] == rec["params"]["open_clip"] > 0
         assert rec["same_function_max_abs_diff"] <= 1e-5
@@ -66,3 +83,35 @@ def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
         targeted = [f for f in ratios.values() if f["target"]]
         assert len(targeted) == 2 and all("GPU target" in f["target"] and f["met"] is None for f in targeted)  # CPU
         assert rec["loupe_logs"].get("routed_fraction", 0) > 0  # LOUPE timed past warm-up: the neural module routes
+
+
+def test_gpu_check_without_cuda_is_skipped_in_one_line(tmp_path, capsys):
+    from loupe_bench.bench.runner import run_benchmarks
+
+    assert run_benchmarks(["gpu-check"], repeat=1, out_dir=tmp_path, device="cpu") == []
+    lines = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+    assert len(lines) == 1 and "needs a CUDA device" in lines[0] and "gpu-check.tiny=true" in lines[0]
+    assert not (tmp_path / "gpu_check.json").exists()  # the committed GPU record is not overwritten by a CPU run
+
+
+@pytest.mark.parametrize("options, match", [({"shapley": {"train_steps": 1}}, "which is not run"),
+                                            ({"gpu-check": {"stepz": 1}}, "no option 'stepz'"),
+                                            ({"gpu-check": {"repeat": 2}}, "no option 'repeat'")])
+def test_bad_options_fail_before_anything_runs(options, match, tmp_path):
+    from loupe_bench.bench.runner import run_benchmarks
+    from loupe_bench.errors import SpecError
+
+    with pytest.raises(SpecError, match=match):
+        run_benchmarks(["gpu-check"], repeat=1, out_dir=tmp_path, **options)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_set_options():
+    from loupe_bench.cli.bench import parse_options
+    from loupe_bench.errors import SpecError
+
+    got = parse_options(("gpu-check.steps=100", "gpu-check.tiny=true", "gpu-check.specs=a,b,c", "demo.full=false"))
+    assert got == {"gpu-check": {"steps": 100, "tiny": True, "specs": "a,b,c"}, "demo": {"full": False}}
+    for bad in ("gpu-check.steps", "steps=1", ".steps=1", "gpu-check.=1", "gpu-check.steps=[1"):
+        with pytest.raises(SpecError, match="--set"):
+            parse_options((bad,))

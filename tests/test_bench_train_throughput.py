@@ -26,7 +26,7 @@ def _map(name: str) -> str:
 
 def test_open_clip_twin_is_the_same_model(tiny_world):
     open_clip = pytest.importorskip("open_clip")
-    from loupe_bench.bench.shapley import build_tiny, world_batches
+    from loupe_bench.bench.common import build_tiny, world_batches
     from loupe_bench.bench.train_throughput import n_params, open_clip_text, open_clip_twin
 
     model = build_tiny("clip-tiny", 0, tiny_world)

@@ -45,7 +45,7 @@ def test_matched_accuracy_zero_variance_game_matches_at_cheapest_rung():
     """On planted AND/OR games every Monte-Carlo sample is exact, so any M reaches the exact predictor's ρ = 1."""
     import torch
 
-    from loupe_bench.bench.shapley import matched_accuracy_speedup
+    from loupe_bench.bench.shapley_bench import matched_accuracy_speedup
 
     game, coal, exact = _planted()
     res = matched_accuracy_speedup(game, coal, lambda: exact, ladder=(8, 2, 4), reference_samples=64, draws=1,
@@ -64,7 +64,7 @@ def test_matched_accuracy_exact_predictor_on_noisy_game_is_unmatched():
     M and flagged matched=False; predictions one per valid coalition are accepted too."""
     import torch
 
-    from loupe_bench.bench.shapley import matched_accuracy_speedup
+    from loupe_bench.bench.shapley_bench import matched_accuracy_speedup
     from loupe_bench.shapley import TableGame, exact_coalition_value, exact_interaction
 
     gen = torch.Generator().manual_seed(1)

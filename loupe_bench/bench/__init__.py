@@ -2,7 +2,9 @@
 
 Each benchmark is a function registered in :data:`BENCHMARKS`; it takes ``repeat`` (and keyword options) and returns
 a JSON-able dict with at least ``name``, ``figures`` (list of {label, value, unit, target, met}) and
-``environment``.
+``environment`` (or ``skipped``: why it cannot run here). What benchmarks share (timing, figures, the synthetic world
+and its batches, tiny models, device and thread handling, one engine step) lives in :mod:`loupe_bench.bench.common`.
+A new benchmark is one module here that registers its function, plus its line in ``_BENCH_MODULES``.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ BENCHMARKS = Registry("benchmark")
 
 # modules that register benchmarks when imported
 _BENCH_MODULES = (
-    "loupe_bench.bench.shapley",
+    "loupe_bench.bench.shapley_bench",
     "loupe_bench.bench.train_step",
+    "loupe_bench.bench.gpu_check",
     "loupe_bench.bench.train_throughput",
     "loupe_bench.bench.late_interaction",
     "loupe_bench.bench.retrieval_metric",

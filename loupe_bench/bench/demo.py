@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 from ..utils.io import read_json
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
-from .timing import figure
+from .common import figure
 
 #: the wall-time targets on 2 cores: `reproduce synthetic --quick` <= 60 s, the default plan <= 5 min
 TARGETS = {"quick": 60.0, "default": 300.0}

@@ -14,10 +14,10 @@ from typing import Any, Dict, Sequence
 
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
-from .timing import figure, time_call
+from .common import figure, time_call
 
 MODELS = ("clip-tiny", "filip-tiny", "loupe-tiny")
-#: throughput targets relative to CLIP on the same towers (issue 18: FILIP's late interaction is its only extra work)
+#: throughput targets relative to CLIP on the same towers (FILIP's late interaction is its only extra work)
 TARGETS = {"filip-tiny": 0.5}
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
-from .timing import figure
+from .common import figure
 
 #: CLIP_benchmark's metric module (its package ``__init__`` is empty; the module needs torch and tqdm only)
 CLIP_BENCHMARK_MODULE = "clip_benchmark.metrics.zeroshot_retrieval"

@@ -1,20 +1,37 @@
 """Run registered benchmarks, print their figures beside their targets, write JSON under ``results/benchmarks/``."""
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import SpecError
+from ..registry import Registry
 from ..utils.io import atomic_write_json
 from ..utils.provenance import environment_info
 from . import load_all
 
 
+def check_options(registry: Registry, selected: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> None:
+    """Fail before anything runs when ``options`` names a benchmark that is not selected, or an option its function
+    does not take (``repeat`` and ``device`` are the runner's own)."""
+    for name, opts in options.items():
+        if name not in selected:
+            raise SpecError(f"options for benchmark {name!r}, which is not run (running: {', '.join(selected)})")
+        params = inspect.signature(registry.get(name)).parameters
+        unknown = sorted(k for k in opts if k not in params or k in ("repeat", "device"))
+        if unknown:
+            known = ", ".join(k for k in params if k not in ("repeat", "device"))
+            raise SpecError(f"benchmark {name!r} has no option {', '.join(map(repr, unknown))}; options: {known}")
+
+
 def run_benchmarks(
     names: Sequence[str] = (), repeat: int = 3, out_dir: Optional[Path] = None, device: str = "cpu", **options: Any
 ) -> List[Dict[str, Any]]:
-    """Run the named benchmarks (all when empty); return their JSON records (also written to ``out_dir``)."""
+    """Run the named benchmarks (all when empty); return their JSON records (also written to ``out_dir``).
+
+    ``options``: per benchmark name, keyword arguments of its function (checked by :func:`check_options`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -22,6 +39,7 @@ def run_benchmarks(
     selected = list(names) or registry.names()
     for name in selected:
         registry.get(name)  # unknown names fail before anything runs
+    check_options(registry, selected, options)
     out_dir = Path(out_dir) if out_dir is not None else Path("results") / "benchmarks"
     console = Console()
     records: List[Dict[str, Any]] = []

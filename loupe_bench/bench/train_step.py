@@ -2,19 +2,20 @@
 
 Same tiny towers (``clip-tiny`` / ``filip-tiny`` / ``loupe-tiny``), same synthetic-world batch, same optimiser. LOUPE
 is timed in both regimes: during warm-up (every interaction target by Monte-Carlo sampling) and after
-``settle_steps`` training steps on the batch stream, when the neural module answers most coalitions. Target
-(issue 4): LOUPE ≤ 1.3× a CLIP step.
+``settle_steps`` training steps on the batch stream, when the neural module answers most coalitions. Target:
+LOUPE ≤ 1.3× a CLIP step.
 """
 from __future__ import annotations
 
+import statistics
 from typing import Any, Dict, Optional
 
 import torch
 
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
-from .shapley import build_tiny, synced, to_device, world_batches
-from .timing import bench_world, figure, time_call
+from .common import (bench_world, build_tiny, figure, interleaved_times, synced, to_device,
+                     torch_threads, world_batches)
 
 
 def _stepper(model, batch, opt=None):
@@ -36,10 +37,7 @@ def _stepper(model, batch, opt=None):
 def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settle_steps: int = 60, seed: int = 0,
                world: Optional[str] = None, threads: Optional[int] = 1, warmup_steps: int = 10) -> Dict[str, Any]:
     """Median step time of CLIP, FILIP and LOUPE (sampling phase and neural phase) and the ratios to CLIP."""
-    old = torch.get_num_threads()
-    if threads and not str(device).startswith("cuda"):
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(threads, device) as n_threads:
         world_path = bench_world(world, seed)
         reps = max(repeat, 5)
         steps: Dict[str, Any] = {}
@@ -68,14 +66,7 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
         sampling = build_tiny("loupe-sampling", seed, world_path, **fsa_now).to(device)
         steps["loupe-sampling"], lasts["loupe-sampling"] = _stepper(sampling, batches[-1])
         # round-robin: one step of each model per round, so load changes on a shared machine hit all alike
-        samples: Dict[str, list] = {k: [] for k in steps}
-        for r in range(reps + 2):
-            for k, fn in steps.items():
-                t = time_call(synced(fn, device), repeat=1, warmup=0)["median_s"]
-                if r >= 2:
-                    samples[k].append(t)
-        import statistics
-
+        samples = interleaved_times({k: synced(fn, device) for k, fn in steps.items()}, reps, warmup_rounds=2)
         times = {k: statistics.median(v) for k, v in samples.items()}
         logs = {k: dict(v.get("logs", {})) for k, v in lasts.items() if k.startswith("loupe")}
         base = times["clip-tiny"]
@@ -86,7 +77,5 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
                 figures.append(figure(f"{k} / clip-tiny", v / base, "x", target,
                                       (v / base <= 1.3) if target else None))
         return {"name": "train-step", "batch_size": batch_size, "times_s": times, "settle_steps": settle_steps,
-                "loupe_logs": logs, "threads": torch.get_num_threads(), "figures": figures,
+                "loupe_logs": logs, "threads": n_threads, "figures": figures,
                 "environment": environment_info(device)}
-    finally:
-        torch.set_num_threads(old)

@@ -42,7 +42,8 @@ import torch
 from ..errors import SpecError
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
-from .timing import bench_world, figure
+from .common import (bench_world, engine_step, figure, interleaved_times, synced, to_device, torch_threads,
+                     world_batches, world_captions)
 
 #: size -> the ``clip`` spec whose towers (and embed dim, image size, tokenizer) all three models share
 SIZES = {"tiny": "clip-tiny", "base": "clip-vit-b16"}
@@ -141,24 +142,13 @@ def _optimizer(model: torch.nn.Module):
 
 
 def ours_step(model, batch, autocast, opt=None, logs: Optional[Dict[str, Any]] = None) -> Callable[[], Any]:
-    """One training-engine step of a loupe-bench model: ``forward_backward`` + AdamW + the logit-scale clamp (the
-    step's loss logs land in ``logs`` when given)."""
-    from ..train.step import forward_backward
-
+    """One training-engine step of a loupe-bench model (:func:`~loupe_bench.bench.common.engine_step`:
+    ``forward_backward`` + AdamW + the logit-scale clamp), returning the loss (the step's loss logs land in ``logs``
+    when given)."""
     opt = opt if opt is not None else _optimizer(model)
     model.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        out = forward_backward(model, batch, 1, autocast)
-        opt.step()
-        model.clamp_logit_scale_()
-        if logs is not None:
-            logs.clear()
-            logs.update(out.logs)
-        return out.total
-
-    return step
+    step = engine_step(model, batch, autocast, opt, logs=logs)
+    return lambda: step().total
 
 
 def open_clip_step(twin, images, texts, autocast) -> Callable[[], float]:
@@ -234,9 +224,7 @@ def train_throughput(repeat: int = 3, device: str = "cpu", size: Optional[str] =
         import_open_clip()
     except OpenClipMissing as exc:
         return {"name": "train-throughput", "skipped": str(exc), "figures": [], "environment": environment_info(device)}
-    from ..models import create_model, get_spec
     from ..train.engine import autocast_factory
-    from .shapley import synced, to_device, world_batches, world_captions
 
     cuda = str(device).startswith("cuda")
     size = size or ("base" if cuda else "tiny")
@@ -246,66 +234,79 @@ def train_throughput(repeat: int = 3, device: str = "cpu", size: Optional[str] =
     rounds = int(rounds or max(15, 5 * repeat))
     precision = "bf16" if cuda else "fp32"
     autocast = autocast_factory(precision, torch.device(device))
-    old_threads = torch.get_num_threads()
-    if threads and not cuda:
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(threads, device) as n_threads:
         world_path = bench_world(world, seed)
-        captions = world_captions(world_path)
-        clip_spec = get_spec(SIZES[size])
-        ours = create_model(clip_spec, tokenizer_corpus=captions, seed=seed).to(device)
-        twin = open_clip_twin(ours).to(device)
-        loupe = create_model(loupe_spec(clip_spec, warmup_steps), tokenizer_corpus=captions, seed=seed).to(device)
+        ours, twin, loupe = _models(SIZES[size], world_path, warmup_steps, seed, device)
         stream = [to_device(b, device) for b in world_batches(loupe, settle_steps + 1, batch_size, seed, world_path)]
-        batch = stream[-1]  # the same tokenizer (same captions): one batch serves all three models
-        texts = open_clip_text(ours, batch)
-        same_function = twin_difference(ours, twin, batch, texts)
-        steps = {"ours": ours_step(ours, batch, autocast),
-                 "open_clip": open_clip_step(twin, batch["pixels"], texts, autocast)}
-        # LOUPE: past its neural-Shapley warm-up on the batch stream, then timed on the shared batch
-        opt = _optimizer(loupe)
-        t0 = time.perf_counter()
-        for b in stream[:-1]:
-            ours_step(loupe, b, autocast, opt)()
-        settle_s = time.perf_counter() - t0
-        loupe_logs: Dict[str, Any] = {}
-        steps["loupe"] = ours_step(loupe, batch, autocast, opt, loupe_logs)
-        first_loss = {}
-        for k, fn in steps.items():  # two untimed steps each (allocator, autotuning, lazy init)
-            first_loss[k] = float(fn())
-            fn()
-        samples: Dict[str, List[float]] = {k: [] for k in steps}
-        for _ in range(rounds):
-            for k, fn in steps.items():
-                run = synced(fn, device)
-                t = time.perf_counter()
-                run()
-                samples[k].append(time.perf_counter() - t)
-        times = {k: statistics.median(v) for k, v in samples.items()}
+        run = _timed_loops(ours, twin, loupe, stream, autocast, rounds, device)
+        times = {k: statistics.median(v) for k, v in run["samples"].items()}
         ips = {k: batch_size / t for k, t in times.items()}
-        routed = {k: float(v) for k, v in loupe_logs.items() if isinstance(v, (int, float))}
-        ratio_oc = ips["ours"] / ips["open_clip"]
-        ratio_loupe = ips["loupe"] / ips["ours"]
-        # the same ratio within each round (both steps timed back to back), median over rounds: robust to load drift
-        paired_oc = statistics.median(o / u for o, u in zip(samples["open_clip"], samples["ours"]))
-        where = "" if cuda else " (GPU target)"
-        figures = [
-            figure("ours (loupe-bench CLIP) images/s", ips["ours"], "img/s"),
-            figure("open_clip (same backbone) images/s", ips["open_clip"], "img/s"),
-            figure("LOUPE (neural routing, after warm-up) images/s", ips["loupe"], "img/s"),
-            figure("ours / open_clip", ratio_oc, "x", ">= 0.9" + where, (ratio_oc >= 0.9) if cuda else None),
-            figure("ours / open_clip, per-round pairs (median)", paired_oc, "x"),
-            figure("LOUPE / ours", ratio_loupe, "x", ">= 0.75" + where, (ratio_loupe >= 0.75) if cuda else None),
-        ]
         return {
-            "name": "train-throughput", "figures": figures, "size": size, "clip_spec": SIZES[size],
-            "loupe_spec": f"{LOUPE_SPEC} heads on {SIZES[size]} towers", "batch_size": batch_size,
-            "precision": precision, "optimizer": dict(OPTIM), "rounds": rounds, "threads": torch.get_num_threads(),
-            "step_time_s": times, "images_per_s": ips, "step_time_samples_s": samples,
+            "name": "train-throughput", "figures": _throughput_figures(ips, run["samples"], cuda), "size": size,
+            "clip_spec": SIZES[size], "loupe_spec": f"{LOUPE_SPEC} heads on {SIZES[size]} towers",
+            "batch_size": batch_size, "precision": precision, "optimizer": dict(OPTIM), "rounds": rounds,
+            "threads": n_threads, "step_time_s": times, "images_per_s": ips, "step_time_samples_s": run["samples"],
             "params": {"ours": n_params(ours), "open_clip": n_params(twin), "loupe": n_params(loupe)},
-            "same_function_max_abs_diff": same_function, "first_loss": first_loss,
-            "loupe_settle_steps": settle_steps, "loupe_warmup_steps": warmup_steps, "loupe_settle_s": settle_s,
-            "loupe_logs": routed, "targets_apply_to": "cuda", "environment": environment_info(device),
+            "same_function_max_abs_diff": run["same_function"], "first_loss": run["first_loss"],
+            "loupe_settle_steps": settle_steps, "loupe_warmup_steps": warmup_steps, "loupe_settle_s": run["settle_s"],
+            "loupe_logs": {k: float(v) for k, v in run["loupe_logs"].items() if isinstance(v, (int, float))},
+            "targets_apply_to": "cuda", "environment": environment_info(device),
         }
-    finally:
-        torch.set_num_threads(old_threads)
+
+
+def _models(clip_name: str, world_path, warmup_steps: int, seed: int, device: str):
+    """Our CLIP of spec ``clip_name`` (tokenizer trained on the world's captions), its open_clip twin and LOUPE on the
+    same towers (:func:`loupe_spec`), on ``device``."""
+    from ..models import create_model, get_spec
+
+    captions = world_captions(world_path)
+    clip_spec = get_spec(clip_name)
+    ours = create_model(clip_spec, tokenizer_corpus=captions, seed=seed).to(device)
+    twin = open_clip_twin(ours).to(device)
+    loupe = create_model(loupe_spec(clip_spec, warmup_steps), tokenizer_corpus=captions, seed=seed).to(device)
+    return ours, twin, loupe
+
+
+def _timed_loops(ours, twin, loupe, stream: List[Dict[str, Any]], autocast, rounds: int, device: str) -> Dict[str, Any]:
+    """The three training loops on the stream's last batch: LOUPE first trained on the rest of the stream (past its
+    neural-Shapley warm-up), two untimed steps of each (allocator, autotuning, lazy init; the first one's loss kept),
+    then ``rounds`` interleaved timed rounds. Returns ``samples`` (seconds per round of each loop), ``first_loss``,
+    ``same_function`` (:func:`twin_difference`), ``settle_s`` and ``loupe_logs`` (LOUPE's last loss logs)."""
+    batch = stream[-1]  # the same tokenizer (same captions): one batch serves all three models
+    texts = open_clip_text(ours, batch)
+    same_function = twin_difference(ours, twin, batch, texts)
+    steps = {"ours": ours_step(ours, batch, autocast),
+             "open_clip": open_clip_step(twin, batch["pixels"], texts, autocast)}
+    # LOUPE: past its neural-Shapley warm-up on the batch stream, then timed on the shared batch
+    opt = _optimizer(loupe)
+    t0 = time.perf_counter()
+    for b in stream[:-1]:
+        ours_step(loupe, b, autocast, opt)()
+    settle_s = time.perf_counter() - t0
+    loupe_logs: Dict[str, Any] = {}
+    steps["loupe"] = ours_step(loupe, batch, autocast, opt, loupe_logs)
+    first_loss = {}
+    for k, fn in steps.items():  # two untimed steps each (allocator, autotuning, lazy init)
+        first_loss[k] = float(fn())
+        fn()
+    samples = interleaved_times({k: synced(fn, device) for k, fn in steps.items()}, rounds, warmup_rounds=0)
+    return {"samples": samples, "first_loss": first_loss, "same_function": same_function, "settle_s": settle_s,
+            "loupe_logs": loupe_logs}
+
+
+def _throughput_figures(ips: Dict[str, float], samples: Dict[str, List[float]], cuda: bool) -> List[Dict[str, Any]]:
+    """Images/s of each loop, ``ours / open_clip`` (target ≥ 0.9) and ``LOUPE / ours`` (≥ 0.75), GPU targets
+    (``met`` left empty off CUDA); beside them the median over rounds of the within-round ratio
+    ``t_open_clip / t_ours`` (both steps timed back to back: robust to load drift)."""
+    ratio_oc = ips["ours"] / ips["open_clip"]
+    ratio_loupe = ips["loupe"] / ips["ours"]
+    paired_oc = statistics.median(o / u for o, u in zip(samples["open_clip"], samples["ours"]))
+    where = "" if cuda else " (GPU target)"
+    return [
+        figure("ours (loupe-bench CLIP) images/s", ips["ours"], "img/s"),
+        figure("open_clip (same backbone) images/s", ips["open_clip"], "img/s"),
+        figure("LOUPE (neural routing, after warm-up) images/s", ips["loupe"], "img/s"),
+        figure("ours / open_clip", ratio_oc, "x", ">= 0.9" + where, (ratio_oc >= 0.9) if cuda else None),
+        figure("ours / open_clip, per-round pairs (median)", paired_oc, "x"),
+        figure("LOUPE / ours", ratio_loupe, "x", ">= 0.75" + where, (ratio_loupe >= 0.75) if cuda else None),
+    ]

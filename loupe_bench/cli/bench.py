@@ -1,9 +1,29 @@
-"""``loupe-bench bench [NAME ...] [--repeat N]``."""
+"""``loupe-bench bench [NAME ...] [--repeat N] [--set NAME.OPTION=VALUE ...]``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Dict, Tuple
 
 import click
+
+
+def parse_options(items: Tuple[str, ...]) -> Dict[str, Dict[str, Any]]:
+    """``NAME.OPTION=VALUE`` items (VALUE read as YAML) -> ``{NAME: {OPTION: value}}``."""
+    import yaml
+
+    from ..errors import SpecError
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name, dot, option = key.strip().rpartition(".")
+        if not sep or not dot or not name or not option:
+            raise SpecError(f"--set {item!r}: expected NAME.OPTION=VALUE, e.g. gpu-check.steps=100")
+        try:
+            out.setdefault(name, {})[option] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {item!r}: value is not valid YAML") from None
+    return out
 
 
 @click.command("bench")
@@ -12,18 +32,22 @@ import click
 @click.option("--out", "out_dir", default="results/benchmarks", show_default=True, type=click.Path(path_type=Path))
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:N, or auto (cuda when available); cuda without a GPU is an error.")
+@click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
+              help="An option of benchmark NAME (a keyword argument of its function; VALUE is YAML), e.g. "
+                   "gpu-check.steps=100; repeatable.")
 @click.option("--readme", "readme", default=None, type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Afterwards, rewrite this README's performance block from the JSON files in --out.")
 @click.option("--render-only", is_flag=True, help="Run nothing; with --readme, only re-render the block.")
-def bench_cmd(names, repeat: int, out_dir: Path, device: str, readme, render_only: bool) -> None:
-    """Run benchmarks (all when no NAME is given): shapley, train-step, train-throughput,
-    late-interaction, retrieval-metric, eval-throughput, demo. Each prints its figures beside their targets and writes
-    JSON to --out."""
+def bench_cmd(names, repeat: int, out_dir: Path, device: str, sets, readme, render_only: bool) -> None:
+    """Run benchmarks (all when no NAME is given; `loupe-bench list benchmarks` names them). Each prints its figures
+    beside their targets and writes JSON to --out; one that cannot run here (a missing optional dependency, gpu-check
+    without a GPU) says so in one line and writes nothing."""
     if not render_only:
         from ..bench.runner import run_benchmarks
         from ..utils.device import resolve_device
 
-        run_benchmarks(names, repeat=repeat, out_dir=out_dir, device=str(resolve_device(device)))
+        options = parse_options(sets)
+        run_benchmarks(names, repeat=repeat, out_dir=out_dir, device=str(resolve_device(device)), **options)
     if readme is not None:
         from ..bench.readme import update_readme
 

@@ -17,75 +17,14 @@ from __future__ import annotations
 
 import copy
 import statistics
-from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
-from .timing import bench_world, figure, time_call
-
-
-def world_batches(model, n_batches: int, batch_size: int, seed: int = 0, world: Optional[Path] = None,
-                  split: str = "train") -> List[Dict[str, torch.Tensor]]:
-    """``n_batches`` training batches of the synthetic world (generated into a temporary folder when not given)."""
-    from ..data.training import PairDataset, TrainCollator, load_caption_records
-    from ..data.transforms import build_transform
-
-    world = bench_world(world, seed, image_size=model.image_size)
-    records = load_caption_records(str(world), split=split)
-    ds = PairDataset(records, build_transform(model.image_size, model.image_mean, model.image_std, train=False),
-                     caption_policy="cycle", seed=seed)
-    collate = TrainCollator(model.tokenizer)
-    out = []
-    i = 0
-    for bi in range(n_batches):
-        ds.set_epoch(bi)
-        samples = [ds[(i + j) % len(ds)] for j in range(batch_size)]
-        i += batch_size
-        out.append(collate(samples))
-    return out
-
-
-def world_captions(world: Path, split: str = "train") -> List[str]:
-    from ..data.training import load_caption_records
-
-    return [c.text for r in load_caption_records(str(world), split=split) for c in r.captions]
-
-
-def build_tiny(spec_name: str, seed: int, world: Path, **loupe_overrides: Any):
-    """The model of ``spec_name`` with a tokenizer trained on the world's captions; ``loupe`` keys overridden."""
-    from ..models import create_model, get_spec
-
-    spec = get_spec(spec_name)
-    for k, v in loupe_overrides.items():
-        node = spec.setdefault("loupe", {})
-        parts = k.split("__")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = v
-    return create_model(spec, tokenizer_corpus=world_captions(world), seed=seed)
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def synced(fn, device: str):
-    """``fn`` followed by a device synchronisation (so CUDA timings include the kernels)."""
-
-    def run():
-        out = fn()
-        _sync(device)
-        return out
-
-    return run
-
-
-def to_device(batch: Dict[str, torch.Tensor], device: str) -> Dict[str, torch.Tensor]:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+from .common import (bench_world, build_tiny, figure, interleaved_times, synced, time_call, to_device,
+                     torch_threads, world_batches)
 
 
 @torch.no_grad()
@@ -215,12 +154,7 @@ def matched_accuracy_speedup(game, coalitions: torch.Tensor, neural_predict_fn: 
             return sampler(game, coalitions, valid, chosen).mean
 
     fns = {"mc": synced(mc_fn, device), "neural": synced(neural_predict_fn, device)}
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for r in range(max(1, repeat) + 1):  # interleaved rounds; round 0 is the warm-up
-        for key, fn in fns.items():
-            t = time_call(fn, repeat=1, warmup=0)["median_s"]
-            if r > 0:
-                times[key].append(t)
+    times = interleaved_times(fns, max(1, repeat), warmup_rounds=1)
     t_mc, t_nn = statistics.median(times["mc"]), statistics.median(times["neural"])
     return MatchedAccuracy(neural_time_s=t_nn, mc_time_s=t_mc, neural_rho=neural_rho, mc_rho=ladder_rho[chosen],
                            matched_samples=chosen, speedup=t_mc / t_nn if t_nn > 0 else float("inf"),
@@ -265,24 +199,28 @@ def shapley(repeat: int = 3, device: str = "cpu", spec: str = "loupe-tiny", batc
     ``threads``: ``torch.set_num_threads`` for the whole run on CPU (1 by default: on a shared machine
     oversubscribed threads make small kernels 10-50x slower and the timings meaningless); restored afterwards.
     """
-    old_threads = torch.get_num_threads()
-    if threads and not str(device).startswith("cuda"):
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(threads, device) as n_threads:
         return _shapley(repeat, device, spec, batch_size, train_batches, samples, reference_samples, fsa_regions,
-                        train_steps, seed, world, torch.get_num_threads(), num_samples, matched_ladder, matched_draws)
-    finally:
-        torch.set_num_threads(old_threads)
+                        train_steps, seed, world, n_threads, num_samples, matched_ladder, matched_draws)
+
+
+class _LevelOptions(NamedTuple):
+    """What every level of one :func:`shapley` run is measured with (its arguments)."""
+
+    repeat: int
+    device: str
+    samples: Sequence[int]
+    reference_samples: int
+    train_steps: int
+    seed: int
+    matched_ladder: Sequence[int]
+    matched_draws: int
 
 
 def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference_samples, fsa_regions, train_steps,
              seed, world, threads, num_samples=None, matched_ladder=DEFAULT_LADDER, matched_draws=3) -> Dict[str, Any]:
-    from rich.progress import Progress
-
-    from ..models.loupe_heads import fsa_features, tsa_features
-    from ..shapley import spearman
-    from ..shapley.estimators import EXACT_TARGETS, SAMPLED_TARGETS
-
+    """The run behind :func:`shapley` (CPU threads already set): the model and its batches, ``g_θ``'s Monte-Carlo
+    training targets, one record per level on the held-out batch, the figures."""
     torch.manual_seed(seed)
     world_path = bench_world(world, seed)
     over = {"tsa__target_images": batch_size, "fsa__target_images": batch_size, "fsa__num_regions": fsa_regions}
@@ -294,10 +232,26 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
     targets = {"tsa": model.cfg.tsa.score, "fsa": "interaction"}
     batches = [to_device(b, device) for b in world_batches(model, train_batches + 1, batch_size, seed, world_path)]
     eval_batch, train = batches[-1], batches[:-1]
-    levels = {}
+    data = _training_targets(model, train, targets, m_spec)
+    tsa, fsa, emb = _problems(model, eval_batch)
+    opts = _LevelOptions(repeat, device, samples, reference_samples, train_steps, seed, matched_ladder, matched_draws)
+    levels = {name: _level_record(model, name, pr, emb, targets[name], data[name], m_spec, opts)
+              for name, pr in (("tsa", tsa), ("fsa", fsa))}
+    return {"name": "shapley", "spec": spec, "batch_size": batch_size, "num_samples": m_spec, "levels": levels,
+            "threads": threads,
+            "figures": _shapley_figures(levels, m_spec), "environment": environment_info(device)}
+
+
+def _training_targets(model, train: List[Dict[str, torch.Tensor]], targets: Dict[str, str], m_spec: int):
+    """Per level, ``g_θ``'s training data from the training batches: (features, Monte-Carlo means, their standard
+    errors) of every valid coalition, ``m_spec`` contexts each, one list entry per batch."""
+    from rich.progress import Progress
+
+    from ..shapley.estimators import SAMPLED_TARGETS
+
+    data: Dict[str, Any] = {"tsa": ([], [], []), "fsa": ([], [], [])}
     with Progress(transient=True) as progress:
         task = progress.add_task("MC targets for training g", total=len(train))
-        data = {"tsa": ([], [], []), "fsa": ([], [], [])}
         for b in train:
             tsa, fsa, _ = _problems(model, b)
             for name, pr in (("tsa", tsa), ("fsa", fsa)):
@@ -306,86 +260,120 @@ def _shapley(repeat, device, spec, batch_size, train_batches, samples, reference
                 data[name][1].append(est.mean[pr.valid].float())
                 data[name][2].append(est.stderr[pr.valid].float())
             progress.advance(task)
-    tsa, fsa, emb = _problems(model, eval_batch)
-    for name, pr in (("tsa", tsa), ("fsa", fsa)):
-        target = targets[name]
-        sampler = SAMPLED_TARGETS[target]
-        ref = mc_reference(pr.game, pr.coalitions, pr.valid, reference_samples, target)[pr.valid].float()
-        rec: Dict[str, Any] = {"coalitions": int(pr.valid.sum()), "players": int(pr.coalitions.shape[-1]),
-                               "reference_samples": reference_samples, "target": target,
-                               "game": type(pr.game).__name__}
-        fns: Dict[str, Any] = {}
-        for m in samples:
-            fns[f"sampling_M{m}"] = synced(
-                lambda m=m, sampler=sampler, pr=pr: sampler(pr.game, pr.coalitions, pr.valid, m).mean, device)
-        f, y, s = (torch.cat(x) for x in data[name])
-        mod = _train_neural(f, y, s, model.cfg.neural, train_steps, seed)
-        if name == "tsa":
-            t_img = pr.coalitions.shape[0]
-            toks, text = emb["image_tokens"][:t_img], emb["text_pooled"][:t_img]
-            members, cand = pr.coalitions, pr.cand
+    return data
 
-            def neural(mod=mod, pr=pr, toks=toks, text=text, members=members, cand=cand):
-                # the neural path pays for its features, including the game's own v(A), v(N), v(N∖A)
-                with torch.no_grad():
-                    stats = model.game_stats(pr.game, members)
-                    return mod.predict(tsa_features(toks, text, members, cand, stats)[pr.valid])[0]
-        else:
-            region, phrase, pv = pr.feat_region, pr.feat_phrase, pr.phrase_valid
 
-            def neural(mod=mod, pr=pr, region=region, phrase=phrase, pv=pv):
-                with torch.no_grad():
-                    sim = region @ phrase.transpose(1, 2)
-                    f2 = fsa_features(sim, region, phrase, pv)
-                    return mod.predict(f2.reshape(sim.shape[0], -1, f2.shape[-1])[pr.valid])[0]
+def _neural_predictor(model, name: str, pr, emb: Dict[str, torch.Tensor], mod) -> Callable[[], torch.Tensor]:
+    """``g_θ``'s predictions for the valid coalitions of the level's problem, paying for their features (the token
+    level: including the game's own ``v(A), v(N), v(N∖A)``)."""
+    from ..models.loupe_heads import fsa_features, tsa_features
 
-        fns["neural"] = synced(neural, device)
-        # interleaved rounds: one call of each method per round, so load changes on a shared machine hit all alike
-        times: Dict[str, List[float]] = {k: [] for k in fns}
-        for r in range(max(repeat, 5) + 1):
-            for key, fn in fns.items():
-                t = time_call(fn, repeat=1, warmup=0)["median_s"]
-                if r > 0:
-                    times[key].append(t)
-        for key, fn in fns.items():
-            est = fn()
-            est = est[pr.valid].float() if key.startswith("sampling") else est.float()
-            rec[key] = {"time_s": statistics.median(times[key]), "min_time_s": min(times[key]),
-                        "spearman": spearman(est, ref)}
-        rec["neural"].update({"train_coalitions": int(f.shape[0]), "train_steps": train_steps})
-        if pr.coalitions.shape[-1] <= 16:
-            exact = EXACT_TARGETS[target]
-            t = time_call(synced(lambda: exact(pr.game, pr.coalitions.shape[-1], pr.coalitions), device),
-                          repeat=1, warmup=0)
-            ex = exact(pr.game, pr.coalitions.shape[-1], pr.coalitions)[pr.valid].float()
-            rec["exact"] = {"time_s": t["median_s"], "spearman": spearman(ex, ref)}
-        if matched_ladder:
-            ma = matched_accuracy_speedup(pr.game, pr.coalitions, neural, valid=pr.valid, target=target,
-                                          ladder=matched_ladder,
-                                          reference_samples=reference_samples, reference=ref, draws=matched_draws,
-                                          repeat=max(repeat, 5))
-            rec["matched_accuracy"] = {**ma._asdict(), "ladder_rho": {str(k): v for k, v in ma.ladder_rho.items()}}
-        key = f"sampling_M{m_spec}"
-        if key in rec:
-            rec["speedup_vs_sampling"] = rec[key]["time_s"] / rec["neural"]["time_s"]
-            rec["speedup_vs_sampling_best"] = rec[key]["min_time_s"] / rec["neural"]["min_time_s"]
-        levels[name] = rec
+    if name == "tsa":
+        t_img = pr.coalitions.shape[0]
+        toks, text = emb["image_tokens"][:t_img], emb["text_pooled"][:t_img]
+        members, cand = pr.coalitions, pr.cand
+
+        def neural():
+            with torch.no_grad():
+                stats = model.game_stats(pr.game, members)
+                return mod.predict(tsa_features(toks, text, members, cand, stats)[pr.valid])[0]
+
+        return neural
+    region, phrase, pv = pr.feat_region, pr.feat_phrase, pr.phrase_valid
+
+    def neural():
+        with torch.no_grad():
+            sim = region @ phrase.transpose(1, 2)
+            f2 = fsa_features(sim, region, phrase, pv)
+            return mod.predict(f2.reshape(sim.shape[0], -1, f2.shape[-1])[pr.valid])[0]
+
+    return neural
+
+
+def _level_record(model, name: str, pr, emb, target: str, data, m_spec: int, opts: _LevelOptions) -> Dict[str, Any]:
+    """One level's record: sampling at each ``M`` and the trained ``g_θ`` timed in interleaved rounds, their ρ
+    against the Monte-Carlo reference, exact enumeration (≤ 16 players), the matched-accuracy speed-up and the
+    speed-up over sampling at the spec's ``M``."""
+    from ..shapley.estimators import SAMPLED_TARGETS
+
+    sampler = SAMPLED_TARGETS[target]
+    ref = mc_reference(pr.game, pr.coalitions, pr.valid, opts.reference_samples, target)[pr.valid].float()
+    rec: Dict[str, Any] = {"coalitions": int(pr.valid.sum()), "players": int(pr.coalitions.shape[-1]),
+                           "reference_samples": opts.reference_samples, "target": target,
+                           "game": type(pr.game).__name__}
+    fns: Dict[str, Any] = {}
+    for m in opts.samples:
+        fns[f"sampling_M{m}"] = synced(
+            lambda m=m, sampler=sampler, pr=pr: sampler(pr.game, pr.coalitions, pr.valid, m).mean, opts.device)
+    f, y, s = (torch.cat(x) for x in data)
+    neural = _neural_predictor(model, name, pr, emb, _train_neural(f, y, s, model.cfg.neural, opts.train_steps,
+                                                                   opts.seed))
+    fns["neural"] = synced(neural, opts.device)
+    rec.update(_timed_estimates(fns, pr.valid, ref, opts.repeat))
+    rec["neural"].update({"train_coalitions": int(f.shape[0]), "train_steps": opts.train_steps})
+    if pr.coalitions.shape[-1] <= 16:
+        rec["exact"] = _exact_record(pr, target, ref, opts.device)
+    if opts.matched_ladder:
+        ma = matched_accuracy_speedup(pr.game, pr.coalitions, neural, valid=pr.valid, target=target,
+                                      ladder=opts.matched_ladder, reference_samples=opts.reference_samples,
+                                      reference=ref, draws=opts.matched_draws, repeat=max(opts.repeat, 5))
+        rec["matched_accuracy"] = {**ma._asdict(), "ladder_rho": {str(k): v for k, v in ma.ladder_rho.items()}}
+    key = f"sampling_M{m_spec}"
+    if key in rec:
+        rec["speedup_vs_sampling"] = rec[key]["time_s"] / rec["neural"]["time_s"]
+        rec["speedup_vs_sampling_best"] = rec[key]["min_time_s"] / rec["neural"]["min_time_s"]
+    return rec
+
+
+def _timed_estimates(fns: Dict[str, Callable[[], torch.Tensor]], valid: torch.Tensor, ref: torch.Tensor,
+                     repeat: int) -> Dict[str, Dict[str, float]]:
+    """Median and best time of each method over ``max(repeat, 5)`` interleaved rounds (one call of each per round,
+    after one untimed round, so load changes on a shared machine hit all alike), and the Spearman ρ of one more
+    estimate of each against ``ref`` (sampling methods return ``[G, C]``, the neural one a value per valid
+    coalition)."""
+    from ..shapley import spearman
+
+    times = interleaved_times(fns, max(repeat, 5), warmup_rounds=1)
+    out = {}
+    for key, fn in fns.items():
+        est = fn()
+        est = est[valid].float() if key.startswith("sampling") else est.float()
+        out[key] = {"time_s": statistics.median(times[key]), "min_time_s": min(times[key]),
+                    "spearman": spearman(est, ref)}
+    return out
+
+
+def _exact_record(pr, target: str, ref: torch.Tensor, device: str) -> Dict[str, float]:
+    """Time of one exact enumeration of the level's targets and its Spearman ρ against ``ref``."""
+    from ..shapley import spearman
+    from ..shapley.estimators import EXACT_TARGETS
+
+    exact = EXACT_TARGETS[target]
+    n = pr.coalitions.shape[-1]
+    t = time_call(synced(lambda: exact(pr.game, n, pr.coalitions), device), repeat=1, warmup=0)
+    ex = exact(pr.game, n, pr.coalitions)[pr.valid].float()
+    return {"time_s": t["median_s"], "spearman": spearman(ex, ref)}
+
+
+def _shapley_figures(levels: Dict[str, Dict[str, Any]], m_spec: int) -> List[Dict[str, Any]]:
+    """The printed figures of every level: time and ρ of each method (target ρ ≥ 0.9 for ``g_θ``), the speed-up at
+    matched accuracy and over sampling at the spec's ``M`` (target ≥ 20×)."""
     figures = []
     for name, rec in levels.items():
         for key, val in rec.items():
             if isinstance(val, dict) and "time_s" in val:
                 figures.append(figure(f"{name} {key} time", val["time_s"] * 1e3, "ms"))
-                figures.append(figure(f"{name} {key} spearman", val["spearman"], "rho",
-                                      ">= 0.9" if key == "neural" else "", (val["spearman"] >= 0.9) if key == "neural" else None))
+                neural = key == "neural"
+                figures.append(figure(f"{name} {key} spearman", val["spearman"], "rho", ">= 0.9" if neural else "",
+                                      (val["spearman"] >= 0.9) if neural else None))
         ma = rec.get("matched_accuracy")
         if ma is not None:
-            how = f"M={ma['matched_samples']}" if ma["matched"] else f"no M reached its rho; vs M={ma['matched_samples']}"
+            vs = f"M={ma['matched_samples']}"
+            how = vs if ma["matched"] else f"no M reached its rho; vs {vs}"
             figures.append(figure(f"{name} neural speed-up at matched accuracy ({how})", ma["speedup"], "x"))
         if rec.get("speedup_vs_sampling") is not None:
             figures.append(figure(f"{name} neural speed-up vs sampling M={m_spec}", rec["speedup_vs_sampling"], "x",
                                   ">= 20", rec["speedup_vs_sampling"] >= 20))
             figures.append(figure(f"{name} neural speed-up vs sampling M={m_spec} (best of rounds)",
                                   rec["speedup_vs_sampling_best"], "x"))
-    return {"name": "shapley", "spec": spec, "batch_size": batch_size, "num_samples": m_spec, "levels": levels,
-            "threads": threads,
-            "figures": figures, "environment": environment_info(device)}
+    return figures
