@@ -45,7 +45,7 @@ def load_model(name_or_path: Union[str, Path], seed: Optional[int] = None) -> "t
     Returns:
         The model; ``model.preprocess`` is its eval image transform, ``model.tokenizer`` its tokenizer.
     """
-    from .models.factory import load_model as _load_model
+    from .models.sources import load_model as _load_model
 
     return _load_model(name_or_path, seed=seed)
 
@@ -58,7 +58,7 @@ def load_model_and_transforms(name_or_path: Union[str, Path], seed: Optional[int
     ``preprocess(pil_image)`` gives the normalised ``[3, S, S]`` tensor for ``model.encode_image``;
     ``tokenizer(texts)`` gives ``TokenBatch(input_ids, attention_mask, offsets)`` for ``model.encode_text``.
     """
-    from .models.factory import load_model_and_transforms as _load
+    from .models.sources import load_model_and_transforms as _load
 
     return _load(name_or_path, seed=seed)
 

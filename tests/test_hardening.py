@@ -79,7 +79,7 @@ def test_case01_url_and_pipe_shard_names_refused_without_opt_in(tmp_path, monkey
 # -- 2: the `latest` pointer is resolved inside the run folder only ----------------------------------------------------
 def test_case02_latest_pointer_cannot_leave_the_run(tmp_path):
     from loupe_bench.models import load_model
-    from loupe_bench.train import checkpoint as ckpt
+    from loupe_bench.train import resume as ckpt
     from loupe_bench.train.engine import train
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
@@ -383,7 +383,7 @@ def test_case14_images_checked_before_step_one_or_skipped(tiny_world, tmp_path, 
 # -- 11: a truncated checkpoint is named, and the previous one offered ------------------------------------------------
 @pytest.mark.parametrize("broken", ["state.pt", "model.safetensors"])
 def test_case11_truncated_checkpoint_named_previous_offered(broken, tmp_path):
-    from loupe_bench.train import checkpoint as ckpt
+    from loupe_bench.train import resume as ckpt
     from loupe_bench.train.engine import train
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
@@ -402,7 +402,7 @@ def test_case11_truncated_checkpoint_named_previous_offered(broken, tmp_path):
 
 # -- 15: a non-finite gradient norm stops training, naming the last good checkpoint ------------------------------------
 def test_case15_non_finite_grad_norm_stops(tmp_path):
-    from loupe_bench.train import checkpoint as ckpt
+    from loupe_bench.train import resume as ckpt
     from loupe_bench.train.engine import NonFiniteGradError, train
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe

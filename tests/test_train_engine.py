@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from loupe_bench.errors import CheckpointError, LoupeBenchError
-from loupe_bench.train import checkpoint as ckpt
+from loupe_bench.models.checkpoint import read_weights
+from loupe_bench.train import resume as ckpt
 from loupe_bench.train.engine import NonFiniteLossError, train
 from loupe_bench.train.optim import cosine_factor, create_optimizer, create_scheduler, param_groups
 from loupe_bench.train.step import forward_backward, split_batch
@@ -55,7 +56,7 @@ def test_run_dir_layout_log_and_loss_falls(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_10", "step_12"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_12"
     # the final weights are those of the last checkpoint
-    _assert_identical(weights(run), ckpt.load_weights(run / "checkpoints" / "step_12" / "model.safetensors"))
+    _assert_identical(weights(run), read_weights(run / "checkpoints" / "step_12" / "model.safetensors"))
 
 
 def test_same_seed_same_weights_other_seed_differs(tmp_path):

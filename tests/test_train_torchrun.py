@@ -70,7 +70,7 @@ def test_torchrun_two_processes_equal_one_process(tiny_world, tmp_path, one_torc
     from safetensors.torch import load_file
 
     from loupe_bench.models import load_model
-    from loupe_bench.train import checkpoint as ckpt
+    from loupe_bench.train import resume as ckpt
     from loupe_bench.train.engine import train
 
     spec = _dropout_free_spec(tmp_path)

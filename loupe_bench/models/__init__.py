@@ -2,17 +2,18 @@
 
 Families register into :data:`MODEL_CLASSES` (spec ``family`` -> class); specs live in ``baselines/*.yaml`` and
 ``loupe_bench/models/specs/*.yaml``. The built-in families register on import; ``loupe`` (another module) is
-imported by the factory on first use (:func:`load_families`). Entry points: :func:`create_model`, :func:`load_model`, :func:`save_model`,
+imported on first use (:func:`load_families`). Entry points: :func:`create_model` (``factory``), :func:`load_model`
+(``sources``), :func:`save_model` / :func:`load_model_dir` (``checkpoint``, the model-directory format),
 :func:`list_models`.
 """
 from __future__ import annotations
 
-from ._registry import MODEL_CLASSES
+from ._registry import MODEL_CLASSES, load_families
 from .base import ImageFeatures, LossOutput, Regions, TextFeatures, TokenBatch, VLModel
 from .checkpoint import load_model_dir, save_model
 from . import clip, filip, pretrained_clip  # noqa: F401  (register the built-in families)
-from .factory import (available_specs, create_model, get_spec, list_models, load_families, load_model,
-                      load_model_and_transforms)
+from .factory import available_specs, create_model, get_spec, list_models
+from .sources import load_model, load_model_and_transforms
 
 #: alias used in docs/architecture.md
 MODELS = MODEL_CLASSES

@@ -1,6 +1,39 @@
-"""The model-family registry (spec ``family`` -> model class with ``from_spec``), shared by every model module."""
+"""The model-family registry (spec ``family`` -> model class with ``from_spec``), shared by every model module.
+
+Everything that turns a spec into a class looks it up here (:func:`model_class`): the factory (a new model) and the
+model-directory format (:mod:`loupe_bench.models.checkpoint`, a saved one). This module imports no other module of
+``loupe_bench.models`` at import time; :func:`load_families` imports the family modules by name, on first use.
+"""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from typing import Any, Mapping
+
+from ..errors import SpecError
 from ..registry import Registry
 
 MODEL_CLASSES = Registry("model family")
+
+#: modules whose import registers model families; ``loupe`` is optional (another part of the package)
+FAMILY_MODULES = (
+    "loupe_bench.models.clip",
+    "loupe_bench.models.filip",
+    "loupe_bench.models.pretrained_clip",
+    "loupe_bench.models.loupe",
+)
+
+
+def load_families() -> None:
+    """Import every module that registers a family (each once; a missing optional module is skipped)."""
+    for mod in FAMILY_MODULES:
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
+
+
+def model_class(spec: Mapping[str, Any]):
+    """The class registered for ``spec["family"]``."""
+    load_families()
+    if "family" not in spec:
+        raise SpecError(f"model spec {spec.get('name', '?')!r}: missing required key 'family'")
+    return MODEL_CLASSES.get(spec["family"])

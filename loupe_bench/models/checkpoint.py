@@ -1,45 +1,71 @@
-"""Model directories: ``model.safetensors`` + ``config.json`` (the spec) + tokenizer (and tower config) files.
+"""The model-directory format, in one place: writing a model directory, rebuilding a model from one (with or without
+its weights) and finding the checkpoints of a training run.
+
+A model directory::
+
+    config.json          the model spec (its ``family`` names the class that rebuilds it)
+    model.safetensors    the weights
+    tokenizer/           the tokenizer (and per family the tower configs its ``save_extra`` writes)
+
+A training run is a model directory in the making: it also holds ``run.json`` (what the run records about itself,
+:mod:`loupe_bench.train.runinfo`), ``checkpoints/step_<n>/model.safetensors`` (beside the training state that
+:mod:`loupe_bench.train.resume` writes) and ``checkpoints/latest``, a text file naming the newest ``step_<n>``;
+its top-level ``model.safetensors`` appears when training finishes.
 
 Weights are only ever read with safetensors (or ``torch.load(weights_only=True)`` for foreign ``.pth`` files in
 :func:`~loupe_bench.models.towers.load_state_file`); a checkpoint that does not match the model is a
 :class:`~loupe_bench.errors.CheckpointError` naming the missing / unexpected keys.
+
+This module imports no model family and not the factory: a family class is found through the registry
+(:func:`~loupe_bench.models._registry.model_class`).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ._registry import model_class
 from .towers import load_strict
+
+PathLike = Union[str, Path]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+TOKENIZER_DIR = "tokenizer"
+RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"
+STEP_PREFIX = "step_"
+
+#: safetensors header metadata of the weights :func:`save_model` writes
+MODEL_METADATA = {"format": "pt"}
+
+
+# -- weights ----------------------------------------------------------------------------------------------------------
+def _cpu_copies(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Independent contiguous CPU copies (safetensors refuses shared storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
 
 
 def state_for_saving(model: nn.Module) -> Dict[str, Tensor]:
     """The state dict as independent contiguous CPU tensors (safetensors refuses shared storage)."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    return _cpu_copies(model.state_dict())
 
 
-def save_model(model: nn.Module, directory: Union[str, Path]) -> Path:
-    """Write a model directory: weights, spec and whatever the model needs to rebuild itself (tokenizer ...)."""
+def write_weights(path: PathLike, state_dict: Mapping[str, Tensor], metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Atomically write a safetensors file (shared tensors are cloned so every name is stored); ``metadata`` is the
+    header's ``__metadata__`` (none: empty)."""
     from safetensors.torch import save
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "save_extra"):
-        model.save_extra(directory)
-    atomic_write_bytes(directory / WEIGHTS_FILE, save(state_for_saving(model), metadata={"format": "pt"}))
-    atomic_write_json(directory / CONFIG_FILE, model.spec)
-    return directory
+    return atomic_write_bytes(path, save(_cpu_copies(state_dict), metadata=metadata or {}))
 
 
-def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
-    """Load a ``.safetensors`` state dict into ``model``; every key must match."""
+def read_weights(path: PathLike) -> Dict[str, Tensor]:
+    """Read a safetensors file; a missing, truncated or corrupt one is a :class:`CheckpointError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -47,21 +73,132 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from None
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
+
+
+def load_weights(model: nn.Module, path: PathLike, state_dict: Optional[Mapping[str, Tensor]] = None) -> None:
+    """Load the safetensors weights at ``path`` (``state_dict`` when already read from it) into ``model``; every key
+    and shape must match (:func:`~loupe_bench.models.towers.load_strict`)."""
+    state = read_weights(path) if state_dict is None else state_dict
     load_strict(model, state, str(path))
 
 
-def latest_pointer_target(run_dir: Union[str, Path]) -> Optional[Path]:
+# -- the model directory ----------------------------------------------------------------------------------------------
+def write_spec(directory: PathLike, spec: Mapping[str, Any]) -> Path:
+    """Write the spec as ``config.json``."""
+    return atomic_write_json(Path(directory) / CONFIG_FILE, spec)
+
+
+def read_spec(directory: PathLike) -> Dict[str, Any]:
+    """The spec a model directory holds (``config.json``)."""
+    return read_json(Path(directory) / CONFIG_FILE)
+
+
+def write_model_files(model: nn.Module, directory: PathLike) -> Path:
+    """Everything of a model directory but the weights: ``config.json`` (when the model has a spec) and the files
+    rebuilding it needs — the model's ``save_extra`` (tokenizer, tower configs), else its tokenizer's ``save`` into
+    ``tokenizer/``. A training run writes these at its start, so ``load_model(run_dir)`` works mid-run."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        write_spec(directory, spec)
+    if callable(getattr(model, "save_extra", None)):
+        model.save_extra(directory)
+    else:
+        tok = getattr(model, "tokenizer", None)
+        if tok is not None and callable(getattr(tok, "save", None)):
+            tok.save(directory / TOKENIZER_DIR)
+    return directory
+
+
+def save_model(model: nn.Module, directory: PathLike) -> Path:
+    """Write a model directory: spec, whatever the model needs to rebuild itself (tokenizer ...) and its weights
+    (``model.safetensors``, header metadata :data:`MODEL_METADATA`, written last)."""
+    directory = write_model_files(model, directory)
+    write_weights(directory / WEIGHTS_FILE, model.state_dict(), metadata=MODEL_METADATA)
+    return directory
+
+
+def is_model_dir(path: PathLike) -> bool:
+    """Whether ``path`` holds both ``model.safetensors`` and ``config.json``."""
+    path = Path(path)
+    return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def rebuild_model(directory: PathLike, spec: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    """The architecture saved in ``directory``, without weights: the class its spec's ``family`` names, built from the
+    spec with the saved tokenizer and tower configs (no tokenizer training, no pretrained download).
+
+    Args:
+        directory: a model or run directory.
+        spec: its spec when already read (:func:`read_spec`); default read from ``directory``.
+    """
+    directory = Path(directory)
+    spec = read_spec(directory) if spec is None else spec
+    return model_class(spec).from_spec(spec, model_dir=directory)
+
+
+def load_model_dir(directory: PathLike, weights: Optional[PathLike] = None) -> nn.Module:
+    """Rebuild the model saved in ``directory`` (:func:`rebuild_model`) and load its weights, in eval mode.
+
+    Args:
+        directory: holds ``config.json`` and the tokenizer / tower configs.
+        weights: a different ``model.safetensors`` (e.g. a run's ``checkpoints/step_<n>/``); default the one in
+            ``directory``.
+    """
+    directory = Path(directory)
+    model = rebuild_model(directory)
+    load_weights(model, Path(weights) if weights is not None else directory / WEIGHTS_FILE)
+    return model.eval()
+
+
+# -- checkpoints of a training run ------------------------------------------------------------------------------------
+def checkpoint_root(run_dir: PathLike) -> Path:
+    """``<run>/checkpoints``."""
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def step_dir(run_dir: PathLike, step: int) -> Path:
+    """``<run>/checkpoints/step_<step>``, the checkpoint folder after optimiser step ``step``."""
+    return checkpoint_root(run_dir) / f"{STEP_PREFIX}{step}"
+
+
+def checkpoint_step(path: PathLike) -> Optional[int]:
+    """The step a ``step_<n>`` folder name states (``None`` for any other name)."""
+    suffix = Path(path).name[len(STEP_PREFIX):]
+    return int(suffix) if Path(path).name.startswith(STEP_PREFIX) and suffix.isdigit() else None
+
+
+def list_step_dirs(run_dir: PathLike, required: Sequence[str] = (WEIGHTS_FILE,)) -> List[Path]:
+    """The ``checkpoints/step_<n>`` folders holding every file in ``required``, oldest (smallest ``n``) first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.glob(f"{STEP_PREFIX}*"):
+        step = checkpoint_step(d)
+        if step is not None and d.is_dir() and all((d / name).is_file() for name in required):
+            found.append((step, d))
+    return [d for _, d in sorted(found)]
+
+
+def write_latest(run_dir: PathLike, checkpoint: Path) -> None:
+    """Point ``checkpoints/latest`` at the checkpoint folder ``checkpoint`` (its name, one line)."""
+    atomic_write_text(checkpoint_root(run_dir) / LATEST, checkpoint.name + "\n")
+
+
+def latest_pointer_target(run_dir: PathLike) -> Optional[Path]:
     """The checkpoint folder named by ``<run>/checkpoints/latest``, resolved inside the run folder only.
 
     Rule: the pointer must hold one plain folder name (``step_<n>``: no path separator, not absolute, not ``..``)
     and the folder it names, symlinks resolved, must lie inside ``<run>/checkpoints``. Anything else is a
     :class:`CheckpointError`; a missing pointer is ``None``.
     """
-    root = Path(run_dir) / "checkpoints"
-    pointer = root / "latest"
+    root = checkpoint_root(run_dir)
+    pointer = root / LATEST
     if not pointer.is_file():
         return None
     try:
@@ -77,27 +214,37 @@ def latest_pointer_target(run_dir: Union[str, Path]) -> Optional[Path]:
     return cand
 
 
-def run_state(run_dir: Union[str, Path]) -> Dict[str, Any]:
+def latest_checkpoint(run_dir: PathLike, required: Sequence[str] = (WEIGHTS_FILE,)) -> Optional[Path]:
+    """The newest checkpoint of a run holding every file in ``required``: the one ``checkpoints/latest`` names
+    (:func:`latest_pointer_target`) when it holds them, else the highest-numbered such ``step_<n>``, else ``None``."""
+    cand = latest_pointer_target(run_dir)
+    if cand is not None and all((cand / name).is_file() for name in required):
+        return cand
+    complete = list_step_dirs(run_dir, required)
+    return complete[-1] if complete else None
+
+
+def run_state(run_dir: PathLike) -> Dict[str, Any]:
     """Whether a directory is a training run, whether it finished, and which weights stand for it.
 
     Rule: a run has ``checkpoints/`` or ``run.json``. It has *finished* when its final ``model.safetensors`` exists
     and (when ``run.json`` is there) ``run.json`` records ``finished_step`` — a run resumed to train further clears
     it, so an older final file is not taken for the newer state. A finished run stands for its final weights at
-    ``finished_step``; an unfinished one for the checkpoint ``checkpoints/latest`` names (see
-    :func:`latest_pointer_target`), at that checkpoint's step.
+    ``finished_step``; an unfinished one for its :func:`latest_checkpoint` (the one ``checkpoints/latest`` names),
+    at that checkpoint's step.
 
     Returns:
         ``{"is_run", "finished", "weights" (Path or None), "checkpoint_step" (int or None), "total_steps"}``.
     """
     run_dir = Path(run_dir)
     record = None
-    if (run_dir / "run.json").is_file():
+    if (run_dir / RUN_FILE).is_file():
         try:
-            record = read_json(run_dir / "run.json")
+            record = read_json(run_dir / RUN_FILE)
         except CheckpointError:
             record = None
         record = record if isinstance(record, dict) else {}
-    is_run = record is not None or (run_dir / "checkpoints").is_dir()
+    is_run = record is not None or checkpoint_root(run_dir).is_dir()
     final = run_dir / WEIGHTS_FILE
     finished_step = record.get("finished_step") if record is not None else None
     finished = final.is_file() and (record is None or finished_step is not None)
@@ -106,36 +253,8 @@ def run_state(run_dir: Union[str, Path]) -> Dict[str, Any]:
                            "checkpoint_step": finished_step if finished else None,
                            "total_steps": recipe.get("steps") if isinstance(recipe, dict) else None}
     if not finished and is_run:
-        cand = latest_pointer_target(run_dir)
-        if cand is None or not (cand / WEIGHTS_FILE).is_file():
-            steps = sorted((int(d.name[5:]), d) for d in (run_dir / "checkpoints").glob("step_*")
-                           if d.name[5:].isdigit() and (d / WEIGHTS_FILE).is_file()) \
-                if (run_dir / "checkpoints").is_dir() else []
-            cand = steps[-1][1] if steps else None
+        cand = latest_checkpoint(run_dir)
         if cand is not None:
             out["weights"] = cand / WEIGHTS_FILE
-            suffix = cand.name[len("step_"):]
-            out["checkpoint_step"] = int(suffix) if suffix.isdigit() else None
+            out["checkpoint_step"] = checkpoint_step(cand)
     return out
-
-
-def is_model_dir(path: Union[str, Path]) -> bool:
-    path = Path(path)
-    return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
-
-
-def load_model_dir(directory: Union[str, Path], weights: Union[str, Path, None] = None) -> nn.Module:
-    """Rebuild the model saved in ``directory`` (its spec names the family) and load its weights, in eval mode.
-
-    Args:
-        directory: holds ``config.json`` and the tokenizer / tower configs.
-        weights: a different ``model.safetensors`` (e.g. a run's ``checkpoints/step_<n>/``); default the one in
-            ``directory``.
-    """
-    from .factory import model_class
-
-    directory = Path(directory)
-    spec = read_json(directory / CONFIG_FILE)
-    model = model_class(spec).from_spec(spec, model_dir=directory)
-    load_weights(model, Path(weights) if weights is not None else directory / WEIGHTS_FILE)
-    return model.eval()

@@ -32,10 +32,10 @@ from torch import Tensor, nn
 
 from ..errors import SpecError
 from .base import ImageFeatures, TextFeatures, VLModel
+from .checkpoint import TOKENIZER_DIR
 from .tokenizer import Tokenizer, TokenizerCfg, build_tokenizer
 from .towers import IMAGE_TOWERS, TEXT_TOWERS, ImageTowerCfg, TextTowerCfg
 
-TOKENIZER_DIR = "tokenizer"
 TEXT_TOWER_DIR = "text_tower"
 
 EMBEDDING_KEYS = ("image_pooled", "image_tokens", "text_pooled", "text_tokens", "text_mask")

@@ -1,9 +1,12 @@
-"""Create, list and load models from specs: shipped YAML specs, spec files, model and run directories."""
+"""Create and list models from specs: shipped YAML specs, spec files and spec mappings.
+
+Loading a saved model (model / run directories, Hugging Face and open_clip checkpoints) is
+:func:`loupe_bench.models.sources.load_model`; the model-directory format is :mod:`loupe_bench.models.checkpoint`.
+The dependency goes one way: ``sources`` uses this module and ``checkpoint``; neither of them imports ``sources``.
+"""
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -12,35 +15,12 @@ import torch
 from ..errors import SpecError
 from ..specs import load_yaml, spec_files
 from ..utils.io import read_json
-from ._registry import MODEL_CLASSES
-
-#: modules whose import registers model families; ``loupe`` is optional (another part of the package)
-FAMILY_MODULES = (
-    "loupe_bench.models.clip",
-    "loupe_bench.models.filip",
-    "loupe_bench.models.pretrained_clip",
-    "loupe_bench.models.loupe",
-)
+from ._registry import model_class
 
 #: folder of LOUPE's own model specs (package data)
 MODEL_SPEC_DIR = Path(__file__).resolve().parent / "specs"
 
 SpecLike = Union[str, Path, Mapping[str, Any]]
-
-
-def load_families() -> None:
-    """Import every module that registers a family (each once; a missing optional module is skipped)."""
-    for mod in FAMILY_MODULES:
-        if importlib.util.find_spec(mod) is not None:
-            importlib.import_module(mod)
-
-
-def model_class(spec: Mapping[str, Any]):
-    """The class registered for ``spec["family"]``."""
-    load_families()
-    if "family" not in spec:
-        raise SpecError(f"model spec {spec.get('name', '?')!r}: missing required key 'family'")
-    return MODEL_CLASSES.get(spec["family"])
 
 
 def check_spec_keys(spec: Mapping[str, Any], cls: Any) -> None:
@@ -184,39 +164,3 @@ def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = Non
     if seed is not None:
         torch.manual_seed(int(seed))
     return cls.from_spec(spec, tokenizer_corpus=tokenizer_corpus)
-
-
-def load_model(name_or_path: Union[str, Path], seed: Optional[int] = None):
-    """Load a model from any reference ``--model`` accepts (see :mod:`loupe_bench.models.sources`).
-
-    Args:
-        name_or_path: one of
-
-            * a shipped spec name or a spec file (``.yaml`` / ``.json``): a freshly initialised model (or a pretrained
-              one, as the spec says);
-            * our model directory (``model.safetensors`` + ``config.json``) or training-run directory (without final
-              weights: the checkpoint ``checkpoints/latest`` names), rebuilt with its weights;
-            * a Hugging Face ``CLIPModel`` directory (``config.json`` with ``model_type: clip`` + ``model.safetensors``
-              / ``pytorch_model.bin``; its tokenizer when saved there);
-            * ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted.
-        seed: seeds the initialisation of spec models (ignored for checkpoints).
-
-    Returns:
-        The model (:class:`~loupe_bench.models.base.VLModel`); ``model.preprocess`` is its eval image transform and
-        ``model.tokenizer`` its tokenizer (see :func:`load_model_and_transforms`).
-    """
-    from .sources import load_source
-
-    return load_source(name_or_path, seed=seed).model
-
-
-def load_model_and_transforms(name_or_path: Union[str, Path], seed: Optional[int] = None):
-    """``(model, preprocess, tokenizer)``, like open_clip's ``create_model_and_transforms`` + ``get_tokenizer``.
-
-    ``preprocess`` maps a PIL image to the normalised ``[3, S, S]`` tensor the model expects (resize the short side,
-    centre crop, normalise with the checkpoint's mean / std); ``tokenizer(texts)`` returns a
-    :class:`~loupe_bench.models.base.TokenBatch` (``input_ids``, ``attention_mask``, ``offsets``). Arguments as for
-    :func:`load_model`.
-    """
-    model = load_model(name_or_path, seed=seed)
-    return model, model.preprocess, model.tokenizer

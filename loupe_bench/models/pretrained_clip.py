@@ -26,7 +26,8 @@ from ..errors import CheckpointError, SpecError
 from ..registry import Registry
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, VLModel
-from .dual_encoder import TOKENIZER_DIR, spec_get
+from .checkpoint import TOKENIZER_DIR
+from .dual_encoder import spec_get
 from .losses import clip_infonce
 from .tokenizer import Tokenizer, UnavailableTokenizer
 from .towers import hub_offline

@@ -16,18 +16,23 @@ model. The resolvers' matches are disjoint, so exactly one applies (or none: a :
 
 Both checkpoint routes build a ``clip-pretrained`` model (:class:`~loupe_bench.models.pretrained_clip.PretrainedCLIP`)
 whose spec's ``pretrained`` is the reference, so ``save_model`` of such a model writes an ordinary model directory.
+
+:func:`load_model` / :func:`load_model_and_transforms` (the public entry points) live here. This module uses the
+factory (spec routes) and the model-directory format (:mod:`~loupe_bench.models.checkpoint`); neither imports it.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from torch import nn
 
 from ..errors import CheckpointError, SpecError
 from ..registry import Registry
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_model_dir, load_model_dir, run_state
+from .factory import available_specs, create_model, get_spec, read_spec_file
 
 MODEL_SOURCES = Registry("model source")
 
@@ -46,6 +51,8 @@ class Loaded:
         source: where it came from, human-readable.
         weights: the file whose sha256 identifies the weights (``None``: hash the state dict instead).
         spec: the spec as given, for spec routes (``None``: the model's own ``spec``).
+        run: a training run's state (:func:`~loupe_bench.models.checkpoint.run_state`; ``None``: not a run).
+        directory: the folder the model was loaded from (model / run / Hugging Face directory; ``None``: no folder).
     """
 
     model: nn.Module
@@ -53,7 +60,8 @@ class Loaded:
     source: str
     weights: Optional[Path] = None
     spec: Optional[Dict[str, Any]] = None
-    run: Optional[Dict[str, Any]] = None   # a training run's state (:func:`~loupe_bench.models.checkpoint.run_state`)
+    run: Optional[Dict[str, Any]] = None
+    directory: Optional[Path] = None
 
 
 class ModelSource:
@@ -71,7 +79,7 @@ class ModelSource:
 
 def _read_config(path: Path) -> Optional[Dict[str, Any]]:
     try:
-        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -85,8 +93,6 @@ def is_hf_clip_config(config: Optional[Dict[str, Any]]) -> bool:
 
 
 def _pretrained_clip(ref: str, name: str) -> nn.Module:
-    from .factory import create_model
-
     return create_model({"name": name, "family": "clip-pretrained", "pretrained": ref,
                          "description": f"checkpoint {ref}"}).eval()
 
@@ -126,7 +132,7 @@ class HFClipDirectory(ModelSource):
             raise CheckpointError(f"{path}: Hugging Face CLIP config without weights (expected one of "
                                   f"{', '.join(HF_WEIGHT_FILES)})")
         weights = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
-        return Loaded(_pretrained_clip(str(path), path.name), path.name, str(path), weights)
+        return Loaded(_pretrained_clip(str(path), path.name), path.name, str(path), weights, directory=path)
 
 
 @MODEL_SOURCES.register("model-dir")
@@ -140,8 +146,6 @@ class ModelDirectory(ModelSource):
         return path.is_dir() and not is_hf_clip_config(_read_config(path))
 
     def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
-        from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_model_dir, load_model_dir, run_state
-
         path = Path(ref).expanduser()
         config = _read_config(path)
         if config is not None and "family" not in config:
@@ -153,9 +157,9 @@ class ModelDirectory(ModelSource):
             state = run_state(path)   # an unfinished run stands for the checkpoint `latest` names, inside the run
             if state["is_run"] and state["weights"] is not None:
                 return Loaded(load_model_dir(path, weights=state["weights"]), path.name, str(path), state["weights"],
-                              run=state)
+                              run=state, directory=path)
         if is_model_dir(path):
-            return Loaded(load_model_dir(path), path.name, str(path), path / WEIGHTS_FILE)
+            return Loaded(load_model_dir(path), path.name, str(path), path / WEIGHTS_FILE, directory=path)
         raise CheckpointError(f"{path}: not a model directory; --model accepts " + "; ".join(
             MODEL_SOURCES.get(n).describes for n in MODEL_SOURCES if n not in ("spec-name",)))
 
@@ -175,8 +179,6 @@ class SpecFile(ModelSource):
         return path.is_file() and path.suffix in (".yaml", ".yml", ".json")
 
     def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
-        from .factory import create_model, read_spec_file
-
         spec = read_spec_file(Path(ref).expanduser())
         return Loaded(create_model(spec, seed=seed), str(spec["name"]), f"spec {ref}{_seed_note(seed)}",
                       spec=spec)
@@ -189,13 +191,9 @@ class SpecName(ModelSource):
     describes = "a shipped model spec name (loupe-bench list models)"
 
     def matches(self, ref: str) -> bool:
-        from .factory import available_specs
-
         return ref in available_specs() and not Path(ref).expanduser().exists()  # a folder of that name wins
 
     def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
-        from .factory import create_model, get_spec
-
         spec = get_spec(ref)
         return Loaded(create_model(spec, seed=seed), str(spec["name"]), f"spec {ref}{_seed_note(seed)}",
                       spec=spec)
@@ -208,8 +206,6 @@ def resolve_source(ref: Any) -> ModelSource:
     if len(hits) > 1:  # the matches are disjoint by construction; two hits is a bug
         raise RuntimeError(f"model reference {text!r} matches several sources: {hits}")
     if not hits:
-        from .factory import available_specs
-
         known = ", ".join(sorted(available_specs())) or "(none)"
         raise SpecError(f"unknown model {text!r}; known spec names: {known}; or give "
                         + "; ".join(MODEL_SOURCES.get(n).describes for n in MODEL_SOURCES if n != "spec-name"))
@@ -221,5 +217,39 @@ def load_source(ref: Any, seed: Optional[int] = None) -> Loaded:
     return resolve_source(ref).load(str(Path(ref)) if isinstance(ref, Path) else str(ref), seed)
 
 
+def load_model(name_or_path: Union[str, Path], seed: Optional[int] = None):
+    """Load a model from any reference ``--model`` accepts (see :data:`MODEL_SOURCES`).
+
+    Args:
+        name_or_path: one of
+
+            * a shipped spec name or a spec file (``.yaml`` / ``.json``): a freshly initialised model (or a pretrained
+              one, as the spec says);
+            * our model directory (``model.safetensors`` + ``config.json``) or training-run directory (without final
+              weights: the checkpoint ``checkpoints/latest`` names), rebuilt with its weights;
+            * a Hugging Face ``CLIPModel`` directory (``config.json`` with ``model_type: clip`` + ``model.safetensors``
+              / ``pytorch_model.bin``; its tokenizer when saved there);
+            * ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted.
+        seed: seeds the initialisation of spec models (ignored for checkpoints).
+
+    Returns:
+        The model (:class:`~loupe_bench.models.base.VLModel`); ``model.preprocess`` is its eval image transform and
+        ``model.tokenizer`` its tokenizer (see :func:`load_model_and_transforms`).
+    """
+    return load_source(name_or_path, seed=seed).model
+
+
+def load_model_and_transforms(name_or_path: Union[str, Path], seed: Optional[int] = None):
+    """``(model, preprocess, tokenizer)``, like open_clip's ``create_model_and_transforms`` + ``get_tokenizer``.
+
+    ``preprocess`` maps a PIL image to the normalised ``[3, S, S]`` tensor the model expects (resize the short side,
+    centre crop, normalise with the checkpoint's mean / std); ``tokenizer(texts)`` returns a
+    :class:`~loupe_bench.models.base.TokenBatch` (``input_ids``, ``attention_mask``, ``offsets``). Arguments as for
+    :func:`load_model`.
+    """
+    model = load_model(name_or_path, seed=seed)
+    return model, model.preprocess, model.tokenizer
+
+
 __all__ = ["MODEL_SOURCES", "ModelSource", "Loaded", "resolve_source", "load_source", "is_hf_clip_config",
-           "HF_WEIGHT_FILES"]
+           "HF_WEIGHT_FILES", "load_model", "load_model_and_transforms"]

@@ -158,7 +158,7 @@ def explanation_figures(run_dir, world_dir, n_images: int = 3, label: str = "lou
     from PIL import Image
 
     from ..data.training import phrase_token_mask
-    from ..models.factory import load_model
+    from ..models.sources import load_model
 
     model = load_model(str(run_dir))
     if not callable(getattr(model, "explain", None)):

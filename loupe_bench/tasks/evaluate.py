@@ -54,17 +54,17 @@ def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dic
     sha = sha256_file(loaded.weights) if loaded.weights is not None and loaded.weights.is_file() \
         else state_dict_sha256(m)
     spec = loaded.spec if loaded.spec is not None else dict(getattr(m, "spec", {}) or {})
-    path = Path(str(model)).expanduser()
-    is_dir = path.is_dir()
+    folder = loaded.directory
     record = {"name": loaded.name, "spec": spec, "checkpoint_sha256": sha, "source": loaded.source,
-              "id": compute_model_id(str(path.resolve()) if is_dir else loaded.source, sha, is_dir=is_dir)}
+              "id": compute_model_id(loaded.source if folder is None else str(folder.resolve()), sha,
+                                     is_dir=folder is not None)}
     state = loaded.run
     if state is not None and state["is_run"]:
         record.update(finished=bool(state["finished"]), checkpoint_step=state["checkpoint_step"])
         if not state["finished"]:
             total = state["total_steps"]
             of = f" of {total}" if total else ""
-            sys.stderr.write(f"warning: {path}: training has not finished; evaluating its latest checkpoint "
+            sys.stderr.write(f"warning: {folder}: training has not finished; evaluating its latest checkpoint "
                              f"(step {state['checkpoint_step']}{of})\n")
     return m, record
 

@@ -25,10 +25,11 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 import torch
 
-from ..errors import LoupeBenchError, SpecError
+from ..errors import CheckpointError, LoupeBenchError, SpecError
+from ..models import checkpoint as model_format
 from ..models.base import LossOutput
-from ..utils.io import atomic_write_json, atomic_write_text
-from . import checkpoint as ckpt
+from ..utils.io import atomic_write_text
+from . import resume as ckpt
 from . import runinfo
 from .data import BuiltData, TrainSource, make_loader
 from .distributed import (DistInfo, all_gather_objects, apply_fsdp2, average_gradients, barrier, broadcast_module,
@@ -38,6 +39,7 @@ from .recipe import Recipe, load_recipe
 from .step import batch_size_of, forward_backward
 
 LOG_FILE = "log.jsonl"
+RECIPE_FILE = "recipe.yaml"
 
 
 class NonFiniteLossError(LoupeBenchError):
@@ -102,14 +104,12 @@ def build_model(spec: Union[str, Mapping[str, Any]], source: TrainSource, seed: 
 
 def rebuild_from_run(spec: Mapping[str, Any], run_dir: Path):
     """The architecture of a run being resumed, from its saved spec, tokenizer and tower configs (no re-training of
-    the tokenizer); the spec given now must name the same model."""
-    from ..models.factory import model_class
-    from ..utils.io import read_json
-
-    saved = read_json(run_dir / "config.json")
+    the tokenizer; :func:`~loupe_bench.models.checkpoint.rebuild_model`); the spec given now must name the same
+    model."""
+    saved = model_format.read_spec(run_dir)
     if saved.get("name") != spec.get("name"):
         raise SpecError(f"{run_dir}: the run trains {saved.get('name')!r}, not {spec.get('name')!r}")
-    return model_class(saved).from_spec(saved, model_dir=run_dir)
+    return model_format.rebuild_model(run_dir, saved)
 
 
 def enable_grad_checkpointing(model: torch.nn.Module) -> int:
@@ -300,19 +300,14 @@ def _save_checkpoint(ts: TrainState, run: RunSetup) -> None:
         model_sd = model.state_dict()
         optim_sd = ts.optimizer.state_dict()
     if info.is_main:
-        d = ckpt.checkpoint_root(run.run_dir) / f"step_{ts.step}"
-        d.mkdir(parents=True, exist_ok=True)
-        ckpt.save_weights(d / ckpt.WEIGHTS_FILE, model_sd, metadata={"step": str(ts.step)})
-        ckpt.save_state(d / ckpt.STATE_FILE, {
+        ckpt.write_checkpoint(run.run_dir, ts.step, model_sd, {
             "step": ts.step, "epoch": ts.epoch, "batch_in_epoch": ts.batch_in_epoch,
             "optimizer": optim_sd, "scheduler": ts.scheduler.state_dict(),
             "scaler": ts.scaler.state_dict() if ts.scaler is not None else None,
             "rng": rngs, "world_size": info.world_size, "seed": recipe.seed,
             "extra_buffers": _non_persistent_buffers(model),
             "global_batch": recipe.data.batch_size,
-        })
-        ckpt.write_latest(run.run_dir, d)
-        ckpt.prune_checkpoints(run.run_dir, recipe.checkpoint.keep_last)
+        }, recipe.checkpoint.keep_last)
     barrier()
     ts.last_checkpoint = ts.step
 
@@ -330,11 +325,18 @@ def _load_non_persistent_buffers(model: torch.nn.Module, saved: Mapping[str, tor
     with torch.no_grad():
         for name, value in saved.items():
             if name not in own or own[name].shape != value.shape:
-                raise ckpt.CheckpointError(f"{where}: training-state buffer {name!r} does not match the model")
+                raise CheckpointError(f"{where}: training-state buffer {name!r} does not match the model")
             own[name].copy_(value)
 
 
 def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
+    """Write the final weights so the run dir is a model directory (``load_model(run_dir)`` works); all ranks meet at
+    a barrier.
+
+    A model with a spec is saved with :func:`~loupe_bench.models.checkpoint.save_model` (spec, tokenizer, weights).
+    Under FSDP2 the full state dict is gathered from the shards on every rank and rank 0 writes it as given (no
+    header metadata) beside the spec; the tokenizer and tower configs were written at the start
+    (:func:`_write_run_files`). A model without a spec leaves only its weights."""
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -342,9 +344,13 @@ def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
     else:
         sd = None
     if info.is_main:
-        from .sources import save_run_model
-
-        save_run_model(model, run_dir, state_dict=sd)
+        spec = getattr(model, "spec", None)
+        if sd is None and spec is not None:
+            model_format.save_model(model, run_dir)
+        else:
+            model_format.write_weights(run_dir / model_format.WEIGHTS_FILE, model.state_dict() if sd is None else sd)
+            if spec is not None:
+                model_format.write_spec(run_dir, spec)
     barrier()
 
 
@@ -352,24 +358,18 @@ def clean_run_temps(run_dir: Path) -> int:
     """Remove temp files of killed writers in the run folder, its checkpoints folder and each step folder."""
     from ..utils.io import clean_stale_temps
 
-    root = ckpt.checkpoint_root(run_dir)
+    root = model_format.checkpoint_root(run_dir)
     dirs = [run_dir, root] + (sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else [])
     return sum(clean_stale_temps(d) for d in dirs)
 
 
 def _write_run_files(run_dir: Path, model, recipe: Recipe) -> None:
+    """``recipe.yaml`` and the model-directory files but the weights (spec, tokenizer, tower configs:
+    :func:`~loupe_bench.models.checkpoint.write_model_files`), so ``load_model(run_dir)`` works mid-run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_run_temps(run_dir)
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-    spec = getattr(model, "spec", None)
-    if spec is not None:
-        atomic_write_json(run_dir / "config.json", spec)
-    if callable(getattr(model, "save_extra", None)):  # tokenizer + tower configs: load_model(run_dir) works mid-run
-        model.save_extra(run_dir)
-    else:
-        tok = getattr(model, "tokenizer", None)
-        if tok is not None and callable(getattr(tok, "save", None)):
-            tok.save(run_dir / "tokenizer")
+    atomic_write_text(run_dir / RECIPE_FILE, recipe.to_yaml())
+    model_format.write_model_files(model, run_dir)
 
 
 def train(
@@ -436,7 +436,7 @@ def check_out_dir(run_dir: Path) -> None:
         return
     if not run_dir.is_dir():
         raise SpecError(f"{run_dir}: --out exists and is not a folder")
-    markers = (runinfo.RUN_FILE, "recipe.yaml", ckpt.CHECKPOINT_DIR)
+    markers = (runinfo.RUN_FILE, RECIPE_FILE, model_format.CHECKPOINT_DIR)
     if any((run_dir / m).exists() for m in markers) or not any(run_dir.iterdir()):
         return
     raise SpecError(f"{run_dir}: --out is a non-empty folder that is not a loupe-bench run (no "
@@ -477,7 +477,7 @@ def _check_resume(resume, run_dir: Path, recipe: Recipe, info: DistInfo, data_re
     where = ckpt.resolve_resume(resume, run_dir)
     state, saved_weights = ckpt.load_checkpoint(where, run_dir)
     if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
-        raise ckpt.CheckpointError(
+        raise CheckpointError(
             f"{where}: saved with world size {state.get('world_size')} and global batch "
             f"{state.get('global_batch')}; this run has {info.world_size} and {recipe.data.batch_size} — an "
             "exact resume needs the same layout")
@@ -502,7 +502,7 @@ def _prepare_model(model, resuming: bool, run_dir: Path, source: TrainSource, re
     A spec becomes a model: a resumed run rebuilds its own architecture and tokenizer (:func:`rebuild_from_run`;
     weights come from the checkpoint), a new one is built with a tokenizer trained on the source's captions."""
     if not isinstance(model, torch.nn.Module):
-        if resuming and (run_dir / "config.json").is_file():
+        if resuming and (run_dir / model_format.CONFIG_FILE).is_file():
             model = rebuild_from_run(model, run_dir)
         else:
             model = build_model(model, source, recipe.seed)
@@ -558,7 +558,7 @@ def _restore(ts: TrainState, point: ResumePoint, fsdp: bool, info: DistInfo) -> 
         set_model_state_dict(model, point.weights, options=opts)
         set_optimizer_state_dict(model, ts.optimizer, state["optimizer"], options=opts)
     else:
-        ckpt.load_model_weights(model, point.where / ckpt.WEIGHTS_FILE, point.weights)
+        model_format.load_weights(model, point.where / model_format.WEIGHTS_FILE, point.weights)
         ts.optimizer.load_state_dict(state["optimizer"])
     ts.scheduler.load_state_dict(state["scheduler"])
     _load_non_persistent_buffers(model, state.get("extra_buffers") or {}, point.where)

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..errors import LoupeBenchError
+from ..models.checkpoint import RUN_FILE
 from ..utils.io import atomic_write_json, read_json, sha256_file, stable_hash
 
-RUN_FILE = "run.json"
 RUN_SCHEMA = "loupe-bench/run/v1"
 
 #: Dotted recipe fields (a field or a whole section) a resume may change without ``--allow-changed``: they do not

@@ -1,34 +1,7 @@
-"""Data sources backed by the data layer, and saving the final model of a run."""
+"""Data sources backed by the data layer: any caption data set it reads, or webdataset shards streamed."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
-
-import torch
-
-from ..utils.io import atomic_write_json
-from . import checkpoint as ckpt
-
-
-def save_run_model(model: torch.nn.Module, run_dir: Path, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
-    """Write the final weights so the run dir is a model directory (``load_model(run_dir)`` works).
-
-    Uses the model zoo's ``save_model`` (weights + ``config.json`` + tokenizer) when available; a state dict given
-    explicitly (FSDP2 full state dict) is written directly.
-    """
-    if state_dict is None:
-        try:
-            from ..models import save_model
-        except ImportError:
-            save_model = None
-        if save_model is not None and getattr(model, "spec", None) is not None:
-            save_model(model, run_dir)
-            return
-        state_dict = model.state_dict()
-    ckpt.save_weights(Path(run_dir) / ckpt.WEIGHTS_FILE, state_dict)
-    spec = getattr(model, "spec", None)
-    if spec is not None:
-        atomic_write_json(Path(run_dir) / "config.json", spec)
 
 
 # -- the data layer as a training source ------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Checkpoints of a run: ``checkpoints/step_<n>/{model.safetensors, state.pt}`` and ``checkpoints/latest``.
+"""Training state of a run, saved beside each checkpoint's weights and read back to resume it bit-identically.
 
-``state.pt`` holds everything needed to continue bit-identically: optimizer, scheduler and GradScaler state, the RNG
-states of python, numpy, torch (CPU and every CUDA device) of every rank, and the data position (epoch, batch within
-the epoch, optimiser step). It is written with ``torch.save`` and read with ``weights_only=True``; every value is a
-tensor or a plain Python container. Each file is written atomically (temp + rename), the ``latest`` pointer last, so a
-run killed at any moment leaves the previous checkpoint intact.
+A checkpoint is ``checkpoints/step_<n>/{model.safetensors, state.pt}`` plus ``checkpoints/latest``; the folder
+layout, the weights file and the pointer belong to the model-directory format (:mod:`loupe_bench.models.checkpoint`),
+``state.pt`` to this module. ``state.pt`` holds everything needed to continue bit-identically: optimizer, scheduler
+and GradScaler state, the RNG states of python, numpy, torch (CPU and every CUDA device) of every rank, and the data
+position (epoch, batch within the epoch, optimiser step). It is written with ``torch.save`` and read with
+``weights_only=True``; every value is a tensor or a plain Python container. Each file is written atomically (temp +
+rename), the ``latest`` pointer last, so a run killed at any moment leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -12,18 +14,21 @@ import io
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..models.checkpoint import (CHECKPOINT_DIR, STEP_PREFIX, WEIGHTS_FILE, checkpoint_root, checkpoint_step,
+                                 latest_checkpoint, list_step_dirs, read_weights, step_dir, write_latest,
+                                 write_weights)
+from ..utils.io import atomic_write_bytes
 
-CHECKPOINT_DIR = "checkpoints"
-LATEST = "latest"
 STATE_FILE = "state.pt"
-WEIGHTS_FILE = "model.safetensors"
+
+#: the files of a complete checkpoint
+CHECKPOINT_FILES = (STATE_FILE, WEIGHTS_FILE)
 
 
 # -- RNG --------------------------------------------------------------------------------------------------------------
@@ -53,10 +58,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 # -- files ------------------------------------------------------------------------------------------------------------
-def checkpoint_root(run_dir: Union[str, Path]) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
-
-
 def save_state(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     """``torch.save`` to memory, then an atomic write."""
     buf = io.BytesIO()
@@ -75,21 +76,9 @@ def load_state(path: Union[str, Path]) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable training state ({type(exc).__name__}: {exc})") from None
 
 
-def write_latest(run_dir: Union[str, Path], step_dir: Path) -> None:
-    atomic_write_text(checkpoint_root(run_dir) / LATEST, step_dir.name + "\n")
-
-
 def list_checkpoints(run_dir: Union[str, Path]) -> List[Path]:
     """Complete checkpoints (both files present), oldest first."""
-    root = checkpoint_root(run_dir)
-    if not root.is_dir():
-        return []
-    out = []
-    for d in root.glob("step_*"):
-        suffix = d.name[len("step_"):]
-        if d.is_dir() and suffix.isdigit() and (d / STATE_FILE).is_file() and (d / WEIGHTS_FILE).is_file():
-            out.append((int(suffix), d))
-    return [d for _, d in sorted(out)]
+    return list_step_dirs(run_dir, CHECKPOINT_FILES)
 
 
 def prune_checkpoints(run_dir: Union[str, Path], keep_last: int) -> None:
@@ -97,9 +86,22 @@ def prune_checkpoints(run_dir: Union[str, Path], keep_last: int) -> None:
     root = checkpoint_root(run_dir)
     complete = list_checkpoints(run_dir)
     keep = set(complete[-keep_last:])
-    for d in root.glob("step_*"):
+    for d in root.glob(f"{STEP_PREFIX}*"):
         if d.is_dir() and d not in keep:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def write_checkpoint(run_dir: Union[str, Path], step: int, weights: Mapping[str, torch.Tensor],
+                     state: Dict[str, Any], keep_last: int) -> Path:
+    """Write ``checkpoints/step_<step>/{model.safetensors, state.pt}`` (weights header metadata ``{"step": step}``),
+    then point ``checkpoints/latest`` at it and prune to the newest ``keep_last``; returns the checkpoint folder."""
+    d = step_dir(run_dir, step)
+    d.mkdir(parents=True, exist_ok=True)
+    write_weights(d / WEIGHTS_FILE, weights, metadata={"step": str(step)})
+    save_state(d / STATE_FILE, state)
+    write_latest(run_dir, d)
+    prune_checkpoints(run_dir, keep_last)
+    return d
 
 
 def resolve_resume(resume: Union[str, Path], run_dir: Union[str, Path]) -> Path:
@@ -107,78 +109,27 @@ def resolve_resume(resume: Union[str, Path], run_dir: Union[str, Path]) -> Path:
     :func:`~loupe_bench.models.checkpoint.latest_pointer_target` — else the newest complete checkpoint of
     ``run_dir``) or a path to a ``step_<n>`` folder / a run dir."""
     if str(resume) == "latest":
-        from ..models.checkpoint import latest_pointer_target
-
-        cand = latest_pointer_target(run_dir)
-        if cand is not None and (cand / STATE_FILE).is_file() and (cand / WEIGHTS_FILE).is_file():
-            return cand
-        complete = list_checkpoints(run_dir)
-        if not complete:
+        found = latest_checkpoint(run_dir, CHECKPOINT_FILES)
+        if found is None:
             raise CheckpointError(f"{checkpoint_root(run_dir)}: no checkpoint to resume from")
-        return complete[-1]
+        return found
     p = Path(resume)
     if (p / CHECKPOINT_DIR).is_dir():
         return resolve_resume("latest", p)
-    if not ((p / STATE_FILE).is_file() and (p / WEIGHTS_FILE).is_file()):
+    if not all((p / name).is_file() for name in CHECKPOINT_FILES):
         raise CheckpointError(f"{p}: not a checkpoint folder (needs {WEIGHTS_FILE} and {STATE_FILE})")
     return p
 
 
-def save_weights(path: Union[str, Path], state_dict: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> Path:
-    """Atomically write a safetensors file (shared tensors are cloned so every name is stored)."""
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    return atomic_write_bytes(path, save(tensors, metadata=metadata or {}))
-
-
-def load_weights(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Read a safetensors file; a missing, truncated or corrupt one is a :class:`CheckpointError`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
-
-
-def load_checkpoint(where: Path, run_dir: Union[str, Path]):
+def load_checkpoint(where: Path, run_dir: Union[str, Path]) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
     """``(state, weights)`` of the checkpoint folder ``where``, both read (and so checked) before a resume writes
     anything. A truncated or corrupt file is a :class:`CheckpointError` naming the broken checkpoint and, when the
     run holds an older complete one, offering it (``--resume <that folder>``)."""
     try:
-        return load_state(where / STATE_FILE), load_weights(where / WEIGHTS_FILE)
+        return load_state(where / STATE_FILE), read_weights(where / WEIGHTS_FILE)
     except CheckpointError as exc:
-        older = [d for d in list_checkpoints(run_dir) if _step_of(d) < _step_of(where)]
+        here = checkpoint_step(where)
+        older = [d for d in list_checkpoints(run_dir) if checkpoint_step(d) < (-1 if here is None else here)]
         offer = (f"; resume from the previous checkpoint with --resume {older[-1]}" if older
                  else "; no earlier checkpoint in this run")
         raise CheckpointError(f"checkpoint {where} is broken ({exc}){offer}") from None
-
-
-def _step_of(d: Path) -> int:
-    suffix = d.name[len("step_"):]
-    return int(suffix) if suffix.isdigit() else -1
-
-
-def load_model_weights(model: torch.nn.Module, path: Union[str, Path],
-                       state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
-    """Load safetensors weights (``state_dict`` when already read from ``path``) into ``model`` strictly;
-    mismatches name the missing / unexpected keys."""
-    sd = load_weights(path) if state_dict is None else state_dict
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match the model (missing: {missing[:5]}{'…' if len(missing) > 5 else ''}; "
-            f"unexpected: {unexpected[:5]}{'…' if len(unexpected) > 5 else ''})"
-        )
-    with torch.no_grad():
-        for k, v in own.items():
-            if v.shape != sd[k].shape:
-                raise CheckpointError(f"{path}: {k}: shape {tuple(sd[k].shape)} != model {tuple(v.shape)}")
-            v.copy_(sd[k])
