@@ -16,15 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "loupe_bench"
 #: Cycles that still exist, each as the set of modules of one strongly connected component. Each entry is work left:
 #: remove the cycle, then its entry (the test fails on an entry that no longer matches a cycle, so the list only
 #: shrinks).
-KNOWN_CYCLES: List[FrozenSet[str]] = [
-    # data/__init__.py wraps synth.generate_world lazily; synth.py imports load_world back from the package
-    frozenset({"loupe_bench.data", "loupe_bench.data.synth"}),
-    # tasks/results.py calls the CLIP_benchmark exporter (a report module) and report/export.py loads results back
-    frozenset({"loupe_bench.report.export", "loupe_bench.tasks.results"}),
-    # report/render.py reads MAIN_MODELS of the reproduction plan; reproduce.py calls the renderer (the pipeline
-    # moves out of report/)
-    frozenset({"loupe_bench.report.render", "loupe_bench.report.reproduce"}),
-]
+KNOWN_CYCLES: List[FrozenSet[str]] = []
 
 #: modules that must never be part of a cycle, whatever the list above says
 NEVER_IN_A_CYCLE = ("loupe_bench.models.checkpoint", "loupe_bench.models.factory", "loupe_bench.models.sources",

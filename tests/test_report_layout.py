@@ -253,6 +253,9 @@ def test_explained_run_is_the_main_loupe_model(tmp_path, monkeypatch):
     from loupe_bench.report.render import explained_run, main_loupe_model
 
     assert main_loupe_model() == "loupe-tiny"
+    from loupe_bench.pipeline import MAIN_MODELS  # the report names the plans' main LOUPE model without importing them
+
+    assert main_loupe_model() == next(m for m in MAIN_MODELS if "loupe" in m.lower())
     names = ["clip-tiny", "loupe-no-fsa", "loupe-sampling", "loupe-tiny", "loupe-no-tsa"]
     assert explained_run(names) == "loupe-tiny"                       # not the alphabetically first
     assert explained_run(["loupe-sampling", "loupe-no-tsa", "loupe-no-fsa", "clip"]) == "loupe-no-fsa"  # shortest

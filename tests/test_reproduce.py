@@ -85,7 +85,7 @@ def test_planted_regression_fails_gate(quick_run, tmp_path):
 
 def test_weakened_model_fails_gate(quick_run, tmp_path):
     """An untrained FILIP evaluated (same protocol, same fingerprint) in place of the trained one fails the gate."""
-    from loupe_bench.report.reproduce import QUICK_TASK_OVERRIDES, task_spec_mapping
+    from loupe_bench.pipeline import QUICK_TASK_OVERRIDES, task_spec_mapping
     from loupe_bench.tasks.evaluate import evaluate
 
     bad = tmp_path / "results"
@@ -102,7 +102,7 @@ def test_weakened_model_fails_gate(quick_run, tmp_path):
 
 def test_task_overrides_general_and_per_task():
     """General overrides change only keys a task spec has; ``TASK:key`` overrides reach one task, creating keys."""
-    from loupe_bench.report.reproduce import task_spec_mapping
+    from loupe_bench.pipeline import task_spec_mapping
 
     ov = {"options.bootstrap_resamples": 7, "synthetic-captioning:options.use_java": False,
           "synthetic-grounding-grid:splits": ["test"]}
@@ -119,8 +119,8 @@ def test_task_overrides_general_and_per_task():
 def test_default_plan_reference_is_current(quick_run):
     """`check` gates the default run too: the shipped `synthetic-default` reference was made by the default plan of
     this code (same task fingerprints on the same world, every model of the plan, three seeds)."""
+    from loupe_bench.pipeline import default_plan, synthetic_tasks, task_spec_mapping
     from loupe_bench.report.gate import load_reference
-    from loupe_bench.report.reproduce import default_plan, synthetic_tasks, task_spec_mapping
     from loupe_bench.report.results_io import REFERENCE_ROWS
     from loupe_bench.specs import reference_path
     from loupe_bench.tasks import load_task

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from loupe_bench.cli.main import cli
 from loupe_bench.errors import SpecError
 from loupe_bench.models import get_spec
-from loupe_bench.report import reproduce as R
+from loupe_bench import pipeline as R
 from loupe_bench.train.recipe import load_recipe
 
 #: each GPU-plan spec and the tiny spec it follows (same keys and values except the tower sizes)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from loupe_bench.report.reproduce import paper_task_specs
+from loupe_bench.pipeline import paper_task_specs
 
 
 def _real_layout_root(world: Path, root: Path) -> Path:

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from loupe_bench.errors import DataError, SpecError
+from loupe_bench.report.export import export_clip_benchmark
 from loupe_bench.specs import load_yaml, spec_files
 from loupe_bench.tasks import TASK_TYPES, list_tasks, load_adapters, load_task
-from loupe_bench.tasks.results import (
-    export_clip_benchmark, load_results, paired_delta, result_filename, summarize_seeds, validate_result,
-)
+from loupe_bench.tasks.results import load_results, paired_delta, result_filename, summarize_seeds, validate_result
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

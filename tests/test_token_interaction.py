@@ -214,7 +214,7 @@ def test_spec_is_registered_and_validated():
         load_task(bad)
     with pytest.raises(SpecError, match="text must be"):
         load_task(fast(text="sentence"))
-    from loupe_bench.report.reproduce import synthetic_tasks
+    from loupe_bench.pipeline import synthetic_tasks
 
     assert NAME not in synthetic_tasks(quick=True) and NAME in synthetic_tasks()  # the default plan only
     prob = load_task("synthetic-token-interaction-prob")  # the same probe under the matching-probability value

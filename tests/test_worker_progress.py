@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loupe_bench.report import worker_progress as wp
-from loupe_bench.report.reproduce import Context, StageLog, SyntheticPlan, _run_jobs, _train_job
+from loupe_bench.pipeline import Context, StageLog, SyntheticPlan, run_jobs, train_job
+from loupe_bench.pipeline import progress as wp
 
 
 class _Ctx:
@@ -78,7 +78,7 @@ def _ctx(tmp_path, console, enabled=True) -> Context:
 def _jobs(tmp_path, world, steps):
     over = {"steps": steps, "optim.warmup_steps": 1, "checkpoint.every": 0, "threads": 1, "log.progress": False,
             "data.batch_size": 8}
-    return [(f"train/s0/{m}", f"train: {m}", _train_job, (m, str(world), "tiny-cpu", str(tmp_path / m), 0, over))
+    return [(f"train/s0/{m}", f"train: {m}", train_job, (m, str(world), "tiny-cpu", str(tmp_path / m), 0, over))
             for m in ("clip-tiny", "filip-tiny")]
 
 
@@ -97,9 +97,9 @@ def test_reproduce_workers_report_training_steps_in_a_terminal(tmp_path, tiny_wo
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=140)
     ctx = _ctx(tmp_path, console)
-    _run_jobs(ctx, "train", _jobs(tmp_path, tiny_world, steps=6))
+    run_jobs(ctx, "train", _jobs(tmp_path, tiny_world, steps=6))
     pool = ctx._pool
-    _run_jobs(ctx, "train", _jobs(tmp_path / "again", tiny_world, steps=2))  # a second stage: the same workers
+    run_jobs(ctx, "train", _jobs(tmp_path / "again", tiny_world, steps=2))  # a second stage: the same workers
     assert ctx._pool is pool and ctx.worker_cpu > 0
     ctx.close()
     assert ctx._pool is None
@@ -117,12 +117,13 @@ def test_reproduce_workers_report_training_steps_in_a_terminal(tmp_path, tiny_wo
 def test_training_runs_longest_first(monkeypatch):
     """The train stage starts LOUPE (5 loss terms) and its ablations before CLIP / FILIP (1 term), in plan order
     within a rank — so the longest run never starts last on a free worker."""
-    from loupe_bench.report import reproduce as rp
+    from loupe_bench import pipeline as rp
+    from loupe_bench.pipeline import stages
 
     submitted = []
     ctx = _ctx(Path("/tmp/unused"), Console(file=io.StringIO()), enabled=False)
     ctx.plan = SyntheticPlan(models=["clip-tiny", "filip-tiny", "loupe-tiny", "loupe-no-tsa"], workers=2)
-    monkeypatch.setattr(rp, "_run_jobs", lambda c, kind, jobs, on_idle=None: submitted.extend(j[0] for j in jobs))
+    monkeypatch.setattr(stages, "run_jobs", lambda c, kind, jobs, on_idle=None: submitted.extend(j[0] for j in jobs))
     rp.stage_train(ctx)
     assert submitted == ["train/s0/loupe-tiny", "train/s0/loupe-no-tsa", "train/s0/clip-tiny", "train/s0/filip-tiny"]
     assert [rp.training_cost(rp.model_spec_mapping(m)) for m in ctx.plan.models] == [1, 1, 5, 4]

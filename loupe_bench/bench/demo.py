@@ -26,7 +26,7 @@ def _time_run(out: Path, quick: bool, plan_changes: Optional[Dict[str, Any]] = N
 
     from rich.console import Console
 
-    from ..report.reproduce import default_plan, reproduce_synthetic
+    from ..pipeline import default_plan, reproduce_synthetic
 
     plan = default_plan(quick)
     if plan_changes:
@@ -47,7 +47,7 @@ def demo(repeat: int = 1, device: str = "cpu", full: bool = True, out_dir: str =
          plan_changes: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Time the quick and (when ``full``) the default synthetic reproduction; targets :data:`TARGETS` (60 s, 300 s).
 
-    ``plan_changes``: :class:`~loupe_bench.report.reproduce.SyntheticPlan` fields replaced in both plans (the
+    ``plan_changes``: :class:`~loupe_bench.pipeline.SyntheticPlan` fields replaced in both plans (the
     smoke test shrinks world, steps and tasks); the targets only mean something without it."""
     runs: Dict[str, Dict[str, Any]] = {}
     figures = []

@@ -56,8 +56,9 @@ def check_cmd(path: str, fmt: str, image_root: str, task: str, data_root: str) -
     from rich.console import Console
     from rich.table import Table
 
-    from ..data.check import check_dataset, check_task_data
+    from ..data.check import check_dataset
     from ..errors import SpecError
+    from ..tasks.check import check_task_data
 
     if task is not None:
         if path is not None or image_root is not None or fmt != "auto":

@@ -12,7 +12,7 @@ def reproduce() -> None:
 
 
 def _plan_names():
-    from ..report.reproduce import PLANS
+    from ..pipeline import PLANS
 
     return PLANS.names()
 
@@ -38,7 +38,7 @@ def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers):
     bound unless --quick) with the plan's recipe, evaluate every synthetic task and write the report."""
     from dataclasses import replace
 
-    from ..report.reproduce import get_plan, reproduce_synthetic
+    from ..pipeline import get_plan, reproduce_synthetic
 
     if quick and plan_name not in (None, "quick"):
         raise click.UsageError(f"--quick is --plan quick; it cannot be combined with --plan {plan_name}")
@@ -63,7 +63,7 @@ def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers):
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def paper_cmd(data_root, models, tasks, out, seed):
     """Evaluate models on the real-benchmark specs the paper tables use, beside the published numbers."""
-    from ..report.reproduce import reproduce_paper
+    from ..pipeline import reproduce_paper
 
     md = reproduce_paper(data_root, models, out, tasks=tasks or None, seed=seed)
     click.echo(f"comparison: {md}")

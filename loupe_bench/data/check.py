@@ -57,7 +57,10 @@ def detect_format(path: PathLike) -> str:
     raise DataError("cannot tell the data format; pass --format", file=str(p))
 
 
-def _run(fmt: str, path: PathLike, **options: Any) -> List[DataError]:
+def check_loader(fmt: str, path: PathLike, **options: Any) -> List[DataError]:
+    """Run the loader registered as ``fmt`` on ``path`` with ``on_bad_sample="skip"`` (images verified unless
+    ``verify_images=False``): every record it skipped as a :class:`~loupe_bench.errors.DataError`, then the fatal
+    error that stopped it, if any."""
     options.setdefault("verify_images", True)
     loader = DATASETS.get(fmt)(path, on_bad_sample="skip", **options)
     try:
@@ -92,9 +95,9 @@ def _check_world(path: Path) -> List[DataError]:
         if not p.exists():
             errors.append(DataError("file or folder listed in world.json is missing", file=str(p)))
             continue
-        errors += _run(fmt, p, **opts)
+        errors += check_loader(fmt, p, **opts)
     for split, shards in sorted(files.get("shards", {}).items()):
-        errors += _run("webdataset", path / "shards", shards=[str(path / s) for s in shards])
+        errors += check_loader("webdataset", path / "shards", shards=[str(path / s) for s in shards])
     return errors
 
 
@@ -118,7 +121,7 @@ def check_dataset(path: PathLike, fmt: str = "auto", **options: Any) -> List[Dat
     if fmt == "synthetic":
         errors = _check_world(Path(path))
     else:
-        errors = _run(fmt, path, **options)
+        errors = check_loader(fmt, path, **options)
     return unique_errors(errors)
 
 
@@ -130,29 +133,3 @@ def unique_errors(errors: List[DataError]) -> List[DataError]:
             seen.add(str(e))
             out.append(e)
     return out
-
-
-def check_task_data(task: Any, data_root: PathLike) -> List[DataError]:
-    """Every problem of the data set a task spec describes, read as the task reads it: the spec's format, its
-    dataset path and loader options resolved against ``data_root`` (its ``image_root`` and the like), for every
-    split the task reads (:meth:`~loupe_bench.tasks.spec.TaskSpec.data_splits`); images are verified.
-
-    Args:
-        task: a task name, task YAML path or :class:`~loupe_bench.tasks.spec.TaskSpec`.
-        data_root: the folder the task's paths are relative to (what ``eval --data-root`` gets).
-
-    Raises:
-        DataError: a file or folder the spec names is missing (with the layout the task expects).
-    """
-    from ..tasks import load_task
-    from ..tasks.spec import TaskSpec
-
-    spec = task if isinstance(task, TaskSpec) else load_task(task)
-    root = Path(data_root)
-    splits = spec.data_splits()
-    spec.require_data(root, splits)
-    errors: List[DataError] = []
-    for split in splits:
-        path = spec.resolve_path(root, spec.dataset.path, split)
-        errors += _run(spec.dataset.format, path, split=split, **spec.loader_options(root, split))
-    return unique_errors(errors)

@@ -12,10 +12,10 @@ from typing import Optional, Union
 from xml.sax.saxutils import escape
 
 from ..utils.io import atomic_write_text
-from . import load_world
 from .formats.karpathy import KarpathyLoader
 from .formats.coco import CocoLoader
 from .formats.voc import xywh_to_voc
+from .world import load_world
 
 PathLike = Union[str, os.PathLike]
 

@@ -1034,7 +1034,7 @@ def load_object_kinds(world_dir: Union[str, os.PathLike], split: str
         ``{image_id: [(box_xyxy_norm, kind, ann_id), ...]}`` with objects in drawing order (later ones on top);
         every image of the split is a key, also one without objects.
     """
-    from . import load_world
+    from .world import load_world
     from .formats.coco import CocoLoader
 
     world = load_world(world_dir)

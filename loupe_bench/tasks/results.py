@@ -1,5 +1,5 @@
-"""Result records: the JSON schema of ``docs/architecture.md``, atomic writing, loading, validation and the
-CLIP_benchmark-style export.
+"""Result records: the JSON schema of ``docs/architecture.md``, atomic writing, loading and validation (the
+CLIP_benchmark-style export of these records is a report: :func:`loupe_bench.report.export.export_clip_benchmark`).
 
 One file per (model, task, split): ``<model>__<task>__<split>.json`` (names made file-safe); when that name is
 taken by a result of another model (two runs both called ``full``), ``<model>__<task>__<split>__<id8>.json`` with
@@ -165,14 +165,6 @@ def paired_delta(a: Dict[str, Any], b: Dict[str, Any], metric: str, n_resamples:
     if pa is None or pb is None:
         raise DataError(f"per-item values of {metric!r} missing; a paired bootstrap needs them")
     return paired_bootstrap_delta(pa, pb, n_resamples=n_resamples, seed=seed)
-
-
-# ------------------------------------------------------------------------------------- CLIP_benchmark layout
-def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: Union[str, Path]) -> List[Path]:
-    """CLIP_benchmark layout; see :func:`loupe_bench.report.export.export_clip_benchmark`."""
-    from ..report.export import export_clip_benchmark as export
-
-    return export(results, out_dir)
 
 
 def summarize_seeds(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
