@@ -13,11 +13,20 @@ Specs are data found through registries, never if/elif chains over names::
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
+import importlib
+import importlib.util
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TypeVar
 
 from .errors import SpecError
 
 T = TypeVar("T")
+
+
+def import_registering_modules(modules: Iterable[str]) -> None:
+    """Import each module whose import registers entries (each once; a module that is not installed is skipped)."""
+    for mod in modules:
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
 
 
 class Registry:

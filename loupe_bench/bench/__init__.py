@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-from ..registry import Registry
+from ..registry import Registry, import_registering_modules
 
 BENCHMARKS = Registry("benchmark")
 
@@ -28,12 +28,7 @@ _BENCH_MODULES = (
 
 
 def load_all() -> Registry:
-    import importlib
-    import importlib.util
-
-    for mod in _BENCH_MODULES:
-        if importlib.util.find_spec(mod) is not None:
-            importlib.import_module(mod)
+    import_registering_modules(_BENCH_MODULES)
     return BENCHMARKS
 
 

@@ -6,12 +6,10 @@ model-directory format (:mod:`loupe_bench.models.checkpoint`, a saved one). This
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Any, Mapping
 
 from ..errors import SpecError
-from ..registry import Registry
+from ..registry import Registry, import_registering_modules
 
 MODEL_CLASSES = Registry("model family")
 
@@ -26,9 +24,7 @@ FAMILY_MODULES = (
 
 def load_families() -> None:
     """Import every module that registers a family (each once; a missing optional module is skipped)."""
-    for mod in FAMILY_MODULES:
-        if importlib.util.find_spec(mod) is not None:
-            importlib.import_module(mod)
+    import_registering_modules(FAMILY_MODULES)
 
 
 def model_class(spec: Mapping[str, Any]):
