@@ -15,17 +15,13 @@ class LoupeBenchError(Exception):
     exit_code = 2
 
 
-class SpecError(LoupeBenchError):
-    """An unknown or invalid spec (model, task, recipe, dataset)."""
-
-
-class DataError(LoupeBenchError):
-    """Bad input data. Names the file and, where it applies, the record.
+class _Located(LoupeBenchError):
+    """An error that names where it is: the file and, where it applies, the record.
 
     Args:
         message: what is wrong.
         file: the file (or shard, or directory) that holds the bad record.
-        record: an identifier of the record inside the file (image id, sentence id, line number, sample key).
+        record: an identifier of the record inside the file (image id, sentence id, line number, sample key, entry).
     """
 
     def __init__(self, message: str, file: Optional[str] = None, record: Optional[str] = None):
@@ -42,6 +38,15 @@ class DataError(LoupeBenchError):
             where.append(f"record {self.record}")
         prefix = ": ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class SpecError(_Located):
+    """An unknown or invalid spec (model, task, recipe, tower preset, paper table, reference): every problem with a
+    spec file or spec mapping, from a missing file or malformed YAML to an unknown field or a bad value."""
+
+
+class DataError(_Located):
+    """Bad input data. Names the file and, where it applies, the record."""
 
 
 class CheckpointError(LoupeBenchError):

@@ -1,91 +1,381 @@
-"""Where the YAML specs live, for a source checkout and for an installed wheel.
+"""The spec index: every kind of YAML/JSON spec the package ships, found, named, read and checked one way.
 
-The top-level folders ``baselines/`` (model specs of compared models), ``tasks/`` (protocol specs),
-``results/paper`` (published numbers) and ``results/reference`` (committed reference runs of the regression gate) are
-shipped inside the wheel as ``loupe_bench/_specs/<name>`` (see ``pyproject.toml``). In a source checkout (editable install, or running from the repo) the top-level folders are
-used directly. LOUPE's own model specs and the training recipes are package data of their modules.
+Kinds (:data:`SPEC_KINDS`): ``models`` (``baselines/``: CLIP, FILIP, LOUPE and every ablation), ``tasks``
+(``tasks/``), ``recipes`` (``loupe_bench/train/recipes``), ``paper`` (``results/paper``: published numbers) and
+``reference`` (``results/reference``: committed reference runs of the regression gate). The top-level folders are
+shipped inside the wheel as ``loupe_bench/_specs/<folder>`` (see ``pyproject.toml``); in a source checkout (editable
+install, or running from the repo) the top-level folders are used directly.
+
+One rule for every kind:
+
+- **scan** -- :func:`spec_index` maps each spec's name (its ``name:`` key, else the file stem) to its file; a name
+  defined twice is an error.
+- **name or path** -- :func:`resolve_spec`: text that looks like a path (it holds a ``/`` or ``\\``, or ends in
+  ``.yaml`` / ``.yml`` / ``.json``) is a file that must exist; anything else is a shipped name.
+- **one error type** -- every spec problem (unknown name, missing file, malformed YAML, unknown field, bad value) is a
+  :class:`~loupe_bench.errors.SpecError` whose text names the file (or ``<mapping>``) and the dotted field.
+- **dotted overrides** -- :func:`parse_assignments` reads ``KEY=VALUE`` command-line items (values as YAML) and
+  :func:`set_dotted` writes one ``a.b.c`` key into a nested mapping.
+- **strict dataclasses** -- :func:`from_mapping` builds a (nested) config dataclass from a mapping, refusing unknown
+  fields and running each field's ``metadata["check"]``.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+import re
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import yaml
 
-from .errors import DataError, SpecError
+from .errors import SpecError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 
-
-# shipped name -> folder in a source checkout (names not listed are top-level folders of the same name)
-SOURCE_DIRS: Dict[str, str] = {"paper": "results/paper", "reference": "results/reference"}
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def spec_dir(name: str) -> Path:
-    """Folder holding the shipped specs called ``name`` (``baselines``, ``tasks``, ``paper``, ``reference``)."""
-    shipped = PACKAGE_DIR / "_specs" / name
+class SpecKind(NamedTuple):
+    """One kind of spec: where its files live and how they are named.
+
+    Attributes:
+        label: the word in messages (``unknown model 'x'``).
+        shipped: folder name under ``loupe_bench/_specs`` in a wheel (``None``: the folder is package data).
+        source: folder in a source checkout, relative to the repository (or, without ``shipped``, to the package).
+        suffixes: file name endings that hold a spec.
+        named_by_key: the name is the file's ``name:`` key (else, and for non-mappings, the file stem).
+    """
+
+    label: str
+    shipped: Optional[str]
+    source: str
+    suffixes: Tuple[str, ...] = (".yaml", ".yml")
+    named_by_key: bool = True
+
+
+#: every kind of shipped spec
+SPEC_KINDS: Dict[str, SpecKind] = {
+    "models": SpecKind("model", "baselines", "baselines"),
+    "towers": SpecKind("tower preset", "baselines/towers", "baselines/towers"),
+    "tasks": SpecKind("task", "tasks", "tasks"),
+    "recipes": SpecKind("recipe", None, "train/recipes"),
+    "paper": SpecKind("paper table", "paper", "results/paper", SPEC_SUFFIXES, named_by_key=False),
+    "reference": SpecKind("reference", "reference", "results/reference", (".json",), named_by_key=False),
+}
+
+
+def _kind(kind: str) -> SpecKind:
+    try:
+        return SPEC_KINDS[kind]
+    except KeyError:
+        raise SpecError(f"unknown spec kind {kind!r}; known: {', '.join(SPEC_KINDS)}") from None
+
+
+def spec_dir(kind: str) -> Path:
+    """Folder holding the shipped specs of ``kind`` (a key of :data:`SPEC_KINDS`)."""
+    k = _kind(kind)
+    if k.shipped is None:
+        folder = PACKAGE_DIR / k.source
+        if folder.is_dir():
+            return folder
+        raise SpecError(f"spec folder {kind!r} not found (looked in {folder})")
+    shipped = PACKAGE_DIR / "_specs" / k.shipped
     if shipped.is_dir():
         return shipped
-    source = REPO_DIR / SOURCE_DIRS.get(name, name)
+    source = REPO_DIR / k.source
     if source.is_dir():
         return source
-    raise SpecError(f"spec folder {name!r} not found (looked in {shipped} and {source})")
+    raise SpecError(f"spec folder {kind!r} not found (looked in {shipped} and {source})")
 
 
-def spec_files(name: str, patterns=("*.yaml", "*.yml", "*.json")) -> List[Path]:
-    folder = spec_dir(name)
-    out: List[Path] = []
-    for pattern in patterns:
-        out.extend(folder.glob(pattern))
-    return sorted(out)
+def spec_files(kind: str) -> List[Path]:
+    """Every spec file of ``kind``, sorted by path."""
+    k = _kind(kind)
+    folder = spec_dir(kind)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in k.suffixes)
+
+
+def read_spec(path: Union[str, Path]) -> Any:
+    """The content of one spec file (YAML, or JSON for ``.json``); a missing or malformed file is a
+    :class:`SpecError` naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc}") from None
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise SpecError(f"{path}: malformed {kind}: {exc}".replace("\n", " ")) from None
+
+
+def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a spec file that must hold a mapping (an empty file is ``{}``); errors name the file."""
+    data = read_spec(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def spec_name(path: Path, data: Any, kind: str) -> str:
+    """A spec's name: its ``name:`` key where the kind is named by key, else the file stem."""
+    if _kind(kind).named_by_key and isinstance(data, dict) and data.get("name") is not None:
+        return str(data["name"])
+    return path.stem
+
+
+def spec_index(kind: str) -> Dict[str, Path]:
+    """Name -> file of every shipped spec of ``kind`` (one scan); a name defined twice is a :class:`SpecError`."""
+    out: Dict[str, Path] = {}
+    for path in spec_files(kind):
+        name = spec_name(path, read_spec(path) if _kind(kind).named_by_key else None, kind)
+        if name in out:
+            raise SpecError(f"{_kind(kind).label} {name!r} defined twice ({out[name]} and {path})")
+        out[name] = path
+    return out
+
+
+def looks_like_path(text: Union[str, Path]) -> bool:
+    """The one "name or path" rule: a path holds a folder separator or ends in ``.yaml`` / ``.yml`` / ``.json``."""
+    text = str(text)
+    return "/" in text or "\\" in text or Path(text).suffix in SPEC_SUFFIXES
+
+
+def resolve_spec(kind: str, name_or_path: Union[str, Path]) -> Path:
+    """The file of a spec given by shipped name or by path (:func:`looks_like_path`); unknown names and missing
+    files are a :class:`SpecError` (an unknown name lists the known ones)."""
+    k = _kind(kind)
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or looks_like_path(text):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise SpecError(f"{path}: {k.label} file not found")
+        return path
+    index = spec_index(kind)
+    if text not in index:
+        known = ", ".join(sorted(index)) or "(none)"
+        raise SpecError(f"unknown {k.label} {text!r}; known: {known} (or give a path to a "
+                        f"{'/'.join(s.lstrip('.') for s in k.suffixes)} file)")
+    return index[text]
+
+
+def load_named(kind: str, name_or_path: Union[str, Path]) -> Tuple[Dict[str, Any], Path]:
+    """``(mapping, file)`` of a spec by name or path; ``name`` defaults to the file stem."""
+    path = resolve_spec(kind, name_or_path)
+    data = load_yaml(path)
+    data.setdefault("name", path.stem)
+    return data, path
+
+
+# -- inheritance --------------------------------------------------------------------------------------------------------
+#: keys a child spec never inherits from its ``base:`` (each spec says what it is: ``name`` defaults to the file
+#: stem, ``description`` is the child's own or absent)
+NOT_INHERITED = ("name", "description")
+
+
+def merge_spec(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursive merge of a child spec onto its base (neither is modified).
+
+    ``merge(b, o)[k] = merge(b[k], o[k])`` when both values are mappings, else ``o[k]`` when ``k`` is in ``o``, else
+    ``b[k]``: the override wins, nested mappings merge key by key, a list or scalar replaces the base's value whole.
+    Key order: the base's keys in its order, then the override's new keys in theirs.
+    """
+    out: Dict[str, Any] = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_spec(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_named_file(kind: str, path: Union[str, Path]) -> Dict[str, Any]:
+    """One spec file of ``kind`` as written (``base:`` unresolved); ``name`` defaults to the file stem."""
+    path = Path(path)
+    data = load_yaml(path)
+    data.setdefault("name", path.stem)
+    return data
+
+
+#: a per-level expansion run on each spec of a ``base:`` chain before it is merged (``(spec, where) -> spec``)
+Expand = Callable[[Dict[str, Any], str], Dict[str, Any]]
+
+
+def resolve_base(kind: str, spec: Mapping[str, Any], where: str, index: Optional[Mapping[str, Path]] = None,
+                 expand: Optional[Expand] = None, _chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Resolve ``base: NAME`` (a shipped spec of the same ``kind``) of ``spec``, recursively.
+
+    The result is ``merge_spec(resolved(base), own)`` (see :func:`merge_spec`), where ``own`` is ``spec`` minus
+    ``base`` (after ``expand``, when given), without the base's :data:`NOT_INHERITED` keys the child does not give; a
+    spec without ``base`` is returned as a copy. A chain (``loupe-small-no-fsa -> loupe-small -> loupe-tiny``)
+    resolves bottom-up. An unknown base or a cycle (``a -> b -> a``) is a :class:`SpecError` naming ``where`` (the
+    file, or ``<mapping>``).
+    """
+    own = dict(expand(dict(spec), where) if expand is not None else spec)
+    if "base" not in own:
+        return copy.deepcopy(own)
+    base = own.pop("base")
+    name = str(own.get("name", "?"))
+    label = _kind(kind).label
+    chain = _chain + (name,)
+    if index is None:
+        index = spec_index(kind)
+    if not isinstance(base, str) or base not in index:
+        raise SpecError(f"{where}: {label} spec {name!r}: unknown base {base!r}; "
+                        f"known: {', '.join(sorted(index)) or '(none)'}")
+    if base in chain:
+        raise SpecError(f"{where}: {label} spec {name!r}: cycle in base specs ({' -> '.join(chain + (base,))})")
+    parent_path = index[base]
+    parent = resolve_base(kind, read_named_file(kind, parent_path), str(parent_path), index, expand, chain)
+    merged = merge_spec(parent, own)
+    for key in NOT_INHERITED:  # kept in the base's place when the child gives them, else dropped
+        if key not in own:
+            merged.pop(key, None)
+    return merged
 
 
 def list_references() -> List[Tuple[str, str]]:
     """Committed reference runs of the regression gate: ``(name, description)``."""
-    import json
-
     out = []
-    for f in spec_files("reference", patterns=("*.json",)):
+    for name, f in sorted(spec_index("reference").items()):
         try:
-            ref = json.loads(f.read_text(encoding="utf-8"))
+            ref = read_spec(f)
             desc = f"{len(ref.get('rows', []))} gated rows, seeds {ref.get('seeds', '?')}"
-        except (OSError, ValueError, AttributeError):
+        except (SpecError, AttributeError):
             desc = "(unreadable)"
-        out.append((f.stem, desc))
+        out.append((name, desc))
     return out
 
 
-def reference_path(name_or_path) -> Path:
-    """Resolve ``--reference``: an existing file, else a committed reference by name (``synthetic-quick``).
+def reference_path(name_or_path: Union[str, Path]) -> Path:
+    """Resolve ``--reference``: a committed reference by name (``synthetic-quick``) or a path (the rule of
+    :func:`looks_like_path`). A path need not exist yet: ``check --update`` creates it, and the gate reports a
+    missing reference itself."""
+    if isinstance(name_or_path, Path) or looks_like_path(name_or_path):
+        return Path(str(name_or_path)).expanduser()
+    return resolve_spec("reference", name_or_path)
 
-    A bare name (no folder, no ``.json``) is looked up among the references shipped with the package
-    (``results/reference`` in a checkout, ``loupe_bench/_specs/reference`` in a wheel); anything else is a path.
+
+# -- dotted overrides ---------------------------------------------------------------------------------------------------
+def parse_assignments(items: Iterable[str], option: str = "--set", example: str = "optim.lr=1e-3") -> Dict[str, Any]:
+    """``KEY=VALUE`` command-line items -> ``{KEY: value}`` with each VALUE read as YAML (``1e-3`` a float, ``true``
+    a bool); a missing ``=`` or a value that is not YAML is a :class:`SpecError` naming the item."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"{option} {item!r}: expected KEY=VALUE, e.g. {example}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SpecError(f"{option} {item!r}: value is not valid YAML") from None
+    return out
+
+
+def check_dotted(cls: type, key: str, what: str = "override") -> None:
+    """Check that the dotted ``key`` names a field of the config dataclass ``cls``: every part but the last a nested
+    dataclass (a section), the last a field of it; else a :class:`SpecError` naming the key and the known fields
+    there (a field without a dataclass default, e.g. a free mapping, takes any key below it)."""
+    parts = str(key).split(".")
+    current: Optional[type] = cls
+    for i, part in enumerate(parts):
+        if current is None:
+            return
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        if part not in fields:
+            where = ".".join(parts[:i]) or "the top level"
+            raise SpecError(f"{what} {key!r}: unknown field {part!r} in {where}; known: {', '.join(sorted(fields))}")
+        if i < len(parts) - 1:
+            nested = _nested_class(fields[part])
+            if nested is None and fields[part].default_factory is dataclasses.MISSING:
+                raise SpecError(f"{what} {key!r}: {'.'.join(parts[:i + 1])!r} is a value, not a section")
+            current = nested
+
+
+def set_dotted(data: Dict[str, Any], key: str, value: Any, *, create: bool = False) -> bool:
+    """Set the dotted ``key`` (``a.b.c``) of the nested mapping ``data`` to ``value`` (in place).
+
+    With ``create`` missing (or ``None``) parents become mappings and a missing last key is added; without it only
+    an existing key is replaced. Returns whether the value was set (``False``: a parent is missing or is a value)."""
+    parts = str(key).split(".")
+    node: Any = data
+    for part in parts[:-1]:
+        if create and isinstance(node, dict) and node.get(part) is None:
+            node[part] = {}
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return False
+    if create or parts[-1] in node:
+        node[parts[-1]] = value
+        return True
+    return False
+
+
+# -- strict dataclasses -------------------------------------------------------------------------------------------------
+#: a field check returns an error text, or ``None`` when the value is fine (``check.numeric``: read numbers first)
+Check = Callable[[Any], Optional[str]]
+
+#: a number written the way YAML 1.1 leaves it a string (``1e-3``: no dot in the mantissa, or no sign in the exponent)
+_NUMBER_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def yaml_number(value: Any) -> Any:
+    """``"1e-3"`` -> ``0.001``: a string that is a decimal number (YAML 1.1 reads ``1e-3`` as a string, YAML 1.2 as
+    a float) becomes an int (no dot, no exponent) or a float; anything else is returned unchanged."""
+    if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    return value
+
+
+def _nested_class(f: dataclasses.Field) -> Optional[type]:
+    factory = f.default_factory
+    return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
+
+
+def from_mapping(cls: type, data: Optional[Mapping[str, Any]], source: str = "<mapping>", prefix: str = "") -> Any:
+    """Build the config dataclass ``cls`` from ``data``, strictly.
+
+    ``None`` is ``{}``. A key that is not a field is a :class:`SpecError` (``SOURCE: unknown field 'PREFIX.KEY';
+    known: ...``); a field whose default is a dataclass (``field(default_factory=Cfg)``) is built from its sub-mapping
+    the same way; a field with ``metadata["check"]`` runs it (numbers written as text read first when the check is
+    numeric) and a failure names ``SOURCE`` and the dotted field. Missing fields keep their defaults.
     """
-    text = str(name_or_path)
-    path = Path(text)
-    if path.is_file() or "/" in text or "\\" in text or path.suffix == ".json":
-        return path
-    folder = spec_dir("reference")
-    named = folder / f"{text}.json"
-    if not named.is_file():
-        known = ", ".join(n for n, _ in list_references()) or "(none)"
-        raise DataError(f"no committed reference named {text!r} (known: {known}; or give a path)", file=str(named))
-    return named
-
-
-def load_yaml(path) -> Dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
-    path = Path(path)
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise DataError("file not found", file=str(path)) from None
-    except yaml.YAMLError as exc:
-        raise DataError(f"malformed YAML: {exc}".replace("\n", " "), file=str(path)) from None
     if data is None:
         data = {}
-    if not isinstance(data, dict):
-        raise DataError("expected a YAML mapping at the top level", file=str(path))
-    return data
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: field '{prefix or '<top>'}': must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise SpecError(f"{source}: unknown field '{where}{unknown[0]}'; known: {', '.join(sorted(fields))}")
+    kwargs: Dict[str, Any] = {}
+    for name, f in fields.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        nested = _nested_class(f)
+        if nested is not None:
+            kwargs[name] = from_mapping(nested, data.get(name), source, dotted)
+            continue
+        if name not in data:
+            continue
+        value = data[name]
+        check = f.metadata.get("check")
+        if getattr(check, "numeric", False):
+            value = yaml_number(value)
+        err = check(value) if check else None
+        if err:
+            raise SpecError(f"{source}: field '{dotted}': {err}")
+        kwargs[name] = list(value) if isinstance(value, tuple) else value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{source}: field '{prefix or '<top>'}': {exc}") from None

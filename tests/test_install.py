@@ -91,7 +91,7 @@ def test_every_installed_command_has_help(installed):
 def test_installed_user_errors_are_one_line(installed, tmp_path):
     res = installed.run("check", tmp_path / "missing", "--reference", "no-such-reference")
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "no committed reference named 'no-such-reference'" in res.stderr and "synthetic-quick" in res.stderr
+    assert "unknown reference 'no-such-reference'" in res.stderr and "synthetic-quick" in res.stderr
     res = installed.run("eval", "--model", "clip-tiny", "--task", "synthetic-retrieval", "--device", "cuda:7")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len([l for l in res.stderr.splitlines() if l.strip()]) == 1, res.stderr

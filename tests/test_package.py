@@ -100,9 +100,12 @@ def test_wheel_ships_specs(tmp_path):
     wheel = next(tmp_path.glob("loupe_bench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for folder in ("baselines", "tasks"):
-        shipped = [n for n in names if n.startswith(f"loupe_bench/_specs/{folder}/") and n.endswith(".yaml")]
-        source = sorted(p.name for p in (ROOT / folder).glob("*.yaml"))
-        assert sorted(Path(n).name for n in shipped) == source
+        prefix = f"loupe_bench/_specs/{folder}/"
+        shipped = [n[len(prefix):] for n in names if n.startswith(prefix) and n.endswith(".yaml")]
+        source = sorted(p.relative_to(ROOT / folder).as_posix() for p in (ROOT / folder).rglob("*.yaml"))
+        assert sorted(shipped) == source  # subfolders too (baselines/towers/)
+    assert "loupe_bench/_specs/baselines/towers/tiny.yaml" in names
+    assert not any(n.startswith("loupe_bench/models/specs/") for n in names)  # one home for model specs
     assert any(n.startswith("loupe_bench/_specs/paper/") for n in names)
     assert any(n.startswith("loupe_bench/train/recipes/") for n in names)
     assert "loupe_bench/cli/main.py" in names

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from loupe_bench.errors import DataError
+from loupe_bench.errors import SpecError
 from loupe_bench.report.paper import compare_paper, comparison_markdown, family_of, load_paper_file, load_paper_tables
 
 
@@ -69,7 +69,7 @@ def test_validator_rejects_bad_entries(tmp_path, patch, msg):
             "source": {"paper": "X", "secondary_source": "Y"}}
     load_paper_file(_write(tmp_path / "ok.yaml", [good]))
     bad = {**good, **patch}
-    with pytest.raises(DataError, match=msg):
+    with pytest.raises(SpecError, match=msg):
         load_paper_file(_write(tmp_path / "bad.yaml", [bad]))
 
 
@@ -85,7 +85,7 @@ def test_duplicate_entries_rejected(tmp_path):
          "value": 50.0, "units": "percent", "provenance": "unverified", "source": {"paper": "X"}}
     _write(tmp_path / "a.yaml", [e])
     _write(tmp_path / "b.yaml", [e])
-    with pytest.raises(DataError, match="duplicate"):
+    with pytest.raises(SpecError, match="duplicate"):
         load_paper_tables(tmp_path)
 
 

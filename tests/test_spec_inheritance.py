@@ -10,7 +10,7 @@ import yaml
 
 from loupe_bench.errors import SpecError
 from loupe_bench.models import available_specs, create_model, get_spec
-from loupe_bench.models.factory import merge_spec
+from loupe_bench.specs import merge_spec
 
 CAPTIONS = ["a red circle left of a blue square", "two green triangles", "a big blue square", "three circles"]
 
@@ -36,17 +36,28 @@ def _unflatten(flat):
     return out
 
 
-def _naive_resolve(name, files):
-    """Resolved spec of ``name`` read straight from the YAML files (no loader code)."""
+def _naive_resolve(name, files, presets=None):
+    """Resolved spec of ``name`` read straight from the YAML files (no loader code): each level's ``towers:`` preset
+    under its own keys, then the level over its resolved ``base``."""
     raw = yaml.safe_load(files[name].read_text(encoding="utf-8"))
     raw.setdefault("name", files[name].stem)
+    own = {}
+    if "towers" in raw:
+        preset = _naive_resolve(raw["towers"], presets)
+        own = _flatten({k: v for k, v in preset.items() if k not in ("name", "description")})
+    own.update(_flatten({k: v for k, v in raw.items() if k not in ("base", "towers")}))
     if "base" not in raw:
-        return raw
-    child = {k: v for k, v in raw.items() if k != "base"}
-    parent = {k: v for k, v in _naive_resolve(raw["base"], files).items() if k not in ("name", "description")}
+        return _unflatten(own)
+    parent = {k: v for k, v in _naive_resolve(raw["base"], files, presets).items() if k not in ("name", "description")}
     flat = _flatten(parent)
-    flat.update(_flatten(child))
+    flat.update(own)
     return _unflatten(flat)
+
+
+def _tower_files():
+    from loupe_bench.specs import spec_index
+
+    return spec_index("towers")
 
 
 def _children(files):
@@ -62,7 +73,8 @@ def test_every_child_resolves_like_the_naive_merge():
     for name in files:
         got = get_spec(name)
         assert "base" not in got and got["name"] == name
-        assert got == _naive_resolve(name, files), name
+        assert "towers" not in got
+        assert got == _naive_resolve(name, files, _tower_files()), name
 
 
 def test_ablation_differs_from_its_base_only_where_it_says():
@@ -84,12 +96,48 @@ def test_ablation_differs_from_its_base_only_where_it_says():
     assert get_spec("loupe-no-fsa") == expected
 
 
-def test_compared_tiny_models_share_towers_through_their_bases():
-    keys = ("image_size", "embed_dim", "image_tower", "text_tower", "tokenizer", "projection")
-    for size in ("tiny", "small"):
-        specs = [get_spec(f"{fam}-{size}") for fam in ("clip", "filip", "loupe")]
-        for k in keys:
-            assert specs[0][k] == specs[1][k] == specs[2][k], (size, k)
+#: what "the same towers" means for compared models of one size (embed_dim is left out: clip-swin-t and
+#: clip-vit-b16 keep 512-d embeddings beside FILIP's and LOUPE's 256-d ones, as their descriptions say)
+SHARED_KEYS = ("image_size", "image_tower", "text_tower", "tokenizer", "projection", "temperature_init",
+               "max_logit_scale", "text_special_tokens")
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "paper", "swin-t", "vit-b16"])
+def test_compared_models_of_a_size_share_towers_tokenizer_and_image_size(size):
+    """Every shipped model of a size (CLIP, FILIP, LOUPE and LOUPE's ablations and bounds) resolves to the tower
+    preset ``baselines/towers/SIZE.yaml``: nothing is copied by hand."""
+    from loupe_bench.models.factory import tower_preset
+
+    preset = tower_preset(size)
+    members = [n for n in available_specs() if n.split("-", 1)[0] in ("clip", "filip", "loupe")
+               and (n.split("-", 1)[1] == size or n.split("-", 1)[1].startswith(size + "-"))]
+    if size == "tiny":  # the tiny LOUPE ablations are named loupe-<ablation>
+        members += [n for n in available_specs() if get_spec(n).get("family") == "loupe"
+                    and get_spec(n)["image_size"] == 64]
+    members = sorted(set(members))
+    assert {f"clip-{size}", f"filip-{size}"} <= set(members), members
+    for name in members:
+        spec = get_spec(name)
+        for key in SHARED_KEYS:
+            assert spec[key] == preset[key], (name, key)
+        if spec["embed_dim"] != preset["embed_dim"]:
+            assert spec["family"] == "clip" and str(spec["embed_dim"]) in spec["description"], name
+
+
+def test_every_plan_trains_its_models_on_shared_towers_with_one_recipe():
+    """The reproduction plans compare their models on one recipe (applied to all alike) and, after the plan's model
+    overrides, on the same towers, tokenizer and image size."""
+    from loupe_bench.pipeline.overrides import model_spec_mapping
+    from loupe_bench.pipeline.plan import PLANS, get_plan
+    from loupe_bench.train import load_recipe
+
+    for plan_name in PLANS.names():
+        plan = get_plan(plan_name)
+        assert isinstance(plan.recipe, str)
+        load_recipe(plan.recipe).replace(**plan.recipe_overrides)  # one recipe, valid with its overrides
+        specs = [model_spec_mapping(m, plan.model_overrides) for m in plan.models]
+        for key in SHARED_KEYS:
+            assert all(s[key] == specs[0][key] for s in specs), (plan_name, key)
 
 
 def test_merge_rules():
@@ -130,11 +178,42 @@ def test_unknown_base_and_cycles_are_spec_errors_naming_the_file(tmp_path, monke
     # a cycle among registered specs: a -> b -> a
     (tmp_path / "a.yaml").write_text("base: b\nembed_dim: 1\n")
     (tmp_path / "b.yaml").write_text("base: a\n")
-    import loupe_bench.models.factory as factory
+    import loupe_bench.specs as specs
 
-    monkeypatch.setattr(factory, "_spec_paths", lambda: [tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    original = specs.spec_files
+    monkeypatch.setattr(specs, "spec_files",
+                        lambda kind: [tmp_path / "a.yaml", tmp_path / "b.yaml"] if kind == "models" else original(kind))
     with pytest.raises(SpecError, match=r"b\.yaml.*cycle in base specs \(a -> b -> a\)"):
         get_spec("a")
     (tmp_path / "b.yaml").write_text("base: b\n")  # a spec that is its own base
     with pytest.raises(SpecError, match=r"b\.yaml.*cycle in base specs \(b -> b\)"):
         get_spec("b")
+
+
+def test_a_toy_spec_added_to_the_folder_needs_no_code_change(tmp_path, monkeypatch):
+    """Adding a model is one file: a toy spec dropped into (a copy of) the spec folder is listed, resolved by name
+    through ``base:`` and ``towers:``, and builds -- no registry line, no code."""
+    import shutil
+
+    import loupe_bench.specs as specs
+    from loupe_bench.models import list_models
+
+    folder = tmp_path / "baselines"
+    shutil.copytree(specs.spec_dir("models"), folder)
+    (folder / "toy-clip.yaml").write_text("name: toy-clip\nbase: clip-small\ntowers: tiny\n"
+                                          "description: toy CLIP on the tiny towers\nembed_dim: 16\n")
+    original = specs.spec_dir
+    monkeypatch.setattr(specs, "spec_dir", lambda kind: folder if kind == "models" else original(kind))
+    assert "toy-clip" in dict(list_models())
+    spec = get_spec("toy-clip")
+    assert spec["image_tower"] == get_spec("clip-tiny")["image_tower"] and spec["embed_dim"] == 16
+    model = create_model("toy-clip", tokenizer_corpus=CAPTIONS, seed=0).eval()
+    with torch.no_grad():
+        assert model.encode_image(torch.randn(1, 3, 64, 64)).pooled.shape == (1, 16)
+
+
+def test_tower_preset_errors_name_the_spec(tmp_path):
+    f = tmp_path / "m.yaml"
+    f.write_text("base: clip-tiny\ntowers: huge\n")
+    with pytest.raises(SpecError, match=r"m\.yaml.*unknown tower preset 'huge'.*tiny"):
+        get_spec(str(f))

@@ -8,21 +8,18 @@ import click
 
 
 def parse_options(items: Tuple[str, ...]) -> Dict[str, Dict[str, Any]]:
-    """``NAME.OPTION=VALUE`` items (VALUE read as YAML) -> ``{NAME: {OPTION: value}}``."""
-    import yaml
-
+    """``NAME.OPTION=VALUE`` items (VALUE read as YAML, :func:`~loupe_bench.specs.parse_assignments`) ->
+    ``{NAME: {OPTION: value}}``."""
     from ..errors import SpecError
+    from ..specs import parse_assignments
 
     out: Dict[str, Dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        name, dot, option = key.strip().rpartition(".")
-        if not sep or not dot or not name or not option:
-            raise SpecError(f"--set {item!r}: expected NAME.OPTION=VALUE, e.g. gpu-check.steps=100")
-        try:
-            out.setdefault(name, {})[option] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise SpecError(f"--set {item!r}: value is not valid YAML") from None
+    example = "gpu-check.steps=100"
+    for key, value in parse_assignments(items, "--set", example).items():
+        name, dot, option = key.rpartition(".")
+        if not dot or not name or not option:
+            raise SpecError(f"--set {key!r}: expected NAME.OPTION=VALUE, e.g. {example}")
+        out.setdefault(name, {})[option] = value
     return out
 
 

@@ -7,20 +7,9 @@ import click
 
 
 def _parse_overrides(items: Tuple[str, ...]) -> dict:
-    import yaml
+    from ..specs import parse_assignments
 
-    from ..errors import SpecError
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SpecError(f"--set {item!r}: expected FIELD=VALUE, e.g. optim.lr=1e-3")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise SpecError(f"--set {item!r}: value is not valid YAML") from None
-    return out
+    return parse_assignments(items, "--set", "optim.lr=1e-3")
 
 
 @click.command("train")

@@ -1,7 +1,7 @@
 """Model zoo: one interface (:class:`VLModel`) for CLIP, FILIP, LOUPE and pretrained checkpoints.
 
-Families register into :data:`MODEL_CLASSES` (spec ``family`` -> class); specs live in ``baselines/*.yaml`` and
-``loupe_bench/models/specs/*.yaml``. The built-in families register on import; ``loupe`` (another module) is
+Families register into :data:`MODEL_CLASSES` (spec ``family`` -> class); every shipped spec (CLIP, FILIP,
+LOUPE and its ablations) lives in ``baselines/*.yaml``, their shared towers in ``baselines/towers/*.yaml``. The built-in families register on import; ``loupe`` (another module) is
 imported on first use (:func:`load_families`). Entry points: :func:`create_model` (``factory``), :func:`load_model`
 (``sources``), :func:`save_model` / :func:`load_model_dir` (``checkpoint``, the model-directory format),
 :func:`list_models`.

@@ -13,14 +13,16 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import torch
 
 from ..errors import SpecError
-from ..specs import load_yaml, spec_files
-from ..utils.io import read_json
+from ..specs import NOT_INHERITED, merge_spec, read_named_file, resolve_base as _resolve_base
+from ..specs import resolve_spec, spec_index
 from ._registry import model_class
 
-#: folder of LOUPE's own model specs (package data)
-MODEL_SPEC_DIR = Path(__file__).resolve().parent / "specs"
-
 SpecLike = Union[str, Path, Mapping[str, Any]]
+
+#: the keys a tower preset (``baselines/towers/NAME.yaml``, ``towers: NAME`` in a model spec) may set: the dual
+#: encoder every compared model of one size shares
+TOWER_KEYS = ("image_size", "embed_dim", "image_tower", "text_tower", "tokenizer", "projection", "temperature_init",
+              "max_logit_scale", "text_special_tokens")
 
 
 def check_spec_keys(spec: Mapping[str, Any], cls: Any) -> None:
@@ -35,90 +37,64 @@ def check_spec_keys(spec: Mapping[str, Any], cls: Any) -> None:
                         f"known: {', '.join(sorted(known))}")
 
 
-def _spec_paths() -> List[Path]:
-    paths: List[Path] = []
-    try:
-        paths.extend(spec_files("baselines", patterns=("*.yaml", "*.yml")))
-    except SpecError:
-        pass
-    if MODEL_SPEC_DIR.is_dir():
-        paths.extend(sorted(MODEL_SPEC_DIR.glob("*.yaml")) + sorted(MODEL_SPEC_DIR.glob("*.yml")))
-    return paths
+def tower_preset(name: Any, where: str = "<mapping>") -> Dict[str, Any]:
+    """The tower preset ``name`` (``baselines/towers/NAME.yaml``, its own ``base:`` resolved) without ``name`` and
+    ``description``; a key outside :data:`TOWER_KEYS` is a :class:`SpecError`."""
+    index = spec_index("towers")
+    if not isinstance(name, str) or name not in index:
+        raise SpecError(f"{where}: unknown tower preset {name!r}; known: {', '.join(sorted(index)) or '(none)'}")
+    path = index[name]
+    preset = _resolve_base("towers", read_named_file("towers", path), str(path), index)
+    for key in NOT_INHERITED:
+        preset.pop(key, None)
+    unknown = sorted(set(preset) - set(TOWER_KEYS))
+    if unknown:
+        raise SpecError(f"{path}: tower preset {name!r}: unknown key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(TOWER_KEYS)}")
+    return preset
 
 
-#: keys a child spec never inherits from its ``base:`` (each spec says what it is: ``name`` defaults to the file
-#: stem, ``description`` is the child's own or absent)
-NOT_INHERITED = ("name", "description")
+def expand_towers(spec: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """Replace ``towers: NAME`` by the keys of the tower preset ``NAME``, in the place of ``towers``.
 
-
-def merge_spec(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
-    """Recursive merge of a child spec onto its base (neither is modified).
-
-    ``merge(b, o)[k] = merge(b[k], o[k])`` when both values are mappings, else ``o[k]`` when ``k`` is in ``o``, else
-    ``b[k]``: the override wins, nested mappings merge key by key, a list or scalar replaces the base's value whole.
-    Key order: the base's keys in its order, then the override's new keys in theirs.
+    ``expanded[k] = merge_spec(preset[k], spec[k])`` for a key both give as mappings, else ``spec[k]`` when the
+    spec gives it, else ``preset[k]``: the spec's own keys override its preset (as a child overrides its base). A
+    spec without ``towers`` is returned unchanged. Run on each level of a ``base:`` chain before it is merged, so a
+    child's preset replaces its parent's towers and the child's own keys win over both.
     """
-    out: Dict[str, Any] = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_spec(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
+    if "towers" not in spec:
+        return spec
+    preset = tower_preset(spec["towers"], where)
+    out: Dict[str, Any] = {}
+    for key, value in spec.items():
+        if key == "towers":
+            for pkey, pvalue in preset.items():
+                if pkey not in spec:
+                    out[pkey] = copy.deepcopy(pvalue)
+                elif isinstance(pvalue, Mapping) and isinstance(spec[pkey], Mapping):
+                    out[pkey] = merge_spec(pvalue, spec[pkey])
+                else:
+                    out[pkey] = copy.deepcopy(spec[pkey])
+        elif key not in out:
+            out[key] = value
     return out
 
 
-def _read_raw(path: Path) -> Dict[str, Any]:
-    """One spec file as written (``base:`` unresolved); ``name`` defaults to the file stem."""
-    spec = read_json(path) if path.suffix == ".json" else load_yaml(path)
-    spec.setdefault("name", path.stem)
-    return spec
-
-
-def resolve_base(spec: Mapping[str, Any], where: str, known: Optional[Mapping[str, Path]] = None,
-                 _chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
-    """Resolve ``base: NAME`` (a shipped model spec's name) of ``spec``, recursively.
-
-    The result is ``merge_spec(resolved(base), spec minus "base")`` (see :func:`merge_spec`) without the base's
-    ``NOT_INHERITED`` keys the child does not give; a spec without ``base`` is returned as a copy. A chain
-    (``loupe-small-no-fsa -> loupe-small -> loupe-tiny``) resolves bottom-up. An unknown base or a cycle (``a -> b -> a``) is a
-    :class:`SpecError` naming ``where`` (the file, or ``<mapping>``).
-    """
-    spec = dict(spec)
-    if "base" not in spec:
-        return copy.deepcopy(spec)
-    base = spec.pop("base")
-    name = str(spec.get("name", "?"))
-    chain = _chain + (name,)
-    if known is None:
-        known = available_specs()
-    if not isinstance(base, str) or base not in known:
-        raise SpecError(f"{where}: model spec {name!r}: unknown base {base!r}; "
-                        f"known: {', '.join(sorted(known)) or '(none)'}")
-    if base in chain:
-        raise SpecError(f"{where}: model spec {name!r}: cycle in base specs ({' -> '.join(chain + (base,))})")
-    parent_path = known[base]
-    merged = merge_spec(resolve_base(_read_raw(parent_path), str(parent_path), known, chain), spec)
-    for key in NOT_INHERITED:  # kept in the base's place when the child gives them, else dropped
-        if key not in spec:
-            merged.pop(key, None)
-    return merged
+def resolve_base(spec: Mapping[str, Any], where: str, known: Optional[Mapping[str, Path]] = None) -> Dict[str, Any]:
+    """A model spec with its ``base:`` chain and ``towers:`` presets resolved (:func:`loupe_bench.specs.resolve_base`
+    with :func:`expand_towers` on each level)."""
+    return _resolve_base("models", spec, where, known, expand=expand_towers)
 
 
 def read_spec_file(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a model spec file (YAML or JSON), with its ``base:`` resolved (:func:`resolve_base`)."""
+    """Read a model spec file (YAML or JSON), with its ``base:`` and ``towers:`` resolved (:func:`resolve_base`)."""
     path = Path(path)
-    return resolve_base(_read_raw(path), str(path))
+    return resolve_base(read_named_file("models", path), str(path))
 
 
 def available_specs() -> Dict[str, Path]:
-    """Name -> file of every shipped model spec (``baselines/*.yaml`` and ``loupe_bench/models/specs/*.yaml``)."""
-    out: Dict[str, Path] = {}
-    for path in _spec_paths():
-        name = _read_raw(path)["name"]
-        if name in out:
-            raise SpecError(f"model spec {name!r} defined twice ({out[name]} and {path})")
-        out[name] = path
-    return out
+    """Name -> file of every shipped model spec (``baselines/*.yaml``)."""
+    return spec_index("models")
 
 
 def list_models() -> List[Tuple[str, str]]:
@@ -140,14 +116,8 @@ def get_spec(spec: SpecLike) -> Dict[str, Any]:
     """
     if isinstance(spec, Mapping):
         return resolve_base(spec, "<mapping>")
-    text = str(spec)
-    known = available_specs()
-    if text in known:
-        return resolve_base(_read_raw(known[text]), str(known[text]), known)
-    path = Path(text).expanduser()
-    if path.is_file() and path.suffix in (".yaml", ".yml", ".json"):
-        return resolve_base(_read_raw(path), str(path), known)
-    raise SpecError(f"unknown model {text!r}; known: {', '.join(sorted(known)) or '(none)'}")
+    path = resolve_spec("models", spec)
+    return resolve_base(read_named_file("models", path), str(path))
 
 
 def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = None, seed: Optional[int] = None):

@@ -23,7 +23,7 @@ Every choice is documented in ``docs/loupe.md``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..errors import DataError, SpecError
 from ..shapley import (ESTIMATORS, EstimatorConfig, LateInteractionGame, NeuralConfig, PooledCosineGame,
                        PooledRegionPhraseGame)
+from ..specs import from_mapping
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, Regions, TextFeatures
 from .dual_encoder import DualEncoder
@@ -113,15 +114,6 @@ TSA_SCORES = ("coalition_value", "interaction")
 TSA_FEATURES = ("tower", "coalition", "image")
 
 LOSS_TERMS = {"cmc": 1.0, "tsa": 1.0, "fsa": 1.0, "nsi": 1.0, "tsa_box": 1.0}
-
-
-def _dataclass_from(cls, data: Optional[Mapping[str, Any]], where: str):
-    data = dict(data or {})
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SpecError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
-    return cls(**data)
 
 
 @dataclass
@@ -267,16 +259,7 @@ class LoupeCfg:
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "LoupeCfg":
-        data = dict(data or {})
-        sub = {
-            "neural": _dataclass_from(NeuralConfig, data.pop("neural", None), "loupe.neural"),
-            "region": _dataclass_from(RegionCfg, data.pop("region", None), "loupe.region"),
-            "tsa": _dataclass_from(TsaCfg, data.pop("tsa", None), "loupe.tsa"),
-            "fsa": _dataclass_from(FsaCfg, data.pop("fsa", None), "loupe.fsa"),
-        }
-        cfg = _dataclass_from(cls, data, "loupe")
-        for k, v in sub.items():
-            setattr(cfg, k, v)
+        cfg = from_mapping(cls, data, "model spec", "loupe")
         if cfg.shapley not in ESTIMATORS:
             raise SpecError(f"loupe.shapley: unknown estimator {cfg.shapley!r}; known: {ESTIMATORS.names()}")
         if cfg.region_text not in ("phrase", "pooled"):

@@ -2,7 +2,7 @@
 
 * :class:`RegionHead` — semantic region generation: a box and a confidence per anchor patch.
 * :func:`nms_topk` — top-K with NMS.
-* :func:`pool_regions`, :func:`pool_phrases` — region / phrase embeddings.
+* :func:`pool_members` (aliases :func:`pool_regions`, :func:`pool_phrases`) — region / phrase embeddings.
 * :func:`tsa_features`, :func:`fsa_features` — coalition features for the neural Shapley module.
 * :func:`tsa_loss`, :func:`fsa_targets`, :func:`fsa_loss` — ℒ_TSA and ℒ_FSA.
 
@@ -84,8 +84,13 @@ def member_masks(boxes: Tensor, grid: Tuple[int, int]) -> Tensor:
     return boxes_to_patch_mask(boxes.reshape(b * k, 4), grid).reshape(b, k, -1)
 
 
-def pool_regions(tokens: Tensor, members: Tensor, proj: Optional[nn.Module] = None) -> Tensor:
-    """Region embeddings ``h^I_b = normalize(proj(mean_{n ∈ b} x_n))``: ``tokens [B,N,D]``, ``members [B,K,N]`` → ``[B,K,D]``."""
+def pool_members(tokens: Tensor, members: Tensor, proj: Optional[nn.Module] = None) -> Tensor:
+    """Member pooling ``h_k = normalize(proj(mean_{n ∈ members_k} x_n))``: ``tokens [B,N,D]``, ``members [B,K,N]``
+    (0/1 or weights) → ``[B,K,D]``; an empty member set gives the normalised ``proj(0)``.
+
+    Regions are the patches of a box (``h^I_b``, ``members`` the box's patch mask) and phrases the tokens of a span
+    (``h^T_j``, ``members`` the phrase-token mask): the same operation, so one function.
+    """
     m = members.to(tokens.dtype)
     mean = m @ tokens / m.sum(-1, keepdim=True).clamp_min(1.0)
     if proj is not None:
@@ -93,13 +98,10 @@ def pool_regions(tokens: Tensor, members: Tensor, proj: Optional[nn.Module] = No
     return F.normalize(mean, dim=-1)
 
 
-def pool_phrases(text_tokens: Tensor, phrase_token_mask: Tensor, proj: Optional[nn.Module] = None) -> Tensor:
-    """Phrase embeddings ``h^T_j = normalize(proj(mean_{l ∈ span j} w_l))``: ``[B,L,D]``, ``[B,P,L]`` → ``[B,P,D]``."""
-    m = phrase_token_mask.to(text_tokens.dtype)
-    mean = m @ text_tokens / m.sum(-1, keepdim=True).clamp_min(1.0)
-    if proj is not None:
-        mean = proj(mean)
-    return F.normalize(mean, dim=-1)
+#: region embeddings ``h^I_b``: :func:`pool_members` over a box's patch tokens (``tokens [B,N,D]``, ``members [B,K,N]``)
+pool_regions = pool_members
+#: phrase embeddings ``h^T_j``: :func:`pool_members` over a span's tokens (``[B,L,D]``, ``[B,P,L]``)
+pool_phrases = pool_members
 
 
 TSA_STATS = 12

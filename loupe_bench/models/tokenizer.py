@@ -44,9 +44,9 @@ class TokenizerCfg:
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "TokenizerCfg":
-        from .towers import _from_mapping
+        from ..specs import from_mapping
 
-        cfg = _from_mapping(cls, data or {}, "tokenizer")
+        cfg = from_mapping(cls, data, "model spec", "tokenizer")
         if cfg.kind not in ("wordpiece", "wordlevel", "pretrained"):
             raise SpecError(f"tokenizer: unknown kind {cfg.kind!r}; known: pretrained, wordlevel, wordpiece")
         return cfg

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
@@ -19,22 +19,10 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, SpecError
 from ..registry import Registry
+from ..specs import from_mapping
 
 IMAGE_TOWERS = Registry("image tower kind")
 TEXT_TOWERS = Registry("text tower kind")
-
-
-def _from_mapping(cls, data: Mapping[str, Any], where: str):
-    """Build a config dataclass from a mapping; unknown keys are a :class:`SpecError`."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise SpecError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise SpecError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
-    return cls(**dict(data))
 
 
 @dataclass
@@ -57,7 +45,7 @@ class ImageTowerCfg:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ImageTowerCfg":
-        return _from_mapping(cls, data, "image_tower")
+        return from_mapping(cls, data, "model spec", "image_tower")
 
 
 @dataclass
@@ -84,7 +72,7 @@ class TextTowerCfg:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TextTowerCfg":
-        return _from_mapping(cls, data, "text_tower")
+        return from_mapping(cls, data, "model spec", "text_tower")
 
 
 class ImageTowerOutput(NamedTuple):

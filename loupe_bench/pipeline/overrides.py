@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ..errors import SpecError
+from ..specs import set_dotted
 from .plan import SyntheticPlan
 
 
@@ -11,7 +12,8 @@ def apply_overrides(data: Dict[str, Any], name: str, overrides: Optional[Dict[st
     """Apply dotted ``overrides`` to the spec mapping ``data`` (named ``name``) in place and return it.
 
     ``"dotted.key": value`` replaces an existing key only; ``"NAME:dotted.key": value`` applies to the spec named
-    ``NAME`` only, creating the key (and missing parent mappings) when needed.
+    ``NAME`` only, creating the key (and missing parent mappings) when needed (both through
+    :func:`~loupe_bench.specs.set_dotted`).
     """
     for key, value in (overrides or {}).items():
         create = ":" in key  # "name:dotted.key" applies to that spec only, creating the key if needed
@@ -19,16 +21,7 @@ def apply_overrides(data: Dict[str, Any], name: str, overrides: Optional[Dict[st
             only, key = key.split(":", 1)
             if only != name:
                 continue
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if create and isinstance(node, dict) and node.get(part) is None:
-                node[part] = {}
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                break
-        if isinstance(node, dict) and (create or parts[-1] in node):
-            node[parts[-1]] = value
+        set_dotted(data, key, value, create=create)
     return data
 
 
@@ -52,16 +45,9 @@ def task_spec_mapping(name: str, overrides: Optional[Dict[str, Any]] = None) -> 
     A key ``"TASK:dotted.key"`` applies to the task named ``TASK`` only, and is created when missing (e.g.
     ``"synthetic-captioning:options.use_java"``).
     """
-    import copy
+    from ..specs import load_named, spec_index
 
-    from ..specs import load_yaml, spec_files
-
-    for f in spec_files("tasks"):
-        data = load_yaml(f)
-        if str(data.get("name", f.stem)) != name:
-            continue
-        data = copy.deepcopy(data)
-        data.setdefault("name", f.stem)
-        return apply_overrides(data, name, overrides)
-    raise SpecError(f"unknown task {name!r}")
-
+    if name not in spec_index("tasks"):
+        raise SpecError(f"unknown task {name!r}")
+    data, _ = load_named("tasks", name)
+    return apply_overrides(data, name, overrides)

@@ -17,11 +17,11 @@ def paper_task_specs(data_root: Optional[Path] = None) -> List[str]:
     With ``data_root``, only the specs whose dataset file exists under it are returned.
     """
     from ..report.paper import TASK_ALIASES, canonical_dataset, load_paper_tables
-    from ..specs import load_yaml, spec_files
+    from ..specs import load_yaml, spec_index
 
     keys = {(e.task, e.setting, e.dataset, e.split) for e in load_paper_tables()}
     out = []
-    for f in spec_files("tasks"):
+    for name, f in spec_index("tasks").items():
         data = load_yaml(f)
         ds = data.get("dataset") or {}
         if not isinstance(ds, dict):
@@ -33,7 +33,7 @@ def paper_task_specs(data_root: Optional[Path] = None) -> List[str]:
             continue
         if data_root is not None and ds.get("path") and not (Path(data_root) / ds["path"]).exists():
             continue
-        out.append(str(data.get("name", f.stem)))
+        out.append(name)
     return sorted(out)
 
 

@@ -209,17 +209,17 @@ NOT_IN_QUICK: Tuple[str, ...] = ("token-interaction",)
 def synthetic_tasks(quick: bool = False) -> List[str]:
     """Every shipped task spec whose dataset is the synthetic world (with ``quick``, types in
     :data:`NOT_IN_QUICK` left out)."""
-    from ..specs import load_yaml, spec_files
+    from ..specs import load_yaml, spec_index
 
     out = []
-    for f in spec_files("tasks"):
+    for name, f in spec_index("tasks").items():
         data = load_yaml(f)
         if quick and str(data.get("type", "")) in NOT_IN_QUICK:
             continue
         ds = data.get("dataset") or {}
-        name = ds.get("name") if isinstance(ds, dict) else ds
-        if str(name).startswith("synthetic"):
-            out.append(str(data.get("name", f.stem)))
+        dataset = ds.get("name") if isinstance(ds, dict) else ds
+        if str(dataset).startswith("synthetic"):
+            out.append(name)
     if not out:
         raise SpecError("no synthetic task specs found (tasks/*.yaml with dataset.name: synthetic)")
     return sorted(out)

@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-import yaml
 
-from ..errors import DataError
+from ..errors import DataError, SpecError
+from ..specs import read_spec
 from ..registry import Registry
 from .results_io import MetricRow, to_percent
 
@@ -120,32 +120,32 @@ def canonical_dataset(name: str) -> str:
 def _validate_entry(raw: Any, path: Path, index: int) -> PaperEntry:
     rec = f"entry {index}"
     if not isinstance(raw, dict):
-        raise DataError("entry must be a mapping", file=str(path), record=rec)
+        raise SpecError("entry must be a mapping", file=str(path), record=rec)
     for field in REQUIRED:
         if field not in raw or raw[field] in (None, ""):
-            raise DataError(f"missing field {field!r}", file=str(path), record=rec)
+            raise SpecError(f"missing field {field!r}", file=str(path), record=rec)
     value = raw["value"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise DataError(f"value must be a finite number, got {value!r}", file=str(path), record=rec)
+        raise SpecError(f"value must be a finite number, got {value!r}", file=str(path), record=rec)
     units = raw["units"]
     if units not in UNITS:
-        raise DataError(f"units must be one of {UNITS}, got {units!r}", file=str(path), record=rec)
+        raise SpecError(f"units must be one of {UNITS}, got {units!r}", file=str(path), record=rec)
     upper = 100.0 if units == "percent" else 1.0
     if not 0.0 <= float(value) <= upper:
-        raise DataError(f"value {value} outside [0, {upper:g}] for units {units}", file=str(path), record=rec)
+        raise SpecError(f"value {value} outside [0, {upper:g}] for units {units}", file=str(path), record=rec)
     prov = raw["provenance"]
     if prov not in PROVENANCE:
-        raise DataError(f"provenance must be one of {PROVENANCE}, got {prov!r}", file=str(path), record=rec)
+        raise SpecError(f"provenance must be one of {PROVENANCE}, got {prov!r}", file=str(path), record=rec)
     setting = raw.get("setting") or "zero-shot"
     if setting not in SETTINGS:
-        raise DataError(f"setting must be one of {SETTINGS}, got {setting!r}", file=str(path), record=rec)
+        raise SpecError(f"setting must be one of {SETTINGS}, got {setting!r}", file=str(path), record=rec)
     source = raw["source"]
     if not isinstance(source, dict) or not source.get("paper"):
-        raise DataError("source must be a mapping naming at least the paper", file=str(path), record=rec)
+        raise SpecError("source must be a mapping naming at least the paper", file=str(path), record=rec)
     if prov == "secondary" and not source.get("secondary_source"):
-        raise DataError("a secondary entry must name its secondary_source", file=str(path), record=rec)
+        raise SpecError("a secondary entry must name its secondary_source", file=str(path), record=rec)
     if prov == "verified" and not (source.get("table") or source.get("arxiv")):
-        raise DataError("a verified entry must name the table or arXiv version it was read in", file=str(path),
+        raise SpecError("a verified entry must name the table or arXiv version it was read in", file=str(path),
                         record=rec)
     return PaperEntry(
         model=str(raw["model"]), variant=raw.get("variant"), task=str(raw["task"]), setting=setting,
@@ -158,33 +158,29 @@ def _validate_entry(raw: Any, path: Path, index: int) -> PaperEntry:
 def load_paper_file(path) -> List[PaperEntry]:
     """Read and validate one paper table (a YAML/JSON list of entries)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("file not found", file=str(path)) from None
-    except yaml.YAMLError as exc:
-        raise DataError(f"malformed YAML: {exc}".replace("\n", " "), file=str(path)) from None
+    data = read_spec(path)
     if isinstance(data, dict) and "entries" in data:
         data = data["entries"]
     if not isinstance(data, list):
-        raise DataError("a paper table is a list of entries", file=str(path))
+        raise SpecError("a paper table is a list of entries", file=str(path))
     return [_validate_entry(raw, path, i) for i, raw in enumerate(data)]
 
 
 def load_paper_tables(folder=None) -> List[PaperEntry]:
     """All entries of every table in ``folder`` (default: the shipped ``paper`` specs); duplicates are an error."""
-    from ..specs import spec_dir
+    from ..specs import SPEC_KINDS, spec_dir
 
     root = Path(folder) if folder is not None else spec_dir("paper")
-    files = sorted(list(root.glob("*.yaml")) + list(root.glob("*.yml")) + list(root.glob("*.json")))
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in SPEC_KINDS["paper"].suffixes) \
+        if root.is_dir() else []
     if not files:
-        raise DataError("no paper tables (*.yaml) found", file=str(root))
+        raise SpecError("no paper tables (*.yaml) found", file=str(root))
     entries: List[PaperEntry] = []
     seen: Dict[tuple, str] = {}
     for f in files:
         for e in load_paper_file(f):
             if e.key in seen:
-                raise DataError(f"duplicate entry {e.key} (also in {seen[e.key]})", file=str(f))
+                raise SpecError(f"duplicate entry {e.key} (also in {seen[e.key]})", file=str(f))
             seen[e.key] = str(f)
             entries.append(e)
     return entries
@@ -231,15 +227,12 @@ def load_canonical_splits(paper_dir=None) -> Dict[Tuple[str, str], CanonicalSpli
     root = (Path(paper_dir) if paper_dir is not None else spec_dir("paper")) / "splits"
     out: Dict[Tuple[str, str], CanonicalSplit] = {}
     for f in sorted(root.glob("*.yaml")) if root.is_dir() else []:
-        try:
-            data = yaml.safe_load(f.read_text(encoding="utf-8")) or []
-        except yaml.YAMLError as exc:
-            raise DataError(f"malformed YAML: {exc}".replace("\n", " "), file=str(f)) from None
+        data = read_spec(f) or []
         for i, raw in enumerate(data if isinstance(data, list) else [None]):
             ok = isinstance(raw, dict) and isinstance(raw.get("counts"), dict) and raw["counts"] and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in raw["counts"].values())
             if not ok or not raw.get("source") or raw.get("provenance") not in PROVENANCE:
-                raise DataError("a canonical split needs dataset, split, counts {name: int}, source and provenance",
+                raise SpecError("a canonical split needs dataset, split, counts {name: int}, source and provenance",
                                 file=str(f), record=f"entry {i}")
             c = CanonicalSplit(canonical_dataset(str(raw["dataset"])), str(raw["split"]), dict(raw["counts"]),
                                raw["provenance"], str(raw["source"]))

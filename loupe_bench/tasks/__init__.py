@@ -6,13 +6,13 @@ interface. ``evaluate()`` (in :mod:`loupe_bench.tasks.evaluate`) runs models × 
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
 from ..errors import SpecError
 from ..registry import Registry
-from ..specs import load_yaml, spec_dir, spec_files
+from ..specs import from_mapping, load_named, load_yaml, spec_dir, spec_index
 
 TASK_TYPES = Registry("task type")
 
@@ -36,18 +36,11 @@ def load_adapters() -> Registry:
 
 
 def _shipped() -> Dict[str, Path]:
-    out: Dict[str, Path] = {}
+    """Name -> file of every shipped task spec (empty when the folder is missing)."""
     try:
-        files = spec_files("tasks")
+        return spec_index("tasks")
     except SpecError:
-        return out
-    for f in files:
-        data = load_yaml(f)
-        name = str(data.get("name", f.stem))
-        if name in out:
-            raise SpecError(f"task {name!r} defined twice ({out[name]} and {f})")
-        out[name] = f
-    return out
+        return {}
 
 
 def list_tasks() -> List[Tuple[str, str]]:
@@ -70,32 +63,13 @@ def load_task(name_or_path: Union[str, Path, Dict[str, Any]]):
     if isinstance(name_or_path, dict):
         data, source = dict(name_or_path), None
     else:
-        p = Path(str(name_or_path))
-        if p.suffix in (".yaml", ".yml", ".json") or p.is_file():
-            data, source = load_yaml(p), str(p)
-            data.setdefault("name", p.stem)
-        else:
-            shipped = _shipped()
-            if str(name_or_path) not in shipped:
-                known = ", ".join(sorted(shipped)) or "(none)"
-                raise SpecError(f"unknown task {name_or_path!r}; known: {known}")
-            path = shipped[str(name_or_path)]
-            data, source = load_yaml(path), str(path)
+        data, path = load_named("tasks", name_or_path)
+        source = str(path)
     spec = parse_task_spec(data, source)
     adapter = load_adapters().get(spec.type)
     opts_cls = getattr(adapter, "Options", None)
     if opts_cls is not None:
-        allowed = {f.name for f in fields(opts_cls)}
-        unknown = sorted(set(spec.options) - allowed)
-        if unknown:
-            raise SpecError(
-                f"{source or spec.name}: unknown option(s) {', '.join(unknown)} for task type {spec.type!r}; "
-                f"allowed: {', '.join(sorted(allowed))}"
-            )
-        try:
-            spec.options = asdict(opts_cls(**spec.options))
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"{source or spec.name}: bad options: {exc}") from None
+        spec.options = asdict(from_mapping(opts_cls, spec.options, source or spec.name, "options"))
     if hasattr(adapter, "validate_spec"):
         adapter.validate_spec(spec)
     return spec

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..registry import Registry
-from .recipe import RECIPE_DIR, Recipe, load_recipe, recipe_from_dict, shipped_recipes
+from ..specs import spec_index
+from .recipe import Recipe, load_recipe, recipe_from_dict, shipped_recipes
 
 #: shipped recipe name -> YAML path
 RECIPES = Registry("recipe")
-for _path in sorted(RECIPE_DIR.glob("*.yaml")):
-    RECIPES.add(_path.stem, _path)
+for _name, _path in sorted(spec_index("recipes").items()):
+    RECIPES.add(_name, _path)
 
 
 def list_recipes() -> List[Tuple[str, str]]:

@@ -8,33 +8,20 @@ a bad value is a :class:`~loupe_bench.errors.SpecError` naming the file and the 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
 from ..errors import SpecError
+from ..specs import Check, check_dotted, from_mapping, load_named, resolve_spec, set_dotted, spec_dir, spec_index
 
-RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+#: folder of the shipped recipes (package data; the ``recipes`` kind of :mod:`loupe_bench.specs`)
+RECIPE_DIR = spec_dir("recipes")
 
 
 # -- checks -----------------------------------------------------------------------------------------------------------
-Check = Callable[[Any], Optional[str]]  # returns an error text, or None when the value is fine
-
-
-#: a number written the way YAML 1.1 leaves it a string (``1e-3``: no dot in the mantissa, or no sign in the exponent)
-_NUMBER_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def yaml_number(value: Any) -> Any:
-    """``"1e-3"`` -> ``0.001``: a string that is a decimal number (YAML 1.1 reads ``1e-3`` as a string, YAML 1.2 as
-    a float) becomes an int (no dot, no exponent) or a float; anything else is returned unchanged."""
-    if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
-        text = value.strip()
-        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
-    return value
 
 
 def _number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False, integer: bool = False,
@@ -201,27 +188,15 @@ class Recipe:
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with dotted-field overrides, e.g. ``replace(**{"optim.lr": 1e-3, "steps": 5})`` (validated).
 
-        Every dotted part but the last must name a section, and the last a field of it (``notes`` takes any key);
-        otherwise a :class:`SpecError` names the key and the known fields there."""
+        Each key is checked against the recipe's fields (:func:`~loupe_bench.specs.check_dotted`: every part but the
+        last a section, the last a field of it; ``notes`` takes any key), set with
+        :func:`~loupe_bench.specs.set_dotted`, and the result is built again by :func:`recipe_from_dict`, so an
+        unknown field or a bad value is a :class:`SpecError` naming the dotted key."""
         d = self.to_dict()
         for key, value in changes.items():
-            node, cls = d, Recipe
-            parts = str(key).split(".")
-            for i, p in enumerate(parts):
-                fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else None
-                if fields is not None and p not in fields:
-                    where = ".".join(parts[:i]) or "the recipe"
-                    raise SpecError(f"override {key!r}: unknown field {p!r} in {where}; known: "
-                                    f"{', '.join(sorted(fields))}")
-                if i == len(parts) - 1:
-                    node[p] = value
-                    break
-                if not isinstance(node.get(p), dict):
-                    raise SpecError(f"override {key!r}: {'.'.join(parts[:i + 1])!r} is a value, not a section")
-                f = fields[p] if fields is not None else None
-                factory = f.default_factory if f is not None else dataclasses.MISSING
-                cls = factory if dataclasses.is_dataclass(factory) else None
-                node = node[p]
+            check_dotted(Recipe, str(key))
+            if not set_dotted(d, str(key), value, create=True):
+                raise SpecError(f"override {key!r}: a part of it names a value, not a section")
         return recipe_from_dict(d, source=f"<{self.name} with overrides>")
 
     def per_rank_batch(self, world_size: int, source: str = "<recipe>") -> int:
@@ -236,36 +211,9 @@ class Recipe:
         return per_rank
 
 
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: field '{prefix or '<top>'}': must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise SpecError(f"{source}: unknown field '{where}{unknown[0]}'; known: {', '.join(sorted(fields))}")
-    kwargs = {}
-    for name, f in fields.items():
-        dotted = f"{prefix}.{name}" if prefix else name
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
-            kwargs[name] = _build(f.default_factory, data.get(name, {}) or {}, source, dotted)
-            continue
-        if name not in data:
-            continue
-        value = data[name]
-        check = f.metadata.get("check")
-        if getattr(check, "numeric", False):
-            value = yaml_number(value)
-        err = check(value) if check else None
-        if err:
-            raise SpecError(f"{source}: field '{dotted}': {err}")
-        kwargs[name] = list(value) if isinstance(value, tuple) else value
-    return cls(**kwargs)
-
-
 def recipe_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Recipe:
     """Build and validate a :class:`Recipe`; errors name ``source`` and the dotted field."""
-    recipe = _build(Recipe, data, source, "")
+    recipe = from_mapping(Recipe, data, source)
     if recipe.steps is None and recipe.epochs is None:
         raise SpecError(f"{source}: field 'steps': set steps or epochs")
     if recipe.data.batch_size % recipe.accum_freq:
@@ -277,41 +225,26 @@ def recipe_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Recipe:
 
 
 def recipe_path(name_or_path: Union[str, Path]) -> Path:
-    """A shipped recipe name (``tiny-cpu``) or a path to a YAML file."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise SpecError(f"{p}: recipe file not found")
-        return p
-    shipped = RECIPE_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(q.stem for q in RECIPE_DIR.glob("*.yaml")))
-    raise SpecError(f"unknown recipe {str(name_or_path)!r}; known: {known} (or give a path to a YAML file)")
+    """A shipped recipe name (``tiny-cpu``) or a path to a YAML file (the rule of
+    :func:`~loupe_bench.specs.resolve_spec`)."""
+    return resolve_spec("recipes", name_or_path)
 
 
 def load_recipe(name_or_path: Union[str, Path, Recipe]) -> Recipe:
     """Load a recipe by shipped name or YAML path (a :class:`Recipe` passes through)."""
     if isinstance(name_or_path, Recipe):
         return name_or_path
-    path = recipe_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: malformed YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a YAML mapping at the top level")
-    data.setdefault("name", path.stem)
+    data, path = load_named("recipes", name_or_path)
     return recipe_from_dict(data, source=str(path))
 
 
 def shipped_recipes() -> List[Tuple[str, str]]:
     """(name, description) of every shipped recipe."""
     out = []
-    for p in sorted(RECIPE_DIR.glob("*.yaml")):
+    for name, p in sorted(spec_index("recipes").items()):
         try:
             desc = load_recipe(p).description
         except SpecError as exc:  # pragma: no cover - shipped recipes are tested
             desc = f"INVALID: {exc}"
-        out.append((p.stem, desc.strip().splitlines()[0] if desc.strip() else ""))
+        out.append((name, desc.strip().splitlines()[0] if desc.strip() else ""))
     return out
