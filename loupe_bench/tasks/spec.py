@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import DataError, SpecError
+from ..specs import from_mapping
 from ..utils.io import sha256_file
 
 COSMETIC_KEYS = ("name", "description", "layout")
@@ -224,14 +225,10 @@ def parse_task_spec(data: Dict[str, Any], source: Optional[str] = None) -> TaskS
         raise SpecError(f"{where}: missing field 'splits'")
     if isinstance(splits, str):
         splits = [splits]
-    image = data.get("image") or {}
-    _known(image, ["resize", "crop", "interpolation"], f"{where}: image")
-    image_cfg = ImageConfig(**image)
+    image_cfg = from_mapping(ImageConfig, data.get("image"), str(where), "image")
     if image_cfg.crop not in CROPS:
         raise SpecError(f"{where}: image.crop must be one of {', '.join(CROPS)}, got {image_cfg.crop!r}")
-    boot = data.get("bootstrap") or {}
-    _known(boot, ["n_resamples", "seed", "alpha"], f"{where}: bootstrap")
-    boot_cfg = BootstrapConfig(**boot)
+    boot_cfg = from_mapping(BootstrapConfig, data.get("bootstrap"), str(where), "bootstrap")
     if boot_cfg.n_resamples < 0 or not 0 < boot_cfg.alpha < 1:
         raise SpecError(f"{where}: bootstrap needs n_resamples >= 0 and 0 < alpha < 1")
     metrics = data.get("metrics") or []
