@@ -217,3 +217,16 @@ def test_tower_preset_errors_name_the_spec(tmp_path):
     f.write_text("base: clip-tiny\ntowers: huge\n")
     with pytest.raises(SpecError, match=r"m\.yaml.*unknown tower preset 'huge'.*tiny"):
         get_spec(str(f))
+
+
+def test_list_towers_shows_every_preset_file():
+    from click.testing import CliRunner
+
+    from loupe_bench.cli.main import cli
+    from loupe_bench.specs import spec_dir
+
+    res = CliRunner().invoke(cli, ["list", "towers"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.stem for p in spec_dir("towers").glob("*.yaml"))
+    assert names == ["paper", "small", "swin-t", "tiny", "vit-b16"]
+    assert all(n in res.output for n in names) and "towers (5)" in res.output

@@ -1,4 +1,4 @@
-"""``loupe-bench list datasets|tasks|models|recipes|benchmarks|references``.
+"""``loupe-bench list datasets|tasks|models|towers|recipes|benchmarks|references``.
 
 Each kind maps to a lister function ``() -> list[(name, description)]`` living in the module that owns the
 registry, imported on use.
@@ -14,6 +14,7 @@ LISTERS: Dict[str, str] = {
     "datasets": "loupe_bench.data:list_datasets",
     "tasks": "loupe_bench.tasks:list_tasks",
     "models": "loupe_bench.models:list_models",
+    "towers": "loupe_bench.models.factory:list_towers",
     "recipes": "loupe_bench.train:list_recipes",
     "benchmarks": "loupe_bench.bench:list_benchmarks",
     "references": "loupe_bench.specs:list_references",
@@ -29,7 +30,8 @@ def _lister(kind: str) -> Callable[[], List[Tuple[str, str]]]:
 @click.argument("kind", type=click.Choice(sorted(LISTERS)))
 @click.option("--pattern", default="*", show_default=True, help="fnmatch pattern on names.")
 def list_cmd(kind: str, pattern: str) -> None:
-    """List what the registries hold: datasets, tasks, models, recipes, benchmarks or references."""
+    """List what the registries hold: datasets, tasks, models, towers (shared tower presets), recipes, benchmarks or
+    references."""
     import fnmatch
 
     from rich.console import Console

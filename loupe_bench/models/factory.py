@@ -54,6 +54,16 @@ def tower_preset(name: Any, where: str = "<mapping>") -> Dict[str, Any]:
     return preset
 
 
+def list_towers() -> List[Tuple[str, str]]:
+    """``(name, description)`` of every shipped tower preset (``baselines/towers/*.yaml``), for
+    ``loupe-bench list towers``."""
+    rows = []
+    for name, path in sorted(spec_index("towers").items()):
+        desc = str(read_named_file("towers", path).get("description", "")).strip().splitlines()
+        rows.append((name, desc[0] if desc else ""))
+    return rows
+
+
 def expand_towers(spec: Dict[str, Any], where: str) -> Dict[str, Any]:
     """Replace ``towers: NAME`` by the keys of the tower preset ``NAME``, in the place of ``towers``.
 
