@@ -170,9 +170,7 @@ def resolve_spec(kind: str, name_or_path: Union[str, Path]) -> Path:
 def load_named(kind: str, name_or_path: Union[str, Path]) -> Tuple[Dict[str, Any], Path]:
     """``(mapping, file)`` of a spec by name or path; ``name`` defaults to the file stem."""
     path = resolve_spec(kind, name_or_path)
-    data = load_yaml(path)
-    data.setdefault("name", path.stem)
-    return data, path
+    return read_named_file(kind, path), path
 
 
 # -- inheritance --------------------------------------------------------------------------------------------------------

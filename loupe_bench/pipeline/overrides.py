@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ..errors import SpecError
 from ..specs import set_dotted
 from .plan import SyntheticPlan
 
@@ -45,9 +44,7 @@ def task_spec_mapping(name: str, overrides: Optional[Dict[str, Any]] = None) -> 
     A key ``"TASK:dotted.key"`` applies to the task named ``TASK`` only, and is created when missing (e.g.
     ``"synthetic-captioning:options.use_java"``).
     """
-    from ..specs import load_named, spec_index
+    from ..specs import load_named
 
-    if name not in spec_index("tasks"):
-        raise SpecError(f"unknown task {name!r}")
     data, _ = load_named("tasks", name)
     return apply_overrides(data, name, overrides)
