@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -132,15 +133,27 @@ def spec_name(path: Path, data: Any, kind: str) -> str:
     return path.stem
 
 
+#: (kind, (file, content digest) of every file) -> index: a folder is parsed again only when one of its files changes
+_INDEX_CACHE: Dict[Tuple[Any, ...], Dict[str, Path]] = {}
+
+
 def spec_index(kind: str) -> Dict[str, Path]:
-    """Name -> file of every shipped spec of ``kind`` (one scan); a name defined twice is a :class:`SpecError`."""
-    out: Dict[str, Path] = {}
-    for path in spec_files(kind):
-        name = spec_name(path, read_spec(path) if _kind(kind).named_by_key else None, kind)
-        if name in out:
-            raise SpecError(f"{_kind(kind).label} {name!r} defined twice ({out[name]} and {path})")
-        out[name] = path
-    return out
+    """Name -> file of every shipped spec of ``kind`` (one scan); a name defined twice is a :class:`SpecError`.
+
+    The files are parsed once per content of the folder (file names and a digest of their bytes), so resolving a
+    ``base:`` chain or listing every spec does not parse the folder again for each spec."""
+    files = spec_files(kind)
+    key = (kind, tuple((str(p), hashlib.blake2b(p.read_bytes(), digest_size=16).digest()) for p in files))
+    cached = _INDEX_CACHE.get(key)
+    if cached is None:
+        cached = {}
+        for path in files:
+            name = spec_name(path, read_spec(path) if _kind(kind).named_by_key else None, kind)
+            if name in cached:
+                raise SpecError(f"{_kind(kind).label} {name!r} defined twice ({cached[name]} and {path})")
+            cached[name] = path
+        _INDEX_CACHE[key] = cached
+    return dict(cached)
 
 
 def looks_like_path(text: Union[str, Path]) -> bool:

@@ -36,11 +36,12 @@ def load_adapters() -> Registry:
 
 
 def _shipped() -> Dict[str, Path]:
-    """Name -> file of every shipped task spec (empty when the folder is missing)."""
+    """Name -> file of every shipped task spec (empty when the folder is missing; a malformed file is an error)."""
     try:
-        return spec_index("tasks")
+        spec_dir("tasks")
     except SpecError:
         return {}
+    return spec_index("tasks")
 
 
 def list_tasks() -> List[Tuple[str, str]]:
