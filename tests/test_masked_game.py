@@ -93,6 +93,66 @@ def test_bucketed_padding_equals_naive_loop(class_token, bucket):
         MaskedTowerGame(m, px, t, bucket=0)
 
 
+@pytest.mark.parametrize("class_token", [False, True])
+@pytest.mark.parametrize("last_blocks", [None, 1])
+def test_packed_rows_equal_naive_loop_in_one_tower_call(class_token, last_blocks):
+    """Masked images packed several to a row (block-diagonal attention) give each one's own value, in one call."""
+    from loupe_bench.models import get_spec
+
+    spec = get_spec("loupe-tiny")
+    spec["image_tower"]["kwargs"]["class_token"] = class_token
+    spec["image_tower"]["kwargs"]["global_pool"] = "token" if class_token else "avg"
+    m = create_model(spec, tokenizer_corpus=["a red square"], seed=0)
+    m.train()
+    g = torch.Generator().manual_seed(3)
+    px, t = torch.randn(3, 3, 64, 64, generator=g), torch.randn(3, 64, generator=g)
+    masks = torch.rand(3, 16, 64, generator=g) < torch.rand(3, 16, 1, generator=g)
+    masks[0, 0] = False  # empty: 0
+    masks[1, 1] = False
+    masks[1, 1, 7] = True  # one patch alone
+    masks[2, 2] = True  # the whole image fills a row
+    calls = []
+    tower = m.image_tower
+    orig = tower.run_blocks
+    tower.run_blocks = lambda *a, **k: calls.append(a[0].shape) or orig(*a, **k)
+    v = MaskedTowerGame(m, px, t, last_blocks=last_blocks, pack=True)(masks)
+    assert len(calls) == 1 and calls[0][1] == tower.num_prefix_tokens + 64
+    tower.run_blocks = orig
+    assert calls[0][0] < int(masks.any(-1).sum())  # fewer rows than masked images: rows are shared
+    ref = MaskedTowerGame(m, px, t, last_blocks=last_blocks)(masks)
+    assert v[0, 0] == 0.0
+    torch.testing.assert_close(v, ref, atol=1e-5, rtol=0)
+    if last_blocks is None:
+        for gi in range(3):
+            for q in range(16):
+                if masks[gi, q].any():
+                    assert abs(float(v[gi, q]) - _naive(m, px[gi], t[gi], masks[gi, q])) < 1e-5
+    assert m.image_tower.training  # mode restored
+    small = MaskedTowerGame(m, px, t, last_blocks=last_blocks, pack=True, chunk=3 * 65)  # at most 3 rows a call
+    torch.testing.assert_close(small(masks), v, atol=1e-6, rtol=0)
+
+
+def test_pack_segments_is_a_valid_best_fit_packing():
+    """Every segment lies inside one row, segments of a row do not overlap, and rows are nearly full."""
+    from loupe_bench.models.masked_game import pack_segments
+
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.randint(1, 66, (300,), generator=g).tolist()
+    row, off = pack_segments(lengths, 65)
+    used = {}
+    for ln, r, o in zip(lengths, row, off):
+        assert 0 <= o and o + ln <= 65
+        cells = set(range(o, o + ln))
+        assert not (used.setdefault(r, set()) & cells)
+        used[r] |= cells
+    assert sorted(used) == list(range(len(used)))
+    assert len(used) <= sum(lengths) / 65 * 1.15 + 1  # best-fit decreasing wastes little
+    assert pack_segments([65, 1, 64], 65) == ([0, 1, 1], [0, 64, 0])
+    assert pack_segments([], 65) == ([], [])
+    with pytest.raises(ValueError, match="outside"):
+        pack_segments([66], 65)
+
+
 def test_masked_value_depends_on_the_kept_patches_only(model):
     g = torch.Generator().manual_seed(2)
     px, t = torch.randn(1, 3, 64, 64, generator=g), torch.randn(1, 64, generator=g)

@@ -164,6 +164,8 @@ class TsaCfg:
             tower passes per coalition for the coalition value, ``|A| + 2`` for the interaction.
         bucket: masked images whose kept counts round up to the same multiple of ``bucket`` share one tower call
             (padding key-masked; same values up to round-off; ``1``: one call per kept count).
+        pack: pack the masked images of one game call into rows of ``P + N`` tokens with block-diagonal attention
+            (one tower call per game call; same values up to round-off; ``bucket`` unused). ``[I]``
         every: the token game runs on every ``every``-th training step only (ℒ_TSA, its box term and its
             ℒ_NSI share are absent on the others; ``1``: every step). ``[I]``: the paper is silent on the cost; the
             boxes and confidences move slowly, so their targets need not be refreshed on every step.
@@ -181,6 +183,7 @@ class TsaCfg:
     drop: str = "tokens"
     num_samples: Optional[int] = None
     bucket: int = 1
+    pack: bool = False
     every: int = 1
     features: str = "tower"
 
@@ -390,7 +393,7 @@ class LOUPE(DualEncoder):
         from .masked_game import MaskedTowerGame
 
         return MaskedTowerGame(self, pixels.detach(), text.detach(), last_blocks=self.cfg.tsa.last_blocks,
-                               drop=self.cfg.tsa.drop, bucket=self.cfg.tsa.bucket)
+                               drop=self.cfg.tsa.drop, bucket=self.cfg.tsa.bucket, pack=self.cfg.tsa.pack)
 
     @staticmethod
     def game_stats(game, members: Tensor, features: str = "tower") -> Tensor:
@@ -622,9 +625,12 @@ class LOUPE(DualEncoder):
         if w["fsa"] > 0:
             logs["fsa_factor"] = f_fsa
         nsi: List[Tensor] = []
-        if w["tsa"] > 0 or f_fsa > 0:
-            boxes, logits = self.regions_all(emb["image_tokens"])
-            if w["tsa"] > 0 and (not self.training or step % self.cfg.tsa.every == 0):
+        run_tsa = w["tsa"] > 0 and (not self.training or step % self.cfg.tsa.every == 0)
+        if run_tsa or f_fsa > 0:
+            # the region head on the images that get a target only (the first rows; the others' boxes are unused)
+            t_need = max(self.cfg.tsa.target_images if run_tsa else 0, self.cfg.fsa.target_images if f_fsa > 0 else 0)
+            boxes, logits = self.regions_all(emb["image_tokens"][:t_need])
+            if run_tsa:
                 self._tsa(emb, batch, boxes, logits, terms, logs, nsi)
             if f_fsa > 0:
                 self._fsa(emb, batch, boxes, logits, terms, logs, nsi)

@@ -34,8 +34,9 @@ path), restored afterwards.
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +49,77 @@ DROPS = ("tokens", "pixels")
 CONTRASTS = ("log", "prob")
 
 
+def pack_segments(lengths: Sequence[int], capacity: int) -> Tuple[List[int], List[int]]:
+    """Best-fit-decreasing packing of segments of ``lengths`` into rows of ``capacity``: ``(row, offset)`` per segment.
+
+    Segments are placed longest first, each into the row whose free space is the smallest that still holds it (a new
+    row when none does); within a row segments are contiguous and never overlap. Deterministic (ties by index)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    free: List[List[int]] = [[] for _ in range(capacity + 1)]  # free[c]: rows with exactly c free tokens
+    have = 0  # bit c set <=> free[c] is not empty
+    fill: List[int] = []
+    row = [0] * len(lengths)
+    off = [0] * len(lengths)
+    for i in order:
+        ln = int(lengths[i])
+        if ln < 1 or ln > capacity:
+            raise ValueError(f"segment length {ln} outside 1..{capacity}")
+        m = have >> ln
+        if m:
+            c = ln + ((m & -m).bit_length() - 1)
+            b = free[c].pop()
+            if not free[c]:
+                have &= ~(1 << c)
+        else:
+            b, c = len(fill), capacity
+            fill.append(0)
+        row[i], off[i] = b, fill[b]
+        fill[b] += ln
+        rest = c - ln
+        if rest > 0:
+            free[rest].append(b)
+            have |= 1 << rest
+    return row, off
+
+
+_FLAT: "weakref.WeakKeyDictionary[nn.Module, List[nn.Module]]" = weakref.WeakKeyDictionary()
+
+
+def _flat_modules(module: nn.Module) -> Optional[List[nn.Module]]:
+    """Every submodule of ``module`` (itself included), cached, when none overrides ``train()`` (else None)."""
+    mods = _FLAT.get(module)
+    if mods is None:
+        mods = list(module.modules())
+        if any(type(m).train is not nn.Module.train for m in mods):
+            return None
+        _FLAT[module] = mods
+    return mods
+
+
 @contextmanager
 def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was = module.training
-    module.eval()
+    """``module`` in eval mode inside the block, each submodule's own mode restored after it.
+
+    Sets the ``training`` flags directly on a cached flat list of the submodules (what ``module.eval()`` does, less
+    its recursive traversal, which was ~1 ms per switch of a tiny ViT: three switches a training step); falls back
+    to ``eval()`` / ``train()`` when a submodule overrides ``train()``."""
+    mods = _flat_modules(module)
+    if mods is None:
+        was = module.training
+        module.eval()
+        try:
+            yield
+        finally:
+            module.train(was)
+        return
+    modes = [m.training for m in mods]
+    for m in mods:  # the instance dict directly: nn.Module.__setattr__'s checks cost ~3 µs a module
+        m.__dict__["training"] = False
     try:
         yield
     finally:
-        module.train(was)
+        for m, t in zip(mods, modes):
+            m.__dict__["training"] = t
 
 
 class MaskedTowerGame:
@@ -72,11 +136,14 @@ class MaskedTowerGame:
         bank: ``[K, D]`` text embeddings of the contrastive value (normalised here); ``None``: the cosine value.
         target: ``[G]`` index into ``bank`` of each game's paired text (with ``bank``).
         scale: logit scale ``s`` of the contrastive value (the model's ℒ_CMC scale is the natural choice).
+        pack: pack several masked images into each row of ``P + N`` tokens with a block-diagonal attention mask
+            (:func:`pack_segments`), so one tower call evaluates every mask of a call (``drop: tokens`` only;
+            ``bucket`` is then unused).
     """
 
     def __init__(self, model: nn.Module, pixels: Tensor, text: Tensor, last_blocks: Optional[int] = None,
                  drop: str = "tokens", chunk: int = 65536, bucket: int = 1, bank: Optional[Tensor] = None,
-                 target: Optional[Tensor] = None, scale: float = 1.0, contrast: str = "log"):
+                 target: Optional[Tensor] = None, scale: float = 1.0, contrast: str = "log", pack: bool = False):
         if drop not in DROPS:
             raise SpecError(f"tsa.drop: unknown {drop!r}; known: {list(DROPS)}")
         tower = model.image_tower
@@ -90,6 +157,7 @@ class MaskedTowerGame:
         if int(bucket) < 1:
             raise SpecError(f"tsa.bucket must be >= 1, got {bucket!r}")
         self.bucket = int(bucket)
+        self.pack = bool(pack)
         self.text = F.normalize(text.detach().float(), dim=-1)
         self.bank = None if bank is None else F.normalize(bank.detach().float(), dim=-1)
         if (bank is None) != (target is None):
@@ -162,6 +230,69 @@ class MaskedTowerGame:
                 out[r] = self._score(emb, game_of[r])
         return out.reshape(g, q)
 
+    def _packed(self, masks: Tensor) -> Tensor:
+        """``v`` of every mask in as few tower calls as the ``chunk`` allows: each masked image is a **segment** of
+        ``P + |S|`` tokens (its prefix tokens, then its kept patches in patch order); segments are packed into rows of
+        ``L = P + N`` tokens (:func:`pack_segments`) and attend only within themselves (block-diagonal mask), so
+        every segment gets what its own unpadded row gives, up to float round-off. Padding tokens attend to
+        themselves only and are never pooled."""
+        g, q, n = masks.shape
+        dev = masks.device
+        flat = masks.reshape(g * q, n)
+        size = flat.sum(-1)
+        out = torch.zeros(g * q, dtype=torch.float32, device=dev)
+        live = torch.nonzero(size > 0).flatten()
+        if live.numel() == 0:
+            return out.reshape(g, q)
+        p = self.prefix
+        cap = p + n
+        game_of = live // q
+        lens = size[live] + p
+        bin_of, offset = pack_segments(lens.tolist(), cap)
+        bin_of = torch.tensor(bin_of, dtype=torch.long, device=dev)
+        offset = torch.tensor(offset, dtype=torch.long, device=dev)
+        seg_p, patch = torch.nonzero(flat[live], as_tuple=True)  # kept patches, grouped by segment, ascending
+        start = torch.cumsum(size[live], 0) - size[live]
+        local = p + torch.arange(seg_p.numel(), device=dev) - start[seg_p]
+        src = [game_of[seg_p] * cap + p + patch]
+        seg = [seg_p]
+        pos = [local]
+        if p:
+            seg_x = torch.arange(live.numel(), device=dev).repeat_interleave(p)
+            src.append(game_of[seg_x] * cap + torch.arange(p, device=dev).repeat(live.numel()))
+            seg.append(seg_x)
+            pos.append(torch.arange(p, device=dev).repeat(live.numel()))
+        src_t, seg_t, pos_t = torch.cat(src), torch.cat(seg), torch.cat(pos)
+        row_t = bin_of[seg_t]
+        states = self.states.reshape(-1, self.states.shape[-1])
+        tower = self.model.image_tower
+        rows_per_call = max(1, self.chunk // cap)
+        n_rows = int(bin_of.max()) + 1
+        for r0 in range(0, n_rows, rows_per_call):
+            r1 = min(n_rows, r0 + rows_per_call)
+            pick = (row_t >= r0) & (row_t < r1)
+            dst = (row_t[pick] - r0) * cap + offset[seg_t[pick]] + pos_t[pick]
+            nr = r1 - r0
+            x = states.new_zeros(nr * cap, states.shape[-1])
+            x[dst] = states[src_t[pick]]
+            ids = -1 - torch.arange(nr * cap, device=dev)  # padding: a segment of its own
+            ids[dst] = seg_t[pick]
+            ids = ids.reshape(nr, cap)
+            mask = (ids[:, :, None] == ids[:, None, :])[:, None]  # [R, 1, L, L]
+            y = tower.run_blocks(x.reshape(nr, cap, -1), self.last_blocks, mask).reshape(nr * cap, -1)
+            segs = torch.nonzero((bin_of >= r0) & (bin_of < r1)).flatten()
+            if p:  # the segment's first prefix token ([CLS])
+                pooled = y[(bin_of[segs] - r0) * cap + offset[segs]]
+            else:  # mean of the segment's patch tokens
+                is_patch = pick.clone()
+                is_patch[seg_p.numel():] = False
+                ptok = is_patch[pick]
+                acc = y.new_zeros(live.numel(), y.shape[-1])
+                acc.index_add_(0, seg_t[pick][ptok], y[dst[ptok]])
+                pooled = acc[segs] / size[live][segs, None].to(y.dtype)
+            out[live[segs]] = self._score(self._embed(pooled), game_of[segs])
+        return out.reshape(g, q)
+
     def _pixels(self, masks: Tensor) -> Tensor:
         g, q, n = masks.shape
         gh, gw = self.grid
@@ -185,4 +316,6 @@ class MaskedTowerGame:
             raise ValueError(f"masks must be [G, Q, {self.n}], got {tuple(masks.shape)}")
         tower = self.model.image_tower
         with torch.no_grad(), _eval_mode(tower):
-            return self._tokens(masks) if self.drop == "tokens" else self._pixels(masks)
+            if self.drop == "pixels":
+                return self._pixels(masks)
+            return self._packed(masks) if self.pack else self._tokens(masks)

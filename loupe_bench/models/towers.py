@@ -221,6 +221,19 @@ class TimmImageTower(nn.Module):
             x = blk(x)
         return x
 
+    def run_blocks(self, states: Tensor, last_blocks: Optional[int] = None,
+                   attn_mask: Optional[Tensor] = None) -> Tensor:
+        """The last ``last_blocks`` blocks and the final norm on token states ``[R, L, W]``: token states ``[R, L, W]``.
+
+        ``attn_mask`` (bool, broadcastable to ``[R, heads, L, L]``, True = attend) is passed to every block: a key
+        mask ``[R, 1, 1, L]`` for padding, or a block-diagonal ``[R, 1, L, L]`` for rows that pack several masked
+        images (:class:`~loupe_bench.models.masked_game.MaskedTowerGame` with ``pack``)."""
+        m = self.model
+        x = states
+        for blk in m.blocks[self._split(last_blocks):]:
+            x = blk(x) if attn_mask is None else blk(x, attn_mask=attn_mask)
+        return m.norm(x)
+
     def finish_states(self, states: Tensor, last_blocks: Optional[int] = None,
                       valid: Optional[Tensor] = None) -> Tensor:
         """The last ``last_blocks`` blocks, the final norm and the pooling of :meth:`forward` on ``states
@@ -229,12 +242,8 @@ class TimmImageTower(nn.Module):
         ``valid [Q, P + k]`` (bool, optional) marks padding: tokens where it is False are neither attended to (a key
         mask in every block) nor pooled, so a row padded from ``k'`` to ``k`` tokens gives what the unpadded
         ``[P + k']`` row gives (up to float round-off). Rows of different lengths then share one tower call."""
-        m = self.model
-        x = states
         mask = None if valid is None else valid[:, None, None, :]  # [Q, 1, 1, L]: True = attend
-        for blk in m.blocks[self._split(last_blocks):]:
-            x = blk(x) if mask is None else blk(x, attn_mask=mask)
-        x = m.norm(x)
+        x = self.run_blocks(states, last_blocks, mask)
         n_prefix = self.num_prefix_tokens
         if n_prefix > 0:
             return x[:, 0]
