@@ -26,6 +26,32 @@ def test_shapley_benchmark_smoke(tiny_world):
     assert all(math.isfinite(f["value"]) for f in rec["figures"])
 
 
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("features", ["tower", "coalition", "image"])
+def test_neural_predictor_is_timed_on_the_features_it_was_trained_on(tiny_world, features):
+    """The bench's timed ``g_θ`` call computes the same features as training (``tsa_problem``) for the spec's
+    ``tsa.features``: a mismatch would time (and rank) a predictor on inputs it never saw."""
+    import torch
+
+    from loupe_bench.bench.common import build_tiny, world_batches
+    from loupe_bench.bench.shapley_bench import _neural_predictor, _problems
+
+    model = build_tiny("loupe-tiny", 0, tiny_world, tsa__features=features).eval()
+    batch = world_batches(model, 1, 4, 0, tiny_world)[0]
+    tsa, _, emb = _problems(model, batch)
+    seen = {}
+
+    class Spy:
+        def predict(self, f):
+            seen["f"] = f
+            return torch.zeros(f.shape[0]), None
+
+    _neural_predictor(model, "tsa", tsa, emb, Spy())()
+    torch.testing.assert_close(seen["f"], tsa.feats[tsa.valid])
+
+
 # ------------------------------------------------------------------------------------ matched-accuracy speed-up
 def _planted(num_games=24, n=10, seed=0):
     import torch

@@ -265,7 +265,8 @@ def _training_targets(model, train: List[Dict[str, torch.Tensor]], targets: Dict
 
 def _neural_predictor(model, name: str, pr, emb: Dict[str, torch.Tensor], mod) -> Callable[[], torch.Tensor]:
     """``g_θ``'s predictions for the valid coalitions of the level's problem, paying for their features (the token
-    level: including the game's own ``v(A), v(N), v(N∖A)``)."""
+    level: including the game values among the features, as the spec's ``tsa.features`` says: the ones ``g_θ`` was
+    trained on)."""
     from ..models.loupe_heads import fsa_features, tsa_features
 
     if name == "tsa":
@@ -275,7 +276,7 @@ def _neural_predictor(model, name: str, pr, emb: Dict[str, torch.Tensor], mod) -
 
         def neural():
             with torch.no_grad():
-                stats = model.game_stats(pr.game, members)
+                stats = model.game_stats(pr.game, members, model.cfg.tsa.features)
                 return mod.predict(tsa_features(toks, text, members, cand, stats)[pr.valid])[0]
 
         return neural
