@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_OPTIONS = {
     "shapley": {"batch_size": 4, "train_batches": 2, "samples": (8,), "reference_samples": 32, "fsa_regions": 3,
                 "train_steps": 5, "num_samples": 8},
-    "train-step": {"batch_size": 4, "settle_steps": 2, "warmup_steps": 1},
+    "train-step": {"batch_size": 4, "settle_steps": 2, "warmup_steps": 1, "large_batch": 8},
     "train-throughput": {"batch_size": 4, "rounds": 1, "settle_steps": 2, "warmup_steps": 1},
     "late-interaction": {"n_images": 6, "n_texts": 10, "n1": 4, "n2": 6, "d": 8},
     "retrieval-metric": {"n_images": 40, "captions_per_image": 3},
@@ -58,6 +58,10 @@ def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
         assert rec["runs"]["quick"]["models"] == ["clip-tiny"] and rec["runs"]["quick"]["wall_s"] > 0
     if name == "train-step":
         assert any(x.endswith("/ clip-tiny") for x in labels)
+        big = next(f for f in rec["figures"] if f["label"] == "loupe-tiny (neural) / clip-tiny, batch 8")
+        times = rec["times_s"]
+        assert big["value"] == times["loupe-tiny (neural) step, batch 8"] / times["clip-tiny step, batch 8"]
+        assert big["target"] == "" and big["met"] is None  # the target is the recipe's batch's (batch_size)
     if name == "gpu-check":  # the layout of the committed GPU record (the README performance block renders it)
         committed = json.loads((ROOT / "results" / "benchmarks" / "gpu_check.json").read_text())
         assert set(written) == set(committed) and set(written["config"]) == set(committed["config"])
@@ -115,3 +119,17 @@ def test_cli_set_options():
     for bad in ("gpu-check.steps", "steps=1", ".steps=1", "gpu-check.=1", "gpu-check.steps=[1"):
         with pytest.raises(SpecError, match="--set"):
             parse_options((bad,))
+
+
+def test_interleaved_times_blocks_run_each_function_back_to_back():
+    """``block`` calls of one function in a row per round, the first untimed; rounds rotate over the functions."""
+    from loupe_bench.bench.common import interleaved_times
+
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = interleaved_times(fns, rounds=2, warmup_rounds=1, block=3)
+    assert calls == (["a"] * 3 + ["b"] * 3) * 3
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}  # 2 timed rounds x (3 - 1) timed calls
+    calls.clear()
+    times = interleaved_times(fns, rounds=2, warmup_rounds=0)  # block 1: strict round-robin, every call timed
+    assert calls == ["a", "b", "a", "b"] and {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}

@@ -25,15 +25,24 @@ def time_call(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> Dict[s
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeat": len(times)}
 
 
-def interleaved_times(fns: Dict[str, Callable[[], Any]], rounds: int, warmup_rounds: int = 1) -> Dict[str, List[float]]:
-    """Seconds of one call of each function per round, in ``fns`` order, for ``rounds`` timed rounds after
-    ``warmup_rounds`` untimed ones (round-robin: load changes on a shared machine hit every function alike)."""
+def interleaved_times(fns: Dict[str, Callable[[], Any]], rounds: int, warmup_rounds: int = 1,
+                      block: int = 1) -> Dict[str, List[float]]:
+    """Seconds of each call of each function, in ``fns`` order, for ``rounds`` timed rounds after ``warmup_rounds``
+    untimed ones (round-robin: load changes on a shared machine hit every function alike).
+
+    With ``block > 1`` each function runs ``block`` times in a row per round, the first call untimed: the timed
+    calls find the caches as a run of that function alone leaves them (a training loop steps one model), not as the
+    previous function left them; ``rounds × (block − 1)`` samples per function."""
     times: Dict[str, List[float]] = {k: [] for k in fns}
+    block = max(1, int(block))
     for r in range(rounds + warmup_rounds):
         for key, fn in fns.items():
-            t = time_call(fn, repeat=1, warmup=0)["median_s"]
-            if r >= warmup_rounds:
-                times[key].append(t)
+            if block > 1:
+                fn()
+            for _ in range(max(1, block - 1)):
+                t = time_call(fn, repeat=1, warmup=0)["median_s"]
+                if r >= warmup_rounds:
+                    times[key].append(t)
     return times
 
 
