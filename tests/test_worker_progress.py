@@ -123,7 +123,72 @@ def test_training_runs_longest_first(monkeypatch):
     submitted = []
     ctx = _ctx(Path("/tmp/unused"), Console(file=io.StringIO()), enabled=False)
     ctx.plan = SyntheticPlan(models=["clip-tiny", "filip-tiny", "loupe-tiny", "loupe-no-tsa"], workers=2)
-    monkeypatch.setattr(stages, "run_jobs", lambda c, kind, jobs, on_idle=None: submitted.extend(j[0] for j in jobs))
+    monkeypatch.setattr(stages, "run_jobs", lambda c, kind, jobs, **kw: submitted.extend(j[0] for j in jobs))
     rp.stage_train(ctx)
     assert submitted == ["train/s0/loupe-tiny", "train/s0/loupe-no-tsa", "train/s0/clip-tiny", "train/s0/filip-tiny"]
     assert [rp.training_cost(rp.model_spec_mapping(m)) for m in ctx.plan.models] == [1, 1, 5, 4]
+
+
+class _Live:
+    def done(self, key):
+        pass
+
+
+def _thread_pool_ctx(console, models=("clip-tiny", "filip-tiny")):
+    """A Context whose worker pool is a thread pool (the scheduling logic without spawned processes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    plan = SyntheticPlan(models=list(models), workers=2, worker_threads=1)
+    log = StageLog(console, total=10, enabled=False)
+    ctx = Context(out=Path("."), seeds=[0], plan=plan, log=log, console=console)
+    ctx._pool, ctx._live = ThreadPoolExecutor(max_workers=2), _Live()
+    return ctx
+
+
+def test_run_jobs_waits_for_started_jobs_without_running_them_again():
+    ctx = _thread_pool_ctx(Console(file=io.StringIO()))
+    calls = []
+
+    def job(name):
+        calls.append(name)
+        return 0.5
+
+    early = ctx._pool.submit(wp.run_reported, "eval/a", "eval a", job, ("a",))
+    done = []
+    run_jobs(ctx, "eval", [("eval/a", "a", job, ("a",)), ("eval/b", "b", job, ("b",))], started={"eval/a": early},
+             on_done=lambda key, left: done.append((key, left)))
+    ctx._pool.shutdown()
+    assert sorted(calls) == ["a", "b"]  # a ran once, as the early job
+    assert ctx.timings["eval/a"] == ctx.timings["eval/b"] == 0.5
+    assert sorted(k for k, _ in done) == ["eval/a", "eval/b"] and sorted(left for _, left in done) == [0, 1]
+
+
+def test_eval_jobs_of_a_trained_model_start_before_the_train_stage_ends(monkeypatch):
+    """The train stage hands each finished model's eval jobs to the pool (idle workers run them while the last
+    training jobs go on); the eval stage waits for them and runs every other job once."""
+    from loupe_bench.pipeline import stages
+
+    ctx = _thread_pool_ctx(Console(file=io.StringIO()))
+    ctx.runs = {"s0/clip-tiny": "runs/s0/clip-tiny", "s0/filip-tiny": "runs/s0/filip-tiny"}
+    calls = []
+
+    def job(key):
+        calls.append(key)
+        return 0.25
+
+    def fake_eval_jobs(c, which=None):
+        pairs = which if which is not None else [(0, m) for m in c.plan.models]
+        return [(f"eval/s{s}/{m}/{g}", f"eval {m} {g}", job, (f"eval/s{s}/{m}/{g}",)) for s, m in pairs for g in (0, 1)]
+
+    monkeypatch.setattr(stages, "eval_jobs", fake_eval_jobs)
+    stages._start_eval(ctx, "train/s0/clip-tiny")  # clip-tiny's training has finished; filip-tiny's goes on
+    assert sorted(ctx.early_eval) == ["eval/s0/clip-tiny/0", "eval/s0/clip-tiny/1"]
+    stages.stage_eval(ctx)
+    ctx._pool.shutdown()
+    assert sorted(calls) == sorted(k for k, *_ in fake_eval_jobs(ctx))  # each exactly once
+    assert ctx.early_eval == {} and ctx.timings["eval/s0/clip-tiny"] == 0.5
+    one = _thread_pool_ctx(Console(file=io.StringIO()))
+    one.plan.workers = 1
+    stages._start_eval(one, "train/s0/clip-tiny")  # one worker: nothing starts early
+    assert one.early_eval == {}
+    one._pool.shutdown()

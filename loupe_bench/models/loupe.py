@@ -657,7 +657,7 @@ class LOUPE(DualEncoder):
         with ``loupe.explain_samples``), ``similarity [B, K, P]`` (the prediction's ``⟨h^I_i, h^T_j⟩``) and
         ``phrase_best_region [B, P]`` (argmax over regions of the interaction; −1 for padding phrases).
         """
-        from ..shapley import sample_interaction
+        from ..shapley import sample_coalition_value, sample_interaction
 
         k = top_k or self.cfg.region.top_k
         img = self.encode_image(pixels)
@@ -669,8 +669,11 @@ class LOUPE(DualEncoder):
         scores = torch.gather(logits, 1, idx).sigmoid()
         members = member_masks(rboxes, tuple(img.grid))
         m = self.cfg.explain_samples
-        est = sample_interaction(self.token_game(pixels, img.tokens, txt.pooled), members, m, with_value=True)
-        tsa = est.value if self.cfg.tsa.score == "coalition_value" else est.mean
+        game = self.token_game(pixels, img.tokens, txt.pooled)
+        if self.cfg.tsa.score == "coalition_value":  # 2 masks per context, not |A| + 2: the same contexts and φ
+            tsa = sample_coalition_value(game, members, m).mean
+        else:
+            tsa = sample_interaction(game, members, m).mean
         region = pool_regions(img.tokens, members, self.region_proj)
         span = phrase_token_mask.bool() & txt.mask[:, None, :]
         pvalid = phrase_mask.bool() & span.any(-1)

@@ -100,6 +100,10 @@ class Context:
     _live: Any = None
     #: CPU seconds the worker processes reported for their jobs so far
     worker_cpu: float = 0.0
+    #: eval jobs the train stage submitted to idle workers (key -> future); the eval stage waits for them
+    early_eval: Dict[str, Any] = field(default_factory=dict)
+    #: the thread importing the report's modules ahead of the report stage (joined there)
+    prewarm: Any = None
 
     def worker_pool(self):
         """``(pool, live)``: ``plan.workers`` spawned processes kept for the whole reproduction (each imports torch

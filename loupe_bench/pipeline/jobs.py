@@ -33,29 +33,44 @@ def eval_job(run: str, specs: List[Dict[str, Any]], world: str, out_dir: str, se
     return time.perf_counter() - t0
 
 
-def run_jobs(ctx: Context, kind: str, jobs: List[Tuple[str, str, Any, tuple]], on_idle=None) -> None:
+def submit_job(ctx: Context, key: str, fn: Any, args: tuple):
+    """Submit one job to the reproduction's worker pool (:meth:`Context.worker_pool`); its future."""
+    from .progress import run_reported
+
+    pool, _ = ctx.worker_pool()
+    return pool.submit(run_reported, key, key.replace("/", " "), fn, args)
+
+
+def run_jobs(ctx: Context, kind: str, jobs: List[Tuple[str, str, Any, tuple]], on_idle=None, on_done=None,
+             started: Optional[Dict[str, Any]] = None) -> None:
     """Run ``(key, description, fn, args)`` jobs: in this process one after the other (``workers == 1``), else on
     the reproduction's pool of ``workers`` spawned processes (:meth:`Context.worker_pool`, kept from the train stage
     to the end of the eval stage). Each job's wall seconds land in ``ctx.timings[key]``, the CPU seconds its worker
     measured in ``ctx.worker_cpu``. ``on_idle`` is called once, in this process, as soon as fewer jobs are left than
-    workers (a core is free)."""
+    workers (a core is free); ``on_done(key, left)`` after each finished job (``left``: jobs of this call not yet
+    finished). ``started``: key -> future of jobs already submitted to the pool (by an earlier stage's
+    ``on_done``): they are not submitted again, only waited for and recorded like the others."""
     workers = max(1, int(ctx.plan.workers))
-    if workers == 1 or len(jobs) == 1:
-        for key, desc, fn, args in jobs:
+    started = dict(started or {})
+    if (workers == 1 or len(jobs) == 1) and not started:
+        for i, (key, desc, fn, args) in enumerate(jobs):
             with ctx.unit(kind, desc):
                 ctx.timings[key] = round(fn(*args), 3)
+            if on_done is not None:
+                on_done(key, len(jobs) - i - 1)
         return
     from concurrent.futures import as_completed
 
-    from .progress import run_reported
-
     if ctx.log.enabled:
         ctx.console.log(f"{kind}: {len(jobs)} jobs on {workers} worker processes "
-                        f"({ctx.plan.worker_threads} torch thread(s) each)")
+                        f"({ctx.plan.worker_threads} torch thread(s) each)"
+                        + (f", {len(started)} started during the previous stage" if started else ""))
     # a live row per running job (training: step, loss, ETA) in a terminal; one line per finished job otherwise
     pool, live = ctx.worker_pool()
-    futures = {pool.submit(run_reported, key, key.replace("/", " "), fn, args): (key, desc)
-               for key, desc, fn, args in jobs}
+    futures = {}
+    for key, desc, fn, args in jobs:
+        fut = started.get(key)
+        futures[fut if fut is not None else submit_job(ctx, key, fn, args)] = (key, desc)
     left = len(futures)
     for fut in as_completed(futures):
         left -= 1
@@ -68,4 +83,6 @@ def run_jobs(ctx: Context, kind: str, jobs: List[Tuple[str, str, Any, tuple]], o
         ctx.timings[key] = round(seconds, 3)
         ctx.worker_cpu += cpu
         ctx.log.finished(kind, desc, seconds, parallel=workers)
+        if on_done is not None:
+            on_done(key, left)
 

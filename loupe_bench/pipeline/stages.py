@@ -8,7 +8,7 @@ from typing import Any, Dict, Tuple
 from ..registry import Registry
 from ..utils.io import read_json
 from .context import Context, write_manifest
-from .jobs import eval_job, run_jobs, train_job
+from .jobs import eval_job, run_jobs, submit_job, train_job
 from .overrides import model_spec_mapping, plan_model, task_spec_mapping
 from .plan import SyntheticPlan
 
@@ -39,10 +39,12 @@ def stage_world(ctx: Context) -> None:
                            image_size=ctx.plan.image_size, workers=ctx.plan.world_workers)
 
 
-def _prewarm_report_imports() -> None:
+def _prewarm_report_imports(ctx: Context) -> None:
     """Import what the report stage needs (torch, the model zoo, timm / transformers, matplotlib) in a background
-    thread once the training jobs left are fewer than the workers (a core is free then, and this process only
-    waits). Saves ~8 s of the report stage's wall time; a failure here is left to the report stage to raise."""
+    thread once a core is free (the last jobs of the eval stage, or of the train stage with one worker) while this
+    process only waits. Saves several seconds of the report stage's wall time. The report stage joins the thread
+    first (``ctx.prewarm``): importing a package while another thread is half-way through importing it can fail. A
+    failure here is left to the report stage to raise."""
     import threading
 
     def work() -> None:
@@ -57,11 +59,12 @@ def _prewarm_report_imports() -> None:
             from ..report import explain, plots, render  # noqa: F401
             import timm  # noqa: F401
             import transformers  # noqa: F401
-            from transformers import BertModel  # noqa: F401
+            from transformers import AutoTokenizer, BertModel  # noqa: F401
         except Exception:  # pragma: no cover - the report stage imports the same modules and raises there
             return
 
-    threading.Thread(target=work, name="loupe-prewarm", daemon=True).start()
+    ctx.prewarm = threading.Thread(target=work, name="loupe-prewarm", daemon=True)
+    ctx.prewarm.start()
 
 
 def _worker_overrides(ctx: Context) -> Dict[str, Any]:
@@ -86,7 +89,22 @@ def stage_train(ctx: Context) -> None:
     if ctx.plan.workers > 1:  # longest first, so that no long run starts last on a free worker (stable: plan order)
         cost = {m: training_cost(model_spec_mapping(m, ctx.plan.model_overrides)) for m in ctx.plan.models}
         jobs.sort(key=lambda j: -cost[j[0].rsplit("/", 1)[1]])
-    run_jobs(ctx, "train", jobs, on_idle=_prewarm_report_imports)
+    # with workers, a core the last training jobs leave free goes to early eval jobs (_start_eval); the report's
+    # imports are prewarmed at the end of the eval stage instead (one worker alone: here, as before)
+    prewarm = (lambda: _prewarm_report_imports(ctx)) if ctx.plan.workers <= 1 else None
+    run_jobs(ctx, "train", jobs, on_idle=prewarm, on_done=lambda key, left: _start_eval(ctx, key))
+
+
+def _start_eval(ctx: Context, train_key: str) -> None:
+    """With worker processes, submit the eval jobs of the model whose training job ``train_key`` just finished
+    (``train/s<seed>/<model>``), so that they run on the workers the last training jobs leave idle instead of
+    after them. The pool runs jobs in submission order, so no training job waits for them. The eval stage waits for
+    them and records them like its own (:func:`run_jobs`'s ``started``)."""
+    if ctx.plan.workers <= 1:
+        return
+    _, seed, model = train_key.split("/", 2)
+    for key, _desc, fn, args in eval_jobs(ctx, [(int(seed[1:]), model)]):
+        ctx.early_eval[key] = submit_job(ctx, key, fn, args)
 
 
 def training_cost(spec: Dict[str, Any]) -> int:
@@ -103,38 +121,49 @@ EVAL_GROUPS: Tuple[Tuple[str, ...], ...] = (("captioning", "linear-probe"), ("gr
                                             ("retrieval", "classification"))
 
 
-@STAGES.register("eval")
-def stage_eval(ctx: Context) -> None:
-    """Evaluate every trained model on every synthetic task (one result JSON per model × task × split)."""
+def eval_jobs(ctx: Context, which=None) -> list:
+    """The eval jobs ``(key, description, eval_job, args)`` of the trained models ``which`` (``(seed, model)``
+    pairs; every seed and model of the plan when None): one per model with one worker, else one per task group
+    (:data:`EVAL_GROUPS`, longest group first)."""
     jobs = []
     parallel = ctx.plan.workers > 1
     threads = int(ctx.plan.worker_threads) if parallel else None
-    for seed in ctx.seeds:
-        for model in ctx.plan.models:
-            run = ctx.out / ctx.runs[f"s{seed}/{model}"]
-            specs = [task_spec_mapping(t, ctx.plan.task_overrides) for t in ctx.tasks]
-            types = ctx.plan.model_task_types.get(model)
-            if types is not None:
-                specs = [sp for sp in specs if sp.get("type") in types]
-            out_dir = str(ctx.out / "results" / f"s{seed}")
-            if not parallel:
-                jobs.append((f"eval/s{seed}/{model}", f"eval: {model} (seed {seed}) on {len(specs)} tasks",
-                             eval_job, (str(run), specs, str(ctx.world), out_dir, seed, threads,
+    pairs = [(seed, model) for seed in ctx.seeds for model in ctx.plan.models] if which is None else list(which)
+    for seed, model in pairs:
+        run = ctx.out / ctx.runs[f"s{seed}/{model}"]
+        specs = [task_spec_mapping(t, ctx.plan.task_overrides) for t in ctx.tasks]
+        types = ctx.plan.model_task_types.get(model)
+        if types is not None:
+            specs = [sp for sp in specs if sp.get("type") in types]
+        out_dir = str(ctx.out / "results" / f"s{seed}")
+        if not parallel:
+            jobs.append((f"eval/s{seed}/{model}", f"eval: {model} (seed {seed}) on {len(specs)} tasks",
+                         eval_job, (str(run), specs, str(ctx.world), out_dir, seed, threads,
+                                    ctx.plan.eval_device)))
+            continue
+        grouped = [[sp for sp in specs if sp.get("type") in g] for g in EVAL_GROUPS]
+        grouped.append([sp for sp in specs if not any(sp.get("type") in g for g in EVAL_GROUPS)])
+        for gi, group in enumerate(grouped):
+            if group:
+                names = ", ".join(sorted({str(sp.get("type")) for sp in group}))
+                jobs.append((f"eval/s{seed}/{model}/{gi}", f"eval: {model} (seed {seed}): {names}",
+                             eval_job, (str(run), group, str(ctx.world), out_dir, seed, threads,
                                         ctx.plan.eval_device)))
-                continue
-            grouped = [[sp for sp in specs if sp.get("type") in g] for g in EVAL_GROUPS]
-            grouped.append([sp for sp in specs if not any(sp.get("type") in g for g in EVAL_GROUPS)])
-            for gi, group in enumerate(grouped):
-                if group:
-                    names = ", ".join(sorted({str(sp.get("type")) for sp in group}))
-                    jobs.append((f"eval/s{seed}/{model}/{gi}", f"eval: {model} (seed {seed}): {names}",
-                                 eval_job, (str(run), group, str(ctx.world), out_dir, seed, threads,
-                                            ctx.plan.eval_device)))
     if parallel:  # longest groups first (group index), across models and seeds
         jobs.sort(key=lambda j: int(j[0].rsplit("/", 1)[1]))
+    return jobs
+
+
+@STAGES.register("eval")
+def stage_eval(ctx: Context) -> None:
+    """Evaluate every trained model on every synthetic task (one result JSON per model × task × split); jobs the
+    train stage already started on idle workers (:func:`_start_eval`) are waited for, not run again."""
+    jobs = eval_jobs(ctx)
+    parallel = ctx.plan.workers > 1
     ctx.log.total += len(jobs) - ctx.log.planned.get("eval", 0)
     ctx.log.planned["eval"] = len(jobs)
-    run_jobs(ctx, "eval", jobs)
+    started, ctx.early_eval = ctx.early_eval, {}
+    run_jobs(ctx, "eval", jobs, started=started, on_idle=(lambda: _prewarm_report_imports(ctx)) if parallel else None)
     if parallel:  # per-model totals, as in a sequential run
         for seed in ctx.seeds:
             for model in ctx.plan.models:
@@ -148,6 +177,9 @@ def stage_report(ctx: Context) -> None:
     from ..report.render import report
 
     with ctx.unit("report", "report: console table, CSV, Markdown, HTML"):
+        if ctx.prewarm is not None:  # the imports a background thread may still be running
+            ctx.prewarm.join()
+            ctx.prewarm = None
         write_manifest(ctx)
         runs = {k.split("/", 1)[1]: ctx.out / v for k, v in ctx.runs.items() if k.startswith(f"s{ctx.seeds[0]}/")}
         report(ctx.out / "results", out_dir=ctx.out / "report", runs=runs, world_dir=ctx.world, console=ctx.console,
