@@ -41,8 +41,8 @@ def stage_world(ctx: Context) -> None:
 
 def _prewarm_report_imports(ctx: Context) -> None:
     """Import what the report stage needs (torch, the model zoo, timm / transformers, matplotlib) in a background
-    thread once a core is free (the last jobs of the eval stage, or of the train stage with one worker) while this
-    process only waits. Saves several seconds of the report stage's wall time. The report stage joins the thread
+    thread once a core is free (the last jobs of the eval stage, with worker processes) while this process only
+    waits. Saves several seconds of the report stage's wall time. The report stage joins the thread
     first (``ctx.prewarm``): importing a package while another thread is half-way through importing it can fail. A
     failure here is left to the report stage to raise."""
     import threading
@@ -90,9 +90,8 @@ def stage_train(ctx: Context) -> None:
         cost = {m: training_cost(model_spec_mapping(m, ctx.plan.model_overrides)) for m in ctx.plan.models}
         jobs.sort(key=lambda j: -cost[j[0].rsplit("/", 1)[1]])
     # with workers, a core the last training jobs leave free goes to early eval jobs (_start_eval); the report's
-    # imports are prewarmed at the end of the eval stage instead (one worker alone: here, as before)
-    prewarm = (lambda: _prewarm_report_imports(ctx)) if ctx.plan.workers <= 1 else None
-    run_jobs(ctx, "train", jobs, on_idle=prewarm, on_done=lambda key, left: _start_eval(ctx, key))
+    # imports are prewarmed at the end of the eval stage instead
+    run_jobs(ctx, "train", jobs, on_done=lambda key, left: _start_eval(ctx, key))
 
 
 def _start_eval(ctx: Context, train_key: str) -> None:
