@@ -283,12 +283,9 @@ class MaskedTowerGame:
             segs = torch.nonzero((bin_of >= r0) & (bin_of < r1)).flatten()
             if p:  # the segment's first prefix token ([CLS])
                 pooled = y[(bin_of[segs] - r0) * cap + offset[segs]]
-            else:  # mean of the segment's patch tokens
-                is_patch = pick.clone()
-                is_patch[seg_p.numel():] = False
-                ptok = is_patch[pick]
+            else:  # no prefix tokens: every placed token is a patch; the mean of the segment's patch tokens
                 acc = y.new_zeros(live.numel(), y.shape[-1])
-                acc.index_add_(0, seg_t[pick][ptok], y[dst[ptok]])
+                acc.index_add_(0, seg_t[pick], y[dst])
                 pooled = acc[segs] / size[live][segs, None].to(y.dtype)
             out[live[segs]] = self._score(self._embed(pooled), game_of[segs])
         return out.reshape(g, q)
