@@ -50,8 +50,9 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
         reps = max(repeat, 5)
         steps: Dict[str, Any] = {}
         lasts: Dict[str, Dict[str, Any]] = {}
+        built = {}
         for name in ("clip-tiny", "filip-tiny"):
-            model = build_tiny(name, seed, world_path).to(device)
+            model = built[name] = build_tiny(name, seed, world_path).to(device)
             batch = to_device(world_batches(model, 1, batch_size, seed, world_path)[0], device)
             steps[name], lasts[name] = _stepper(model, batch)
         # LOUPE with the neural module: train on the batch stream until past warm-up, then time on the fixed batch
@@ -70,7 +71,7 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
         steps["loupe-tiny (neural)"], lasts["loupe-tiny (neural)"] = _stepper(model, batches[-1], opt)
         big = f"batch {large_batch}"
         if large_batch:
-            clip = build_tiny("clip-tiny", seed, world_path).to(device)
+            clip = built["clip-tiny"]  # the same model as the batch-32 row, its own optimiser
             clip_big = to_device(world_batches(clip, 1, large_batch, seed + 1, world_path)[0], device)
             steps[f"clip-tiny step, {big}"], _ = _stepper(clip, clip_big)
             loupe_big = to_device(world_batches(model, 1, large_batch, seed + 1, world_path)[0], device)
@@ -96,6 +97,7 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
         if large_batch:
             ratio = times[f"loupe-tiny (neural) step, {big}"] / times[f"clip-tiny step, {big}"]
             figures.append(figure(f"loupe-tiny (neural) / clip-tiny, {big}", ratio, "x"))
-        return {"name": "train-step", "batch_size": batch_size, "large_batch": large_batch, "block": block, "times_s": times, "settle_steps": settle_steps,
+        return {"name": "train-step", "batch_size": batch_size, "large_batch": large_batch, "block": block,
+                "times_s": times, "settle_steps": settle_steps,
                 "loupe_logs": logs, "threads": n_threads, "figures": figures,
                 "environment": environment_info(device)}
