@@ -18,6 +18,27 @@ from .common import (bench_world, build_tiny, figure, interleaved_times, synced,
                      torch_threads, world_batches)
 
 
+#: the settled LOUPE with its sampling budget set to 0 after warm-up (no Monte-Carlo pass, no holdout): a lower bound
+#: of the neural phase's step time under any routing budget
+FLOOR = "loupe-tiny (neural, no sampling: floor)"
+
+
+def no_sampling_copy(model):
+    """A deep copy of a settled LOUPE whose estimators route nothing to Monte-Carlo sampling any more
+    (``neural.max_routed_fraction = 0``, ``neural.holdout = 0``): every target is ``g_θ``'s ``μ``, ``g_θ`` still
+    trains on its replay buffer. What is left of the step is LOUPE's work besides sampling (region head, the token
+    game's ``u(A)``, ``u(N)`` for ``g_θ``'s features, ℒ_FSA, ℒ_NSI and their backward)."""
+    import copy
+
+    floor = copy.deepcopy(model)
+    for est in (getattr(floor, "tsa_estimator", None), getattr(floor, "fsa_estimator", None)):
+        module = getattr(est, "module", None)
+        if module is not None:  # NeuralEstimator: its config object is shared with its NeuralInteraction
+            module.cfg.max_routed_fraction = 0.0
+            module.cfg.holdout = 0
+    return floor
+
+
 def _stepper(model, batch, opt=None):
     opt = opt or torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
@@ -36,7 +57,7 @@ def _stepper(model, batch, opt=None):
 @BENCHMARKS.register("train-step", help="one LOUPE training step vs one CLIP / FILIP step (same towers and batch)")
 def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settle_steps: int = 60, seed: int = 0,
                world: Optional[str] = None, threads: Optional[int] = 1, warmup_steps: int = 10,
-               large_batch: int = 128, block: int = 4) -> Dict[str, Any]:
+               large_batch: int = 128, block: int = 4, floor: bool = True) -> Dict[str, Any]:
     """Median step time of CLIP, FILIP and LOUPE (sampling phase and neural phase) and the ratios to CLIP.
 
     With ``large_batch`` (0: off), CLIP and the settled LOUPE also step on one batch of that size in the same rounds:
@@ -44,7 +65,9 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
     does not grow with the batch, so its ratio to CLIP falls as the batch grows; the figure says by how much.
     ``block``: consecutive steps of one model per round (:func:`~.common.interleaved_times`; 1 = strict
     round-robin, which times each step just after another model's and measured LOUPE / CLIP 1.35–1.94× on the
-    same machine depending on the neighbours)."""
+    same machine depending on the neighbours).
+    ``floor``: also time :data:`FLOOR`, the settled model with no Monte-Carlo sampling left
+    (:func:`no_sampling_copy`): no sampling budget can bring LOUPE's step below it."""
     with torch_threads(threads, device) as n_threads:
         world_path = bench_world(world, seed)
         reps = max(repeat, 5)
@@ -69,6 +92,8 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
             out.total.backward()
             opt.step()
         steps["loupe-tiny (neural)"], lasts["loupe-tiny (neural)"] = _stepper(model, batches[-1], opt)
+        if floor:
+            steps[FLOOR], lasts[FLOOR] = _stepper(no_sampling_copy(model), batches[-1])
         big = f"batch {large_batch}"
         if large_batch:
             clip = built["clip-tiny"]  # the same model as the batch-32 row, its own optimiser
