@@ -28,7 +28,7 @@ def _plan_names():
                    "and quick, 3 for gpu).")
 @click.option("--seed", "first_seed", type=click.IntRange(0), default=0, show_default=True, help="First seed.")
 @click.option("--quick", is_flag=True, help="Alias of --plan quick: CLIP, FILIP, LOUPE with the quick recipe variant "
-                                            "(~2 min).")
+                                            "(under a minute on 2 quiet cores).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Processes training/evaluating models at once (default: the plan's; default plan 2, one torch "
                    "thread each; 1 = sequential in this process with the recipe's threads). Part of the plan: "
