@@ -64,7 +64,7 @@ def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
         assert big["target"] == "" and big["met"] is None  # the target is the recipe's batch's (batch_size)
         from loupe_bench.bench.train_step import FLOOR
 
-        floor_logs = rec["loupe_logs"][FLOOR]  # the floor row really samples nothing; the timed LOUPE row does
+        floor_logs = rec["loupe_logs"][FLOOR]  # the floor row samples nothing
         assert floor_logs["tsa_mc_evals"] == 0 and floor_logs["routed_fraction"] == 0
         assert f"{FLOOR} / clip-tiny" in labels
     if name == "gpu-check":  # the layout of the committed GPU record (the README performance block renders it)
