@@ -2,7 +2,8 @@
 
 Every error a user can cause (bad input file, unknown spec name, bad option value) is a
 :class:`LoupeBenchError`. The CLI turns these into one clear line on stderr and exit code 2, without a
-traceback. Anything else is a bug and keeps its traceback.
+traceback; so are environment errors (``OSError``: a read-only folder, a full disk). Anything else is a bug: one
+line and exit code 3, its traceback shown with ``LOUPE_BENCH_TRACEBACK=1``.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
@@ -102,18 +103,9 @@ def spec_files(kind: str) -> List[Path]:
 def read_spec(path: Union[str, Path]) -> Any:
     """The content of one spec file (YAML, or JSON for ``.json``); a missing or malformed file is a
     :class:`SpecError` naming it."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc}") from None
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise SpecError(f"{path}: malformed {kind}: {exc}".replace("\n", " ")) from None
+    from .utils.bounded import load_yaml_file
+
+    return load_yaml_file(path, kind="spec", error=SpecError)
 
 
 def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
@@ -284,11 +276,27 @@ def parse_assignments(items: Iterable[str], option: str = "--set", example: str 
         key, sep, value = str(item).partition("=")
         if not sep or not key.strip():
             raise SpecError(f"{option} {item!r}: expected KEY=VALUE, e.g. {example}")
+        from .utils.bounded import yaml_load
+
         try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
+            parsed = yaml_load(value, f"{option} {key.strip()}", error=SpecError)
+        except SpecError:
             raise SpecError(f"{option} {item!r}: value is not valid YAML") from None
+        if _has_nan(parsed):
+            raise SpecError(f"{option} {item!r}: NaN is not a valid value")
+        out[key.strip()] = parsed
     return out
+
+
+def _has_nan(value: Any) -> bool:
+    """Whether a parsed value holds a NaN anywhere (never a meaningful option)."""
+    if isinstance(value, float):
+        return value != value
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_nan(v) for v in value)
+    return False
 
 
 def check_dotted(cls: type, key: str, what: str = "override") -> None:
@@ -352,6 +360,23 @@ def _nested_class(f: dataclasses.Field) -> Optional[type]:
     return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
 
 
+#: Largest integer a config field takes (a seed, a step count): what a 64-bit signed counter holds.
+MAX_INT = 2**63 - 1
+
+
+def _finite_error(value: Any) -> Optional[str]:
+    """Every number of a config is finite and integers fit 64 bits (NaN / inf / 10**30 are never an option)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return f"must be an integer of at most {MAX_INT}, got a {len(str(abs(value)))}-digit number"
+    if isinstance(value, (list, tuple)):
+        return next((e for e in map(_finite_error, value) if e), None)
+    return None
+
+
 def from_mapping(cls: type, data: Optional[Mapping[str, Any]], source: str = "<mapping>", prefix: str = "") -> Any:
     """Build the config dataclass ``cls`` from ``data``, strictly.
 
@@ -382,7 +407,7 @@ def from_mapping(cls: type, data: Optional[Mapping[str, Any]], source: str = "<m
         check = f.metadata.get("check")
         if getattr(check, "numeric", False):
             value = yaml_number(value)
-        err = check(value) if check else None
+        err = _finite_error(value) or (check(value) if check else None)
         if err:
             raise SpecError(f"{source}: field '{dotted}': {err}")
         kwargs[name] = list(value) if isinstance(value, tuple) else value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -24,6 +25,50 @@ def check_options(registry: Registry, selected: Sequence[str], options: Mapping[
         if unknown:
             known = ", ".join(k for k in params if k not in ("repeat", "device"))
             raise SpecError(f"benchmark {name!r} has no option {', '.join(map(repr, unknown))}; options: {known}")
+        for key, value in opts.items():
+            err = option_error(params[key], value)
+            if err:
+                raise SpecError(f"--set {name}.{key}={value!r}: {err}")
+
+
+#: Largest count a benchmark option takes (steps, images, batch sizes); seeds take what every RNG accepts.
+MAX_COUNT = 10_000_000
+MAX_SEED = 2**32 - 1
+
+
+def option_error(param: inspect.Parameter, value: Any) -> Optional[str]:
+    """Why ``value`` does not fit the benchmark option ``param`` (its annotation, else its default's type), or
+    ``None``. Numbers are finite and non-negative, counts at most :data:`MAX_COUNT`, seeds at most
+    :data:`MAX_SEED`; a sequence option takes a list of strings."""
+    kind = str(param.annotation if param.annotation is not inspect.Parameter.empty else type(param.default).__name__)
+    if value is None:
+        return None if "Optional" in kind or param.default is None else "a value is required"
+    if "Dict" in kind or "Mapping" in kind:
+        return None if isinstance(value, dict) else "must be a mapping"
+    if "Sequence[int]" in kind:
+        if not isinstance(value, list) or not value:
+            return "must be a non-empty list of integers"
+        return next((e for e in (_number_error(v, True, False) for v in value) if e), None)
+    if "Sequence[str]" in kind:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ok = ok or ("Union[str" in kind and isinstance(value, str))
+        return None if ok else "must be a list of names"
+    if "bool" in kind:
+        return None if isinstance(value, bool) else "must be true or false"
+    if "int" in kind or "float" in kind:
+        return _number_error(value, integer="float" not in kind, seed="seed" in param.name)
+    if "str" in kind:
+        return None if isinstance(value, str) and len(value) <= 4096 else "must be a text value"
+    return None
+
+
+def _number_error(value: Any, integer: bool, seed: bool) -> Optional[str]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        return f"must be {'an integer' if integer else 'a number'}"
+    if not math.isfinite(value) or value < 0:
+        return "must be a finite number >= 0"
+    top = MAX_SEED if seed else MAX_COUNT
+    return f"must be at most {top}" if value > top else None
 
 
 def run_benchmarks(

@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util  # a submodule: `import importlib` alone does not bind it
+import os
 import sys
 from typing import Dict, List, Optional
 
 import click
 
 from .._version import __version__
+
+#: Exit codes (docs/architecture.md, "Errors"): 0 success; 1 findings of `data check` / `check` only; 2 bad input
+#: or environment (one line on stderr); 3 an internal error (a bug: one line, the traceback with TRACEBACK_ENV=1).
+INTERNAL_ERROR = 3
+TRACEBACK_ENV = "LOUPE_BENCH_TRACEBACK"
 
 # name -> "module:attribute" of a click command or group. Add new commands here.
 COMMANDS: Dict[str, str] = {
@@ -76,19 +82,25 @@ def cli() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Console-script entry point: user errors are one line on stderr and exit code 2."""
+    """Console-script entry point: user and environment errors are one line on stderr and exit code 2; an
+    unexpected exception is one line and exit 3 (its traceback with ``LOUPE_BENCH_TRACEBACK=1``)."""
     from ..errors import LoupeBenchError
 
     try:
         rv = cli.main(args=argv, prog_name="loupe-bench", standalone_mode=False)
     except LoupeBenchError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        ctx = exc.ctx
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        click.echo(f"error: {_one_line(exc.format_message())}{hint}", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
         sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -97,8 +109,34 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
+    except MemoryError:
+        click.echo("error: out of memory (an input asked for more memory than this machine has)", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"error: {_os_error_line(exc)}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a bug of ours: one line (exit 3), the traceback only on request
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        kind = type(exc).__name__
+        text = _one_line(str(exc))[:300]
+        click.echo(f"error: internal error ({kind}: {text}); rerun with {TRACEBACK_ENV}=1 for the traceback "
+                   "and report it", err=True)
+        sys.exit(INTERNAL_ERROR)
     else:
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: line breaks and runs of spaces become single spaces."""
+    return " ".join(str(text).split())
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An environment error (read-only folder, disk full, permission) as one line naming the file."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return _one_line(f"{': '.join(names)}: {reason}" if names else reason)
 
 
 if __name__ == "__main__":  # pragma: no cover

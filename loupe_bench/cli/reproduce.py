@@ -26,7 +26,7 @@ def _plan_names():
 @click.option("--seeds", "n_seeds", type=click.IntRange(1, 10), default=None,
               help="Number of training seeds (0..N-1); tables show mean ± std. Default: the plan's (1 for default "
                    "and quick, 3 for gpu).")
-@click.option("--seed", "first_seed", type=click.IntRange(0), default=0, show_default=True, help="First seed.")
+@click.option("--seed", "first_seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="First seed.")
 @click.option("--quick", is_flag=True, help="Alias of --plan quick: CLIP, FILIP, LOUPE with the quick recipe variant "
                                             "(under a minute on 2 quiet cores).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
@@ -60,7 +60,7 @@ def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers):
 @click.option("--task", "tasks", multiple=True, help="Restrict to these task specs (default: every paper task whose "
                                                      "data is under --data-root).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/paper"), show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 def paper_cmd(data_root, models, tasks, out, seed):
     """Evaluate models on the real-benchmark specs the paper tables use, beside the published numbers."""
     from ..pipeline import reproduce_paper

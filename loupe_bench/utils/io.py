@@ -29,9 +29,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -40,6 +38,13 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
@@ -101,6 +106,7 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=str(target.parent)))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700; give the folder the usual permissions
         write(tmp)
         if target.is_dir() and _same_tree(tmp, target):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -128,18 +134,12 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def read_json(path: PathLike) -> Any:
-    """Read JSON; a missing or malformed file is a :class:`DataError` naming the file (and line)."""
-    path = Path(path)
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise DataError("file not found", file=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", file=str(path)) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc.reason})", file=str(path)) from None
+def read_json(path: PathLike, kind: str = "annotation") -> Any:
+    """Read JSON from a regular file within the size limit of ``kind`` (:mod:`~loupe_bench.utils.bounded`); a
+    missing, oversized, non-regular or malformed file is a :class:`DataError` naming the file (and line)."""
+    from .bounded import load_json_file
+
+    return load_json_file(path, kind=kind, error=DataError)
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
