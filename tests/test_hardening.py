@@ -284,7 +284,7 @@ def _world_copy(tiny_world, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("field, value, words", [("filename", 12, "filename 12"),
-                                                 ("imgid", float("inf"), "not an integer"),
+                                                 ("imgid", float("inf"), "non-finite"),
                                                  ("filepath", ["x"], "filepath")])
 def test_case09_karpathy_field_types(field, value, words, tiny_world, tmp_path, capsys):
     world = _world_copy(tiny_world, tmp_path)

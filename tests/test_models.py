@@ -183,6 +183,7 @@ def test_run_directory_uses_latest_checkpoint(tmp_path):
     model = create_model("filip-tiny", tokenizer_corpus=CAPTIONS, seed=0)
     run = tmp_path / "run"
     save_model(model, run)
+    (run / "run.json").write_text(json.dumps({"schema": "loupe-bench/run/v1", "recipe": {}, "finished_step": None}))
     step = run / "checkpoints" / "step_5"
     step.mkdir(parents=True)
     with torch.no_grad():

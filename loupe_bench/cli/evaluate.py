@@ -16,7 +16,7 @@ import click
               help="Folder the task's data paths are relative to (e.g. the synthetic world).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results/eval", show_default=True,
               help="Where result JSON files go (one per model × task × split).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True,
               help="cpu, cuda, cuda:N, or auto (cuda when available); cuda without a GPU is an error.")
 def eval_cmd(models: Tuple[str, ...], tasks: Tuple[str, ...], data_root, out_dir: str, seed: int, device: str) -> None:
@@ -24,10 +24,11 @@ def eval_cmd(models: Tuple[str, ...], tasks: Tuple[str, ...], data_root, out_dir
     from rich.console import Console
     from rich.table import Table
 
+    from ..report.escape import console as text
     from ..tasks.evaluate import evaluate
 
     results = evaluate(list(models), list(tasks), data_root=data_root, out_dir=out_dir, seed=seed, device=device)
-    table = Table(title=f"results ({len(results)} files in {out_dir})")
+    table = Table(title=f"results ({len(results)} files in {text(out_dir)})")
     for col in ("model", "task", "split", "metric", "value", "95% CI"):
         table.add_column(col)
     for r in results:
@@ -35,8 +36,9 @@ def eval_cmd(models: Tuple[str, ...], tasks: Tuple[str, ...], data_root, out_dir
             pct = m["units"] == "fraction"
             fmt = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.3f}")
             ci = "" if m["ci95"] is None else f"[{fmt(m['ci95'][0])}, {fmt(m['ci95'][1])}]"
-            table.add_row(r["model"]["name"], r["task"]["name"], r["task"]["split"], name,
+            table.add_row(*map(text, (r["model"]["name"], r["task"]["name"], r["task"]["split"], name)),
                           fmt(m["value"]) + ("%" if pct else ""), ci)
         for name, reason in r["unavailable"].items():
-            table.add_row(r["model"]["name"], r["task"]["name"], r["task"]["split"], name, "n/a", reason)
+            table.add_row(*map(text, (r["model"]["name"], r["task"]["name"], r["task"]["split"], name)), "n/a",
+                          text(reason))
     Console().print(table)

@@ -5,6 +5,8 @@ from typing import Optional, Tuple
 
 import click
 
+from ..train.recipe import MAX_SEED, MAX_STEPS  # the recipe's bounds (no torch import)
+
 
 def _parse_overrides(items: Tuple[str, ...]) -> dict:
     from ..specs import parse_assignments
@@ -20,8 +22,10 @@ def _parse_overrides(items: Tuple[str, ...]) -> dict:
               help="Recipe name (`loupe-bench list recipes`) or a YAML file.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/NAME.")
 @click.option("--resume", "resume", default=None, help="`latest` (newest checkpoint of --out) or a checkpoint folder.")
-@click.option("--seed", "seed", default=None, type=int, help="Override the recipe's seed.")
-@click.option("--steps", "steps", default=None, type=click.IntRange(min=1), help="Override the recipe's steps.")
+@click.option("--seed", "seed", default=None, type=click.IntRange(0, MAX_SEED),
+              help=f"Override the recipe's seed (0 to {MAX_SEED}).")
+@click.option("--steps", "steps", default=None, type=click.IntRange(1, MAX_STEPS),
+              help=f"Override the recipe's steps (1 to {MAX_STEPS}).")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="Override any recipe field (dotted, YAML value), e.g. --set optim.lr=1e-3. Repeatable.")
 @click.option("--allow-remote-shards", is_flag=True, default=False,

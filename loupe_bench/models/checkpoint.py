@@ -8,9 +8,10 @@ A model directory::
     tokenizer/           the tokenizer (and per family the tower configs its ``save_extra`` writes)
 
 A training run is a model directory in the making: it also holds ``run.json`` (what the run records about itself,
-:mod:`loupe_bench.train.runinfo`), ``checkpoints/step_<n>/model.safetensors`` (beside the training state that
-:mod:`loupe_bench.train.resume` writes) and ``checkpoints/latest``, a text file naming the newest ``step_<n>``;
-its top-level ``model.safetensors`` appears when training finishes.
+:mod:`loupe_bench.train.runinfo`; its ``schema`` :data:`RUN_SCHEMA` alone makes a folder a run of ours),
+``checkpoints/step_<n>/model.safetensors`` (beside the training state that :mod:`loupe_bench.train.resume` writes)
+and ``checkpoints/latest``, a text file naming the newest ``step_<n>``; its top-level ``model.safetensors``
+appears when training finishes.
 
 Weights are only ever read with safetensors (or ``torch.load(weights_only=True)`` for foreign ``.pth`` files in
 :func:`~loupe_bench.models.towers.load_state_file`); a checkpoint that does not match the model is a
@@ -26,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, LoupeBenchError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ._registry import model_class
 from .towers import load_strict
@@ -40,6 +41,8 @@ RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
 STEP_PREFIX = "step_"
+#: the ``schema`` of every ``run.json`` loupe-bench writes: the marker of a training run of ours
+RUN_SCHEMA = "loupe-bench/run/v1"
 
 #: safetensors header metadata of the weights :func:`save_model` writes
 MODEL_METADATA = {"format": "pt"}
@@ -224,34 +227,46 @@ def latest_checkpoint(run_dir: PathLike, required: Sequence[str] = (WEIGHTS_FILE
     return complete[-1] if complete else None
 
 
+def run_record(run_dir: PathLike) -> Optional[Dict[str, Any]]:
+    """The folder's ``run.json`` when it is a run record of ours, else ``None``.
+
+    Rule: a folder is a training run of loupe-bench only when its ``run.json`` is a regular file within the
+    ``result`` size limit holding a JSON object whose ``schema`` is :data:`RUN_SCHEMA` and whose ``recipe`` is an
+    object (every ``run.json`` loupe-bench ever wrote has both). Folder and file names (``checkpoints/``,
+    ``config.json``) prove nothing: another tool's log folder may hold them too."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path, kind="result")
+    except LoupeBenchError:
+        return None
+    ours = isinstance(record, dict) and record.get("schema") == RUN_SCHEMA and isinstance(record.get("recipe"), dict)
+    return record if ours else None
+
+
 def run_state(run_dir: PathLike) -> Dict[str, Any]:
     """Whether a directory is a training run, whether it finished, and which weights stand for it.
 
-    Rule: a run has ``checkpoints/`` or ``run.json``. It has *finished* when its final ``model.safetensors`` exists
-    and (when ``run.json`` is there) ``run.json`` records ``finished_step`` — a run resumed to train further clears
+    Rule: a run is a folder with a run record of ours (:func:`run_record`). It has *finished* when its final
+    ``model.safetensors`` exists and ``run.json`` records ``finished_step`` — a run resumed to train further clears
     it, so an older final file is not taken for the newer state. A finished run stands for its final weights at
     ``finished_step``; an unfinished one for its :func:`latest_checkpoint` (the one ``checkpoints/latest`` names),
-    at that checkpoint's step.
+    at that checkpoint's step. A folder that is not a run stands for its own ``model.safetensors``.
 
     Returns:
         ``{"is_run", "finished", "weights" (Path or None), "checkpoint_step" (int or None), "total_steps"}``.
     """
     run_dir = Path(run_dir)
-    record = None
-    if (run_dir / RUN_FILE).is_file():
-        try:
-            record = read_json(run_dir / RUN_FILE)
-        except CheckpointError:
-            record = None
-        record = record if isinstance(record, dict) else {}
-    is_run = record is not None or checkpoint_root(run_dir).is_dir()
+    record = run_record(run_dir)
+    is_run = record is not None
     final = run_dir / WEIGHTS_FILE
-    finished_step = record.get("finished_step") if record is not None else None
-    finished = final.is_file() and (record is None or finished_step is not None)
+    finished_step = record.get("finished_step") if is_run else None
+    finished = final.is_file() and (not is_run or finished_step is not None)
     recipe = (record or {}).get("recipe") or {}
     out: Dict[str, Any] = {"is_run": is_run, "finished": finished, "weights": final if final.is_file() else None,
                            "checkpoint_step": finished_step if finished else None,
-                           "total_steps": recipe.get("steps") if isinstance(recipe, dict) else None}
+                           "total_steps": recipe.get("steps")}
     if not finished and is_run:
         cand = latest_checkpoint(run_dir)
         if cand is not None:

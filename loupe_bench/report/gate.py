@@ -27,7 +27,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import DataError, SpecError
 from ..utils.io import atomic_write_json, read_json
-from .results_io import MetricRow, load_rows, mean_std
+from .escape import console as console_text
+from .results_io import MetricRow, load_rows, mean_std, read_manifest
 
 REFERENCE_SCHEMA = "loupe-bench/reference/v1"
 STATUSES = ("pass", "regressed", "improved", "missing")
@@ -105,9 +106,7 @@ def build_reference(results_dirs: Sequence, *, config: ToleranceConfig = Toleran
     For each (model, task, split, metric): ``value`` = mean over seeds, ``spread`` = sample std over seeds,
     ``abs_tol = max(abs_floor, k · spread, (max − min) / 2)``, ``rel_tol`` from ``config``.
     """
-    rows: List[MetricRow] = []
-    for d in results_dirs:
-        rows.extend(load_rows(d))
+    rows = load_rows(list(results_dirs), same_name="refuse")
     fps = task_fingerprints(rows)
     out_rows = []
     for key, grp in sorted(_group(rows).items()):
@@ -134,23 +133,60 @@ def build_reference(results_dirs: Sequence, *, config: ToleranceConfig = Toleran
     }
 
 
+#: a reference row's fields: name → (type, required)
+_ROW_FIELDS = {"model": (str, True), "task": (str, True), "split": (str, True), "metric": (str, True),
+               "value": (float, True), "abs_tol": (float, True), "rel_tol": (float, True),
+               "higher_is_better": (bool, False), "units": (str, False)}
+
+
 def load_reference(path) -> Dict[str, Any]:
-    """Read and validate a reference JSON."""
-    ref = read_json(path)
-    if not isinstance(ref, dict) or not isinstance(ref.get("rows"), list) or not isinstance(ref.get("fingerprints"),
-                                                                                            dict):
-        raise DataError("a reference needs 'rows' (list) and 'fingerprints' (mapping)", file=str(path))
+    """Read and validate a reference JSON (bounded: a regular file within the ``reference`` size limit).
+
+    Rule: an object with ``rows`` (a list) and ``fingerprints`` (a non-empty mapping task → fingerprint string);
+    every row an object with ``model``, ``task``, ``split``, ``metric`` non-empty strings, finite ``value``,
+    ``abs_tol``, ``rel_tol`` (tolerances ≥ 0), and a fingerprint for its task — a reference that cannot tell which
+    protocol its numbers belong to gates nothing.
+
+    Raises:
+        DataError: naming the file and the row of the first problem.
+    """
+    ref = read_json(path, kind="reference")
+    where = str(path)
+    if not isinstance(ref, dict) or not isinstance(ref.get("rows"), list):
+        raise DataError("a reference needs 'rows' (a list) and 'fingerprints' (task → fingerprint)", file=where)
+    fps = ref.get("fingerprints")
+    if not isinstance(fps, dict) or not fps:
+        raise DataError("a reference needs 'fingerprints' (a non-empty mapping task → protocol fingerprint); "
+                        "without them results of another protocol would be gated", file=where)
+    for task, fp in fps.items():
+        if not isinstance(fp, str) or not fp:
+            raise DataError(f"fingerprint must be a non-empty string, got {fp!r}", file=where,
+                            record=f"fingerprints[{task!r}]")
     for i, row in enumerate(ref["rows"]):
-        for field in ("model", "task", "split", "metric", "value", "abs_tol", "rel_tol"):
-            if field not in row:
-                raise DataError(f"missing field {field!r}", file=str(path), record=f"row {i}")
-        for field in ("value", "abs_tol", "rel_tol"):
-            v = row[field]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-                raise DataError(f"{field} must be a finite number", file=str(path), record=f"row {i}")
-        if row["abs_tol"] < 0 or row["rel_tol"] < 0:
-            raise DataError("tolerances must be non-negative", file=str(path), record=f"row {i}")
+        _check_reference_row(row, fps, where, f"row {i}")
     return ref
+
+
+def _check_reference_row(row: Any, fps: Dict[str, Any], where: str, record: str) -> None:
+    if not isinstance(row, dict):
+        raise DataError("a reference row must be an object", file=where, record=record)
+    for field, (typ, required) in _ROW_FIELDS.items():
+        if field not in row:
+            if required:
+                raise DataError(f"missing field {field!r}", file=where, record=record)
+            continue
+        v = row[field]
+        if typ is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else:
+            ok = isinstance(v, typ) and (typ is not str or bool(v) or field == "units")
+        if not ok:
+            kind = "a finite number" if typ is float else f"a {'non-empty ' if typ is str else ''}{typ.__name__}"
+            raise DataError(f"{field} must be {kind}, got {v!r}", file=where, record=record)
+    if row["abs_tol"] < 0 or row["rel_tol"] < 0:
+        raise DataError("tolerances must be non-negative", file=where, record=record)
+    if row["task"] not in fps:
+        raise DataError(f"task {row['task']!r} has no entry in 'fingerprints'", file=where, record=record)
 
 
 def check_rows(rows: Sequence[MetricRow], reference: Dict[str, Any], reference_path: str = "") -> GateReport:
@@ -187,8 +223,10 @@ def check_rows(rows: Sequence[MetricRow], reference: Dict[str, Any], reference_p
 
 
 def check(results_dir, reference_path) -> GateReport:
-    """Load results and the reference and run the gate (:func:`check_rows`)."""
-    return check_rows(load_rows(results_dir), load_reference(reference_path), str(reference_path))
+    """Load the reference and the results and run the gate (:func:`check_rows`). Two models sharing a name in the
+    results are refused (:func:`~loupe_bench.report.results_io.model_labels`), never gated as one mean."""
+    reference = load_reference(reference_path)
+    return check_rows(load_rows(results_dir, same_name="refuse"), reference, str(reference_path))
 
 
 def update_reference(results_dirs: Sequence, reference_path, *, config: Optional[ToleranceConfig] = None,
@@ -200,7 +238,7 @@ def update_reference(results_dirs: Sequence, reference_path, *, config: Optional
     measure spread).
     """
     path = Path(reference_path)
-    old = load_reference(path) if path.exists() else None
+    old = _previous_reference(path)
     ref = build_reference(results_dirs, config=config or ToleranceConfig(), created_from=created_from)
     if old is not None and config is None:
         old_rows = {(r["model"], r["task"], r["split"], r["metric"]): r for r in old["rows"]}
@@ -213,7 +251,7 @@ def update_reference(results_dirs: Sequence, reference_path, *, config: Optional
     for d in results_dirs:                      # provenance of a reproduction's results
         for man_path in (Path(d) / "reproduce.json", Path(d).parent / "reproduce.json"):
             if man_path.is_file():
-                man = read_json(man_path)
+                man = read_manifest(man_path)
                 ref["reproduction"] = {k: man.get(k) for k in ("kind", "quick", "seeds", "plan", "tasks")}
                 ref["reproduction"]["code_version"] = (man.get("environment") or {}).get("code_version")
                 ref["reproduction"]["timings"] = man.get("timings")
@@ -222,6 +260,16 @@ def update_reference(results_dirs: Sequence, reference_path, *, config: Optional
             break
     atomic_write_json(path, ref)
     return ref
+
+
+def _previous_reference(path: Path) -> Optional[Dict[str, Any]]:
+    """The reference being rewritten, when there is a valid one (a malformed one keeps no tolerances)."""
+    if not path.exists():
+        return None
+    try:
+        return load_reference(path)
+    except DataError:
+        return None
 
 
 def _record(r: GateRow) -> List[str]:
@@ -258,7 +306,7 @@ def gate_table(report: GateReport):
         t.add_column(s, justify="right", no_wrap=True)
     for (task, split), c in sorted(per.items()):
         cells = [f"[{style[s]}]{c[s]}[/{style[s]}]" if c[s] and s != "pass" else str(c[s]) for s in STATUSES]
-        t.add_row(task, split, *cells)
+        t.add_row(console_text(task), console_text(split), *cells)
     return t
 
 
@@ -266,8 +314,8 @@ def print_gate(console, report: GateReport, name: str = "", show_all: bool = Fal
     """The gate's console output: a title with the counts, the per-task · split count table, then every row that
     is not ``pass`` (all rows with ``show_all``) as two-line records grouped by status."""
     c = report.counts()
-    console.print(f"[bold]regression gate[/bold] vs {name or report.reference_path}"
-                  + (f" ({report.reference_path})" if name and name != report.reference_path else ""))
+    console.print(f"[bold]regression gate[/bold] vs {console_text(name or report.reference_path)}"
+                  + (f" ({console_text(report.reference_path)})" if name and name != report.reference_path else ""))
     console.print(f"{len(report.rows)} gated rows: " + ", ".join(f"{n} {s}" for s, n in c.items()))
     console.print(gate_table(report))
     for status in (("regressed", "missing", "improved", "pass") if show_all else ("regressed", "missing",

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 from ..errors import DataError, SpecError
 from ..specs import read_spec
 from ..registry import Registry
+from .escape import console as console_text, md
 from .results_io import MetricRow, to_percent
 
 PROVENANCE = ("verified", "secondary", "unverified")
@@ -266,7 +267,7 @@ def _result_extra(path: str) -> Optional[Dict[str, Any]]:
     from ..utils.io import read_json
 
     try:
-        obj = read_json(path)
+        obj = read_json(path, kind="result")
     except DataError:
         return None
     return obj.get("extra") if isinstance(obj, dict) and isinstance(obj.get("extra"), dict) else None
@@ -338,13 +339,13 @@ def comparison_markdown(rows: Sequence[ComparisonRow]) -> str:
             "provenance | source |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        rep = "–" if r.reproduced is None else f"{r.reproduced:.1f} ({r.model})"
+        rep = "–" if r.reproduced is None else f"{r.reproduced:.1f} ({md(r.model)})"
         ci = "–" if r.ci_low is None else f"[{r.ci_low:.1f}, {r.ci_high:.1f}]"
-        pub_model = r.paper_model + (f" {r.paper_variant}" if r.paper_variant else "")
-        delta = r.split_check or ("–" if r.delta is None else f"{r.delta:+.1f}" + (" (same family)" if r.same_family
-                                                                                else ""))
-        lines.append(f"| {r.task} | {r.dataset} | {r.split} | {r.metric} | {rep} | {ci} | {r.published:.1f} "
-                     f"({pub_model}) | {delta} | {r.provenance} | {r.source.replace('|', '/')} |")
+        pub_model = md(r.paper_model + (f" {r.paper_variant}" if r.paper_variant else ""))
+        delta = md(r.split_check) or ("–" if r.delta is None else f"{r.delta:+.1f}" + (" (same family)"
+                                                                                    if r.same_family else ""))
+        lines.append(f"| {md(r.task)} | {md(r.dataset)} | {md(r.split)} | {md(r.metric)} | {rep} | {ci} | "
+                     f"{r.published:.1f} ({pub_model}) | {delta} | {md(r.provenance)} | {md(r.source)} |")
     lines.append("")
     lines.append("Provenance: `verified` read in the named primary source; `secondary` read in the named third-party "
                  "source; `unverified` a recollection, not a target until checked.")
@@ -363,13 +364,13 @@ def comparison_table(rows: Sequence[ComparisonRow], title: str = "reproduced vs 
     for r in rows:
         pub_model = r.paper_model + (f" {r.paper_variant}" if r.paper_variant else "")
         t.add_row(
-            r.task, r.dataset, r.split, r.metric,
-            "–" if r.reproduced is None else f"{r.reproduced:.1f} ({r.model})",
+            *(console_text(v) for v in (r.task, r.dataset, r.split, r.metric)),
+            "–" if r.reproduced is None else f"{r.reproduced:.1f} ({console_text(r.model)})",
             "–" if r.ci_low is None else f"[{r.ci_low:.1f}, {r.ci_high:.1f}]",
-            f"{r.published:.1f} ({pub_model})",
-            r.split_check or ("–" if r.delta is None else (f"[bold]{r.delta:+.1f}[/bold]" if r.same_family
-                                                           else f"{r.delta:+.1f}")),
+            f"{r.published:.1f} ({console_text(pub_model)})",
+            console_text(r.split_check) or ("–" if r.delta is None else (
+                f"[bold]{r.delta:+.1f}[/bold]" if r.same_family else f"{r.delta:+.1f}")),
             f"[{colour[r.provenance]}]{r.provenance}[/{colour[r.provenance]}]",
-            r.source,
+            console_text(r.source),
         )
     return t

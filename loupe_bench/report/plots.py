@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .escape import plot as plot_text
 from .table import ResultTable
 
 
@@ -82,7 +83,8 @@ def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optiona
             else:
                 err_lo.append(0.0)
                 err_hi.append(0.0)
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=[err_lo, err_hi], capsize=2, label=m,
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=[err_lo, err_hi], capsize=2,
+               label=plot_text(m),
                color=colours.get(m, "#7f7f7f"), error_kw={"elinewidth": 0.8})
     for j, ref in enumerate(levels):
         style = ("--", ":")[j % 2]
@@ -90,12 +92,13 @@ def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optiona
             cell = table.cells.get((ref, c))
             if cell is not None:
                 ax.hlines(cell.value, x[k] - 0.45, x[k] + 0.45, colors="black", linestyles=style, linewidth=1.2,
-                          label=ref if k == 0 or all((ref, cc) not in table.cells for cc in cols[:k]) else None)
+                          label=plot_text(ref) if k == 0 or all((ref, cc) not in table.cells for cc in cols[:k])
+                          else None)
     ax.set_xticks(x)
-    ax.set_xticklabels([table.columns[c].metric for c in cols], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([plot_text(table.columns[c].metric) for c in cols], rotation=30, ha="right", fontsize=8)
     units = {table.columns[c].units for c in cols}
-    ax.set_ylabel("percent" if units == {"fraction"} else "/".join(sorted(units)))
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("percent" if units == {"fraction"} else plot_text("/".join(sorted(units))))
+    ax.set_title(plot_text(title), fontsize=9)
     _legend_outside(ax)
     return fig
 
@@ -178,14 +181,15 @@ def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] =
         for name, recs in runs.items():
             pts = [(r["step"], r[k]) for r in recs if k in r]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, linewidth=1.3,
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=plot_text(name), linewidth=1.3,
                         color=colours.get(name, "#7f7f7f"))
-        ax.set_title(k, fontsize=10)
+        ax.set_title(plot_text(k), fontsize=10)
         ax.set_xlabel("step", fontsize=9)
         ax.tick_params(labelsize=8)
     handles = [plt.Line2D([], [], color=colours.get(n, "#7f7f7f"), linewidth=2) for n in runs]
     fig.tight_layout()
-    fig.legend(handles, list(runs), loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=10, frameon=False,
+    fig.legend(handles, [plot_text(n) for n in runs], loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=10,
+               frameon=False,
                title="model", title_fontsize=10)
     return fig
 

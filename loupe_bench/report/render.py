@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import base64
 import html as _html
-import json
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import LoupeBenchError
 from ..utils.io import atomic_write_text
+from . import escape
 from .metadata import run_metadata, scope_statement
-from .results_io import MetricRow, load_rows, protocol_label
+from .results_io import MetricRow, load_rows, protocol_label, read_manifest
 from .table import BEST_RULE, ResultTable, build_table, display_units, format_cell, metric_sort_key
 
 MANIFEST = "reproduce.json"
@@ -91,10 +91,10 @@ def console_tables(table: ResultTable, width: int = CONSOLE_WIDTH) -> List:
             t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
             t.add_column("model", no_wrap=True, style="bold")
             for c in chunk:
-                t.add_column(heads[c], justify="right", no_wrap=True)
+                t.add_column(escape.console(heads[c]), justify="right", no_wrap=True)
             for m in models:
-                t.add_row(m, *[f"[bold green]{texts[c][m]}[/bold green]" if texts[c][m].startswith("★")
-                               else texts[c][m] for c in chunk])
+                t.add_row(escape.console(m), *[f"[bold green]{texts[c][m]}[/bold green]"
+                                               if texts[c][m].startswith("★") else texts[c][m] for c in chunk])
             parts.append(t)
         if units:
             parts.append(Text("units: " + "; ".join(units), style="dim", no_wrap=True, overflow="ellipsis"))
@@ -142,36 +142,39 @@ def column_groups(table: ResultTable) -> List[Tuple[str, List[int]]]:
 
 
 def markdown_header(title: str, metadata: Sequence[Tuple[str, str]], statement: Optional[str]) -> str:
-    """Title, the scope statement (synthetic results) as a quote, the run metadata as a list, the legend."""
-    parts = [f"# {title}", ""]
+    """Title, the scope statement (synthetic results) as a quote, the run metadata as a list, the legend; every
+    user-derived string escaped (:func:`~loupe_bench.report.escape.md`)."""
+    parts = [f"# {escape.md(title)}", ""]
     if statement:
-        parts += [f"> **{statement}**", ""]
+        parts += [f"> **{escape.md(statement)}**", ""]
     if metadata:
-        parts += [f"- **{label}**: {text}" for label, text in metadata] + [""]
+        parts += [f"- **{escape.md(label)}**: {escape.md(text)}" for label, text in metadata] + [""]
     parts += [TABLE_LEGEND, "", ""]
     return "\n".join(parts)
 
 
 def markdown_table(table: ResultTable) -> str:
-    """Markdown: one table (models × metrics) per task and split; best per column in bold (:data:`BEST_RULE`)."""
+    """Markdown: one table (models × metrics) per task and split; best per column in bold (:data:`BEST_RULE`).
+    Names, titles and notes are escaped (:func:`~loupe_bench.report.escape.md`): markup in a name renders as text."""
     if not table.columns:
         return "_no results_\n"
     parts = []
     for title, cols in column_groups(table):
         models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
         head = "| model | " + " | ".join(
-            f"{table.columns[c].metric} ({display_units(table.columns[c].units)})" for c in cols) + " |"
-        lines = [f"### {title}", "", head, "|---|" + "---:|" * len(cols)]
+            f"{escape.md(table.columns[c].metric)} ({escape.md(display_units(table.columns[c].units))})"
+            for c in cols) + " |"
+        lines = [f"### {escape.md(title)}", "", head, "|---|" + "---:|" * len(cols)]
         for m in models:
             cells = []
             for c in cols:
                 text = format_cell(table.cell(m, c))
                 cells.append(f"**{text}**" if m in table.best.get(c, []) else text)
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            lines.append(f"| {escape.md(m)} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
     out = "\n".join(parts)
     if table.notes:
-        out += "\n" + "\n".join(f"- note: {n}" for n in table.notes) + "\n"
+        out += "\n" + "\n".join(f"- note: {escape.md(n)}" for n in table.notes) + "\n"
     return out
 
 
@@ -186,7 +189,7 @@ def discover_context(results_dir: Path) -> Dict[str, object]:
     for base in (results_dir, results_dir.parent):
         man = base / MANIFEST
         if man.is_file():
-            data = json.loads(man.read_text(encoding="utf-8"))
+            data = read_manifest(man)
             ctx["manifest"] = data
             root = man.parent
             ctx["runs"] = {k: root / v for k, v in data.get("runs", {}).items() if (root / v).is_dir()}
@@ -323,7 +326,7 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     headline = build_table(rows, metrics=HEADLINE_METRICS, protocols=protocols)
     ctx = discover_context(results_dir)
     runs = dict(ctx["runs"]) if runs is None else runs  # type: ignore[arg-type]
-    table.notes.extend(unfinished_notes(load_results_raw(results_dir)))
+    table.notes.extend(unfinished_notes(raw))
     world_dir = ctx["world"] if world_dir is None else Path(world_dir)
     if out_dir is None:
         out_dir = results_dir.parent / "report" if ctx["manifest"] else results_dir / "report"
@@ -353,13 +356,13 @@ def _print_console(console, title: str, shown: ResultTable, notes: Sequence[str]
     from rich.console import Console
 
     console = console or Console()
-    console.print(f"[bold]{title}[/bold]")
+    console.print(f"[bold]{escape.console(title)}[/bold]")
     for line in CONSOLE_LEGEND:
         console.print(line)
     for t in console_tables(shown, width=max(40, console.width)):
         console.print(t)
     for n in notes:
-        console.print(f"[yellow]note:[/yellow] {n}")
+        console.print(f"[yellow]note:[/yellow] {escape.console(n)}")
 
 
 def _unavailable_metrics(raw) -> Dict[str, str]:

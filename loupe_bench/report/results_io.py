@@ -5,13 +5,11 @@ regression gate all work on :class:`MetricRow` lists, one row per (result, metri
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import DataError
-from ..utils.io import read_json
 
 RESULT_SCHEMA = "loupe-bench/result/v1"
 
@@ -45,6 +43,7 @@ class MetricRow(NamedTuple):
     units: str
     seed: Optional[int]
     path: str
+    identity: str = ""          # the model identity (tasks.results.model_identity); ``reference:<row>`` for chance
 
     @property
     def key(self) -> Tuple[str, str, str, str]:
@@ -52,121 +51,129 @@ class MetricRow(NamedTuple):
         return (self.model, self.task, self.split, self.metric)
 
 
-def _require(obj: Dict[str, Any], key: str, path: Path, kind: type) -> Any:
-    if key not in obj:
-        raise DataError(f"missing field {key!r}", file=str(path))
-    val = obj[key]
-    if not isinstance(val, kind):
-        raise DataError(f"field {key!r} must be {kind.__name__}, got {type(val).__name__}", file=str(path))
-    return val
-
-
-def parse_result(obj: Any, path: Path) -> List[MetricRow]:
-    """Validate one result object and flatten its metrics into rows.
+def parse_result(obj: Any, path: Path, label: Optional[str] = None) -> List[MetricRow]:
+    """Validate one result object (:func:`~loupe_bench.tasks.results.validate_record`) and flatten its metrics
+    into rows; the model's rows are named ``label`` (default: the model's name).
 
     Raises:
-        DataError: when a required field is missing or malformed (names the file and the metric).
+        DataError: when a field is missing, of the wrong type or not finite (names the file and the entry).
     """
-    if not isinstance(obj, dict):
-        raise DataError("result JSON must be an object", file=str(path))
-    schema = obj.get("schema")
-    if schema != RESULT_SCHEMA:
-        raise DataError(f"unknown result schema {schema!r} (expected {RESULT_SCHEMA!r})", file=str(path))
-    model = _require(obj, "model", path, dict)
-    task = _require(obj, "task", path, dict)
-    metrics = _require(obj, "metrics", path, dict)
-    name = model.get("name")
-    if not isinstance(name, str) or not name:
-        raise DataError("model.name missing", file=str(path))
-    for field in ("name", "type", "split", "fingerprint"):
-        if not isinstance(task.get(field), str) or not task.get(field):
-            raise DataError(f"task.{field} missing", file=str(path))
-    seed = obj.get("seed")
-    rows = _metric_rows(name, metrics, task, seed, path)
-    refs = obj.get("reference_rows") or {}
-    if not isinstance(refs, dict):
-        raise DataError("reference_rows must be an object", file=str(path))
-    for ref_name, ref_metrics in sorted(refs.items()):
-        if not isinstance(ref_metrics, dict):
-            raise DataError("a reference row must map metric names to entries", file=str(path), record=ref_name)
-        rows.extend(_metric_rows(str(ref_name), ref_metrics, task, seed, path))
+    from ..tasks.results import model_identity, validate_record
+
+    validate_record(obj, file=str(path))
+    model, task = obj["model"], obj["task"]
+    ident = model_identity(model)
+    rows = _metric_rows(label or model["name"], obj["metrics"], task, obj["seed"], path, ident)
+    for ref_name, ref_metrics in sorted((obj.get("reference_rows") or {}).items()):
+        rows.extend(_metric_rows(str(ref_name), ref_metrics, task, obj["seed"], path, f"reference:{ref_name}"))
     return rows
 
 
-def _metric_rows(model: str, metrics: Dict[str, Any], task: Dict[str, Any], seed, path: Path) -> List[MetricRow]:
+def _metric_rows(model: str, metrics: Dict[str, Any], task: Dict[str, Any], seed: int, path: Path,
+                 identity: str) -> List[MetricRow]:
     rows: List[MetricRow] = []
     for metric, entry in metrics.items():
-        if not isinstance(entry, dict) or "value" not in entry:
-            raise DataError("metric entry must be an object with a 'value'", file=str(path), record=metric)
-        value = entry["value"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-            raise DataError(f"metric value must be a finite number, got {value!r}", file=str(path), record=metric)
         ci = entry.get("ci95")
-        lo = hi = None
-        if ci is not None:
-            if not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)):
-                raise DataError(f"ci95 must be [low, high], got {ci!r}", file=str(path), record=metric)
-            lo, hi = float(ci[0]), float(ci[1])
-        rows.append(
-            MetricRow(
-                model=model,
-                task=task["name"],
-                task_type=task["type"],
-                dataset=str(task.get("dataset", "")),
-                split=task["split"],
-                fingerprint=task["fingerprint"],
-                metric=str(metric),
-                value=float(value),
-                ci_low=lo,
-                ci_high=hi,
-                units=str(entry.get("units", "fraction")),
-                seed=seed if isinstance(seed, int) else None,
-                path=str(path),
-            )
-        )
+        rows.append(MetricRow(
+            model=model, task=task["name"], task_type=task["type"], dataset=str(task.get("dataset", "")),
+            split=task["split"], fingerprint=task["fingerprint"], metric=str(metric), value=float(entry["value"]),
+            ci_low=None if ci is None else float(ci[0]), ci_high=None if ci is None else float(ci[1]),
+            units=str(entry.get("units", "fraction")), seed=seed, path=str(path), identity=identity))
     return rows
-
-
-def _is_result(path: Path) -> bool:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(obj, dict) and obj.get("schema") == RESULT_SCHEMA
 
 
 def result_files(results_dir) -> List[Path]:
-    """Every ``*.json`` under ``results_dir`` (recursively, hidden folders skipped) with the result schema, sorted.
+    """Every result JSON under ``results_dir`` (:func:`~loupe_bench.tasks.results.read_result_files`), sorted."""
+    from ..tasks.results import read_result_files
 
-    Other JSON files (manifests, references, unreadable files) are not results and are skipped.
-    """
-    root = Path(results_dir)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise DataError("results directory not found", file=str(root))
-    return [p for p in sorted(root.rglob("*.json"))
-            if not any(part.startswith(".") for part in p.relative_to(root).parts) and _is_result(p)]
+    return [p for p, _ in read_result_files(results_dir)]
 
 
-def load_rows(results_dir, *, models: Optional[Sequence[str]] = None) -> List[MetricRow]:
-    """Load every result under ``results_dir`` as metric rows (optionally only some models).
+def read_results(results_dir) -> List[Tuple[Path, Dict[str, Any]]]:
+    """``(path, object)`` of every result under ``results_dir``, each validated; none is a :class:`DataError`."""
+    from ..tasks.results import read_result_files, validate_record
+
+    pairs = read_result_files(results_dir)
+    if not pairs:
+        raise DataError(f"no result JSON ({RESULT_SCHEMA}) found", file=str(results_dir))
+    for p, obj in pairs:
+        validate_record(obj, file=str(p))
+    return pairs
+
+
+def model_labels(pairs: Sequence[Tuple[Path, Dict[str, Any]]], *, same_name: str = "label") -> Dict[str, str]:
+    """Path → the name a result's model is shown and gated under.
+
+    Rule: results are one model when they share a model identity
+    (:func:`~loupe_bench.tasks.results.model_identity`), never because they share a name. A name held by one
+    identity is shown as is; a name held by several is shown as ``name [kind digest8]`` for each
+    (``same_name="label"``), or refused with one line (``same_name="refuse"``: the regression gate, whose reference
+    names one model per name).
 
     Raises:
-        DataError: when the folder holds no result JSON, or a result is malformed.
+        DataError: ``same_name="refuse"`` and a name is shared.
     """
-    files = result_files(results_dir)
-    if not files:
-        raise DataError(f"no result JSON ({RESULT_SCHEMA}) found", file=str(results_dir))
+    from ..tasks.results import identity_label, model_identity
+
+    by_name: Dict[str, Dict[str, str]] = {}
+    for p, obj in pairs:
+        by_name.setdefault(obj["model"]["name"], {}).setdefault(model_identity(obj["model"]), str(p))
+    labels = {}
+    for p, obj in pairs:
+        name, ident = obj["model"]["name"], model_identity(obj["model"])
+        held = by_name[name]
+        if len(held) > 1 and same_name == "refuse":
+            files = " and ".join(sorted(held.values())[:2])
+            raise DataError(f"{len(held)} different models share the name {name!r} ({', '.join(sorted(held))}: "
+                            f"e.g. {files}); their numbers are never merged — gate one model per name (evaluate "
+                            "them into separate folders)")
+        labels[str(p)] = name if len(held) == 1 else f"{name} [{identity_label(ident)}]"
+    return labels
+
+
+def refuse_duplicates(pairs: Sequence[Tuple[Path, Dict[str, Any]]]) -> None:
+    """Two files holding one result — the same model (name, identity, weights), task, split, protocol fingerprint
+    and seed, e.g. a copied or stale file — are refused: a result is never counted twice.
+
+    Raises:
+        DataError: naming both files.
+    """
+    from ..tasks.results import model_identity
+
+    seen: Dict[tuple, Path] = {}
+    for p, obj in pairs:
+        m, t = obj["model"], obj["task"]
+        key = (m["name"], model_identity(m), m.get("checkpoint_sha256"), t["name"], t["split"], t["fingerprint"],
+               obj["seed"])
+        if key in seen:
+            raise DataError(f"{seen[key]} and {p} hold the same result (model {m['name']!r}, task {t['name']!r}, "
+                            f"split {t['split']!r}, seed {obj['seed']}, one protocol); keep one of them, a result "
+                            "is never averaged with its copy")
+        seen[key] = p
+
+
+def load_rows(results_dir, *, models: Optional[Sequence[str]] = None, same_name: str = "label") -> List[MetricRow]:
+    """Load every result under ``results_dir`` (a folder or file, or a list of them taken together) as metric rows
+    (optionally only some models).
+
+    Models are told apart by identity (:func:`model_labels`, ``same_name`` as there); duplicated results are
+    refused (:func:`refuse_duplicates`), across all the folders given.
+
+    Raises:
+        DataError: when the folder holds no result JSON, a result is malformed, duplicated, or (with
+            ``same_name="refuse"``) two models share a name.
+    """
+    dirs = list(results_dir) if isinstance(results_dir, (list, tuple)) else [results_dir]
+    pairs = [pair for d in dirs for pair in read_results(d)]
+    refuse_duplicates(pairs)
+    labels = model_labels(pairs, same_name=same_name)
     rows: List[MetricRow] = []
     seen = set()
-    for p in files:
-        obj = read_json(p)
-        refs = set(obj.get("reference_rows") or {}) if isinstance(obj, dict) else set()
-        for r in parse_result(obj, p):
+    for p, obj in pairs:
+        for r in parse_result(obj, p, labels[str(p)]):
             # reference rows (chance, oracles) come with every model's result of a protocol: keep one per seed
-            key = (r.model, r.task, r.split, r.fingerprint, r.metric, r.seed)
-            if r.model in refs and r.model != obj["model"]["name"]:
+            if r.identity.startswith("reference:"):
+                key = (r.model, r.task, r.split, r.fingerprint, r.metric, r.seed)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -178,8 +185,33 @@ def load_rows(results_dir, *, models: Optional[Sequence[str]] = None) -> List[Me
 
 
 def load_results_raw(results_dir) -> List[Dict[str, Any]]:
-    """The parsed result objects themselves (for the ``unavailable`` and ``extra`` fields)."""
-    return [read_json(p) for p in result_files(results_dir)]
+    """The parsed, validated result objects themselves (for the ``unavailable`` and ``extra`` fields)."""
+    return [obj for _, obj in read_results(results_dir)]
+
+
+#: the manifest fields a report reads and their types
+_MANIFEST_FIELDS = (("runs", dict), ("world", str), ("environment", dict), ("plan", dict), ("timings", dict),
+                    ("seeds", list))
+
+
+def read_manifest(path: Path) -> Dict[str, object]:
+    """A ``reproduce.json`` manifest, bounded and type-checked (:data:`_MANIFEST_FIELDS`, run folders as strings).
+
+    Raises:
+        DataError: naming the file and the field.
+    """
+    from ..utils.io import read_json
+
+    data = read_json(path, kind="config")
+    if not isinstance(data, dict):
+        raise DataError("a reproduction manifest must be a JSON object", file=str(path))
+    for key, typ in _MANIFEST_FIELDS:
+        if data.get(key) is not None and not isinstance(data[key], typ):
+            raise DataError(f"field {key!r} must be {typ.__name__}, got {type(data[key]).__name__}", file=str(path))
+    for name, folder in (data.get("runs") or {}).items():
+        if not isinstance(folder, str):
+            raise DataError(f"a run folder must be a string, got {folder!r}", file=str(path), record=f"runs[{name!r}]")
+    return data
 
 
 def to_percent(value: float, units: str) -> float:

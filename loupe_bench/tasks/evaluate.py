@@ -14,7 +14,7 @@ from ..errors import SpecError
 from ..utils.io import sha256_file
 from ..utils.provenance import code_version, package_versions
 from . import load_adapters, load_task
-from .results import SCHEMA, compute_model_id, utc_timestamp, write_result
+from .results import SCHEMA, compute_identity, compute_model_id, utc_timestamp, write_result
 from .common import feature_cache
 from .spec import TaskSpec
 
@@ -33,8 +33,10 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
 
 
 def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """A model object and its record (name, spec, checkpoint_sha256, source, id; for a training run also
-    ``finished`` and ``checkpoint_step``).
+    """A model object and its record (name, spec, checkpoint_sha256, source, id, identity; for a training run also
+    ``finished`` and ``checkpoint_step``). ``identity`` follows :func:`~loupe_bench.tasks.results.model_identity`:
+    the spec's digest for a freshly initialised spec model, spec + step + recipe for a training run, the weights'
+    digest otherwise.
 
     A spec name or spec file builds a freshly initialised model seeded with ``seed``; a checkpoint (our model or run
     directory, a Hugging Face CLIP directory, ``open_clip:ARCH:FILE``; see :mod:`loupe_bench.models.sources`) is
@@ -48,7 +50,7 @@ def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dic
         name = str(spec.get("name", type(model).__name__))
         sha = state_dict_sha256(model)
         return model, {"name": name, "spec": spec, "checkpoint_sha256": sha, "source": "object",
-                       "id": compute_model_id("object", sha)}
+                       "id": compute_model_id("object", sha), "identity": compute_identity("weights", sha=sha)}
     loaded = load_source(model, seed=seed)
     m = loaded.model
     sha = sha256_file(loaded.weights) if loaded.weights is not None and loaded.weights.is_file() \
@@ -59,14 +61,34 @@ def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dic
               "id": compute_model_id(loaded.source if folder is None else str(folder.resolve()), sha,
                                      is_dir=folder is not None)}
     state = loaded.run
+    record["identity"] = compute_identity("spec", spec=spec) if loaded.spec is not None else \
+        compute_identity("weights", sha=sha)
     if state is not None and state["is_run"]:
         record.update(finished=bool(state["finished"]), checkpoint_step=state["checkpoint_step"])
+        record["identity"] = compute_identity("trained", spec=spec, step=state["checkpoint_step"],
+                                              recipe=_run_recipe(folder))
         if not state["finished"]:
             total = state["total_steps"]
             of = f" of {total}" if total else ""
             sys.stderr.write(f"warning: {folder}: training has not finished; evaluating its latest checkpoint "
                              f"(step {state['checkpoint_step']}{of})\n")
     return m, record
+
+
+def _run_recipe(folder: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """The recipe a training run's ``run.json`` records (``None``: none readable)."""
+    from ..errors import DataError
+    from ..models.checkpoint import RUN_FILE
+    from ..utils.io import read_json
+
+    if folder is None or not (folder / RUN_FILE).is_file():
+        return None
+    try:
+        record = read_json(folder / RUN_FILE, kind="config")
+    except DataError:
+        return None
+    recipe = record.get("recipe") if isinstance(record, dict) else None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def _task(task: TaskLike) -> TaskSpec:

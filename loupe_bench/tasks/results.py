@@ -6,13 +6,17 @@ taken by a result of another model (two runs both called ``full``), ``<model>__<
 the first 8 hex digits of the model id (:func:`model_id`). ``per_item`` values
 (hits per query/image) are kept so model-vs-model deltas get paired bootstrap intervals
 (:func:`paired_delta`).
+
+A result's *model identity* (:func:`model_identity`, recorded as ``model.identity``) is what gathering commands
+group by — never the display name: two models that share a name are two models.
 """
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import DataError
 from ..utils.io import atomic_write_json, atomic_write_text, read_json
@@ -59,6 +63,53 @@ def compute_model_id(source: str, checkpoint_sha256: str, is_dir: bool = False) 
     return stable_hash({"source": source, "sha": None if is_dir else checkpoint_sha256})
 
 
+#: the recipe fields that make two trainings of one spec two models (the seed is not one of them: seeds of one
+#: recipe are one model, averaged)
+IDENTITY_RECIPE_KEYS = ("name", "steps", "epochs", "optim")
+
+
+def compute_identity(kind: str, *, spec: Optional[Dict[str, Any]] = None, sha: str = "",
+                     step: Optional[int] = None, recipe: Optional[Dict[str, Any]] = None) -> str:
+    """``<kind>:<digest>`` by the rule of :func:`model_identity`."""
+    from ..utils.io import stable_hash
+
+    if kind == "spec":
+        return f"spec:{stable_hash(spec or {})}"
+    if kind == "trained":
+        kept = None if recipe is None else {k: recipe.get(k) for k in IDENTITY_RECIPE_KEYS}
+        return f"trained:{stable_hash({'spec': spec or {}, 'step': step, 'recipe': kept})}"
+    return f"weights:{str(sha)[:16]}"
+
+
+def model_identity(model: Dict[str, Any]) -> str:
+    """The identity of the model a result measures: what gathering commands group by, never the display name.
+
+    Rule: ``model.identity`` when recorded, else derived from the record —
+
+    * ``spec:<digest of the resolved spec>``: a freshly initialised model built from a spec (source ``spec ...``);
+    * ``trained:<digest of spec, checkpoint step and the recipe's IDENTITY_RECIPE_KEYS>``: a training run (the record
+      has ``checkpoint_step``; results written before the identity was recorded have no recipe in the digest);
+    * ``weights:<checkpoint_sha256[:16]>``: anything else (model folder, Hugging Face folder, open_clip file).
+
+    Seeds of one identity are averaged; results of two identities never are.
+    """
+    ident = model.get("identity")
+    if isinstance(ident, str) and ident:
+        return ident
+    spec = model.get("spec") if isinstance(model.get("spec"), dict) else {}
+    if str(model.get("source", "")).startswith("spec "):
+        return compute_identity("spec", spec=spec)
+    if "checkpoint_step" in model:
+        return compute_identity("trained", spec=spec, step=model.get("checkpoint_step"))
+    return compute_identity("weights", sha=str(model.get("checkpoint_sha256", "")))
+
+
+def identity_label(identity: str) -> str:
+    """``spec 1a2b3c4d`` for ``spec:1a2b3c4d…``: the short form shown beside a name two models share."""
+    kind, _, digest = identity.partition(":")
+    return f"{kind} {digest[:8]}" if digest else identity[:16]
+
+
 def result_path(out_dir: Union[str, Path], result: Dict[str, Any]) -> Path:
     """Where :func:`write_result` puts ``result``: the plain name, unless a result of another model (other
     :func:`model_id`) holds it, then the name suffixed with ``__<id8>``."""
@@ -67,7 +118,7 @@ def result_path(out_dir: Union[str, Path], result: Dict[str, Any]) -> Path:
     if not path.exists():
         return path
     try:
-        other = read_json(path)
+        other = read_json(path, kind="result")
         same = isinstance(other, dict) and isinstance(other.get("model"), dict) and \
             model_id(other["model"]) == model_id(model)
     except DataError:
@@ -81,43 +132,124 @@ def utc_timestamp() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def validate_result(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
-    """Check ``obj`` against the result schema; raise :class:`DataError` naming the first problem."""
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fail(message: str, file: Optional[str], record: Optional[str] = None) -> DataError:
+    return DataError(message, file=file, record=record)
+
+
+def validate_metric(name: str, entry: Any, file: Optional[str] = None, where: str = "metrics",
+                    full: bool = False) -> None:
+    """One metric entry: ``value`` a finite number, ``ci95`` null or finite ``[low, high]`` with low ≤ high,
+    ``units`` a string (one of :data:`UNITS` and every key present with ``full``)."""
+    rec = f"{where}[{name!r}]"
+    if not isinstance(entry, dict) or "value" not in entry:
+        raise _fail("a metric entry must be an object with a 'value'", file, rec)
+    if full and ("units" not in entry or "ci95" not in entry):
+        raise _fail("a metric entry needs value, ci95 and units", file, rec)
+    if not _finite(entry["value"]):
+        raise _fail(f"value must be a finite number, got {entry['value']!r}", file, rec)
+    ci = entry.get("ci95")
+    if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_finite(v) for v in ci)):
+        raise _fail(f"ci95 must be [low, high] (finite numbers) or null, got {ci!r}", file, rec)
+    if ci is not None and not ci[0] <= ci[1]:
+        raise _fail("ci95 low > high", file, rec)
+    units = entry.get("units", "fraction")
+    if not isinstance(units, str) or (full and units not in UNITS):
+        raise _fail(f"unknown units {units!r}", file, rec)
+
+
+#: (section, field, type, required): the fields a gathering command reads from a result
+_RECORD_FIELDS = (
+    ("model", "name", str, True), ("model", "identity", str, False), ("model", "spec", dict, False),
+    ("model", "checkpoint_sha256", str, False), ("model", "source", str, False), ("model", "finished", bool, False),
+    ("task", "name", str, True), ("task", "type", str, True), ("task", "split", str, True),
+    ("task", "fingerprint", str, True), ("task", "dataset", str, False), ("task", "spec", dict, False),
+)
+#: optional top-level fields and their types (``None`` allowed for the mappings)
+_OPTIONAL_TOP = (("unavailable", dict), ("extra", dict), ("reference_rows", dict), ("per_item", dict),
+                 ("packages", dict), ("timings", dict), ("code_version", str), ("device", str), ("timestamp", str))
+
+
+def validate_record(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
+    """The part of the result schema that gathering commands (report, check, compare, export) rely on: the schema
+    tag; ``model`` and ``task`` with their fields typed (names non-empty strings); ``seed`` an integer; every metric
+    and reference-row entry finite (:func:`validate_metric`); optional fields of the right type when present.
+
+    Raises:
+        DataError: naming the file and the entry of the first problem.
+    """
     if not isinstance(obj, dict):
-        raise DataError("a result must be a JSON object", file=file)
+        raise _fail("a result must be a JSON object", file)
+    if obj.get("schema") != SCHEMA:
+        raise _fail(f"unknown schema {obj.get('schema')!r} (expected {SCHEMA})", file)
+    for key in ("model", "task", "metrics"):
+        if not isinstance(obj.get(key), dict):
+            raise _fail(f"field {key!r} must be an object", file)
+    _check_fields(obj, file)
+    if not isinstance(obj.get("seed"), int) or isinstance(obj.get("seed"), bool):
+        raise _fail(f"field 'seed' must be an integer, got {obj.get('seed')!r}", file)
+    for name, entry in obj["metrics"].items():
+        validate_metric(name, entry, file)
+    for row, metrics in (obj.get("reference_rows") or {}).items():
+        if not isinstance(metrics, dict):
+            raise _fail("a reference row must map metric names to entries", file, f"reference_rows[{row!r}]")
+        for name, entry in metrics.items():
+            validate_metric(name, entry, file, where=f"reference_rows[{row!r}]")
+    for name, reason in (obj.get("unavailable") or {}).items():
+        if not isinstance(reason, str):
+            raise _fail("the reason must be a string", file, f"unavailable[{name!r}]")
+    for key, value in (obj.get("timings") or {}).items():
+        if not _finite(value):
+            raise _fail(f"must be a finite number, got {value!r}", file, f"timings[{key!r}]")
+    return obj
+
+
+def _check_fields(obj: Dict[str, Any], file: Optional[str]) -> None:
+    for section, key, typ, required in _RECORD_FIELDS:
+        if key not in obj[section]:
+            if required:
+                raise _fail(f"{section}: missing field {key!r}", file)
+            continue
+        value = obj[section][key]
+        if not isinstance(value, typ) or (typ is str and required and not value):
+            raise _fail(f"{section}.{key} must be a {'non-empty ' if required else ''}{typ.__name__}, got "
+                        f"{type(value).__name__}", file)
+    step = obj["model"].get("checkpoint_step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        raise _fail("model.checkpoint_step must be an integer or null", file)
+    for key, typ in _OPTIONAL_TOP:
+        if obj.get(key) is not None and not isinstance(obj[key], typ):
+            raise _fail(f"field {key!r} must be {typ.__name__}, got {type(obj[key]).__name__}", file)
+
+
+def validate_result(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
+    """Check ``obj`` against the full result schema (what :func:`write_result` writes): :func:`validate_record`
+    plus every field of :data:`REQUIRED`, complete metric entries with known units, a reason for every unavailable
+    metric and ``timings.total_s``. Raises :class:`DataError` naming the first problem."""
+    validate_record(obj, file)
     for key, typ in REQUIRED.items():
         if key not in obj:
-            raise DataError(f"missing field {key!r}", file=file)
+            raise _fail(f"missing field {key!r}", file)
         if not isinstance(obj[key], typ) or (typ is int and isinstance(obj[key], bool)):
-            raise DataError(f"field {key!r} must be {typ.__name__}", file=file)
-    if obj["schema"] != SCHEMA:
-        raise DataError(f"unknown schema {obj['schema']!r} (expected {SCHEMA})", file=file)
-    for key in ("name", "spec", "checkpoint_sha256", "source"):
+            raise _fail(f"field {key!r} must be {typ.__name__}", file)
+    for key in ("spec", "checkpoint_sha256", "source"):
         if key not in obj["model"]:
-            raise DataError(f"model: missing field {key!r}", file=file)
-    for key in ("name", "type", "dataset", "split", "spec", "fingerprint"):
+            raise _fail(f"model: missing field {key!r}", file)
+    for key in ("dataset", "spec"):
         if key not in obj["task"]:
-            raise DataError(f"task: missing field {key!r}", file=file)
-    for name, m in obj["metrics"].items():
-        if not isinstance(m, dict) or "value" not in m or "units" not in m or "ci95" not in m:
-            raise DataError(f"metric {name!r} needs value, ci95 and units", file=file)
-        if not isinstance(m["value"], (int, float)):
-            raise DataError(f"metric {name!r}: value must be a number", file=file)
-        if m["units"] not in UNITS:
-            raise DataError(f"metric {name!r}: unknown units {m['units']!r}", file=file)
-        ci = m["ci95"]
-        if ci is not None:
-            if not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci)):
-                raise DataError(f"metric {name!r}: ci95 must be [low, high] or null", file=file)
-            if not ci[0] <= ci[1]:
-                raise DataError(f"metric {name!r}: ci95 low > high", file=file)
+            raise _fail(f"task: missing field {key!r}", file)
+    for name, entry in obj["metrics"].items():
+        validate_metric(name, entry, file, full=True)
     for name, reason in obj["unavailable"].items():
-        if not isinstance(reason, str) or not reason:
-            raise DataError(f"unavailable metric {name!r} needs a reason", file=file)
+        if not reason:
+            raise _fail(f"unavailable metric {name!r} needs a reason", file)
         if name in obj["metrics"]:
-            raise DataError(f"metric {name!r} is both reported and unavailable", file=file)
+            raise _fail(f"metric {name!r} is both reported and unavailable", file)
     if "total_s" not in obj["timings"]:
-        raise DataError("timings: missing total_s", file=file)
+        raise _fail("timings: missing total_s", file)
     return obj
 
 
@@ -129,17 +261,36 @@ def write_result(out_dir: Union[str, Path], result: Dict[str, Any]) -> Path:
     return path
 
 
-def load_results(directory: Union[str, Path], validate: bool = True) -> List[Dict[str, Any]]:
-    """Every result JSON under ``directory`` (recursively; files with another ``schema`` are ignored), sorted by
-    (model, task, split). Each record gets ``_path``."""
-    directory = Path(directory)
-    if not directory.exists():
-        raise DataError("results folder not found", file=str(directory))
+def read_result_files(directory: Union[str, Path]) -> List[Tuple[Path, Dict[str, Any]]]:
+    """``(path, object)`` of every result JSON under ``directory`` (a folder, searched recursively with hidden
+    folders skipped, or one file), sorted by path. JSON files with another ``schema`` are not results and are
+    skipped; a file that is not a regular file, is over the ``result`` size limit or is not JSON is refused
+    (:mod:`~loupe_bench.utils.bounded`), so nothing under a results folder is silently left out.
+
+    Raises:
+        DataError: naming the folder or the file.
+    """
+    root = Path(directory)
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = [p for p in sorted(root.rglob("*.json"))
+                 if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    else:
+        raise DataError("results folder not found", file=str(root))
     out = []
-    for p in sorted(directory.rglob("*.json")):
-        obj = read_json(p)
-        if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
-            continue
+    for p in files:
+        obj = read_json(p, kind="result")
+        if isinstance(obj, dict) and obj.get("schema") == SCHEMA:
+            out.append((p, obj))
+    return out
+
+
+def load_results(directory: Union[str, Path], validate: bool = True) -> List[Dict[str, Any]]:
+    """Every result JSON under ``directory`` (:func:`read_result_files`), validated (:func:`validate_result`) and
+    sorted by (model, task, split). Each record gets ``_path``."""
+    out = []
+    for p, obj in read_result_files(directory):
         if validate:
             validate_result(obj, file=str(p))
         obj["_path"] = str(p)
@@ -170,24 +321,25 @@ def paired_delta(a: Dict[str, Any], b: Dict[str, Any], metric: str, n_resamples:
 def summarize_seeds(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Mean ± std (``ddof=1``) of every metric across results that differ only by seed.
 
-    Results are grouped by (model name, task name, split, fingerprint); groups mixing fingerprints are never
-    formed. Returns one row per (group, metric): ``{model, task, split, fingerprint, metric, mean, std, n, seeds,
-    units}``.
+    Results are grouped by (model name, model identity (:func:`model_identity`), task name, split, fingerprint);
+    groups mixing fingerprints or models that share a name are never formed. Returns one row per (group, metric):
+    ``{model, identity, task, split, fingerprint, metric, mean, std, n, seeds, units}``.
     """
     from .metrics.bootstrap import seed_summary
 
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for r in results:
-        key = (r["model"]["name"], r["task"]["name"], r["task"]["split"], r["task"]["fingerprint"])
+        key = (r["model"]["name"], model_identity(r["model"]), r["task"]["name"], r["task"]["split"],
+               r["task"]["fingerprint"])
         groups.setdefault(key, []).append(r)
     rows = []
-    for (model, task, split, fp), rs in sorted(groups.items()):
+    for (model, ident, task, split, fp), rs in sorted(groups.items()):
         names = sorted({m for r in rs for m in r["metrics"]})
         for name in names:
             vals = [r["metrics"][name]["value"] for r in rs if name in r["metrics"]]
             s = seed_summary(vals)
-            rows.append({"model": model, "task": task, "split": split, "fingerprint": fp, "metric": name,
-                         "mean": s["mean"], "std": s["std"], "n": s["n"],
+            rows.append({"model": model, "identity": ident, "task": task, "split": split, "fingerprint": fp,
+                         "metric": name, "mean": s["mean"], "std": s["std"], "n": s["n"],
                          "seeds": sorted(r["seed"] for r in rs if name in r["metrics"]),
                          "units": rs[0]["metrics"].get(name, {}).get("units", "fraction")})
     return rows

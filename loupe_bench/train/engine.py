@@ -7,14 +7,16 @@
 Per optimiser step: per-rank batch → :func:`~loupe_bench.train.step.forward_backward` (feature-caching accumulation
 when ``accum_freq > 1``) → gradient averaging across ranks → unscale (fp16) → clip → optimiser step → schedule step.
 A non-finite loss stops the run with a :class:`NonFiniteLossError` naming the step and the term, a non-finite
-gradient norm (without fp16 loss scaling) with a :class:`NonFiniteGradError`; checkpoints are written only from
-finite steps, so the last good one stays and is named.
+gradient norm (without fp16 loss scaling) with a :class:`NonFiniteGradError`, a non-finite parameter after a step
+with a :class:`NonFiniteParamError`; checkpoints are written only from finite steps, so the last good one stays and
+is named.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -50,6 +52,10 @@ class NonFiniteGradError(NonFiniteLossError):
     """The global gradient norm became NaN or infinite (with a finite loss); the message names the step."""
 
 
+class NonFiniteParamError(NonFiniteGradError):
+    """An optimiser step left a NaN or infinite parameter; the message names the step and the parameter."""
+
+
 def _last_good(run_dir: Path) -> str:
     last = ckpt.list_checkpoints(run_dir)
     return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
@@ -66,6 +72,33 @@ def check_grad_norm(grad_norm: float, step: int, run_dir: Path, scaled: bool) ->
         return
     raise NonFiniteGradError(f"step {step}: gradient norm is {grad_norm} (the loss was finite) — training stopped; "
                              f"{_last_good(run_dir)}")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly FSDP2-sharded) tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def check_params_finite(model: torch.nn.Module, params: Sequence[torch.Tensor], step: int, run_dir: Path,
+                        distributed: bool) -> None:
+    """Stop when optimiser step ``step`` left a NaN or infinite parameter, before any checkpoint of it is written,
+    so saved weights are never non-finite.
+
+    This catches what the loss and gradient-norm checks cannot see: an update scaled by NaN while the measured norm
+    was finite (``clip_grad_norm_`` with a NaN ``max_norm`` multiplies every gradient by NaN and returns the finite
+    norm it measured). One reduction per step; under DDP/FSDP2 a collective, so all ranks stop together."""
+    with torch.no_grad():
+        flags = [torch.isfinite(_local(p)).all() for p in params]
+        ok = (torch.stack(flags).all() if flags else torch.tensor(True)).float().reshape(1)
+        if distributed:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    if ok.item() == 1:
+        return
+    name = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(_local(p)).all())),
+                "(on another rank)")
+    raise NonFiniteParamError(f"step {step}: parameter {name} is not finite after the optimiser step (loss and "
+                              f"gradient norm were finite) — training stopped, nothing of this step saved; "
+                              f"{_last_good(run_dir)}")
 
 
 def seed_everything(seed: int) -> None:
@@ -429,18 +462,18 @@ def train(
 def check_out_dir(run_dir: Path) -> None:
     """Refuse to train into an existing, non-empty folder that is not a run of ours.
 
-    Rule: a run of ours holds ``run.json`` or ``recipe.yaml`` (the first file a run writes) or a ``checkpoints/``
-    folder; any other non-empty folder (say one holding someone's ``log.jsonl`` and ``config.json``) is refused
-    before anything in it is replaced."""
-    if not run_dir.exists():
+    Rule: a run of ours is proven by its own record only — a ``run.json`` with our schema
+    (:func:`~loupe_bench.models.checkpoint.run_record`; the first file a run writes). Names prove nothing: any
+    other non-empty folder (another tool's run with ``checkpoints/``, ``config.json``, ``log.jsonl``,
+    ``model.safetensors``) is refused before anything is read, built or written."""
+    if not os.path.lexists(run_dir):
         return
     if not run_dir.is_dir():
         raise SpecError(f"{run_dir}: --out exists and is not a folder")
-    markers = (runinfo.RUN_FILE, RECIPE_FILE, model_format.CHECKPOINT_DIR)
-    if any((run_dir / m).exists() for m in markers) or not any(run_dir.iterdir()):
+    if model_format.run_record(run_dir) is not None or not any(run_dir.iterdir()):
         return
-    raise SpecError(f"{run_dir}: --out is a non-empty folder that is not a loupe-bench run (no "
-                    f"{', '.join(markers)}); refusing to write into it — choose a new or empty folder")
+    raise SpecError(f"{run_dir}: --out is a non-empty folder that is not a loupe-bench run (no {runinfo.RUN_FILE} "
+                    f"with schema {runinfo.RUN_SCHEMA}); refusing to write into it — choose a new or empty folder")
 
 
 def _check_start(run_dir: Path, resume, recipe: Recipe, info: DistInfo) -> Tuple[int, bool]:
@@ -471,9 +504,11 @@ class ResumePoint:
 
 
 def _check_resume(resume, run_dir: Path, recipe: Recipe, info: DistInfo, data_rec: Dict[str, Any],
-                  allow_changed: Sequence[str]) -> ResumePoint:
-    """Every check of a resume, before anything is written: same world size and global batch as the checkpoint,
-    only allowed differences from ``run.json`` (:func:`~loupe_bench.train.runinfo.resume_changes`), same seed."""
+                  allow_changed: Sequence[str], spec: Optional[Mapping[str, Any]] = None) -> ResumePoint:
+    """Every check of a resume, before anything is written: a checkpoint of this run
+    (:func:`~loupe_bench.train.resume.resolve_resume`), same world size and global batch as the checkpoint, the
+    same model spec (:func:`~loupe_bench.train.runinfo.check_model_spec`), only allowed differences from
+    ``run.json`` (:func:`~loupe_bench.train.runinfo.resume_changes`), same seed."""
     where = ckpt.resolve_resume(resume, run_dir)
     state, saved_weights = ckpt.load_checkpoint(where, run_dir)
     if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
@@ -485,6 +520,7 @@ def _check_resume(resume, run_dir: Path, recipe: Recipe, info: DistInfo, data_re
     history: List[Dict[str, Any]] = []
     recorded = runinfo.read_run_record(run_dir)
     if recorded is not None:
+        runinfo.check_model_spec(recorded, spec, run_dir)
         changes = runinfo.resume_changes(recorded, recipe, data_rec, allow_changed)
         history = list(recorded.get("changes") or [])
         if recorded.get("data") and "data" not in changes:
@@ -532,18 +568,26 @@ def _total_steps(recipe: Recipe, built: BuiltData) -> int:
 
 def _write_run_start(run_dir: Path, model, recipe: Recipe, info: DistInfo, point: Optional[ResumePoint],
                      data_rec: Dict[str, Any]) -> None:
-    """Rank 0: drop the log of a new run's earlier killed attempt, write the run files (:func:`_write_run_files`)
-    and ``run.json`` (a resume's changes appended to its history); all ranks meet at a barrier."""
+    """Rank 0: write ``run.json`` first (the marker of a run of ours, a resume's changes appended to its history),
+    drop the log of a new run's earlier killed attempt, then the run files (:func:`_write_run_files`); all ranks
+    meet at a barrier."""
     if info.is_main:
-        if point is None and (run_dir / LOG_FILE).is_file():
-            (run_dir / LOG_FILE).unlink()  # rows of an earlier attempt killed before its first checkpoint
-        _write_run_files(run_dir, model, recipe)
+        run_dir.mkdir(parents=True, exist_ok=True)
         history = list(point.history) if point is not None else []
         if point is not None and point.changes:
             history.append({"at_step": int(point.state["step"]), "fields": point.changes})
-        runinfo.write_run_record(run_dir, recipe, data_rec, getattr(model, "spec", {}).get("name")
-                                 if isinstance(getattr(model, "spec", None), dict) else None, history)
+        spec = _model_spec(model)
+        runinfo.write_run_record(run_dir, recipe, data_rec, spec.get("name") if spec else None, history, spec)
+        if point is None and (run_dir / LOG_FILE).is_file():
+            (run_dir / LOG_FILE).unlink()  # rows of an earlier attempt killed before its first checkpoint
+        _write_run_files(run_dir, model, recipe)
     barrier()
+
+
+def _model_spec(model) -> Optional[Dict[str, Any]]:
+    """The resolved spec of a model or spec dict (None for a model built without one)."""
+    spec = model if isinstance(model, Mapping) else getattr(model, "spec", None)
+    return dict(spec) if isinstance(spec, Mapping) else None
 
 
 def _restore(ts: TrainState, point: ResumePoint, fsdp: bool, info: DistInfo) -> None:
@@ -595,7 +639,8 @@ def _next_batch(ts: TrainState, run: RunSetup) -> Optional[Tuple[Dict[str, Any],
 def _optimizer_step(ts: TrainState, run: RunSetup, batch: Dict[str, Any], check) -> Tuple[LossOutput, float, float]:
     """One optimiser step on ``batch``: forward/backward (the finite ``check`` on every loss), gradient averaging
     across ranks, unscale (fp16), clip at ``optim.grad_clip`` (∞: none; the norm is measured either way), the
-    non-finite-gradient stop, optimiser and schedule step, ``post_step``; then the data position advances.
+    non-finite-gradient stop, optimiser and schedule step, ``post_step``, the non-finite-parameter stop
+    (:func:`check_params_finite`); then the data position advances.
 
     Returns ``(loss output, global grad norm, learning rate used)``."""
     model, optimizer, scaler, recipe = ts.model, ts.optimizer, ts.scaler, run.recipe
@@ -624,6 +669,7 @@ def _optimizer_step(ts: TrainState, run: RunSetup, batch: Dict[str, Any], check)
     ts.scheduler.step()
     if run.post_step is not None:
         run.post_step()
+    check_params_finite(model, run.params, ts.step + 1, run.run_dir, run.info.distributed)
     ts.step += 1
     ts.batch_in_epoch += 1
     if ts.per_epoch is not None and ts.batch_in_epoch >= ts.per_epoch:
@@ -682,7 +728,7 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
     data_rec = runinfo.data_record(source)
     point = None
     if resume is not None:
-        point = _check_resume(resume, run_dir, recipe, info, data_rec, allow_changed)
+        point = _check_resume(resume, run_dir, recipe, info, data_rec, allow_changed, _model_spec(model))
         data_rec = point.data_rec
     model = _prepare_model(model, point is not None, run_dir, source, recipe, info.device)
     built: BuiltData = source.build(model, recipe, info.rank, info.world_size)

@@ -20,6 +20,16 @@ from ..specs import Check, check_dotted, from_mapping, load_named, resolve_spec,
 #: folder of the shipped recipes (package data; the ``recipes`` kind of :mod:`loupe_bench.specs`)
 RECIPE_DIR = spec_dir("recipes")
 
+#: Largest seed: every generator the code seeds takes it (numpy's global seed needs ``< 2**32``).
+MAX_SEED = 2**32 - 1
+#: Largest step / epoch count: far beyond any real run, so step counters and schedules stay exact.
+MAX_STEPS = 10**9
+#: Largest count of loader workers, CPU threads and phrase slots: bounds what a value can make the process spawn or
+#: allocate.
+MAX_WORKERS = 256
+MAX_THREADS = 4096
+MAX_PHRASES = 1024
+
 
 # -- checks -----------------------------------------------------------------------------------------------------------
 
@@ -113,9 +123,9 @@ class DataConfig:
     split: str = _f("train", _string(), "split used for training")
     caption_policy: str = _f("random", _choice("random", "cycle", "first"),
                              "one caption per image per epoch: random (seeded by seed, epoch, image), cycle, first")
-    batch_size: int = _f(64, _number(1, integer=True), "global batch size")
-    workers: int = _f(0, _number(0, integer=True), "DataLoader workers per rank")
-    max_phrases: int = _f(8, _number(0, integer=True), "phrase slots per caption")
+    batch_size: int = _f(64, _number(1, 2**31 - 1, integer=True), "global batch size")
+    workers: int = _f(0, _number(0, MAX_WORKERS, integer=True), "DataLoader workers per rank")
+    max_phrases: int = _f(8, _number(0, MAX_PHRASES, integer=True), "phrase slots per caption")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -128,7 +138,7 @@ class OptimConfig:
     weight_decay: float = _f(0.1, _number(0.0), "decoupled weight decay (not on norms/biases/temperature/embeddings)")
     betas: List[float] = _f([0.9, 0.98], _pair(0.0, 0.999999), "Adam betas")
     eps: float = _f(1e-6, _number(0.0, lo_open=True), "Adam epsilon")
-    warmup_steps: int = _f(0, _number(0, integer=True), "linear warm-up steps")
+    warmup_steps: int = _f(0, _number(0, MAX_STEPS, integer=True), "linear warm-up steps")
     min_lr_ratio: float = _f(0.0, _number(0.0, 1.0), "final lr as a fraction of the peak")
     grad_clip: Optional[float] = _f(1.0, _number(0.0, lo_open=True, optional=True), "max global grad norm; null: off")
     no_decay: List[str] = _f(["logit_scale", "temperature", "embeddings", "pos_embed", "cls_token", "token_embedding",
@@ -161,15 +171,18 @@ class Recipe:
 
     name: str = _f("custom", _string(), "recipe name")
     description: str = _f("", lambda v: None if isinstance(v, str) else f"must be a string, got {v!r}", "")
-    steps: Optional[int] = _f(None, _number(1, integer=True, optional=True), "optimiser steps (or set epochs)")
-    epochs: Optional[int] = _f(None, _number(1, integer=True, optional=True), "epochs (used when steps is null)")
+    steps: Optional[int] = _f(None, _number(1, MAX_STEPS, integer=True, optional=True),
+                              "optimiser steps (or set epochs)")
+    epochs: Optional[int] = _f(None, _number(1, MAX_STEPS, integer=True, optional=True),
+                               "epochs (used when steps is null)")
     precision: str = _f("fp32", _choice("fp32", "bf16", "fp16"), "fp32 | bf16 autocast | fp16 autocast + GradScaler")
     grad_checkpointing: bool = _f(False, _boolean, "activation checkpointing in the towers")
     accum_freq: int = _f(1, _number(1, integer=True), "micro-batches per step, with feature caching")
     compile: bool = _f(False, _boolean, "torch.compile the towers' forward (embed)")
-    seed: int = _f(0, _number(0, integer=True), "global seed (model init, data order, augmentation)")
+    seed: int = _f(0, _number(0, MAX_SEED, integer=True), "global seed (model init, data order, augmentation)")
     device: str = _f("auto", _choice("auto", "cpu", "cuda"), "auto: cuda when available")
-    threads: Optional[int] = _f(None, _number(1, integer=True, optional=True), "torch CPU threads (null: leave)")
+    threads: Optional[int] = _f(None, _number(1, MAX_THREADS, integer=True, optional=True),
+                                "torch CPU threads (null: leave)")
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -231,9 +244,9 @@ def recipe_path(name_or_path: Union[str, Path]) -> Path:
 
 
 def load_recipe(name_or_path: Union[str, Path, Recipe]) -> Recipe:
-    """Load a recipe by shipped name or YAML path (a :class:`Recipe` passes through)."""
+    """Load a recipe by shipped name or YAML path; a :class:`Recipe` built in code is checked like a file."""
     if isinstance(name_or_path, Recipe):
-        return name_or_path
+        return recipe_from_dict(name_or_path.to_dict(), source=f"recipe {name_or_path.name!r}")
     data, path = load_named("recipes", name_or_path)
     return recipe_from_dict(data, source=str(path))
 

@@ -107,7 +107,10 @@ def write_checkpoint(run_dir: Union[str, Path], step: int, weights: Mapping[str,
 def resolve_resume(resume: Union[str, Path], run_dir: Union[str, Path]) -> Path:
     """``latest`` (the checkpoint the ``latest`` pointer names, resolved inside the run folder only — see
     :func:`~loupe_bench.models.checkpoint.latest_pointer_target` — else the newest complete checkpoint of
-    ``run_dir``) or a path to a ``step_<n>`` folder / a run dir."""
+    ``run_dir``) or a path to a ``step_<n>`` folder / a run dir.
+
+    Rule: the checkpoint must belong to the run being resumed — its folder, symlinks resolved, lies directly in
+    ``run_dir/checkpoints``; another run's checkpoint is refused (its schedule and state are not this run's)."""
     if str(resume) == "latest":
         found = latest_checkpoint(run_dir, CHECKPOINT_FILES)
         if found is None:
@@ -115,10 +118,23 @@ def resolve_resume(resume: Union[str, Path], run_dir: Union[str, Path]) -> Path:
         return found
     p = Path(resume)
     if (p / CHECKPOINT_DIR).is_dir():
-        return resolve_resume("latest", p)
-    if not all((p / name).is_file() for name in CHECKPOINT_FILES):
+        found = latest_checkpoint(p, CHECKPOINT_FILES)
+        if found is None:
+            raise CheckpointError(f"{checkpoint_root(p)}: no checkpoint to resume from")
+        p = found
+    elif not all((p / name).is_file() for name in CHECKPOINT_FILES):
         raise CheckpointError(f"{p}: not a checkpoint folder (needs {WEIGHTS_FILE} and {STATE_FILE})")
+    _check_belongs(p, run_dir)
     return p
+
+
+def _check_belongs(where: Path, run_dir: Union[str, Path]) -> None:
+    """Refuse a checkpoint folder that is not directly inside ``run_dir/checkpoints`` (symlinks resolved)."""
+    own = checkpoint_root(run_dir).resolve()
+    if where.resolve().parent != own:
+        raise CheckpointError(f"--resume {where}: this checkpoint does not belong to the run being resumed "
+                              f"({run_dir}); a run resumes only from its own checkpoints (--resume latest or a "
+                              f"folder in {checkpoint_root(run_dir)})")
 
 
 def load_checkpoint(where: Path, run_dir: Union[str, Path]) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:

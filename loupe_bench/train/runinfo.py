@@ -1,20 +1,23 @@
 """What a run records about itself (``run.json``) and the check a resume makes against it before writing anything.
 
-``run.json`` holds the full recipe (seed included), the model spec name and the data source (its name, resolved
-path and a content fingerprint). A resume compares the recipe and data it is given with the recorded ones and
-refuses any difference outside :data:`SAFE_CHANGES` unless the user names it with ``--allow-changed KEY``.
+``run.json`` holds its ``schema`` (:data:`RUN_SCHEMA`, the marker of a run of ours), the full recipe (seed
+included), the model spec name and digest (:func:`spec_digest` of the resolved spec) and the data source (its name,
+resolved path and a content fingerprint). A resume compares the recipe and data it is given with the recorded ones and
+refuses any difference outside :data:`SAFE_CHANGES` unless the user names it with ``--allow-changed KEY``; a
+different model spec is always refused (:func:`check_model_spec`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from ..errors import LoupeBenchError
-from ..models.checkpoint import RUN_FILE
+from ..errors import DataError, LoupeBenchError
+from ..models.checkpoint import CONFIG_FILE, RUN_FILE, RUN_SCHEMA, run_record
+from ..utils.bounded import load_json_file, regular_file
 from ..utils.io import atomic_write_json, read_json, sha256_file, stable_hash
-
-RUN_SCHEMA = "loupe-bench/run/v1"
 
 #: Dotted recipe fields (a field or a whole section) a resume may change without ``--allow-changed``: they do not
 #: change what the remaining steps compute. ``steps``/``epochs``: train further (the cosine schedule is laid over
@@ -24,6 +27,8 @@ SAFE_CHANGES = ("steps", "epochs", "name", "description", "notes", "threads", "d
 
 #: files at most this large are hashed by content in a folder fingerprint; larger ones by name and size
 _HASH_LIMIT = 8 << 20
+#: bytes read from each end of an image file for its sampled content hash (:func:`images_fingerprint`)
+_IMAGE_SAMPLE = 8 << 10
 
 
 class RunMismatchError(LoupeBenchError):
@@ -65,11 +70,55 @@ def path_fingerprint(path: Any) -> Optional[str]:
     rows = []
     for root, dirs, files in os.walk(p):
         dirs.sort()
-        for name in sorted(files):
-            f = Path(root) / name
-            size = f.stat().st_size
-            rows.append([str(f.relative_to(p)), size, sha256_file(f) if size <= _HASH_LIMIT else None])
+        rows.extend(_file_row(Path(root) / name, p) for name in sorted(files))
     return stable_hash(rows, 32)
+
+
+def _file_row(f: Path, top: Path) -> List[Any]:
+    """``[relative name, size, sha256 or None]`` of a regular file (hashed up to :data:`_HASH_LIMIT`); anything
+    else (a FIFO, a device, a dangling link) is named with its kind and never opened."""
+    try:
+        st = os.stat(f)
+    except OSError:
+        return [str(f.relative_to(top)), "missing", None]
+    if not stat.S_ISREG(st.st_mode):
+        return [str(f.relative_to(top)), "not a regular file", None]
+    return [str(f.relative_to(top)), st.st_size, sha256_file(f) if st.st_size <= _HASH_LIMIT else None]
+
+
+def sampled_sha256(path: Path, size: int) -> str:
+    """sha256 of a file's first and last :data:`_IMAGE_SAMPLE` bytes (the whole file when it is that small)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(_IMAGE_SAMPLE))
+        if size > 2 * _IMAGE_SAMPLE:
+            fh.seek(size - _IMAGE_SAMPLE)
+        h.update(fh.read(_IMAGE_SAMPLE))
+    return h.hexdigest()
+
+
+def images_fingerprint(records: Iterable[Any]) -> str:
+    """Fingerprint of the image files a data set's records name.
+
+    Rule: per distinct image (its ``file_name``, relative to the data set's image root, so a copied data set keeps
+    its fingerprint) the file size and the sha256 of its first and last 8 KiB (:func:`sampled_sha256`; the whole
+    file up to 16 KiB). Replacing, re-encoding, resizing or truncating an image changes it; an edit confined to
+    the middle of a file that keeps its size does not. Cost: one ``stat`` and at most 16 KiB read per image. Only
+    regular files are read (:func:`~loupe_bench.utils.bounded.regular_file`); a missing or special file enters as
+    its name and ``None``."""
+    rows: Dict[str, Any] = {}
+    for rec in records:
+        name = str(rec.file_name)
+        if name in rows:
+            continue
+        try:
+            f = regular_file(rec.path, what="image")
+        except DataError:
+            rows[name] = None
+            continue
+        size = f.stat().st_size
+        rows[name] = [size, sampled_sha256(f, size)]
+    return stable_hash(sorted(rows.items()), 32)
 
 
 def data_record(source: Any) -> Dict[str, Any]:
@@ -90,12 +139,18 @@ def data_record(source: Any) -> Dict[str, Any]:
     return {"source": name, "path": resolved, "fingerprint": fp}
 
 
+def spec_digest(spec: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """Digest of a resolved model spec (its canonical JSON); ``None`` for a model without a spec."""
+    return None if spec is None else stable_hash(dict(spec), 16)
+
+
 def write_run_record(run_dir: Path, recipe: Any, data: Dict[str, Any], model_name: Optional[str],
-                     changes: Sequence[Dict[str, Any]] = ()) -> Path:
-    """Write ``run.json`` at the start of training (``finished_step`` null until :func:`mark_finished`)."""
+                     changes: Sequence[Dict[str, Any]] = (), model_spec: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``run.json`` at the start of training (``finished_step`` null until :func:`mark_finished`);
+    ``model_spec_digest`` is :func:`spec_digest` of the resolved spec (null for a model without one)."""
     return atomic_write_json(Path(run_dir) / RUN_FILE, {
         "schema": RUN_SCHEMA, "recipe": recipe.to_dict(), "data": data, "model": model_name,
-        "changes": list(changes), "finished_step": None})
+        "model_spec_digest": spec_digest(model_spec), "changes": list(changes), "finished_step": None})
 
 
 def mark_finished(run_dir: Path, step: int) -> None:
@@ -108,23 +163,41 @@ def mark_finished(run_dir: Path, step: int) -> None:
 
 
 def read_run_record(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The run's record; a run made before ``run.json`` existed gives its ``recipe.yaml`` (data unknown)."""
+    """The run's record (:func:`~loupe_bench.models.checkpoint.run_record`); ``None`` when the folder has no
+    ``run.json``, a :class:`RunMismatchError` when it has one that is not a run record of ours."""
     run_dir = Path(run_dir)
-    if (run_dir / RUN_FILE).is_file():
-        rec = read_json(run_dir / RUN_FILE)
-        if isinstance(rec, dict) and isinstance(rec.get("recipe"), dict):
-            return rec
-        raise RunMismatchError(f"{run_dir / RUN_FILE}: not a run record")
-    if (run_dir / "recipe.yaml").is_file():
-        import yaml
+    rec = run_record(run_dir)
+    if rec is None and (run_dir / RUN_FILE).exists():
+        raise RunMismatchError(f"{run_dir / RUN_FILE}: not a loupe-bench run record (schema {RUN_SCHEMA})")
+    return rec
 
-        try:
-            recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError):
-            return None
-        if isinstance(recipe, dict):
-            return {"schema": RUN_SCHEMA, "recipe": recipe, "data": None, "model": None, "changes": []}
-    return None
+
+def check_model_spec(recorded: Mapping[str, Any], spec: Optional[Mapping[str, Any]], run_dir: Path) -> None:
+    """Refuse a resume whose resolved model spec differs from the run's.
+
+    Rule: the run's spec digest is the one ``run.json`` records, else that of the spec the run saved
+    (``config.json``); a resume given a spec of another digest is refused (no ``--allow-changed``: the run's
+    architecture and weights belong to its own spec), naming both digests and the first fields that differ."""
+    new = spec_digest(spec)
+    saved = _saved_spec(run_dir)
+    old = recorded.get("model_spec_digest") or spec_digest(saved)
+    if old is None or new is None or old == new:
+        return
+    fields = ""
+    if saved is not None and spec_digest(saved) == old:
+        a, b = flatten(saved), flatten(dict(spec or {}))
+        keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        fields = f" (differs in {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})"
+    raise RunMismatchError(f"{run_dir}: resume refused: the run was trained with model spec {old}, this resume "
+                           f"gives spec {new}{fields}; resume with the run's own spec (its {CONFIG_FILE})")
+
+
+def _saved_spec(run_dir: Path) -> Optional[Dict[str, Any]]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    spec = load_json_file(path, kind="config", error=RunMismatchError)
+    return spec if isinstance(spec, dict) else None
 
 
 def resume_changes(recorded: Mapping[str, Any], recipe: Any, data: Dict[str, Any],

@@ -119,6 +119,26 @@ class DatasetSource:
     def captions(self) -> List[str]:
         return [c.text for r in self.records() for c in r.captions]
 
+    def fingerprint(self) -> Optional[str]:
+        """What a resume compares (:func:`~loupe_bench.train.runinfo.data_record`): the content fingerprint of the
+        data path (:func:`~loupe_bench.train.runinfo.path_fingerprint`: the annotation file, or every shard) and,
+        for a data set of image files, of the training images themselves
+        (:func:`~loupe_bench.train.runinfo.images_fingerprint`: names, sizes, sampled content), so replacing the
+        images under an unchanged annotation file changes it. Annotations the data layer refuses enter as
+        unreadable (a resume then reports changed data first; a new run reports the data error when it reads them)."""
+        from ..errors import DataError
+        from ..utils.io import stable_hash
+        from .runinfo import images_fingerprint, path_fingerprint
+
+        base = path_fingerprint(self.path)
+        if self.streamed:
+            return base
+        try:
+            images = images_fingerprint(self.records())
+        except DataError:
+            images = "unreadable annotations"
+        return stable_hash([base, images], 32)
+
     def hflip(self) -> bool:
         setting = self.recipe.data.augment.hflip
         if setting == "auto":
