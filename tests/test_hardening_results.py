@@ -300,3 +300,17 @@ def test_item9_report_escapes_names_in_markdown_html_console_and_plots(tmp_path,
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "<script>" not in html and "<b>" not in html and "&lt;script&gt;" in html
     assert "alert" in out                                            # the console shows the name as text
+
+
+def test_item9_csv_cells_never_start_a_formula(tmp_path, capsys):
+    """A model name such as ``=HYPERLINK(...)`` is written to ``results.csv`` as text (a leading ``'``), numbers as
+    numbers."""
+    import csv as _csv
+
+    res = tmp_path / "results"
+    _write(res, "f.json", _result(_model("spec", name="=HYPERLINK(\"http://x\",\"y\")"), 0.4))
+    code, _, err = _cli(["report", res, "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    rows = list(_csv.DictReader((tmp_path / "rep" / "results.csv").open()))
+    assert rows and all(not str(v).startswith(("=", "+", "@")) for r in rows for v in r.values())
+    assert any(str(v).startswith("'=HYPERLINK") for r in rows for v in r.values())

@@ -2,8 +2,8 @@
 for each output a report writes.
 
 Rule: every string that comes from a result, a reference, a run or a path is escaped for the format it lands in —
-Markdown (:func:`md`), rich console markup (:func:`console`), matplotlib labels (:func:`plot`); HTML uses
-``html.escape``. Only the report's own markup (headings, bold for the best cell, table rules) stays live.
+Markdown (:func:`md`), rich console markup (:func:`console`), matplotlib labels (:func:`plot`), CSV cells that a
+spreadsheet would read as a formula (:func:`csv_cell`); HTML uses ``html.escape``. Only the report's own markup (headings, bold for the best cell, table rules) stays live.
 """
 from __future__ import annotations
 
@@ -36,3 +36,15 @@ def plot(text: Any) -> str:
     the legend)."""
     out = str(text).replace("$", r"\$")
     return " " + out if out.startswith("_") else out
+
+
+#: first characters with which a spreadsheet reads a cell as a formula (OWASP's CSV-injection list)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: a string starting a formula gets a leading ``'``; numbers (a
+    negative number included) pass unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .escape import csv_cell
 from ..errors import DataError
 from ..registry import Registry
 from ..utils.io import atomic_write_json, atomic_write_text
@@ -192,7 +193,7 @@ def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: PathLike) 
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         for row in rows:
-            w.writerow(row)
+            w.writerow({k: csv_cell(v) for k, v in row.items()})
         paths.append(atomic_write_text(out_dir / "benchmark.csv", buf.getvalue()))
     paths.append(atomic_write_text(out_dir / "README.md", _readme(len(objs), skipped, lacking)))
     return paths

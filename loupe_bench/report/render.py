@@ -339,7 +339,7 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     statement = scope_statement([r.dataset for r in rows])
     if csv:
         csv_path = out_dir / "results.csv"
-        atomic_write_text(csv_path, to_dataframe(rows).to_csv(index=False))
+        atomic_write_text(csv_path, to_dataframe(rows).map(escape.csv_cell).to_csv(index=False))
     if markdown:
         md_path = out_dir / "report.md"
         atomic_write_text(md_path, markdown_header(title, metadata, statement) + markdown_table(table))
