@@ -23,7 +23,6 @@ shipped inside the open_clip package, so no download) rebuilt as a fast transfor
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -31,6 +30,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from torch import Tensor
 
 from ..errors import CheckpointError, SpecError
+from .hf_folder import channel_values
+from .untrusted import (check_heads, check_params, check_patch_grid, ratio_field, read_config_json, size_field,
+                        tower_params)
 
 PREFIX = "open_clip:"
 
@@ -68,16 +70,12 @@ def _import_open_clip(what: str):
 
 
 def architecture_config(arch: str) -> Dict[str, Any]:
-    """The open_clip model config of ``arch``: a JSON file path, else open_clip's registry of architectures."""
+    """The open_clip model config of ``arch``: a JSON file path (read within
+    :data:`~loupe_bench.utils.bounded.LIMITS` ``["config"]``), else open_clip's registry of architectures."""
     path = Path(arch).expanduser()
     if path.suffix == ".json":
-        if not path.is_file():
-            raise CheckpointError(f"{path}: open_clip model config not found")
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: not a JSON open_clip model config ({exc})") from None
-        cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else cfg
+        cfg: Any = read_config_json(path)
+        cfg = cfg.get("model_cfg", cfg)
     else:
         open_clip = _import_open_clip(f"open_clip architecture {arch!r}")
         cfg = open_clip.get_model_config(arch)
@@ -86,6 +84,10 @@ def architecture_config(arch: str) -> Dict[str, Any]:
             raise SpecError(f"unknown open_clip architecture {arch!r} (known include: {known}, ...)")
     if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
         raise CheckpointError(f"open_clip architecture {arch!r}: config lacks vision_cfg / text_cfg")
+    for key in ("vision_cfg", "text_cfg"):
+        if not isinstance(cfg[key], dict):
+            raise CheckpointError(f"open_clip architecture {arch!r}: {key} must be an object, got "
+                                  f"{type(cfg[key]).__name__}")
     return cfg
 
 
@@ -125,8 +127,53 @@ def _check_supported(arch: str, cfg: Mapping[str, Any]) -> None:
                               "convert (argmax or eos)")
 
 
-def _square(value: Any) -> int:
-    return int(value[0] if isinstance(value, (list, tuple)) else value)
+def _square_field(where: str, section: Mapping[str, Any], key: str, default: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, (list, tuple)):
+        value = value[0]
+    return size_field(where, {key: value}, key, default)
+
+
+def architecture_sizes(arch: str, cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """The size fields of an open_clip ViT CLIP config with open_clip's defaults, each within its range
+    (:data:`~loupe_bench.models.untrusted.SIZE_RANGES`), and the estimated parameter count within
+    :data:`~loupe_bench.models.untrusted.MAX_PARAMS` (checked before any model is built)."""
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    vw, tw = f"open_clip architecture {arch!r}: vision_cfg", f"open_clip architecture {arch!r}: text_cfg"
+    if cfg.get("embed_dim") is None:
+        raise CheckpointError(f"open_clip architecture {arch!r}: embed_dim is missing")
+    s: Dict[str, Any] = {"embed_dim": size_field(f"open_clip architecture {arch!r}", cfg, "embed_dim", 0),
+                         "v_width": size_field(vw, v, "width", 768), "v_layers": size_field(vw, v, "layers", 12),
+                         "head_width": size_field(vw, v, "head_width", 64),
+                         "v_mlp": ratio_field(vw, v, "mlp_ratio", 4.0),
+                         "image_size": _square_field(vw, v, "image_size", 224),
+                         "patch_size": _square_field(vw, v, "patch_size", 16),
+                         "t_width": size_field(tw, t, "width", 512), "heads": size_field(tw, t, "heads", 8),
+                         "t_layers": size_field(tw, t, "layers", 12), "t_mlp": ratio_field(tw, t, "mlp_ratio", 4.0),
+                         "vocab_size": size_field(tw, t, "vocab_size", 49408),
+                         "context_length": size_field(tw, t, "context_length", 77)}
+    check_heads(tw, s["t_width"], s["heads"])
+    if s["v_width"] % s["head_width"]:
+        raise CheckpointError(f"{vw}: width {s['v_width']} is not a multiple of head_width {s['head_width']}")
+    patches = check_patch_grid(vw, s["image_size"], s["patch_size"])
+    s["v_inter"], s["t_inter"] = int(s["v_width"] * s["v_mlp"]), int(s["t_width"] * s["t_mlp"])
+    if min(s["v_inter"], s["t_inter"]) < 1:
+        raise CheckpointError(f"open_clip architecture {arch!r}: mlp_ratio gives an empty MLP")
+    params = tower_params(s["v_width"], s["v_layers"], s["v_inter"], patches + 1, 3 * s["patch_size"] ** 2) + \
+        tower_params(s["t_width"], s["t_layers"], s["t_inter"], s["context_length"], s["vocab_size"]) + \
+        s["embed_dim"] * (s["v_width"] + s["t_width"])
+    check_params(f"open_clip architecture {arch!r}", params)
+    s["eos"] = _eos_id(tw, t, s["vocab_size"])
+    return s
+
+
+def _eos_id(where: str, t: Mapping[str, Any], vocab: int) -> int:
+    if t.get("pool_type", "argmax") != "eos":
+        return vocab - 1
+    eos = t.get("eos_id", 2)
+    if not isinstance(eos, int) or isinstance(eos, bool) or not 0 <= eos < vocab:
+        raise CheckpointError(f"{where}: eos_id must be an integer in [0, {vocab - 1}], got {eos!r}")
+    return eos
 
 
 def hf_clip_config(arch: str, cfg: Mapping[str, Any]):
@@ -152,22 +199,18 @@ def hf_clip_config(arch: str, cfg: Mapping[str, Any]):
     from transformers import CLIPConfig
 
     _check_supported(arch, cfg)
-    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    s = architecture_sizes(arch, cfg)
     act = "quick_gelu" if cfg.get("quick_gelu", False) else "gelu"
-    vwidth, twidth = int(v.get("width", 768)), int(t.get("width", 512))
-    vocab = int(t.get("vocab_size", 49408))
-    eos = int(t.get("eos_id", 2)) if t.get("pool_type", "argmax") == "eos" else vocab - 1
-    vision = dict(hidden_size=vwidth, num_hidden_layers=int(v.get("layers", 12)),
-                  num_attention_heads=vwidth // int(v.get("head_width", 64)),
-                  intermediate_size=int(vwidth * float(v.get("mlp_ratio", 4.0))),
-                  image_size=_square(v.get("image_size", 224)), patch_size=_square(v.get("patch_size", 16)),
-                  hidden_act=act, layer_norm_eps=1e-5, num_channels=3)
-    text = dict(vocab_size=vocab, hidden_size=twidth, num_hidden_layers=int(t.get("layers", 12)),
-                num_attention_heads=int(t.get("heads", 8)),
-                intermediate_size=int(twidth * float(t.get("mlp_ratio", 4.0))),
-                max_position_embeddings=int(t.get("context_length", 77)), hidden_act=act, layer_norm_eps=1e-5,
-                eos_token_id=eos, bos_token_id=vocab - 2, pad_token_id=vocab - 1)
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=int(cfg["embed_dim"]))
+    vocab = s["vocab_size"]
+    vision = dict(hidden_size=s["v_width"], num_hidden_layers=s["v_layers"],
+                  num_attention_heads=s["v_width"] // s["head_width"], intermediate_size=s["v_inter"],
+                  image_size=s["image_size"], patch_size=s["patch_size"], hidden_act=act, layer_norm_eps=1e-5,
+                  num_channels=3)
+    text = dict(vocab_size=vocab, hidden_size=s["t_width"], num_hidden_layers=s["t_layers"],
+                num_attention_heads=s["heads"], intermediate_size=s["t_inter"],
+                max_position_embeddings=s["context_length"], hidden_act=act, layer_norm_eps=1e-5,
+                eos_token_id=s["eos"], bos_token_id=max(vocab - 2, 0), pad_token_id=vocab - 1)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=s["embed_dim"])
 
 
 # -- weights --------------------------------------------------------------------------------------------------------
@@ -264,7 +307,7 @@ def convert_state_dict(state: Mapping[str, Tensor], source: str) -> Dict[str, Te
         for pattern, fn in rules:
             m = pattern.fullmatch(name)
             if m:
-                out.update(fn(m, tensor))
+                out.update(_apply(fn, m, tensor, key, source))
                 break
         else:
             unknown.append(key)
@@ -272,6 +315,16 @@ def convert_state_dict(state: Mapping[str, Tensor], source: str) -> Dict[str, Te
         more = f" (+{len(unknown) - 6} more)" if len(unknown) > 6 else ""
         raise CheckpointError(f"{source}: open_clip keys without a CLIPModel counterpart: {unknown[:6]}{more}")
     return out
+
+
+def _apply(fn: Callable[["re.Match[str]", Tensor], Dict[str, Tensor]], m: "re.Match[str]", tensor: Tensor, key: str,
+           source: str) -> Dict[str, Tensor]:
+    """One renaming rule on one tensor; a tensor whose shape the rule cannot take is a :class:`CheckpointError`."""
+    try:
+        return fn(m, tensor)
+    except (RuntimeError, IndexError, ValueError) as exc:
+        raise CheckpointError(f"{source}: {key} of shape {tuple(tensor.shape)} does not convert "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 # -- tokenizer ------------------------------------------------------------------------------------------------------
@@ -318,6 +371,16 @@ def open_clip_bpe_tokenizer(context_length: int = 77, bpe_path: Optional[Path] =
 
 
 # -- the whole conversion -------------------------------------------------------------------------------------------
+def _mean_std(arch: str, cfg: Mapping[str, Any]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """``preprocess_cfg``'s ``mean`` / ``std`` (a number or 1 or 3 numbers; std positive), else OpenAI's."""
+    pre = cfg.get("preprocess_cfg") or {}
+    where = f"open_clip architecture {arch!r}: preprocess_cfg"
+    if not isinstance(pre, dict):
+        raise CheckpointError(f"{where} must be an object, got {type(pre).__name__}")
+    return (channel_values(where, pre, "mean", OPENAI_MEAN, positive=False),
+            channel_values(where, pre, "std", OPENAI_STD, positive=True))
+
+
 def load_open_clip(ref: str):
     """``open_clip:ARCH:PATH`` -> ``(clip_model, tokenizer_or_reason, image_size, mean, std)``.
 
@@ -337,9 +400,7 @@ def load_open_clip(ref: str):
     model = CLIPModel(conf)
     load_strict(model, state, f"open_clip {arch} ({path})")
     model.eval()
-    pre = cfg.get("preprocess_cfg") or {}
-    mean = tuple(float(x) for x in pre.get("mean", OPENAI_MEAN))
-    std = tuple(float(x) for x in pre.get("std", OPENAI_STD))
+    mean, std = _mean_std(arch, cfg)
     vocab = int(conf.text_config.vocab_size)
     if vocab == BPE_VOCAB_SIZE:
         tokenizer: Any = open_clip_bpe_tokenizer(int(conf.text_config.max_position_embeddings))

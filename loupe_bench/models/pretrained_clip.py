@@ -14,7 +14,10 @@ text states, passed through the same projections, so token-level tasks (patch ma
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, NamedTuple, Optional, Tuple, Union
 
@@ -28,15 +31,21 @@ from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, VLModel
 from .checkpoint import TOKENIZER_DIR
 from .dual_encoder import spec_get
+from .hf_folder import (PREPROCESSOR_FILE, PROCESSOR_FILE, check_hf_config, read_preprocessing,
+                        vision_image_size)
 from .losses import clip_infonce
 from .tokenizer import Tokenizer, UnavailableTokenizer
 from .towers import hub_offline
+from .untrusted import check_safetensors, check_safetensors_index, regular_files_of, torch_refusal
 
 CLIP_CONFIG_DIR = "clip_config"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 #: files of which at least one marks a saved Hugging Face tokenizer in a model directory
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+#: files of a Hugging Face model folder that loading it may read: each must be a regular file when present
+HF_FOLDER_FILES = ("config.json", PREPROCESSOR_FILE, PROCESSOR_FILE, *HF_TOKENIZER_FILES, "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "generation_config.json", "chat_template.jinja",
+                   "chat_template.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
 
 #: scheme of a ``pretrained`` reference (``open_clip:...``) -> loader ``ref -> PretrainedParts``; no scheme: ``hf``
 CLIP_WEIGHT_SOURCES = Registry("pretrained CLIP source")
@@ -60,50 +69,106 @@ def _resolve(src: str) -> Tuple[str, bool]:
     return src, False
 
 
-def _preprocessing(src: str, local: bool, vision_image_size: int) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
-    """Image size, mean and std from the checkpoint's image-processor config (OpenAI constants when absent)."""
-    try:
-        from transformers import CLIPImageProcessor
+def _hub_settings_folder(src: str, offline: bool) -> Optional[Path]:
+    """The cache folder holding a hub model's processor settings file, or ``None`` when it has none."""
+    from transformers.utils import cached_file
 
-        proc = CLIPImageProcessor.from_pretrained(src, local_files_only=local)
-        crop = getattr(proc, "crop_size", None) or {}
-        size = int(crop.get("height", vision_image_size)) if isinstance(crop, dict) else int(crop)
-        return size, tuple(float(x) for x in proc.image_mean), tuple(float(x) for x in proc.image_std)
-    except (OSError, ValueError, TypeError):
-        return vision_image_size, OPENAI_MEAN, OPENAI_STD
+    for name in (PREPROCESSOR_FILE, PROCESSOR_FILE):
+        try:
+            found = cached_file(src, name, local_files_only=offline, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
+        except OSError:
+            found = None
+        if found:
+            return Path(found).parent
+    return None
+
+
+def check_hf_folder(folder: Path) -> Dict[str, Any]:
+    """A local Hugging Face CLIP folder, before transformers reads it: the files it may read are regular files
+    (:data:`HF_FOLDER_FILES`), ``config.json`` is within the architecture limits
+    (:func:`~loupe_bench.models.hf_folder.check_hf_config`) and safetensors weights have headers that fit their
+    files. Returns the config."""
+    regular_files_of(folder, HF_FOLDER_FILES)
+    config = check_hf_config(folder / "config.json")
+    if os.path.lexists(folder / "model.safetensors"):
+        check_safetensors(folder / "model.safetensors")
+    elif os.path.lexists(folder / "model.safetensors.index.json"):
+        check_safetensors_index(folder / "model.safetensors.index.json")
+    return config
+
+
+def _from_pretrained(src: str, offline: bool, local: bool) -> Any:
+    """transformers' ``CLIPModel.from_pretrained`` (``weights_only=True``); whatever it raises on the folder's
+    files is one :class:`CheckpointError` line naming the folder (or its pickled weights file)."""
+    from transformers import CLIPModel
+
+    with warnings.catch_warnings(), _no_progress_bar():
+        warnings.simplefilter("ignore")
+        try:
+            return CLIPModel.from_pretrained(src, local_files_only=offline, weights_only=True)
+        except OSError as exc:
+            if not local:
+                raise CheckpointError(f"pretrained CLIP {src!r}: not found locally or in the HF cache "
+                                      f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise CheckpointError(f"{src}: {torch_refusal(exc)}") from None
+        except Exception as exc:  # transformers / torch on a user's files: any failure is the folder's fault
+            pickled = Path(src) / "pytorch_model.bin"
+            only_pickle = local and pickled.is_file() and not (Path(src) / "model.safetensors").exists()
+            raise CheckpointError(f"{pickled if only_pickle else src}: {torch_refusal(exc)}") from None
+
+
+@contextlib.contextmanager
+def _no_progress_bar():
+    """transformers' weight-loading progress bar off for the block (stderr holds only what the CLI says)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def _hf_tokenizer(src: str, local: bool, offline: bool, max_length: int) -> Union[Tokenizer, str]:
+    """The tokenizer saved with the model, or (a local folder without tokenizer files) the reason there is none."""
+    from transformers import AutoTokenizer
+
+    if local and not any((Path(src) / f).is_file() for f in HF_TOKENIZER_FILES):
+        return (f"{src}: Hugging Face CLIP directory without tokenizer files ({', '.join(HF_TOKENIZER_FILES)}); "
+                "save the tokenizer there (tokenizer.save_pretrained) or feed token ids to encode_text")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf = AutoTokenizer.from_pretrained(src, local_files_only=offline, use_fast=True)
+    except Exception as exc:  # malformed or partial tokenizer files: the folder's fault
+        raise CheckpointError(f"pretrained CLIP {src!r}: cannot load its tokenizer ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from None
+    return Tokenizer(hf, max_length)
 
 
 @CLIP_WEIGHT_SOURCES.register("hf", help="Hugging Face CLIPModel directory or hub id")
 def load_hf_clip(src: str) -> PretrainedParts:
     """A transformers ``CLIPModel`` from a local directory or a hub id (HF cache when offline).
 
-    The tokenizer is the one saved beside the weights; a local directory without tokenizer files
-    (:data:`HF_TOKENIZER_FILES`) loads with a reason instead (encode token ids directly, or save the tokenizer there).
+    A local folder is checked first (:func:`check_hf_folder`). The tokenizer is the one saved beside the weights; a
+    local directory without tokenizer files (:data:`HF_TOKENIZER_FILES`) loads with a reason instead (encode token
+    ids directly, or save the tokenizer there). Preprocessing comes from the saved image-processor settings
+    (:func:`~loupe_bench.models.hf_folder.read_preprocessing`: a present but unreadable file is an error, an absent
+    one the documented default).
     """
-    from transformers import AutoTokenizer, CLIPModel
-
     src, local = _resolve(str(src))
     offline = local or hub_offline()
-    try:
-        model = CLIPModel.from_pretrained(src, local_files_only=offline, weights_only=True)
-    except OSError as exc:
-        raise CheckpointError(
-            f"pretrained CLIP {src!r}: not found locally or in the HF cache ({str(exc).splitlines()[0]})"
-        ) from None
+    # a local folder's own files are all checked before transformers reads its weights
+    pre = read_preprocessing(Path(src), vision_image_size(check_hf_folder(Path(src)))) if local else None
+    model = _from_pretrained(src, offline, local)
     max_length = int(model.config.text_config.max_position_embeddings)
-    tokenizer: Union[Tokenizer, str]
-    if local and not any((Path(src) / f).is_file() for f in HF_TOKENIZER_FILES):
-        tokenizer = (f"{src}: Hugging Face CLIP directory without tokenizer files ({', '.join(HF_TOKENIZER_FILES)}); "
-                     "save the tokenizer there (tokenizer.save_pretrained) or feed token ids to encode_text")
-    else:
-        try:
-            tokenizer = Tokenizer(AutoTokenizer.from_pretrained(src, local_files_only=offline, use_fast=True),
-                                  max_length)
-        except OSError as exc:
-            raise CheckpointError(f"pretrained CLIP {src!r}: cannot load its tokenizer "
-                                  f"({str(exc).splitlines()[0]})") from None
-    size, mean, std = _preprocessing(src, offline, int(model.config.vision_config.image_size))
-    return PretrainedParts(model, tokenizer, size, mean, std)
+    tokenizer = _hf_tokenizer(src, local, offline, max_length)
+    if pre is None:
+        pre = read_preprocessing(_hub_settings_folder(src, offline), int(model.config.vision_config.image_size))
+    return PretrainedParts(model, tokenizer, *pre)
 
 
 @CLIP_WEIGHT_SOURCES.register("open_clip", help="open_clip:<ARCH>:<checkpoint .pt/.safetensors>, converted")
@@ -152,18 +217,9 @@ class PretrainedCLIP(VLModel):
     @classmethod
     def from_spec(cls, spec: Dict[str, Any], tokenizer_corpus: Optional[Iterable[str]] = None,
                   model_dir: Optional[Path] = None) -> "PretrainedCLIP":
-        from transformers import CLIPConfig, CLIPModel
-
         spec = copy.deepcopy(dict(spec))
         if model_dir is not None:
-            conf = CLIPConfig.from_pretrained(str(Path(model_dir) / CLIP_CONFIG_DIR), local_files_only=True)
-            model = CLIPModel(conf)
-            max_length = int(spec_get(spec, "tokenizer.max_length", 77))
-            tok_dir = Path(model_dir) / TOKENIZER_DIR
-            if not tok_dir.is_dir():  # saved from a checkpoint that had no tokenizer
-                return cls(spec, model, UnavailableTokenizer(f"{model_dir}: model directory saved without a tokenizer",
-                                                             max_length))
-            return cls(spec, model, Tokenizer.load(tok_dir, max_length))
+            return cls._from_model_dir(spec, Path(model_dir))
         src = spec.get("pretrained")
         if not src:
             raise SpecError(f"model spec {spec.get('name', '?')!r}: family clip-pretrained needs 'pretrained'")
@@ -183,6 +239,27 @@ class PretrainedCLIP(VLModel):
         elif tokenizer.max_length != int(tok["max_length"]):
             tokenizer = Tokenizer(tokenizer.hf, int(tok["max_length"]))
         return cls(spec, model, tokenizer)
+
+    @classmethod
+    def _from_model_dir(cls, spec: Dict[str, Any], model_dir: Path) -> "PretrainedCLIP":
+        """The architecture saved in ``model_dir/clip_config`` (checked like any Hugging Face config) and the
+        tokenizer saved in ``model_dir/tokenizer`` (a stand-in when the model was saved without one)."""
+        from transformers import CLIPConfig, CLIPModel
+
+        conf_dir = model_dir / CLIP_CONFIG_DIR
+        check_hf_config(conf_dir / "config.json")
+        try:
+            model = CLIPModel(CLIPConfig.from_pretrained(str(conf_dir), local_files_only=True))
+        except Exception as exc:  # a config of the right sizes transformers still refuses: the folder's fault
+            raise CheckpointError(f"{conf_dir / 'config.json'}: not a CLIP config transformers accepts "
+                                  f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''})"
+                                  ) from None
+        max_length = int(spec_get(spec, "tokenizer.max_length", 77))
+        tok_dir = model_dir / TOKENIZER_DIR
+        if not tok_dir.is_dir():  # saved from a checkpoint that had no tokenizer
+            return cls(spec, model, UnavailableTokenizer(f"{model_dir}: model directory saved without a tokenizer",
+                                                         max_length))
+        return cls(spec, model, Tokenizer.load(tok_dir, max_length))
 
     def save_extra(self, directory: Path) -> None:
         self.tokenizer.save(Path(directory) / TOKENIZER_DIR)

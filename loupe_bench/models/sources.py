@@ -22,7 +22,7 @@ factory (spec routes) and the model-directory format (:mod:`~loupe_bench.models.
 """
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -78,18 +78,21 @@ class ModelSource:
 
 
 def _read_config(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """The ``config.json`` object of folder ``path``; ``None`` when there is none. One that is there but not a
+    regular file, too large (:data:`~loupe_bench.utils.bounded.LIMITS` ``["config"]``), malformed or not an object
+    is a :class:`CheckpointError` naming it."""
+    from .untrusted import optional_config
+
+    return optional_config(path / CONFIG_FILE)
 
 
 def is_hf_clip_config(config: Optional[Dict[str, Any]]) -> bool:
-    """A transformers ``CLIPModel`` config: ``model_type == "clip"`` or ``"CLIPModel"`` in ``architectures``."""
-    if not config or "family" in config:
+    """A transformers ``CLIPModel`` config: ``model_type == "clip"`` or ``"CLIPModel"`` in ``architectures`` (a
+    list)."""
+    if not isinstance(config, dict) or "family" in config:
         return False
-    return config.get("model_type") == "clip" or "CLIPModel" in (config.get("architectures") or [])
+    archs = config.get("architectures")
+    return config.get("model_type") == "clip" or (isinstance(archs, list) and "CLIPModel" in archs)
 
 
 def _pretrained_clip(ref: str, name: str) -> nn.Module:
@@ -128,7 +131,7 @@ class HFClipDirectory(ModelSource):
 
     def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
         path = Path(ref).expanduser()
-        if not any((path / f).is_file() for f in HF_WEIGHT_FILES):
+        if not any(os.path.lexists(path / f) for f in HF_WEIGHT_FILES):  # a special file is refused when read
             raise CheckpointError(f"{path}: Hugging Face CLIP config without weights (expected one of "
                                   f"{', '.join(HF_WEIGHT_FILES)})")
         weights = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)

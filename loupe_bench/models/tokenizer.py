@@ -109,16 +109,22 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: Path, max_length: int) -> "Tokenizer":
-        """Load an HF-format tokenizer directory (offline; never ``trust_remote_code``)."""
+        """Load an HF-format tokenizer directory (offline; never ``trust_remote_code``). Every file in it must be a
+        regular file (a FIFO or a device is refused unopened); whatever transformers raises on its files is one
+        :class:`CheckpointError` line naming the directory."""
         from transformers import AutoTokenizer
+
+        from .untrusted import regular_files_of
 
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: tokenizer directory not found")
+        regular_files_of(directory)
         try:
             hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, use_fast=True)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{directory}: cannot load tokenizer ({exc})".splitlines()[0]) from None
+        except Exception as exc:  # malformed or partial tokenizer files: the directory's fault
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+            raise CheckpointError(f"{directory}: cannot load tokenizer ({type(exc).__name__}: {detail})") from None
         return cls(hf, max_length)
 
 

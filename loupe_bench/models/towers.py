@@ -97,27 +97,18 @@ def hub_offline() -> bool:
 
 
 def load_state_file(path: os.PathLike) -> Dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``).
+    """Read a state dict from ``.safetensors`` (header checked against the file first) or a ``torch.save`` file
+    (``weights_only=True``); see :mod:`~loupe_bench.models.untrusted`.
 
-    A ``.pth`` holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
+    A ``.pth`` holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped; every key must be a string and
+    every value a tensor. Any refusal is one :class:`CheckpointError` line naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from .untrusted import load_safetensors, load_torch_file, tensor_state
 
-        return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refused or corrupt file
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return obj
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return tensor_state(load_safetensors(path), path)
+    return tensor_state(load_torch_file(path), path)
 
 
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -265,6 +256,56 @@ class TimmImageTower(nn.Module):
         return ImageTowerOutput(pooled, tokens, grid)  # type: ignore[arg-type]
 
 
+def _text_model_from_config(src: Any) -> Any:
+    """A transformers model built (random weights) from the config of a local folder (its ``config.json`` sizes
+    checked first, :func:`~loupe_bench.models.hf_folder.check_hf_config`) or of a hub id in the HF cache; a config
+    transformers refuses is one line naming it."""
+    from transformers import AutoConfig, AutoModel
+
+    from .hf_folder import check_hf_config
+
+    folder = Path(src).expanduser()
+    if folder.is_dir():
+        check_hf_config(folder / "config.json")
+    ref = str(folder) if folder.is_dir() else str(src)
+    try:
+        conf = AutoConfig.from_pretrained(ref, local_files_only=True)
+        return AutoModel.from_config(conf, add_pooling_layer=False)
+    except Exception as exc:  # transformers on a user's config: any failure is the config's fault
+        raise CheckpointError(f"text tower config {ref}: not a text model config transformers accepts "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _pretrained_text_model(src: str) -> Any:
+    """A pretrained transformers text model from a local folder (checked first: regular files, config sizes,
+    safetensors headers) or, online, a hub id; any failure to read it is one line naming it."""
+    from transformers import AutoModel
+
+    local = Path(src).expanduser()
+    if not local.is_dir() and hub_offline():
+        raise CheckpointError(f"text tower {src!r}: not a local directory and HF_HUB_OFFLINE is set")
+    if local.is_dir():
+        from .hf_folder import check_hf_config
+        from .untrusted import check_safetensors, regular_files_of
+
+        regular_files_of(local)
+        check_hf_config(local / "config.json")
+        if (local / "model.safetensors").is_file():
+            check_safetensors(local / "model.safetensors")
+    try:
+        return AutoModel.from_pretrained(str(local) if local.is_dir() else src, add_pooling_layer=False,
+                                         local_files_only=local.is_dir(), weights_only=True)
+    except Exception as exc:  # transformers / torch on a user's files: any failure is the folder's fault
+        from .untrusted import torch_refusal
+
+        raise CheckpointError(f"text tower {src!r}: {torch_refusal(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
 @TEXT_TOWERS.register("bert", help="transformers BERT text tower (from a BertConfig or a local HF directory)")
 class BertTextTower(nn.Module):
     """A transformers BERT encoder; ``pooled`` is the last hidden state of ``[CLS]`` (position 0), or the masked
@@ -273,25 +314,15 @@ class BertTextTower(nn.Module):
     def __init__(self, cfg: TextTowerCfg, vocab_size: int, max_length: int, pad_id: int = 0,
                  load_pretrained: bool = True, config_dir: Optional[Path] = None):
         super().__init__()
-        from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+        from transformers import BertConfig, BertModel
 
         self.cfg = cfg
         if config_dir is not None:  # rebuilding a saved model: architecture only, weights follow
-            conf = AutoConfig.from_pretrained(str(config_dir), local_files_only=True)
-            self.model = AutoModel.from_config(conf, add_pooling_layer=False)
+            self.model = _text_model_from_config(config_dir)
         elif cfg.pretrained and load_pretrained:
-            src = cfg.pretrained
-            local = Path(src).expanduser()
-            if not local.is_dir() and hub_offline():
-                raise CheckpointError(f"text tower {src!r}: not a local directory and HF_HUB_OFFLINE is set")
-            try:
-                self.model = AutoModel.from_pretrained(str(local) if local.is_dir() else src,
-                                                       add_pooling_layer=False, local_files_only=local.is_dir())
-            except OSError as exc:
-                raise CheckpointError(f"text tower {src!r}: {exc}".splitlines()[0]) from None
+            self.model = _pretrained_text_model(cfg.pretrained)
         elif cfg.pretrained:
-            conf = AutoConfig.from_pretrained(cfg.pretrained, local_files_only=True)
-            self.model = AutoModel.from_config(conf, add_pooling_layer=False)
+            self.model = _text_model_from_config(cfg.pretrained)
         else:
             kw = dict(cfg.config)
             kw.setdefault("max_position_embeddings", max(512, max_length))
