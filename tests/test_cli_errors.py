@@ -131,3 +131,9 @@ def test_multi_line_messages_are_joined(monkeypatch, capsys):
 def test_exit_codes_documented():
     text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
     assert "LOUPE_BENCH_TRACEBACK" in text and cli_main.INTERNAL_ERROR == 3
+
+
+def test_nul_character_in_an_argument_is_one_line(capsys, tmp_path):
+    code, _, err = _run(["report", f"{tmp_path}\0x"], capsys)
+    _one_line(code, err)
+    assert "NUL" in err

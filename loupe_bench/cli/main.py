@@ -86,8 +86,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     unexpected exception is one line and exit 3 (its traceback with ``LOUPE_BENCH_TRACEBACK=1``)."""
     from ..errors import LoupeBenchError
 
+    args = sys.argv[1:] if argv is None else list(argv)
+    bad = next((a for a in args if "\0" in str(a)), None)
+    if bad is not None:  # no path or name holds a NUL; the OS would refuse it deep inside a command
+        click.echo(f"error: argument {_one_line(repr(str(bad)))[:200]} holds a NUL character", err=True)
+        sys.exit(2)
     try:
-        rv = cli.main(args=argv, prog_name="loupe-bench", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="loupe-bench", standalone_mode=False)
     except LoupeBenchError as exc:
         click.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
