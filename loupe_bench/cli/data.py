@@ -18,7 +18,8 @@ def data() -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed: identical files).")
 @click.option("--size", default="small", show_default=True, type=click.Choice(["tiny", "small", "medium"]))
-@click.option("--image-size", default=64, show_default=True, type=click.IntRange(min=32), help="Image side in pixels.")
+@click.option("--image-size", default=64, show_default=True, type=click.IntRange(min=32),
+              help="Image side in pixels (32 to 1024).")
 def synth_cmd(out: str, seed: int, size: str, image_size: int) -> None:
     """Write the synthetic fine-grained world (images, captions, phrases, boxes, refs, shards) to OUT."""
     import time

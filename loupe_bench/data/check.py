@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Tuple, Union
 from ..errors import DataError
 from ..registry import Registry
 from .formats import DATASETS
+from .formats.base import user_file
+from .formats.shards import expand_shards, is_remote_shard, shard_url
 
 PathLike = Union[str, os.PathLike]
 CHECK_FORMATS = ("auto", "synthetic", "karpathy", "coco", "refer", "voc", "flickr30k-entities", "webdataset", "csv", "hf",
@@ -23,11 +25,20 @@ DETECTORS = Registry("format detector")
 
 
 def _json_head(path: Path, n: int = 4096) -> str:
+    """The first ``n`` characters of a regular file ("" for anything else: a FIFO or device is never opened)."""
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        with open(user_file(path, None), "r", encoding="utf-8", errors="replace") as fh:
             return fh.read(n)
-    except OSError:
+    except (OSError, DataError):
         return ""
+
+
+def _refuse_remote(path: PathLike) -> None:
+    """``data check`` never fetches: a remote shard name, or a brace pattern naming one, is refused as unusable
+    input (:func:`~loupe_bench.data.formats.shards.shard_url`'s :class:`DataError`, naming the URL as given)."""
+    if "{" in str(path) or is_remote_shard(path):
+        for name in expand_shards(str(path)):
+            shard_url(name)
 
 
 DETECTORS.add("synthetic", lambda p: p.is_dir() and (p / "world.json").is_file())
@@ -48,25 +59,31 @@ _DETECT_ORDER = ("synthetic", "refer", "flickr30k-entities", "voc", "hf", "karpa
 
 def detect_format(path: PathLike) -> str:
     """Guess the format of ``path`` (a :class:`DataError` when nothing matches)."""
+    if is_remote_shard(path):
+        return "webdataset"
     p = Path(path)
-    if "{" not in str(p) and not p.exists():
-        raise DataError("no such file or folder", file=str(p))
+    if "{" not in str(path) and not p.exists():
+        raise DataError("no such file or folder", file=str(path))
     for name in _DETECT_ORDER:
         if DETECTORS.get(name)(p):
             return "karpathy" if name == "karpathy_like" else name
-    raise DataError("cannot tell the data format; pass --format", file=str(p))
+    raise DataError("cannot tell the data format; pass --format", file=str(path))
 
 
 def check_loader(fmt: str, path: PathLike, **options: Any) -> List[DataError]:
     """Run the loader registered as ``fmt`` on ``path`` with ``on_bad_sample="skip"`` (images verified unless
     ``verify_images=False``): every record it skipped as a :class:`~loupe_bench.errors.DataError`, then the fatal
-    error that stopped it, if any."""
+    error that stopped it, if any; a data set without a single record is one problem."""
     options.setdefault("verify_images", True)
     loader = DATASETS.get(fmt)(path, on_bad_sample="skip", **options)
     try:
-        loader.load()
+        recs = loader.load()
     except DataError as err:
         return list(loader.skipped) + [err]
+    if not (recs.images or recs.refs or recs.samples or loader.skipped):
+        split = options.get("split")
+        return [DataError(f"no records{'' if split is None else f' in split {split!r}'}: the data set is empty",
+                          file=str(path))]
     return list(loader.skipped)
 
 
@@ -110,10 +127,13 @@ def check_dataset(path: PathLike, fmt: str = "auto", **options: Any) -> List[Dat
         options: passed to the loader (e.g. ``image_root``).
 
     Raises:
-        DataError: the input is unusable as a whole (does not exist, format cannot be detected).
+        DataError: the input is unusable as a whole (does not exist, format cannot be detected, a URL or
+            ``pipe:`` shard name).
     """
     if fmt not in CHECK_FORMATS:
         raise DataError(f"unknown format {fmt!r}; known: {', '.join(CHECK_FORMATS)}", file=str(path))
+    if fmt in ("auto", "webdataset"):
+        _refuse_remote(path)
     if fmt == "auto":
         fmt = detect_format(path)
     elif "{" not in str(path) and not Path(path).exists():

@@ -14,6 +14,7 @@ from xml.sax.saxutils import escape
 from ..utils.io import atomic_write_text
 from .formats.karpathy import KarpathyLoader
 from .formats.coco import CocoLoader
+from .formats.base import user_bytes, user_file
 from .formats.voc import xywh_to_voc
 from .world import load_world
 
@@ -37,7 +38,7 @@ def write_voc(world_dir: PathLike, out: PathLike) -> Path:
             stem = Path(im.file_name).stem
             stems.append(stem)
             (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(im.path, out / "JPEGImages" / im.file_name)
+            shutil.copyfile(user_file(im.path, "image", "image file", stem), out / "JPEGImages" / im.file_name)
             objs = []
             for b in im.boxes:
                 x0, y0, x1, y1 = xywh_to_voc(*b.bbox)
@@ -99,7 +100,8 @@ def write_hf(world_dir: PathLike, out: PathLike) -> Path:
         rows = [im for im in recs.images if im.split == split]
         parts[split] = datasets.Dataset.from_dict(
             {
-                "image": [{"bytes": im.path.read_bytes(), "path": im.file_name} for im in rows],
+                "image": [{"bytes": user_bytes(im.path, "image", "image file", im.image_id), "path": im.file_name}
+                          for im in rows],
                 "image_id": [im.image_id for im in rows],
                 "file_name": [im.file_name for im in rows],
                 "captions": [[c.text for c in im.captions] for im in rows],

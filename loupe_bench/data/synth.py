@@ -22,6 +22,7 @@ keys, fixed tar metadata and JPEG quality 95, so two runs give byte-identical fo
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -76,6 +77,8 @@ HELDOUT_COMBOS: Tuple[Tuple[str, str], ...] = (
     ("purple", "cross"),
     ("cyan", "diamond"),
 )
+#: largest image side of the synthetic world (pixels)
+MAX_IMAGE_SIZE = 1024
 SIZES: Dict[str, Dict[str, int]] = {
     "tiny": {"train": 40, "val": 12, "test": 12, "comptest": 12},
     "small": {"train": 1800, "val": 200, "test": 300, "comptest": 200},
@@ -545,12 +548,26 @@ def _referring_expressions(scene: Scene, image_size: int) -> List[Tuple[int, Lis
 # writing
 # ----------------------------------------------------------------------------------------------------------------
 def _put(path: Path, data: bytes) -> None:
-    """Write a bulk file (temp + rename, no fsync; the metadata files written last are fsynced)."""
+    """Write a bulk file: temp + rename as :func:`~loupe_bench.utils.io.atomic_write_bytes` (the usual umask
+    permissions, the temp file named as that function names its own and removed when the write fails), without
+    its fsync: thousands of images are written, and the metadata files written last are fsynced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -990,15 +1007,17 @@ def generate_world(
         out: output folder (created; existing files of the same names are replaced).
         seed: random seed; same seed and options give byte-identical files.
         size: ``tiny``, ``small`` or ``medium`` (images per split in :data:`SIZES`).
-        image_size: square image side in pixels (>= 32).
+        image_size: square image side in pixels (32 to :data:`MAX_IMAGE_SIZE`).
         progress: show a rich progress bar.
         workers: processes that render images (default: up to 4 CPUs for ``small``/``medium``, 1 for ``tiny``).
             The output does not depend on it.
     """
     if size not in SIZES:
         raise SpecError(f"unknown world size {size!r}; known: {', '.join(SIZES)}")
-    if int(image_size) < 32:
-        raise SpecError(f"image size must be at least 32 pixels, got {image_size}")
+    if int(seed) < 0:
+        raise SpecError(f"seed must be a non-negative integer, got {seed}")
+    if not 32 <= int(image_size) <= MAX_IMAGE_SIZE:
+        raise SpecError(f"image size must be 32 to {MAX_IMAGE_SIZE} pixels, got {image_size}")
     image_size = int(image_size)
     out = Path(out)
     _prepare_out(out)

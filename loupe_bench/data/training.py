@@ -127,14 +127,18 @@ def _box_tuple(boxes: Optional[torch.Tensor]) -> Optional[Tuple[Tuple[float, flo
 
 
 def open_rgb(path: PathLike, record: Any = None):
-    """Open an image file as RGB (a :class:`DataError` naming the file when it is missing or unreadable)."""
+    """Open an image file as 8-bit RGB (:func:`~loupe_bench.data.formats.base.to_rgb`: 16-bit images scaled, not
+    clipped). Only a regular file within the image size limit is opened; a missing, oversized, non-regular or
+    unreadable file is a :class:`DataError` naming the file and record."""
     from PIL import Image
 
-    from .formats.base import image_errors
+    from .formats.base import image_errors, to_rgb, user_file
 
+    user_file(path, "image", "image file", record)
     with image_errors(path, record):
         with Image.open(path) as im:
-            return im.convert("RGB")
+            rgb = to_rgb(im, path, record)
+            return rgb.copy() if rgb is im else rgb  # decoded now: closing the file frees ``im``
 
 
 #: record count up to which :class:`PairDataset` keeps decoded images in memory by default
@@ -272,7 +276,7 @@ class ShardPairs(IterableDataset):
     def __iter__(self) -> Iterator[PairSample]:
         from PIL import Image
 
-        from .formats.base import check_bbox, image_size_from_bytes
+        from .formats.base import check_bbox, image_size_from_bytes, to_rgb
         from .formats.shards import IMAGE_EXTS, parse_sample_meta
 
         for pos, sample in enumerate(self._samples()):
@@ -282,9 +286,9 @@ class ShardPairs(IterableDataset):
                 ext = next((e for e in IMAGE_EXTS if e in parts), None)
                 if ext is None:
                     raise DataError("sample has no image member", file=url, record=key)
-                meta = parse_sample_meta(key, parts, Path(url))
+                meta = parse_sample_meta(key, parts, url)
                 image_size_from_bytes(parts[ext], file=url, record=key)  # decodes: any bad image is a DataError
-                img = Image.open(io.BytesIO(parts[ext])).convert("RGB")
+                img = to_rgb(Image.open(io.BytesIO(parts[ext])), url, key)
                 caps = meta["captions"]
                 phrases = meta.get("phrases") or [[] for _ in caps]
                 image_id = int(meta.get("image_id", key if str(key).isdigit() else pos))

@@ -12,7 +12,10 @@ TRAIN_RATIO = (0.9, 1.1)
 
 
 def _to_rgb(img):
-    return img.convert("RGB") if img.mode != "RGB" else img
+    """8-bit RGB; 16-bit images scaled, not clipped (:func:`~loupe_bench.data.formats.base.to_rgb`)."""
+    from .formats.base import to_rgb
+
+    return to_rgb(img, getattr(img, "filename", None) or "<image>")
 
 
 def crop_boxes(boxes: Tensor, width: float, height: float, left: float, top: float, crop_w: float,

@@ -29,18 +29,29 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import DataError, SpecError
 from ..specs import from_mapping
+from ..utils.bounded import LIMITS, regular_file
 from ..utils.io import sha256_file
 
 COSMETIC_KEYS = ("name", "description", "layout")
-#: loader option keys whose values are paths relative to --data-root
+#: loader option keys whose values are paths relative to --data-root (a string, or a list of strings)
 PATH_OPTIONS = ("image_root", "phrases", "shards", "instances")
+#: loader keywords only the command sets (which split, whether to verify, whether shards may be fetched or run):
+#: a spec file naming one is refused
+COMMAND_OPTIONS = ("allow_remote", "split", "on_bad_sample", "verify_images")
+#: largest K of ``options.ks`` (retrieval R@K) and ``options.recall_k``
+MAX_K = 1000
+#: largest ``image.resize`` side (pixels)
+MAX_IMAGE_SIDE = 4096
 CROPS = ("center", "none")
+#: ``scheme:`` prefix of a URL or a ``pipe:`` command: never a data path of a spec
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 @dataclass
@@ -103,17 +114,20 @@ class TaskSpec:
 
     def resolve_path(self, data_root: Optional[Path], rel: str, split: Optional[str] = None) -> Path:
         """``data_root / rel`` with ``{split}`` substituted (an absolute ``rel`` or no ``data_root``: ``rel``)."""
-        rel = rel.format(split=split) if split is not None and "{split}" in rel else rel
+        rel = rel.replace("{split}", split) if split is not None else rel
         p = Path(rel)
         return p if p.is_absolute() or data_root is None else Path(data_root) / p
 
     def loader_options(self, data_root: Optional[Path], split: Optional[str] = None) -> Dict[str, Any]:
         """The dataset's loader options with the path-valued ones (:data:`PATH_OPTIONS`) resolved against
-        ``data_root`` — what the task's loader, and ``data check --task``, read the data with."""
-        opts = dict(self.dataset.options)
+        ``data_root`` (a list entry by entry) — what the task's loader, and ``data check --task``, read the data
+        with. ``allow_remote`` never comes from a spec: only the command line may let shards be fetched."""
+        opts = {k: v for k, v in self.dataset.options.items() if k != "allow_remote"}
         for k in PATH_OPTIONS:
             if isinstance(opts.get(k), str):
                 opts[k] = str(self.resolve_path(data_root, opts[k], split))
+            elif isinstance(opts.get(k), list):
+                opts[k] = [str(self.resolve_path(data_root, str(v), split)) for v in opts[k]]
         return opts
 
     def layout_text(self) -> str:
@@ -122,7 +136,10 @@ class TaskSpec:
         if self.layout:
             return "; ".join(f"{path} ({what})" for path, what in self.layout.items())
         names = [self.dataset.path, *self.dataset.annotations]
-        names += [str(v) for k, v in self.dataset.options.items() if k in PATH_OPTIONS and isinstance(v, str)]
+        for k in PATH_OPTIONS:
+            value = self.dataset.options.get(k)
+            if isinstance(value, (str, list)):
+                names += [value] if isinstance(value, str) else [str(v) for v in value]
         return "; ".join(dict.fromkeys(names))
 
     def missing_data(self, path: Path, data_root: Optional[Path], what: str = "not found") -> DataError:
@@ -160,14 +177,14 @@ class TaskSpec:
         """``sha256`` of the normalised spec plus the sha256 of each annotation file (16 hex characters).
 
         Raises:
-            DataError: an annotation file is missing.
+            DataError: an annotation file is missing, not a regular file or too large.
         """
         parts = {"spec": self.normalised(), "files": []}
         for f in self.annotation_files(data_root):
             if f.is_dir():
                 digest = _dir_digest(f)
-            elif f.is_file():
-                digest = sha256_file(f)
+            elif f.exists():  # a regular file within the annotation limit: a FIFO or device is never read
+                digest = sha256_file(regular_file(f, what="annotation file", limit=LIMITS["annotation"]))
             else:
                 raise self.missing_data(f, data_root, "annotation file not found (needed for the protocol fingerprint)")
             parts["files"].append([f.name, digest])
@@ -213,27 +230,26 @@ def parse_task_spec(data: Dict[str, Any], source: Optional[str] = None) -> TaskS
     ann = ds.get("annotations", [])
     if isinstance(ann, str):
         ann = [ann]
+    options = ds.get("options") or {}
+    if not isinstance(options, dict) or not isinstance(ann, list):
+        raise SpecError(f"{where}: dataset.options must be a mapping and dataset.annotations a list of paths")
     dataset = DatasetConfig(
         name=str(ds.get("name", ds.get("format", ""))),
         format=str(_require(ds, "format", f"{where}: dataset")),
         path=str(_require(ds, "path", f"{where}: dataset")),
-        options=dict(ds.get("options") or {}),
+        options=dict(options),
         annotations=[str(a) for a in ann],
     )
-    splits = data.get("splits", data.get("split"))
-    if splits is None:
-        raise SpecError(f"{where}: missing field 'splits'")
-    if isinstance(splits, str):
-        splits = [splits]
-    image_cfg = from_mapping(ImageConfig, data.get("image"), str(where), "image")
-    if image_cfg.crop not in CROPS:
-        raise SpecError(f"{where}: image.crop must be one of {', '.join(CROPS)}, got {image_cfg.crop!r}")
+    _check_dataset_options(dataset, where)
+    splits = _splits(data, where)
+    image_cfg = _image_config(data.get("image"), where)
     boot_cfg = from_mapping(BootstrapConfig, data.get("bootstrap"), str(where), "bootstrap")
     if boot_cfg.n_resamples < 0 or not 0 < boot_cfg.alpha < 1:
         raise SpecError(f"{where}: bootstrap needs n_resamples >= 0 and 0 < alpha < 1")
     metrics = data.get("metrics") or []
     if not isinstance(metrics, list) or not metrics:
         raise SpecError(f"{where}: metrics must be a non-empty list")
+    _check_ks(data.get("options") or {}, where)
     spec = TaskSpec(
         name=str(_require(data, "name", where)),
         type=str(_require(data, "type", where)),
@@ -250,6 +266,74 @@ def parse_task_spec(data: Dict[str, Any], source: Optional[str] = None) -> TaskS
         source=source,
     )
     return spec
+
+
+def _splits(data: Dict[str, Any], where: str) -> List[str]:
+    """``splits``: a non-empty list of distinct split names (a result is written per split); ``split``: one name."""
+    raw = data.get("splits", data.get("split"))
+    if raw is None:
+        raise SpecError(f"{where}: missing field 'splits'")
+    splits = [raw] if isinstance(raw, str) and "splits" not in data else raw
+    if (not isinstance(splits, list) or not splits or not all(isinstance(s, str) and s.strip() for s in splits)
+            or len(set(splits)) != len(splits)):
+        raise SpecError(f"{where}: splits must be a non-empty list of distinct split names, got {raw!r}")
+    return splits
+
+
+def _image_config(raw: Any, where: str) -> ImageConfig:
+    """``image``: ``resize`` is ``model`` or a side of 1 to :data:`MAX_IMAGE_SIDE` pixels, ``crop`` one of
+    :data:`CROPS`."""
+    cfg = from_mapping(ImageConfig, raw, str(where), "image")
+    if cfg.crop not in CROPS:
+        raise SpecError(f"{where}: image.crop must be one of {', '.join(CROPS)}, got {cfg.crop!r}")
+    side = cfg.resize
+    if side not in (None, "model") and not (isinstance(side, int) and not isinstance(side, bool)
+                                            and 1 <= side <= MAX_IMAGE_SIDE):
+        raise SpecError(f"{where}: image.resize must be 'model' or a side of 1 to {MAX_IMAGE_SIDE} pixels, "
+                        f"got {side!r}")
+    return cfg
+
+
+def _check_ks(options: Any, where: str) -> None:
+    """``options.ks`` (retrieval R@K): a non-empty list of distinct whole numbers in ``1..MAX_K``;
+    ``options.recall_k``: one such number."""
+    if not isinstance(options, dict):
+        return  # the adapter's options check reports it
+
+    def is_k(k: Any) -> bool:
+        return isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_K
+
+    ks = options.get("ks", [1])
+    if not isinstance(ks, (list, tuple)) or not ks or not all(is_k(k) for k in ks) or len(set(ks)) != len(ks):
+        raise SpecError(f"{where}: options.ks must be a non-empty list of distinct whole numbers from 1 to {MAX_K}, "
+                        f"got {ks!r}")
+    if "recall_k" in options and not is_k(options["recall_k"]):
+        raise SpecError(f"{where}: options.recall_k must be a whole number from 1 to {MAX_K}, "
+                        f"got {options['recall_k']!r}")
+
+
+def _check_dataset_options(ds: DatasetConfig, where: str) -> None:
+    """The dataset's data paths are local paths under --data-root: a URL or ``pipe:`` name is refused, as is a
+    loader keyword only the command sets (:data:`COMMAND_OPTIONS`) — a spec file never lets the loader fetch or
+    run anything (only ``--allow-remote-shards`` on the command line can)."""
+    for key in COMMAND_OPTIONS:
+        if key in ds.options:
+            why = "only --allow-remote-shards on the command line" if key == "allow_remote" else "the command"
+            raise SpecError(f"{where}: dataset.options.{key} is not allowed in a task spec ({why} sets it)")
+    named = [("dataset.path", ds.path)] + [("dataset.annotations", a) for a in ds.annotations]
+    for key in PATH_OPTIONS:
+        value = ds.options.get(key)
+        if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
+            raise SpecError(f"{where}: dataset.options.{key} must be a path or a list of paths (strings)")
+        named += [(f"dataset.options.{key}", v) for v in (value if isinstance(value, list) else [value])
+                  if isinstance(v, str)]
+    for name, value in named:
+        if _SCHEME.match(value):
+            raise SpecError(f"{where}: {name} {value!r} is a URL or command, not a path under --data-root (a task "
+                            "spec names local files only)")
+        if PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
+            raise SpecError(f"{where}: {name} {value!r} leaves --data-root (an absolute path or '..'); a task spec "
+                            "names paths under it")
 
 
 def _layout(raw: Any, where: str) -> Dict[str, str]:

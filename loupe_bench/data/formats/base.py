@@ -10,6 +10,7 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 
 from ...errors import DataError, SpecError
 from ...registry import Registry
+from ...utils.bounded import LIMITS, read_bytes, regular_file
 from ..records import BBox, DatasetRecords
 
 DATASETS = Registry("dataset")
@@ -49,6 +50,7 @@ class Loader:
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise SpecError(f"on_bad_sample must be one of {', '.join(ON_BAD_SAMPLE)}, got {on_bad_sample!r}")
         self.path = Path(path) if not isinstance(path, Path) else path
+        self.path_text = str(path)  # as given: a URL keeps its ``//`` (``Path`` would fold it)
         self.split = split
         self.on_bad_sample = on_bad_sample
         self.verify_images = verify_images
@@ -94,11 +96,77 @@ def image_size(path: PathLike, record: Any = None) -> Tuple[int, int]:
     Raises:
         DataError: the file is missing, unreadable or truncated (names the image file and the record).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("image file not found", file=str(path), record=record)
-    with open(path, "rb") as fh:
-        return image_size_from_bytes(fh.read(), file=path, record=record)
+    data = user_bytes(path, "image", "image file", record)
+    return image_size_from_bytes(data, file=path, record=record)
+
+
+# -- files from a user's folder ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _with_record(record: Any):
+    """Add ``record`` to a :class:`DataError` raised inside that names none."""
+    try:
+        yield
+    except DataError as err:
+        if record is None or err.record is not None:
+            raise
+        raise DataError(err.message, file=err.file, record=record) from None
+
+
+def user_file(path: PathLike, kind: Optional[str], what: str = "file", record: Any = None) -> Path:
+    """``path`` when it is a regular file (symlinks followed) within ``LIMITS[kind]`` bytes (``kind`` None: any
+    size); a FIFO, device, socket or folder is refused from ``stat`` alone, never opened. Every file a loader reads
+    from a user's folder passes here (or :func:`user_bytes` / :func:`user_text`) first.
+
+    Raises:
+        DataError: naming the file and ``record``.
+    """
+    with _with_record(record):
+        return regular_file(path, what=what, limit=None if kind is None else LIMITS[kind])
+
+
+def user_bytes(path: PathLike, kind: str = "annotation", what: str = "file", record: Any = None) -> bytes:
+    """The bytes of a regular file within ``LIMITS[kind]`` (:func:`user_file`'s rule)."""
+    with _with_record(record):
+        return read_bytes(path, kind=kind, what=what)
+
+
+def user_text(path: PathLike, kind: str = "annotation", what: str = "file", record: Any = None) -> str:
+    """The UTF-8 text of a regular file within ``LIMITS[kind]`` (:func:`user_file`'s rule)."""
+    data = user_bytes(path, kind, what, record)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path),
+                        record=record) from None
+
+
+def to_rgb(img: Any, file: PathLike = "<image>", record: Any = None) -> Any:
+    """``img`` as an 8-bit RGB PIL image, high bit depths scaled rather than clipped.
+
+    16-bit grey (``I;16*``, or ``I`` holding values in ``0..65535`` as PIL gives for 16-bit PNG) is mapped
+    ``v -> round(v * 255 / 65535)``; an ``I`` image with values outside ``0..65535`` and a floating-point (``F``)
+    image have no agreed 8-bit meaning and are refused. Every other mode goes through PIL's ``convert``.
+
+    Raises:
+        DataError: naming the file and record.
+    """
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode == "F":
+        raise DataError("floating-point image (mode F) has no 8-bit meaning; convert it to 8 or 16 bit",
+                        file=str(file), record=record)
+    if not (img.mode == "I" or img.mode.startswith("I;16")):
+        return img.convert("RGB")
+    import numpy as np
+
+    arr = np.asarray(img).astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DataError(f"{img.mode} image holds values outside 0..65535; not an image of 16 bits or fewer",
+                        file=str(file), record=record)
+    grey = ((arr * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")  # uint8 [H, W]: mode L
 
 
 @contextlib.contextmanager
@@ -127,6 +195,7 @@ def check_image_header(path: PathLike, record: Any = None, full: bool = False) -
     also decoded completely. Raises :class:`DataError` naming the file and record."""
     from PIL import Image
 
+    user_file(path, "image", "image file", record)
     with image_errors(path, record):
         with Image.open(path) as im:
             fmt = im.format
@@ -248,12 +317,7 @@ def read_xml(path: PathLike, record: Any = None):
     from xml.parsers import expat
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", file=str(path), record=record) from None
-    except OSError as exc:
-        raise DataError(f"unreadable file ({exc.strerror or type(exc).__name__})", file=str(path), record=record) from None
+    data = user_bytes(path, "annotation", "file", record)
 
     def refuse(*_: Any) -> None:
         raise DataError("XML with a document type declaration (DTD) is refused (entities are never expanded)",

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...errors import DataError
 from ..records import BBox, BoxAnnotation, Caption, DatasetRecords, ImageRecord, Phrase, tokenize
-from .base import DATASETS, Loader, as_int, check_bbox, check_caption, image_size, read_xml
+from .base import DATASETS, Loader, as_int, check_bbox, check_caption, image_size, read_xml, user_file, user_text
 from .voc import _num, voc_to_xywh
 
 #: the phrase types of the official release, in category order (category id = index + 1)
@@ -102,11 +102,9 @@ def parse_entity_sentence(line: str) -> Tuple[str, List[EntitySpan]]:
 
 
 def _read_lines(path: Path, record: Any) -> List[str]:
-    """The lines of a UTF-8 text file (a :class:`DataError` naming the file when it is not UTF-8)."""
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path), record=record) from None
+    """The lines of a UTF-8 text file: a regular file within the annotation size limit (a :class:`DataError`
+    naming the file otherwise, or when it is not UTF-8)."""
+    return user_text(path, record=record).splitlines()
 
 
 @DATASETS.register("flickr30k-entities")
@@ -147,7 +145,7 @@ class Flickr30kEntitiesLoader(Loader):
             return [str(t) for t in opt]
         txt = self.path / "types.txt"
         if txt.is_file():
-            return [ln.strip() for ln in txt.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            return [ln.strip() for ln in _read_lines(txt, None) if ln.strip()]
         return list(ENTITY_TYPES)
 
     def _split_files(self) -> List[Tuple[str, Path]]:
@@ -211,9 +209,10 @@ class Flickr30kEntitiesLoader(Loader):
         image_id = int(stem)
         sent_file, xml_file = self._sent_dir / f"{stem}.txt", self._ann_dir / f"{stem}.xml"
         for f in (xml_file, sent_file):
-            if not f.is_file():
+            if not f.exists():
                 raise DataError(f"missing file for the image listed in {split_file.name} line {lineno}", file=str(f),
                                 record=f"image {stem}")
+            user_file(f, "annotation", record=f"image {stem}")  # a FIFO or device is refused, never read
         width, height, order, flags = self._annotations(xml_file)
         boxes: Dict[int, List[BBox]] = {}
         for eid, box in order:

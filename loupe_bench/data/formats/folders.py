@@ -8,7 +8,7 @@ from typing import Dict, List
 from ...errors import DataError
 from ...utils.io import read_json
 from ..records import ClassificationSample, DatasetRecords
-from .base import DATASETS, Loader, image_size
+from .base import DATASETS, Loader, image_size, user_text
 from .coco import CocoLoader
 from .karpathy import KarpathyLoader
 from .refer import ReferLoader
@@ -33,11 +33,11 @@ class ImageFolderLoader(Loader):
         if not root.is_dir():
             raise DataError("not a folder", file=str(root))
         names_file = root / "classnames.txt"
-        if not names_file.is_file() and (root.parent / "classnames.txt").is_file():
+        if not names_file.exists() and (root.parent / "classnames.txt").exists():
             names_file = root.parent / "classnames.txt"
         subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-        if names_file.is_file():
-            classnames = [ln.strip() for ln in names_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if names_file.exists():  # read only when regular: a FIFO or device is refused
+            classnames = [ln.strip() for ln in user_text(names_file).splitlines() if ln.strip()]
         else:
             classnames = []
         if self.split is not None:

@@ -9,11 +9,11 @@ import io
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ...errors import DataError
 from ..records import DatasetRecords, RefRecord
-from .base import DATASETS, Loader, as_int, check_caption, require
+from .base import DATASETS, Loader, as_int, check_caption, require, user_bytes
 from .coco import default_image_root, parse_instances
 
 SPLIT_BYS = ("unc", "umd", "google")
@@ -29,10 +29,7 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def read_refs_pickle(path: Path) -> List[Dict[str, Any]]:
     """Read a refs pickle safely (Python 3; ``latin1`` fallback for Python-2 byte strings)."""
-    try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", file=str(path)) from None
+    blob = user_bytes(path)
     last: Optional[Exception] = None
     for encoding in ("ASCII", "latin1"):
         try:
@@ -58,6 +55,24 @@ def split_matches(wanted: str, split: str) -> bool:
 
 def _decode(v: Any) -> Any:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+
+def _claim_ids(ref_id: int, sents: Any, seen: Dict[str, Dict[int, int]], idx: int, path: Path, rec: str) -> None:
+    """Record ``ref_id`` and the sentence ids of the ref at list position ``idx`` as taken (whatever the split);
+    an id that an earlier ref (or an earlier sentence of this one) holds is a :class:`DataError` naming both
+    positions. Every ref and every sentence is one query of the metric and one unit of its bootstrap, so a
+    repeated one would count twice and narrow the interval."""
+    sids = []
+    for k, s in enumerate(sents if isinstance(sents, list) else []):
+        s = {_decode(a): b for a, b in s.items()} if isinstance(s, dict) else {}
+        if "sent_id" in s:
+            sids.append(as_int(s["sent_id"], "sent_id", path, f"{rec} sentence {k}"))
+    for what, ids in (("ref_id", [ref_id]), ("sent_id", sids)):
+        for i in ids:
+            if i in seen[what]:
+                raise DataError(f"duplicate {what} {i} (refs list entries {seen[what][i]} and {idx})",
+                                file=str(path), record=rec)
+            seen[what][i] = idx
 
 
 @DATASETS.register("refer")
@@ -102,9 +117,10 @@ class ReferLoader(Loader):
         images = {r.image_id: r for r in out.images}
         anns = {b.ann_id: b for r in out.images for b in r.boxes}
         raw = read_refs_pickle(refs_path)
+        seen: Dict[str, Dict[int, int]] = {"ref_id": {}, "sent_id": {}}
         for idx, ref in enumerate(raw):
             rec = f"ref {ref.get('ref_id', '#' + str(idx)) if isinstance(ref, dict) else '#' + str(idx)}"
-            ok, r = self.guard(lambda: self._ref(ref, rec, refs_path, images, anns))
+            ok, r = self.guard(lambda: self._ref(ref, rec, refs_path, images, anns, (seen, idx)))
             if ok and r is not None:
                 out.refs.append(r)
         keep = {r.image_id for r in out.refs}
@@ -112,11 +128,13 @@ class ReferLoader(Loader):
             out.images = [im for im in out.images if im.image_id in keep]
         return out
 
-    def _ref(self, ref: Any, rec: str, path: Path, images, anns) -> Optional[RefRecord]:
+    def _ref(self, ref: Any, rec: str, path: Path, images, anns, seen: Tuple[Dict[str, Dict[int, int]], int]
+             ) -> Optional[RefRecord]:
         if not isinstance(ref, dict):
             raise DataError("ref is not a dict", file=str(path), record=rec)
         ref = {_decode(k): v for k, v in ref.items()}
         ref_id = as_int(require(ref, "ref_id", path, rec), "ref_id", path, rec)
+        _claim_ids(ref_id, ref.get("sentences"), *seen, path, rec)
         split = self.check_split(_decode(require(ref, "split", path, rec)), path, rec)
         if self.split is not None and not split_matches(self.split, split):
             return None

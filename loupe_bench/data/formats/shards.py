@@ -2,29 +2,36 @@
 or ``<key>.txt`` (one caption). Local paths, folders of ``*.tar`` and brace patterns (``train-{000000..000003}.tar``)."""
 from __future__ import annotations
 
-import json
 import re
 import tarfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from ...errors import DataError
+from ...utils.bounded import LIMITS, json_load
 from ..records import Caption, DatasetRecords, ImageRecord, tokenize
-from .base import DATASETS, Loader, as_int, check_caption, image_size_from_bytes
+from .base import DATASETS, Loader, as_int, check_caption, image_size_from_bytes, user_file
 from .karpathy import KARPATHY_SPLITS, parse_phrases
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
-def expand_shards(spec: Any) -> List[Path]:
-    """Shard list from a file, a folder (its ``*.tar``, sorted), a brace pattern or a list of those."""
+def expand_shards(spec: Any) -> List[Union[Path, str]]:
+    """Shard list from a file, a folder (its ``*.tar``, sorted), a brace pattern or a list of those.
+
+    Local names become :class:`~pathlib.Path`; a remote name (:func:`is_remote_shard`) stays the string it was
+    given, so a URL keeps its ``//`` (whether it may be opened is :func:`shard_url`'s decision)."""
     if isinstance(spec, (list, tuple)):
         return [p for s in spec for p in expand_shards(s)]
     text = str(spec)
     if "{" in text:
         from braceexpand import braceexpand
 
-        return [Path(p) for p in braceexpand(text)]
+        if _brace_size(text) > MAX_SHARDS:  # braceexpand builds the whole list first
+            raise DataError(f"brace pattern expands to more than {MAX_SHARDS:,} shard names", file=text)
+        return [_shard_name(p) for p in braceexpand(text)]
+    if is_remote_shard(text):
+        return [text]
     path = Path(text)
     if path.is_dir():
         found = sorted(path.glob("*.tar"))
@@ -36,6 +43,40 @@ def expand_shards(spec: Any) -> List[Path]:
 
 #: ``scheme:`` prefixes webdataset opens itself (``pipe:`` runs a shell command); see :func:`shard_url`
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+#: most shard names one brace pattern may name
+MAX_SHARDS = 100_000
+_BRACE_RANGE = re.compile(r"\{(-?\w+)\.\.(-?\w+)(?:\.\.(-?\d+))?\}")
+
+
+def _brace_size(text: str) -> int:
+    """An upper bound of the names a brace pattern expands to: the product of its groups' sizes (a range's length,
+    a list's item count), counted without expanding anything."""
+    total = 1
+    for m in _BRACE_RANGE.finditer(text):
+        total = min(total * _range_size(*m.groups()), MAX_SHARDS + 1)
+    items: List[int] = []
+    for ch in _BRACE_RANGE.sub("", text):
+        if ch == "{":
+            items.append(1)
+        elif ch == "," and items:
+            items[-1] += 1
+        elif ch == "}" and items:
+            total = min(total * items.pop(), MAX_SHARDS + 1)
+    return total
+
+
+def _range_size(first: str, last: str, step: Optional[str]) -> int:
+    if any(len(v or "") > 18 for v in (first, last, step)):
+        return MAX_SHARDS + 1
+    if first.lstrip("-").isdigit() and last.lstrip("-").isdigit():
+        return abs(int(last) - int(first)) // max(1, abs(int(step or 1))) + 1
+    return abs(ord(last[-1]) - ord(first[0])) + 1
+
+
+def _shard_name(text: str) -> Union[Path, str]:
+    return text if is_remote_shard(text) else Path(text)
 
 
 def is_remote_shard(name: Any) -> bool:
@@ -54,20 +95,36 @@ def shard_url(name: Any, allow_remote: bool = False) -> str:
     read as ``pipe:``); a remote name only when ``allow_remote`` (else a :class:`DataError`)."""
     if is_remote_shard(name):
         if not allow_remote:
-            raise DataError("shard name is a URL or pipe: command; refusing to open it (pass --allow-remote-shards "
-                            "to let webdataset fetch it)", file=str(name))
+            raise DataError("shard name is a URL or pipe: command; refusing to open it (only `train "
+                            "--allow-remote-shards` lets webdataset fetch one)", file=str(name))
         return str(name)
     return str(Path(str(name)).resolve())
 
 
+#: compressed shards by suffix; anything else is read as a plain tar (never probed with every decompressor: xz
+#: would scan gigabytes of zeros)
+_TAR_MODES = {".gz": "r:gz", ".tgz": "r:gz", ".bz2": "r:bz2", ".xz": "r:xz"}
+
+
 def _open_tar(shard: Any, allow_remote: bool) -> tarfile.TarFile:
-    """A local shard with :mod:`tarfile` by path; a remote one (opt-in only) as a stream from webdataset's opener."""
+    """A local shard with :mod:`tarfile` by path, only when it is a regular file (a FIFO or a link to a device is
+    refused, never opened); a remote one (opt-in only) as a stream from webdataset's opener."""
     if is_remote_shard(shard):
         url = shard_url(shard, allow_remote)  # raises unless allowed
         from webdataset.gopen import gopen
 
         return tarfile.open(fileobj=gopen(url, "rb"), mode="r|*")
-    return tarfile.open(Path(str(shard)), mode="r")
+    path = user_file(str(shard), None, "shard")
+    return tarfile.open(path, mode=_TAR_MODES.get(path.suffix.lower(), "r:"))
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: Any) -> bytes:
+    """A member's bytes, refused from its header when it is larger than an image may be."""
+    if member.size > LIMITS["image"]:
+        raise DataError(f"member {member.name} is {member.size:,} bytes, above the limit of {LIMITS['image']:,}",
+                        file=str(shard))
+    fh = tar.extractfile(member)
+    return fh.read() if fh is not None else b""
 
 
 def iter_tar_samples(shard: Any, allow_remote: bool = False) -> Iterator[Tuple[str, Dict[str, bytes]]]:
@@ -83,35 +140,53 @@ def iter_tar_samples(shard: Any, allow_remote: bool = False) -> Iterator[Tuple[s
     with tar:
         current: Optional[str] = None
         parts: Dict[str, bytes] = {}
+        done = set()
         try:
             for member in tar:
-                if not member.isfile():
+                named = _member_key(member, shard)
+                if named is None:
                     continue
-                base = member.name.rsplit("/", 1)[-1]
-                if "." not in base or base.startswith("."):
-                    continue
-                prefix = member.name[: len(member.name) - len(base)]
-                stem, ext = base.split(".", 1)
-                key = prefix + stem
+                key, ext = named
                 if current is not None and key != current:
                     yield current, parts
+                    done.add(current)
                     parts = {}
+                if key in done or ext in parts:
+                    raise DataError(f"member {member.name} repeats a sample key of the shard", file=str(shard),
+                                    record=key)
                 current = key
-                fh = tar.extractfile(member)
-                parts[ext.lower()] = fh.read() if fh is not None else b""
+                parts[ext] = _member_bytes(tar, member, shard)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataError(f"truncated or corrupt tar shard ({exc})", file=str(shard)) from None
         if current is not None:
             yield current, parts
 
 
-def parse_sample_meta(key: str, parts: Dict[str, bytes], shard: Path) -> Dict[str, Any]:
+def _member_key(member: tarfile.TarInfo, shard: Any) -> Optional[Tuple[str, str]]:
+    """``(key, extension)`` of a file member (the path up to the first dot of its base name, webdataset's rule);
+    ``None`` for links, folders and names without an extension. A name that is absolute or climbs out with ``..``
+    is a :class:`DataError`: no sample may claim a path outside the shard."""
+    if not member.isfile():
+        return None
+    name = member.name
+    if name.startswith("/") or ".." in name.split("/"):
+        raise DataError(f"member name {name!r} is absolute or leaves the shard ('..')", file=str(shard))
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base or base.startswith("."):
+        return None
+    stem, ext = base.split(".", 1)
+    return name[: len(name) - len(base)] + stem, ext.lower()
+
+
+def parse_sample_meta(key: str, parts: Dict[str, bytes], shard: Any) -> Dict[str, Any]:
     """Captions (and phrases, image id, split) of one sample; raises :class:`DataError` when it has no caption."""
     if "json" in parts:
         try:
-            meta = json.loads(parts["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            meta = json_load(parts["json"].decode("utf-8"), str(shard))  # bounded nesting, finite numbers
+        except UnicodeDecodeError as exc:
             raise DataError(f"malformed JSON member ({exc})", file=str(shard), record=key) from None
+        except DataError as err:
+            raise DataError(f"JSON member: {err.message}", file=str(shard), record=key) from None
         if not isinstance(meta, dict):
             raise DataError("JSON member is not an object", file=str(shard), record=key)
         caps = meta.get("captions")
@@ -141,27 +216,35 @@ class WebDatasetLoader(Loader):
     known_splits = KARPATHY_SPLITS
 
     def _load(self) -> DatasetRecords:
-        shards = expand_shards(self.options.get("shards") or self.path)
+        shards = expand_shards(self.options.get("shards") or self.path_text)
         if self.split is not None and self.path.is_dir():
             shards = [s for s in shards if s.name.startswith(f"{self.split}-")]
-        out = DatasetRecords(name=self.name, source=str(self.path))
+        out = DatasetRecords(name=self.name, source=self.path_text)
         next_sid = 0
         allow_remote = bool(self.options.get("allow_remote", False))
         for shard in shards:
             if is_remote_shard(shard):
                 shard_url(shard, allow_remote)  # refused (fatal) unless the user opted in
-            elif not shard.is_file():
-                self.bad(DataError("shard not found", file=str(shard)))
+            elif not self.guard(lambda: user_file(shard, None, "shard"))[0]:
                 continue
             try:
-                for key, parts in iter_tar_samples(shard, allow_remote):
-                    ok, rec = self.guard(lambda: self._sample(key, parts, shard, next_sid))
-                    if ok and rec is not None:
-                        out.images.append(rec)
-                        next_sid = max(next_sid, max(c.sent_id for c in rec.captions) + 1)
+                next_sid = self._read_shard(shard, allow_remote, out, next_sid)
             except DataError as err:
                 self.bad(err)
         return out
+
+    def _read_shard(self, shard: Any, allow_remote: bool, out: DatasetRecords, next_sid: int) -> int:
+        """Append the shard's records to ``out``; the next free sentence id. A shard without any sample (empty,
+        all zeros) is a :class:`DataError`."""
+        count = 0
+        for count, (key, parts) in enumerate(iter_tar_samples(shard, allow_remote), start=1):
+            ok, rec = self.guard(lambda: self._sample(key, parts, shard, next_sid))
+            if ok and rec is not None:
+                out.images.append(rec)
+                next_sid = max(next_sid, max(c.sent_id for c in rec.captions) + 1)
+        if count == 0:
+            raise DataError("shard holds no sample (an empty or all-zero tar)", file=str(shard))
+        return next_sid
 
     def _sample(self, key: str, parts: Dict[str, bytes], shard: Path, next_sid: int) -> Optional[ImageRecord]:
         ext = next((e for e in IMAGE_EXTS if e in parts), None)

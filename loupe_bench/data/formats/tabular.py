@@ -3,13 +3,14 @@ name when online)."""
 from __future__ import annotations
 
 import csv
+import io
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ...errors import DataError
 from ..records import Caption, DatasetRecords, ImageRecord, tokenize
-from .base import DATASETS, Loader, as_int, check_caption, image_size, image_size_from_bytes
+from .base import DATASETS, Loader, as_int, check_caption, image_size, image_size_from_bytes, user_text
 from .karpathy import KARPATHY_SPLITS
 
 
@@ -33,14 +34,13 @@ class CsvLoader(Loader):
         root = Path(self.options.get("image_root") or path.parent)
         img_key = self.options.get("img_key", "filepath")
         cap_key = self.options.get("caption_key", "caption")
+        text = user_text(path)
         try:
-            with open(path, "r", encoding="utf-8", newline="") as fh:
-                rows = list(csv.DictReader(fh, delimiter=self.options.get("delimiter", ",")))
-        except FileNotFoundError:
-            raise DataError("file not found", file=str(path)) from None
-        except (UnicodeDecodeError, csv.Error) as exc:
+            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=self.options.get("delimiter", ","))
+            rows = list(reader)
+        except csv.Error as exc:
             raise DataError(f"malformed CSV ({exc})", file=str(path)) from None
-        if rows and (img_key not in rows[0] or cap_key not in rows[0]):
+        if img_key not in (reader.fieldnames or ()) or cap_key not in (reader.fieldnames or ()):
             raise DataError(f"CSV header must name columns {img_key!r} and {cap_key!r}", file=str(path))
         groups: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
         bad_images = set()

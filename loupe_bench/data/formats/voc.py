@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ...errors import DataError
 from ..records import BoxAnnotation, DatasetRecords, ImageRecord
-from .base import DATASETS, Loader, check_bbox, image_size
+from .base import DATASETS, Loader, check_bbox, image_size, read_xml, user_text
 
 VOC_CLASSES: Tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -56,7 +56,7 @@ class VocLoader(Loader):
             return list(opt)
         txt = self.path / "classnames.txt"
         if txt.is_file():
-            return [ln.strip() for ln in txt.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            return [ln.strip() for ln in user_text(txt).splitlines() if ln.strip()]
         return list(VOC_CLASSES)
 
     def _split_ids(self) -> Dict[str, str]:
@@ -65,7 +65,7 @@ class VocLoader(Loader):
         for f in sorted(sets.glob("*.txt")) if sets.is_dir() else []:
             if "_" in f.stem:  # per-class lists such as cat_train.txt
                 continue
-            for ln in f.read_text(encoding="utf-8").splitlines():
+            for ln in user_text(f).splitlines():
                 if ln.strip():
                     out.setdefault(ln.split()[0], f.stem)
         return out
@@ -81,7 +81,7 @@ class VocLoader(Loader):
             wanted = self.path / "ImageSets" / "Main" / f"{self.split}.txt"
             if not wanted.is_file():
                 raise DataError(f"no image set for split {self.split!r}", file=str(wanted))
-            lines = wanted.read_text(encoding="utf-8").splitlines()
+            lines = user_text(wanted).splitlines()
             splits = {ln.split()[0]: self.split for ln in lines if ln.strip()}
         files = sorted(ann_dir.glob("*.xml"))
         out = DatasetRecords(name=self.name, source=str(self.path), categories={i: c for c, i in cat_ids.items()})
@@ -99,10 +99,7 @@ class VocLoader(Loader):
         return out
 
     def _one(self, xml: Path, image_id: int, split: Optional[str], cat_ids: Dict[str, int], ann_base: int) -> ImageRecord:
-        try:
-            root = ET.parse(xml).getroot()
-        except ET.ParseError as exc:
-            raise DataError(f"malformed XML ({exc})", file=str(xml)) from None
+        root = read_xml(xml)
         fname = (root.findtext("filename") or f"{xml.stem}.jpg").strip()
         ipath = self.path / "JPEGImages" / fname
         size = root.find("size")
