@@ -24,9 +24,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import collections.abc
 import json
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
@@ -377,6 +379,50 @@ def _finite_error(value: Any) -> Optional[str]:
     return None
 
 
+def _type_hints(cls: type) -> Dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation this module cannot resolve: fields without a check are then not type-checked
+        return {}
+
+
+def _numeric_hint(hint: Any) -> bool:
+    """Whether an annotation is ``int`` / ``float`` (optionally ``Optional``): its text values are read as numbers."""
+    return hint in (int, float) or (typing.get_origin(hint) is Union
+                                   and any(a in (int, float) for a in typing.get_args(hint)))
+
+
+_SCALARS = {int: "an integer", float: "a number", str: "a text value", bool: "true or false"}
+
+
+def _type_error(value: Any, hint: Any) -> Optional[str]:
+    """Why ``value`` does not fit the annotation ``hint`` of a config field without its own check (``int``,
+    ``float`` (an integer is a number), ``str``, ``bool``, ``Optional``/``Union`` of them, ``List``/``Tuple``/
+    ``Sequence`` of them, ``Dict`` with text keys); ``None`` when it fits or the annotation is anything else."""
+    if hint is None or hint is Any:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        errors = [_type_error(value, a) for a in args if a is not type(None)]
+        if value is None and type(None) in args:
+            return None
+        return None if not errors or any(e is None for e in errors) else errors[0]
+    if hint in _SCALARS:
+        ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
+        ok = ok or (hint is float and isinstance(value, int) and not isinstance(value, bool))
+        return None if ok else f"must be {_SCALARS[hint]}, got {value!r}"[:200]
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return f"must be a list, got {value!r}"[:200]
+        inner = args[0] if args else None
+        return next((e for e in (_type_error(v, inner) for v in value) if e), None)
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            return f"must be a mapping, got {value!r}"[:200]
+        return None if all(isinstance(k, str) for k in value) else "mapping keys must be text"
+    return None
+
+
 def from_mapping(cls: type, data: Optional[Mapping[str, Any]], source: str = "<mapping>", prefix: str = "") -> Any:
     """Build the config dataclass ``cls`` from ``data``, strictly.
 
@@ -395,6 +441,7 @@ def from_mapping(cls: type, data: Optional[Mapping[str, Any]], source: str = "<m
         where = f"{prefix}." if prefix else ""
         raise SpecError(f"{source}: unknown field '{where}{unknown[0]}'; known: {', '.join(sorted(fields))}")
     kwargs: Dict[str, Any] = {}
+    hints = _type_hints(cls)
     for name, f in fields.items():
         dotted = f"{prefix}.{name}" if prefix else name
         nested = _nested_class(f)
@@ -405,9 +452,9 @@ def from_mapping(cls: type, data: Optional[Mapping[str, Any]], source: str = "<m
             continue
         value = data[name]
         check = f.metadata.get("check")
-        if getattr(check, "numeric", False):
+        if getattr(check, "numeric", False) or (check is None and _numeric_hint(hints.get(name))):
             value = yaml_number(value)
-        err = _finite_error(value) or (check(value) if check else None)
+        err = _finite_error(value) or (check(value) if check else _type_error(value, hints.get(name)))
         if err:
             raise SpecError(f"{source}: field '{dotted}': {err}")
         kwargs[name] = list(value) if isinstance(value, tuple) else value

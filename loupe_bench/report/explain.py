@@ -157,7 +157,7 @@ def explanation_figures(run_dir, world_dir, n_images: int = 3, label: str = "lou
     import torch
     from PIL import Image
 
-    from ..data.training import phrase_token_mask
+    from ..data.training import open_rgb, phrase_token_mask
     from ..models.sources import load_model
 
     model = load_model(str(run_dir))
@@ -169,7 +169,7 @@ def explanation_figures(run_dir, world_dir, n_images: int = 3, label: str = "lou
     std = torch.tensor(model.image_std).view(3, 1, 1)
     out: List[Tuple[str, bytes]] = []
     for s in sample_images(world_dir, n_images):
-        img = Image.open(s.path).convert("RGB").resize((size, size), Image.BICUBIC)
+        img = open_rgb(s.path).resize((size, size), Image.BICUBIC)
         arr = np.asarray(img)
         pixels = ((torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0 - mean) / std)[None]
         tok = model.tokenizer([s.caption])

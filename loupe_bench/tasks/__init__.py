@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import SpecError
 from ..registry import Registry
@@ -73,7 +73,19 @@ def load_task(name_or_path: Union[str, Path, Dict[str, Any]]):
         spec.options = asdict(from_mapping(opts_cls, spec.options, source or spec.name, "options"))
     if hasattr(adapter, "validate_spec"):
         adapter.validate_spec(spec)
+    _check_metric_names(spec, adapter, source)
     return spec
+
+
+def _check_metric_names(spec, adapter, source: Optional[str]) -> None:
+    """Every metric a spec asks for is one its adapter computes (``known_metrics``); else one SpecError."""
+    known = adapter.known_metrics(spec.options) if hasattr(adapter, "known_metrics") else None
+    if known is None:
+        return
+    unknown = [m for m in spec.metrics if m not in known]
+    if unknown:
+        raise SpecError(f"{source or spec.name}: field 'metrics': unknown metric(s) {', '.join(map(repr, unknown))} "
+                        f"for type {spec.type!r}; known with these options: {', '.join(known)}")
 
 
 __all__ = ["TASK_TYPES", "list_tasks", "load_task", "load_adapters", "spec_dir"]

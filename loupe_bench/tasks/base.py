@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .common import SplitOutput
 from .spec import TaskSpec
@@ -26,6 +26,13 @@ class TaskAdapter:
     @classmethod
     def validate_spec(cls, spec: TaskSpec) -> None:
         """Raise :class:`~loupe_bench.errors.SpecError` for specs this adapter cannot run."""
+
+    @classmethod
+    def known_metrics(cls, options: Dict[str, Any]) -> Optional[List[str]]:
+        """The metric names this adapter computes with these (validated) ``options``; a spec asking for any other
+        name is refused at load time, so a typo is never a silently missing column. ``None``: the adapter checks its
+        metric names in :meth:`validate_spec`."""
+        return None
 
     @classmethod
     def missing_metrics(cls, spec: TaskSpec) -> Dict[str, str]:

@@ -45,6 +45,12 @@ class ZeroShotClassificationTask(TaskAdapter):
 
         def __post_init__(self):
             self.ks = tuple(int(k) for k in self.ks)
+            if not self.templates:
+                raise ValueError("templates must be a non-empty list")
+
+    @classmethod
+    def known_metrics(cls, options) -> List[str]:
+        return [f"top{k}" for k in options.get("ks", (1, 5))]
 
     def class_logits(self, model, img, classnames: List[str], device: str) -> Tuple[torch.Tensor, str]:
         """``[N_images, C]`` zero-shot logits and the scoring mode used."""

@@ -63,12 +63,19 @@ def mean_metric(values: Sequence[float], spec: TaskSpec, units: str = "fraction"
 
 
 # ------------------------------------------------------------------------------------------------- data
+#: data formats whose images live inside archives: streamed by training, never indexed by an evaluation protocol
+TRAINING_ONLY_FORMATS = ("webdataset",)
+
+
 def load_records(spec: TaskSpec, data_root: Optional[Path], split: str):
     """Read the task's data set for ``split`` through :data:`loupe_bench.data.DATASETS`, with the spec's loader
     options (:meth:`TaskSpec.loader_options`). A missing data set or image folder is
     :meth:`TaskSpec.missing_data`: the file, that --data-root is required, and the layout the task expects."""
     from ..data import DATASETS
 
+    if spec.dataset.format in TRAINING_ONLY_FORMATS:
+        raise SpecError(f"{spec.source or spec.name}: dataset format {spec.dataset.format!r} is read by `train` and "
+                        "`data check` only; evaluation reads image files (karpathy, coco, refer, imagefolder, csv, ...)")
     loader_cls = DATASETS.get(spec.dataset.format)
     opts = spec.loader_options(data_root, split)
     path = spec.resolve_path(data_root, spec.dataset.path, split)
@@ -132,8 +139,10 @@ def image_transform(model, spec: TaskSpec) -> Callable:
         raise SpecError(f"unknown interpolation {spec.image.interpolation!r}") from None
     mean, std = list(model.image_mean), list(model.image_std)
 
+    from ..data.formats.base import to_rgb
+
     def tf(img) -> Tensor:
-        img = img.convert("RGB")
+        img = to_rgb(img)
         if spec.image.crop == "center":
             img = TF.resize(img, size, interpolation=interp)
             img = TF.center_crop(img, [size, size])
@@ -146,8 +155,12 @@ def image_transform(model, spec: TaskSpec) -> Callable:
 
 
 def open_image(path: Path, record: Any = None):
+    """The image at ``path`` loaded into memory; only a regular file within the image size limit is opened."""
     from PIL import Image
 
+    from ..data.formats.base import user_file
+
+    user_file(path, "image", "image file", record)
     try:
         with Image.open(path) as im:
             im.load()

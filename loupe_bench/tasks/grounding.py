@@ -208,6 +208,10 @@ class GroundingTask(TaskAdapter):
         if spec.image.crop != "none":
             raise SpecError(f"{spec.name}: box tasks need image.crop: none (boxes are normalised to the image)")
 
+    @classmethod
+    def known_metrics(cls, options) -> List[str]:
+        return [f"acc@{float(options.get('iou_threshold', 0.5)):g}", f"proposal_recall@{options.get('recall_k', 10)}"]
+
     # -- queries ----------------------------------------------------------------------------------------------------
     def queries(self, recs) -> Dict[int, List[Query]]:
         """Every sentence of every ref (or its head phrase), tagged with distractor type and anchor."""

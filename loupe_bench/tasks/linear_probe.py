@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -32,6 +32,14 @@ class LinearProbeTask(TaskAdapter):
             self.l2_grid = tuple(float(v) for v in self.l2_grid)
             if self.feature not in ("pooled", "mean-tokens"):
                 raise ValueError(f"feature must be pooled or mean-tokens, got {self.feature!r}")
+            if not self.l2_grid or any(not (v > 0 and v < float("inf")) for v in self.l2_grid):
+                raise ValueError("l2_grid must be a non-empty list of positive finite numbers")
+            if not 1 <= int(self.max_iter) <= 100_000:
+                raise ValueError(f"max_iter must be in 1..100000, got {self.max_iter}")
+
+    @classmethod
+    def known_metrics(cls, options) -> List[str]:
+        return ["top1", "top5"]
 
     def _features(self, model, data_root, split, device):
         recs = load_records(self.spec, data_root, split)

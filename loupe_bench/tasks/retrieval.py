@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,13 @@ class RetrievalTask(TaskAdapter):
 
         def __post_init__(self):
             self.ks = tuple(int(k) for k in self.ks)
+            if self.captions_per_image is not None and self.captions_per_image < 1:
+                raise ValueError(f"captions_per_image must be >= 1 (or null: all), got {self.captions_per_image}")
+
+    @classmethod
+    def known_metrics(cls, options) -> List[str]:
+        ks = options.get("ks", (1, 5, 10))
+        return [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks] + ["rsum"]
 
     def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
         recs = load_records(self.spec, data_root, split)

@@ -143,6 +143,10 @@ def read_json(path: PathLike, kind: str = "annotation") -> Any:
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a regular file's bytes (a FIFO or device is refused, never read: it could block or never end)."""
+    from .bounded import regular_file
+
+    regular_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while True:

@@ -289,7 +289,7 @@ def _tasks() -> None:
             case("task_specs", f"{name}-{cmd}", E2, build)
     case("task_specs", "shards_list_relative-data_check", E0, lambda c: [
         "data", "check", "--task", _shards_task(["shards/test-000000.tar"], False)(c), "--data-root", c.world()])
-    case("task_specs", "shards_list_relative-eval", E0,  # the list form resolves against --data-root as the scalar
+    case("task_specs", "shards_list_relative-eval", E2,  # evaluation reads image files; shards are for training
          lambda c: eval_argv(c, "clip-tiny", task=_shards_task(["shards/test-000000.tar"], False)(c)))
     for name, fn in TASK_DOC:
         case("task_specs", name, E2,
