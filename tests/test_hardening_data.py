@@ -409,3 +409,26 @@ def test_item7_empty_or_unreadable_data_sets_are_findings(tiny_world, tmp_path, 
         _fifo(path / "classnames.txt")
     code, out, err = _cli(["data", "check", "--format", fmt, path], capsys)
     assert code == 1 and "Traceback" not in err and "no problems" not in out, out + err
+
+
+@pytest.mark.parametrize("task,key,value,words", [
+    ("synthetic-retrieval", "metrics", ["i2t_R@1", "accuracy_of_doom"], "accuracy_of_doom"),
+    ("synthetic-retrieval", "options.captions_per_image", -1, "captions_per_image"),
+    ("synthetic-classification", "options.templates", 42, "templates"),
+    ("synthetic-classification", "options.classnames", "../../../../etc/passwd", "classnames"),
+    ("synthetic-classification", "metrics", ["top3"], "top3"),
+])
+def test_task_spec_metrics_and_option_types_checked(tiny_world, tmp_path, capsys, task, key, value, words):
+    """A metric the adapter never computes and an option of the wrong type are refused when the spec loads."""
+    spec = yaml.safe_load(Path(f"tasks/{task}.yaml").read_text())
+    where = spec
+    *parents, last = key.split(".")
+    for part in parents:
+        where = where.setdefault(part, {})
+    where[last] = value
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code, _, err = _cli(["eval", "--model", "clip-tiny", "--task", path, "--data-root", tiny_world,
+                         "--out", tmp_path / "res"], capsys)
+    _one_line_error(code, err)
+    assert words in err and not (tmp_path / "res").exists()
