@@ -307,3 +307,170 @@ def test_item6c_cli_resume_from_another_run_is_one_line(tmp_path, tiny_world, ca
     _one_line_error(code, err)
     assert "does not belong" in err
     assert _snapshot(a) == before
+
+
+# -- issue 29: special files, malformed run records, empty --data, bad specs before the first write ------------------
+def _special(kind: str, path: Path) -> None:
+    """Replace ``path`` by a FIFO, a link to /dev/zero, a folder or a dangling link."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+        (path / "x").write_text("x")
+    else:
+        path.symlink_to(path.parent / "does-not-exist")
+
+
+def _standin_run(tmp_path: Path, finished: bool) -> Path:
+    from loupe_bench.train.engine import train
+
+    from test_train_support import TensorSource, TinyVL, tiny_recipe
+
+    torch.manual_seed(0)
+    return train(TinyVL(), TensorSource(), tiny_recipe(steps=4), tmp_path / "run", stop_after=None if finished else 2)
+
+
+def _resume_standin(run: Path):
+    from loupe_bench.train.engine import train
+
+    from test_train_support import TensorSource, TinyVL, tiny_recipe
+
+    return train(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume="latest")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory", "dangling"])
+def test_item29_latest_pointer_that_is_not_a_regular_file_is_refused(kind, tmp_path):
+    from loupe_bench.models.checkpoint import latest_pointer_target, run_state
+
+    run = _standin_run(tmp_path, finished=False)
+    pointer = run / "checkpoints" / "latest"
+    _special(kind, pointer)
+    before = _snapshot(run)
+    with pytest.raises(CheckpointError, match="checkpoint pointer") as info:
+        latest_pointer_target(run)
+    assert str(pointer) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match=str(pointer)):
+        _resume_standin(run)
+    assert _snapshot(run) == before
+    with pytest.raises(CheckpointError, match=str(pointer)):
+        run_state(run)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory", "dangling"])
+def test_item29_final_weights_that_are_not_a_regular_file_are_refused_never_a_fallback(kind, tmp_path):
+    from loupe_bench.models.checkpoint import run_state
+
+    run = _standin_run(tmp_path, finished=True)
+    assert run_state(run)["finished"] is True
+    _special(kind, run / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors") as info:
+        run_state(run)
+    assert "final weights" in str(info.value)
+
+
+def test_item29_latest_checkpoint_with_a_special_weights_file_is_refused(tmp_path):
+    from loupe_bench.models.checkpoint import latest_checkpoint
+
+    run = _standin_run(tmp_path, finished=False)
+    _special("fifo", run / "checkpoints" / "step_2" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"step_2/model\.safetensors"):
+        latest_checkpoint(run)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("finished_step", "many"), ("finished_step", -1), ("finished_step", True), ("finished_step", 2.5),
+    ("recipe", [1, 2]), ("changes", "none"), ("changes", [1]), ("data", "tensors"), ("model", 7),
+    ("model_spec_digest", {"a": 1}), ("recipe.steps", "two"),
+])
+def test_item29_run_json_is_checked_field_by_field_before_anything_is_written(field, value, tmp_path):
+    from loupe_bench.models.checkpoint import run_record, run_state
+    from loupe_bench.train.engine import train
+
+    from test_train_support import TensorSource, TinyVL, tiny_recipe
+
+    run = _standin_run(tmp_path, finished=False)
+    rec = json.loads((run / "run.json").read_text())
+    if field == "recipe.steps":
+        rec["recipe"]["steps"] = value
+    else:
+        rec[field] = value
+    (run / "run.json").write_text(json.dumps(rec))
+    before = _snapshot(run)
+    for call in (lambda: _resume_standin(run), lambda: run_record(run), lambda: run_state(run),
+                 lambda: train(TinyVL(), TensorSource(), tiny_recipe(steps=4), run)):
+        with pytest.raises(CheckpointError, match=rf"run\.json: malformed run record: field '{field}'"):
+            call()
+    assert _snapshot(run) == before
+
+
+def test_item29_run_json_of_another_schema_is_not_ours_and_a_valid_one_resumes(tmp_path):
+    from loupe_bench.models.checkpoint import run_record
+
+    run = _standin_run(tmp_path, finished=False)
+    assert run_record(run)["finished_step"] is None
+    _resume_standin(run)
+    assert run_record(run)["finished_step"] == 6
+    rec = json.loads((run / "run.json").read_text())
+    rec["schema"] = "loupe-bench/run/v999"
+    (run / "run.json").write_text(json.dumps(rec))
+    assert run_record(run) is None
+
+
+@pytest.mark.parametrize("data", ["", "   ", "karpathy:"])
+def test_item29_empty_data_is_one_line_and_never_the_current_folder(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    code, _, err = _train_cli("clip-tiny", data, out, capsys)
+    _one_line_error(code, err)
+    assert "data path" in err and "empty" in err
+    assert not out.exists()
+
+
+def test_item29_checkpoint_every_zero_means_the_final_checkpoint_only(tmp_path):
+    from loupe_bench.models.checkpoint import run_state
+    from loupe_bench.train.engine import train
+    from loupe_bench.train.recipe import load_recipe
+
+    from test_train_support import TensorSource, TinyVL, tiny_recipe
+
+    assert load_recipe("gpu-bf16").checkpoint.every == 0  # a shipped recipe relies on it
+    run = train(TinyVL(), TensorSource(), tiny_recipe(steps=4, **{"checkpoint.every": 0}), tmp_path / "run")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_4"]
+    assert run_state(run)["finished"] is True and run_state(run)["checkpoint_step"] == 4
+
+
+def test_item29_a_model_not_finite_at_initialisation_is_refused_before_the_first_write(tmp_path):
+    from loupe_bench.train.engine import train
+
+    from test_train_support import TensorSource, TinyVL, tiny_recipe
+
+    model = TinyVL()
+    with torch.no_grad():
+        model.logit_scale.fill_(float("nan"))
+    with pytest.raises(SpecError, match=r"'tiny-standin': logit_scale is not finite after initialisation"):
+        train(model, TensorSource(), tiny_recipe(steps=4), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_item29_train_with_a_bad_model_spec_writes_nothing(value, tiny_world, tmp_path, capsys):
+    from loupe_bench.models import get_spec
+
+    spec = get_spec("clip-tiny")
+    spec["name"] = "bad-temperature"
+    spec["temperature_init"] = value
+    path = tmp_path / "spec.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = _train_cli(path, tiny_world, out, capsys)
+    _one_line_error(code, err)
+    assert list(out.iterdir()) == []

@@ -22,12 +22,14 @@ This module imports no model family and not the factory: a family class is found
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, LoupeBenchError
+from ..utils.bounded import read_text, regular_file
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ._registry import model_class
 from .towers import load_strict
@@ -194,18 +196,16 @@ def write_latest(run_dir: PathLike, checkpoint: Path) -> None:
 def latest_pointer_target(run_dir: PathLike) -> Optional[Path]:
     """The checkpoint folder named by ``<run>/checkpoints/latest``, resolved inside the run folder only.
 
-    Rule: the pointer must hold one plain folder name (``step_<n>``: no path separator, not absolute, not ``..``)
-    and the folder it names, symlinks resolved, must lie inside ``<run>/checkpoints``. Anything else is a
-    :class:`CheckpointError`; a missing pointer is ``None``.
+    Rule: the pointer, when present, must be a small regular UTF-8 text file (a FIFO, a device, a folder or a
+    dangling link is refused without being opened) holding one plain folder name (``step_<n>``: no path
+    separator, not absolute, not ``..``), and the folder it names, symlinks resolved, must lie inside
+    ``<run>/checkpoints``. Anything else is a :class:`CheckpointError`; a missing pointer is ``None``.
     """
     root = checkpoint_root(run_dir)
     pointer = root / LATEST
-    if not pointer.is_file():
+    if not os.path.lexists(pointer):
         return None
-    try:
-        name = pointer.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({exc})") from None
+    name = read_text(pointer, kind="spec", what="checkpoint pointer", error=CheckpointError).strip()
     cand = root / name
     plain = (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
              and not Path(name).is_absolute())
@@ -215,23 +215,76 @@ def latest_pointer_target(run_dir: PathLike) -> Optional[Path]:
     return cand
 
 
+def _present(path: Path, what: str) -> bool:
+    """Whether ``path`` is there: ``False`` when nothing is (not even a dangling link), ``True`` for a regular file;
+    a present file that is not regular (a FIFO, a device, a folder, a dangling link) is a :class:`CheckpointError`
+    naming it, never read and never skipped for another file."""
+    if not os.path.lexists(path):
+        return False
+    regular_file(path, what=what, error=CheckpointError)
+    return True
+
+
 def latest_checkpoint(run_dir: PathLike, required: Sequence[str] = (WEIGHTS_FILE,)) -> Optional[Path]:
     """The newest checkpoint of a run holding every file in ``required``: the one ``checkpoints/latest`` names
-    (:func:`latest_pointer_target`) when it holds them, else the highest-numbered such ``step_<n>``, else ``None``."""
+    (:func:`latest_pointer_target`) when it holds them, else the highest-numbered such ``step_<n>``, else ``None``.
+
+    Rule: a required file of the named checkpoint that is present but not a regular file is a
+    :class:`CheckpointError`; only a checkpoint missing a file is passed over for an older one."""
     cand = latest_pointer_target(run_dir)
-    if cand is not None and all((cand / name).is_file() for name in required):
+    if cand is not None and all([_present(cand / name, f"checkpoint file {name}") for name in required]):
         return cand
     complete = list_step_dirs(run_dir, required)
     return complete[-1] if complete else None
+
+
+def _opt(kind: type, what: str):
+    """A field check: absent or null, or a value of ``kind`` (never a bool standing for an integer)."""
+    return (lambda v: v is None or (isinstance(v, kind) and not isinstance(v, bool)), f"null or {what}")
+
+
+def _step_count(low: int):
+    """A field check: absent or null, or an integer (not a bool) of at least ``low``."""
+    return (lambda v: v is None or (type(v) is int and v >= low), f"null or an integer >= {low}")
+
+
+#: the fields of a run record that are read back, each ``(check, what it must be)``; ``recipe`` is required
+RUN_FIELDS = {
+    "recipe": (lambda v: isinstance(v, dict), "an object (the recipe)"),
+    "finished_step": _step_count(0),
+    "model": _opt(str, "a model name"),
+    "model_spec_digest": _opt(str, "a digest string"),
+    "data": _opt(dict, "an object (the data source)"),
+    "changes": (lambda v: v is None or (isinstance(v, list) and all(isinstance(c, dict) for c in v)),
+                "null or a list of objects"),
+}
+#: fields of the recorded recipe that are read back (``recipe.<key>``)
+RUN_RECIPE_FIELDS = {"steps": _step_count(1), "epochs": _step_count(1)}
+
+
+def check_run_record(record: Mapping[str, Any], path: PathLike) -> Dict[str, Any]:
+    """``record`` when every field a run record holds has its type (:data:`RUN_FIELDS`,
+    :data:`RUN_RECIPE_FIELDS`); else a :class:`CheckpointError` naming the file and the first bad field."""
+    recipe = record.get("recipe")
+    fields = [(k, record.get(k), rule) for k, rule in RUN_FIELDS.items()]
+    if isinstance(recipe, dict):
+        fields += [(f"recipe.{k}", recipe.get(k), rule) for k, rule in RUN_RECIPE_FIELDS.items()]
+    for key, value, (ok, what) in fields:
+        if not ok(value):
+            raise CheckpointError(f"{path}: malformed run record: field {key!r} must be {what}, got {value!r:.80}; "
+                                  "refusing to read or write this run")
+    return dict(record)
 
 
 def run_record(run_dir: PathLike) -> Optional[Dict[str, Any]]:
     """The folder's ``run.json`` when it is a run record of ours, else ``None``.
 
     Rule: a folder is a training run of loupe-bench only when its ``run.json`` is a regular file within the
-    ``result`` size limit holding a JSON object whose ``schema`` is :data:`RUN_SCHEMA` and whose ``recipe`` is an
-    object (every ``run.json`` loupe-bench ever wrote has both). Folder and file names (``checkpoints/``,
-    ``config.json``) prove nothing: another tool's log folder may hold them too."""
+    ``result`` size limit holding a JSON object whose ``schema`` is :data:`RUN_SCHEMA` (every ``run.json``
+    loupe-bench ever wrote has it). Folder and file names (``checkpoints/``, ``config.json``) prove nothing: another
+    tool's log folder may hold them too. A record that states our schema is then checked field by field
+    (:func:`check_run_record`): a wrong type is a :class:`CheckpointError`, so a malformed run is neither trained
+    into nor evaluated."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         return None
@@ -239,8 +292,9 @@ def run_record(run_dir: PathLike) -> Optional[Dict[str, Any]]:
         record = read_json(path, kind="result")
     except LoupeBenchError:
         return None
-    ours = isinstance(record, dict) and record.get("schema") == RUN_SCHEMA and isinstance(record.get("recipe"), dict)
-    return record if ours else None
+    if not (isinstance(record, dict) and record.get("schema") == RUN_SCHEMA):
+        return None
+    return check_run_record(record, path)
 
 
 def run_state(run_dir: PathLike) -> Dict[str, Any]:
@@ -250,7 +304,9 @@ def run_state(run_dir: PathLike) -> Dict[str, Any]:
     ``model.safetensors`` exists and ``run.json`` records ``finished_step`` — a run resumed to train further clears
     it, so an older final file is not taken for the newer state. A finished run stands for its final weights at
     ``finished_step``; an unfinished one for its :func:`latest_checkpoint` (the one ``checkpoints/latest`` names),
-    at that checkpoint's step. A folder that is not a run stands for its own ``model.safetensors``.
+    at that checkpoint's step. A folder that is not a run stands for its own ``model.safetensors``. A final
+    ``model.safetensors`` that is present but not a regular file (a FIFO, a device, a folder, a dangling link) is a
+    :class:`CheckpointError` naming it: it never makes a finished run pass for an unfinished one.
 
     Returns:
         ``{"is_run", "finished", "weights" (Path or None), "checkpoint_step" (int or None), "total_steps"}``.
@@ -259,10 +315,11 @@ def run_state(run_dir: PathLike) -> Dict[str, Any]:
     record = run_record(run_dir)
     is_run = record is not None
     final = run_dir / WEIGHTS_FILE
+    has_final = _present(final, "final weights file")
     finished_step = record.get("finished_step") if is_run else None
-    finished = final.is_file() and (not is_run or finished_step is not None)
+    finished = has_final and (not is_run or finished_step is not None)
     recipe = (record or {}).get("recipe") or {}
-    out: Dict[str, Any] = {"is_run": is_run, "finished": finished, "weights": final if final.is_file() else None,
+    out: Dict[str, Any] = {"is_run": is_run, "finished": finished, "weights": final if has_final else None,
                            "checkpoint_step": finished_step if finished else None,
                            "total_steps": recipe.get("steps")}
     if not finished and is_run:

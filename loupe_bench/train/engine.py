@@ -542,12 +542,27 @@ def _prepare_model(model, resuming: bool, run_dir: Path, source: TrainSource, re
             model = rebuild_from_run(model, run_dir)
         else:
             model = build_model(model, source, recipe.seed)
+    if not resuming:
+        check_init_finite(model)
     model.to(device)
     model.train()
     if recipe.grad_checkpointing:
         enable_grad_checkpointing(model)
     broadcast_module(model)
     return model
+
+
+def check_init_finite(model: torch.nn.Module) -> None:
+    """Refuse a freshly built model holding a NaN or infinite parameter or buffer (e.g. the logit scale of a NaN,
+    infinite or negative ``temperature_init``), so a bad spec stops before anything is written to the run folder
+    rather than at the first loss."""
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                spec = getattr(model, "spec", None)
+                label = f"model {spec.get('name')!r}" if isinstance(spec, Mapping) else type(model).__name__
+                raise SpecError(f"{label}: {name} is not finite after initialisation (a spec value such as "
+                                "temperature_init is out of range); nothing was trained or written")
 
 
 def _total_steps(recipe: Recipe, built: BuiltData) -> int:

@@ -30,7 +30,8 @@ class DatasetSource:
     """A training source over the data layer: any caption data set it reads, or webdataset shards streamed.
 
     Args:
-        data: a synthetic world folder, a data-set path (format detected) or ``"format:path"``.
+        data: a synthetic world folder, a data-set path (format detected) or ``"format:path"``; an empty path is a
+            :class:`~loupe_bench.errors.DataError` (never the current folder).
         recipe: the recipe (``data.format`` other than ``auto`` is prefixed to the path; ``data.split`` selects
             the split of formats that have splits).
         allow_remote_shards: let webdataset shard names that are URLs or ``pipe:`` commands be opened (off: they
@@ -41,9 +42,13 @@ class DatasetSource:
 
     def __init__(self, data: Any, recipe: Any, allow_remote_shards: bool = False, on_bad_sample: str = "error"):
         from ..data.check import detect_format
+        from ..errors import DataError
 
         self.recipe = recipe
         text = str(data)
+        if not text.strip():
+            raise DataError("the data path is empty (an empty --data never stands for the current folder); name a "
+                            "data set folder or file")
         fmt = recipe.data.format
         if fmt == "auto":
             head, sep, tail = text.partition(":")
@@ -52,6 +57,8 @@ class DatasetSource:
             fmt, path = (head, tail) if sep and head in DATASETS else (detect_format(text), text)
         else:
             path = text
+        if not path.strip():
+            raise DataError(f"{text}: the data path after the format prefix is empty; name a data set folder or file")
         if fmt == "synthetic":  # the world's Karpathy file carries captions and phrase spans; skip boxes/refs
             from ..data import load_world
 

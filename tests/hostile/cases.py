@@ -39,7 +39,7 @@ def eval_argv(ctx: Ctx, model, task=CLS, world=None) -> List[str]:
 
 
 def train_argv(ctx: Ctx, model="clip-tiny", data=None, extra: Sequence[str] = QUICK) -> List[str]:
-    return ["train", "--model", model, "--data", data or ctx.world(), "--out", ctx.out, *extra]
+    return ["train", "--model", model, "--data", data if data is not None else ctx.world(), "--out", ctx.out, *extra]
 
 
 # -- extra checks -----------------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ RECIPE_DOC = [
     ("seed_huge", g.at("seed", 2 ** 70)), ("seed_negative", g.at("seed", -1)), ("seed_nan", g.at("seed", g.NAN)),
     ("precision_unknown", g.at("precision", "fp3")), ("device_bogus", g.at("device", "quantum:0")),
     ("threads_zero", g.at("threads", 0)), ("workers_negative", g.at("data.workers", -1)),
-    ("accum_zero", g.at("accum_freq", 0)), ("checkpoint_every_zero", g.at("checkpoint.every", 0)),
+    ("accum_zero", g.at("accum_freq", 0)), ("checkpoint_every_negative", g.at("checkpoint.every", -1)),
     ("keep_last_negative", g.at("checkpoint.keep_last", -1)),
     ("crop_range_inverted", g.at("data.augment.random_resized_crop", [1.5, 0.2])),
     ("unknown_key", g.at("stpes", 5)), ("unknown_nested_key", g.at("optim.momentum_of_doom", 1)),
