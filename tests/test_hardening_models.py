@@ -424,3 +424,119 @@ def test_item9_saved_model_folders_not_private(hf_dir, tmp_path):
     pre = save_model(load_model(hf_dir), tmp_path / "pretrained")
     for folder in (dual / "tokenizer", dual / "text_tower", pre / "tokenizer", pre / "clip_config"):
         assert folder.is_dir() and (folder.stat().st_mode & 0o777) == expected, (folder, oct(folder.stat().st_mode))
+
+
+# -- model specs: every field validated before anything is built ---------------------------------------------------
+def _spec_file(tmp_path, key, value, name="clip-tiny"):
+    """The resolved shipped spec ``name`` with the dotted ``key`` set to ``value``, written as ``spec.yaml``."""
+    import yaml
+
+    from loupe_bench.models import get_spec
+    from loupe_bench.specs import set_dotted
+
+    spec = get_spec(name)
+    set_dotted(spec, key, value, create=True)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+BAD_SPEC_FIELDS = [
+    ("family", ["clip"], "family"), ("embed_dim", -64, "embed_dim"), ("embed_dim", 0, "embed_dim"),
+    ("embed_dim", "sixty-four", "embed_dim"), ("embed_dim", 64.5, "embed_dim"), ("embed_dim", 10 ** 9, "embed_dim"),
+    ("embed_dim", float("nan"), "embed_dim"), ("temperature_init", float("nan"), "temperature_init"),
+    ("temperature_init", float("inf"), "temperature_init"), ("temperature_init", -1.0, "temperature_init"),
+    ("max_logit_scale", float("nan"), "max_logit_scale"), ("image_size", 0, "image_size"),
+    ("image_size", 60, "img_size"), ("image_std", [0.5, 0.0, 0.5], "image_std"),
+    ("image_tower.kwargs.depth", 10 ** 7, "depth"), ("image_tower.kwargs.patch_size", 0, "patch_size"),
+    ("image_tower.kwargs.patch_size", 7, "patch_size"), ("image_tower.kwargs.num_heads", 3, "num_heads"),
+    ("image_tower.kwargs.mlp_ratio", float("nan"), "image_tower.kwargs"),
+    ("text_tower.config.num_hidden_layers", 10 ** 7, "num_hidden_layers"),
+    ("text_tower.config.hidden_size", 10 ** 9, "hidden_size"), ("text_tower.config.hidden_size", 65, "hidden_size"),
+    ("text_tower.pool", "max", "text_tower.pool"), ("tokenizer.vocab_size", 10 ** 12, "tokenizer.vocab_size"),
+    ("tokenizer.max_length", -5, "tokenizer.max_length"), ("tokenizer.max_length", 100, "max_position_embeddings"),
+    ("tokenizer.kind", "sentencepiece-remote", "tokenizer.kind"), ("projection.bias", "yes", "projection.bias"),
+    ("loss.weights", {"clip": float("nan")}, "loss.weights"), ("loss.gather_with_grad", "no", "gather_with_grad"),
+]
+
+
+@pytest.mark.parametrize("key, value, needle", BAD_SPEC_FIELDS, ids=[f"{k}={v!r}" for k, v, _ in BAD_SPEC_FIELDS])
+def test_spec_fields_validated_before_build(tmp_path, monkeypatch, key, value, needle):
+    """A bad field of a spec file is one SpecError line naming the file and the field; no tower is built."""
+    import loupe_bench.models.towers as towers
+    from loupe_bench.errors import SpecError
+    from loupe_bench.models import create_model
+
+    def built(*args, **kwargs):
+        raise AssertionError("a tower was built from a bad spec")
+
+    monkeypatch.setattr(towers.TimmImageTower, "__init__", built)
+    monkeypatch.setattr(towers.BertTextTower, "__init__", built)
+    path = _spec_file(tmp_path, key, value)
+    with pytest.raises(SpecError) as info:
+        create_model(str(path))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}:") and needle in message, message
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("filip.temperature_init", 0.0, "filip.temperature_init"),
+    ("filip.region_direction", "sideways", "filip.region_direction"),
+])
+def test_family_blocks_validated_before_build(tmp_path, key, value, needle):
+    """A family's own block (``filip``) is checked with the rest of the spec, before the towers are built."""
+    from loupe_bench.errors import SpecError
+    from loupe_bench.models import get_spec
+
+    path = _spec_file(tmp_path, key, value, name="filip-tiny")
+    with pytest.raises(SpecError, match=needle):
+        get_spec(str(path))
+
+
+def test_loupe_block_validated_before_build(tmp_path):
+    from loupe_bench.errors import SpecError
+    from loupe_bench.models import get_spec
+
+    path = _spec_file(tmp_path, "loupe.fsa.num_regions", 0, name="loupe-tiny")
+    with pytest.raises(SpecError, match="num_regions"):
+        get_spec(str(path))
+
+
+def test_spec_parameter_estimate_bounded(tmp_path):
+    """Sizes each in range whose towers together exceed the parameter limit are refused by the estimate."""
+    from loupe_bench.errors import SpecError
+    from loupe_bench.models import get_spec
+
+    path = _spec_file(tmp_path, "image_tower.kwargs", {"img_size": 64, "patch_size": 8, "embed_dim": 8192,
+                                                       "depth": 64, "num_heads": 64})
+    with pytest.raises(SpecError, match="parameters, above the limit"):
+        get_spec(str(path))
+
+
+def test_shipped_specs_and_presets_validate():
+    """Every shipped model spec (and so every tower preset it takes) passes the validation."""
+    from loupe_bench.models import get_spec
+    from loupe_bench.models.factory import available_specs, list_towers
+
+    for name in available_specs():
+        get_spec(name)
+    assert {t for t, _ in list_towers()} >= {"tiny", "small", "paper"}
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("embed_dim", 10 ** 9, "embed_dim"), ("text_tower.config.hidden_size", 10 ** 8, "hidden_size"),
+    ("temperature_init", float("nan"), "temperature_init"), ("family", 3, "family"),
+])
+def test_model_folder_config_validated_before_build(tmp_path, key, value, needle):
+    """A model folder's ``config.json`` is the resolved spec: a bad field is one CheckpointError line naming the
+    file, raised before the folder's tokenizer or towers are read."""
+    from loupe_bench.models import get_spec
+    from loupe_bench.models.clip import CLIP
+    from loupe_bench.specs import set_dotted
+
+    spec = get_spec("clip-tiny")
+    set_dotted(spec, key, value, create=True)
+    with pytest.raises(CheckpointError) as info:
+        CLIP.from_spec(spec, model_dir=tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "config.json")) and needle in message, message

@@ -345,7 +345,7 @@ def _resume_standin(run: Path):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory", "dangling"])
-def test_item29_latest_pointer_that_is_not_a_regular_file_is_refused(kind, tmp_path):
+def test_latest_pointer_that_is_not_a_regular_file_is_refused(kind, tmp_path):
     from loupe_bench.models.checkpoint import latest_pointer_target, run_state
 
     run = _standin_run(tmp_path, finished=False)
@@ -363,7 +363,7 @@ def test_item29_latest_pointer_that_is_not_a_regular_file_is_refused(kind, tmp_p
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory", "dangling"])
-def test_item29_final_weights_that_are_not_a_regular_file_are_refused_never_a_fallback(kind, tmp_path):
+def test_final_weights_that_are_not_a_regular_file_are_refused_never_a_fallback(kind, tmp_path):
     from loupe_bench.models.checkpoint import run_state
 
     run = _standin_run(tmp_path, finished=True)
@@ -374,7 +374,7 @@ def test_item29_final_weights_that_are_not_a_regular_file_are_refused_never_a_fa
     assert "final weights" in str(info.value)
 
 
-def test_item29_latest_checkpoint_with_a_special_weights_file_is_refused(tmp_path):
+def test_latest_checkpoint_with_a_special_weights_file_is_refused(tmp_path):
     from loupe_bench.models.checkpoint import latest_checkpoint
 
     run = _standin_run(tmp_path, finished=False)
@@ -388,7 +388,7 @@ def test_item29_latest_checkpoint_with_a_special_weights_file_is_refused(tmp_pat
     ("recipe", [1, 2]), ("changes", "none"), ("changes", [1]), ("data", "tensors"), ("model", 7),
     ("model_spec_digest", {"a": 1}), ("recipe.steps", "two"),
 ])
-def test_item29_run_json_is_checked_field_by_field_before_anything_is_written(field, value, tmp_path):
+def test_run_json_is_checked_field_by_field_before_anything_is_written(field, value, tmp_path):
     from loupe_bench.models.checkpoint import run_record, run_state
     from loupe_bench.train.engine import train
 
@@ -409,7 +409,7 @@ def test_item29_run_json_is_checked_field_by_field_before_anything_is_written(fi
     assert _snapshot(run) == before
 
 
-def test_item29_run_json_of_another_schema_is_not_ours_and_a_valid_one_resumes(tmp_path):
+def test_run_json_of_another_schema_is_not_ours_and_a_valid_one_resumes(tmp_path):
     from loupe_bench.models.checkpoint import run_record
 
     run = _standin_run(tmp_path, finished=False)
@@ -423,7 +423,7 @@ def test_item29_run_json_of_another_schema_is_not_ours_and_a_valid_one_resumes(t
 
 
 @pytest.mark.parametrize("data", ["", "   ", "karpathy:"])
-def test_item29_empty_data_is_one_line_and_never_the_current_folder(data, tmp_path, capsys, monkeypatch):
+def test_empty_data_is_one_line_and_never_the_current_folder(data, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     code, _, err = _train_cli("clip-tiny", data, out, capsys)
@@ -432,7 +432,7 @@ def test_item29_empty_data_is_one_line_and_never_the_current_folder(data, tmp_pa
     assert not out.exists()
 
 
-def test_item29_checkpoint_every_zero_means_the_final_checkpoint_only(tmp_path):
+def test_checkpoint_every_zero_means_the_final_checkpoint_only(tmp_path):
     from loupe_bench.models.checkpoint import run_state
     from loupe_bench.train.engine import train
     from loupe_bench.train.recipe import load_recipe
@@ -445,7 +445,7 @@ def test_item29_checkpoint_every_zero_means_the_final_checkpoint_only(tmp_path):
     assert run_state(run)["finished"] is True and run_state(run)["checkpoint_step"] == 4
 
 
-def test_item29_a_model_not_finite_at_initialisation_is_refused_before_the_first_write(tmp_path):
+def test_a_model_not_finite_at_initialisation_is_refused_before_the_first_write(tmp_path):
     from loupe_bench.train.engine import train
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
@@ -459,7 +459,7 @@ def test_item29_a_model_not_finite_at_initialisation_is_refused_before_the_first
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
-def test_item29_train_with_a_bad_model_spec_writes_nothing(value, tiny_world, tmp_path, capsys):
+def test_train_with_a_bad_model_spec_writes_nothing(value, tiny_world, tmp_path, capsys):
     from loupe_bench.models import get_spec
 
     spec = get_spec("clip-tiny")

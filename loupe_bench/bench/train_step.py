@@ -1,7 +1,7 @@
-"""Benchmark: one training step (loss, backward, optimiser step) of LOUPE vs CLIP and FILIP with the same towers.
+"""Benchmark: one training step (loss, backward, optimiser step) of LOUPE vs CLIP, FILIP and SigLIP, same towers.
 
-Same tiny towers (``clip-tiny`` / ``filip-tiny`` / ``loupe-tiny``), same synthetic-world batch, same optimiser. LOUPE
-is timed in both regimes: during warm-up (every interaction target by Monte-Carlo sampling) and after
+Same tiny towers (``clip-tiny`` / ``filip-tiny`` / ``siglip-tiny`` / ``loupe-tiny``), same synthetic-world batch, same
+optimiser. LOUPE is timed in both regimes: during warm-up (every interaction target by Monte-Carlo sampling) and after
 ``settle_steps`` training steps on the batch stream, when the neural module answers most coalitions. Target:
 LOUPE ≤ 1.3× a CLIP step.
 """
@@ -17,6 +17,9 @@ from . import BENCHMARKS
 from .common import (bench_world, build_tiny, figure, interleaved_times, synced, to_device,
                      torch_threads, world_batches)
 
+
+#: the baselines stepped beside LOUPE, in this order (each also gets a ``NAME / clip-tiny`` ratio row)
+BASELINES = ("clip-tiny", "filip-tiny", "siglip-tiny")
 
 #: the settled LOUPE with its sampling budget set to 0 after warm-up (no Monte-Carlo pass, no holdout): a lower bound
 #: of the neural phase's step time under any routing budget
@@ -54,11 +57,12 @@ def _stepper(model, batch, opt=None):
     return step, last
 
 
-@BENCHMARKS.register("train-step", help="one LOUPE training step vs one CLIP / FILIP step (same towers and batch)")
+@BENCHMARKS.register("train-step",
+                     help="one LOUPE training step vs one CLIP / FILIP / SigLIP step (same towers and batch)")
 def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settle_steps: int = 60, seed: int = 0,
                world: Optional[str] = None, threads: Optional[int] = 1, warmup_steps: int = 10,
                large_batch: int = 128, block: int = 4, floor: bool = True) -> Dict[str, Any]:
-    """Median step time of CLIP, FILIP and LOUPE (sampling phase and neural phase) and the ratios to CLIP.
+    """Median step time of CLIP, FILIP, SigLIP and LOUPE (sampling phase and neural phase) and the ratios to CLIP.
 
     With ``large_batch`` (0: off), CLIP and the settled LOUPE also step on one batch of that size in the same rounds:
     LOUPE's extra work per step (the token game on ``tsa.target_images`` images, ℒ_FSA on ``fsa.target_images``)
@@ -74,7 +78,7 @@ def train_step(repeat: int = 3, device: str = "cpu", batch_size: int = 32, settl
         steps: Dict[str, Any] = {}
         lasts: Dict[str, Dict[str, Any]] = {}
         built = {}
-        for name in ("clip-tiny", "filip-tiny"):
+        for name in BASELINES:
             model = built[name] = build_tiny(name, seed, world_path).to(device)
             batch = to_device(world_batches(model, 1, batch_size, seed, world_path)[0], device)
             steps[name], lasts[name] = _stepper(model, batch)

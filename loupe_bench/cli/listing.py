@@ -1,7 +1,7 @@
-"""``loupe-bench list datasets|tasks|models|towers|recipes|benchmarks|references``.
+"""``loupe-bench list datasets|tasks|models|towers|recipes|benchmarks|references|pretrained [ARCH]``.
 
 Each kind maps to a lister function ``() -> list[(name, description)]`` living in the module that owns the
-registry, imported on use.
+registry, imported on use; a kind in :data:`COLUMNS` has a lister ``(arch) -> list[row]`` with those columns.
 """
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ LISTERS: Dict[str, str] = {
     "recipes": "loupe_bench.train:list_recipes",
     "benchmarks": "loupe_bench.bench:list_benchmarks",
     "references": "loupe_bench.specs:list_references",
+    "pretrained": "loupe_bench.models.pretrained_names:list_pretrained",
 }
+
+#: kinds whose rows have their own columns (the first one is the name ``--pattern`` matches); their lister takes ARCH
+COLUMNS: Dict[str, Tuple[str, ...]] = {"pretrained": ("arch", "tag", "converts", "in cache", "weights")}
 
 
 def _lister(kind: str) -> Callable[[], List[Tuple[str, str]]]:
@@ -28,19 +32,27 @@ def _lister(kind: str) -> Callable[[], List[Tuple[str, str]]]:
 
 @click.command("list")
 @click.argument("kind", type=click.Choice(sorted(LISTERS)))
+@click.argument("arch", required=False)
 @click.option("--pattern", default="*", show_default=True, help="fnmatch pattern on names.")
-def list_cmd(kind: str, pattern: str) -> None:
-    """List what the registries hold: datasets, tasks, models, towers (shared tower presets), recipes, benchmarks or
-    references."""
+def list_cmd(kind: str, arch, pattern: str) -> None:
+    """List what the registries hold: datasets, tasks, models, towers (shared tower presets), recipes, benchmarks,
+    references, or pretrained (open_clip's pretrained tags, of architecture ARCH when given: whether each converts
+    and is in the local cache)."""
     import fnmatch
 
     from rich.console import Console
     from rich.table import Table
 
-    rows = [(n, d) for n, d in _lister(kind)() if fnmatch.fnmatch(n, pattern)]
+    from ..report.escape import console as text
+
+    if arch is not None and kind not in COLUMNS:
+        raise click.UsageError(f"ARCH applies to `list {'|'.join(COLUMNS)}` only")
+    found = _lister(kind)(arch) if kind in COLUMNS else _lister(kind)()
+    rows = [row for row in found if fnmatch.fnmatch(row[0], pattern)]
     table = Table(title=f"{kind} ({len(rows)})")
-    table.add_column("name", style="bold")
-    table.add_column("description")
-    for name, desc in rows:
-        table.add_row(name, desc)
+    for i, column in enumerate(COLUMNS.get(kind, ("name", "description"))):
+        table.add_column(column, style="bold" if i == 0 else None, no_wrap=kind in COLUMNS and i < 2,
+                         overflow="fold")
+    for row in rows:
+        table.add_row(*map(text, row))
     Console().print(table)

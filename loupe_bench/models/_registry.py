@@ -17,6 +17,8 @@ MODEL_CLASSES = Registry("model family")
 FAMILY_MODULES = (
     "loupe_bench.models.clip",
     "loupe_bench.models.filip",
+    "loupe_bench.models.sparc",
+    "loupe_bench.models.siglip",
     "loupe_bench.models.pretrained_clip",
     "loupe_bench.models.loupe",
 )
@@ -28,8 +30,11 @@ def load_families() -> None:
 
 
 def model_class(spec: Mapping[str, Any]):
-    """The class registered for ``spec["family"]``."""
+    """The class registered for ``spec["family"]`` (a string; anything else is a :class:`SpecError`)."""
     load_families()
     if "family" not in spec:
         raise SpecError(f"model spec {spec.get('name', '?')!r}: missing required key 'family'")
+    if not isinstance(spec["family"], str):
+        raise SpecError(f"model spec {spec.get('name', '?')!r}: field 'family': must be a string naming a model "
+                        f"family, got {spec['family']!r}")
     return MODEL_CLASSES.get(spec["family"])

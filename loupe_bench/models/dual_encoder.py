@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import SpecError
+from ..errors import CheckpointError, SpecError
 from .base import ImageFeatures, TextFeatures, VLModel
-from .checkpoint import TOKENIZER_DIR
+from .checkpoint import CONFIG_FILE, TOKENIZER_DIR
+from .spec_check import validate_spec
 from .tokenizer import Tokenizer, TokenizerCfg, build_tokenizer
 from .towers import IMAGE_TOWERS, TEXT_TOWERS, ImageTowerCfg, TextTowerCfg
 
@@ -127,13 +128,21 @@ class DualEncoder(VLModel):
     @classmethod
     def from_spec(cls, spec: Dict[str, Any], tokenizer_corpus: Optional[Iterable[str]] = None,
                   model_dir: Optional[Path] = None) -> "DualEncoder":
-        """Build the model a spec describes; with ``model_dir``, rebuild a saved one (weights loaded by the caller)."""
+        """Build the model a spec describes; with ``model_dir``, rebuild a saved one (weights loaded by the caller)
+        after validating its ``config.json`` (:func:`~loupe_bench.models.spec_check.validate_spec`, a
+        :class:`~loupe_bench.errors.CheckpointError` naming the file)."""
+        if model_dir is not None:
+            validate_spec(spec, str(Path(model_dir) / CONFIG_FILE), CheckpointError)
         tok_cfg = TokenizerCfg.from_dict(spec.get("tokenizer"))
         if model_dir is not None:
             tokenizer = Tokenizer.load(Path(model_dir) / TOKENIZER_DIR, tok_cfg.max_length)
             return cls(spec, tokenizer, load_pretrained=False, model_dir=Path(model_dir))
         tokenizer = build_tokenizer(tok_cfg, tokenizer_corpus, spec_get(spec, "text_tower.pretrained"))
         return cls(spec, tokenizer, load_pretrained=True)
+
+    @classmethod
+    def check_family_spec(cls, spec: Mapping[str, Any]) -> None:
+        """Check the family's own section of a spec (none here; subclasses add theirs) before anything is built."""
 
     def save_extra(self, directory: Path) -> None:
         """Save what rebuilding the architecture needs beside the weights: tokenizer and text tower config.

@@ -16,6 +16,7 @@ from ..errors import SpecError
 from ..specs import NOT_INHERITED, merge_spec, read_named_file, resolve_base as _resolve_base
 from ..specs import resolve_spec, spec_index
 from ._registry import model_class
+from .spec_check import validate_spec
 
 SpecLike = Union[str, Path, Mapping[str, Any]]
 
@@ -97,9 +98,12 @@ def resolve_base(spec: Mapping[str, Any], where: str, known: Optional[Mapping[st
 
 
 def read_spec_file(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a model spec file (YAML or JSON), with its ``base:`` and ``towers:`` resolved (:func:`resolve_base`)."""
+    """Read a model spec file (YAML or JSON), with its ``base:`` and ``towers:`` resolved (:func:`resolve_base`) and
+    every field validated (:func:`~loupe_bench.models.spec_check.validate_spec`; errors name the file)."""
     path = Path(path)
-    return resolve_base(read_named_file("models", path), str(path))
+    spec = resolve_base(read_named_file("models", path), str(path))
+    validate_spec(spec, str(path))
+    return spec
 
 
 def available_specs() -> Dict[str, Path]:
@@ -122,12 +126,15 @@ def get_spec(spec: SpecLike) -> Dict[str, Any]:
 
     Inheritance: a spec may say ``base: NAME`` (a shipped model spec) and give only the keys it changes, e.g.
     ``{name: loupe-no-fsa, base: loupe-tiny, loss: {weights: {fsa: 0.0}}}``; the returned dict is the fully merged
-    spec (see :func:`resolve_base`), so nothing downstream sees ``base``.
+    spec (see :func:`resolve_base`), so nothing downstream sees ``base``. Every field of the resolved spec is
+    validated (:func:`~loupe_bench.models.spec_check.validate_spec`) before it is returned, so nothing is built from a
+    bad spec.
     """
     if isinstance(spec, Mapping):
-        return resolve_base(spec, "<mapping>")
-    path = resolve_spec("models", spec)
-    return resolve_base(read_named_file("models", path), str(path))
+        resolved = resolve_base(spec, "<mapping>")
+        validate_spec(resolved, "<mapping>")
+        return resolved
+    return read_spec_file(resolve_spec("models", spec))
 
 
 def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = None, seed: Optional[int] = None):
@@ -140,7 +147,6 @@ def create_model(spec: SpecLike, tokenizer_corpus: Optional[Iterable[str]] = Non
     """
     spec = get_spec(spec)
     cls = model_class(spec)
-    check_spec_keys(spec, cls)
     if seed is not None:
         torch.manual_seed(int(seed))
     return cls.from_spec(spec, tokenizer_corpus=tokenizer_corpus)

@@ -9,18 +9,21 @@ for image→text and ``s^T`` logits for text→image.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..specs import from_mapping
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, boxes_to_patch_mask
 from .dual_encoder import DualEncoder, spec_get
 from .losses import (
     clip_infonce, default_chunk_elements, filip_infonce, filip_scores, filip_similarity, max_mask_value,
 )
+from .spec_check import TEMPERATURE_RANGE, choice_check, range_check
 from .tokenizer import Tokenizer
 
 DIRECTIONS = ("i2t", "t2i", "mean")
@@ -35,6 +38,14 @@ def combine_directions(i2t: Tensor, t2i: Tensor, direction: str) -> Tensor:
     if direction == "mean":
         return 0.5 * (i2t + t2i)
     raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+
+@dataclass
+class FilipCfg:
+    """The ``filip`` block of a FILIP spec (its own temperature, the direction of region scores)."""
+
+    temperature_init: float = field(default=0.07, metadata={"check": range_check(*TEMPERATURE_RANGE, low_open=True)})
+    region_direction: str = field(default="mean", metadata={"check": choice_check(*DIRECTIONS)})
 
 
 @MODEL_CLASSES.register("filip", help="FILIP dual encoder, token-wise late interaction")
@@ -64,6 +75,11 @@ class FILIP(DualEncoder):
             from ..errors import SpecError
 
             raise SpecError(f"filip.region_direction must be one of {DIRECTIONS}")
+
+    @classmethod
+    def check_family_spec(cls, spec: Dict[str, Any]) -> None:
+        """``filip:`` holds ``temperature_init`` (a positive number) and ``region_direction`` (:data:`DIRECTIONS`)."""
+        from_mapping(FilipCfg, spec.get("filip"), "model spec", "filip")
 
     # -- training -------------------------------------------------------------------------------------------------
     def loss_from_embeddings(self, emb: Dict[str, Tensor], batch: Dict[str, Any]) -> LossOutput:

@@ -1,4 +1,5 @@
-"""Contrastive objectives and scorers shared by the dual encoders: CLIP InfoNCE and FILIP late interaction.
+"""Contrastive objectives and scorers shared by the dual encoders: CLIP InfoNCE, SigLIP's sigmoid loss and FILIP late
+interaction.
 
 All inputs are L2-normalised. Loss functions gather across ranks with :func:`~loupe_bench.models.gather.gather_batch`
 (identity on one process), so training on several GPUs sees the negatives of the global batch.
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gather import gather_batch, local_targets
+from .gather import gather_batch, local_targets, ring_pass, world
 
 #: Added to padded text tokens by the chunked evaluation scorer. Token features are L2-normalised, so every real
 #: similarity lies in [-1, 1] and a padded entry (<= -MASK_VALUE + 1) can never win a max over a caption with at least
@@ -70,6 +71,68 @@ def clip_infonce(image: Tensor, text: Tensor, logit_scale: Tensor, gather: bool 
         logits_t2i = logits_i2t.T
         targets = torch.arange(image_all.shape[0], device=image.device)
     return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
+
+
+def sigmoid_pair_loss(image: Tensor, text: Tensor, logit_scale: Tensor, logit_bias: Tensor,
+                      positives: bool = True) -> Tensor:
+    """One block of SigLIP's pairwise sigmoid loss: ``−(1/n) Σ_i Σ_j log σ(z_ij · (t·⟨x_i, y_j⟩ + b))``.
+
+    ``n`` = the block's images; ``z_ij = +1`` on the diagonal when ``positives`` (image ``i`` pairs with text ``i``),
+    ``−1`` everywhere else (every pair of a block without positives: texts of another rank). Computed in float32 at
+    least (bf16 / fp16 embeddings under autocast are promoted; float64 stays float64).
+
+    Args:
+        image: ``[n, D]`` L2-normalised image embeddings ``x``.
+        text: ``[m, D]`` L2-normalised text embeddings ``y`` (``m = n`` when ``positives``).
+        logit_scale: scalar ``t`` (already exponentiated and clamped).
+        logit_bias: scalar ``b``.
+        positives: whether the diagonal holds the matching pairs.
+    """
+    sim = image @ text.T
+    acc = torch.promote_types(sim.dtype, torch.float32)
+    logits = logit_scale.to(acc) * sim.to(acc) + logit_bias.to(acc)
+    signs = torch.full_like(logits, -1.0)
+    if positives:
+        signs.diagonal().fill_(1.0)
+    return -F.logsigmoid(signs * logits).sum() / image.shape[0]
+
+
+def siglip_loss(image: Tensor, text: Tensor, logit_scale: Tensor, logit_bias: Tensor, chunked: bool = True,
+                with_grad: bool = True) -> Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al., ICCV 2023, arXiv 2303.15343, eq. 1 and §3.3), chunked across ranks.
+
+    With L2-normalised ``x_i`` (images), ``y_j`` (texts), ``t = exp(t')`` and bias ``b`` (both learnable):
+
+        ``logits_ij = t·⟨x_i, y_j⟩ + b``,   ``z_ij = +1 if i = j else −1``
+
+        ``L = −(1/|B|) Σ_{i∈B} Σ_{j∈B} log σ(z_ij · logits_ij)``
+
+    Under DDP (W ranks, ``n = |B|/W`` pairs each) no rank builds the global matrix (the paper's chunked form): rank
+    ``r`` scores its images against its own texts (the positives and ``n − 1`` negatives), then passes texts around
+    the ring (:func:`~loupe_bench.models.gather.ring_pass`) ``W − 1`` times and scores its images against each
+    visiting block, negatives only:
+
+        ``L_r = −(1/n) Σ_{i∈r} Σ_{j∈B} log σ(z_ij · logits_ij)``,   ``L = (1/W) Σ_r L_r``
+
+    so the engine's averaging of gradients over ranks gives the gradient of ``L`` (the gradients of the texts a rank
+    lent go back along the ring). On one process ``L_r = L``. Memory per rank: the ``W`` blocks of ``n × n`` kept for
+    backward (``n × |B|``, as a local-loss CLIP), never the ``|B| × |B|`` matrix nor the gathered batch.
+
+    Args:
+        image: ``[n, D]`` local image embeddings.
+        text: ``[n, D]`` local text embeddings (row ``k`` pairs with image row ``k``).
+        logit_scale: scalar ``t`` (exponentiated, clamped).
+        logit_bias: scalar ``b``.
+        chunked: pass texts around the ring (False: local pairs only, no cross-rank negatives).
+        with_grad: gradients flow back to the ranks that lent their texts.
+    """
+    loss = sigmoid_pair_loss(image, text, logit_scale, logit_bias, positives=True)
+    _, size = world()
+    block = text
+    for _ in range(size - 1 if chunked else 0):
+        block = ring_pass(block, with_grad)
+        loss = loss + sigmoid_pair_loss(image, block, logit_scale, logit_bias, positives=False)
+    return loss
 
 
 def max_mask_value(dtype: torch.dtype) -> float:

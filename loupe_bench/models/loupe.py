@@ -294,6 +294,11 @@ class LOUPE(DualEncoder):
 
     has_native_regions = True
 
+    @classmethod
+    def check_family_spec(cls, spec: Dict[str, Any]) -> None:
+        """The ``loupe:`` block (:meth:`LoupeCfg.from_dict`), checked before anything is built."""
+        LoupeCfg.from_dict(spec.get("loupe"))
+
     def __init__(self, spec: Dict[str, Any], tokenizer: Tokenizer, load_pretrained: bool = True,
                  model_dir: Optional[Path] = None):
         super().__init__(spec, tokenizer, load_pretrained=load_pretrained, model_dir=model_dir)

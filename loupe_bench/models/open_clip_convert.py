@@ -381,8 +381,26 @@ def _mean_std(arch: str, cfg: Mapping[str, Any]) -> Tuple[Tuple[float, ...], Tup
             channel_values(where, pre, "std", OPENAI_STD, positive=True))
 
 
-def load_open_clip(ref: str):
+def with_tag_cfg(cfg: Dict[str, Any], tag_cfg: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """An architecture config with what open_clip's pretrained cfg of a tag says about its weights: the tag's
+    ``quick_gelu: true`` (weights trained with QuickGELU) turns QuickGELU on, and the tag's ``mean`` / ``std``
+    replace the architecture's ``preprocess_cfg`` ones (open_clip merges the tag's preprocessing the same way)."""
+    if not tag_cfg:
+        return cfg
+    cfg = dict(cfg)
+    if tag_cfg.get("quick_gelu"):
+        cfg["quick_gelu"] = True
+    pre = cfg.get("preprocess_cfg") or {}
+    if isinstance(pre, dict):
+        cfg["preprocess_cfg"] = {**pre, **{k: tag_cfg[k] for k in ("mean", "std") if tag_cfg.get(k) is not None}}
+    return cfg
+
+
+def load_open_clip(ref: str, weights: Optional[Path] = None, tag_cfg: Optional[Mapping[str, Any]] = None):
     """``open_clip:ARCH:PATH`` -> ``(clip_model, tokenizer_or_reason, image_size, mean, std)``.
+
+    ``weights`` / ``tag_cfg``: for ``open_clip:ARCH:TAG``, the weights file the tag resolved to and open_clip's
+    pretrained cfg of the tag (:func:`with_tag_cfg`; see :mod:`~loupe_bench.models.pretrained_names`).
 
     The model is a transformers ``CLIPModel`` with the converted weights loaded strictly (every key must match).
     The tokenizer is :func:`open_clip_bpe_tokenizer` when the text vocabulary is the BPE's 49 408 ids (any other
@@ -394,7 +412,8 @@ def load_open_clip(ref: str):
     from .towers import load_state_file, load_strict
 
     arch, path = parse_ref(ref)
-    cfg = architecture_config(arch)
+    path = path if weights is None else Path(weights)
+    cfg = with_tag_cfg(architecture_config(arch), tag_cfg)
     conf = hf_clip_config(arch, cfg)
     state = convert_state_dict(load_state_file(path), str(path))
     model = CLIPModel(conf)

@@ -29,11 +29,12 @@ from ..errors import CheckpointError, SpecError
 from ..registry import Registry
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, VLModel
-from .checkpoint import TOKENIZER_DIR
+from .checkpoint import CONFIG_FILE, TOKENIZER_DIR
 from .dual_encoder import spec_get
 from .hf_folder import (PREPROCESSOR_FILE, PROCESSOR_FILE, check_hf_config, read_preprocessing,
                         vision_image_size)
 from .losses import clip_infonce
+from .spec_check import validate_spec
 from .tokenizer import Tokenizer, UnavailableTokenizer
 from .towers import hub_offline
 from .untrusted import check_safetensors, check_safetensors_index, regular_files_of, torch_refusal
@@ -171,13 +172,23 @@ def load_hf_clip(src: str) -> PretrainedParts:
     return PretrainedParts(model, tokenizer, *pre)
 
 
-@CLIP_WEIGHT_SOURCES.register("open_clip", help="open_clip:<ARCH>:<checkpoint .pt/.safetensors>, converted")
+@CLIP_WEIGHT_SOURCES.register("open_clip", help="open_clip:<ARCH>:<checkpoint .pt/.safetensors or pretrained tag>, "
+                                                "converted")
 def load_open_clip_source(src: str) -> PretrainedParts:
-    """A local open_clip checkpoint converted to ``CLIPModel``
-    (:func:`~loupe_bench.models.open_clip_convert.load_open_clip`)."""
-    from .open_clip_convert import load_open_clip
+    """A local open_clip checkpoint, or the weights of one of open_clip's pretrained tags, converted to
+    ``CLIPModel`` (:func:`~loupe_bench.models.pretrained_names.load_open_clip_ref`)."""
+    from .pretrained_names import load_open_clip_ref
 
-    return PretrainedParts(*load_open_clip(src))
+    return PretrainedParts(*load_open_clip_ref(src))
+
+
+@CLIP_WEIGHT_SOURCES.register("hf-hub", help="hf-hub:ORG/NAME: a Hugging Face CLIPModel repository via the HF cache")
+def load_hf_hub_source(src: str) -> PretrainedParts:
+    """``hf-hub:ORG/NAME``: the repository's snapshot in the Hugging Face cache
+    (:func:`~loupe_bench.models.pretrained_names.hub_snapshot`), loaded as a local folder by :func:`load_hf_clip`."""
+    from .pretrained_names import hub_snapshot
+
+    return load_hf_clip(str(hub_snapshot(src)))
 
 
 def weight_source(src: str) -> str:
@@ -242,10 +253,12 @@ class PretrainedCLIP(VLModel):
 
     @classmethod
     def _from_model_dir(cls, spec: Dict[str, Any], model_dir: Path) -> "PretrainedCLIP":
-        """The architecture saved in ``model_dir/clip_config`` (checked like any Hugging Face config) and the
+        """The spec in ``model_dir/config.json`` validated (:func:`~loupe_bench.models.spec_check.validate_spec`),
+        the architecture saved in ``model_dir/clip_config`` (checked like any Hugging Face config) and the
         tokenizer saved in ``model_dir/tokenizer`` (a stand-in when the model was saved without one)."""
         from transformers import CLIPConfig, CLIPModel
 
+        validate_spec(spec, str(model_dir / CONFIG_FILE), CheckpointError)
         conf_dir = model_dir / CLIP_CONFIG_DIR
         check_hf_config(conf_dir / "config.json")
         try:

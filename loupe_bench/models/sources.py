@@ -1,11 +1,16 @@
 """Where ``--model`` / ``load_model(ref)`` finds a model: a registry of model-source resolvers.
 
 Each resolver in :data:`MODEL_SOURCES` answers :meth:`ModelSource.matches` for a reference (a string) and builds the
-model. The resolvers' matches are disjoint, so exactly one applies (or none: a :class:`SpecError` /
+model. The resolvers' matches are disjoint (the path routes never take an ``open_clip:`` / ``hf-hub:``
+reference), so exactly one applies (or none: a :class:`SpecError` /
 :class:`CheckpointError` listing what is accepted):
 
 ==================  ================================================================================================
-``open-clip``       ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted
+``open-clip``       ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted;
+                    ``open_clip:<ARCH>:<TAG>``: the weights of a pretrained tag of open_clip's registry (from the
+                    cache, or downloaded by open_clip), converted (:mod:`~loupe_bench.models.pretrained_names`)
+``hf-hub``          ``hf-hub:<ORG>/<NAME>``: a Hugging Face ``CLIPModel`` repository, from the HF cache (or fetched),
+                    loaded as a Hugging Face ``CLIPModel`` directory
 ``hf-clip-dir``     a Hugging Face ``CLIPModel`` directory: ``config.json`` with ``model_type: clip`` (or
                     ``architectures`` holding ``CLIPModel``) and ``model.safetensors`` / ``pytorch_model.bin``
 ``model-dir``       our model or training-run directory: ``config.json`` holding a spec (``family``) and
@@ -14,7 +19,7 @@ model. The resolvers' matches are disjoint, so exactly one applies (or none: a :
 ``spec-name``       a shipped spec name (``loupe-bench list models``): a freshly initialised model
 ==================  ================================================================================================
 
-Both checkpoint routes build a ``clip-pretrained`` model (:class:`~loupe_bench.models.pretrained_clip.PretrainedCLIP`)
+The checkpoint and by-name routes build a ``clip-pretrained`` model (:class:`~loupe_bench.models.pretrained_clip.PretrainedCLIP`)
 whose spec's ``pretrained`` is the reference, so ``save_model`` of such a model writes an ordinary model directory.
 
 :func:`load_model` / :func:`load_model_and_transforms` (the public entry points) live here. This module uses the
@@ -95,6 +100,11 @@ def is_hf_clip_config(config: Optional[Dict[str, Any]]) -> bool:
     return config.get("model_type") == "clip" or (isinstance(archs, list) and "CLIPModel" in archs)
 
 
+def _named(ref: str) -> bool:
+    """A by-name reference (``open_clip:...`` / ``hf-hub:...``), which no path route takes."""
+    return str(ref).startswith(("open_clip:", "hf-hub:"))
+
+
 def _pretrained_clip(ref: str, name: str) -> nn.Module:
     return create_model({"name": name, "family": "clip-pretrained", "pretrained": ref,
                          "description": f"checkpoint {ref}"}).eval()
@@ -104,7 +114,8 @@ def _pretrained_clip(ref: str, name: str) -> nn.Module:
 class OpenClipCheckpoint(ModelSource):
     """open_clip:<ARCH>:<checkpoint>: a local open_clip checkpoint converted to our CLIP model."""
 
-    describes = "open_clip:<ARCH>:<checkpoint .pt/.safetensors> (a local open_clip checkpoint)"
+    describes = "open_clip:<ARCH>:<checkpoint .pt/.safetensors> (a local open_clip checkpoint) or " \
+                "open_clip:<ARCH>:<TAG> (a pretrained tag: loupe-bench list pretrained)"
 
     def matches(self, ref: str) -> bool:
         from .open_clip_convert import is_open_clip_ref
@@ -113,9 +124,30 @@ class OpenClipCheckpoint(ModelSource):
 
     def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
         from .open_clip_convert import parse_ref
+        from .pretrained_names import open_clip_tag, tag_weights
 
+        tagged = open_clip_tag(ref)  # (ARCH, TAG) of a pretrained tag, None for a checkpoint file
+        if tagged is not None:
+            name = "-".join(tagged)
+            return Loaded(_pretrained_clip(ref, name), name, ref, tag_weights(*tagged)[0])
         arch, path = parse_ref(ref)
         return Loaded(_pretrained_clip(ref, f"{arch}-{path.stem}"), f"{arch}-{path.stem}", ref, path)
+
+
+@MODEL_SOURCES.register("hf-hub")
+class HFHubRepository(ModelSource):
+    """hf-hub:ORG/NAME: a Hugging Face CLIPModel repository, from the HF cache (or fetched when online)."""
+
+    describes = "hf-hub:<ORG>/<NAME> (a Hugging Face CLIPModel repository, from the HF cache or the Hub)"
+
+    def matches(self, ref: str) -> bool:
+        return str(ref).startswith("hf-hub:")
+
+    def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
+        from .pretrained_names import hub_repo_id, hub_snapshot, hub_weights
+
+        folder = hub_snapshot(ref)  # validated, fetched or found in the cache, checked to be a CLIPModel repository
+        return Loaded(_pretrained_clip(ref, hub_repo_id(ref)), hub_repo_id(ref), ref, hub_weights(folder))
 
 
 @MODEL_SOURCES.register("hf-clip-dir")
@@ -127,7 +159,7 @@ class HFClipDirectory(ModelSource):
 
     def matches(self, ref: str) -> bool:
         path = Path(ref).expanduser()
-        return path.is_dir() and is_hf_clip_config(_read_config(path))
+        return not _named(ref) and path.is_dir() and is_hf_clip_config(_read_config(path))
 
     def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
         path = Path(ref).expanduser()
@@ -146,7 +178,7 @@ class ModelDirectory(ModelSource):
 
     def matches(self, ref: str) -> bool:
         path = Path(ref).expanduser()
-        return path.is_dir() and not is_hf_clip_config(_read_config(path))
+        return not _named(ref) and path.is_dir() and not is_hf_clip_config(_read_config(path))
 
     def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
         path = Path(ref).expanduser()
@@ -179,7 +211,7 @@ class SpecFile(ModelSource):
 
     def matches(self, ref: str) -> bool:
         path = Path(ref).expanduser()
-        return path.is_file() and path.suffix in (".yaml", ".yml", ".json")
+        return not _named(ref) and path.is_file() and path.suffix in (".yaml", ".yml", ".json")
 
     def load(self, ref: str, seed: Optional[int] = None) -> Loaded:
         spec = read_spec_file(Path(ref).expanduser())
@@ -232,7 +264,9 @@ def load_model(name_or_path: Union[str, Path], seed: Optional[int] = None):
               weights: the checkpoint ``checkpoints/latest`` names), rebuilt with its weights;
             * a Hugging Face ``CLIPModel`` directory (``config.json`` with ``model_type: clip`` + ``model.safetensors``
               / ``pytorch_model.bin``; its tokenizer when saved there);
-            * ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted.
+            * ``open_clip:<ARCH>:<checkpoint .pt / .safetensors>``: a local open_clip checkpoint, converted;
+              ``open_clip:<ARCH>:<TAG>``: a pretrained tag of open_clip's registry (HF cache, or downloaded);
+            * ``hf-hub:<ORG>/<NAME>``: a Hugging Face ``CLIPModel`` repository (HF cache, or downloaded).
         seed: seeds the initialisation of spec models (ignored for checkpoints).
 
     Returns:

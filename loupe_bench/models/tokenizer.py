@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import string
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 
 from ..errors import CheckpointError, SpecError
 from .base import TokenBatch
+from .spec_check import choice_check, size_check, type_check
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 #: Characters always in a trained WordPiece vocabulary (as word starts and ``##`` continuations), so no text maps to
@@ -36,20 +37,17 @@ class TokenizerCfg:
         path: an HF-format tokenizer directory (``pretrained`` kind).
     """
 
-    kind: str = "wordpiece"
-    vocab_size: int = 1000
-    max_length: int = 32
-    lowercase: bool = True
-    path: Optional[str] = None
+    kind: str = field(default="wordpiece", metadata={"check": choice_check("pretrained", "wordlevel", "wordpiece")})
+    vocab_size: int = field(default=1000, metadata={"check": size_check("vocab_size")})
+    max_length: int = field(default=32, metadata={"check": size_check("context_length")})
+    lowercase: bool = field(default=True, metadata={"check": type_check(bool)})
+    path: Optional[str] = field(default=None, metadata={"check": type_check(str, optional=True)})
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "TokenizerCfg":
         from ..specs import from_mapping
 
-        cfg = from_mapping(cls, data, "model spec", "tokenizer")
-        if cfg.kind not in ("wordpiece", "wordlevel", "pretrained"):
-            raise SpecError(f"tokenizer: unknown kind {cfg.kind!r}; known: pretrained, wordlevel, wordpiece")
-        return cfg
+        return from_mapping(cls, data, "model spec", "tokenizer")
 
 
 class Tokenizer:

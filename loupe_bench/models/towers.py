@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, SpecError
 from ..registry import Registry
 from ..specs import from_mapping
+from .spec_check import bert_config_error, choice_check, timm_kwargs_error, type_check
 
 IMAGE_TOWERS = Registry("image tower kind")
 TEXT_TOWERS = Registry("text tower kind")
@@ -27,7 +28,8 @@ TEXT_TOWERS = Registry("text tower kind")
 
 @dataclass
 class ImageTowerCfg:
-    """Image tower spec (``image_tower:`` in a model spec).
+    """Image tower spec (``image_tower:`` in a model spec); the size keywords of ``kwargs`` are checked
+    (:func:`~loupe_bench.models.spec_check.timm_kwargs_error`).
 
     Attributes:
         kind: tower kind in :data:`IMAGE_TOWERS` (``timm``).
@@ -38,10 +40,10 @@ class ImageTowerCfg:
             timm download the named weights (online only).
     """
 
-    kind: str = "timm"
-    name: str = "vit_base_patch16_224"
-    kwargs: Dict[str, Any] = field(default_factory=dict)
-    pretrained: Optional[str] = None
+    kind: str = field(default="timm", metadata={"check": type_check(str)})
+    name: str = field(default="vit_base_patch16_224", metadata={"check": type_check(str)})
+    kwargs: Dict[str, Any] = field(default_factory=dict, metadata={"check": timm_kwargs_error})
+    pretrained: Optional[str] = field(default=None, metadata={"check": type_check(str, optional=True)})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ImageTowerCfg":
@@ -50,7 +52,8 @@ class ImageTowerCfg:
 
 @dataclass
 class TextTowerCfg:
-    """Text tower spec (``text_tower:`` in a model spec).
+    """Text tower spec (``text_tower:`` in a model spec); the sizes of ``config`` are checked
+    (:func:`~loupe_bench.models.spec_check.bert_config_error`).
 
     Attributes:
         kind: tower kind in :data:`TEXT_TOWERS` (``bert``).
@@ -61,10 +64,10 @@ class TextTowerCfg:
             symmetry far sooner with it).
     """
 
-    kind: str = "bert"
-    config: Dict[str, Any] = field(default_factory=dict)
-    pretrained: Optional[str] = None
-    pool: str = "cls"
+    kind: str = field(default="bert", metadata={"check": type_check(str)})
+    config: Dict[str, Any] = field(default_factory=dict, metadata={"check": bert_config_error})
+    pretrained: Optional[str] = field(default=None, metadata={"check": type_check(str, optional=True)})
+    pool: str = field(default="cls", metadata={"check": choice_check("cls", "mean")})
 
     def __post_init__(self):
         if self.pool not in ("cls", "mean"):

@@ -136,16 +136,24 @@ def build_reference(results_dirs: Sequence, *, config: ToleranceConfig = Toleran
 #: a reference row's fields: name → (type, required)
 _ROW_FIELDS = {"model": (str, True), "task": (str, True), "split": (str, True), "metric": (str, True),
                "value": (float, True), "abs_tol": (float, True), "rel_tol": (float, True),
-               "higher_is_better": (bool, False), "units": (str, False)}
+               "higher_is_better": (bool, False), "units": (str, False), "spread": (float, False),
+               "n_seeds": (int, False), "seeds": (list, False)}
+#: optional top-level fields of a reference and their types
+_REFERENCE_FIELDS = (("schema", str), ("seeds", list), ("created_from", str), ("tolerance_rule", str),
+                     ("reproduction", dict))
 
 
 def load_reference(path) -> Dict[str, Any]:
     """Read and validate a reference JSON (bounded: a regular file within the ``reference`` size limit).
 
-    Rule: an object with ``rows`` (a list) and ``fingerprints`` (a non-empty mapping task → fingerprint string);
-    every row an object with ``model``, ``task``, ``split``, ``metric`` non-empty strings, finite ``value``,
-    ``abs_tol``, ``rel_tol`` (tolerances ≥ 0), and a fingerprint for its task — a reference that cannot tell which
-    protocol its numbers belong to gates nothing.
+    Rule: an object with ``rows`` (a non-empty list: a reference without rows gates nothing) and ``fingerprints``
+    (a non-empty mapping task → fingerprint string); ``schema``, when present, :data:`REFERENCE_SCHEMA`;
+    ``seeds``, when present, a list of seeds (integers in ``0..2**32-1``); ``created_from`` and ``tolerance_rule``
+    strings and ``reproduction`` an object when present. Every row an object with ``model``, ``task``, ``split``,
+    ``metric`` non-empty strings, finite ``value``, ``abs_tol``, ``rel_tol`` (tolerances ≥ 0), optional fields
+    typed (``spread`` finite and ≥ 0, ``n_seeds`` ≥ 1, ``seeds`` a list of seeds), a fingerprint for its task — a
+    reference that cannot tell which protocol its numbers belong to gates nothing — and no two rows with one
+    (model, task, split, metric): which of them would gate is undefined.
 
     Raises:
         DataError: naming the file and the row of the first problem.
@@ -154,6 +162,30 @@ def load_reference(path) -> Dict[str, Any]:
     where = str(path)
     if not isinstance(ref, dict) or not isinstance(ref.get("rows"), list):
         raise DataError("a reference needs 'rows' (a list) and 'fingerprints' (task → fingerprint)", file=where)
+    _check_reference_top(ref, where)
+    fps = ref["fingerprints"]
+    seen: Dict[Tuple[str, str, str, str], int] = {}
+    for i, row in enumerate(ref["rows"]):
+        _check_reference_row(row, fps, where, f"row {i}")
+        key = (row["model"], row["task"], row["split"], row["metric"])
+        if key in seen:
+            raise DataError(f"rows {seen[key]} and {i} are both {' · '.join(key)}; one row per model, task, split "
+                            "and metric", file=where, record=f"row {i}")
+        seen[key] = i
+    return ref
+
+
+def _check_reference_top(ref: Dict[str, Any], where: str) -> None:
+    """The top-level fields of :func:`load_reference`'s rule, rows excepted."""
+    for key, typ in _REFERENCE_FIELDS:
+        if key in ref and not isinstance(ref[key], typ):
+            raise DataError(f"field {key!r} must be {typ.__name__}, got {ref[key]!r}"[:200], file=where)
+    if "schema" in ref and ref["schema"] != REFERENCE_SCHEMA:
+        raise DataError(f"unknown reference schema {ref['schema']!r} (expected {REFERENCE_SCHEMA})", file=where)
+    if "seeds" in ref:
+        _check_seeds(ref["seeds"], where, "seeds")
+    if not ref["rows"]:
+        raise DataError("a reference without rows gates nothing (every result would pass unchecked)", file=where)
     fps = ref.get("fingerprints")
     if not isinstance(fps, dict) or not fps:
         raise DataError("a reference needs 'fingerprints' (a non-empty mapping task → protocol fingerprint); "
@@ -162,9 +194,15 @@ def load_reference(path) -> Dict[str, Any]:
         if not isinstance(fp, str) or not fp:
             raise DataError(f"fingerprint must be a non-empty string, got {fp!r}", file=where,
                             record=f"fingerprints[{task!r}]")
-    for i, row in enumerate(ref["rows"]):
-        _check_reference_row(row, fps, where, f"row {i}")
-    return ref
+
+
+def _check_seeds(seeds: List[Any], where: str, record: str) -> None:
+    from ..tasks.results import SEED_MAX
+
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+            raise DataError(f"seeds must be integers in 0..{SEED_MAX}, got {seed!r}"[:200], file=where,
+                            record=record)
 
 
 def _check_reference_row(row: Any, fps: Dict[str, Any], where: str, record: str) -> None:
@@ -178,13 +216,19 @@ def _check_reference_row(row: Any, fps: Dict[str, Any], where: str, record: str)
         v = row[field]
         if typ is float:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        elif typ is bool:
+            ok = isinstance(v, bool)
         else:
-            ok = isinstance(v, typ) and (typ is not str or bool(v) or field == "units")
+            ok = isinstance(v, typ) and not isinstance(v, bool) and (typ is not str or bool(v) or field == "units")
         if not ok:
             kind = "a finite number" if typ is float else f"a {'non-empty ' if typ is str else ''}{typ.__name__}"
-            raise DataError(f"{field} must be {kind}, got {v!r}", file=where, record=record)
-    if row["abs_tol"] < 0 or row["rel_tol"] < 0:
-        raise DataError("tolerances must be non-negative", file=where, record=record)
+            raise DataError(f"{field} must be {kind}, got {v!r}"[:200], file=where, record=record)
+    if row["abs_tol"] < 0 or row["rel_tol"] < 0 or row.get("spread", 0) < 0:
+        raise DataError("tolerances and spread must be non-negative", file=where, record=record)
+    if row.get("n_seeds", 1) < 1:
+        raise DataError("n_seeds must be at least 1", file=where, record=record)
+    if "seeds" in row:
+        _check_seeds(row["seeds"], where, record)
     if row["task"] not in fps:
         raise DataError(f"task {row['task']!r} has no entry in 'fingerprints'", file=where, record=record)
 

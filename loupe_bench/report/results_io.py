@@ -157,15 +157,20 @@ def load_rows(results_dir, *, models: Optional[Sequence[str]] = None, same_name:
     (optionally only some models).
 
     Models are told apart by identity (:func:`model_labels`, ``same_name`` as there); duplicated results are
-    refused (:func:`refuse_duplicates`), across all the folders given.
+    refused (:func:`refuse_duplicates`), across all the folders given; then a value outside its own interval
+    (:func:`~loupe_bench.tasks.results.validate_intervals`).
 
     Raises:
-        DataError: when the folder holds no result JSON, a result is malformed, duplicated, or (with
-            ``same_name="refuse"``) two models share a name.
+        DataError: when the folder holds no result JSON, a result is malformed, duplicated, inconsistent with its
+            own interval, or (with ``same_name="refuse"``) two models share a name.
     """
+    from ..tasks.results import validate_intervals
+
     dirs = list(results_dir) if isinstance(results_dir, (list, tuple)) else [results_dir]
     pairs = [pair for d in dirs for pair in read_results(d)]
     refuse_duplicates(pairs)
+    for p, obj in pairs:
+        validate_intervals(obj, file=str(p))
     labels = model_labels(pairs, same_name=same_name)
     rows: List[MetricRow] = []
     seen = set()
@@ -185,8 +190,14 @@ def load_rows(results_dir, *, models: Optional[Sequence[str]] = None, same_name:
 
 
 def load_results_raw(results_dir) -> List[Dict[str, Any]]:
-    """The parsed, validated result objects themselves (for the ``unavailable`` and ``extra`` fields)."""
-    return [obj for _, obj in read_results(results_dir)]
+    """The parsed, validated result objects themselves (for the ``unavailable`` and ``extra`` fields); values
+    outside their own interval are refused (:func:`~loupe_bench.tasks.results.validate_intervals`)."""
+    from ..tasks.results import validate_intervals
+
+    pairs = read_results(results_dir)
+    for p, obj in pairs:
+        validate_intervals(obj, file=str(p))
+    return [obj for _, obj in pairs]
 
 
 #: the manifest fields a report reads and their types

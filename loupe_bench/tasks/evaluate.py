@@ -138,6 +138,7 @@ def evaluate(
     seed: int = 0,
     device: str = "cpu",
     skip_unsupported: bool = True,
+    names: Optional[Sequence[Optional[str]]] = None,
 ) -> List[Dict[str, Any]]:
     """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir`` (suffixed with
     ``__<id8>`` when another model's result holds that name: see :func:`~loupe_bench.tasks.results.result_path`).
@@ -152,6 +153,8 @@ def evaluate(
             :class:`~loupe_bench.errors.SpecError`.
         skip_unsupported: a model that cannot run a protocol (``native`` proposals without a region head) is
             recorded with ``extra.skipped`` and every metric unavailable, instead of aborting the whole run.
+        names: display names, one per model (``None`` entries keep the model's own), recorded as ``model.name``
+            and used in the result file names (:func:`check_model_name`).
 
     Returns:
         The result dicts (also written when ``out_dir`` is given).
@@ -170,8 +173,14 @@ def evaluate(
     for spec in specs:  # a missing data file is reported (with the layout it expects) before any model is built
         spec.require_data(root)
     results: List[Dict[str, Any]] = []
-    for m in models:
+    labels = list(names) if names is not None else [None] * len(models)
+    if len(labels) != len(models):
+        raise SpecError(f"{len(labels)} model names for {len(models)} models: give one name per model")
+    labels = [None if n is None else check_model_name(n) for n in labels]  # all checked before any model loads
+    for m, label in zip(models, labels):
         model, record = resolve_model(m, seed)
+        if label is not None:
+            record["name"] = label
         model.to(device)
         with feature_cache():  # tasks that share images (test split: detection, grounding) encode them once
             for spec in specs:
@@ -186,6 +195,23 @@ def evaluate(
                         r["_path"] = str(write_result(out_dir, r))
                     results.append(r)
     return results
+
+
+#: the longest display name a result accepts (``--name``)
+MAX_MODEL_NAME = 120
+
+
+def check_model_name(name: Any) -> str:
+    """A display name for ``model.name``: one line of 1 to :data:`MAX_MODEL_NAME` printable characters (no control,
+    format or line-separator characters), not blank; else one :class:`SpecError` line."""
+    text = str(name)
+    bad = next((i for i, ch in enumerate(text) if not ch.isprintable()), None)
+    if not text.strip() or len(text) > MAX_MODEL_NAME or bad is not None or text != text.strip():
+        why = f"a non-printable character at position {bad}" if bad is not None else \
+            f"{len(text)} characters" if len(text) > MAX_MODEL_NAME else "blank or padded with spaces"
+        raise SpecError(f"model name {text[:MAX_MODEL_NAME]!r}: {why}; a name is one line of 1 to {MAX_MODEL_NAME} "
+                        "printable characters")
+    return text
 
 
 def _skipped(record, spec: TaskSpec, root, seed, device, reason: str) -> List[Dict[str, Any]]:

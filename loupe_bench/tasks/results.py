@@ -22,6 +22,10 @@ from ..errors import DataError
 from ..utils.io import atomic_write_json, atomic_write_text, read_json
 
 SCHEMA = "loupe-bench/result/v1"
+#: the schema tags of every version of our result files: one this version does not read is refused, never skipped
+SCHEMA_FAMILY = "loupe-bench/result/"
+#: seeds are unsigned 32-bit integers (``eval --seed``, ``numpy.random.default_rng``, ``torch.manual_seed``)
+SEED_MAX = 2 ** 32 - 1
 UNITS = ("fraction", "percent", "score", "sum of fractions", "count", "seconds")
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -161,6 +165,55 @@ def validate_metric(name: str, entry: Any, file: Optional[str] = None, where: st
         raise _fail(f"unknown units {units!r}", file, rec)
 
 
+#: metrics whose interval is the percentile bootstrap of a statistic of the whole resampled set (corpus BLEU,
+#: CIDEr-D with its document frequencies, COCO AP), not of a mean of per-item values
+CORPUS_STATISTICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "AP", "AP50", "AP75")
+#: how far past its own interval a value may lie, in widths of the interval (see :func:`check_interval`)
+INTERVAL_SLACK = {"mean": 0.5, "corpus": 2.0}
+#: float rounding allowed on top, relative to the interval's magnitude (at least 1)
+INTERVAL_ROUNDING = 1e-6
+
+
+def check_interval(name: str, entry: Dict[str, Any], file: Optional[str] = None, where: str = "metrics") -> None:
+    """A metric's value lies within its own ``ci95`` (when it has one), up to a slack.
+
+    Rule: with ``w = high - low``, the value must lie in ``[low - s, high + s]``,
+    ``s = INTERVAL_SLACK[kind] · w + INTERVAL_ROUNDING · max(1, |low|, |high|)``. For a mean of per-item values
+    (``kind = "mean"``, every metric not in :data:`CORPUS_STATISTICS`) the percentile interval holds the mean (the
+    resampled means are centred on it); half a width more absorbs the quantile noise of few resamples. For a
+    statistic of the whole resampled set (``kind = "corpus"``) the percentile interval need not hold the point
+    estimate — resampling with duplicates biases corpus CIDEr-D (document frequencies) and COCO AP — so two widths are
+    allowed. A value further out is a stale or edited result.
+
+    Raises:
+        DataError: naming the file and the metric.
+    """
+    ci = entry.get("ci95")
+    if ci is None:
+        return
+    low, high, value = float(ci[0]), float(ci[1]), float(entry["value"])
+    kind = "corpus" if name in CORPUS_STATISTICS else "mean"
+    slack = INTERVAL_SLACK[kind] * (high - low) + INTERVAL_ROUNDING * max(1.0, abs(low), abs(high))
+    if not low - slack <= value <= high + slack:
+        raise _fail(f"value {value!r} lies outside its own ci95 [{low!r}, {high!r}]: a stale or edited result "
+                    "(evaluate again)", file, f"{where}[{name!r}]")
+
+
+def validate_intervals(obj: Dict[str, Any], file: Optional[str] = None) -> None:
+    """:func:`check_interval` for every metric and reference-row entry of a validated result
+    (:func:`validate_record`); gathering commands run it after refusing duplicated results, so a stale copy of a
+    result is named together with the file it copies.
+
+    Raises:
+        DataError: naming the file and the metric.
+    """
+    for name, entry in obj["metrics"].items():
+        check_interval(name, entry, file)
+    for row, metrics in (obj.get("reference_rows") or {}).items():
+        for name, entry in metrics.items():
+            check_interval(name, entry, file, where=f"reference_rows[{row!r}]")
+
+
 #: (section, field, type, required): the fields a gathering command reads from a result
 _RECORD_FIELDS = (
     ("model", "name", str, True), ("model", "identity", str, False), ("model", "spec", dict, False),
@@ -175,7 +228,8 @@ _OPTIONAL_TOP = (("unavailable", dict), ("extra", dict), ("reference_rows", dict
 
 def validate_record(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
     """The part of the result schema that gathering commands (report, check, compare, export) rely on: the schema
-    tag; ``model`` and ``task`` with their fields typed (names non-empty strings); ``seed`` an integer; every metric
+    tag; ``model`` and ``task`` with their fields typed (names non-empty strings); ``seed`` an integer in
+    ``0..SEED_MAX``; every metric
     and reference-row entry finite (:func:`validate_metric`); optional fields of the right type when present.
 
     Raises:
@@ -189,8 +243,9 @@ def validate_record(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
         if not isinstance(obj.get(key), dict):
             raise _fail(f"field {key!r} must be an object", file)
     _check_fields(obj, file)
-    if not isinstance(obj.get("seed"), int) or isinstance(obj.get("seed"), bool):
-        raise _fail(f"field 'seed' must be an integer, got {obj.get('seed')!r}", file)
+    seed = obj.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+        raise _fail(f"field 'seed' must be an integer in 0..{SEED_MAX}, got {seed!r}", file)
     for name, entry in obj["metrics"].items():
         validate_metric(name, entry, file)
     for row, metrics in (obj.get("reference_rows") or {}).items():
@@ -263,8 +318,8 @@ def write_result(out_dir: Union[str, Path], result: Dict[str, Any]) -> Path:
 
 def read_result_files(directory: Union[str, Path]) -> List[Tuple[Path, Dict[str, Any]]]:
     """``(path, object)`` of every result JSON under ``directory`` (a folder, searched recursively with hidden
-    folders skipped, or one file), sorted by path. JSON files with another ``schema`` are not results and are
-    skipped; a file that is not a regular file, is over the ``result`` size limit or is not JSON is refused
+    folders skipped, or one file), sorted by path. Which JSON files are results: :func:`is_result`. A file that is
+    not a regular file, is over the ``result`` size limit or is not JSON is refused
     (:mod:`~loupe_bench.utils.bounded`), so nothing under a results folder is silently left out.
 
     Raises:
@@ -281,18 +336,46 @@ def read_result_files(directory: Union[str, Path]) -> List[Tuple[Path, Dict[str,
     out = []
     for p in files:
         obj = read_json(p, kind="result")
-        if isinstance(obj, dict) and obj.get("schema") == SCHEMA:
+        if is_result(obj, file=str(p)):
             out.append((p, obj))
     return out
 
 
+def is_result(obj: Any, file: Optional[str] = None) -> bool:
+    """Whether a JSON document found under a results folder is one of our results.
+
+    Rule: ``schema`` equal to :data:`SCHEMA` is a result; a ``schema`` of :data:`SCHEMA_FAMILY` with another version
+    is refused; a document shaped like a result (``model`` and ``task`` objects and a ``metrics`` entry) under any
+    other or no ``schema`` is refused; anything else — a ``reproduce.json`` manifest, a reference, a run's
+    ``run.json``, an export in CLIP_benchmark layout, another tool's JSON — is not a result and is skipped.
+
+    Raises:
+        DataError: naming the file, for the two refused kinds.
+    """
+    if not isinstance(obj, dict):
+        return False
+    schema = obj.get("schema")
+    if schema == SCHEMA:
+        return True
+    if isinstance(schema, str) and schema.startswith(SCHEMA_FAMILY):
+        raise _fail(f"result schema {schema!r} is not one this version reads (expected {SCHEMA})", file)
+    if isinstance(obj.get("model"), dict) and isinstance(obj.get("task"), dict) and "metrics" in obj:
+        raise _fail(f"a result (model, task, metrics) with schema {schema!r} (expected {SCHEMA}); refusing to "
+                    "skip or read it", file)
+    return False
+
+
 def load_results(directory: Union[str, Path], validate: bool = True) -> List[Dict[str, Any]]:
-    """Every result JSON under ``directory`` (:func:`read_result_files`), validated (:func:`validate_result`) and
-    sorted by (model, task, split). Each record gets ``_path``."""
+    """Every result JSON under ``directory`` (:func:`read_result_files`), validated (:func:`validate_result`, then
+    :func:`validate_intervals`) and sorted by (model, task, split). Each record gets ``_path``."""
     out = []
-    for p, obj in read_result_files(directory):
+    pairs = read_result_files(directory)
+    for p, obj in pairs:
         if validate:
             validate_result(obj, file=str(p))
+    for p, obj in pairs:
+        if validate:
+            validate_intervals(obj, file=str(p))
         obj["_path"] = str(p)
         out.append(obj)
     out.sort(key=lambda r: (r["model"]["name"], r["task"]["name"], r["task"]["split"]))
