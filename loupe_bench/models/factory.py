@@ -17,6 +17,7 @@ from ..specs import NOT_INHERITED, merge_spec, read_named_file, resolve_base as 
 from ..specs import resolve_spec, spec_index
 from ._registry import model_class
 from .spec_check import validate_spec
+from .spec_fields import check_spec_keys  # noqa: F401  (re-exported: families call it)
 
 SpecLike = Union[str, Path, Mapping[str, Any]]
 
@@ -24,18 +25,6 @@ SpecLike = Union[str, Path, Mapping[str, Any]]
 #: encoder every compared model of one size shares
 TOWER_KEYS = ("image_size", "embed_dim", "image_tower", "text_tower", "tokenizer", "projection", "temperature_init",
               "max_logit_scale", "text_special_tokens")
-
-
-def check_spec_keys(spec: Mapping[str, Any], cls: Any) -> None:
-    """Refuse a top-level spec key the family does not read (a typo such as ``temprature_init`` would otherwise be
-    silently ignored). The known keys are the class's ``SPEC_KEYS`` (a family without it is not checked)."""
-    known = getattr(cls, "SPEC_KEYS", None)
-    if known is None:
-        return
-    unknown = sorted(set(spec) - set(known))
-    if unknown:
-        raise SpecError(f"model spec {spec.get('name', '?')!r}: unknown top-level key(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(known))}")
 
 
 def tower_preset(name: Any, where: str = "<mapping>") -> Dict[str, Any]:

@@ -23,7 +23,7 @@ from .dual_encoder import DualEncoder, spec_get
 from .losses import (
     clip_infonce, default_chunk_elements, filip_infonce, filip_scores, filip_similarity, max_mask_value,
 )
-from .spec_check import TEMPERATURE_RANGE, choice_check, range_check
+from .spec_fields import TEMPERATURE_RANGE, choice_check, range_check
 from .tokenizer import Tokenizer
 
 DIRECTIONS = ("i2t", "t2i", "mean")

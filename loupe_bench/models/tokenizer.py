@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..errors import CheckpointError, SpecError
 from .base import TokenBatch
-from .spec_check import choice_check, size_check, type_check
+from .spec_fields import choice_check, size_check, type_check
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 #: Characters always in a trained WordPiece vocabulary (as word starts and ``##`` continuations), so no text maps to

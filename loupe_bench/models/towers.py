@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, SpecError
 from ..registry import Registry
 from ..specs import from_mapping
-from .spec_check import bert_config_error, choice_check, timm_kwargs_error, type_check
+from .spec_fields import bert_config_error, choice_check, timm_kwargs_error, type_check
 
 IMAGE_TOWERS = Registry("image tower kind")
 TEXT_TOWERS = Registry("text tower kind")
