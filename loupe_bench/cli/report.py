@@ -21,7 +21,9 @@ import click
 def report_cmd(results_dir, html, markdown, csv, out_dir, runs, world):
     """Render RESULTS_DIR as a console table and, as asked, CSV, Markdown and HTML.
 
-    With none of --html/--markdown/--csv given, all three are written.
+    With none of --html/--markdown/--csv given, all three are written. Every result JSON under RESULTS_DIR is read;
+    other JSON files (manifests, references, exports) are skipped, a result-shaped file with another schema is
+    refused.
     """
     from ..report.render import report
 

@@ -105,6 +105,10 @@ def build_reference(results_dirs: Sequence, *, config: ToleranceConfig = Toleran
 
     For each (model, task, split, metric): ``value`` = mean over seeds, ``spread`` = sample std over seeds,
     ``abs_tol = max(abs_floor, k · spread, (max − min) / 2)``, ``rel_tol`` from ``config``.
+
+    Raises:
+        DataError: the results hold no metric (a reference without rows gates nothing), or as
+            :func:`~loupe_bench.report.results_io.load_rows`.
     """
     rows = load_rows(list(results_dirs), same_name="refuse")
     fps = task_fingerprints(rows)
@@ -121,6 +125,9 @@ def build_reference(results_dirs: Sequence, *, config: ToleranceConfig = Toleran
             "abs_tol": round(abs_tol, 6), "rel_tol": config.rel_tol, "units": grp[0].units,
             "higher_is_better": higher_is_better(key[3]),
         })
+    if not out_rows:
+        raise DataError("the results hold no metric to gate; a reference without rows gates nothing",
+                        file=", ".join(str(d) for d in results_dirs))
     seeds = sorted({r.seed for r in rows if r.seed is not None})
     return {
         "schema": REFERENCE_SCHEMA,

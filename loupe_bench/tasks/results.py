@@ -360,8 +360,8 @@ def is_result(obj: Any, file: Optional[str] = None) -> bool:
     if isinstance(schema, str) and schema.startswith(SCHEMA_FAMILY):
         raise _fail(f"result schema {schema!r} is not one this version reads (expected {SCHEMA})", file)
     if isinstance(obj.get("model"), dict) and isinstance(obj.get("task"), dict) and "metrics" in obj:
-        raise _fail(f"a result (model, task, metrics) with schema {schema!r} (expected {SCHEMA}); refusing to "
-                    "skip or read it", file)
+        raise _fail(f"a result (model, task, metrics) with schema {schema!r}, not {SCHEMA}: neither read nor "
+                    "skipped", file)
     return False
 
 
