@@ -192,3 +192,25 @@ def test_every_plan_compares_models_on_identical_towers(plan_name):
         for key in TOWER_KEYS + ("text_special_tokens", "temperature_init", "max_logit_scale"):
             assert spec.get(key) == specs[first].get(key), (plan_name, m, key)
     assert not any(k.split(":", 1)[0] in plan.models for k in plan.recipe_overrides if ":" in k)  # no per-model recipe
+
+
+def test_cli_set_changes_plan_fields(monkeypatch, tmp_path):
+    """``--set models+=NAME`` adds a model to the plan, ``--set FIELD=VALUE`` replaces a field; a typo in a field or
+    a model name is one line before anything runs."""
+    seen = {}
+
+    def fake(out, seeds, quick, plan):
+        seen.update(plan=plan)
+        return Path(out) / "reproduce.json"
+
+    monkeypatch.setattr(R, "reproduce_synthetic", fake)
+    run = CliRunner()
+    res = run.invoke(cli, ["reproduce", "synthetic", "--set", "models+=siglip-tiny", "--set", "workers=1",
+                           "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert seen["plan"].models == R.default_plan(False).models + ["siglip-tiny"] and seen["plan"].workers == 1
+    for bad, words in (("workerz=1", "unknown plan field"), ("models+=sigclip-tiny", "sigclip-tiny"),
+                       ("workers=0", "workers"), ("models=[]", "at least one model")):
+        res = run.invoke(cli, ["reproduce", "synthetic", "--set", bad, "--out", str(tmp_path / "x")])
+        assert res.exit_code != 0 and words in str(res.output) + str(res.exception), (bad, res.output)
+        assert not (tmp_path / "x").exists()

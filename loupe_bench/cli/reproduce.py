@@ -33,7 +33,10 @@ def _plan_names():
               help="Processes training/evaluating models at once (default: the plan's; default plan 2, one torch "
                    "thread each; 1 = sequential in this process with the recipe's threads). Part of the plan: "
                    "numbers depend on it.")
-def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers):
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Change a field of the plan (VALUE is YAML); FIELD+=VALUE appends to a list, e.g. "
+                   "--set models+=siglip-tiny. Part of the plan: the manifest records it.")
+def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers, sets):
     """Generate the synthetic world, train CLIP, FILIP and LOUPE (and LOUPE's ablations and the oracle-regions
     bound unless --quick) with the plan's recipe, evaluate every synthetic task and write the report."""
     from dataclasses import replace
@@ -45,6 +48,11 @@ def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers):
     plan = get_plan("quick" if quick else (plan_name or "default"))
     if workers is not None:
         plan = replace(plan, workers=workers)
+    if sets:
+        from ..pipeline.plan import plan_with
+        from ..specs import parse_assignments
+
+        plan = plan_with(plan, parse_assignments(sets, "--set", "models+=siglip-tiny"))
     n = int(n_seeds) if n_seeds is not None else int(plan.seeds)
     manifest = reproduce_synthetic(out, seeds=range(first_seed, first_seed + n), quick=plan.quick, plan=plan)
     click.echo(f"manifest: {manifest}")

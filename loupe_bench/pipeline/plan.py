@@ -195,6 +195,47 @@ def gpu_plan() -> SyntheticPlan:
         workers=4, worker_threads=2, seeds=3, eval_device="cuda", world_workers=8)
 
 
+def plan_with(plan: SyntheticPlan, assignments: Dict[str, Any], where: str = "--set") -> SyntheticPlan:
+    """``plan`` with fields replaced: ``{"FIELD": value}`` sets a field, ``{"FIELD+": value}`` appends to a list
+    field (a name or a list of names), e.g. ``reproduce synthetic --set models+=siglip-tiny``. Unknown fields and
+    values of the wrong type are a :class:`SpecError` naming the field; ``model_task_types`` and the override maps
+    stay as the plan has them unless set."""
+    from dataclasses import asdict, fields
+
+    from ..specs import from_mapping
+
+    known = {f.name for f in fields(SyntheticPlan)}
+    data = asdict(plan)
+    for key, value in assignments.items():
+        name, append = (key[:-1], True) if key.endswith("+") else (key, False)
+        if name not in known:
+            raise SpecError(f"{where} {key}: unknown plan field; known: {', '.join(sorted(known))}")
+        if append:
+            if not isinstance(data[name], list):
+                raise SpecError(f"{where} {key}: {name} is not a list; use {name}=VALUE")
+            extra = value if isinstance(value, list) else [value]
+            data[name] = data[name] + [v for v in extra if v not in data[name]]
+        else:
+            data[name] = value
+    out = from_mapping(SyntheticPlan, data, where)
+    _check_plan(out, where)
+    return out
+
+
+def _check_plan(plan: SyntheticPlan, where: str) -> None:
+    """Counts in range and every model a shipped spec (resolved now: a typo fails before the world is made)."""
+    from ..models.factory import get_spec
+
+    for name, lo, hi in (("workers", 1, 64), ("worker_threads", 1, 256), ("seeds", 1, 10), ("image_size", 16, 1024)):
+        value = getattr(plan, name)
+        if not lo <= value <= hi:
+            raise SpecError(f"{where}: field '{name}': must be in {lo}..{hi}, got {value}")
+    if not plan.models:
+        raise SpecError(f"{where}: field 'models': must name at least one model")
+    for model in plan.models:
+        get_spec(model)
+
+
 def get_plan(name: str) -> SyntheticPlan:
     """A fresh :class:`SyntheticPlan` of the registered plan ``name`` (:data:`PLANS`); unknown: SpecError."""
     return PLANS.get(name)()
