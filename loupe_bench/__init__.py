@@ -75,12 +75,14 @@ def evaluate(
     seed: int = 0,
     device: str = "cpu",
     skip_unsupported: bool = True,
+    names: Optional[Sequence[Optional[str]]] = None,
 ) -> List[Dict[str, Any]]:
     """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir``.
 
     Args:
         models: any reference :func:`load_model` accepts (spec names / files, model or run directories, Hugging
-            Face CLIP directories, ``open_clip:ARCH:FILE``) or model objects.
+            Face CLIP directories, ``open_clip:ARCH:FILE``, ``open_clip:ARCH:TAG``, ``hf-hub:ORG/NAME``) or model
+            objects.
         tasks: shipped task names, task YAML paths, spec mappings or ``TaskSpec`` objects.
         data_root: folder the task's data paths are relative to (the synthetic world, or e.g. a COCO root).
         out_dir: where result JSON goes (``None``: do not write).
@@ -88,6 +90,8 @@ def evaluate(
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
         skip_unsupported: record a model that cannot run a protocol (``native`` proposals without a region head) as
             skipped instead of aborting the run.
+        names: display names, one per model (``None`` keeps the model's own), recorded as the results'
+            ``model.name`` (one line, at most 120 printable characters).
 
     Returns:
         The result dicts (also written when ``out_dir`` is given).
@@ -95,7 +99,7 @@ def evaluate(
     from .tasks.evaluate import evaluate as _evaluate
 
     return _evaluate(models, tasks, data_root=data_root, out_dir=out_dir, seed=seed, device=device,
-                     skip_unsupported=skip_unsupported)
+                     skip_unsupported=skip_unsupported, names=names)
 
 
 def report(

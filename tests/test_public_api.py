@@ -24,7 +24,7 @@ PUBLIC = {
               ["model", "data", "recipe", "out", "resume", "seed", "overrides", "stop_after", "allow_remote_shards",
                "allow_changed", "on_bad_sample", "on_step"]),
     "evaluate": ("loupe_bench.tasks.evaluate", "evaluate",
-                 ["models", "tasks", "data_root", "out_dir", "seed", "device", "skip_unsupported"]),
+                 ["models", "tasks", "data_root", "out_dir", "seed", "device", "skip_unsupported", "names"]),
     "report": ("loupe_bench.report.render", "report",
                ["results_dir", "html", "markdown", "csv", "out_dir", "runs", "world_dir", "explain_images", "console",
                 "title", "quiet"]),

@@ -19,8 +19,9 @@ reference), so exactly one applies (or none: a :class:`SpecError` /
 ``spec-name``       a shipped spec name (``loupe-bench list models``): a freshly initialised model
 ==================  ================================================================================================
 
-The checkpoint and by-name routes build a ``clip-pretrained`` model (:class:`~loupe_bench.models.pretrained_clip.PretrainedCLIP`)
-whose spec's ``pretrained`` is the reference, so ``save_model`` of such a model writes an ordinary model directory.
+The checkpoint and by-name routes build a ``clip-pretrained`` model
+(:class:`~loupe_bench.models.pretrained_clip.PretrainedCLIP`) whose spec's ``pretrained`` is the reference, so
+``save_model`` of such a model writes an ordinary model directory.
 
 :func:`load_model` / :func:`load_model_and_transforms` (the public entry points) live here. This module uses the
 factory (spec routes) and the model-directory format (:mod:`~loupe_bench.models.checkpoint`); neither imports it.
