@@ -46,11 +46,11 @@ def option_error(param: inspect.Parameter, value: Any) -> Optional[str]:
     if "Dict" in kind or "Mapping" in kind:
         return None if isinstance(value, dict) else "must be a mapping"
     if "Sequence[int]" in kind:
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, (list, tuple)) or not value:
             return "must be a non-empty list of integers"
         return next((e for e in (_number_error(v, True, False) for v in value) if e), None)
     if "Sequence[str]" in kind:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         ok = ok or ("Union[str" in kind and isinstance(value, str))
         return None if ok else "must be a list of names"
     if "bool" in kind:
