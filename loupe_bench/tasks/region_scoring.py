@@ -11,7 +11,8 @@ spec's ``options.region_scoring`` (part of the normalised spec, hence of the pro
   No model-specific head (LOUPE's ``W_r``, FILIP's token late interaction) takes part, so two models with the same
   towers get the same numbers whatever their class.
 * ``native``: each model's own :meth:`~loupe_bench.models.base.VLModel.score_regions` (FILIP: token-wise late
-  interaction over the box's patches; LOUPE: its region projection and phrase embedding; CLIP: the shared rule).
+  interaction over the box's patches; LOUPE: its region projection and phrase embedding; SPARC: the text's tokens
+  grouped over the box's patches as over a whole image, against the tokens; CLIP: the shared rule).
   Reported as a separately fingerprinted variant.
 """
 from __future__ import annotations
