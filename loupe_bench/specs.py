@@ -387,9 +387,9 @@ def _type_hints(cls: type) -> Dict[str, Any]:
 
 
 def _numeric_hint(hint: Any) -> bool:
-    """Whether an annotation is ``int`` / ``float`` (optionally ``Optional``): its text values are read as numbers."""
-    return hint in (int, float) or (typing.get_origin(hint) is Union
-                                   and any(a in (int, float) for a in typing.get_args(hint)))
+    """Whether an annotation is ``float`` (optionally ``Optional``): its text values such as ``"1e-3"`` (a string in
+    YAML 1.1) are read as numbers; an integer field never takes text."""
+    return hint is float or (typing.get_origin(hint) is Union and float in typing.get_args(hint))
 
 
 _SCALARS = {int: "an integer", float: "a number", str: "a text value", bool: "true or false"}

@@ -24,6 +24,7 @@ SMALL_TO_TINY = {
     "clip-small": "clip-tiny", "filip-small": "filip-tiny", "loupe-small": "loupe-tiny",
     "loupe-small-no-tsa": "loupe-no-tsa", "loupe-small-no-fsa": "loupe-no-fsa",
     "loupe-small-sampling": "loupe-sampling", "loupe-small-oracle-regions": "loupe-oracle-regions",
+    "sparc-small": "sparc-tiny", "siglip-small": "siglip-tiny",
 }
 TOWER_KEYS = ("image_size", "embed_dim", "image_tower", "text_tower", "tokenizer", "projection")
 
@@ -37,7 +38,8 @@ def test_plan_registry_names_and_unchanged_default_quick():
         R.get_plan("nope")
     # the default and quick plans compute what they did: their fields are the constants the gate was built with
     d, q = R.default_plan(False), R.default_plan(True)
-    assert d.models == list(R.MAIN_MODELS + R.ABLATIONS + R.BOUNDS) and q.models == list(R.MAIN_MODELS)
+    assert d.models == list(R.MAIN_MODELS + R.PEERS + R.ABLATIONS + R.BOUNDS) and q.models == list(R.MAIN_MODELS)
+    assert "sparc-tiny" in d.models and "siglip-tiny" in R.OPTIONAL_PEERS and "siglip-tiny" not in d.models
     assert (d.world_size, d.image_size, d.recipe, d.workers, d.worker_threads) == ("small", 64, "tiny-cpu", 2, 1)
     assert d.recipe_overrides == {} and q.recipe_overrides == R.QUICK_OVERRIDES
     assert d.task_overrides == R.DEFAULT_TASK_OVERRIDES and q.task_overrides == R.QUICK_TASK_OVERRIDES

@@ -29,6 +29,8 @@ from .plan import (
     GPU_MAIN_MODELS,
     GPU_TASK_OVERRIDES,
     MAIN_MODELS,
+    OPTIONAL_PEERS,
+    PEERS,
     NOT_IN_QUICK,
     PLANS,
     QUICK_OVERRIDES,
@@ -53,7 +55,7 @@ from .synthetic import reproduce_synthetic
 
 __all__ = [
     "ABLATION_TASK_TYPES", "ABLATIONS", "BOUNDS", "Context", "DEFAULT_TASK_OVERRIDES", "EVAL_GROUPS", "GPU_ABLATIONS",
-    "GPU_MAIN_MODELS", "GPU_TASK_OVERRIDES", "MAIN_MODELS", "NOT_IN_QUICK", "PLANS", "QUICK_OVERRIDES",
+    "GPU_MAIN_MODELS", "GPU_TASK_OVERRIDES", "MAIN_MODELS", "NOT_IN_QUICK", "OPTIONAL_PEERS", "PEERS", "PLANS", "QUICK_OVERRIDES",
     "QUICK_TASK_OVERRIDES", "STAGES", "STAGE_ORDER", "StageLog", "SyntheticPlan", "announce_missing",
     "apply_overrides", "default_plan", "eval_job", "get_plan", "gpu_plan", "missing_metrics", "model_spec_mapping",
     "paper_task_specs", "plan_model", "reproduce_paper", "reproduce_synthetic", "run_jobs", "stage_eval",

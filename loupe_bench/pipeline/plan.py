@@ -12,6 +12,10 @@ from ..errors import SpecError
 from ..registry import Registry
 
 MAIN_MODELS = ("clip-tiny", "filip-tiny", "loupe-tiny")
+#: box-free fine-grained peers trained with the same recipe: in the default plan's every table beside the main models
+PEERS = ("sparc-tiny",)
+#: further peers a user adds with ``reproduce synthetic --set models+=NAME`` (the GPU plan trains them)
+OPTIONAL_PEERS = ("siglip-tiny",)
 ABLATIONS = ("loupe-no-tsa", "loupe-no-fsa", "loupe-sampling")
 #: upper bounds trained with the same recipe that are NOT LOUPE (they use box labels), evaluated like the ablations
 BOUNDS = ("loupe-oracle-regions",)
@@ -56,7 +60,7 @@ class SyntheticPlan:
     world_size: str = "small"
     image_size: int = 64
     world_seed: int = 0
-    models: List[str] = field(default_factory=lambda: list(MAIN_MODELS + ABLATIONS + BOUNDS))
+    models: List[str] = field(default_factory=lambda: list(MAIN_MODELS + PEERS + ABLATIONS + BOUNDS))
     recipe: str = "tiny-cpu"
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
     tasks: Optional[List[str]] = None
@@ -111,13 +115,13 @@ QUICK_TASK_OVERRIDES: Dict[str, Any] = {
 #: the named plans of ``reproduce synthetic --plan NAME``: each entry is a function ``() -> SyntheticPlan``
 PLANS = Registry("reproduce plan")
 
-PLANS.register("default", help="CLIP, FILIP, LOUPE, its ablations and the oracle-regions bound, tiny towers, "
-               "small world, tiny-cpu (2 CPU cores, minutes)")(lambda: default_plan(False))
+PLANS.register("default", help="CLIP, FILIP, LOUPE, SPARC, LOUPE's ablations and the oracle-regions bound, tiny "
+               "towers, small world, tiny-cpu (2 CPU cores, minutes; --set models+=siglip-tiny adds SigLIP)")(lambda: default_plan(False))
 PLANS.register("quick", help="CI variant: CLIP, FILIP, LOUPE, 100 steps, lighter task options "
                "(under a minute on 2 quiet cores)")(lambda: default_plan(True))
 
 #: models of the GPU plan: one tower size (ViT-S/16 at 128 px + BERT 4 x 384) for every compared model
-GPU_MAIN_MODELS = ("clip-small", "filip-small", "loupe-small")
+GPU_MAIN_MODELS = ("clip-small", "filip-small", "loupe-small", "sparc-small", "siglip-small")
 GPU_ABLATIONS = ("loupe-small-no-tsa", "loupe-small-no-fsa", "loupe-small-sampling", "loupe-small-oracle-regions")
 #: task options of the GPU plan: fewer bootstrap replicates per result (the tables' intervals are over the three
 #: seeds), grounding without the val split (the model-selection split; test and comptest stay), captions without
@@ -133,7 +137,8 @@ GPU_TASK_OVERRIDES: Dict[str, Any] = {
 }
 
 
-@PLANS.register("gpu", help="CLIP, FILIP, LOUPE, its ablations and the oracle-regions bound with ViT-S/16 towers "
+@PLANS.register("gpu", help="CLIP, FILIP, LOUPE, SPARC, SigLIP, LOUPE's ablations and the oracle-regions bound "
+                "with ViT-S/16 towers "
                 "at 128 px on the medium world, bf16, 3 seeds (one H200, <= 10 min estimated; not yet run)")
 def gpu_plan() -> SyntheticPlan:
     """The GPU plan: the question at a scale where it can show, sized for <= 10 minutes of one H200-class GPU.
