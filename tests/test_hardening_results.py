@@ -314,3 +314,327 @@ def test_item9_csv_cells_never_start_a_formula(tmp_path, capsys):
     rows = list(_csv.DictReader((tmp_path / "rep" / "results.csv").open()))
     assert rows and all(not str(v).startswith(("=", "+", "@")) for r in rows for v in r.values())
     assert any(str(v).startswith("'=HYPERLINK") for r in rows for v in r.values())
+
+
+# -- item 3 (lost tests, restored): a value outside its own interval, result detection, seeds, reference rules ---------
+from loupe_bench.errors import DataError                              # noqa: E402
+from loupe_bench.tasks.results import check_interval                  # noqa: E402
+
+GATHERING = ("report", "check", "export", "compare")
+
+
+def _gather(command: str, res: Path, tmp_path: Path, ref: Path):
+    """One gathering command over ``res`` (its outputs under ``tmp_path``)."""
+    return {"report": ["report", res, "--out", tmp_path / "rep"],
+            "check": ["check", res, "--reference", ref],
+            "export": ["export", res, "--format", "clip_benchmark", "--out", tmp_path / "cb"],
+            "compare": ["compare", "--paper", res]}[command]
+
+
+def _good_folder(tmp_path: Path):
+    """A results folder with one valid result (i2t_R@1 0.40, ci95 [0.35, 0.45]; chance 0.1, ci95 [0.09, 0.11]) and a
+    reference it passes."""
+    res = tmp_path / "results"
+    obj = _result(_model("spec"), 0.40)
+    obj["reference_rows"]["chance"]["i2t_R@1"]["ci95"] = [0.09, 0.11]
+    path = _write(res, "clip-tiny__synthetic-retrieval__test.json", obj)
+    return res, path, obj, _reference(tmp_path / "ref.json", value=0.40)
+
+
+@pytest.mark.parametrize("command", GATHERING)
+def test_item3_value_far_outside_its_ci95_refused(command, tmp_path, capsys):
+    res, path, obj, ref = _good_folder(tmp_path)
+    code, out, err = _cli(_gather(command, res, tmp_path, ref), capsys)
+    assert code == 0, out + err                                      # the untouched result is read
+    shutil.rmtree(tmp_path / "rep", ignore_errors=True)
+    shutil.rmtree(tmp_path / "cb", ignore_errors=True)
+    obj["metrics"]["i2t_R@1"]["value"] = 0.95                        # a stale/edited value; ci95 still [0.35, 0.45]
+    _write(res, path.name, obj)
+    _reference(ref, value=0.95)                                      # the gate alone would pass it
+    code, _, err = _cli(_gather(command, res, tmp_path, ref), capsys)
+    line = _one_line_error(code, err, contains=[str(path), "metrics['i2t_R@1']", "outside its own ci95"])
+    assert "reference_rows" not in line
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "cb").exists()
+
+
+@pytest.mark.parametrize("command", GATHERING)
+def test_item3_reference_row_far_outside_its_ci95_refused(command, tmp_path, capsys):
+    res, path, obj, ref = _good_folder(tmp_path)
+    code, out, err = _cli(_gather(command, res, tmp_path, ref), capsys)
+    assert code == 0, out + err
+    shutil.rmtree(tmp_path / "rep", ignore_errors=True)
+    shutil.rmtree(tmp_path / "cb", ignore_errors=True)
+    obj["reference_rows"]["chance"]["i2t_R@1"]["value"] = 0.6        # chance's ci95 is still [0.09, 0.11]
+    _write(res, path.name, obj)
+    code, _, err = _cli(_gather(command, res, tmp_path, ref), capsys)
+    _one_line_error(code, err, contains=[str(path), "reference_rows['chance']", "i2t_R@1", "outside its own ci95"])
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "cb").exists()
+
+
+def _interval_ok(name: str, value: float, ci) -> bool:
+    try:
+        check_interval(name, {"value": value, "ci95": ci, "units": "fraction"}, file="f.json")
+    except DataError:
+        return False
+    return True
+
+
+MEAN_METRICS = ("i2t_R@1", "t2i_R@10", "rsum", "top1", "acc@0.5", "acc@0.5:anchor", "ROUGE-L", "METEOR",
+                "proposal_recall@10")
+CORPUS_METRICS = ("BLEU-1", "BLEU-4", "CIDEr-D", "AP", "AP50", "AP75")
+
+
+@pytest.mark.parametrize("name", MEAN_METRICS)
+def test_item3_interval_rule_mean_metric_half_a_width(name):
+    ci = [0.4, 0.6]                                                  # width 0.2: allowance 0.1 (+ 1e-6 rounding)
+    for v in (0.4, 0.5, 0.6, 0.7, 0.3, 0.7000005, 0.2999995):
+        assert _interval_ok(name, v, ci), v
+    for v in (0.700002, 0.299998, 0.75, 0.25, 0.9):
+        assert not _interval_ok(name, v, ci), v
+
+
+@pytest.mark.parametrize("name", CORPUS_METRICS)
+def test_item3_interval_rule_corpus_metric_two_widths(name):
+    ci = [0.4, 0.6]                                                  # width 0.2: allowance 0.4 (+ 1e-6 rounding)
+    for v in (0.75, 0.25, 0.9, 0.1, 1.0, 0.0, 1.0000005, -0.0000005):
+        assert _interval_ok(name, v, ci), v                          # beyond what a mean metric may
+    for v in (1.000002, -0.000002, 1.1, -0.1):
+        assert not _interval_ok(name, v, ci), v
+    assert not _interval_ok("top1", 0.75, ci) and _interval_ok(name, 0.75, ci)
+
+
+def test_item3_interval_rule_rounding_allowance():
+    # a zero-width interval: only rounding, 1e-6 × max(1, |low|, |high|)
+    assert _interval_ok("top1", 0.5 + 5e-7, [0.5, 0.5]) and _interval_ok("top1", 0.5 - 5e-7, [0.5, 0.5])
+    assert not _interval_ok("top1", 0.5 + 2e-6, [0.5, 0.5]) and not _interval_ok("top1", 0.5 - 2e-6, [0.5, 0.5])
+    assert not _interval_ok("AP", 0.5 + 2e-6, [0.5, 0.5])           # two widths of nothing is nothing
+    # relative to the interval's magnitude: CIDEr-D-like scores of hundreds
+    assert _interval_ok("rsum", 300.0 + 2e-4, [300.0, 300.0])
+    assert not _interval_ok("rsum", 300.0 + 4e-4, [300.0, 300.0])
+    # tiny corpus values (BLEU-4 ~ 1e-13 with its interval just above it, as a barely trained caption head gives)
+    assert _interval_ok("BLEU-4", 1.0108e-13, [1.0198e-13, 1.6014e-13])
+    assert _interval_ok("top1", 1e-9, [2e-9, 3e-9])
+    # no interval: nothing to check
+    assert _interval_ok("top1", 0.9, None)
+
+
+def test_item3_interval_rule_names_file_and_metric():
+    with pytest.raises(DataError) as info:
+        check_interval("CIDEr-D", {"value": 5.0, "ci95": [0.1, 0.2]}, file="some/res.json",
+                       where="reference_rows['oracle']")
+    msg = str(info.value)
+    assert msg.startswith("some/res.json: ") and "reference_rows['oracle']['CIDEr-D']" in msg
+    assert "\n" not in msg
+
+
+# -- legitimate results of real evaluations are never refused ----------------------------------------------------------
+def _cheap_task(tmp_path: Path, name: str) -> Path:
+    d = yaml.safe_load((Path(__file__).parents[1] / "tasks" / f"{name}.yaml").read_text())
+    d["splits"] = ["test"]
+    d["bootstrap"] = {"n_resamples": 30, "seed": 0}
+    opts = d.setdefault("options", {})
+    if d["type"] == "captioning":
+        opts["head"] = dict(opts.get("head") or {}, steps=4, batch_size=16, width=16)
+        opts["decoding"] = "greedy"
+        opts["use_java"] = False
+        opts["bootstrap_resamples"] = 5
+    if d["type"] == "detection":
+        opts["bootstrap_resamples"] = 4
+    return _write(tmp_path / "tasks", f"{name}.yaml", yaml.safe_dump(d))
+
+
+def test_item3_real_eval_results_never_refused(tiny_world, tmp_path, capsys):
+    """Cheap but real protocols. With these options (today) COCO AP lies just below its own bootstrap interval and the
+    barely trained caption head's BLEU-2..4 (~1e-9..1e-13) just below theirs: legitimate, and accepted by the corpus
+    allowance of ``check_interval`` (a strict interval check fails this test)."""
+    names = ("synthetic-detection-gt", "synthetic-captioning", "synthetic-classification")
+    argv = ["eval", "--model", "clip-tiny", "--data-root", tiny_world, "--out", tmp_path / "results"]
+    for name in names:
+        argv += ["--task", _cheap_task(tmp_path, name)]
+    code, out, err = _cli(argv, capsys)
+    assert code == 0, err
+    objs = {json.loads(p.read_text())["task"]["name"]: json.loads(p.read_text())
+            for p in (tmp_path / "results").rglob("*.json")}
+    assert set(objs) == set(names)
+    assert {"AP", "top1", "CIDEr-D"} <= {m for o in objs.values() for m in o["metrics"]}
+    res = tmp_path / "results"
+    for argv in (["report", res, "--out", tmp_path / "rep"],
+                 ["export", res, "--format", "clip_benchmark", "--out", tmp_path / "cb"],
+                 ["compare", "--paper", res],
+                 ["check", res, "--reference", tmp_path / "ref.json", "--update"],
+                 ["check", res, "--reference", tmp_path / "ref.json"]):
+        code, out, err = _cli(argv, capsys)
+        assert code == 0, (argv[0], out + err)
+        assert "error:" not in err
+    assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "cb" / "benchmark.csv").is_file()
+
+
+# -- which JSON files under a results folder are results ---------------------------------------------------------------
+RESULT_SHAPED = {
+    "other-schema": lambda o: o.update(schema="other-tool/result/v3"),
+    "no-schema": lambda o: o.pop("schema"),
+    "schema-null": lambda o: o.update(schema=None),
+    "schema-number": lambda o: o.update(schema=1),
+    "newer-version": lambda o: o.update(schema="loupe-bench/result/v2"),
+    "older-version": lambda o: o.update(schema="loupe-bench/result/v0"),
+    "family-not-shaped": lambda o: (o.clear(), o.update(schema="loupe-bench/result/v2")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESULT_SHAPED))
+def test_item3_result_shaped_file_with_another_schema_refused(case, tmp_path, capsys):
+    res, _, _, ref = _good_folder(tmp_path)
+    obj = _result(_model("spec", name="other"), 0.3)
+    RESULT_SHAPED[case](obj)
+    bad = _write(res / "sub", "other.json", obj)
+    for command in GATHERING:
+        code, _, err = _cli(_gather(command, res, tmp_path, ref), capsys)
+        line = _one_line_error(code, err, contains=[str(bad)])
+        assert "schema" in line
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "cb").exists()
+
+
+def test_item3_non_result_json_files_skipped(tmp_path, capsys):
+    res, _, _, ref = _good_folder(tmp_path)
+    code, _, err = _cli(["export", res, "--format", "clip_benchmark", "--out", tmp_path / "cb0"], capsys)
+    assert code == 0, err
+    exported = sorted((tmp_path / "cb0").glob("*.json"))
+    assert exported                                                  # CLIP_benchmark layout: model/task strings
+    (res / "exports").mkdir()
+    for p in exported:
+        e = json.loads(p.read_text())
+        assert isinstance(e["model"], str) and isinstance(e["task"], str) and "metrics" in e
+        shutil.copy(p, res / "exports" / p.name)
+    _write(res, "reproduce.json", {"kind": "synthetic", "quick": True, "seeds": [0], "plan": {"name": "quick"},
+                                   "tasks": [TASK], "runs": {"clip-tiny": "runs/clip-tiny"}, "world": "world",
+                                   "environment": {"code_version": "t"}, "timings": {"total_s": 1.0}})
+    shutil.copy(ref, res / "reference.json")
+    _write(res / "runs" / "clip-tiny", "run.json", {"schema": "loupe-bench/run/v1", "model": "clip-tiny",
+                                                    "recipe": {"steps": 3}, "model_spec_digest": "abc",
+                                                    "data": {"source": "x"}, "finished_step": 3})
+    _write(res, "other-tool.json", {"model": {"name": "m"}, "scores": [1, 2]})   # no task, no metrics
+    _write(res, "list.json", [1, 2, 3])
+    _write(res, "metrics-only.json", {"metrics": {"top1": 0.5}})
+    for argv in (["report", res, "--out", tmp_path / "rep"],
+                 ["export", res, "--format", "clip_benchmark", "--out", tmp_path / "cb"],
+                 ["check", res, "--reference", ref], ["compare", "--paper", res]):
+        code, out, err = _cli(argv, capsys)
+        assert code == 0, (argv[0], out + err)
+    csv = (tmp_path / "rep" / "results.csv").read_text()
+    assert "clip-tiny" in csv and ",m," not in csv
+    assert sorted(p.name for p in (tmp_path / "cb").glob("*.json")) == [p.name for p in exported]
+
+
+# -- seeds are 0 … 2**32 - 1 -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [-1, 2 ** 32, 2 ** 70, "x", 1.5, True, None])
+def test_item3_result_seed_out_of_range_refused(seed, tmp_path, capsys):
+    res, path, obj, ref = _good_folder(tmp_path)
+    obj["seed"] = seed
+    _write(res, path.name, obj)
+    for command in GATHERING:
+        code, _, err = _cli(_gather(command, res, tmp_path, ref), capsys)
+        _one_line_error(code, err, contains=[str(path), "seed"])
+
+
+def test_item3_largest_seed_accepted(tmp_path, capsys):
+    res, path, obj, ref = _good_folder(tmp_path)
+    obj["seed"] = 2 ** 32 - 1
+    _write(res, path.name, obj)
+    for command in GATHERING:
+        code, out, err = _cli(_gather(command, res, tmp_path, ref), capsys)
+        assert code == 0, (command, out + err)
+    code, out, err = _cli(["check", res, "--reference", tmp_path / "new.json", "--update"], capsys)
+    assert code == 0, err
+    new = json.loads((tmp_path / "new.json").read_text())
+    assert new["seeds"] == [2 ** 32 - 1]
+    code, out, err = _cli(["check", res, "--reference", tmp_path / "new.json"], capsys)
+    assert code == 0, out + err
+
+
+# -- references ---------------------------------------------------------------------------------------------------------
+def _row(r):
+    return r["rows"][0]
+
+
+BROKEN_REFERENCES = {
+    "rows-empty": (lambda r: r.update(rows=[]), "without rows"),
+    "rows-missing": (lambda r: r.pop("rows"), "'rows'"),
+    "rows-string": (lambda r: r.update(rows="i2t_R@1"), "'rows'"),
+    "rows-null": (lambda r: r.update(rows=None), "'rows'"),
+    "row-duplicated": (lambda r: r["rows"].append(copy.deepcopy(_row(r))), "rows 0 and 1"),
+    "row-duplicated-other-value": (lambda r: r["rows"].append(dict(_row(r), value=0.9)), "rows 0 and 1"),
+    "schema-unknown": (lambda r: r.update(schema="loupe-bench/reference/v2"), "schema"),
+    "schema-result": (lambda r: r.update(schema="loupe-bench/result/v1"), "schema"),
+    "schema-number": (lambda r: r.update(schema=1), "schema"),
+    "seeds-string": (lambda r: r.update(seeds="0"), "seeds"),
+    "seeds-object": (lambda r: r.update(seeds={"0": 0}), "seeds"),
+    "seeds-of-strings": (lambda r: r.update(seeds=["0"]), "seeds"),
+    "seeds-bool": (lambda r: r.update(seeds=[True]), "seeds"),
+    "seeds-negative": (lambda r: r.update(seeds=[0, -1]), "seeds"),
+    "seeds-too-large": (lambda r: r.update(seeds=[2 ** 32]), "seeds"),
+    "row-seeds-negative": (lambda r: _row(r).update(seeds=[-1]), "seeds"),
+    "fingerprints-missing": (lambda r: r.pop("fingerprints"), "fingerprints"),
+    "fingerprints-empty": (lambda r: r.update(fingerprints={}), "fingerprints"),
+    "fingerprint-empty-string": (lambda r: r.update(fingerprints={TASK: ""}), "fingerprint"),
+    "value-nan-string": (lambda r: _row(r).update(value="NaN"), "value"),
+    "value-string": (lambda r: _row(r).update(value="0.4"), "value"),
+    "value-null": (lambda r: _row(r).update(value=None), "value"),
+    "value-list": (lambda r: _row(r).update(value=[0.4]), "value"),
+    "abs-tol-string": (lambda r: _row(r).update(abs_tol="0.03"), "abs_tol"),
+    "rel-tol-negative": (lambda r: _row(r).update(rel_tol=-0.05), "non-negative"),
+    "spread-negative": (lambda r: _row(r).update(spread=-1.0), "non-negative"),
+    "n-seeds-zero": (lambda r: _row(r).update(n_seeds=0), "n_seeds"),
+    "split-empty": (lambda r: _row(r).update(split=""), "split"),
+    **{f"row-missing-{key}": ((lambda key: lambda r: _row(r).pop(key))(key), f"'{key}'")
+       for key in ("model", "task", "split", "metric", "value", "abs_tol", "rel_tol")},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_REFERENCES))
+def test_item3_broken_reference_refused_by_check(case, tmp_path, capsys):
+    res, _, _, ref_path = _good_folder(tmp_path)
+    code, out, err = _cli(["check", res, "--reference", ref_path], capsys)
+    assert code == 0, out + err                                      # the unbroken reference gates and passes
+    ref = json.loads(ref_path.read_text())
+    change, fragment = BROKEN_REFERENCES[case]
+    change(ref)
+    bad = _write(tmp_path, "bad.json", json.dumps(ref))
+    code, _, err = _cli(["check", res, "--reference", bad], capsys)
+    _one_line_error(code, err, contains=[str(bad), fragment])
+
+
+def test_item3_reference_value_nan_literal_refused(tmp_path, capsys):
+    res, _, _, ref_path = _good_folder(tmp_path)
+    bad = _write(tmp_path, "bad.json", ref_path.read_text().replace('"value": 0.4', '"value": NaN'))
+    assert "NaN" in bad.read_text()
+    code, _, err = _cli(["check", res, "--reference", bad], capsys)
+    _one_line_error(code, err, contains=[str(bad)])
+
+
+def test_item3_reference_without_schema_still_gates(tmp_path, capsys):
+    res, _, _, _ = _good_folder(tmp_path)
+    for value, expected in ((0.40, 0), (0.90, 1)):                   # pass, then a regression
+        ref = json.loads(_reference(tmp_path / "ref.json", value=value).read_text())
+        ref.pop("schema")
+        path = _write(tmp_path, "noschema.json", ref)
+        code, out, err = _cli(["check", res, "--reference", path], capsys)
+        assert code == expected, out + err
+        assert "error:" not in err and "Traceback" not in err
+    assert "regressed" in out
+
+
+def test_item3_update_refuses_a_reference_without_rows(tmp_path, capsys):
+    res = tmp_path / "results"
+    obj = _result(_model("spec"), 0.40)
+    obj.update(metrics={}, reference_rows={})                        # a valid result that measured nothing
+    path = _write(res, "clip-tiny__synthetic-retrieval__test.json", obj)
+    new = tmp_path / "new.json"
+    code, _, err = _cli(["check", res, "--reference", new, "--update"], capsys)
+    _one_line_error(code, err, contains=[str(res), "without rows"])
+    assert not new.exists() and not list(tmp_path.glob("new.json*"))
+    old = _reference(tmp_path / "old.json", value=0.40)              # an existing reference is left as it was
+    before = old.read_bytes()
+    code, _, err = _cli(["check", res, "--reference", old, "--update"], capsys)
+    _one_line_error(code, err, contains=["without rows"])
+    assert old.read_bytes() == before
+    assert path.is_file()
