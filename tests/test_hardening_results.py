@@ -630,11 +630,23 @@ def test_item3_update_refuses_a_reference_without_rows(tmp_path, capsys):
     path = _write(res, "clip-tiny__synthetic-retrieval__test.json", obj)
     new = tmp_path / "new.json"
     code, _, err = _cli(["check", res, "--reference", new, "--update"], capsys)
-    _one_line_error(code, err, contains=[str(res), "without rows"])
+    _one_line_error(code, err, contains=[str(res), "no metric values"])
     assert not new.exists() and not list(tmp_path.glob("new.json*"))
     old = _reference(tmp_path / "old.json", value=0.40)              # an existing reference is left as it was
     before = old.read_bytes()
     code, _, err = _cli(["check", res, "--reference", old, "--update"], capsys)
-    _one_line_error(code, err, contains=["without rows"])
+    _one_line_error(code, err, contains=["no metric values"])
     assert old.read_bytes() == before
     assert path.is_file()
+
+
+def test_item8_results_without_metric_values_are_one_line(tmp_path, capsys):
+    """A folder whose results hold no metric value at all is one line for every gathering command, never a crash."""
+    res = tmp_path / "results"
+    obj = _result(_model("spec", name="m"), 0.4)
+    obj.update(metrics={}, reference_rows={})
+    _write(res, "empty.json", obj)
+    for argv in (["report", res, "--out", tmp_path / "rep"], ["check", res, "--reference", "synthetic-quick"]):
+        code, _, err = _cli(argv, capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "no metric values" in err

@@ -183,6 +183,9 @@ def load_rows(results_dir, *, models: Optional[Sequence[str]] = None, same_name:
                     continue
                 seen.add(key)
             rows.append(r)
+    if not rows:
+        raise DataError("the results hold no metric values (every result's metrics are empty)",
+                        file=", ".join(str(d) for d in dirs))
     if models:
         wanted = set(models)
         rows = [r for r in rows if r.model in wanted]
