@@ -58,7 +58,8 @@ def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
         assert rec["runs"]["quick"]["models"] == ["clip-tiny"] and rec["runs"]["quick"]["wall_s"] > 0
     if name == "train-step":
         assert any(x.endswith("/ clip-tiny") for x in labels)
-        assert {"siglip-tiny step", "siglip-tiny / clip-tiny"} <= set(labels)  # SigLIP beside CLIP and FILIP
+        peers = {"siglip-tiny step", "siglip-tiny / clip-tiny", "sparc-tiny step", "sparc-tiny / clip-tiny"}
+        assert peers <= set(labels)  # the box-free peers beside CLIP and FILIP
         big = next(f for f in rec["figures"] if f["label"] == "loupe-tiny (neural) / clip-tiny, batch 8")
         times = rec["times_s"]
         assert big["value"] == times["loupe-tiny (neural) step, batch 8"] / times["clip-tiny step, batch 8"]

@@ -19,7 +19,7 @@ from .common import (bench_world, build_tiny, figure, interleaved_times, synced,
 
 
 #: the baselines stepped beside LOUPE, in this order (each also gets a ``NAME / clip-tiny`` ratio row)
-BASELINES = ("clip-tiny", "filip-tiny", "siglip-tiny")
+BASELINES = ("clip-tiny", "filip-tiny", "siglip-tiny", "sparc-tiny")
 
 #: the settled LOUPE with its sampling budget set to 0 after warm-up (no Monte-Carlo pass, no holdout): a lower bound
 #: of the neural phase's step time under any routing budget
