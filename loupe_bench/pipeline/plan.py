@@ -144,7 +144,8 @@ def gpu_plan() -> SyntheticPlan:
     """The GPU plan: the question at a scale where it can show, sized for <= 10 minutes of one H200-class GPU.
 
     What: the ``medium`` world (20 000 train / 1 000 val / 1 000 test / 1 000 comptest images) at 128 px; the
-    ``*-small`` specs (:data:`GPU_MAIN_MODELS`, :data:`GPU_ABLATIONS`: ViT-S/16 image tower, 12 blocks x 384, 6 heads,
+    ``*-small`` specs (:data:`GPU_MAIN_MODELS` — CLIP, FILIP, LOUPE, SPARC, SigLIP — and :data:`GPU_ABLATIONS`:
+    ViT-S/16 image tower, 12 blocks x 384, 6 heads,
     mean-pooled, no class token; BERT 4 x 384 text tower; 256-d; otherwise the tiny specs unchanged, ``tsa.
     target_images`` 4 instead of 2) with the ``gpu-bf16`` recipe (bf16 autocast, batch 256, 300 steps, AdamW 1e-3),
     three seeds, every task of the default plan (ablations and the oracle bound on the region and alignment task
@@ -172,10 +173,11 @@ def gpu_plan() -> SyntheticPlan:
       Hence ``tsa.target_images`` 4: twice the tiny specs' coalitions for ~5 ms more; ``tsa.last_blocks`` stays
       null (the whole tower re-encodes the masked image, the tiny specs' game). LOUPE step ~50 + 77 + 10 (ℒ_FSA,
       ℒ_NSI, region head) = ~135 ms; ``-no-tsa`` ~60, ``-no-fsa`` ~125, ``-sampling`` ~140, oracle ~135.
-    * Training: per seed 50 + 55 + 135 + 60 + 125 + 140 + 135 = 700 ms per step, x 300 steps x 3 seeds = 630 s
-      one run after another, with the GPU busy ~15 % of it (~80 s of kernels). ``workers`` 4: four runs at once
-      (processes on the one GPU) interleave their kernels; bound by host dispatch on 4 cores: ~630 / 4 = ~160 s
-      (~3 min; ~10 min with ``--workers 1``). Data: 256 JPEG decodes + crops per step (~0.1 CPU s) on 3 loader
+    * Training: per seed 50 + 55 + 135 + 60 + 125 + 140 + 135 = 700 ms per step for CLIP, FILIP, LOUPE and its
+      four variants, plus SPARC ~55 (a CLIP step and one grouping of patches per caption token) and SigLIP ~50
+      (a CLIP step): 805 ms, x 300 steps x 3 seeds = 725 s one run after another, with the GPU busy ~15 % of it.
+      ``workers`` 4: four runs at once (processes on the one GPU) interleave their kernels; bound by host dispatch
+      on 4 cores: ~725 / 4 = ~180 s (~3 min; ~12 min with ``--workers 1``). Data: 256 JPEG decodes + crops per step (~0.1 CPU s) on 3 loader
       workers per run; 4 x (1 + 3) processes on the 16-core host.
     * World: 23 000 images; measured on the 2-core box: ~16 ms per image rendered in a worker, ~5 ms per image in
       the writing process (files, JSON): ~2 min with 8 workers (bound by the writer), once (reused when
