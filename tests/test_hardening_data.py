@@ -14,25 +14,15 @@ import pytest
 import torch
 import yaml
 
-from loupe_bench.cli.main import main
 from loupe_bench.errors import DataError, SpecError
+from cli_run import one_line_error as _one_line_error, run_cli as _cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MARK = "PWNED"
 
 
-def _cli(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
-
-def _one_line_error(code, err):
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1, err
 
 
 def _shard_task(tmp_path: Path, shards, **dataset_options) -> Path:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from loupe_bench.cli.main import main
 from loupe_bench.errors import CheckpointError
 from loupe_bench.models import load_model
+from cli_run import one_line_error as _one_line_error, run_cli as _cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,23 +31,7 @@ class NotATensor:
     """A class a safe unpickler must refuse."""
 
 
-def _cli(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
-
-def _one_line_error(code, err, *needles):
-    """Exit 2, exactly one ``error:`` line naming every needle, no traceback, no advice to load unsafely."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "weights_only=False" not in err and "set to `False`" not in err, err
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _eval(model, world, out, capsys):

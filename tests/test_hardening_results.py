@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loupe_bench.cli.main import main
+from cli_run import one_line_error as _one_line_error, run_cli as _cli
+from loupe_bench.errors import DataError
 from loupe_bench.report.results_io import load_rows
 from loupe_bench.report.table import build_table
-from loupe_bench.tasks.results import model_identity
+from loupe_bench.tasks.results import check_interval, model_identity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,21 +24,7 @@ FP = "fp-retrieval"
 SPEC = {"name": "clip-tiny", "family": "clip", "embed_dim": 32}
 
 
-def _cli(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
-
-def _one_line_error(code, err, *, contains=None):
-    assert code == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, err
-    if contains:
-        assert all(c in errors[0] for c in contains), errors[0]
-    return errors[0]
 
 
 def _model(kind: str, name: str = "clip-tiny", seed: int = 0) -> dict:
@@ -316,9 +303,7 @@ def test_item9_csv_cells_never_start_a_formula(tmp_path, capsys):
     assert any(str(v).startswith("'=HYPERLINK") for r in rows for v in r.values())
 
 
-# -- item 3 (lost tests, restored): a value outside its own interval, result detection, seeds, reference rules ---------
-from loupe_bench.errors import DataError                              # noqa: E402
-from loupe_bench.tasks.results import check_interval                  # noqa: E402
+# -- item 3: a value outside its own interval, result detection, seeds, reference rules -----------------------------
 
 GATHERING = ("report", "check", "export", "compare")
 

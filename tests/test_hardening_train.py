@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loupe_bench.cli.main import main
 from loupe_bench.errors import CheckpointError, SpecError
+from cli_run import one_line_error as _one_line_error, run_cli as _cli
 
 QUICK = ["--recipe", "tiny-cpu", "--steps", "2", "--set", "threads=1", "--set", "data.batch_size=8",
          "--set", "log.progress=false", "--set", "checkpoint.every=1"]
@@ -21,17 +21,7 @@ QUICK = ["--recipe", "tiny-cpu", "--steps", "2", "--set", "threads=1", "--set", 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _cli(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
-
-def _one_line_error(code, err):
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err
 
 
 def _snapshot(folder: Path) -> dict:
