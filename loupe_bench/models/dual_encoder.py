@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, SpecError
-from .base import ImageFeatures, TextFeatures, VLModel
+from .base import ImageFeatures, LossOutput, TextFeatures, VLModel
 from .checkpoint import CONFIG_FILE, TOKENIZER_DIR
 from .spec_check import validate_spec
 from .tokenizer import Tokenizer, TokenizerCfg, build_tokenizer
@@ -233,6 +233,20 @@ class DualEncoder(VLModel):
                             f"known: {sorted(defaults)}")
         weights.update({k: float(v) for k, v in given.items()})
         return weights
+
+    def total_with_clip(self, emb: Dict[str, Tensor], weights: Mapping[str, float], terms: Dict[str, Tensor],
+                        logs: Dict[str, float]) -> LossOutput:
+        """``Σ_k w_k ℒ_k`` over ``terms``, with the global CLIP InfoNCE term (:func:`~.losses.clip_infonce`, the
+        global temperature) added to ``terms`` first when ``weights["clip"] > 0`` — the optional ℒ_CLIP a family
+        keeps beside its own loss (FILIP, SigLIP)."""
+        from .losses import clip_infonce
+
+        if weights.get("clip", 0.0) > 0:
+            gscale = self.scale()
+            terms["clip"] = clip_infonce(emb["image_pooled"], emb["text_pooled"], gscale,
+                                         with_grad=self.gather_with_grad, local_loss=self.local_loss)
+            logs["logit_scale"] = float(gscale.detach())
+        return LossOutput(sum(weights[k] * v for k, v in terms.items()), terms, logs)
 
     @property
     def gather_with_grad(self) -> bool:

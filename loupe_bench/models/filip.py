@@ -21,7 +21,7 @@ from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, boxes_to_patch_mask
 from .dual_encoder import DualEncoder, spec_get
 from .losses import (
-    clip_infonce, default_chunk_elements, filip_infonce, filip_scores, filip_similarity, max_mask_value,
+    default_chunk_elements, filip_infonce, filip_scores, filip_similarity, max_mask_value,
 )
 from .spec_fields import TEMPERATURE_RANGE, choice_check, range_check
 from .tokenizer import Tokenizer
@@ -87,14 +87,7 @@ class FILIP(DualEncoder):
         scale = self.scale(self.filip_logit_scale)
         terms = {"filip": filip_infonce(emb["image_tokens"], emb["text_tokens"], emb["text_mask"], scale,
                                         with_grad=self.gather_with_grad, local_loss=self.local_loss)}
-        logs = {"filip_logit_scale": float(scale.detach())}
-        if weights["clip"] > 0:
-            gscale = self.scale()
-            terms["clip"] = clip_infonce(emb["image_pooled"], emb["text_pooled"], gscale,
-                                         with_grad=self.gather_with_grad, local_loss=self.local_loss)
-            logs["logit_scale"] = float(gscale.detach())
-        total = sum(weights[k] * v for k, v in terms.items())
-        return LossOutput(total, terms, logs)
+        return self.total_with_clip(emb, weights, terms, {"filip_logit_scale": float(scale.detach())})
 
     # -- scoring --------------------------------------------------------------------------------------------------
     def similarity(self, image_features: ImageFeatures, text_features: TextFeatures, direction: str = "mean",

@@ -23,7 +23,7 @@ from ._registry import MODEL_CLASSES
 from .base import LossOutput
 from .clip import CLIP
 from .dual_encoder import spec_get
-from .losses import clip_infonce, siglip_loss
+from .losses import siglip_loss
 from .tokenizer import Tokenizer
 
 #: the paper's initialisation (§3.2 / Algorithm 1): ``t' = log 10`` (``t = exp(t') = 10``) and ``b = −10``
@@ -70,10 +70,4 @@ class SigLIP(CLIP):
                                        with_grad=self.gather_with_grad)}
         logs = {"siglip_logit_scale": float(scale.detach()),
                 "siglip_logit_bias": float(self.siglip_logit_bias.detach())}
-        if weights["clip"] > 0:
-            gscale = self.scale()
-            terms["clip"] = clip_infonce(emb["image_pooled"], emb["text_pooled"], gscale,
-                                         with_grad=self.gather_with_grad, local_loss=self.local_loss)
-            logs["logit_scale"] = float(gscale.detach())
-        total = sum(weights[k] * v for k, v in terms.items())
-        return LossOutput(total, terms, logs)
+        return self.total_with_clip(emb, weights, terms, logs)
