@@ -1,6 +1,6 @@
 """FILIP: token-wise late interaction between patches and words (Yao et al., arXiv 2111.07783).
 
-Conventions (``/work/shared/reference/evaluation-conventions.md`` §2): the image ``[CLS]`` is dropped; text padding
+Conventions (the paper's §3.1.1, as its token-wise similarity is defined there): the image ``[CLS]`` is dropped; text padding
 is masked with -inf before every max and left out of every mean, so a padded caption scores exactly as the unpadded
 one; whether ``[CLS]``/``[SEP]`` count is the spec option ``text_special_tokens`` (default false: only word tokens);
 FILIP has its own learnable temperature ``filip_logit_scale``; the loss is a symmetric InfoNCE with ``s^I`` logits

@@ -6,8 +6,8 @@
 * :func:`tsa_features`, :func:`fsa_features` — coalition features for the neural Shapley module.
 * :func:`tsa_loss`, :func:`fsa_targets`, :func:`fsa_loss` — ℒ_TSA and ℒ_FSA.
 
-Provenance tags (``[V]`` verified, ``[R-*]`` recalled, ``[I]`` our design) follow
-``shared/reference/loupe-method.md``; ``docs/loupe.md`` explains each choice.
+Provenance tags (``[V]`` verified against the paper, ``[R-*]`` recalled, ``[I]`` our design) are those of
+``docs/loupe.md``, which explains each choice.
 """
 from __future__ import annotations
 
