@@ -30,7 +30,7 @@ def anchor_centres(grid: Tuple[int, int], device=None, dtype=torch.float32) -> T
 
 
 class RegionHead(nn.Module):
-    """Per-anchor-patch box and confidence (loupe-method.md §4.2, ``[R-med/low]`` structure, ``[I]`` details).
+    """Per-anchor-patch box and confidence (docs/loupe.md, ``[R-med/low]`` structure, ``[I]`` details).
 
     A 2-layer MLP on each patch token ``x_n`` outputs ``(dx, dy, log w, log h)`` in patch units relative to the
     anchor (patch) centre and a confidence logit:

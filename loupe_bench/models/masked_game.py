@@ -4,7 +4,7 @@
 ``last_blocks`` blocks over cached states of the earlier ones), pool and project exactly as for ℒ_CMC, and take
 the cosine with the paired caption's pooled embedding ``t``. ``v(∅) = 0`` (an empty image carries no evidence).
 
-Why the tower and not cached tokens (loupe-method.md §6.2, ``[I]``): a cached-token pooling ``cos(Σ_S x_i, t)`` is a
+Why the tower and not cached tokens (docs/loupe.md, ``[I]``): a cached-token pooling ``cos(Σ_S x_i, t)`` is a
 normalised *linear* pooling in which similar patches substitute for each other, so every semantic unit is
 sub-additive (negative interaction) by construction. Re-encoding the masked image lets attention combine parts:
 a two-colour object's caption matches only when both halves are present, which is the cooperation the paper's

@@ -165,7 +165,7 @@ class PooledCosineGame:
 
     ``v(S) = cos( Σ_{i∈S} x_i , t )`` for ``S ≠ ∅`` and ``v(∅) = 0``, where ``x_i`` are the (projected, detached)
     patch-token embeddings and ``t`` the paired caption's pooled embedding. The cosine of the sum equals the cosine
-    of the mean, so this is "cosine of the masked-mean-pooled patches with the text" (loupe-method.md §6.2 option
+    of the mean, so this is "cosine of the masked-mean-pooled patches with the text" (docs/loupe.md option
     (a), ``[I]``).
 
     Args:
@@ -204,7 +204,7 @@ class LateInteractionGame:
     and ``s_ij = <h_i^I, h_j^T>``:
 
     ``v(S) = ½ [ mean_{i∈S_I} max_{j∈S_T} s_ij + mean_{j∈S_T} max_{i∈S_I} s_ij ]``, and ``v(S) = 0`` if
-    ``S_I = ∅`` or ``S_T = ∅`` (loupe-method.md §6.3, ``[I]``).
+    ``S_I = ∅`` or ``S_T = ∅`` (docs/loupe.md, ``[I]``).
 
     Players marked absent in ``player_mask`` (padding phrases) are null players: they never enter ``S_I``/``S_T``,
     which leaves every other player's Shapley value and interaction unchanged.

@@ -1,4 +1,4 @@
-"""Uncertainty-aware neural Shapley interaction learning (LOUPE §6.4 of loupe-method.md).
+"""Uncertainty-aware neural Shapley interaction learning (LOUPE, Li et al. 2022; docs/loupe.md, ℒ_NSI).
 
 A small network ``g_θ`` maps the features of a coalition (and its context) to a predicted interaction mean ``μ`` and
 a log-variance ``log σ²``. It is trained with the heteroscedastic Gaussian negative log-likelihood (Kendall & Gal
