@@ -73,9 +73,12 @@ def evaluate(
     data_root: Union[str, Path, None] = None,
     out_dir: Union[str, Path, None] = "results/eval",
     seed: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     skip_unsupported: bool = True,
     names: Optional[Sequence[Optional[str]]] = None,
+    batch_size: Optional[int] = None,
+    num_workers: int = 0,
+    precision: str = "fp32",
 ) -> List[Dict[str, Any]]:
     """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir``.
 
@@ -87,11 +90,16 @@ def evaluate(
         data_root: folder the task's data paths are relative to (the synthetic world, or e.g. a COCO root).
         out_dir: where result JSON goes (``None``: do not write).
         seed: seeds model initialisation (spec names), the caption head and torch before each split.
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto`` (default: CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         skip_unsupported: record a model that cannot run a protocol (``native`` proposals without a region head) as
             skipped instead of aborting the run.
         names: display names, one per model (``None`` keeps the model's own), recorded as the results'
             ``model.name`` (one line, at most 120 printable characters).
+        batch_size: images per encoder batch, 1..65536 (``None``: each task spec's ``batch_size``); does not change
+            the protocol fingerprint.
+        num_workers: threads loading images ahead of the encoder, 0..64; does not change the fingerprint.
+        precision: ``fp32`` (default), ``amp`` or ``bf16`` autocast for the encoders; part of the fingerprint when
+            not fp32. All three are recorded in each result's ``encoding``.
 
     Returns:
         The result dicts (also written when ``out_dir`` is given).
@@ -99,7 +107,8 @@ def evaluate(
     from .tasks.evaluate import evaluate as _evaluate
 
     return _evaluate(models, tasks, data_root=data_root, out_dir=out_dir, seed=seed, device=device,
-                     skip_unsupported=skip_unsupported, names=names)
+                     skip_unsupported=skip_unsupported, names=names, batch_size=batch_size,
+                     num_workers=num_workers, precision=precision)
 
 
 def report(

@@ -116,11 +116,15 @@ def test_export_leaves_out_what_clip_benchmark_has_not(evaluated, tmp_path):
     readme = (tmp_path / "cb" / "README.md").read_text()
     assert "`mean_per_class_recall`" in readme and "'detection' has no CLIP_benchmark counterpart" in readme
     assert len(glob.glob(str(tmp_path / "cb" / "*.json"))) == 1
-    # two results with one CLIP_benchmark file name (other split, same weights) are refused, not overwritten
+    # another split exports beside it under a dataset-name suffix
     other = copy.deepcopy(old)
     other["task"]["split"] = "val"
+    export_clip_benchmark([old, other], tmp_path / "cb2")
+    assert json.loads((tmp_path / "cb2" / "synthetic_val_random-init-seed0_clip-tiny_en_zeroshot_classification.json")
+                      .read_text())["dataset"] == "synthetic_val"
+    # two results with one CLIP_benchmark file name (same split and weights) are refused, not overwritten
     with pytest.raises(DataError, match="both export to"):
-        export_clip_benchmark([old, other], tmp_path / "cb2")
+        export_clip_benchmark([old, copy.deepcopy(old)], tmp_path / "cb3")
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):

@@ -137,10 +137,10 @@ def test_check_output_fits_80_columns_and_names_the_failures_whole(tmp_path):
     head = [i for i, l in enumerate(lines) if l.strip() == f"{model} · {task} · test"]
     assert len(head) == 1  # the regressed row, whole, once
     tail = " ".join(lines[head[0] + 1:head[0] + 3])
-    assert metric in tail and "reference 0.5000" in tail and "value 0.2000" in tail and "Δ -0.3000" in tail
+    assert metric in tail and "reference 50.00" in tail and "value 20.00" in tail and "Δ -30.00" in tail
     # the count table: one line per task · split, names whole
     assert any(l.split()[:2] == [task, "test"] and l.split()[2:] == ["1", "1", "0", "0"] for l in lines)
     assert "i2t_R@1" not in res.output  # passing rows are counted, not listed
     full = _cli(["check", str(bad_dir), "--reference", str(p), "--all"], env={"COLUMNS": "80"})
-    assert "i2t_R@1: reference 0.5000, value 0.5000" in full.output
+    assert "i2t_R@1: reference 50.00, value 50.00" in full.output  # shown in % as in the reports
     assert max(len(l) for l in full.output.splitlines()) <= 80

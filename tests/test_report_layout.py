@@ -38,7 +38,7 @@ def test_metric_order_in_every_format(tmp_path):
     head = next(l for l in paths.markdown.read_text().splitlines() if l.startswith("| model |"))
     assert re.findall(r"\| (\S+) \(%\)", head) == want
     html = paths.html.read_text()
-    assert re.findall(r"<th>([^<]+)</th>", html.split("<h2>Results</h2>")[1])[1:1 + len(want)] == want
+    assert re.findall(r'<th class="m">([^<]+)</th>', html.split('<h2 id="results">Results</h2>')[1]) == want
     csv = pd.read_csv(paths.csv)
     assert list(dict.fromkeys(csv.metric)) == want
     fig = bar_figure(table, column_groups(table)[0][1], "t")
@@ -102,6 +102,57 @@ def test_best_rule_in_tables_and_legends(tmp_path):
     tables = md[md.index("### "):]
     assert tables.count("**") == 2 and "**20.0 [15.0, 25.0]**" in tables
     assert html.count('class="best"') == 1
+
+
+def test_no_best_on_equal_displayed_values_without_intervals(tmp_path):
+    """CIDEr 0.7 vs 0.7 vs 0.7 (no intervals, values differ only below the shown precision): nothing is bold."""
+    assert best_models([("a", _c(0.71)), ("b", _c(0.68)), ("c", _c(0.70))], True) == []
+    assert best_models([("a", _c(47.54)), ("b", _c(47.46))], True) == []
+    assert best_models([("a", _c(47.56)), ("b", _c(47.46))], True) == ["a"]      # 47.6 vs 47.5: differs
+    r = tmp_path / "results"
+    for m, v in (("clip-tiny", 0.0071), ("filip-tiny", 0.0068), ("loupe-tiny", 0.0070)):
+        _write(r, m, "synthetic-captioning", {"CIDEr-D": v}, fp="c")
+    for f in r.glob("*.json"):                                     # no intervals, units "score"
+        o = json.loads(f.read_text())
+        o["metrics"]["CIDEr-D"] = {"value": o["metrics"]["CIDEr-D"]["value"] * 100, "units": "score"}
+        f.write_text(json.dumps(o))
+    paths = report(r, out_dir=tmp_path / "out", quiet=True)
+    assert paths.table.best == {}
+    assert 'class="best"' not in paths.html.read_text()
+    assert "**" not in paths.markdown.read_text().split("### ", 1)[1]
+
+
+def test_oracle_and_reference_rows_marked_never_best(tmp_path):
+    """``loupe-oracle-regions`` (spec description "NOT LOUPE ...") and the reference rows are tagged in the console,
+    Markdown and HTML, never best, and the report says what they are."""
+    from rich.console import Console
+
+    r = tmp_path / "results"
+    for m, v in (("clip-tiny", 0.20), ("loupe-tiny", 0.50), ("loupe-oracle-regions", 0.95)):
+        _write(r, m, "synthetic-phrase-grounding-native", {"acc@0.5": v}, fp="p")
+    for f in r.glob("*.json"):
+        o = json.loads(f.read_text())
+        if o["model"]["name"] == "loupe-oracle-regions":
+            o["model"]["spec"] = {"description": "NOT LOUPE - an upper bound that uses box labels"}
+        o["reference_rows"] = {"chance": {"acc@0.5": {"value": 0.1, "units": "fraction"}}}
+        f.write_text(json.dumps(o))
+    console = Console(width=80, record=True, color_system=None)
+    paths = report(r, out_dir=tmp_path / "out", console=console)
+    t = paths.table
+    assert t.oracles == ("loupe-oracle-regions",)
+    assert t.best == {0: ["loupe-tiny"]}                          # 50 [45, 55] clear of 20; the oracle's 95 is not
+    text = console.export_text()
+    assert "loupe-oracle-regions (oracle)" in text and "chance (reference)" in text
+    assert not re.search(r"oracle-regions.*★|chance.*★", text)
+    md = paths.markdown.read_text()
+    assert "| loupe-oracle-regions _(oracle)_ |" in md and "| chance _(reference)_ |" in md
+    assert not re.search(r"\| (loupe-oracle-regions|chance) _\(\w+\)_ \|[^\n]*\*\*", md)
+    html = paths.html.read_text()
+    for row in re.findall(r'<tr class="(?:oracle|reference)">.*?</tr>', html):
+        assert 'class="best"' not in row and '<span class="tag">' in row
+    assert len(re.findall(r'<tr class="(?:oracle|reference)">', html)) == 2
+    for text in (md, html):
+        assert "Oracle rows" in text and "box labels" in text and "is ever marked best" in text
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -174,7 +225,7 @@ def test_run_metadata_from_manifest_and_from_results(tmp_path):
                  "world 5.0 s, train 48.2 s, eval 61.9 s, report 5.1 s; total 120.3 s", "**world size**: small, 64×64 px"):
         assert want in top, want
     html = paths.html.read_text()
-    assert html.index("wall time per stage") < html.index("<h2>Results</h2>")
+    assert html.index("wall time per stage") < html.index('<h2 id="results">Results</h2>')
     assert "train 48.2 s" in html and "tiny-cpu with steps=40" in html
 
     # no manifest: the result JSONs (and the runs' recipe.yaml) say what they can
@@ -198,7 +249,7 @@ def test_scope_statement_only_for_synthetic_results(tmp_path):
     _write(syn, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.4})
     p = report(syn, out_dir=tmp_path / "o1", quiet=True)
     for text in (p.markdown.read_text(), p.html.read_text()):
-        head = text[:text.index("Results")] if "<h2>Results" in text else text[:text.index("### ")]
+        head = text[:text.index("Results")] if '<h2 id="results">' in text else text[:text.index("### ")]
         assert "not on the paper's benchmarks" in head.replace("&#x27;", "'") and "not comparable" in head
         assert "loupe-bench compare --paper RESULTS_DIR" in head
     real = tmp_path / "real"

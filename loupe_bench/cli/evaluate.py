@@ -1,5 +1,6 @@
 """``loupe-bench eval --model SPEC|RUN_DIR|HF_CLIP_DIR|open_clip:ARCH:FILE|open_clip:ARCH:TAG|hf-hub:ORG/NAME
-[--name LABEL] --task TASK [--data-root DIR] [--out DIR] [--seed N]``."""
+[--name LABEL] --task TASK [--data-root DIR] [--out DIR] [--seed N] [--device auto|cpu|cuda[:N]] [--batch-size N]
+[--num-workers N] [--precision fp32|amp|bf16]``."""
 from __future__ import annotations
 
 from typing import Tuple
@@ -23,32 +24,30 @@ import click
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results/eval", show_default=True,
               help="Where result JSON files go (one per model × task × split).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu, cuda, cuda:N, or auto (cuda when available); cuda without a GPU is an error.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when available, else the CPU), cpu, cuda or cuda:N; cuda without a GPU is an error. "
+                   "Recorded in each result.")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+              help="Images per encoder batch (texts: 4x as many); default: each task's batch_size. Recorded in each "
+                   "result; does not change the protocol fingerprint.")
+@click.option("--num-workers", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Threads loading and preprocessing images ahead of the encoder. Recorded; does not change the "
+                   "fingerprint.")
+@click.option("--precision", type=click.Choice(["fp32", "amp", "bf16"]), default="fp32", show_default=True,
+              help="Encoder precision: amp = float16 autocast on CUDA (bfloat16 on the CPU), bf16 = bfloat16 "
+                   "autocast. Recorded, and part of the protocol fingerprint when not fp32.")
 def eval_cmd(models: Tuple[str, ...], names: Tuple[str, ...], tasks: Tuple[str, ...], data_root, out_dir: str,
-             seed: int, device: str) -> None:
+             seed: int, device: str, batch_size, num_workers: int, precision: str) -> None:
     """Evaluate models on task protocols; one result JSON per (model, task, split)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..report.escape import console as text
+    from ..report.escape import new_console
+    from ..report.table import eval_summary
     from ..tasks.evaluate import evaluate
 
     if names and len(names) != len(models):
         raise click.UsageError(f"{len(names)} --name for {len(models)} --model: give one --name per --model")
     results = evaluate(list(models), list(tasks), data_root=data_root, out_dir=out_dir, seed=seed, device=device,
-                       names=list(names) or None)
-    table = Table(title=f"results ({len(results)} files in {text(out_dir)})")
-    for col in ("model", "task", "split", "metric", "value", "95% CI"):
-        table.add_column(col)
-    for r in results:
-        for name, m in r["metrics"].items():
-            pct = m["units"] == "fraction"
-            fmt = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.3f}")
-            ci = "" if m["ci95"] is None else f"[{fmt(m['ci95'][0])}, {fmt(m['ci95'][1])}]"
-            table.add_row(*map(text, (r["model"]["name"], r["task"]["name"], r["task"]["split"], name)),
-                          fmt(m["value"]) + ("%" if pct else ""), ci)
-        for name, reason in r["unavailable"].items():
-            table.add_row(*map(text, (r["model"]["name"], r["task"]["name"], r["task"]["split"], name)), "n/a",
-                          text(reason))
-    Console().print(table)
+                       names=list(names) or None, batch_size=batch_size, num_workers=num_workers,
+                       precision=precision)
+    console = new_console()
+    for part in eval_summary(results, f"results ({len(results)} files in {out_dir})", width=console.width):
+        console.print(part)

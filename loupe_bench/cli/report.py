@@ -11,29 +11,42 @@ import click
 @click.argument("results_dir", type=click.Path(path_type=Path))
 @click.option("--html/--no-html", "html", default=None, help="Write report.html (self-contained, plots embedded).")
 @click.option("--markdown/--no-markdown", "markdown", default=None, help="Write report.md.")
-@click.option("--csv/--no-csv", "csv", default=None, help="Write results.csv (tidy, one row per metric and seed).")
+@click.option("--csv/--no-csv", "csv", default=None,
+              help="Write results.csv (tidy, one row per metric and seed) and leaderboard.csv (wide, one row per model).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for the files (default: RESULTS_DIR/report, or ../report inside a reproduction).")
+              help="Folder for the files (default: RESULTS_DIR/report, or ../report inside a reproduction; an "
+                   "existing report there is kept unless --force).")
+@click.option("--force", is_flag=True, help="Overwrite an existing report in the default folder.")
 @click.option("--runs", "runs", multiple=True, type=click.Path(path_type=Path),
               help="Run directories (training curves, LOUPE explanations); discovered when omitted.")
 @click.option("--world", "world", type=click.Path(path_type=Path), default=None,
               help="Synthetic world folder (for LOUPE's explanations); discovered when omitted.")
-def report_cmd(results_dir, html, markdown, csv, out_dir, runs, world):
+def report_cmd(results_dir, html, markdown, csv, out_dir, runs, world, force):
     """Render RESULTS_DIR as a console table and, as asked, CSV, Markdown and HTML.
 
     With none of --html/--markdown/--csv given, all three are written. Every result JSON under RESULTS_DIR is read;
     other JSON files (manifests, references, exports) are skipped, a result-shaped file with another schema is
     refused.
     """
-    from ..report.render import report
+    from ..errors import LoupeBenchError
+    from ..report.render import REPORT_FILES, default_out_dir, report
 
     chosen = [html, markdown, csv]
     if all(c is None for c in chosen):
         html = markdown = csv = True
+    if out_dir is None and not force:
+        folder = default_out_dir(results_dir)
+        wanted = [n for opt, on in (("html", html), ("markdown", markdown), ("csv", csv)) if on
+                  for n in REPORT_FILES[opt]]
+        existing = [folder / n for n in wanted if (folder / n).exists()]
+        if existing:
+            raise LoupeBenchError(f"{existing[0]} exists (an earlier report); pass --force to overwrite it, or --out "
+                                  f"DIR to write elsewhere")
     run_map = {Path(r).name: Path(r) for r in runs} if runs else None
     paths = report(results_dir, html=bool(html), markdown=bool(markdown), csv=bool(csv), out_dir=out_dir,
                    runs=run_map, world_dir=world)
-    for label, p in (("csv", paths.csv), ("markdown", paths.markdown), ("html", paths.html)):
+    for label, p in (("csv", paths.csv), ("leaderboard", paths.leaderboard), ("markdown", paths.markdown),
+                     ("html", paths.html)):
         if p is not None:
             click.echo(f"{label}: {p}")
 
@@ -43,22 +56,37 @@ def report_cmd(results_dir, html, markdown, csv, out_dir, runs, world):
               help="Results folder to set beside the published numbers.")
 @click.option("--tables", "tables", type=click.Path(path_type=Path), default=None,
               help="Folder of paper tables (default: the shipped results/paper).")
-@click.option("--all", "include_unmatched", is_flag=True, help="Also list published numbers nothing reproduces.")
+@click.option("--all", "include_unmatched", is_flag=True,
+              help="Also list the published numbers nothing reproduces (about 70), grouped per task · dataset · split "
+                   "like the matches, each group a short table that fits 80 columns with its sources as numbered "
+                   "notes below it (so a terminal or CI log reads it; --markdown writes the same rows as one wide "
+                   "table).")
 @click.option("--markdown", "markdown", type=click.Path(path_type=Path), default=None,
               help="Also write the comparison as Markdown to this file.")
 def compare_cmd(results_dir, tables, include_unmatched, markdown):
-    """Reproduced vs published numbers side by side, with deltas (percentage points) and provenance."""
-    from rich.console import Console
-
-    from ..report.paper import compare_paper, comparison_markdown, comparison_table
+    """Reproduced vs published numbers side by side, with deltas (percentage points) and provenance, one block per
+    task · dataset · split. Results on synthetic data are never matched against published numbers."""
+    from ..report.escape import new_console
+    from ..report.metadata import SYNTHETIC_PREFIX
+    from ..report.paper import compare_paper, comparison_console, comparison_markdown
+    from ..report.results_io import load_rows
     from ..utils.io import atomic_write_text
 
-    rows = compare_paper(results_dir, paper_dir=tables, include_unmatched=include_unmatched)
-    console = Console()
-    if not rows:
-        console.print("no result matches a published (task, dataset, split, metric); use --all to list the tables")
-    else:
-        console.print(comparison_table(rows))
+    loaded = load_rows(results_dir)
+    rows = compare_paper(rows=loaded, paper_dir=tables, include_unmatched=include_unmatched)
+    console = new_console()
+    if not any(r.model is not None for r in rows):
+        if loaded and all(r.dataset.startswith(SYNTHETIC_PREFIX) for r in loaded):
+            click.echo(f"{results_dir} holds results on synthetic data only: they are never matched against "
+                       "published numbers (no paper reports on the synthetic world); run `loupe-bench check "
+                       f"{results_dir} --reference synthetic-default` (or synthetic-quick for a --quick run) to "
+                       "gate them, or `loupe-bench reproduce paper --data-root DIR` for numbers comparable with the "
+                       "papers")
+        else:
+            click.echo("no result matches a published (task, dataset, split, metric); `--all` lists the published "
+                       "numbers")
+    for part in comparison_console(rows):
+        console.print(part)
     if markdown is not None:
         atomic_write_text(markdown, comparison_markdown(rows))
         click.echo(f"markdown: {markdown}")
@@ -77,12 +105,11 @@ def compare_cmd(results_dir, tables, include_unmatched, markdown):
               help="List every gated row (default: the per-task counts and the rows that did not pass).")
 def check_cmd(results_dir, reference, update, extra, show_all):
     """Regression gate: exit 1 when any metric regressed beyond its tolerance band or is missing."""
-    from rich.console import Console
-
+    from ..report.escape import new_console
     from ..report.gate import check, print_gate, update_reference
     from ..specs import reference_path
 
-    console = Console()
+    console = new_console()
     name = str(reference)
     reference = reference_path(reference)
     if update:

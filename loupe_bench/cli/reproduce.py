@@ -69,9 +69,11 @@ def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers, sets):
                                                      "data is under --data-root).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/paper"), show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-def paper_cmd(data_root, models, tasks, out, seed):
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when available, else the CPU), cpu, cuda or cuda:N; cuda without a GPU is an error.")
+def paper_cmd(data_root, models, tasks, out, seed, device):
     """Evaluate models on the real-benchmark specs the paper tables use, beside the published numbers."""
     from ..pipeline import reproduce_paper
 
-    md = reproduce_paper(data_root, models, out, tasks=tasks or None, seed=seed)
+    md = reproduce_paper(data_root, models, out, tasks=tasks or None, seed=seed, device=device)
     click.echo(f"comparison: {md}")

@@ -38,9 +38,10 @@ def paper_task_specs(data_root: Optional[Path] = None) -> List[str]:
 
 
 def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Sequence[str]] = None, seed: int = 0,
-                    console=None) -> Path:
+                    console=None, device: str = "auto") -> Path:
     """Evaluate ``models`` on the real-benchmark task specs the paper tables use and render them beside the
-    published numbers (``OUT/results``, ``OUT/report``, ``OUT/paper_comparison.md``). A number is set beside a
+    published numbers (``OUT/results``, ``OUT/report``, ``OUT/paper_comparison.md``) on ``device`` (``auto``:
+    CUDA when available, else the CPU). A number is set beside a
     published one with a delta only when the evaluated split has the canonical size (``results/paper/splits``;
     :func:`~loupe_bench.report.paper.split_check`); otherwise it is labelled "not the paper's split".
 
@@ -62,7 +63,8 @@ def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Se
                         f"{', '.join(paper_task_specs()) or '(none)'}")
     announce_missing(console, missing_metrics(chosen))
     t0 = time.perf_counter()
-    evaluate(list(models), chosen, data_root=Path(data_root), out_dir=out / "results", seed=seed)
+    evaluate(list(models), chosen, data_root=Path(data_root), out_dir=out / "results", seed=seed,
+             device=device)
     report(out / "results", out_dir=out / "report", console=console, title="loupe-bench paper benchmarks")
     rows = compare_paper(out / "results")
     console.print(comparison_table(rows))

@@ -3,7 +3,8 @@
 :func:`browser_check` starts ``chromium --headless`` with a fresh profile and talks the Chrome DevTools protocol to it
 over ``--remote-debugging-pipe`` (NUL-terminated JSON on file descriptors 3 and 4; Python's standard library only):
 it opens the page, waits for the load event, collects console errors and uncaught exceptions, lists the images
-that did not decode, and writes a screenshot of a 1280×2000 viewport.
+that did not decode, measures the layout a reader sees (:data:`_LAYOUT_JS`: page width against the window, text
+below a size, each image's natural and shown width) and writes a screenshot of the ``width`` × ``height`` viewport.
 """
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ _IMAGES_JS = ("JSON.stringify(Array.from(document.images).map(i => ({alt: i.alt 
               "ok: i.complete && i.naturalWidth > 0})))")
 
 
+#: the page-side layout measure: the page's scroll width against the window's, the visible text elements whose
+#: computed font size is below 9 px, and each image's natural against shown width
+_LAYOUT_JS = (
+    "JSON.stringify({scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth, "
+    "smallText: Array.from(document.body.querySelectorAll('*')).filter(e => "
+    "Array.from(e.childNodes).some(n => n.nodeType === 3 && n.textContent.trim()) && "
+    "e.getClientRects().length > 0 && parseFloat(getComputedStyle(e).fontSize) < 9)"
+    ".map(e => e.tagName + ': ' + e.textContent.trim().slice(0, 40)), "
+    "images: Array.from(document.images).map(i => ({alt: i.alt, natural: i.naturalWidth, "
+    "shown: i.getBoundingClientRect().width}))})")
+
+
 #: run in a child Python: put the two pipe ends on fds 3 and 4, close the copies, exec the browser
 _TRAMPOLINE = ("import os, sys\n"
                "r, w = int(sys.argv[1]), int(sys.argv[2])\n"
@@ -51,6 +64,7 @@ class BrowserCheck(NamedTuple):
     n_images: int
     title: str
     screenshot: Optional[Path]
+    layout: Dict[str, Any] = {}       # _LAYOUT_JS: scrollWidth, innerWidth, smallText, images (natural/shown width)
 
 
 def find_chromium(path: Optional[str] = None) -> str:
@@ -178,6 +192,8 @@ def browser_check(html_path, screenshot=None, *, chromium: Optional[str] = None,
         res = pipe.call("Runtime.evaluate", session, expression=_IMAGES_JS, returnByValue=True)
         images = json.loads(res["result"]["value"])
         title = pipe.call("Runtime.evaluate", session, expression="document.title", returnByValue=True)
+        layout = json.loads(pipe.call("Runtime.evaluate", session, expression=_LAYOUT_JS,
+                                      returnByValue=True)["result"]["value"])
         shot_path = None
         if screenshot is not None:
             data = pipe.call("Page.captureScreenshot", session, format="png")["data"]
@@ -199,4 +215,4 @@ def browser_check(html_path, screenshot=None, *, chromium: Optional[str] = None,
             proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
     return BrowserCheck(_console_errors(pipe.events), [i["alt"] for i in images if not i["ok"]], len(images),
-                        str(title["result"].get("value", "")), shot_path)
+                        str(title["result"].get("value", "")), shot_path, layout)

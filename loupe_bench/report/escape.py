@@ -48,3 +48,13 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
+
+
+def new_console(**kwargs: Any):
+    """A rich Console that never turns ``:name:`` into an emoji (``acc@0.5:anchor:`` stays text): every console the
+    CLI prints result, model or metric names to is made here. Markup stays on for the CLI's own styling; names are
+    passed through :func:`console` (brackets) or as :class:`rich.text.Text`."""
+    from rich.console import Console
+
+    kwargs.setdefault("emoji", False)
+    return Console(**kwargs)

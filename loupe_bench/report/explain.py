@@ -3,7 +3,9 @@
 For each sample (a test image and its first caption with gold phrase spans) the figure shows
 
 * the generated semantic regions (LOUPE's region head: boxes with confidences),
-* each phrase's best region (the region with the highest region–phrase score), coloured per phrase,
+* each phrase's best region (the region with the highest region–phrase score) as a black-on-white dashed outline
+  (one dash pattern per phrase; the regions' colours are not reused), and the ground-truth box of the phrase's
+  object (``phrases.json``) as a white-on-black outline with the same dash pattern,
 * the region–phrase interaction matrix as a heat map (rows: regions, columns: phrases).
 
 The numbers come from the LOUPE model's ``explain`` method; nothing here recomputes or invents them.
@@ -17,7 +19,10 @@ import numpy as np
 
 from ..errors import DataError, SpecError
 from ..utils.io import read_json
-from .plots import _plt, fig_to_png
+from .plots import MIN_FONT_PT, _plt, fig_to_png
+
+#: one dash pattern per phrase (cycled): a phrase's best region and its ground-truth box share it
+PHRASE_DASHES = ((0, (4, 2)), (0, (1.5, 1.5)), (0, (6, 2, 1.5, 2)), (0, (3, 3)), (0, (8, 3)), (0, (1, 3)))
 
 
 class Sample(NamedTuple):
@@ -26,6 +31,7 @@ class Sample(NamedTuple):
     caption: str
     phrases: List[str]
     spans: List[Tuple[int, int]]
+    gt_boxes: Tuple = ()             # per phrase: its object's ground-truth box [x, y, w, h] in pixels, or None
 
 
 def sample_images(world_dir, n: int = 3, split: str = "test") -> List[Sample]:
@@ -43,7 +49,8 @@ def sample_images(world_dir, n: int = 3, split: str = "test") -> List[Sample]:
         if not ph:
             continue
         out.append(Sample(int(im["imgid"]), world / im.get("filepath", "images") / im["filename"], sent["raw"],
-                          [p["text"] for p in ph], [(int(p["start"]), int(p["end"])) for p in ph]))
+                          [p["text"] for p in ph], [(int(p["start"]), int(p["end"])) for p in ph],
+                          tuple(p.get("bbox") for p in ph)))
         if len(out) >= n:
             break
     if not out:
@@ -53,14 +60,17 @@ def sample_images(world_dir, n: int = 3, split: str = "test") -> List[Sample]:
 
 def explanation_figure(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarray, phrases: Sequence[str],
                        phrase_best_region: Sequence[int], interaction: np.ndarray, caption: str = "",
-                       max_regions: int = 6):
+                       max_regions: int = 6, gt_boxes=None):
     """The matplotlib figure behind :func:`plot_explanation`.
+
+    ``gt_boxes``: ``[P, 4]`` normalised xyxy ground-truth box of each phrase's object (NaN rows: unknown), drawn
+    white-on-black with the phrase's dash pattern (:data:`PHRASE_DASHES`) beside its black-on-white best region.
 
     Drawn regions: the ``max_regions`` most confident ones **and every phrase's best region** (what the figure
     refers to is always drawn). Labels never overlap: no text is written on the images; each drawn region has its
     own colour, and a legend left of the first panel lists ``r<i>  <confidence>`` (most confident first, a best
     region outside the top ones marked "best of a phrase"); the phrases' legend (``phrase → r<i>``) sits below the
-    second panel. Each rectangle carries ``gid="r<i>"``.
+    second panel. Each region rectangle carries ``gid="r<i>"``, each ground-truth box ``gid="gt<j>"``.
     """
     plt = _plt()
     from matplotlib.patches import Rectangle
@@ -79,7 +89,6 @@ def explanation_figure(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndar
     drawn = top + sorted(set(best) - set(top), key=lambda i: (-box_scores[i], i))
     keep = sorted(drawn)
     region_colours = plt.get_cmap("tab20")
-    phrase_colours = plt.get_cmap("tab10")
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.2]})
     ax0.imshow(image)
     for n, i in enumerate(drawn):
@@ -87,35 +96,57 @@ def explanation_figure(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndar
         note = "" if i in top else "  (best of a phrase)"
         ax0.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=region_colours(n % 20),
                                 linewidth=1.5, gid=f"r{i}", label=f"r{i}  {box_scores[i]:.2f}{note}"))
-    ax0.legend(loc="upper right", bbox_to_anchor=(-0.03, 1.0), fontsize=7, frameon=False, borderaxespad=0.0,
-               title="region  confidence", title_fontsize=7)
-    ax0.set_title("generated regions", fontsize=8)
+    ax0.legend(loc="upper right", bbox_to_anchor=(-0.03, 1.0), fontsize=MIN_FONT_PT, frameon=False,
+               borderaxespad=0.0, title="region  confidence", title_fontsize=MIN_FONT_PT)
+    ax0.set_title("generated regions", fontsize=9)
     ax1.imshow(image)
-    for j, (phrase, i) in enumerate(zip(phrases, best)):
-        x0, y0, x1, y1 = boxes[i] * [w, h, w, h]
-        ax1.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=phrase_colours(j % 10), linewidth=2,
-                                gid=f"r{i}", label=f"{phrase} → r{i}"))
-    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.03), frameon=False, borderaxespad=0.0)
-    ax1.set_title("each phrase's best region", fontsize=8)
+    _phrase_boxes(ax1, boxes[best] * [w, h, w, h], phrases, best, gt_boxes, (w, h))
+    ax1.set_title("best region (black) · ground truth (white)", fontsize=9)
     for ax in (ax0, ax1):
         ax.set_xticks([])
         ax.set_yticks([])
     im = ax2.imshow(interaction[keep], aspect="auto", cmap="viridis")
     ax2.set_yticks(range(len(keep)))
-    ax2.set_yticklabels([f"r{i}" for i in keep], fontsize=6)
+    ax2.set_yticklabels([f"r{i}" for i in keep], fontsize=MIN_FONT_PT)
     ax2.set_xticks(range(p))
-    ax2.set_xticklabels(phrases, rotation=35, ha="right", fontsize=6)
-    ax2.set_title("region–phrase interaction", fontsize=8)
-    fig.colorbar(im, ax=ax2, fraction=0.046)
+    ax2.set_xticklabels(phrases, rotation=35, ha="right", fontsize=MIN_FONT_PT)
+    ax2.set_title("region–phrase interaction", fontsize=9)
+    fig.colorbar(im, ax=ax2, fraction=0.046).ax.tick_params(labelsize=MIN_FONT_PT)
     if caption:
-        fig.suptitle(caption, fontsize=8)
+        fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     return fig
 
 
+def _phrase_boxes(ax, best_px: np.ndarray, phrases: Sequence[str], best: Sequence[int], gt_boxes, size) -> None:
+    """Each phrase's best region (black dashes on a white halo) and its ground-truth box (white dashes on a black
+    halo), one dash pattern per phrase; a legend below the axes names them."""
+    from matplotlib.patches import Rectangle
+
+    w, h = size
+    gt = None if gt_boxes is None else np.asarray(gt_boxes, dtype=float).reshape(-1, 4) * [w, h, w, h]
+    for j, (phrase, i) in enumerate(zip(phrases, best)):
+        dash = PHRASE_DASHES[j % len(PHRASE_DASHES)]
+        x0, y0, x1, y1 = best_px[j]
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=3.0))
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="black", linewidth=1.6,
+                               linestyle=dash, gid=f"r{i}", label=f"{j + 1}. {phrase} → r{i}"))
+        if gt is not None and j < len(gt) and np.isfinite(gt[j]).all():
+            g0, h0, g1, h1 = gt[j]
+            ax.add_patch(Rectangle((g0, h0), g1 - g0, h1 - h0, fill=False, edgecolor="black", linewidth=3.0))
+            ax.add_patch(Rectangle((g0, h0), g1 - g0, h1 - h0, fill=False, edgecolor="white", linewidth=1.6,
+                                   linestyle=dash, gid=f"gt{j}"))
+    handles, labels = ax.get_legend_handles_labels()
+    if gt is not None:
+        handles.append(Rectangle((0, 0), 1, 1, fill=False, edgecolor="black", linewidth=1.6, hatch=None))
+        labels.append("white outline, same dashes: ground truth")
+    ax.legend(handles, labels, fontsize=MIN_FONT_PT, loc="upper center", bbox_to_anchor=(0.5, -0.03), frameon=False,
+              borderaxespad=0.0)
+
+
 def plot_explanation(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarray, phrases: Sequence[str],
                      phrase_best_region: Sequence[int], interaction: np.ndarray, caption: str = "",
-                     max_regions: int = 6) -> bytes:
+                     max_regions: int = 6, gt_boxes=None) -> bytes:
     """One figure as PNG: image with regions and each phrase's best region, and the interaction heat map.
 
     Args:
@@ -126,11 +157,24 @@ def plot_explanation(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarra
         phrase_best_region: ``[P]`` index of each phrase's best region.
         interaction: ``[K, P]`` region–phrase interaction matrix.
         max_regions: the most confident regions drawn (each phrase's best region is drawn too).
+        gt_boxes: ``[P, 4]`` normalised xyxy ground-truth box of each phrase's object (NaN: unknown), or None.
 
     See :func:`explanation_figure` for the drawing and labelling rules.
     """
     return fig_to_png(explanation_figure(image, boxes, box_scores, phrases, phrase_best_region, interaction,
-                                         caption=caption, max_regions=max_regions))
+                                         caption=caption, max_regions=max_regions, gt_boxes=gt_boxes))
+
+
+def normalised_boxes(bboxes: Sequence, size: Tuple[int, int]) -> np.ndarray:
+    """``[x, y, w, h]`` pixel boxes (``phrases.json``) of an image of ``size`` (w, h) as ``[P, 4]`` normalised xyxy;
+    a missing box is a NaN row."""
+    w, h = size
+    out = np.full((len(bboxes), 4), np.nan)
+    for j, b in enumerate(bboxes):
+        if b is not None and len(b) == 4:
+            x, y, bw, bh = (float(v) for v in b)
+            out[j] = [x / w, y / h, (x + bw) / w, (y + bh) / h]
+    return out
 
 
 def _field(obj: Any, *names: str):
@@ -169,7 +213,8 @@ def explanation_figures(run_dir, world_dir, n_images: int = 3, label: str = "lou
     std = torch.tensor(model.image_std).view(3, 1, 1)
     out: List[Tuple[str, bytes]] = []
     for s in sample_images(world_dir, n_images):
-        img = open_rgb(s.path).resize((size, size), Image.BICUBIC)
+        full = open_rgb(s.path)
+        img = full.resize((size, size), Image.BICUBIC)
         arr = np.asarray(img)
         pixels = ((torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0 - mean) / std)[None]
         tok = model.tokenizer([s.caption])
@@ -182,6 +227,7 @@ def explanation_figures(run_dir, world_dir, n_images: int = 3, label: str = "lou
         scores = _to_np(_field(ex, "box_scores", "scores"))[0]
         best = _to_np(_field(ex, "phrase_best_region")).astype(int)[0][keep]
         inter = _to_np(_field(ex, "interaction_matrix", "interaction"))[0][:, keep]
+        gt = normalised_boxes([b for b, k in zip(s.gt_boxes, keep) if k], full.size) if s.gt_boxes else None
         out.append((f"{label}: image {s.image_id}: “{s.caption}”",
-                    plot_explanation(arr, boxes, scores, phrases, best, inter, caption=s.caption)))
+                    plot_explanation(arr, boxes, scores, phrases, best, inter, caption=s.caption, gt_boxes=gt)))
     return out

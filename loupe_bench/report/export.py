@@ -6,8 +6,11 @@ Formats are found through :data:`EXPORT_FORMATS` (a :class:`~loupe_bench.registr
 ``clip_benchmark`` follows the conventions of CLIP_benchmark 1.6.2 (``clip_benchmark eval`` / ``clip_benchmark
 build``):
 
-* one JSON per (dataset, model, task) named ``{dataset}_{pretrained}_{model}_{language}_{task}.json`` (its
-  ``--output`` template), holding ``dataset`` (the data set's name, no split suffix), ``model`` (the architecture:
+* one JSON per (dataset, split, model, task) named ``{dataset}_{pretrained}_{model}_{language}_{task}.json`` (its
+  ``--output`` template), holding ``dataset`` (the data set's name; CLIP_benchmark evaluates one split per run,
+  ``--split`` defaulting to ``test``, and its template has no split field, so a result on another split — e.g.
+  ``comptest`` — carries it as a dataset-name suffix, ``{dataset}_{split}``, in the file name and in ``dataset``;
+  a ``test`` result keeps the plain name), ``model`` (the architecture:
   our model spec's name), ``pretrained`` (the weights: a checkpoint directory's path, or ``random-init-seed<N>`` for
   a freshly initialised spec), ``task``, ``metrics`` (fractions) and ``language`` (``en``); extra keys
   ``pretrained_sha256`` (the weights hash), ``split``, ``loupe_task`` and ``fingerprint`` (the protocol) —
@@ -74,6 +77,16 @@ class _CBTask:
         self.name, self.rename, self.per_class = name, rename, per_class
 
 
+#: CLIP_benchmark's default split (``clip_benchmark eval --split``): results on it keep the plain dataset name
+CB_DEFAULT_SPLIT = "test"
+
+
+def cb_dataset_name(dataset: str, split: str) -> str:
+    """The dataset name a result exports under: ``dataset`` on CLIP_benchmark's default split, else
+    ``{dataset}_{split}`` (its file-name template has no split field)."""
+    return dataset if split == CB_DEFAULT_SPLIT else f"{dataset}_{split}"
+
+
 #: our task type -> CLIP_benchmark task (types not listed have no CLIP_benchmark counterpart)
 CB_TASKS = Registry("CLIP_benchmark task")
 CB_TASKS.add("retrieval", _CBTask("zeroshot_retrieval", _recall_names, None))
@@ -120,7 +133,7 @@ def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], 
     model = result["model"]
     spec = model.get("spec") if isinstance(model.get("spec"), dict) else {}
     obj = {
-        "dataset": str(result["task"]["dataset"]),
+        "dataset": cb_dataset_name(str(result["task"]["dataset"]), str(result["task"]["split"])),
         "model": str(spec.get("name") or model["name"]),
         "pretrained": pretrained_tag(result),
         "task": cb.name,
@@ -161,8 +174,8 @@ def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: PathLike) 
     ``benchmark.csv`` and ``README.md``. Returns the written paths.
 
     Raises:
-        DataError: two results map to one file name (same dataset, weights, model and task: e.g. two splits or two
-            seeds of one checkpoint); export them into separate folders.
+        DataError: two results map to one file name (same dataset, split, weights, model and task: e.g. two seeds
+            of one checkpoint); export them into separate folders.
     """
     out_dir = Path(out_dir)
     objs: Dict[str, Dict[str, Any]] = {}
@@ -182,7 +195,7 @@ def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: PathLike) 
         name = clip_benchmark_filename(obj)
         if name in objs:
             raise DataError(f"this result and {sources[name]} both export to {name} (CLIP_benchmark's file name has "
-                            f"no split or seed); export them into separate folders", file=where)
+                            f"no seed); export each seed's results folder separately", file=where)
         objs[name], sources[name] = obj, where
         for m in missing:
             lacking.setdefault(m, []).append(where)
@@ -203,6 +216,9 @@ def _readme(n: int, skipped: Dict[str, List[str]], lacking: Dict[str, List[str]]
     lines = ["# loupe-bench results in CLIP_benchmark 1.6.2 layout", "",
              f"{n} result file(s) `{{dataset}}_{{pretrained}}_{{model}}_{{language}}_{{task}}.json` and "
              "`benchmark.csv` (what `clip_benchmark build` makes of them, with `model_fullname`).", "",
+             f"A result on a split other than CLIP_benchmark's default `{CB_DEFAULT_SPLIT}` carries the split as a "
+             "dataset-name suffix (`{dataset}_{split}`, e.g. `_comptest`) in its file name and `dataset` field; "
+             "`split` names it too.", "",
              "Metrics are fractions; `pretrained` is the checkpoint directory (or `random-init-seed<N>` for a freshly "
              "initialised spec) and `pretrained_sha256` the weights hash; `split`, `loupe_task` and `fingerprint` "
              "name the protocol. Bootstrap intervals and per-item values are not exported (CLIP_benchmark has no "
@@ -221,12 +237,13 @@ def _readme(n: int, skipped: Dict[str, List[str]], lacking: Dict[str, List[str]]
     return "\n".join(lines)
 
 
-def export_results(results_dir: PathLike, fmt: str, out_dir: PathLike) -> List[Path]:
-    """Read every result JSON under ``results_dir`` and write them in format ``fmt`` (a name of
-    :data:`EXPORT_FORMATS`) into ``out_dir``; returns the written paths.
+def export_results(results_dir: PathLike, fmt: str, out_dir: PathLike, split: Optional[str] = None) -> List[Path]:
+    """Read every result JSON under ``results_dir`` (only those on ``split`` when given) and write them in format
+    ``fmt`` (a name of :data:`EXPORT_FORMATS`) into ``out_dir``; returns the written paths.
 
     Raises:
-        SpecError: unknown format. DataError: no results, or a result the format cannot hold.
+        SpecError: unknown format. DataError: no results, no result on ``split``, or a result the format cannot
+            hold.
     """
     from ..tasks.results import load_results
 
@@ -234,4 +251,10 @@ def export_results(results_dir: PathLike, fmt: str, out_dir: PathLike) -> List[P
     results = load_results(results_dir)
     if not results:
         raise DataError("no result JSON (schema loupe-bench/result/v1) found", file=str(results_dir))
+    if split is not None:
+        splits = sorted({str(r["task"]["split"]) for r in results})
+        results = [r for r in results if str(r["task"]["split"]) == split]
+        if not results:
+            raise DataError(f"no result on split {split!r} (the results hold: {', '.join(splits)})",
+                            file=str(results_dir))
     return writer(results, out_dir)

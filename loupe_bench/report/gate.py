@@ -28,7 +28,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 from ..errors import DataError, SpecError
 from ..utils.io import atomic_write_json, read_json
 from .escape import console as console_text
-from .results_io import MetricRow, load_rows, mean_std, read_manifest
+from .results_io import MetricRow, display_units, load_rows, mean_std, read_manifest, to_percent
 
 REFERENCE_SCHEMA = "loupe-bench/reference/v1"
 STATUSES = ("pass", "regressed", "improved", "missing")
@@ -66,6 +66,7 @@ class GateRow(NamedTuple):
     delta: Optional[float]
     band: float
     status: str
+    units: str = "fraction"
 
 
 class GateReport(NamedTuple):
@@ -262,13 +263,13 @@ def check_rows(rows: Sequence[MetricRow], reference: Dict[str, Any], reference_p
         band = max(float(ref["abs_tol"]), float(ref["rel_tol"]) * abs(refv))
         grp = groups.get(key)
         if not grp:
-            out.append(GateRow(*key, refv, None, None, band, "missing"))
+            out.append(GateRow(*key, refv, None, None, band, "missing", str(ref.get("units", "fraction"))))
             continue
         value, _ = mean_std(r.value for r in grp)
         delta = value - refv
         signed = delta if ref.get("higher_is_better", higher_is_better(key[3])) else -delta
         status = "pass" if abs(delta) <= band + 1e-12 else ("improved" if signed > 0 else "regressed")
-        out.append(GateRow(*key, refv, value, delta, band, status))
+        out.append(GateRow(*key, refv, value, delta, band, status, str(ref.get("units", grp[0].units))))
     extra = sorted(k for k in groups if k not in ref_keys)
     return GateReport(out, str(reference_path), extra)
 
@@ -325,10 +326,17 @@ def _previous_reference(path: Path) -> Optional[Dict[str, Any]]:
 
 def _record(r: GateRow) -> List[str]:
     """One gated row as lines of at most 80 columns (names never cut): model · task · split, then the metric and its
-    numbers (on a third line when a long metric name leaves no room)."""
-    value = "–" if r.value is None else f"{r.value:.4f}"
-    delta = "–" if r.delta is None else f"{r.delta:+.4f}"
-    numbers = f"reference {r.reference:.4f}, value {value}, Δ {delta}, band ±{r.band:.4f}"
+    numbers (on a third line when a long metric name leaves no room). Numbers are shown as in the reports
+    (:func:`~loupe_bench.report.results_io.to_percent`: fractions in %, RSUM as a sum of % on 0–600), the gate
+    itself compares the stored values."""
+    shown = display_units(r.units)
+    scaled = shown != r.units
+    digits, suffix = (2, f" ({shown})") if scaled else (4, "" if r.units == "fraction" else f" ({r.units})")
+    pct = (lambda v: to_percent(v, r.units)) if scaled else float
+    value = "–" if r.value is None else f"{pct(r.value):.{digits}f}"
+    delta = "–" if r.delta is None else f"{pct(r.delta):+.{digits}f}"
+    numbers = f"reference {pct(r.reference):.{digits}f}, value {value}, Δ {delta}, band ±{pct(r.band):.{digits}f}"
+    numbers += suffix
     head = f"  {r.model} · {r.task} · {r.split}"
     if len(f"    {r.metric}: {numbers}") <= 80:
         return [head, f"    {r.metric}: {numbers}"]
@@ -345,6 +353,7 @@ def gate_table(report: GateReport):
     """A rich Table with one row per task · split and the count of gated rows of each status (fits 80 columns:
     names are never cut)."""
     from rich.table import Table
+    from rich.text import Text
 
     style = {"pass": "green", "regressed": "bold red", "improved": "cyan", "missing": "bold magenta"}
     per: Dict[Tuple[str, str], Dict[str, int]] = {}
@@ -357,7 +366,7 @@ def gate_table(report: GateReport):
         t.add_column(s, justify="right", no_wrap=True)
     for (task, split), c in sorted(per.items()):
         cells = [f"[{style[s]}]{c[s]}[/{style[s]}]" if c[s] and s != "pass" else str(c[s]) for s in STATUSES]
-        t.add_row(console_text(task), console_text(split), *cells)
+        t.add_row(Text(task), Text(split), *cells)
     return t
 
 
@@ -366,7 +375,8 @@ def print_gate(console, report: GateReport, name: str = "", show_all: bool = Fal
     is not ``pass`` (all rows with ``show_all``) as two-line records grouped by status."""
     c = report.counts()
     console.print(f"[bold]regression gate[/bold] vs {console_text(name or report.reference_path)}"
-                  + (f" ({console_text(report.reference_path)})" if name and name != report.reference_path else ""))
+                  + (f" ({console_text(report.reference_path)})" if name and name != report.reference_path else ""),
+                  emoji=False)
     console.print(f"{len(report.rows)} gated rows: " + ", ".join(f"{n} {s}" for s, n in c.items()))
     console.print(gate_table(report))
     for status in (("regressed", "missing", "improved", "pass") if show_all else ("regressed", "missing",
@@ -377,4 +387,4 @@ def print_gate(console, report: GateReport, name: str = "", show_all: bool = Fal
         console.print(f"[bold]{status}[/bold] ({len(rows)}): {STATUS_HELP[status]}", highlight=False)
         for r in sorted(rows, key=lambda r: (r.task, r.split, r.model, r.metric)):
             for line in _record(r):
-                console.print(line, highlight=False, markup=False)
+                console.print(line, highlight=False, markup=False, emoji=False)

@@ -353,24 +353,63 @@ def comparison_markdown(rows: Sequence[ComparisonRow]) -> str:
 
 
 def comparison_table(rows: Sequence[ComparisonRow], title: str = "reproduced vs published"):
-    """A rich Table of :func:`compare_paper` rows."""
+    """A rich Table of :func:`compare_paper` rows (every column; for a file or a wide terminal — the CLI prints
+    :func:`comparison_console`)."""
     from rich.table import Table
 
-    colour = {"verified": "green", "secondary": "yellow", "unverified": "red"}
     t = Table(title=title)
     for c in ("task", "dataset", "split", "metric", "reproduced", "95% CI", "published", "Δ pts", "provenance",
               "source"):
         t.add_column(c, overflow="fold")
     for r in rows:
-        pub_model = r.paper_model + (f" {r.paper_variant}" if r.paper_variant else "")
-        t.add_row(
-            *(console_text(v) for v in (r.task, r.dataset, r.split, r.metric)),
-            "–" if r.reproduced is None else f"{r.reproduced:.1f} ({console_text(r.model)})",
+        t.add_row(*(console_text(v) for v in (r.task, r.dataset, r.split, r.metric)), *_console_cells(r),
+                  console_text(r.source))
+    return t
+
+
+_TIER_COLOUR = {"verified": "green", "secondary": "yellow", "unverified": "red"}
+
+
+def _console_cells(r: ComparisonRow) -> List[str]:
+    """reproduced (model), 95% CI, published (model), Δ, provenance as rich markup (names escaped)."""
+    pub_model = r.paper_model + (f" {r.paper_variant}" if r.paper_variant else "")
+    return ["–" if r.reproduced is None else f"{r.reproduced:.1f} ({console_text(r.model)})",
             "–" if r.ci_low is None else f"[{r.ci_low:.1f}, {r.ci_high:.1f}]",
             f"{r.published:.1f} ({console_text(pub_model)})",
             console_text(r.split_check) or ("–" if r.delta is None else (
                 f"[bold]{r.delta:+.1f}[/bold]" if r.same_family else f"{r.delta:+.1f}")),
-            f"[{colour[r.provenance]}]{r.provenance}[/{colour[r.provenance]}]",
-            console_text(r.source),
-        )
-    return t
+            f"[{_TIER_COLOUR[r.provenance]}]{r.provenance}[/{_TIER_COLOUR[r.provenance]}]"]
+
+
+def comparison_console(rows: Sequence[ComparisonRow]) -> List:
+    """The comparison for an 80-column terminal: one block per (task, dataset, split) — a heading, a table with
+    short headers (metric, ours, 95% CI, paper, Δ, tier, src) whose name cells fold instead of widening the table,
+    and the block's sources as numbered notes (``src`` points at them) — so no column is cut and no header breaks."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    groups: Dict[Tuple[str, str, str], List[ComparisonRow]] = {}
+    for r in rows:
+        groups.setdefault((r.task, r.dataset, r.split), []).append(r)
+    out: List = []
+    for (task, dataset, split), grp in groups.items():
+        sources: List[str] = []
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        t.add_column("metric", no_wrap=True)
+        t.add_column("ours", overflow="fold", max_width=18)
+        t.add_column("95% CI", no_wrap=True)
+        t.add_column("paper", overflow="fold", max_width=22)
+        t.add_column("Δ pts", overflow="fold", max_width=14)
+        t.add_column("tier", no_wrap=True)
+        t.add_column("src", no_wrap=True, justify="right")
+        for r in grp:
+            if r.source not in sources:
+                sources.append(r.source)
+            rep, ci, pub, delta, tier = _console_cells(r)
+            t.add_row(Text(r.metric), rep, ci, pub, delta, tier, str(sources.index(r.source) + 1))
+        out.append(Text(""))
+        out.append(Text(f"{task} · {dataset} · {split}", style="bold", overflow="fold"))
+        out.append(t)
+        out.extend(Text(f"  [{i}] {src}", style="dim", overflow="fold") for i, src in enumerate(sources, 1))
+    return out

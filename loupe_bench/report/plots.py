@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .escape import plot as plot_text
+from .results_io import display_units
 from .table import ResultTable
 
 
@@ -19,9 +20,18 @@ def _plt():
     return plt
 
 
+#: the resolution every report figure is saved at; the page shows images at their native size (CSS
+#: ``max-width: none`` in a scrolling container), so one point of text is ``PLOT_DPI / 72`` screen pixels
+PLOT_DPI = 90
+#: the smallest font (points) any report figure uses: ``MIN_FONT_PT * PLOT_DPI / 72`` = 10 px on screen (≥ 9 px)
+MIN_FONT_PT = 8
+#: the widest a bar chart's axes grow (inches): with its legend the image stays near 1,000 px
+MAX_BAR_WIDTH_IN = 8.5
+
+
 def fig_to_png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=PLOT_DPI, bbox_inches="tight", metadata={"Software": None})
     _plt().close(fig)
     return buf.getvalue()
 
@@ -68,7 +78,8 @@ def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optiona
     if not models:
         return None
     colours = colours or model_colours(table.models)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(cols) * max(1, len(models)) + 1.5), 3.2))
+    fig, ax = plt.subplots(figsize=(min(MAX_BAR_WIDTH_IN, max(4.0, 0.55 * len(cols) * max(1, len(models)) + 1.5)),
+                                    3.4))
     width = 0.8 / len(models)
     x = np.arange(len(cols))
     for i, m in enumerate(models):
@@ -97,7 +108,8 @@ def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optiona
     ax.set_xticks(x)
     ax.set_xticklabels([plot_text(table.columns[c].metric) for c in cols], rotation=30, ha="right", fontsize=8)
     units = {table.columns[c].units for c in cols}
-    ax.set_ylabel("percent" if units == {"fraction"} else plot_text("/".join(sorted(units))))
+    shown = sorted({display_units(u) for u in units})
+    ax.set_ylabel("percent" if shown == ["%"] else plot_text("/".join(shown)))
     ax.set_title(plot_text(title), fontsize=9)
     _legend_outside(ax)
     return fig
@@ -174,7 +186,7 @@ def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] =
     keys = sorted(keys, key=lambda k: (k != "loss", k))[:max_panels] or ["loss"]
     ncols = min(4, len(keys))
     nrows = -(-len(keys) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.5 * ncols, 2.4 * nrows), squeeze=False)
     for ax in axes.flat[len(keys):]:
         ax.set_visible(False)
     for ax, k in zip(axes.flat, keys):

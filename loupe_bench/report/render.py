@@ -15,8 +15,9 @@ from ..errors import LoupeBenchError
 from ..utils.io import atomic_write_text
 from . import escape
 from .metadata import run_metadata, scope_statement
-from .results_io import MetricRow, load_rows, protocol_label, read_manifest
-from .table import BEST_RULE, ResultTable, build_table, display_units, format_cell, metric_sort_key
+from .results_io import REFERENCE_ROWS, MetricRow, load_rows, protocol_label, read_manifest
+from .results_io import display_units, to_percent
+from .table import BEST_RULE, ResultTable, build_table, format_cell, leaderboard_csv, metric_sort_key
 
 MANIFEST = "reproduce.json"
 
@@ -26,6 +27,33 @@ class ReportPaths(NamedTuple):
     markdown: Optional[Path]
     html: Optional[Path]
     table: ResultTable
+    leaderboard: Optional[Path] = None      # leaderboard.csv (wide: one row per model), written with the CSV
+
+
+# ------------------------------------------------------------------------------------------------ row kinds
+#: how an oracle model's spec description starts (``baselines/loupe-oracle-regions.yaml``: an upper bound that
+#: uses box labels); its rows are marked "oracle" in every table and never best
+ORACLE_DESCRIPTION = "NOT LOUPE"
+
+
+def oracle_models(raw) -> List[str]:
+    """The models of the result JSONs ``raw`` that are oracles: spec description starting with
+    :data:`ORACLE_DESCRIPTION`, or (results without a spec) a name ending in ``oracle-regions``."""
+    out = set()
+    for obj in raw:
+        model = obj.get("model") or {}
+        spec = model.get("spec") if isinstance(model.get("spec"), dict) else {}
+        name = str(model.get("name", ""))
+        if str(spec.get("description") or "").startswith(ORACLE_DESCRIPTION) or name.endswith("oracle-regions"):
+            out.add(name)
+    return sorted(out)
+
+
+def row_kind(table: ResultTable, model: str) -> str:
+    """``"oracle"`` (an upper bound that uses labels), ``"reference"`` (chance, attribute oracle) or ``""``."""
+    if model in REFERENCE_ROWS:
+        return "reference"
+    return "oracle" if model in table.oracles else ""
 
 
 # ------------------------------------------------------------------------------------------------ console
@@ -77,7 +105,8 @@ def console_tables(table: ResultTable, width: int = CONSOLE_WIDTH) -> List:
         units = sorted({f"{heads[c]}: {display_units(table.columns[c].units)}" for c in cols
                         if display_units(table.columns[c].units) != "%"})
         col_w = {c: max([len(heads[c])] + [len(t) for t in texts[c].values()]) + 2 for c in cols}
-        model_w = max([len("model")] + [len(m) for m in models]) + 2
+        model_w = max([len("model")] + [len(m) + (len(row_kind(table, m)) + 3 if row_kind(table, m) else 0)
+                                        for m in models]) + 2
         chunks: List[List[int]] = [[]]
         used = model_w
         for c in cols:
@@ -91,23 +120,32 @@ def console_tables(table: ResultTable, width: int = CONSOLE_WIDTH) -> List:
             t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
             t.add_column("model", no_wrap=True, style="bold")
             for c in chunk:
-                t.add_column(escape.console(heads[c]), justify="right", no_wrap=True)
+                t.add_column(Text(heads[c]), justify="right", no_wrap=True)
             for m in models:
-                t.add_row(escape.console(m), *[f"[bold green]{texts[c][m]}[/bold green]"
-                                               if texts[c][m].startswith("★") else texts[c][m] for c in chunk])
+                kind = row_kind(table, m)
+                name = Text(m, style="bold") + Text(f" ({kind})" if kind else "", style="dim italic")
+                t.add_row(name, *[f"[bold green]{texts[c][m]}[/bold green]"
+                                  if texts[c][m].startswith("★") else texts[c][m] for c in chunk])
             parts.append(t)
         if units:
             parts.append(Text("units: " + "; ".join(units), style="dim", no_wrap=True, overflow="ellipsis"))
+        kinds = sorted({row_kind(table, m) for m in models} - {""})
+        if kinds:
+            parts.append(Text(" / ".join(kinds) + " rows: not methods under test, never ★ best", style="dim",
+                              no_wrap=True, overflow="ellipsis"))
         out.append(Group(*parts))
     return out
 
 
 CONSOLE_LEGEND = ("headline metrics (all of them in the Markdown, CSV and HTML files)",
-                  "values in % for fractions; [95% CI]; ±std over seeds",
-                  "★ best: 95% CI clear of the runner-up's (no CI: strictly better; no ties)")
+                  "values in % for fractions, RSUM as the sum of the recalls in % (0–600); [95% CI]; "
+                  "±std over seeds",
+                  "★ best: 95% CI clear of the runner-up's (no CI: strictly better at the shown precision)",
+                  "(oracle) rows: upper bounds using labels; (reference) rows: chance levels; never ★ best")
 
 #: the legend of the Markdown and HTML tables
-TABLE_LEGEND = ("Values in % for fractions; [95 % bootstrap interval]; ±std over n seeds. One table per task, split "
+TABLE_LEGEND = ("Values in % for fractions, RSUM as the sum of the six recalls in % (0–600, as CLIP_benchmark and "
+                "the papers write it); [95 % bootstrap interval]; ±std over n seeds. One table per task, split "
                 "and protocol fingerprint; metrics in a fixed order (R@1, R@5, R@10 then RSUM, i2t before t2i). "
                 "Bold = best: " + BEST_RULE + ".")
 
@@ -125,6 +163,8 @@ def to_dataframe(rows: Sequence[MetricRow]):
     ranks = {m: i for i, m in enumerate(sorted(set(df["metric"]), key=lambda m: (metric_sort_key(m), m)))}
     df["_metric_rank"] = df["metric"].map(ranks)
     df = df.sort_values(["task", "split", "_metric_rank", "model", "seed"], na_position="first", kind="stable")
+    df["display_value"] = [to_percent(v, u) for v, u in zip(df["value"], df["units"])]
+    df["display_units"] = [display_units(u) for u in df["units"]]
     return df.drop(columns="_metric_rank").reset_index(drop=True)
 
 
@@ -149,7 +189,7 @@ def markdown_header(title: str, metadata: Sequence[Tuple[str, str]], statement: 
         parts += [f"> **{escape.md(statement)}**", ""]
     if metadata:
         parts += [f"- **{escape.md(label)}**: {escape.md(text)}" for label, text in metadata] + [""]
-    parts += [TABLE_LEGEND, "", ""]
+    parts += [TABLE_LEGEND, "", ROW_KINDS_NOTE, "", ""]
     return "\n".join(parts)
 
 
@@ -170,7 +210,8 @@ def markdown_table(table: ResultTable) -> str:
             for c in cols:
                 text = format_cell(table.cell(m, c))
                 cells.append(f"**{text}**" if m in table.best.get(c, []) else text)
-            lines.append(f"| {escape.md(m)} | " + " | ".join(cells) + " |")
+            kind = row_kind(table, m)
+            lines.append(f"| {escape.md(m)}{f' _({kind})_' if kind else ''} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
     out = "\n".join(parts)
     if table.notes:
@@ -207,44 +248,147 @@ def discover_context(results_dir: Path) -> Dict[str, object]:
 
 
 # ------------------------------------------------------------------------------------------------ HTML
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}
-td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
-.best{font-weight:bold;background:#e7f7e7}.note{color:#a15c00}img{max-width:100%;margin:6px 0}figure{margin:0 0 1em 0}
+_CSS = """body{font-family:system-ui,sans-serif;margin:1em;max-width:1400px;overflow-wrap:anywhere}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f3f3f3}td:first-child,th.m,th.row{text-align:left}
+.tw,.fw{overflow-x:auto;max-width:100%;margin:0 0 1em 0}table.rt td,table.rt th{white-space:nowrap}
+.best{font-weight:bold;background:#e7f7e7}.note{color:#a15c00}
+tr.oracle td,tr.reference td,th.oracle,th.reference{background:#f4f4f4;color:#555;font-style:italic}
+.tag{font-size:11px;font-style:normal;border:1px solid #999;border-radius:3px;padding:0 3px;margin-left:4px;color:#333}
+img{max-width:none;margin:6px 0;display:block}figure{margin:0 0 1em 0}
 figcaption{font-size:12px;color:#444}.scope{border-left:4px solid #a15c00;background:#fff6e5;padding:.5em 1em}
-table.meta td{text-align:left}"""
+table.meta td{text-align:left;white-space:normal}nav.toc ul{margin:.2em 0;padding-left:1.4em}nav.toc{font-size:14px}"""
+
+#: what the oracle and reference rows are, said under every results table (console, Markdown and HTML)
+ROW_KINDS_NOTE = ("Oracle rows (marked “oracle”) are upper bounds that are not a method under test: they use "
+                  "labels a model never sees at test time (loupe-oracle-regions: LOUPE's regions replaced by the "
+                  "ground-truth boxes of the caption's phrases, i.e. box labels). Reference rows (marked "
+                  "“reference”) are levels for scale: chance and the attribute oracle (the box whose attributes "
+                  "match the phrase). Neither kind is ever marked best.")
+
+#: the width (CSS px) a results table may take before it is transposed or split: fits a 1,000 px window
+TABLE_BUDGET_PX = 940
+#: rough width of one character of the 12 px table font, and a cell's padding and border (estimates for layout)
+CHAR_PX, CELL_PAD_PX = 7.0, 16
 
 
 def _img(png: bytes, alt: str) -> str:
-    return (f'<figure><img alt="{_html.escape(alt)}" src="data:image/png;base64,'
+    return (f'<figure class="fw"><img alt="{_html.escape(alt)}" src="data:image/png;base64,'
             f'{base64.b64encode(png).decode("ascii")}"/><figcaption>{_html.escape(alt)}</figcaption></figure>')
+
+
+def _row_head(table: ResultTable, m: str, tag: str = "td") -> str:
+    """The model's cell: its name, and for oracle/reference rows a visible tag."""
+    kind = row_kind(table, m)
+    badge = f'<span class="tag">{kind}</span>' if kind else ""
+    cls = f' class="row {kind}"' if tag == "th" and kind else (' class="row"' if tag == "th" else "")
+    return f"<{tag}{cls}>{_html.escape(m)}{badge}</{tag}>"
+
+
+def _text_w(text: str) -> float:
+    return len(text) * CHAR_PX + CELL_PAD_PX
+
+
+def _chunks(widths: Sequence[float], first: float, budget: float = TABLE_BUDGET_PX) -> List[List[int]]:
+    """Split consecutive items of ``widths`` into runs that fit ``budget`` after a ``first`` column."""
+    out: List[List[int]] = [[]]
+    used = first
+    for i, w in enumerate(widths):
+        if out[-1] and used + w > budget:
+            out.append([])
+            used = first
+        out[-1].append(i)
+        used += w
+    return out
+
+
+def html_group_tables(table: ResultTable, cols: Sequence[int]) -> List[str]:
+    """The HTML table(s) of one column group, each fitting :data:`TABLE_BUDGET_PX` (estimated from the text).
+
+    Models as rows when it fits; else, when metrics outnumber models, metrics as rows and models as columns; the
+    columns are then split over consecutive tables until each fits. Each table sits in an ``overflow-x: auto``
+    container and its cells never wrap, so only a table scrolls sideways, never the page. Metric names are
+    ``<th class="m">``; best cells ``class="best"``; oracle/reference rows (or columns) carry a tag.
+    """
+    models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
+    text = {(m, c): format_cell(table.cell(m, c)) for m in models for c in cols}
+    col_w = [max([_text_w(table.columns[c].metric)] + [_text_w(text[(m, c)]) for m in models]) for c in cols]
+    model_w = max(_text_w(m) + (60 if row_kind(table, m) else 0) for m in models)
+    transpose = model_w + sum(col_w) > TABLE_BUDGET_PX and len(cols) > len(models)
+
+    def td(m: str, c: int) -> str:
+        cls = ' class="best"' if m in table.best.get(c, []) else ""
+        return f"<td{cls}>{_html.escape(text[(m, c)])}</td>"
+
+    out = []
+    if not transpose:
+        for chunk in _chunks(col_w, model_w):
+            rows = ["<tr><th>model</th>" + "".join(f'<th class="m">{_html.escape(table.columns[cols[i]].metric)}'
+                                                   f"</th>" for i in chunk) + "</tr>"]
+            rows += [f'<tr class="{row_kind(table, m)}">' + _row_head(table, m)
+                     + "".join(td(m, cols[i]) for i in chunk) + "</tr>" for m in models]
+            out.append('<div class="tw"><table class="rt">' + "".join(rows) + "</table></div>")
+        return out
+    metric_w = max(_text_w(table.columns[c].metric) for c in cols)
+    model_col_w = [max([_text_w(m) + (60 if row_kind(table, m) else 0)] + [_text_w(text[(m, c)]) for c in cols])
+                   for m in models]
+    for chunk in _chunks(model_col_w, metric_w):
+        rows = ["<tr><th>metric</th>" + "".join(_row_head(table, models[i], "th") for i in chunk) + "</tr>"]
+        rows += [f'<tr><th class="m">{_html.escape(table.columns[c].metric)}</th>'
+                 + "".join(td(models[i], c) for i in chunk) + "</tr>" for c in cols]
+        out.append('<div class="tw"><table class="rt">' + "".join(rows) + "</table></div>")
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
+
+
+def html_results(table: ResultTable) -> Tuple[str, str]:
+    """``(table of contents, results sections)``: one ``<section id="task-…">`` per task holding a table group per
+    split and protocol (``<h4 id="g<i>">``); the contents link every task and each of its tables."""
+    tasks: Dict[str, List[Tuple[int, str, List[int]]]] = {}
+    for i, (title_g, cols) in enumerate(column_groups(table)):
+        tasks.setdefault(table.columns[cols[0]].task, []).append((i, title_g, cols))
+    toc, body = [], []
+    for task, groups in tasks.items():
+        anchor = f"task-{_slug(task)}"
+        links = " · ".join(f'<a href="#g{i}">{_html.escape(table.columns[cols[0]].split)}</a>'
+                           for i, _, cols in groups)
+        toc.append(f'<li><a href="#{anchor}">{_html.escape(task)}</a>: {links}</li>')
+        body.append(f'<section id="{anchor}"><h3>{_html.escape(task)}</h3>')
+        for i, title_g, cols in groups:
+            body.append(f'<h4 id="g{i}">{_html.escape(title_g)}</h4>')
+            body += html_group_tables(table, cols)
+        body.append("</section>")
+    return "".join(toc), "".join(body)
 
 
 def html_report(table: ResultTable, *, title: str, bars, curves: Optional[bytes], explanations, notes: List[str],
                 unavailable: Dict[str, str], metadata: Sequence[Tuple[str, str]] = (),
                 statement: Optional[str] = None) -> str:
-    """The self-contained page: title, scope statement (synthetic results), run metadata, tables with the legend
-    (:data:`TABLE_LEGEND`), notes, plots and explanations (PNG embedded as base64)."""
+    """The self-contained page: title, scope statement (synthetic results), contents, run metadata, tables with the
+    legend (:data:`TABLE_LEGEND`, :data:`ROW_KINDS_NOTE`), notes, plots and explanations (PNG embedded as base64)."""
+    toc, results = html_results(table)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_html.escape(title)}</title>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
              f"<style>{_CSS}</style></head><body><h1>{_html.escape(title)}</h1>"]
     if statement:
         parts.append(f'<p class="scope"><strong>{_html.escape(statement)}</strong></p>')
+    sections = [("run", "Run")] if metadata else []
+    sections += [("results", "Results")]
+    sections += [(k, v) for k, v, on in (("plots", "Metrics with 95 % intervals", bars),
+                                         ("curves", "Training curves", curves),
+                                         ("explanations", "LOUPE explanations", explanations)) if on]
+    parts.append('<nav class="toc"><h2>Contents</h2><ul>' + "".join(
+        f'<li><a href="#{k}">{_html.escape(v)}</a>' + (f"<ul>{toc}</ul>" if k == "results" else "") + "</li>"
+        for k, v in sections) + "</ul></nav>")
     if metadata:
-        parts.append('<h2>Run</h2><table class="meta">')
+        parts.append('<h2 id="run">Run</h2><div class="tw"><table class="meta">')
         parts += [f"<tr><th>{_html.escape(label)}</th><td>{_html.escape(text)}</td></tr>" for label, text in metadata]
-        parts.append("</table>")
-    parts.append(f"<h2>Results</h2><p>{_html.escape(TABLE_LEGEND)}</p>")
-    for title_g, cols in column_groups(table):
-        models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
-        parts.append(f"<h3>{_html.escape(title_g)}</h3><table><tr><th>model</th>")
-        parts += [f"<th>{_html.escape(table.columns[c].metric)}</th>" for c in cols]
-        parts.append("</tr>")
-        for m in models:
-            parts.append(f"<tr><td>{_html.escape(m)}</td>")
-            for c in cols:
-                cls = ' class="best"' if m in table.best.get(c, []) else ""
-                parts.append(f"<td{cls}>{_html.escape(format_cell(table.cell(m, c)))}</td>")
-            parts.append("</tr>")
-        parts.append("</table>")
+        parts.append("</table></div>")
+    parts.append(f'<h2 id="results">Results</h2><p>{_html.escape(TABLE_LEGEND)}</p>'
+                 f"<p>{_html.escape(ROW_KINDS_NOTE)}</p>{results}")
     for n in table.notes + notes:
         parts.append(f'<p class="note">{_html.escape(n)}</p>')
     if unavailable:
@@ -252,13 +396,15 @@ def html_report(table: ResultTable, *, title: str, bars, curves: Optional[bytes]
         parts += [f"<li>{_html.escape(k)}: {_html.escape(v)}</li>" for k, v in sorted(unavailable.items())]
         parts.append("</ul>")
     if bars:
-        parts.append("<h2>Metrics with 95 % intervals</h2>")
+        parts.append('<h2 id="plots">Metrics with 95 % intervals</h2>')
         parts += [_img(png, name) for name, png in bars]
     if curves:
-        parts.append("<h2>Training curves</h2>" + _img(curves, "loss terms against step (log.jsonl)"))
+        parts.append('<h2 id="curves">Training curves</h2>' + _img(curves, "loss terms against step (log.jsonl)"))
     if explanations:
-        parts.append("<h2>LOUPE explanations</h2><p>Generated regions (boxes, confidence), each phrase's best "
-                     "region, and the region–phrase interaction matrix.</p>")
+        parts.append('<h2 id="explanations">LOUPE explanations</h2><p>Generated regions (coloured boxes, '
+                     "confidence), each phrase's best region (dashed black-on-white outline, one dash pattern per "
+                     "phrase) with the ground-truth box of the phrase's object (solid white-on-black outline), and "
+                     "the region–phrase interaction matrix.</p>")
         parts += [_img(png, name) for name, png in explanations]
     parts.append("</body></html>\n")
     return "".join(parts)
@@ -322,24 +468,24 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     rows = load_rows(results_dir)
     raw = load_results_raw(results_dir)
     protocols = {obj["task"]["fingerprint"]: protocol_label(obj.get("extra") or {}) for obj in raw}
-    table = build_table(rows, protocols=protocols)
-    headline = build_table(rows, metrics=HEADLINE_METRICS, protocols=protocols)
+    oracles = oracle_models(raw)
+    table = build_table(rows, protocols=protocols, oracles=oracles)
+    headline = build_table(rows, metrics=HEADLINE_METRICS, protocols=protocols, oracles=oracles)
     ctx = discover_context(results_dir)
     runs = dict(ctx["runs"]) if runs is None else runs  # type: ignore[arg-type]
     table.notes.extend(unfinished_notes(raw))
     world_dir = ctx["world"] if world_dir is None else Path(world_dir)
-    if out_dir is None:
-        out_dir = results_dir.parent / "report" if ctx["manifest"] else results_dir / "report"
-    out_dir = Path(out_dir)
+    out_dir = default_out_dir(results_dir) if out_dir is None else Path(out_dir)
     title = title or f"loupe-bench report: {results_dir.name}"
     if not quiet:
         _print_console(console, title, headline if headline.columns else table, table.notes)
-    csv_path = md_path = html_path = None
+    csv_path = md_path = html_path = board_path = None
     metadata = run_metadata(raw, ctx["manifest"], runs, world_dir)      # type: ignore[arg-type]
     statement = scope_statement([r.dataset for r in rows])
     if csv:
         csv_path = out_dir / "results.csv"
         atomic_write_text(csv_path, to_dataframe(rows).map(escape.csv_cell).to_csv(index=False))
+        board_path = atomic_write_text(out_dir / "leaderboard.csv", leaderboard_csv(table))
     if markdown:
         md_path = out_dir / "report.md"
         atomic_write_text(md_path, markdown_header(title, metadata, statement) + markdown_table(table))
@@ -347,7 +493,18 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
         html_path = out_dir / "report.html"
         atomic_write_text(html_path, _html_page(table, raw, runs, world_dir, explain_images, title=title,
                                                 metadata=metadata, statement=statement))
-    return ReportPaths(csv_path, md_path, html_path, table)
+    return ReportPaths(csv_path, md_path, html_path, table, board_path)
+
+
+#: the files :func:`report` writes, by option (the CSV option writes both CSVs)
+REPORT_FILES = {"csv": ("results.csv", "leaderboard.csv"), "markdown": ("report.md",), "html": ("report.html",)}
+
+
+def default_out_dir(results_dir) -> Path:
+    """Where :func:`report` writes without ``out_dir``: ``results_dir/../report`` inside a reproduction (a
+    ``reproduce.json`` beside the results), else ``results_dir/report``."""
+    results_dir = Path(results_dir)
+    return results_dir.parent / "report" if discover_context(results_dir)["manifest"] else results_dir / "report"
 
 
 def _print_console(console, title: str, shown: ResultTable, notes: Sequence[str]) -> None:
@@ -355,14 +512,14 @@ def _print_console(console, title: str, shown: ResultTable, notes: Sequence[str]
     rich Console when None)."""
     from rich.console import Console
 
-    console = console or Console()
-    console.print(f"[bold]{escape.console(title)}[/bold]")
+    console = console or Console(emoji=False)
+    console.print(f"[bold]{escape.console(title)}[/bold]", emoji=False)
     for line in CONSOLE_LEGEND:
         console.print(line)
     for t in console_tables(shown, width=max(40, console.width)):
         console.print(t)
     for n in notes:
-        console.print(f"[yellow]note:[/yellow] {escape.console(n)}")
+        console.print(f"[yellow]note:[/yellow] {escape.console(n)}", emoji=False)
 
 
 def _unavailable_metrics(raw) -> Dict[str, str]:

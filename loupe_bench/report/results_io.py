@@ -228,9 +228,20 @@ def read_manifest(path: Path) -> Dict[str, object]:
     return data
 
 
+#: units shown ×100: a fraction as percent, a sum of fractions (RSUM) as a sum of percents (0–600 for six recalls,
+#: the scale CLIP_benchmark and the papers write); the stored result value keeps its own units
+PERCENT_UNITS = ("fraction", "sum of fractions")
+
+
 def to_percent(value: float, units: str) -> float:
-    """Fractions are shown as percent; anything else unchanged."""
-    return value * 100.0 if units == "fraction" else value
+    """The displayed number: fractions as percent, a sum of fractions (RSUM) as the sum of the percents (0–600);
+    anything else unchanged."""
+    return value * 100.0 if units in PERCENT_UNITS else value
+
+
+def display_units(units: str) -> str:
+    """How a value shown by :func:`to_percent` is labelled: ``%``, ``sum of %`` (RSUM, 0–600), else the units."""
+    return {"fraction": "%", "sum of fractions": "sum of %"}.get(units, units)
 
 
 def mean_std(values: Iterable[float]) -> Tuple[float, float]:

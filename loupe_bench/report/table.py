@@ -11,7 +11,7 @@ import re
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .gate import higher_is_better
-from .results_io import REFERENCE_ROWS, MetricRow, mean_std, to_percent
+from .results_io import REFERENCE_ROWS, MetricRow, display_units, mean_std, to_percent
 
 
 class Column(NamedTuple):
@@ -24,7 +24,7 @@ class Column(NamedTuple):
 
 
 class Cell(NamedTuple):
-    value: float            # display units (percent for fractions)
+    value: float            # display units (percent for fractions, sum of percents for RSUM)
     ci_low: Optional[float]
     ci_high: Optional[float]
     std: float
@@ -38,6 +38,7 @@ class ResultTable(NamedTuple):
     best: Dict[int, List[str]]                # column index -> best model(s)
     notes: List[str]
     protocols: Dict[str, str] = {}            # fingerprint -> what the protocol is ("shared region scoring · ...")
+    oracles: Tuple[str, ...] = ()             # oracle models (upper bounds using labels): marked, never best
 
     def cell(self, model: str, col: int) -> Optional[Cell]:
         return self.cells.get((model, col))
@@ -72,8 +73,14 @@ def metric_sort_key(metric: str) -> Tuple:
 #: the rule behind the "best" mark, said in the legend of every report format
 BEST_RULE = ("a model is marked best in a column only when its 95 % interval is clear of the runner-up's (its lower "
              "bound above the runner-up's upper bound; the reverse for lower-is-better metrics); for cells without "
-             "an interval, only when its value is strictly better (no ties); otherwise nothing is marked; reference "
-             "rows (chance, attribute-oracle) are never best")
+             "an interval, only when its value is strictly better at the displayed precision (equal displayed "
+             "values are a tie); otherwise nothing is marked; oracle rows (upper bounds that use labels) and "
+             "reference rows "
+             "(chance, attribute-oracle) are never best")
+
+
+#: decimals every report format shows (``format_cell``): values equal at this precision are a tie
+DISPLAY_DECIMALS = 1
 
 
 def best_models(cells: Sequence[Tuple[str, Cell]], higher_better: bool = True) -> List[str]:
@@ -82,7 +89,8 @@ def best_models(cells: Sequence[Tuple[str, Cell]], higher_better: bool = True) -
     The top cell (by value in the metric's direction) is best only when it is clear of the runner-up: with both
     95 % intervals, the top's lower bound is above the runner-up's upper bound (higher-is-better) or the top's upper
     bound is below the runner-up's lower bound (lower-is-better); when either cell has no interval, the top value is
-    strictly better (no ties). Fewer than two cells: no best (nothing to compare with).
+    strictly better at :data:`DISPLAY_DECIMALS` decimals (values that display equal are a tie). Fewer than two
+    cells: no best (nothing to compare with).
     """
     if len(cells) < 2:
         return []
@@ -92,16 +100,12 @@ def best_models(cells: Sequence[Tuple[str, Cell]], higher_better: bool = True) -
     if top.ci_low is not None and top.ci_high is not None and run.ci_low is not None and run.ci_high is not None:
         clear = top.ci_low > run.ci_high if higher_better else top.ci_high < run.ci_low
     else:
-        clear = sign * (top.value - run.value) > 1e-9
+        clear = sign * (round(top.value, DISPLAY_DECIMALS) - round(run.value, DISPLAY_DECIMALS)) > 1e-9
     return [top_m] if clear else []
 
 
-def display_units(units: str) -> str:
-    return "%" if units == "fraction" else units
-
-
 def build_table(rows: Sequence[MetricRow], *, metrics: Optional[Sequence[str]] = None,
-                protocols: Optional[Dict[str, str]] = None) -> ResultTable:
+                protocols: Optional[Dict[str, str]] = None, oracles: Sequence[str] = ()) -> ResultTable:
     """Group metric rows into a models × columns table (best per column marked among the models).
 
     Columns follow (task, split, fingerprint) and then :func:`metric_sort_key` (R@1, R@5, R@10, RSUM, ...). The best
@@ -145,14 +149,17 @@ def build_table(rows: Sequence[MetricRow], *, metrics: Optional[Sequence[str]] =
         hi = sum(highs) / len(highs) if len(highs) == len(grp) else None
         cells[key] = Cell(m, lo, hi, s, len(grp))
     names = {r.model for r in rows}
-    models = sorted(names - set(REFERENCE_ROWS)) + [m for m in REFERENCE_ROWS if m in names]
+    oracles = tuple(sorted(set(oracles) & names))
+    models = (sorted(names - set(REFERENCE_ROWS) - set(oracles)) + list(oracles)
+              + [m for m in REFERENCE_ROWS if m in names])
     best: Dict[int, List[str]] = {}
     for ci, col in enumerate(columns):
-        present = [(m, cells[(m, ci)]) for m in models if (m, ci) in cells and m not in REFERENCE_ROWS]
+        present = [(m, cells[(m, ci)]) for m in models
+                   if (m, ci) in cells and m not in REFERENCE_ROWS and m not in oracles]
         winner = best_models(present, higher_is_better(col.metric))
         if winner:
             best[ci] = winner
-    return ResultTable(models, columns, cells, best, notes, dict(protocols or {}))
+    return ResultTable(models, columns, cells, best, notes, dict(protocols or {}), oracles)
 
 
 def format_cell(cell: Optional[Cell], with_ci: bool = True) -> str:
@@ -164,3 +171,62 @@ def format_cell(cell: Optional[Cell], with_ci: bool = True) -> str:
     if with_ci and cell.ci_low is not None:
         text += f" [{cell.ci_low:.1f}, {cell.ci_high:.1f}]"
     return text
+
+
+def leaderboard_rows(table: ResultTable) -> Tuple[List[str], List[List[object]]]:
+    """The wide leaderboard (``leaderboard.csv``): one row per model (reference rows last), one column per
+    ``task/split/metric [units]`` in the tables' column order, each cell the displayed value (percent for fractions,
+    sum of percents for RSUM; the mean over seeds), empty where the model has no result."""
+    head = ["model"] + [f"{c.label} [{display_units(c.units)}]" for c in table.columns]
+    body: List[List[object]] = []
+    for m in table.models:
+        cells = [table.cell(m, i) for i in range(len(table.columns))]
+        body.append([m] + ["" if c is None else round(c.value, 4) for c in cells])
+    return head, body
+
+
+def leaderboard_csv(table: ResultTable) -> str:
+    """:func:`leaderboard_rows` as CSV text (cells that a spreadsheet would read as a formula made text)."""
+    import csv
+    import io
+
+    from .escape import csv_cell
+
+    head, body = leaderboard_rows(table)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([csv_cell(h) for h in head])
+    for row in body:
+        w.writerow([csv_cell(v) for v in row])
+    return buf.getvalue()
+
+
+def eval_summary(results: Sequence[dict], title: str, width: int = 80) -> List:
+    """Rich renderables summarising ``eval``'s results: a title line, then per (model, task, split) a heading and a
+    three-column table (metric, value, 95 % CI). Names are never cut: a metric name wider than its column folds onto
+    a second line, so ``acc@0.5:colour`` and ``acc@0.5:colour-shape`` stay distinguishable at 80 columns. Every name
+    is literal text (no rich markup or ``:emoji:`` codes)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    out: List = [Text(title, style="bold")]
+    for r in results:
+        out.append(Text(f"{r['model']['name']} · {r['task']['name']} · {r['task']['split']}", style="bold",
+                        overflow="fold"))
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        t.add_column("metric", overflow="fold", max_width=max(20, width - 36))
+        t.add_column("value", justify="right", no_wrap=True)
+        t.add_column("95% CI", no_wrap=True)
+        for name, m in r["metrics"].items():
+            units = str(m.get("units", "fraction"))
+            shown = display_units(units)
+            fmt = (lambda v: f"{to_percent(v, units):.1f}") if shown != units else (lambda v: f"{v:.3f}")
+            ci = "" if m.get("ci95") is None else f"[{fmt(m['ci95'][0])}, {fmt(m['ci95'][1])}]"
+            t.add_row(Text(str(name)), fmt(m["value"]) + ("%" if shown == "%" else ""), ci)
+        for name, reason in r.get("unavailable", {}).items():
+            t.add_row(Text(str(name)), "n/a", Text(str(reason), overflow="fold"))
+        out.append(t)
+    if any(m.get("units") == "sum of fractions" for r in results for m in r["metrics"].values()):
+        out.append(Text("rsum: the sum of the recalls in % (0–600 for R@1/5/10 both ways)", style="dim"))
+    return out

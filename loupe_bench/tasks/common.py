@@ -204,11 +204,107 @@ def _cat_features(parts: List[Any]):
 _FEATURE_CACHE: Optional[Dict[Any, Any]] = None
 
 
+# ------------------------------------------------------------------------------------------------- encoding options
+#: ``eval --precision``: ``fp32`` (default), ``amp`` (autocast: float16 on CUDA, bfloat16 on the CPU) or ``bf16``
+#: (bfloat16 autocast on either); only the encoders run under autocast, their features are returned as float32
+PRECISIONS = ("fp32", "amp", "bf16")
+MAX_BATCH_SIZE = 65536
+MAX_NUM_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How :func:`encode_images` / :func:`encode_texts` run (CLIP_benchmark's ``--batch_size``, ``--num_workers``,
+    ``--precision``).
+
+    Attributes:
+        batch_size: images per encoder batch (texts: four times as many); ``None`` keeps the task spec's
+            ``batch_size``. Does not change numbers beyond float rounding, so it is not part of the fingerprint.
+        num_workers: threads loading and preprocessing images ahead of the encoder (0: in the calling thread).
+        precision: one of :data:`PRECISIONS`.
+    """
+
+    batch_size: Optional[int] = None
+    num_workers: int = 0
+    precision: str = "fp32"
+
+    def image_batch(self, spec: TaskSpec) -> int:
+        return max(1, self.batch_size if self.batch_size is not None else spec.batch_size)
+
+
+def check_encode_options(batch_size: Optional[int] = None, num_workers: int = 0, precision: str = "fp32"
+                         ) -> EncodeOptions:
+    """Validated :class:`EncodeOptions`; a bad value is one :class:`SpecError` line."""
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if batch_size is not None and (not whole(batch_size) or not 1 <= batch_size <= MAX_BATCH_SIZE):
+        raise SpecError(f"batch size {batch_size!r}: use a whole number in 1..{MAX_BATCH_SIZE}")
+    if not whole(num_workers) or not 0 <= num_workers <= MAX_NUM_WORKERS:
+        raise SpecError(f"num workers {num_workers!r}: use a whole number in 0..{MAX_NUM_WORKERS}")
+    if precision not in PRECISIONS:
+        raise SpecError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return EncodeOptions(batch_size, num_workers, precision)
+
+
+def autocast_dtype(precision: str, device) -> Optional[torch.dtype]:
+    """The dtype the encoders autocast to for ``precision`` on ``device`` (``None``: fp32, no autocast).
+
+    Raises:
+        SpecError: this torch build or GPU cannot autocast to that dtype on that device.
+    """
+    if precision == "fp32":
+        return None
+    kind = torch.device(device).type
+    dtype = torch.float16 if (precision == "amp" and kind == "cuda") else torch.bfloat16
+    if kind == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise SpecError(f"--precision {precision}: this GPU does not support bfloat16; use --precision amp or fp32")
+    try:
+        with torch.autocast(kind, dtype=dtype):
+            pass
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise SpecError(f"--precision {precision}: torch cannot autocast to {str(dtype).replace('torch.', '')} on "
+                        f"{kind} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); use --precision "
+                        "fp32") from None
+    return dtype
+
+
+_ENCODE = EncodeOptions()
+
+
+def current_encode_options() -> EncodeOptions:
+    """The options :func:`encode_images` / :func:`encode_texts` use now (set by :func:`encode_options`)."""
+    return _ENCODE
+
+
+@contextlib.contextmanager
+def encode_options(options: EncodeOptions) -> Iterator[EncodeOptions]:
+    """Within the block the encoders use ``options`` (:func:`~loupe_bench.tasks.evaluate.evaluate` sets them)."""
+    global _ENCODE
+    outer = _ENCODE
+    _ENCODE = options
+    try:
+        yield options
+    finally:
+        _ENCODE = outer
+
+
+def _autocast(device):
+    dtype = autocast_dtype(_ENCODE.precision, device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def _to_cpu_float(feats):
+    """Features on the CPU, floating tensors as float32 (autocast may hand back half precision)."""
+    return type(feats)(*[(f.float() if f.is_floating_point() else f).cpu() if isinstance(f, Tensor) else f
+                         for f in feats])
+
+
 @contextlib.contextmanager
 def feature_cache() -> Iterator[None]:
     """Within the block, :func:`encode_images` encodes a given (model, image list, preprocessing, batch size,
-    device) once and hands the same features to every later task (detection, grounding and retrieval share their
-    test images). The caller promises not to change the model's weights inside the block."""
+    precision, device) once and hands the same features to every later task (detection, grounding and retrieval
+    share their test images). The caller promises not to change the model's weights inside the block."""
     global _FEATURE_CACHE
     outer = _FEATURE_CACHE
     _FEATURE_CACHE = {} if outer is None else outer
@@ -220,12 +316,13 @@ def feature_cache() -> Iterator[None]:
 
 @torch.no_grad()
 def encode_images(model, paths: Sequence[Path], spec: TaskSpec, device: str = "cpu", desc: str = "images"):
-    """Encode image files in batches; returns one concatenated ``ImageFeatures`` on the CPU (cached inside a
-    :func:`feature_cache` block)."""
+    """Encode image files in batches (:func:`encode_options`: batch size, loader threads, precision); returns one
+    concatenated float32 ``ImageFeatures`` on the CPU (cached inside a :func:`feature_cache` block)."""
     if not paths:
         raise DataError("no images to encode")
     if _FEATURE_CACHE is not None:
-        key = (id(model), repr(spec.image), max(1, spec.batch_size), str(device), tuple(str(p) for p in paths))
+        key = (id(model), repr(spec.image), _ENCODE.image_batch(spec), _ENCODE.precision, str(device),
+               tuple(str(p) for p in paths))
         hit = _FEATURE_CACHE.get(key)
         if hit is None:
             hit = _FEATURE_CACHE[key] = _encode_images(model, paths, spec, device, desc)
@@ -233,36 +330,61 @@ def encode_images(model, paths: Sequence[Path], spec: TaskSpec, device: str = "c
     return _encode_images(model, paths, spec, device, desc)
 
 
+def _image_batches(paths: Sequence[Path], tf: Callable, bs: int, workers: int) -> Iterator[Tensor]:
+    """``[B, 3, S, S]`` batches in path order; with ``workers`` threads the next batch is read while one encodes."""
+    starts = range(0, len(paths), bs)
+    if workers <= 0:
+        for s in starts:
+            yield torch.stack([tf(open_image(p)) for p in paths[s : s + bs]])
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(p):
+        return tf(open_image(p))
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loupe-images") as pool:
+        pending = [pool.submit(load, p) for p in paths[0:bs]]
+        for s in starts:
+            current = pending
+            pending = [pool.submit(load, p) for p in paths[s + bs : s + 2 * bs]]
+            try:
+                yield torch.stack([f.result() for f in current])
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+
+
 def _encode_images(model, paths: Sequence[Path], spec: TaskSpec, device: str, desc: str):
     tf = image_transform(model, spec)
     parts = []
-    bs = max(1, spec.batch_size)
     with progress_bar(f"encode {desc}", len(paths)) as advance:
-        for s in range(0, len(paths), bs):
-            batch = torch.stack([tf(open_image(p)) for p in paths[s : s + bs]]).to(device)
-            feats = model.encode_image(batch)
-            parts.append(type(feats)(*[f.cpu() if isinstance(f, Tensor) else f for f in feats]))
+        for batch in _image_batches(paths, tf, _ENCODE.image_batch(spec), _ENCODE.num_workers):
+            with _autocast(device):
+                feats = model.encode_image(batch.to(device))
+            parts.append(_to_cpu_float(feats))
             advance(len(batch))
     return _cat_features(parts)
 
 
 @torch.no_grad()
 def encode_texts(model, texts: Sequence[str], spec: TaskSpec, device: str = "cpu", desc: str = "texts"):
-    """Tokenise with the model's tokenizer and encode in batches; one concatenated ``TextFeatures`` on the CPU.
+    """Tokenise with the model's tokenizer and encode in batches of four times the image batch size
+    (:func:`encode_options`); one concatenated float32 ``TextFeatures`` on the CPU.
 
     Token tensors of different batches may have different lengths; they are right-padded (mask False) to the
     longest before concatenation.
     """
     if not texts:
         raise DataError("no texts to encode")
-    bs = max(1, spec.batch_size * 4)
+    bs = _ENCODE.image_batch(spec) * 4
     if getattr(model, "training", False):  # dropout on: every call draws anew, nothing to share
         return _encode_texts(model, texts, bs, device, desc)
     try:
         per_model = _TEXT_CACHE.setdefault(model, {})
     except TypeError:  # not weak-referenceable: no cache
         return _encode_texts(model, texts, bs, device, desc)
-    key = (tuple(texts), bs, str(device), _weights_version(model))
+    key = (tuple(texts), bs, _ENCODE.precision, str(device), _weights_version(model))
     out = per_model.get(key)
     if out is None:
         out = per_model[key] = _encode_texts(model, texts, bs, device, desc)
@@ -274,7 +396,8 @@ def encode_texts(model, texts: Sequence[str], spec: TaskSpec, device: str = "cpu
 
 #: text features kept per model object (weakly: they go with the model): the tasks of one evaluation encode the same
 #: query lists again (the grounding protocols of one split share their queries). Keyed by the exact texts, batch
-#: size, device and the parameters' in-place version counters, so a cached answer is the one a fresh call would give.
+#: size, precision, device and the parameters' in-place version counters, so a cached answer is the one a fresh call
+#: would give.
 TEXT_CACHE_SIZE = 16
 _TEXT_CACHE: "weakref.WeakKeyDictionary[Any, Dict[Tuple[Any, ...], Any]]" = weakref.WeakKeyDictionary()
 
@@ -293,8 +416,9 @@ def _encode_texts(model, texts: Sequence[str], bs: int, device: str, desc: str):
     with progress_bar(f"encode {desc}", len(texts)) as advance:
         for s in range(0, len(texts), bs):
             tok = model.tokenizer(list(texts[s : s + bs]))
-            feats = model.encode_text(tok.input_ids.to(device), tok.attention_mask.to(device))
-            parts.append(type(feats)(*[f.cpu() if isinstance(f, Tensor) else f for f in feats]))
+            with _autocast(device):
+                feats = model.encode_text(tok.input_ids.to(device), tok.attention_mask.to(device))
+            parts.append(_to_cpu_float(feats))
             advance(len(texts[s : s + bs]))
     length = max(p.tokens.shape[1] for p in parts)
     padded = []

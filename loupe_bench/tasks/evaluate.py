@@ -15,7 +15,8 @@ from ..utils.io import sha256_file
 from ..utils.provenance import code_version, package_versions
 from . import load_adapters, load_task
 from .results import SCHEMA, compute_identity, compute_model_id, utc_timestamp, write_result
-from .common import feature_cache
+from .common import EncodeOptions, autocast_dtype, check_encode_options, current_encode_options, encode_options, \
+    feature_cache
 from .spec import TaskSpec
 
 ModelLike = Union[str, Path, torch.nn.Module]
@@ -95,11 +96,33 @@ def _task(task: TaskLike) -> TaskSpec:
     return task if isinstance(task, TaskSpec) else load_task(task)
 
 
+def protocol_fingerprint(spec: TaskSpec, data_root: Optional[Path], device="cpu",
+                         options: Optional[EncodeOptions] = None) -> str:
+    """The result's ``task.fingerprint``: :meth:`TaskSpec.fingerprint`, and for a reduced precision (which changes
+    numbers) that digest combined with the autocast dtype. Batch size and loader threads are left out: they do not
+    change numbers. fp32 results keep the spec's own fingerprint."""
+    base = spec.fingerprint(data_root)
+    dtype = autocast_dtype((options or current_encode_options()).precision, device)
+    if dtype is None:
+        return base
+    return hashlib.sha256(f"{base}|autocast:{str(dtype).replace('torch.', '')}".encode()).hexdigest()[:16]
+
+
+def encoding_record(spec: TaskSpec, device="cpu", options: Optional[EncodeOptions] = None) -> Dict[str, Any]:
+    """The result's ``encoding`` block: the batch size the encoders used, loader threads, precision and the
+    autocast dtype (``None`` for fp32)."""
+    opts = options or current_encode_options()
+    dtype = autocast_dtype(opts.precision, device)
+    return {"batch_size": opts.image_batch(spec), "num_workers": opts.num_workers, "precision": opts.precision,
+            "autocast": None if dtype is None else str(dtype).replace("torch.", "")}
+
+
 def run_task(model, model_record: Dict[str, Any], spec: TaskSpec, data_root: Optional[Path], seed: int = 0,
              device: str = "cpu", splits: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
-    """Run one task on one model for each split; returns result dicts (not written)."""
+    """Run one task on one model for each split under the current :func:`~loupe_bench.tasks.common.encode_options`;
+    returns result dicts (not written)."""
     adapter = load_adapters().get(spec.type)(spec)
-    fingerprint = spec.fingerprint(data_root)
+    fingerprint = protocol_fingerprint(spec, data_root, device)
     results = []
     for split in splits or spec.splits:
         t0 = time.perf_counter()
@@ -124,6 +147,7 @@ def run_task(model, model_record: Dict[str, Any], spec: TaskSpec, data_root: Opt
             "code_version": code_version(),
             "packages": package_versions(),
             "device": str(device),
+            "encoding": encoding_record(spec, device),
             "timings": {"total_s": round(total, 4)},
             "timestamp": utc_timestamp(),
         })
@@ -136,9 +160,12 @@ def evaluate(
     data_root: Union[str, Path, None] = None,
     out_dir: Union[str, Path, None] = "results/eval",
     seed: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     skip_unsupported: bool = True,
     names: Optional[Sequence[Optional[str]]] = None,
+    batch_size: Optional[int] = None,
+    num_workers: int = 0,
+    precision: str = "fp32",
 ) -> List[Dict[str, Any]]:
     """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir`` (suffixed with
     ``__<id8>`` when another model's result holds that name: see :func:`~loupe_bench.tasks.results.result_path`).
@@ -155,13 +182,21 @@ def evaluate(
             recorded with ``extra.skipped`` and every metric unavailable, instead of aborting the whole run.
         names: display names, one per model (``None`` entries keep the model's own), recorded as ``model.name``
             and used in the result file names (:func:`check_model_name`).
+        batch_size: images per encoder batch (texts: four times as many), 1..65536; ``None`` keeps each task spec's
+            ``batch_size``. Recorded in the result's ``encoding``; not part of the protocol fingerprint.
+        num_workers: threads loading and preprocessing images ahead of the encoder, 0..64 (0: none). Recorded;
+            not part of the fingerprint.
+        precision: ``fp32`` (default), ``amp`` (autocast float16 on CUDA, bfloat16 on the CPU) or ``bf16``
+            (bfloat16 autocast) for the encoders. Recorded, and part of the fingerprint when not fp32.
 
     Returns:
         The result dicts (also written when ``out_dir`` is given).
     """
     from ..utils.device import resolve_device
 
+    options = check_encode_options(batch_size, num_workers, precision)
     device = resolve_device(device)
+    autocast_dtype(options.precision, device)  # an unsupported precision is one line before any work
     if out_dir is not None:
         from ..utils.io import clean_stale_temps
 
@@ -182,7 +217,8 @@ def evaluate(
         if label is not None:
             record["name"] = label
         model.to(device)
-        with feature_cache():  # tasks that share images (test split: detection, grounding) encode them once
+        # tasks that share images (test split: detection, grounding) encode them once
+        with feature_cache(), encode_options(options):
             for spec in specs:
                 try:
                     res = run_task(model, record, spec, root, seed, device)
@@ -218,8 +254,9 @@ def _skipped(record, spec: TaskSpec, root, seed, device, reason: str) -> List[Di
     return [{
         "schema": SCHEMA, "model": record,
         "task": {"name": spec.name, "type": spec.type, "dataset": spec.dataset.name, "split": split,
-                 "spec": spec.normalised(), "fingerprint": spec.fingerprint(root)},
+                 "spec": spec.normalised(), "fingerprint": protocol_fingerprint(spec, root, device)},
         "metrics": {}, "unavailable": {m: reason for m in spec.metrics}, "extra": {"skipped": reason},
         "per_item": {}, "seed": int(seed), "code_version": code_version(), "packages": package_versions(),
-        "device": str(device), "timings": {"total_s": 0.0}, "timestamp": utc_timestamp(),
+        "device": str(device), "encoding": encoding_record(spec, device), "timings": {"total_s": 0.0},
+        "timestamp": utc_timestamp(),
     } for split in spec.splits]

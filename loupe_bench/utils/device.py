@@ -1,6 +1,8 @@
-"""One rule for ``--device`` everywhere (train, eval, bench): ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+"""One rule for ``--device`` everywhere (train, eval, reproduce paper, bench): ``auto``, ``cpu``, ``cuda`` or
+``cuda:N``.
 
-``auto`` picks CUDA when a GPU is visible, else the CPU. Asking for CUDA on a machine without one, or naming a device
+``auto`` (the default of ``eval``, ``reproduce paper``, ``bench`` and :func:`loupe_bench.evaluate`) picks CUDA when a
+GPU is visible, else the CPU; results record the device it resolved to. Asking for CUDA on a machine without one, or naming a device
 this build of torch does not know, is a user error (:class:`~loupe_bench.errors.SpecError`: one line, CLI exit 2),
 never a traceback from deep inside a model's ``.to()``.
 """
