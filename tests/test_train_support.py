@@ -140,6 +140,7 @@ def ddp_worker(rank: int, world: int, port: int, runs: List[Any]) -> None:
         torch.manual_seed(0)
         train(TinyVL(), TensorSource(), tiny_recipe(**overrides), out)
     if dist.is_initialized():
+        dist.barrier()  # both ranks past their last collective before the group's threads are torn down
         dist.destroy_process_group()
 
 
