@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from loupe_bench.errors import DataError, SpecError
+from loupe_bench.errors import DataError
 from cli_run import one_line_error as _one_line_error, run_cli as _cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -23,6 +23,19 @@ MARK = "PWNED"
 
 
 
+
+
+def _task_with(tmp_path: Path, task: str, dotted: str, value) -> Path:
+    """The shipped task spec ``task`` with ``dotted`` (e.g. ``options.ks``) set to ``value``, written to a file."""
+    spec = yaml.safe_load(Path(f"tasks/{task}.yaml").read_text())
+    node = spec
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 def _shard_task(tmp_path: Path, shards, **dataset_options) -> Path:
@@ -365,14 +378,8 @@ def test_item7_synth_image_size_bounded(tmp_path, capsys):
                                          ("dataset.options.image_root", "/"),
                                          ("image.resize", -5), ("splits", "test")])
 def test_item1_task_spec_paths_under_data_root_and_fields_validated(tiny_world, tmp_path, capsys, where, value):
-    spec = yaml.safe_load(Path("tasks/synthetic-retrieval.yaml").read_text())
-    node = spec
-    *parents, leaf = where.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
-    task = tmp_path / "t.yaml"
-    task.write_text(yaml.safe_dump(spec))
+    task = _task_with(tmp_path, "synthetic-retrieval", where, value)
+    leaf = where.split(".")[-1]
     code, out, err = _cli(["data", "check", "--task", task, "--data-root", tiny_world], capsys)
     _one_line_error(code, err)
     assert str(task) in err and leaf in err
@@ -410,14 +417,7 @@ def test_item7_empty_or_unreadable_data_sets_are_findings(tiny_world, tmp_path, 
 ])
 def test_task_spec_metrics_and_option_types_checked(tiny_world, tmp_path, capsys, task, key, value, words):
     """A metric the adapter never computes and an option of the wrong type are refused when the spec loads."""
-    spec = yaml.safe_load(Path(f"tasks/{task}.yaml").read_text())
-    where = spec
-    *parents, last = key.split(".")
-    for part in parents:
-        where = where.setdefault(part, {})
-    where[last] = value
-    path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = _task_with(tmp_path, task, key, value)
     code, _, err = _cli(["eval", "--model", "clip-tiny", "--task", path, "--data-root", tiny_world,
                          "--out", tmp_path / "res"], capsys)
     _one_line_error(code, err)
