@@ -129,6 +129,36 @@ class ClassificationSample:
     split: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class MatchGroup:
+    """One item of a matching benchmark: images and texts whose correct pairing is known.
+
+    Two conventions, told apart by the number of images:
+
+    * one image, ``K >= 2`` texts (caption selection: SugarCrepe, ARO): ``texts[0]`` is the true caption, the rest
+      are its negatives;
+    * ``n`` images and ``n`` texts (two-by-two matching: Winoground, MMVP-VLM): ``texts[i]`` describes
+      ``images[i]``.
+
+    Attributes:
+        group_id: the item's id in its file.
+        images: image files.
+        texts: the texts (see above).
+        kind: subset / pattern / relation the item belongs to (SugarCrepe subset, ARO relation, MMVP pattern).
+        crops: per image, a box ``(x, y, w, h)`` to crop to before encoding (ARO's VG items), or ``None``.
+        split: split name, when the format has splits.
+        tags: further per-item labels (e.g. Winoground's ``tag`` / ``secondary_tag``).
+    """
+
+    group_id: str
+    images: Tuple[Path, ...]
+    texts: Tuple[str, ...]
+    kind: str = ""
+    crops: Tuple[Optional[BBox], ...] = ()
+    split: Optional[str] = None
+    tags: Tuple[Tuple[str, str], ...] = ()
+
+
 @dataclass
 class DatasetRecords:
     """What a loader returns. Only the fields its format carries are filled.
@@ -141,6 +171,7 @@ class DatasetRecords:
         samples: classification samples (ImageFolder).
         categories: category id -> name (detection / refer formats).
         classnames: class names by label index (classification formats).
+        groups: matching items (caption-selection and two-by-two formats), see :class:`MatchGroup`.
         skipped: records skipped with ``on_bad_sample="skip"``, one :class:`DataError` each.
         notes: counts a loader reports about records it kept but could not fully annotate (e.g. the
             ``flickr30k-entities`` loader's phrases without a box); empty for most formats.
@@ -153,6 +184,7 @@ class DatasetRecords:
     samples: List[ClassificationSample] = field(default_factory=list)
     categories: Dict[int, str] = field(default_factory=dict)
     classnames: List[str] = field(default_factory=list)
+    groups: List[MatchGroup] = field(default_factory=list)
     skipped: List[DataError] = field(default_factory=list)
     notes: Dict[str, Any] = field(default_factory=dict)
 
@@ -166,6 +198,7 @@ class DatasetRecords:
             samples=[s for s in self.samples if s.split == name],
             categories=dict(self.categories),
             classnames=list(self.classnames),
+            groups=[g for g in self.groups if g.split == name],
             skipped=list(self.skipped),
             notes=dict(self.notes),
         )

@@ -175,6 +175,17 @@ class VLModel(nn.Module):
             return i2t, i2t
         return i2t, self.similarity(image_features, text_features, direction="t2i", chunk_size=chunk_size)
 
+    def fine_grained_scores(self, image_features: ImageFeatures, text_features: TextFeatures,
+                            chunk_size: int = 1024) -> Tensor:
+        """``[N_images, N_texts]`` scores by the model's own fine-grained image–text scorer (the ``native`` pair
+        scorer of the matching tasks: caption selection, two-by-two matching).
+
+        Default: :meth:`similarity` with ``direction="mean"`` — the pooled cosine for global models, the token-wise
+        late interaction for FILIP-style models. Models with a finer scorer of their own (LOUPE's region–phrase
+        alignment) override this.
+        """
+        return self.similarity(image_features, text_features, direction="mean", chunk_size=chunk_size)
+
     def region_features(self, image_features: ImageFeatures, boxes: Sequence[Tensor]) -> List[Tensor]:
         """Embedding of each box: L2-normalised mean of the projected patch tokens inside it (``[K_b, D]`` per image)."""
         out = []
