@@ -44,6 +44,21 @@ def test_render_rows_targets_and_ratios_only(tmp_path):
     assert "raw time" not in text  # no target, not a ratio
 
 
+def test_rows_name_the_model_state_when_recorded(tmp_path):
+    """A figure (or its record) stating the model it was measured on names it in its row; others are unchanged."""
+    fig = {"label": "tsa neural speed-up", "value": 3.0, "unit": "x", "target": "", "met": None}
+    _record(tmp_path, "shapley", [{**fig, "model_state": "trained (runs/x, step 300)"}, {**fig, "label": "fsa"}])
+    _record(tmp_path, "other", [fig])
+    rec = json.loads((tmp_path / "other.json").read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**rec, "model_state": "untrained"}))
+    rows = [l for l in render_performance(tmp_path).splitlines() if l.startswith("| `")]
+    assert rows == [
+        "| `other` | tsa neural speed-up; model untrained | 3× |  |  | 2-core CPU, 2026-12-02 |",
+        "| `shapley` | tsa neural speed-up; model trained (runs/x, step 300) | 3× |  |  | 2-core CPU, 2026-12-02 |",
+        "| `shapley` | fsa | 3× |  |  | 2-core CPU, 2026-12-02 |",
+    ]
+
+
 def test_update_readme_rewrites_only_the_block_atomically(tmp_path):
     _record(tmp_path / "b", "alpha", [{"label": "r", "value": 2.0, "unit": "x", "target": "", "met": None}])
     readme = tmp_path / "README.md"

@@ -371,7 +371,7 @@ def test_kind_recorded_in_annotations_and_world(tiny_world):
                                                              a["id"]))
             assert {k: v for k, v in kinds.items() if v} == by_img
     world = json.loads((tiny_world / "world.json").read_text())
-    assert world["version"] == 3 and world["two_part_prob"] == TWO_PART_PROB and world["kinds"] == list(KINDS)
+    assert world["version"] == 4 and world["two_part_prob"] == TWO_PART_PROB and world["kinds"] == list(KINDS)
     assert world["num_objects_by_kind"] == dict(counts) and counts["two-part"] > 20
     with pytest.raises(SpecError):
         load_object_kinds(tiny_world, "nope")

@@ -53,7 +53,8 @@ def fast(name_or_path, splits=None, **option_overrides):
 def test_registry_and_listing():
     load_adapters()
     assert set(TASK_TYPES.names()) == {"retrieval", "classification", "linear-probe", "captioning", "detection",
-                                       "grounding", "phrase-grounding", "token-interaction"}
+                                       "grounding", "phrase-grounding", "token-interaction", "caption-selection",
+                                       "two-by-two", "region-classification"}
     names = [n for n, _ in list_tasks()]
     for t in SYNTHETIC_TASKS + ["flickr30k-retrieval-1k", "coco-retrieval-5k", "coco-captioning-karpathy",
                                 "coco-detection", "voc-detection", "refcoco-unc", "refcoco+-unc", "refcocog-umd",

@@ -3,7 +3,9 @@
 ``loupe-bench bench --readme README.md`` (after running benchmarks, or with ``--render-only``) rewrites the block
 between :data:`BEGIN` and :data:`END` in the README with :func:`render_performance` of ``--out``: one row per figure
 that has a target or is a ratio (unit ``x``), with its value, target, whether it is met, the machine and the date of
-the run that measured it. A test checks that the committed README block equals the rendering of the committed JSON.
+the run that measured it; a figure whose record states the model it was measured on (``model_state``, e.g. the
+shapley benchmark's ``untrained`` / ``trained (RUN, step N)``) names it in its row. A test checks that the committed
+README block equals the rendering of the committed JSON.
 """
 from __future__ import annotations
 
@@ -52,6 +54,13 @@ def _records(bench_dir: Path) -> List[Dict[str, Any]]:
     return out
 
 
+def row_label(fig: Dict[str, Any], rec: Dict[str, Any]) -> str:
+    """A figure's label, naming the state of the model it was measured on when the figure (or its record) says it
+    (``model_state``: ``untrained``, ``trained (RUN, step N)``): ``LABEL; model STATE``."""
+    state = fig.get("model_state", rec.get("model_state"))
+    return str(fig["label"]) if state is None else f"{fig['label']}; model {state}"
+
+
 def render_performance(bench_dir) -> str:
     """The Markdown block: a table of every headline figure of every benchmark record under ``bench_dir``."""
     bench_dir = Path(bench_dir)
@@ -67,7 +76,7 @@ def render_performance(bench_dir) -> str:
                 continue
             met = fig.get("met")
             met_s = "" if met is None else ("yes" if met else "**no**")
-            label = str(fig["label"]).replace("|", "\\|")
+            label = row_label(fig, rec).replace("|", "\\|")
             lines.append(f"| `{rec.get('name', rec['_file'])}` | {label} | {_fmt(fig.get('value'), unit)} | "
                          f"{target.replace('|', '/')} | {met_s} | {where} |")
     lines.append("")

@@ -18,7 +18,7 @@ from .formats.shards import expand_shards, is_remote_shard, shard_url
 
 PathLike = Union[str, os.PathLike]
 CHECK_FORMATS = ("auto", "synthetic", "karpathy", "coco", "refer", "voc", "flickr30k-entities", "webdataset", "csv", "hf",
-                 "imagefolder")
+                 "imagefolder", "sugarcrepe", "aro", "winoground", "mmvp-vlm")
 
 #: format name -> predicate ``(path) -> bool`` used by :func:`detect_format`, tried in registration order
 DETECTORS = Registry("format detector")
@@ -80,7 +80,7 @@ def check_loader(fmt: str, path: PathLike, **options: Any) -> List[DataError]:
         recs = loader.load()
     except DataError as err:
         return list(loader.skipped) + [err]
-    if not (recs.images or recs.refs or recs.samples or loader.skipped):
+    if not (recs.images or recs.refs or recs.samples or recs.groups or loader.skipped):
         split = options.get("split")
         return [DataError(f"no records{'' if split is None else f' in split {split!r}'}: the data set is empty",
                           file=str(path))]

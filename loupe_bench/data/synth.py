@@ -27,6 +27,7 @@ import functools
 import io
 import json
 import math
+import importlib
 import os
 import pickle
 import tarfile
@@ -45,7 +46,8 @@ from .records import tokenize
 # 3: two-part objects (kind ``two-part``: top half / bottom half in two colours, "red-and-blue square", drawn with
 #    probability TWO_PART_PROB, small ones slightly larger) with swapped-colour / shared-part distractors; COCO
 #    annotations and phrase entries record ``kind`` (and annotations ``colour2``); world.json the kind settings.
-WORLD_VERSION = 3
+# 4: synthetic matching benchmarks (:mod:`.synth_matching`): ``captionsel/`` (SugarCrepe) and ``winoground/``.
+WORLD_VERSION = 4
 SPLITS: Tuple[str, ...] = ("train", "val", "test", "comptest")
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLOURS: Dict[str, Tuple[int, int, int]] = {
@@ -85,6 +87,9 @@ SIZES: Dict[str, Dict[str, int]] = {
     "medium": {"train": 20000, "val": 1000, "test": 1000, "comptest": 1000},
 }
 SHARD_SIZE = 1000
+#: the module writing the matching benchmarks (``captionsel/``, ``winoground/``): it builds on this module's scenes
+#: and renderer, so it is imported by name when a world is generated (a static import would be a cycle)
+MATCHING_WRITER = "loupe_bench.data.synth_matching"
 SUPERSAMPLE = 4
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 
@@ -707,7 +712,7 @@ def file_name(image_id: int) -> str:
 
 
 WORLD_ENTRIES = ("images", "classification", "shards", "annotations", "refsynth", "flickr30k_entities",
-                 "dataset_synthetic.json", "phrases.json", "README.md", "world.json")
+                 "captionsel", "winoground", "dataset_synthetic.json", "phrases.json", "README.md", "world.json")
 #: the world's Flickr30K Entities folder (Sentences/, Annotations/, <split>.txt, types.txt; images stay in images/)
 F30K_DIR = "flickr30k_entities"
 
@@ -940,9 +945,12 @@ def write_shards(out: Path, rendered: Sequence[RenderedScene]) -> Dict[str, List
 
 
 def world_record(seed: int, size: str, image_size: int, rendered: Sequence[RenderedScene], num_refs: int,
-                 shard_files: Mapping[str, List[str]]) -> Dict[str, Any]:
+                 shard_files: Mapping[str, List[str]], matching: Optional[Mapping[str, Any]] = None
+                 ) -> Dict[str, Any]:
     """The content of ``world.json``: generator options, counts, vocabulary, generator constants, class names,
-    COCO categories and the file map of every format."""
+    COCO categories and the file map of every format (with ``matching``, the return of
+    :func:`~loupe_bench.data.synth_matching.write_matching`: its folders in the file map, its counts per split and
+    kind under ``matching``)."""
     counts = {s: sum(1 for r in rendered if r.scene.split == s) for s in SPLITS}
     kind_counts: Dict[str, int] = {k: 0 for k in KINDS}
     for r in rendered:
@@ -984,7 +992,9 @@ def world_record(seed: int, size: str, image_size: int, rendered: Sequence[Rende
             "classnames": "classification/classnames.txt",
             "shards": dict(shard_files),
             "flickr30k_entities": F30K_DIR,
+            **(dict(matching["files"]) if matching else {}),
         },
+        **({"matching": dict(matching["counts"])} if matching else {}),
     }
 
 
@@ -1000,7 +1010,8 @@ def generate_world(
 
     :func:`sample_world` draws every scene; then one writer per format: :func:`write_images`,
     :func:`write_imagefolder`, :func:`write_shards`, :func:`write_coco`, :func:`write_refer`,
-    :func:`write_flickr30k_entities`, :func:`write_karpathy`; last ``world.json`` (:func:`world_record`) and
+    :func:`write_flickr30k_entities`, :func:`write_karpathy`,
+    :func:`~loupe_bench.data.synth_matching.write_matching`; last ``world.json`` (:func:`world_record`) and
     ``README.md``.
 
     Args:
@@ -1033,7 +1044,8 @@ def generate_world(
     num_refs = write_refer(out, rendered, coco, image_size)
     write_flickr30k_entities(out / F30K_DIR, [r.scene for r in rendered], image_size)
     write_karpathy(out, rendered)
-    world = world_record(seed, size, image_size, rendered, num_refs, shard_files)
+    matching = importlib.import_module(MATCHING_WRITER).write_matching(out, rendered, seed, image_size)
+    world = world_record(seed, size, image_size, rendered, num_refs, shard_files, matching)
     atomic_write_json(out / "world.json", world)
     atomic_write_text(out / "README.md", _readme(world))
     return out
@@ -1086,6 +1098,14 @@ def _readme(world: Dict[str, Any]) -> str:
     splits = ", ".join(f"{k} {v}" for k, v in world["splits"].items())
     held = ", ".join(f"{c} {s}" for c, s in world["heldout_combos"])
     kinds = ", ".join(f"{v} {k}" for k, v in world["num_objects_by_kind"].items()) + " objects"
+    counts = world.get("matching")
+    matching = "" if not counts else (
+        "| `captionsel/<split>/<kind>.json` | SugarCrepe caption selection (test, comptest; "
+        f"{sum(sum(c.values()) for c in counts['captionsel'].values())} items): `{{id: {{filename, caption, "
+        f"negative_caption}}}}`, one file per kind ({', '.join(next(iter(counts['captionsel'].values())))}) |\n"
+        "| `winoground/<split>/` | Winoground layout (test, comptest; "
+        f"{sum(sum(c.values()) for c in counts['winoground'].values())} pairs): `examples.jsonl`, "
+        "`images/ex_<id>_img_<0,1>.png`; `objects.json` (each image's objects) |\n")
     return f"""# loupe-bench synthetic fine-grained world
 
 Generated by `loupe-bench data synth` (world version {world['version']}, seed {world['seed']}, size
@@ -1111,5 +1131,5 @@ train/val/test (for a two-part object: its top colour and shape): {held}.
 | `classification/<split>/<class>/`, `classification/classnames.txt` | ImageFolder classification (class = shape of the large object) |
 | `shards/<split>-NNNNNN.tar` | webdataset shards: `<key>.jpg` + `<key>.json` (captions, phrases, image id) |
 | `flickr30k_entities/` | Flickr30K Entities layout: `Sentences/<id>.txt` (captions, phrases marked `[/EN#<ann_id>/<shape> ...]`), `Annotations/<id>.xml` (every object's box, 1-based VOC corners), `<split>.txt`, `types.txt` (shapes); images in `images/` (loader option `image_root`) |
-| `world.json` | generator options, vocabulary, splits, class names, file map |
+{matching}| `world.json` | generator options, vocabulary, splits, class names, file map |
 """

@@ -17,7 +17,11 @@ build``):
   CLIP_benchmark's ``build`` copies extra keys into its CSV columns as it does with its own;
 * task and metric names: ``zeroshot_retrieval`` (``image_retrieval_recall@k`` = our ``t2i_R@k``,
   ``text_retrieval_recall@k`` = our ``i2t_R@k``), ``zeroshot_classification`` (``acc1``, ``acc5``,
-  ``mean_per_class_recall``), ``linear_probe`` (``lp_acc1``, ``lp_acc5``, ``lp_mean_per_class_recall``);
+  ``mean_per_class_recall``), ``linear_probe`` (``lp_acc1``, ``lp_acc5``, ``lp_mean_per_class_recall``),
+  ``image_caption_selection`` under CLIP_benchmark's protocol only: SugarCrepe (``scoring: shared``, ``tie_rule:
+  positive-wins``; ``acc``; dataset ``sugar_crepe/<subset>``, file name ``sugar_crepe_<subset>_...``) and Winoground
+  (``scoring: shared``, ``tie_rule: first-wins``; dataset ``winoground``; ``text_acc`` / ``image_acc`` / ``acc`` =
+  our text / image / group scores);
 * ``benchmark.csv``: what ``build`` makes of those JSONs (metrics flattened into columns, the other keys beside them,
   ``model_fullname = model + " " + pretrained``);
 * ``README.md``: what was exported and what was left out (and why).
@@ -70,11 +74,26 @@ def _recall_names(metric: str) -> Optional[str]:
 
 
 class _CBTask:
-    """How one of our task types maps onto a CLIP_benchmark task: its name, metric renaming and the per-class
-    recall key (None: the task has none)."""
+    """How one of our task types maps onto a CLIP_benchmark task: its name, metric renaming, the per-class
+    recall key (None: the task has none) and, for a task CLIP_benchmark has for some data sets and one protocol
+    only, ``datasets`` (our dataset name -> ``fn(split)`` giving CLIP_benchmark's dataset name; None: every data set,
+    named by :func:`cb_dataset_name`) and ``options`` (spec options a result must have been run with)."""
 
-    def __init__(self, name: str, rename: Callable[[str], Optional[str]], per_class: Optional[str]):
+    def __init__(self, name: str, rename: Callable[[str], Optional[str]], per_class: Optional[str],
+                 datasets: Optional[Dict[str, Callable[[str], str]]] = None, options: Optional[Dict[str, Any]] = None):
         self.name, self.rename, self.per_class = name, rename, per_class
+        self.datasets, self.options = datasets, dict(options or {})
+
+    def dataset_name(self, task: Dict[str, Any]) -> Optional[str]:
+        """CLIP_benchmark's dataset name for a result's ``task`` record (None: CLIP_benchmark has no counterpart)."""
+        opts = (task.get("spec") or {}).get("options") or {}
+        if any(opts.get(k) != v for k, v in self.options.items()):
+            return None
+        dataset, split = str(task["dataset"]), str(task["split"])
+        if self.datasets is None:
+            return cb_dataset_name(dataset, split)
+        fn = self.datasets.get(dataset)
+        return None if fn is None else fn(split)
 
 
 #: CLIP_benchmark's default split (``clip_benchmark eval --split``): results on it keep the plain dataset name
@@ -94,6 +113,17 @@ CB_TASKS.add("classification", _CBTask("zeroshot_classification", {"top1": "acc1
                                        "mean_per_class_recall"))
 CB_TASKS.add("linear-probe", _CBTask("linear_probe", {"top1": "lp_acc1", "top5": "lp_acc5"}.get,
                                      "lp_mean_per_class_recall"))
+# SugarCrepe: one split per subset, CLIP_benchmark's dataset ``sugar_crepe/<subset>``; its ``acc`` is our ``acc``
+# under its protocol only (pooled cosine, the true caption winning ties)
+CB_TASKS.add("caption-selection", _CBTask("image_caption_selection", {"acc": "acc"}.get, None,
+                                          {"sugarcrepe": lambda split: f"sugar_crepe/{split}"},
+                                          {"scoring": "shared", "tie_rule": "positive-wins"}))
+# Winoground: CLIP_benchmark runs it as ``image_caption_selection`` on dataset ``winoground``; its ``text_acc``,
+# ``image_acc`` and ``acc`` are our text, image and group scores under its protocol (pooled cosine, argmax ties)
+CB_TASKS.add("two-by-two", _CBTask("image_caption_selection",
+                                   {"text_score": "text_acc", "image_score": "image_acc", "group_score": "acc"}.get,
+                                   None, {"winoground": lambda split: "winoground"},
+                                   {"scoring": "shared", "tie_rule": "first-wins"}))
 
 
 def pretrained_tag(result: Dict[str, Any]) -> str:
@@ -118,6 +148,9 @@ def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], 
     if ttype not in CB_TASKS:
         return None
     cb = CB_TASKS.get(ttype)
+    dataset = cb.dataset_name(result["task"])
+    if dataset is None:
+        return None
     metrics: Dict[str, float] = {}
     for name, m in result["metrics"].items():
         theirs = cb.rename(name)
@@ -133,7 +166,7 @@ def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], 
     model = result["model"]
     spec = model.get("spec") if isinstance(model.get("spec"), dict) else {}
     obj = {
-        "dataset": cb_dataset_name(str(result["task"]["dataset"]), str(result["task"]["split"])),
+        "dataset": dataset,
         "model": str(spec.get("name") or model["name"]),
         "pretrained": pretrained_tag(result),
         "task": cb.name,
@@ -149,9 +182,11 @@ def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], 
 
 def clip_benchmark_filename(obj: Dict[str, Any]) -> str:
     """``{dataset}_{pretrained}_{model}_{language}_{task}.json`` (CLIP_benchmark's ``--output`` template, with its
-    slugs: ``/`` -> ``_``, a path -> its basename)."""
-    parts = [obj["dataset"], obj["pretrained"], obj["model"], obj["language"], obj["task"]]
-    return "_".join(_slug(str(p)) for p in parts) + ".json"
+    slugs: ``/`` -> ``_`` (the dataset: ``sugar_crepe/add_att`` -> ``sugar_crepe_add_att``), a path -> its
+    basename)."""
+    parts = [obj["pretrained"], obj["model"], obj["language"], obj["task"]]
+    dataset = str(obj["dataset"]).replace("/", "_").replace(" ", "-")
+    return "_".join([dataset] + [_slug(str(p)) for p in parts]) + ".json"
 
 
 def build_rows(objs: Sequence[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
@@ -189,7 +224,9 @@ def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: PathLike) 
             continue
         conv = to_clip_benchmark(r)
         if conv is None:
-            skipped.setdefault(f"task type {r['task']['type']!r} has no CLIP_benchmark counterpart", []).append(where)
+            what = f"task type {r['task']['type']!r}" if r["task"]["type"] not in CB_TASKS else \
+                f"task type {r['task']['type']!r} on data set {r['task']['dataset']!r} with these options"
+            skipped.setdefault(f"{what} has no CLIP_benchmark counterpart", []).append(where)
             continue
         obj, missing = conv
         name = clip_benchmark_filename(obj)

@@ -25,6 +25,9 @@ _ADAPTER_MODULES = (
     "loupe_bench.tasks.detection",
     "loupe_bench.tasks.grounding",
     "loupe_bench.tasks.token_interaction",
+    "loupe_bench.tasks.region_classification",
+    "loupe_bench.tasks.caption_selection",
+    "loupe_bench.tasks.two_by_two",
 )
 
 
