@@ -330,3 +330,49 @@ def test_real_loaders_read_the_files(tiny_world, split):
         (str(ex["id"]), (ex["caption_0"], ex["caption_1"]),
          (root / "images" / f"{ex['image_0']}.png", root / "images" / f"{ex['image_1']}.png"), ex["tag"],
          {"secondary_tag": "", "collapsed_tag": ex["collapsed_tag"], "num_main_preds": "1"}) for ex in lines]
+
+
+# ------------------------------------------------------------------------------------------------- shipped specs
+def _eval(task: str, world: Path, model):
+    from loupe_bench.tasks import TASK_TYPES, load_adapters, load_task
+
+    spec = load_task(task)
+    adapter = load_adapters().get(spec.type)(spec)
+    return {split: adapter.run(model, world, split) for split in spec.splits}
+
+
+@pytest.mark.parametrize("task", ["synthetic-caption-selection", "synthetic-winoground"])
+def test_synthetic_matching_specs_per_kind_and_chance(tiny_world, task):
+    """The shipped synthetic specs read the world's files per split; every per-kind metric equals the mean of that
+    kind's per-item hits (an independent recount), and the chance row is 1/2 (two texts) or 1/4, 1/4, 1/6."""
+    import numpy as np
+
+    from loupe_bench.models import load_model
+
+    import torch
+
+    torch.manual_seed(0)
+    model = load_model("clip-tiny")
+    model.eval()
+    out = _eval(task, tiny_world, model)
+    for split in ("test", "comptest"):
+        res = out[split]
+        ids = res.extra["item_ids"]
+        if task == "synthetic-caption-selection":
+            kinds = []  # (id, kind) in the loader's order: subset files sorted by name, entries in file order
+            for f in sorted((tiny_world / "captionsel" / split).glob("*.json")):
+                kinds += [(str(k), f.stem) for k in json.loads(f.read_text())]
+            hits, name, chance = np.array(res.per_item["acc"]), "acc", {"acc": 0.5}
+        else:
+            rows = [json.loads(line) for line in
+                    (tiny_world / "winoground" / split / "examples.jsonl").read_text().splitlines()]
+            kinds = [(str(r["id"]), r["tag"]) for r in rows]
+            hits, name = np.array(res.per_item["group_score"]), "group_score"
+            chance = {"text_score": 0.25, "image_score": 0.25, "group_score": 1 / 6}
+        assert ids == [i for i, _ in kinds]
+        for kind in {k for _, k in kinds}:
+            sel = np.array([k == kind for _, k in kinds])
+            assert res.metrics[f"{name}:{kind}"].value == pytest.approx(float(hits[sel].mean()))
+            assert res.reference_rows["chance"][f"{name}:{kind}"].value == pytest.approx(chance[name])
+        for metric, value in chance.items():
+            assert res.reference_rows["chance"][metric].value == pytest.approx(value)

@@ -76,7 +76,8 @@ class SyntheticPlan:
 
 
 #: task types the LOUPE ablations are evaluated on in the default plan
-ABLATION_TASK_TYPES = ["retrieval", "classification", "detection", "grounding", "phrase-grounding", "token-interaction"]
+ABLATION_TASK_TYPES = ["retrieval", "classification", "detection", "grounding", "phrase-grounding", "token-interaction",
+                       "caption-selection", "two-by-two", "region-classification"]
 
 
 def default_plan(quick: bool = False) -> SyntheticPlan:

@@ -127,9 +127,13 @@ class CaptionSelectionTask(TaskAdapter):
         tie_rule: str = "positive-wins"
         min_count: int = 0
         macro_exclude: List[str] = field(default_factory=list)
+        kinds: List[str] = field(default_factory=list)  # kinds also reported as metrics ``acc:<kind>``
+        reference_rows: bool = True  # the ``chance`` row: a uniform pick among the item's texts
 
         def __post_init__(self):
             check_pair_scoring(self.scoring)
+            if not isinstance(self.kinds, list) or not all(isinstance(k, str) and k for k in self.kinds):
+                raise ValueError(f"kinds must be a list of kind names, got {self.kinds!r}")
             if self.tie_rule not in TIE_RULES:
                 raise ValueError(f"tie_rule must be one of {', '.join(TIE_RULES.names())}, got {self.tie_rule!r}")
             if isinstance(self.min_count, bool) or not isinstance(self.min_count, int) or self.min_count < 0:
@@ -139,7 +143,7 @@ class CaptionSelectionTask(TaskAdapter):
 
     @classmethod
     def known_metrics(cls, options) -> List[str]:
-        return ["acc", "macro_acc"]
+        return ["acc", "macro_acc"] + [f"acc:{k}" for k in options.get("kinds", [])]
 
     def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
         recs = load_records(self.spec, data_root, split)
@@ -196,6 +200,14 @@ class CaptionSelectionTask(TaskAdapter):
                 res.metrics["macro_acc"] = self.macro_metric([correct[kinds == k] for k in kept])
             else:
                 res.unavailable["macro_acc"] = f"no kind is left for the macro mean (left out: {len(left_out)})"
+        for k in self.opts.kinds:
+            if f"acc:{k}" in self.spec.metrics:
+                if counts.get(k):
+                    res.metrics[f"acc:{k}"] = mean_metric(correct[kinds == k], self.spec)
+                else:
+                    res.unavailable[f"acc:{k}"] = f"no item of kind {k!r} in split {split!r}"
+        if self.opts.reference_rows:
+            res.reference_rows["chance"] = self.chance_row(groups, kinds, kept)
         tie_help = TIE_RULES.help(self.opts.tie_rule)
         res.extra.update(
             scoring=self.opts.scoring, tie_rule=f"{self.opts.tie_rule}: {tie_help}", n_items=len(groups),
@@ -204,6 +216,20 @@ class CaptionSelectionTask(TaskAdapter):
             macro_kinds=kept, macro_left_out=left_out, item_ids=[g.group_id for g in groups],
         )
         return res
+
+    def chance_row(self, groups, kinds: np.ndarray, kept: List[str]) -> Dict[str, MetricValue]:
+        """Expected accuracy of a uniform pick among each item's ``K`` texts, ``1/K`` (exact, no interval), for every
+        metric of the split: ``acc``, ``macro_acc`` (the mean over the kept kinds) and ``acc:<kind>``."""
+        p = np.array([1.0 / len(g.texts) for g in groups])
+        row: Dict[str, MetricValue] = {}
+        if "acc" in self.spec.metrics:
+            row["acc"] = MetricValue(float(p.mean()))
+        if "macro_acc" in self.spec.metrics and kept:
+            row["macro_acc"] = MetricValue(float(np.mean([p[kinds == k].mean() for k in kept])))
+        for k in self.opts.kinds:
+            if f"acc:{k}" in self.spec.metrics and bool((kinds == k).any()):
+                row[f"acc:{k}"] = MetricValue(float(p[kinds == k].mean()))
+        return row
 
     def macro_metric(self, per_kind: List[np.ndarray]) -> MetricValue:
         """Mean of the per-kind accuracies, with the stratified bootstrap interval (module docstring)."""

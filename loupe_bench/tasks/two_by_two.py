@@ -36,7 +36,7 @@ Every unique image file and every unique text is encoded once.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -57,6 +57,10 @@ from .pair_scoring import PAIR_SCORERS, check_pair_scoring
 ITEMS_PER_CALL = 64
 #: the per-item scores of Winoground's definition (``pair_acc`` is computed from ``image``)
 ITEM_SCORES = ("text_score", "image_score", "group_score")
+#: chance of each score when the four scores of an item are i.i.d. continuous: a text (image) score needs two
+#: independent pairwise orders, 1/4; the group score needs both diagonal scores above both off-diagonal ones,
+#: 2!·2!/4! = 1/6; ``pair_acc`` (each statement picks its own of two images) 1/4
+CHANCE = {"text_score": 0.25, "image_score": 0.25, "group_score": 1.0 / 6.0, "pair_acc": 0.25}
 
 TIE_RULES = Registry("two-by-two tie rule")
 
@@ -107,9 +111,13 @@ class TwoByTwoTask(TaskAdapter):
         scoring: str = "shared"
         tie_rule: str = "first-wins"
         template: str = "{}"
+        kinds: List[str] = field(default_factory=list)  # kinds (tags) also reported as ``<score>:<kind>``
+        reference_rows: bool = True  # the ``chance`` row: i.i.d. continuous scores
 
         def __post_init__(self):
             check_pair_scoring(self.scoring)
+            if not isinstance(self.kinds, list) or not all(isinstance(k, str) and k for k in self.kinds):
+                raise ValueError(f"kinds must be a list of kind names, got {self.kinds!r}")
             if self.tie_rule not in TIE_RULES:
                 raise ValueError(f"tie_rule must be one of {', '.join(TIE_RULES.names())}, got {self.tie_rule!r}")
             if not isinstance(self.template, str) or self.template.count("{}") != 1:
@@ -121,7 +129,7 @@ class TwoByTwoTask(TaskAdapter):
 
     @classmethod
     def known_metrics(cls, options) -> List[str]:
-        return [*ITEM_SCORES, "pair_acc"]
+        return [*ITEM_SCORES, "pair_acc"] + [f"{m}:{k}" for k in options.get("kinds", []) for m in ITEM_SCORES]
 
     def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
         recs = load_records(self.spec, data_root, split)
@@ -171,6 +179,17 @@ class TwoByTwoTask(TaskAdapter):
         if "pair_acc" in self.spec.metrics:
             res.metrics.update(self.pair_accuracy(hits["image_score"], kinds))
             res.per_item["pair_acc"] = hits["image_score"].astype(int).tolist()
+        kind_arr = np.array(kinds, dtype=object)
+        for k in self.opts.kinds:
+            for name in ITEM_SCORES:
+                if f"{name}:{k}" in self.spec.metrics:
+                    if bool((kind_arr == k).any()):
+                        res.metrics[f"{name}:{k}"] = mean_metric(hits[name][kind_arr == k], self.spec)
+                    else:
+                        res.unavailable[f"{name}:{k}"] = f"no item of kind {k!r} in split {split!r}"
+        if self.opts.reference_rows:
+            res.reference_rows["chance"] = {m: MetricValue(CHANCE[m.split(":")[0]]) for m in res.metrics
+                                            if m.split(":")[0] in CHANCE}
         requested = [m for m in ITEM_SCORES if m in self.spec.metrics]
         res.extra.update(
             scoring=self.opts.scoring, tie_rule=f"{self.opts.tie_rule}: {TIE_RULES.help(self.opts.tie_rule)}",

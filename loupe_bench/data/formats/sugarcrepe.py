@@ -11,7 +11,8 @@ whose ids need not be contiguous. ``filename`` is relative to the COCO val2017 i
 ``(caption, negative_caption)`` (the true caption first), ``kind`` and ``split`` the subset name (the file stem).
 
 The loader's ``path`` is the folder of the JSONs (``split`` picks the subset file ``<split>.json``; no split: every
-subset file present) or one subset file.
+subset file present) or one subset file. Option ``split_by: folder``: the path is one split's folder and every
+``*.json`` in it is a subset (the synthetic world's ``captionsel/<split>/``).
 """
 from __future__ import annotations
 
@@ -78,6 +79,11 @@ class SugarCrepeLoader(Loader):
         path = self.path
         if not path.is_dir():
             return [path]
+        if self.split_by == "folder":  # every subset file of the split's folder
+            found = sorted(f for f in path.glob("*.json") if f.is_file())
+            if not found:
+                raise DataError("no subset file (*.json) in the split's folder", file=str(path))
+            return found
         if self.split is not None:
             f = path / f"{self.split}.json"
             if not f.exists():
@@ -89,6 +95,15 @@ class SugarCrepeLoader(Loader):
             raise DataError(f"no SugarCrepe subset file ({', '.join(s + '.json' for s in SUGARCREPE_SUBSETS)})",
                             file=str(path))
         return found
+
+    @property
+    def split_by(self) -> str:
+        """``subset`` (SugarCrepe's release: a split is a subset file) or ``folder`` (the path is one split's folder
+        of subset files, e.g. the synthetic world's ``captionsel/<split>/``: every item gets the split asked for)."""
+        value = self.options.get("split_by", "subset")
+        if value not in ("subset", "folder"):
+            raise DataError(f"split_by must be 'subset' or 'folder', got {value!r}", file=str(self.path))
+        return value
 
     def _load(self) -> DatasetRecords:
         folder = self.path if self.path.is_dir() else self.path.parent
@@ -120,5 +135,6 @@ class SugarCrepeLoader(Loader):
             texts[field] = check_caption(as_str(require(entry, field, path, key), field, path, key), path, key)
         image, _ = image_under_root(root, require(entry, "filename", path, key), "filename", path, key,
                                     self.verify_images)
+        split = subset if self.split_by == "subset" else self.split
         return MatchGroup(group_id=str(key), images=(image,), texts=(texts["caption"], texts["negative_caption"]),
-                          kind=subset, split=subset)
+                          kind=subset, split=split)
