@@ -222,7 +222,7 @@ def test_winoground_pairs(tiny_world, split):
     reader = Reader(tiny_world)
     table = {k: v for k, v in json.loads((tiny_world / "world.json").read_text())["colours"].items()}
     root, lines, objects = _wino(tiny_world, split)
-    assert len(lines) == min(150, SIZES["tiny"][split])
+    assert len(lines) == min(sm.WINOGROUND_MAX, SIZES["tiny"][split])
     assert {x["tag"] for x in lines} == {"swap_colours", "swap_relation", "swap_parts"}
     for i, ex in enumerate(lines):
         assert list(ex) == ["id", "image_0", "image_1", "caption_0", "caption_1", "tag", "secondary_tag",

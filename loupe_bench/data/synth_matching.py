@@ -57,9 +57,9 @@ from .synth import (
 )
 
 MATCHING_SPLITS: Tuple[str, ...] = ("test", "comptest")
-CAPTIONSEL_MAX = 300
+CAPTIONSEL_MAX = 150
 CAPTIONSEL_PER_IMAGE = 2
-WINOGROUND_MAX = 150
+WINOGROUND_MAX = 90
 #: relation -> its opposite (``next to`` has none and is never replaced)
 OPPOSITE: Dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 _HELDOUT = frozenset(HELDOUT_COMBOS)
