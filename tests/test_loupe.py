@@ -472,3 +472,126 @@ def test_game_stats_evaluates_only_what_tsa_features_names(features):
 def test_tsa_features_key_is_checked():
     with pytest.raises(SpecError, match="tsa.features"):
         _model(tsa__features="nope")
+
+
+def test_loupe_fine_grained_scores_match_a_naive_region_word_loop():
+    """LOUPE's native pair score = mean over the text's real tokens of the best native region (naive loop)."""
+    import torch.nn.functional as F
+
+    from loupe_bench.models import load_model
+
+    torch.manual_seed(0)
+    m = load_model("loupe-tiny")
+    m.eval()
+    img = m.encode_image(torch.randn(3, 3, 64, 64))
+    tb = m.tokenizer(["a red circle", "a blue square left of a green star", "a cross"])
+    txt = m.encode_text(tb.input_ids, tb.attention_mask)
+    with torch.no_grad():
+        got = m.fine_grained_scores(img, txt, chunk_size=2)
+        regs = m.propose_regions(img, top_k=m.cfg.region.top_k)
+        feats = m.region_features(img, [r.boxes for r in regs])
+    ref = torch.zeros(3, 3)
+    for i in range(3):
+        for t in range(3):
+            best = []
+            for pos in range(txt.tokens.shape[1]):
+                if bool(txt.mask[t, pos]):
+                    with torch.no_grad():
+                        u = txt.tokens[t, pos] if m.phrase_proj is None else m.phrase_proj(txt.tokens[t, pos])
+                    u = F.normalize(u, dim=-1)
+                    best.append(max(float(feats[i][r] @ u) for r in range(feats[i].shape[0])))
+            ref[i, t] = sum(best) / len(best)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert float((got - got.mean()).abs().max()) > 0  # not constant
+
+
+def test_text_hard_negatives_change_one_thing_each():
+    """Head swaps first (two phrases exchange their last tokens), then one modifier replaced by another modifier
+    of the batch; lengths unchanged, no duplicates, never the caption itself."""
+    from loupe_bench.models.loupe_heads import text_hard_negatives
+
+    ids = torch.tensor([[1, 10, 20, 5, 11, 21, 2], [1, 12, 22, 2, 0, 0, 0]])
+    pt = torch.zeros(2, 2, 7, dtype=torch.bool)
+    pt[0, 0, 1:3] = pt[0, 1, 4:6] = pt[1, 0, 1:3] = True
+    pv = torch.tensor([[True, True], [True, False]])
+    neg, owner = text_hard_negatives(ids, pt, pv, 3, torch.Generator().manual_seed(0))
+    assert neg.shape[1] == 7 and owner.tolist().count(0) <= 3 and owner.tolist().count(1) <= 3
+    assert neg[0].tolist() == [1, 10, 21, 5, 11, 20, 2]  # the binding swap comes first
+    modifiers = {10, 11, 12}
+    for row, b in zip(neg.tolist(), owner.tolist()):
+        diff = [i for i, (x, y) in enumerate(zip(row, ids[b].tolist())) if x != y]
+        assert diff, "a negative equal to its caption"
+        if len(diff) == 1:  # a replaced modifier, by a modifier seen in the batch
+            assert diff[0] in (1, 4) and row[diff[0]] in modifiers
+        else:
+            assert diff == [2, 5]
+    assert len({tuple(r) for r in neg.tolist()}) == len(neg)
+
+
+def test_phrase_sequences_keep_the_caption_markers():
+    from loupe_bench.models.loupe_heads import phrase_sequences
+
+    ids = torch.tensor([[1, 10, 20, 5, 11, 21, 2], [1, 12, 22, 2, 0, 0, 0]])
+    am = (ids != 0).long()
+    pt = torch.zeros(2, 2, 7, dtype=torch.bool)
+    pt[0, 0, 1:3] = pt[0, 1, 4:6] = pt[1, 0, 1:3] = True
+    pv = torch.tensor([[True, True], [True, False]])
+    out, mask, owner, span = phrase_sequences(ids, am, pt, pv)
+    assert out.tolist() == [[1, 10, 20, 2], [1, 11, 21, 2], [1, 12, 22, 2]]
+    assert owner.tolist() == [0, 0, 1] and mask.all() and span[:, 1:3].all() and not span[:, [0, 3]].any()
+
+
+def test_masked_game_several_targets_take_the_best_phrase():
+    """``target [G, J]``: v = max_j p(text_j | x_S) − 1/K (padding −1 ignored), equal to a loop over the targets."""
+    from loupe_bench.models.masked_game import MaskedTowerGame
+
+    torch.manual_seed(0)
+    model = create_model(get_spec("loupe-tiny"), tokenizer_corpus=["a red circle"], seed=0)
+    model.eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    bank = torch.randn(5, model.embed_dim if hasattr(model, "embed_dim") else 64)
+    masks = torch.rand(2, 3, 64) > 0.5
+    multi = MaskedTowerGame(model, pixels, bank[:2], bank=bank, target=torch.tensor([[0, 3], [1, -1]]),
+                            scale=10.0, contrast="prob")(masks)
+    single = [MaskedTowerGame(model, pixels, bank[:2], bank=bank, target=torch.tensor([t0, t1]), scale=10.0,
+                              contrast="prob")(masks) for t0, t1 in ((0, 1), (3, 1))]
+    assert torch.allclose(multi[0], torch.maximum(single[0][0], single[1][0]), atol=1e-6)
+    assert torch.allclose(multi[1], single[0][1], atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["probability", "phrase_probability"])
+def test_contrastive_tsa_values_train(value):
+    """Both contrastive token games run through a training step: finite terms, a bank with hard negatives."""
+    model = _model(tsa__value=value, tsa__hard_negatives=2)
+    model.train()
+    batch = _batch(model)
+    emb = model.embed(batch)
+    bank, target = model._tsa_bank(emb, batch, 2)
+    n_texts = batch["input_ids"].shape[0] if value == "probability" else int(batch["phrase_mask"].sum())
+    assert bank.shape[0] > n_texts  # the hard negatives are in
+    assert target.shape[0] == 2 and bool((target >= 0).any())
+    out = model.loss(batch)
+    assert all(torch.isfinite(t) for t in out.terms.values())
+
+
+def test_confidence_targets_excess_rank_across_images_with_a_running_scale():
+    """``tsa.confidence: excess``: y = σ(e / (T r)) with a running RMS r, so a positive excess is above ½ in every
+    image (``centred`` puts half of each image's boxes above ½)."""
+    model = _model(tsa__confidence="excess", region__move_margin=0.5)
+    model.train()
+    e = torch.tensor([[0.2, 0.1, 0.3], [-0.2, -0.1, -0.3]])
+    ok = torch.ones_like(e, dtype=torch.bool)
+    y = model._confidence_targets(e, ok)
+    rms = float((e ** 2).mean().sqrt())
+    assert float(model.tsa_scale) == pytest.approx(rms)
+    assert torch.allclose(y, torch.sigmoid(e / (model.cfg.tsa.temperature * rms)))
+    assert bool((y[0] > 0.5).all()) and bool((y[1] < 0.5).all())
+    y2 = model._confidence_targets(2 * e, ok)  # the scale runs: r ← 0.9 r + 0.1 rms
+    assert float(model.tsa_scale) == pytest.approx(0.9 * rms + 0.1 * 2 * rms)
+    centred = _model()
+    yc = centred._confidence_targets(e, ok)
+    assert bool((yc[1] > 0.5).any())  # per-image centring: the best background box is above ½
+    out = model.loss(_batch(model))
+    assert torch.isfinite(out.terms["tsa"]) and "tsa_kl" in out.logs
+    state = model.state_dict()
+    assert "tsa_scale" in state and "tsa_scale" not in centred.state_dict()  # saved only where a spec reads it

@@ -468,3 +468,62 @@ def test_neural_learns_and_or_sign_and_routes_less():
     assert (mu - want).abs().mean() < 0.35
     out = est(game, coal, valid, feats, gen)  # unrouted coalitions are answered with μ
     assert torch.allclose(out.targets[:, 0][~routed], mu[~routed])
+
+
+def _linear_game_setup(g, w):
+    class Scaled:
+        def __init__(self, s):
+            self.s = s
+
+        def __call__(self, masks):
+            return (masks[..., 0] & masks[..., 1]).float() * self.s[:, None]
+
+        def select(self, idx):
+            return Scaled(self.s[idx])
+
+    coal = torch.zeros(24, 1, 5, dtype=torch.bool)
+    coal[..., :2] = True
+    x = torch.randn(24, 1, 8, generator=g)
+    return Scaled(2 + x[:, 0] @ w), coal, torch.ones(24, 1, dtype=torch.bool), x
+
+
+def test_accuracy_gate_routes_everything_until_rho_is_reached():
+    """``min_rho``: after warm-up every coalition is sampled while the prequential ρ of g_θ is below the gate; the
+    gate opens once g_θ has learnt the game (ρ in the log, pooled and within game)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(8, generator=g)
+    cfg = EstimatorConfig(num_samples=8, neural=NeuralConfig(hidden=32, warmup_steps=3, gamma=0.25, holdout=4,
+                                                             min_rho=0.95, rho_window=64))
+    est = build_estimator("neural", 8, cfg)
+    opt = torch.optim.Adam(est.parameters(), lr=1e-2)
+    log = []
+    for step in range(80):
+        game, coal, valid, x = _linear_game_setup(g, w)
+        out = est(game, coal, valid, x, g)
+        log.append(out.logs)
+        opt.zero_grad()
+        out.nsi.backward()
+        opt.step()
+    gated = [l for l in log[3:] if l.get("nsi_rho", -1) < 0.95]
+    assert gated and all(l["routed_fraction"] == 1.0 for l in gated)  # closed gate: everything sampled
+    assert "nsi_rho" not in log[0]  # no prequential pairs during warm-up
+    assert log[-1]["nsi_rho"] >= 0.95 and log[-1]["routed_fraction"] < 1.0  # learnt: the gate is open
+    # the window's ρ is the Spearman ρ of the recorded pairs (an independent recount)
+    mod = est.module
+    c = int(mod.rho_count)
+    assert mod.window_rho() == pytest.approx(spearman(mod.rho_pred[:c], mod.rho_true[:c]))
+
+
+def test_no_gate_by_default_and_window_ring():
+    """``min_rho = 0`` never gates; the accuracy window is a ring of the last ``rho_window`` pairs."""
+    from loupe_bench.shapley.neural import NeuralInteraction
+
+    mod = NeuralInteraction(4, NeuralConfig(hidden=8, rho_window=5))
+    assert mod.accurate()
+    mod.record(torch.arange(3.0), torch.arange(3.0))
+    mod.record(torch.tensor([10.0, 11.0, 12.0]), torch.tensor([3.0, 2.0, 1.0]))
+    assert int(mod.rho_count) == 5
+    assert sorted(mod.rho_pred.tolist()) == [1.0, 2.0, 10.0, 11.0, 12.0]  # the oldest pair was overwritten
+    gated = NeuralInteraction(4, NeuralConfig(hidden=8, min_rho=0.5))
+    assert not gated.accurate()  # no pairs yet: closed

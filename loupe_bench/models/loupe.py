@@ -53,6 +53,8 @@ from .loupe_heads import (
     pool_regions,
     tsa_features,
     tsa_loss,
+    text_hard_negatives,
+    phrase_sequences,
 )
 from .tokenizer import Tokenizer
 
@@ -108,7 +110,7 @@ def pair_coalitions(g: int, k: int, p: int, device=None) -> Tuple[Tensor, Tensor
     return coal, jj
 
 
-TSA_VALUES = ("tower", "cached")
+TSA_VALUES = ("tower", "cached", "probability", "phrase_probability")
 TSA_SCORES = ("coalition_value", "interaction")
 #: what of the training game enters ``g_θ``'s features (:meth:`LOUPE.game_stats`)
 TSA_FEATURES = ("tower", "coalition", "image")
@@ -132,6 +134,10 @@ class RegionCfg:
         box_start: training step (``train_step``) at which the geometry self-training starts (the token game only
             says where objects are once ℒ_CMC has learned to match images and captions; before that its scores
             are noise, and any size bias in them would shrink or grow every box). ``[I]``
+        move_margin: a box moves to its best jittered copy only when the copy's excess beats its own by more than
+            ``move_margin`` × the running RMS of the excess (``tsa_scale``; 0: any gain moves it). Estimates of
+            ``e`` are noisy (M = 8 contexts, or ``g_θ``'s means): without a margin the argmax over ``1 + J`` noisy
+            values moves the box ``J/(1+J)`` of the time whatever the truth, a random walk. ``[I]``
     """
 
     hidden: int = 128
@@ -143,6 +149,7 @@ class RegionCfg:
     box_jitter: int = 0
     jitter_scale: float = 0.3
     box_start: int = 0
+    move_margin: float = 0.0
 
 
 @dataclass
@@ -153,7 +160,9 @@ class TsaCfg:
         target_images: images of the batch that get targets (first rows).
         temperature: ``T_I`` of the soft labels ``σ(z / (T_I · rms z))``.
         value: the token-level game: ``tower`` (the masked image re-encoded by the image tower,
-            :class:`~loupe_bench.models.masked_game.MaskedTowerGame`) or ``cached`` (pooled cosine of the cached
+            :class:`~loupe_bench.models.masked_game.MaskedTowerGame`, cosine with the caption), ``probability`` (the
+            same masked image, ``v(S) = p(caption | x_S) − 1/K``: the matching probability of the paired caption
+            among the batch's captions and its text-only hard negatives, ``K`` texts) or ``cached`` (pooled cosine of the cached
             final tokens, :class:`~loupe_bench.shapley.PooledCosineGame`; kept for comparison). ``[I]``
         score: what scores a candidate box: ``coalition_value`` (φ([A]), the merged patches' Shapley value; ``[I]``,
             not the paper's quantity) or ``interaction`` (I([A]) = φ([A]) − Σ_{i∈A} φ(i), the paper's).
@@ -173,6 +182,11 @@ class TsaCfg:
             (``u(A)``, ``u(N)``, ``u(N∖A)``, three game evaluations per coalition), ``coalition`` (``u(A)`` and
             ``u(N)``: the complements ``N∖A``, nearly full images, were ~95 % of the feature passes) or ``image``
             (``u(N)`` only, one evaluation per image: every other feature comes from the cached tokens). ``[I]``
+        confidence: how the confidence targets are read from the boxes' excess: ``centred`` (per image) or
+            ``excess`` (against the fair share, with a running scale: targets rank across images); see
+            :meth:`LOUPE._confidence_targets`.
+        hard_negatives: text-only hard negatives per target caption in the bank of ``value: probability``
+            (:func:`~loupe_bench.models.loupe_heads.text_hard_negatives`; 0: the batch's captions only).
     """
 
     target_images: int = 4
@@ -186,6 +200,8 @@ class TsaCfg:
     pack: bool = False
     every: int = 1
     features: str = "tower"
+    hard_negatives: int = 4
+    confidence: str = "centred"
 
 
 FSA_VALUES = ("pooled", "late")
@@ -271,6 +287,8 @@ class LoupeCfg:
             raise SpecError(f"loupe.tsa.value: unknown {cfg.tsa.value!r}; known: {list(TSA_VALUES)}")
         if cfg.tsa.score not in TSA_SCORES:
             raise SpecError(f"loupe.tsa.score: unknown {cfg.tsa.score!r}; known: {list(TSA_SCORES)}")
+        if cfg.tsa.confidence not in ("centred", "excess"):
+            raise SpecError(f"loupe.tsa.confidence: unknown {cfg.tsa.confidence!r}; known: ['centred', 'excess']")
         if cfg.tsa.features not in TSA_FEATURES:
             raise SpecError(f"loupe.tsa.features: unknown {cfg.tsa.features!r}; known: {list(TSA_FEATURES)}")
         for key in ("bucket", "every"):
@@ -312,6 +330,11 @@ class LOUPE(DualEncoder):
             with torch.no_grad():
                 self.region_proj.weight.copy_(torch.eye(d))
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        # running RMS of ℒ_TSA's excess: saved (a buffer) where a spec's targets or geometry read it
+        if self.cfg.tsa.confidence == "excess" or self.cfg.region.move_margin > 0:
+            self.register_buffer("tsa_scale", torch.zeros(()))
+        else:
+            self.tsa_scale = torch.zeros(())
         self.phrase_proj: Optional[nn.Linear] = None
         if self.cfg.fsa.phrase_projection:
             self.phrase_proj = nn.Linear(d, d)
@@ -369,6 +392,42 @@ class LOUPE(DualEncoder):
         t = self.text_region_embedding(text_features)
         return [r @ t.T for r in self.region_features(image_features, boxes)]
 
+    @torch.no_grad()
+    def fine_grained_scores(self, image_features: ImageFeatures, text_features: TextFeatures,
+                            chunk_size: int = 1024) -> Tensor:
+        """LOUPE's own fine-grained image–text score: region–word alignment in ℒ_FSA's space (``[I]``).
+
+        With ``R(I)`` the image's top ``region.top_k`` native regions (:meth:`propose_regions`), ``h_r`` their
+        embeddings (:meth:`region_features`, ℒ_FSA's prediction) and ``u_w`` each real token of the text embedded as
+        a one-word phrase (:func:`~.loupe_heads.pool_phrases`: normalised, through ``phrase_proj`` when present):
+
+        ``s(I, T) = (1/|T|) Σ_{w ∈ T} max_{r ∈ R(I)} ⟨h_r, u_w⟩``
+
+        — every word must find its region; the late interaction of FILIP with LOUPE's regions in place of patches.
+        Phrases are not parsed at scoring time, so words stand in for them. ``[N_images, N_texts]``, float32.
+        """
+        regions = self.propose_regions(image_features, top_k=self.cfg.region.top_k)
+        feats = self.region_features(image_features, [r.boxes for r in regions])
+        k = max(f.shape[0] for f in feats)
+        d = feats[0].shape[-1]
+        reg = image_features.tokens.new_zeros(len(feats), k, d)
+        rmask = torch.zeros(len(feats), k, dtype=torch.bool, device=reg.device)
+        for b, f in enumerate(feats):
+            reg[b, : f.shape[0]] = f
+            rmask[b, : f.shape[0]] = True
+        mask = text_features.mask.bool()
+        words = pool_phrases(text_features.tokens, torch.eye(mask.shape[1], dtype=torch.bool,
+                                                             device=mask.device)[None].expand(mask.shape[0], -1, -1),
+                             self.phrase_proj)  # [T, L, D]
+        out = torch.empty(reg.shape[0], words.shape[0])
+        step = max(1, min(chunk_size, 2 ** 24 // max(1, k * words.shape[0] * words.shape[1])))
+        for s in range(0, reg.shape[0], step):
+            sim = torch.einsum("ikd,tld->itlk", reg[s : s + step], words)
+            sim = sim.masked_fill(~rmask[s : s + step, None, None, :], float("-inf")).amax(-1)  # [i, T, L]
+            sim = (sim * mask[None]).sum(-1) / mask.sum(-1).clamp_min(1)[None]
+            out[s : s + step] = sim.float().cpu()
+        return out
+
     # -- training -----------------------------------------------------------------------------------------------
     def _select_train_boxes(self, boxes: Tensor, logits: Tensor) -> Tensor:
         """Anchor indices ``[T, C]``: top ``train_boxes`` after NMS plus ``random_boxes`` random other anchors."""
@@ -386,7 +445,8 @@ class LOUPE(DualEncoder):
             out.append(top)
         return torch.stack(out)
 
-    def token_game(self, pixels: Optional[Tensor], tokens: Tensor, text: Tensor):
+    def token_game(self, pixels: Optional[Tensor], tokens: Tensor, text: Tensor,
+                   bank: Optional[Tuple[Tensor, Tensor]] = None):
         """The token-level game ``loupe.tsa.value`` names, one game per image (constants, no gradient).
 
         ``tower``: :class:`~loupe_bench.models.masked_game.MaskedTowerGame` on ``pixels`` (the masked image
@@ -394,11 +454,65 @@ class LOUPE(DualEncoder):
         if self.cfg.tsa.value == "cached":
             return PooledCosineGame(tokens.detach().float(), text.detach().float())
         if pixels is None:
-            raise SpecError("loupe.tsa.value 'tower' needs the batch pixels")
+            raise SpecError(f"loupe.tsa.value {self.cfg.tsa.value!r} needs the batch pixels")
         from .masked_game import MaskedTowerGame
 
+        contrast = {}
+        if bank is not None:
+            contrast = dict(bank=bank[0].detach(), target=bank[1], scale=float(self.scale().detach()), contrast="prob")
         return MaskedTowerGame(self, pixels.detach(), text.detach(), last_blocks=self.cfg.tsa.last_blocks,
-                               drop=self.cfg.tsa.drop, bucket=self.cfg.tsa.bucket, pack=self.cfg.tsa.pack)
+                               drop=self.cfg.tsa.drop, bucket=self.cfg.tsa.bucket, pack=self.cfg.tsa.pack,
+                               **contrast)
+
+    def _tsa_bank(self, emb: Mapping[str, Tensor], batch: Optional[Mapping[str, Any]], t_img: int
+                  ) -> Optional[Tuple[Tensor, Tensor]]:
+        """``(bank [K, D], target)`` of the contrastive token games, or ``None`` for the cosine ones (constants).
+
+        * ``probability``: the batch's captions (caption ``b`` is row ``b``, ``target [T]``) and
+          ``tsa.hard_negatives`` text-only hard negatives of each target caption
+          (:func:`~.loupe_heads.text_hard_negatives`);
+        * ``phrase_probability``: every phrase of the batch encoded as a text of its own
+          (:func:`~.loupe_heads.phrase_sequences`) and the hard negatives of each target image's phrases;
+          ``target [T, J]`` = the rows of the image's own phrases (``-1`` pads), so a masked image is scored by the
+          phrase it matches best: one object, not the whole caption.
+
+        Texts are encoded by the text tower without gradient; the negatives are drawn with a generator seeded by
+        ``train_step`` (deterministic for a seed)."""
+        value = self.cfg.tsa.value
+        if value not in ("probability", "phrase_probability"):
+            return None
+        if batch is None or "phrase_token_mask" not in batch:
+            if value == "phrase_probability":
+                raise DataError("loupe.tsa.value 'phrase_probability' needs the captions' phrase spans in the batch")
+            return emb["text_pooled"].detach(), torch.arange(t_img, device=emb["text_pooled"].device)
+        ids, am = batch["input_ids"], batch["attention_mask"]
+        ptm, pm = batch["phrase_token_mask"], batch["phrase_mask"]
+        gen = torch.Generator().manual_seed(int(self.train_step))
+        k = self.cfg.tsa.hard_negatives
+        with torch.no_grad():
+            if value == "probability":
+                bank = [emb["text_pooled"].detach()]
+                target = torch.arange(t_img, device=ids.device)
+                neg, owner = text_hard_negatives(ids[:t_img], ptm[:t_img], pm[:t_img], k, gen)
+                if neg.shape[0]:
+                    bank.append(self.encode_text(neg, am[:t_img][owner]).pooled.to(bank[0].dtype))
+                return torch.cat(bank), target
+            pids, pmask, owner, span = phrase_sequences(ids, am, ptm, pm)
+            bank = [self.encode_text(pids, pmask).pooled] if pids.shape[0] else []
+            rows = [torch.nonzero(owner == b).flatten() for b in range(t_img)]
+            width = max([1] + [r.numel() for r in rows])
+            target = torch.full((t_img, width), -1, dtype=torch.long, device=ids.device)
+            for b, r in enumerate(rows):
+                target[b, : r.numel()] = r
+            sel = owner < t_img
+            if k > 0 and bool(sel.any()):
+                one = torch.ones(int(sel.sum()), 1, dtype=torch.bool, device=ids.device)
+                neg, src = text_hard_negatives(pids[sel], span[sel][:, None], one, k, gen)
+                if neg.shape[0]:
+                    bank.append(self.encode_text(neg, pmask[sel][src]).pooled)
+            if not bank:
+                return None
+            return torch.cat(bank).to(emb["text_pooled"].dtype), target
 
     @staticmethod
     def game_stats(game, members: Tensor, features: str = "tower") -> Tensor:
@@ -442,7 +556,7 @@ class LOUPE(DualEncoder):
             cand = torch.cat([cand[:, :, None], jit], dim=2).reshape(t_img, -1, 4)
         members = member_masks(cand, grid)  # [T, C', N]
         pixels = None if batch is None or "pixels" not in batch else batch["pixels"][:t_img]
-        game = self.token_game(pixels, tokens, text)
+        game = self.token_game(pixels, tokens, text, self._tsa_bank(emb, batch, t_img))
         stats = self.game_stats(game, members, self.cfg.tsa.features)
         feats = tsa_features(tokens, text, members, cand, stats)
         valid = members.sum(-1) >= 1
@@ -481,6 +595,10 @@ class LOUPE(DualEncoder):
         ex = excess.reshape(t_img, -1, j + 1)
         if j > 0 and getattr(self, "_loss_step", 0) >= self.cfg.region.box_start:
             best = ex.argmax(-1)  # [T, C]
+            margin = self.cfg.region.move_margin * max(float(self.tsa_scale), 0.0)
+            if margin > 0:  # move only when a copy beats the box by more than the margin
+                gain = ex.gather(-1, best[..., None])[..., 0] - ex[..., 0]
+                best = torch.where(gain > margin, best, torch.zeros_like(best))
             target_box = torch.gather(pr.cand.reshape(t_img, -1, j + 1, 4), 2,
                                       best[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
             improve = (best > 0).to(pr.sel_boxes.dtype)[..., None]
@@ -489,14 +607,33 @@ class LOUPE(DualEncoder):
             logs["tsa_box_moved"] = float(improve.mean())
         base = ex[..., 0]
         ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
-        z = torch.where(ok, base, torch.zeros_like(base))
-        mean = (z * ok).sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp_min(1)
-        z = (z - mean) * ok
-        target = normalise_interactions(z, ok, self.cfg.tsa.temperature)
+        target = self._confidence_targets(base, ok)
         terms["tsa"] = tsa_loss(pr.sel_logits, target, ok)
+        logs["tsa_kl"] = float(tsa_loss(pr.sel_logits.detach(), target, ok) - tsa_loss(torch.logit(
+            target.clamp(1e-6, 1 - 1e-6)), target, ok))
         logs["tsa_score_mean"] = float(score.reshape(t_img, -1, j + 1)[..., 0][ok].mean()) if bool(ok.any()) else 0.0
         logs["tsa_box_area"] = float(size.reshape(t_img, -1, j + 1)[..., 0].mean() / n)
         self._collect(est, "tsa", logs, nsi)
+
+    def _confidence_targets(self, excess: Tensor, ok: Tensor) -> Tensor:
+        """ℒ_TSA's confidence targets ``y`` from the boxes' excess ``e`` (``tsa.confidence``):
+
+        * ``centred``: ``z = e − mean_image e``, ``y = σ(z / (T_I · rms_batch z))`` — half of every image's boxes
+          above ½, whatever the image holds;
+        * ``excess``: ``y = σ(e / (T_I · r))`` with ``r`` a running RMS of ``e`` over training (``r ← 0.9 r + 0.1
+          rms_batch e``; the first batch sets it): ``e = 0`` is the fair share, so a box earning more than its
+          patches' share is above ½ and one on background below, and targets rank across images. ``[I]``
+        """
+        z = torch.where(ok, excess, torch.zeros_like(excess))
+        rms = float((z[ok] ** 2).mean().sqrt()) if bool(ok.any()) else 0.0
+        if self.training and rms > 0:
+            prev = float(self.tsa_scale)
+            self.tsa_scale.fill_(rms if prev <= 0 else 0.9 * prev + 0.1 * rms)
+        if self.cfg.tsa.confidence == "centred":
+            mean = (z * ok).sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp_min(1)
+            return normalise_interactions((z - mean) * ok, ok, self.cfg.tsa.temperature)
+        scale = max(float(self.tsa_scale), 1e-6)
+        return torch.sigmoid(z.detach() / (self.cfg.tsa.temperature * scale))
 
     def _fsa_boxes(self, batch: Mapping[str, Any], boxes: Tensor, logits: Tensor, t_img: int,
                    pvalid: Tensor) -> Tensor:

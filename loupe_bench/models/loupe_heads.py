@@ -270,3 +270,90 @@ def jitter_boxes(boxes: Tensor, num: int, scale: float = 0.3, generator: Optiona
     c2 = c[..., None, :] + u1 * scale * s[..., None, :]
     s2 = s[..., None, :] * torch.exp(u2 * scale)
     return torch.cat([c2 - s2 / 2, c2 + s2 / 2], dim=-1).clamp(0.0, 1.0)
+
+
+def text_hard_negatives(input_ids: Tensor, phrase_tokens: Tensor, phrase_valid: Tensor, per_text: int,
+                        generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+    """Text-only hard negatives of each caption, built from the batch's own words in token space (``[I]``).
+
+    For caption ``b`` with valid phrases ``j`` (token spans ``P_bj``; the last token of a span is its head, the
+    others its modifiers), each negative changes exactly one thing:
+
+    * **head swap** (attribute binding): two phrases exchange their head tokens — "a red circle and a blue square"
+      → "a red square and a blue circle";
+    * **modifier replaced**: one modifier token of one phrase is replaced by a different modifier token seen in
+      the batch's phrases — "a red circle" → "a green circle", "red-and-blue" → "red-and-green".
+
+    Lengths never change, so a negative differs from its caption in one or two tokens only. Head swaps are taken
+    first (the binding is what a bag of words cannot tell); the rest are replacements, drawn with ``generator``.
+
+    Args:
+        input_ids: ``[T, L]`` token ids of the captions.
+        phrase_tokens: ``[T, P, L]`` bool phrase-token masks.
+        phrase_valid: ``[T, P]`` bool.
+        per_text: negatives per caption (at most; a caption without phrases gets none).
+
+    Returns:
+        ``(ids [R, L], owner [R])``: the negatives' token ids and the caption each one is built from.
+    """
+    spans = [[torch.nonzero(phrase_tokens[b, j]).flatten() for j in range(phrase_tokens.shape[1])
+              if bool(phrase_valid[b, j]) and bool(phrase_tokens[b, j].any())] for b in range(input_ids.shape[0])]
+    mod_ids = [ids[s[:-1]] for sp, ids in zip(spans, input_ids) for s in sp if s.numel() > 1]
+    pool = torch.unique(torch.cat(mod_ids)) if mod_ids else input_ids.new_zeros(0)
+    out, owner = [], []
+    for b, sp in enumerate(spans):
+        made = []
+        heads = [s[-1] for s in sp]
+        for a in range(len(heads)):
+            for c in range(a + 1, len(heads)):
+                if len(made) < per_text and input_ids[b, heads[a]] != input_ids[b, heads[c]]:
+                    neg = input_ids[b].clone()
+                    neg[heads[a]], neg[heads[c]] = input_ids[b, heads[c]], input_ids[b, heads[a]]
+                    made.append(neg)
+        mods = [int(i) for s in sp for i in s[:-1]]
+        tries = 0
+        while mods and pool.numel() > 1 and len(made) < per_text and tries < 4 * per_text:
+            tries += 1
+            pos = mods[int(torch.randint(len(mods), (1,), generator=generator))]
+            new = pool[int(torch.randint(pool.numel(), (1,), generator=generator))]
+            if new != input_ids[b, pos]:
+                neg = input_ids[b].clone()
+                neg[pos] = new
+                if not any(bool((m == neg).all()) for m in made):
+                    made.append(neg)
+        out += made
+        owner += [b] * len(made)
+    if not out:
+        return input_ids.new_zeros(0, input_ids.shape[1]), input_ids.new_zeros(0)
+    return torch.stack(out), torch.tensor(owner, dtype=torch.long, device=input_ids.device)
+
+
+def phrase_sequences(input_ids: Tensor, attention_mask: Tensor, phrase_tokens: Tensor, phrase_valid: Tensor
+                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each valid phrase of each caption as a text of its own: ``[first token] + span tokens + [last token]``
+    (the caption's start and end markers, e.g. ``[CLS] … [SEP]``), right-padded.
+
+    Returns:
+        ``(ids [R, L'], mask [R, L'], owner [R], span_mask [R, L'])``: token ids, attention mask, the caption each
+        phrase comes from (phrases in caption order) and which positions hold the span's tokens.
+    """
+    rows, owner = [], []
+    for b in range(input_ids.shape[0]):
+        last = int(attention_mask[b].sum()) - 1
+        for j in range(phrase_tokens.shape[1]):
+            if bool(phrase_valid[b, j]) and bool(phrase_tokens[b, j].any()):
+                span = input_ids[b][phrase_tokens[b, j]]
+                rows.append(torch.cat([input_ids[b, :1], span, input_ids[b, last:last + 1]]))
+                owner.append(b)
+    if not rows:
+        z = input_ids.new_zeros(0, 1)
+        return z, z, input_ids.new_zeros(0), z.bool()
+    width = max(r.numel() for r in rows)
+    ids = input_ids.new_zeros(len(rows), width)
+    mask = torch.zeros(len(rows), width, dtype=attention_mask.dtype, device=input_ids.device)
+    span_mask = torch.zeros(len(rows), width, dtype=torch.bool, device=input_ids.device)
+    for r, row in enumerate(rows):
+        ids[r, : row.numel()] = row
+        mask[r, : row.numel()] = 1
+        span_mask[r, 1 : row.numel() - 1] = True
+    return ids, mask, torch.tensor(owner, dtype=torch.long, device=input_ids.device), span_mask

@@ -134,7 +134,9 @@ class MaskedTowerGame:
         chunk: most token rows ``Q_k · (P + k)`` of one tower call (memory bound).
         bucket: kept counts are padded up to a multiple of this (``1``: exact groups, no attention mask).
         bank: ``[K, D]`` text embeddings of the contrastive value (normalised here); ``None``: the cosine value.
-        target: ``[G]`` index into ``bank`` of each game's paired text (with ``bank``).
+        target: ``[G]`` index into ``bank`` of each game's paired text (with ``bank``), or ``[G, J]`` several
+            paired texts per game (``-1`` pads): ``p_S`` is then the largest of their probabilities (a masked image
+            is scored by the phrase it matches best).
         scale: logit scale ``s`` of the contrastive value (the model's ℒ_CMC scale is the natural choice).
         pack: pack several masked images into each row of ``P + N`` tokens with a block-diagonal attention mask
             (:func:`pack_segments`), so one tower call evaluates every mask of a call (``drop: tokens`` only;
@@ -195,7 +197,12 @@ class MaskedTowerGame:
         """``v`` of masked-image embeddings ``emb [R, D]`` of games ``games [R]`` (cosine or contrastive)."""
         if self.bank is None:
             return (emb * self.text[games]).sum(-1)
-        logp = torch.log_softmax(self.scale * emb @ self.bank.T, dim=-1).gather(1, self.target[games][:, None])[:, 0]
+        logp_all = torch.log_softmax(self.scale * emb @ self.bank.T, dim=-1)
+        tgt = self.target[games]
+        if tgt.dim() == 1:
+            logp = logp_all.gather(1, tgt[:, None])[:, 0]
+        else:  # several paired texts per game (-1: padding): the best one's probability
+            logp = logp_all.gather(1, tgt.clamp_min(0)).masked_fill(tgt < 0, float("-inf")).amax(-1)
         k = self.bank.shape[0]
         return logp + math.log(k) if self.contrast == "log" else logp.exp() - 1.0 / k
 

@@ -149,6 +149,7 @@ class NeuralEstimator(nn.Module):
             rho = spearman(mu[hold], mc[hold])
             if rho == rho:
                 logs["nsi_spearman"] = rho
+        self._monitor(mu, mc, routed, hold, torch.nonzero(valid)[:, 0], logs)
         nsi = None
         if self.training:
             train = routed & ~hold
@@ -158,6 +159,29 @@ class NeuralEstimator(nn.Module):
             nsi = self.module.nll(torch.cat([f[train], rx]), torch.cat([mc[train], ry]), torch.cat([se[train], rs]))
             self.module.tick()
         return EstimatorOutput(targets, nsi, logs)
+
+
+    def _monitor(self, mu: Tensor, mc: Tensor, routed: Tensor, hold: Tensor, game: Tensor,
+                 logs: Dict[str, float]) -> None:
+        """Out-of-sample accuracy of ``g_θ`` after warm-up: every coalition sampled in this call (routed or held
+        out) was predicted before ``g_θ`` saw its sampled value, so each gives a prequential pair (μ, Î). Logs
+        ``nsi_rho`` (pooled over the module's window of recent pairs) and ``nsi_rho_image`` (mean over games of the
+        within-game ρ of this call, games with at least 4 sampled coalitions). The routed coalitions are the most
+        uncertain ones, so while the gate is open the window leans to the hard cases."""
+        if self.module.in_warmup():
+            return
+        seen = hold | routed
+        if not bool(seen.any()):
+            return
+        self.module.record(mu[seen], mc[seen])
+        rho = self.module.window_rho()
+        if rho == rho:
+            logs["nsi_rho"] = rho
+        per = [spearman(mu[seen & (game == g)], mc[seen & (game == g)]) for g in torch.unique(game[seen]).tolist()
+               if int((seen & (game == g)).sum()) >= 4]
+        per = [r for r in per if r == r]
+        if per:
+            logs["nsi_rho_image"] = sum(per) / len(per)
 
 
 def build_estimator(name: str, feature_dim: int, cfg: EstimatorConfig) -> nn.Module:

@@ -41,6 +41,11 @@ class NeuralConfig:
         max_routed_fraction: after warm-up, at most this fraction of a call's coalitions is routed to sampling —
             the most uncertain ones first (a sampling budget; 1.0 = no cap).
         min_logvar, max_logvar: clamp of the predicted log-variance (standardised units).
+        min_rho: the accuracy gate: every coalition is routed to sampling while the Spearman ρ of ``g_θ``'s
+            out-of-sample predictions against the sampled values, pooled over the last ``rho_window`` pairs, is
+            below this (``0``: no gate; the routing is then by predicted variance only). ``[I]``
+        rho_window: the pairs (prediction made before the sampled value was seen, sampled value) the gate's ρ is
+            computed over.
     """
 
     hidden: int = 128
@@ -53,6 +58,8 @@ class NeuralConfig:
     max_routed_fraction: float = 1.0
     min_logvar: float = -8.0
     max_logvar: float = 4.0
+    min_rho: float = 0.0
+    rho_window: int = 256
 
 
 class NeuralInteraction(nn.Module):
@@ -78,6 +85,11 @@ class NeuralInteraction(nn.Module):
         self.register_buffer("buf_se", torch.zeros(self.cfg.buffer_size), persistent=False)
         self.register_buffer("buf_count", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("buf_ptr", torch.zeros((), dtype=torch.long), persistent=False)
+        w = max(1, int(self.cfg.rho_window))
+        self.register_buffer("rho_pred", torch.zeros(w), persistent=False)
+        self.register_buffer("rho_true", torch.zeros(w), persistent=False)
+        self.register_buffer("rho_count", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("rho_ptr", torch.zeros((), dtype=torch.long), persistent=False)
 
     # -- prediction ---------------------------------------------------------------------------------------------
     def forward(self, feats: Tensor) -> Tuple[Tensor, Tensor]:
@@ -94,13 +106,39 @@ class NeuralInteraction(nn.Module):
     def in_warmup(self) -> bool:
         return int(self.step) < self.cfg.warmup_steps
 
+    @torch.no_grad()
+    def record(self, predicted: Tensor, sampled: Tensor) -> None:
+        """Add out-of-sample pairs (``g_θ``'s mean made before it saw the sampled value, the value) to the
+        accuracy window (a ring of ``rho_window`` pairs)."""
+        w = self.rho_pred.numel()
+        n = min(predicted.numel(), w)
+        if n == 0:
+            return
+        idx = (int(self.rho_ptr) + torch.arange(n, device=self.rho_pred.device)) % w
+        self.rho_pred[idx] = predicted.detach().flatten()[-n:].to(self.rho_pred.dtype)
+        self.rho_true[idx] = sampled.detach().flatten()[-n:].to(self.rho_true.dtype)
+        self.rho_ptr.fill_((int(self.rho_ptr) + n) % w)
+        self.rho_count.fill_(min(int(self.rho_count) + n, w))
+
+    def window_rho(self) -> float:
+        """Spearman ρ over the accuracy window (``nan`` with fewer than 16 pairs or constant values)."""
+        c = int(self.rho_count)
+        return spearman(self.rho_pred[:c], self.rho_true[:c]) if c >= 16 else float("nan")
+
+    def accurate(self) -> bool:
+        """The accuracy gate is open: no gate (``min_rho <= 0``), or the window's ρ reaches ``min_rho``."""
+        if self.cfg.min_rho <= 0:
+            return True
+        rho = self.window_rho()
+        return rho == rho and rho >= self.cfg.min_rho
+
     def route(self, feats: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Which coalitions to sample: ``(routed [N] bool, μ [N] target units, σ²_std [N])`` (no gradient)."""
         with torch.no_grad():
             mu_s, logvar = self(feats)
             mu = self.target_mean + self.target_std * mu_s
             var_s = logvar.exp()
-        if self.in_warmup() or int(self.buf_count) == 0:
+        if self.in_warmup() or int(self.buf_count) == 0 or not self.accurate():
             routed = torch.ones_like(var_s, dtype=torch.bool)
         else:
             routed = var_s > self.cfg.gamma
