@@ -200,3 +200,33 @@ def test_report_console_output_fits_80_columns(results, tmp_path):
     lines = buf.getvalue().splitlines()
     assert max(len(l) for l in lines) <= 80
     assert any(l.startswith("filip-tiny ") and "★ 60.0 [55.0,65.0]" in l for l in lines)
+
+
+def test_discover_context_finds_seed_run_folders_without_a_manifest(tmp_path):
+    """``results/`` beside ``runs/s<seed>/<model>/`` (a reproduction copied without its manifest): the runs are
+    found by model name (lowest seed), beside plain ``runs/<model>/`` folders."""
+    from loupe_bench.report.render import discover_context
+
+    for rel in ("runs/s1/clip-tiny", "runs/s0/clip-tiny", "runs/s0/loupe-tiny", "runs/filip-tiny", "runs/s0/empty"):
+        (tmp_path / rel).mkdir(parents=True)
+        if not rel.endswith("empty"):
+            (tmp_path / rel / "log.jsonl").write_text("{}\n")
+    (tmp_path / "results").mkdir()
+    runs = discover_context(tmp_path / "results")["runs"]
+    assert runs == {"filip-tiny": tmp_path / "runs/filip-tiny", "clip-tiny": tmp_path / "runs/s0/clip-tiny",
+                    "loupe-tiny": tmp_path / "runs/s0/loupe-tiny"}
+
+
+def test_oracle_bars_are_hatched_and_labelled():
+    """An oracle model's bars are hatched and its legend entry says "(oracle)"; other models' bars are plain."""
+    from loupe_bench.report.plots import bar_figure
+    from loupe_bench.report.table import Cell, Column, ResultTable
+
+    cols = [Column("t", "test", "acc", "fp", "acc", "fraction")]
+    cells = {("clip-tiny", 0): Cell(40.0, 30.0, 50.0, 0.0, 1), ("loupe-oracle-regions", 0): Cell(60.0, 50.0, 70.0, 0.0, 1)}
+    table = ResultTable(["clip-tiny", "loupe-oracle-regions"], cols, cells, {}, [], {}, ("loupe-oracle-regions",))
+    ax = bar_figure(table, [0], "t").axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "loupe-oracle-regions (oracle)" in labels and "clip-tiny" in labels
+    bars = [c for c in ax.containers if hasattr(c, "patches")]
+    assert [b.patches[0].get_hatch() for b in bars] == [None, "//"]

@@ -65,7 +65,8 @@ def _legend_outside(ax, fontsize: int = 8):
 def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optional[Dict[str, str]] = None):
     """The matplotlib figure of one metric bar chart (see :func:`metric_bars`); ``None`` when no model has a value.
 
-    Bars: one per model and metric in the model's colour (:func:`model_colours`), 95 % intervals as error bars.
+    Bars: one per model and metric in the model's colour (:func:`model_colours`), 95 % intervals as error bars;
+    oracle models (the table's ``oracles``: upper bounds that use labels) hatched, outlined and labelled "(oracle)".
     Reference rows: black dashed/dotted levels across each metric's bars. The legend sits right of the axes.
     """
     plt = _plt()
@@ -94,8 +95,10 @@ def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optiona
             else:
                 err_lo.append(0.0)
                 err_hi.append(0.0)
+        oracle = m in getattr(table, "oracles", ())
         ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=[err_lo, err_hi], capsize=2,
-               label=plot_text(m),
+               label=plot_text(f"{m} (oracle)" if oracle else m), hatch="//" if oracle else None,
+               edgecolor="black" if oracle else None, linewidth=0.6 if oracle else 0,
                color=colours.get(m, "#7f7f7f"), error_kw={"elinewidth": 0.8})
     for j, ref in enumerate(levels):
         style = ("--", ":")[j % 2]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html as _html
+import re
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -193,25 +194,32 @@ def markdown_header(title: str, metadata: Sequence[Tuple[str, str]], statement: 
     return "\n".join(parts)
 
 
+#: widest Markdown table row in characters (about 1,000 px of a rendered page): wider groups are split by columns
+MARKDOWN_BUDGET_CHARS = 140
+
+
 def markdown_table(table: ResultTable) -> str:
-    """Markdown: one table (models × metrics) per task and split; best per column in bold (:data:`BEST_RULE`).
+    """Markdown: one table (models × metrics) per task and split, its columns split over consecutive tables
+    ("part k of n") when a row would pass :data:`MARKDOWN_BUDGET_CHARS`; best per column in bold
+    (:data:`BEST_RULE`).
     Names, titles and notes are escaped (:func:`~loupe_bench.report.escape.md`): markup in a name renders as text."""
     if not table.columns:
         return "_no results_\n"
     parts = []
     for title, cols in column_groups(table):
         models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
-        head = "| model | " + " | ".join(
-            f"{escape.md(table.columns[c].metric)} ({escape.md(display_units(table.columns[c].units))})"
-            for c in cols) + " |"
-        lines = [f"### {escape.md(title)}", "", head, "|---|" + "---:|" * len(cols)]
-        for m in models:
-            cells = []
-            for c in cols:
-                text = format_cell(table.cell(m, c))
-                cells.append(f"**{text}**" if m in table.best.get(c, []) else text)
-            kind = row_kind(table, m)
-            lines.append(f"| {escape.md(m)}{f' _({kind})_' if kind else ''} | " + " | ".join(cells) + " |")
+        heads = [f"{escape.md(table.columns[c].metric)} ({escape.md(display_units(table.columns[c].units))})"
+                 for c in cols]
+        names = [f"{escape.md(m)}{f' _({row_kind(table, m)})_' if row_kind(table, m) else ''}" for m in models]
+        body = {(m, c): (f"**{t}**" if m in table.best.get(c, []) else t)
+                for m in models for c in cols for t in [format_cell(table.cell(m, c))]}
+        widths = [max([len(h)] + [len(body[(m, c)]) for m in models]) + 3 for h, c in zip(heads, cols)]
+        chunks = _chunks(widths, max(len(n) for n in names) + 4, MARKDOWN_BUDGET_CHARS)
+        lines = [f"### {escape.md(title)}"]
+        for k, chunk in enumerate(chunks):
+            lines += ["", f"_part {k + 1} of {len(chunks)}_", ""] if len(chunks) > 1 else [""]
+            lines += ["| model | " + " | ".join(heads[i] for i in chunk) + " |", "|---|" + "---:|" * len(chunk)]
+            lines += [f"| {n} | " + " | ".join(body[(m, cols[i])] for i in chunk) + " |" for m, n in zip(models, names)]
         parts.append("\n".join(lines) + "\n")
     out = "\n".join(parts)
     if table.notes:
@@ -240,11 +248,27 @@ def discover_context(results_dir: Path) -> Dict[str, object]:
             return ctx
     runs_root = results_dir.parent / "runs"
     if runs_root.is_dir():
-        ctx["runs"] = {p.name: p for p in sorted(runs_root.iterdir()) if (p / "log.jsonl").is_file()}
+        ctx["runs"] = _runs_below(runs_root)
     world = results_dir.parent / "world"
     if (world / "world.json").is_file():
         ctx["world"] = world
     return ctx
+
+
+def _runs_below(runs_root: Path) -> Dict[str, Path]:
+    """Run folders (with a ``log.jsonl``) under ``runs_root`` by model name: ``runs/<model>/`` or a reproduction's
+    ``runs/s<seed>/<model>/`` (the lowest seed of each model, as the manifest names them)."""
+    runs: Dict[str, Path] = {}
+    for p in sorted(runs_root.iterdir()):
+        if (p / "log.jsonl").is_file():
+            runs.setdefault(p.name, p)
+    seeds = sorted((p for p in runs_root.iterdir() if p.is_dir() and re.fullmatch(r"s\d+", p.name)),
+                   key=lambda p: int(p.name[1:]))
+    for seed in seeds:
+        for p in sorted(seed.iterdir()):
+            if (p / "log.jsonl").is_file():
+                runs.setdefault(p.name, p)
+    return runs
 
 
 # ------------------------------------------------------------------------------------------------ HTML
