@@ -1,4 +1,6 @@
-"""A tiny decorator registry, used for datasets, models, tasks, metrics, proposal sources and benchmarks.
+"""A tiny decorator registry, used for datasets, model families, task types, region and pair scorers, proposal
+sources, plans and benchmarks. Modules that register entries are imported through one function,
+:func:`import_registering_modules`, which fails loudly with the module's name.
 
 Specs are data found through registries, never if/elif chains over names::
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import importlib.util
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TypeVar
 
 from .errors import SpecError
@@ -23,10 +24,16 @@ T = TypeVar("T")
 
 
 def import_registering_modules(modules: Iterable[str]) -> None:
-    """Import each module whose import registers entries (each once; a module that is not installed is skipped)."""
+    """Import each module whose import registers entries (each once). A module that cannot be found or imported
+    is an error naming it (a typo in a registration list fails here, not later as an "unknown" entry)."""
     for mod in modules:
-        if importlib.util.find_spec(mod) is not None:
+        try:
             importlib.import_module(mod)
+        except ModuleNotFoundError as err:
+            if err.name != mod and not mod.startswith(f"{err.name}."):
+                raise  # the module exists; something it imports is missing: the original error says what
+            raise ImportError(f"registration module {mod!r} not found (check the registration list that names "
+                              "it)") from err
 
 
 class Registry:

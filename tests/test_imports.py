@@ -86,3 +86,16 @@ def test_the_check_finds_a_planted_missing_import(tmp_path):
     fine.write_text("import os\n\ndef f(p):\n    return os.path.join(p, 'x')\n")   # os.path is bound by os itself
     assert submodule_problems([bad]) == [f"{bad}:4: uses importlib.util without `import importlib.util`"]
     assert submodule_problems([good, fine]) == []
+
+
+def test_registration_lists_fail_loudly_with_the_module_name():
+    """A typo in a registration list is an ImportError naming the module at import time, never a later
+    "unknown model family"; a module that exists but fails to import keeps its own error."""
+    import pytest
+
+    from loupe_bench.registry import import_registering_modules
+
+    with pytest.raises(ImportError, match="loupe_bench.models.cliip"):
+        import_registering_modules(["loupe_bench.models.cliip"])
+    with pytest.raises(ImportError, match="no_such_top_level_package_xyz"):
+        import_registering_modules(["no_such_top_level_package_xyz.sub"])

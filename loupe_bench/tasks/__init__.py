@@ -5,13 +5,12 @@ interface. ``evaluate()`` (in :mod:`loupe_bench.tasks.evaluate`) runs models × 
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import SpecError
-from ..registry import Registry
+from ..registry import Registry, import_registering_modules
 from ..specs import from_mapping, load_named, load_yaml, spec_dir, spec_index
 
 TASK_TYPES = Registry("task type")
@@ -33,8 +32,7 @@ _ADAPTER_MODULES = (
 
 def load_adapters() -> Registry:
     """Import the adapter modules (registering them) and return :data:`TASK_TYPES`."""
-    for mod in _ADAPTER_MODULES:
-        importlib.import_module(mod)
+    import_registering_modules(_ADAPTER_MODULES)
     return TASK_TYPES
 
 
