@@ -230,3 +230,14 @@ def test_oracle_bars_are_hatched_and_labelled():
     assert "loupe-oracle-regions (oracle)" in labels and "clip-tiny" in labels
     bars = [c for c in ax.containers if hasattr(c, "patches")]
     assert [b.patches[0].get_hatch() for b in bars] == [None, "//"]
+
+
+def test_rerendering_a_reproduction_keeps_its_title(tmp_path):
+    """``report RESULTS --force`` on a reproduction's results keeps the reproduction's title (the manifest says its
+    kind); other folders get ``loupe-bench report: <name>``."""
+    from loupe_bench.report.render import REPRODUCTION_TITLES, default_title
+
+    assert default_title(tmp_path / "results", {"kind": "synthetic"}) == REPRODUCTION_TITLES["synthetic"]
+    assert default_title(tmp_path / "results", {"kind": "paper"}) == REPRODUCTION_TITLES["paper"]
+    assert default_title(tmp_path / "mine", None) == "loupe-bench report: mine"
+    assert default_title(tmp_path / "mine", {"kind": "other"}) == "loupe-bench report: mine"

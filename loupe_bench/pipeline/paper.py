@@ -51,7 +51,7 @@ def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Se
     from rich.console import Console
 
     from ..report.paper import compare_paper, comparison_markdown, comparison_table
-    from ..report.render import report
+    from ..report.render import REPRODUCTION_TITLES, report
     from ..tasks.evaluate import evaluate
     from ..utils.io import atomic_write_text
 
@@ -65,7 +65,7 @@ def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Se
     t0 = time.perf_counter()
     evaluate(list(models), chosen, data_root=Path(data_root), out_dir=out / "results", seed=seed,
              device=device)
-    report(out / "results", out_dir=out / "report", console=console, title="loupe-bench paper benchmarks")
+    report(out / "results", out_dir=out / "report", console=console, title=REPRODUCTION_TITLES["paper"])
     rows = compare_paper(out / "results")
     console.print(comparison_table(rows))
     atomic_write_text(out / "paper_comparison.md", comparison_markdown(rows))

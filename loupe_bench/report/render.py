@@ -468,6 +468,17 @@ def explained_run(run_names: Sequence[str], main: Optional[str] = None) -> Optio
     return main if main in loupe else min(loupe, key=lambda n: (len(n), n))
 
 
+#: the title of a reproduction's report, by the manifest's ``kind`` (the pipeline writes it with these titles)
+REPRODUCTION_TITLES = {"synthetic": "loupe-bench synthetic reproduction", "paper": "loupe-bench paper benchmarks"}
+
+
+def default_title(results_dir: Path, manifest) -> str:
+    """The report's title when none is given: the reproduction's own title when a manifest names the results'
+    kind (re-rendering a reproduction keeps its title), else ``loupe-bench report: <folder name>``."""
+    kind = manifest.get("kind") if isinstance(manifest, dict) else None
+    return REPRODUCTION_TITLES.get(kind) if kind in REPRODUCTION_TITLES else f"loupe-bench report: {results_dir.name}"
+
+
 def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = True, *, out_dir=None,
            runs: Optional[Dict[str, Path]] = None, world_dir=None, explain_images: int = 3,
            console=None, title: Optional[str] = None, quiet: bool = False) -> ReportPaths:
@@ -500,7 +511,7 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     table.notes.extend(unfinished_notes(raw))
     world_dir = ctx["world"] if world_dir is None else Path(world_dir)
     out_dir = default_out_dir(results_dir) if out_dir is None else Path(out_dir)
-    title = title or f"loupe-bench report: {results_dir.name}"
+    title = title or default_title(results_dir, ctx.get("manifest"))
     if not quiet:
         _print_console(console, title, headline if headline.columns else table, table.notes)
     csv_path = md_path = html_path = board_path = None
