@@ -140,3 +140,39 @@ def test_interleaved_times_blocks_run_each_function_back_to_back():
     calls.clear()
     times = interleaved_times(fns, rounds=2, warmup_rounds=0)  # block 1: strict round-robin, every call timed
     assert calls == ["a", "b", "a", "b"] and {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+
+
+def test_scale_bench_smoke_and_phrase_matching_against_a_loop(tmp_path):
+    """The scale curve on a tiny world (one model, one task, 2 steps): one point with its values; the matching
+    quality ``p(phrase | image) · K`` equals a per-pair loop over the model's pooled cosines."""
+    import torch
+
+    from loupe_bench.bench.scale import phrase_matching, scale
+    from loupe_bench.models import load_model
+    from loupe_bench.tasks import load_task
+    from loupe_bench.tasks.common import encode_images, encode_texts, load_records
+
+    out = scale(steps=[2], long_seeds=1, out_dir=str(tmp_path), workers=1, models=["clip-tiny"],
+                tasks=["synthetic-retrieval"], world_size="tiny")
+    point = out["points"][0]
+    assert point["steps"] == 2 and point["seeds"] == [0]
+    vals = point["values"]["clip-tiny"]
+    assert set(vals) == {"retrieval RSUM", "p(phrase|image) × K"}
+    run, world = tmp_path / "steps2" / "runs" / "s0" / "clip-tiny", tmp_path / "steps2" / "world"
+    model = load_model(str(run))
+    model.eval()
+    spec = load_task("synthetic-phrase-grounding-gt-boxes")
+    images = [r for r in load_records(spec, world, "test").images if r.captions]
+    texts = sorted({p.text for r in images for c in r.captions for p in c.phrases})
+    img, txt = encode_images(model, [r.path for r in images], spec), encode_texts(model, texts, spec)
+    s = float(model.scale().detach())
+    ref = []
+    for i, r in enumerate(images):
+        v = torch.nn.functional.normalize(img.pooled[i].float(), dim=-1)
+        logits = torch.stack([s * (v @ torch.nn.functional.normalize(txt.pooled[k].float(), dim=-1))
+                              for k in range(len(texts))])
+        for c in r.captions:
+            for p in c.phrases:
+                ref.append(float(logits.softmax(0)[texts.index(p.text)]) * len(texts))
+    assert vals["p(phrase|image) × K"]["mean"] == pytest.approx(sum(ref) / len(ref), rel=1e-4)
+    assert phrase_matching(run, world) == pytest.approx(sum(ref) / len(ref), rel=1e-4)

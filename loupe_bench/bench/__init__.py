@@ -24,6 +24,7 @@ _BENCH_MODULES = (
     "loupe_bench.bench.retrieval_metric",
     "loupe_bench.bench.eval_throughput",
     "loupe_bench.bench.demo",
+    "loupe_bench.bench.scale",
 )
 
 
