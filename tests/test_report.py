@@ -241,3 +241,27 @@ def test_rerendering_a_reproduction_keeps_its_title(tmp_path):
     assert default_title(tmp_path / "results", {"kind": "paper"}) == REPRODUCTION_TITLES["paper"]
     assert default_title(tmp_path / "mine", None) == "loupe-bench report: mine"
     assert default_title(tmp_path / "mine", {"kind": "other"}) == "loupe-bench report: mine"
+
+
+def test_scale_figure_draws_one_line_per_model_and_seed_ranges():
+    """The scale curve: one panel per quantity present, one line per model over the steps, an error bar spanning
+    the seeds' min–max at the multi-seed point."""
+    from loupe_bench.report.plots import scale_figure
+
+    def v(mean, lo=None, hi=None):
+        return {"mean": mean, "n": 1} if lo is None else {"mean": mean, "n": 3, "min": lo, "max": hi}
+
+    rec = {"models": ["clip-tiny", "loupe-tiny"], "points": [
+        {"steps": 300, "values": {"clip-tiny": {"native recall@10": v(0.1)}, "loupe-tiny": {"native recall@10": v(0.4)}}},
+        {"steps": 3000, "values": {"clip-tiny": {"native recall@10": v(0.2, 0.1, 0.3)},
+                                   "loupe-tiny": {"native recall@10": v(0.5, 0.45, 0.6)}}}]}
+    fig = scale_figure(rec)
+    ax = [a for a in fig.axes if a.get_visible()][0]
+    assert ax.get_title() == "native recall@10" and len([a for a in fig.axes if a.get_visible()]) == 1
+    lines = ax.get_lines()
+    data = sorted((tuple(l.get_xdata()), tuple(l.get_ydata())) for l in lines if l.get_marker() == "o")
+    assert data == [((300, 3000), (0.1, 0.2)), ((300, 3000), (0.4, 0.5))]
+    spans = sorted(tuple(round(float(y), 6) for y in seg[:, 1]) for c in ax.containers
+                   for coll in c.lines[2] for seg in coll.get_segments() if float(seg[0, 0]) == 3000)
+    assert spans == [(0.1, 0.3), (0.45, 0.6)]  # the seeds' min–max at the 3-seed point
+    assert scale_figure({"points": []}) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .escape import plot as plot_text
 from .results_io import display_units
@@ -215,3 +215,46 @@ def training_curves(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]]
     legend of the runs right of the panels (10 pt, outside the axes)."""
     fig = curves_figure(run_logs, colours)
     return None if fig is None else fig_to_png(fig)
+
+
+#: the panels of :func:`scale_figure` (columns of a ``bench scale`` record), in order
+SCALE_PANELS = ("p(phrase|image) × K", "retrieval RSUM", "teacher hit rate (φ)", "native recall@10",
+                "native phrase grounding", "gt-box phrase grounding", "gt-box grounding (shared)",
+                "gt-box grounding (own scorer)")
+
+
+def scale_figure(record: Dict, panels: Sequence[str] = SCALE_PANELS):
+    """The scale curve of a ``bench scale`` record: one panel per quantity, training steps on a log axis, one line
+    per model in its report colour; at points with several seeds the marker's bar spans their min–max. ``None``
+    when the record has no point."""
+    points = sorted(record.get("points", []), key=lambda p: p["steps"])
+    if not points:
+        return None
+    plt = _plt()
+    models = list(record.get("models") or sorted({m for p in points for m in p["values"]}))
+    colours = model_colours(models)
+    panels = [c for c in panels if any(c in p["values"].get(m, {}) for p in points for m in models)]
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, col in zip(axes.flat, panels):
+        for m in models:
+            pts = [(p["steps"], p["values"].get(m, {}).get(col)) for p in points]
+            pts = [(s, v) for s, v in pts if v]
+            if not pts:
+                continue
+            xs, ys = [s for s, _ in pts], [v["mean"] for _, v in pts]
+            lo = [v["mean"] - v.get("min", v["mean"]) for _, v in pts]
+            hi = [v.get("max", v["mean"]) - v["mean"] for _, v in pts]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", markersize=3, linewidth=1.3, capsize=2,
+                        color=colours.get(m, "#7f7f7f"), label=plot_text(m))
+        ax.set_xscale("log")
+        ax.set_title(plot_text(col), fontsize=10)
+        ax.set_xlabel("training steps", fontsize=9)
+        ax.tick_params(labelsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
