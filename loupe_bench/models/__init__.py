@@ -11,15 +11,13 @@ from __future__ import annotations
 from ._registry import MODEL_CLASSES, load_families
 from .base import ImageFeatures, LossOutput, Regions, TextFeatures, TokenBatch, VLModel
 from .checkpoint import load_model_dir, save_model
-from . import clip, filip, pretrained_clip  # noqa: F401  (register the built-in families)
 from .factory import available_specs, create_model, get_spec, list_models
 from .sources import load_model, load_model_and_transforms
 
-#: alias used in docs/architecture.md
-MODELS = MODEL_CLASSES
+load_families()  # the one way a family registers: its module in FAMILY_MODULES (loud when one is missing)
 
 __all__ = [
-    "MODEL_CLASSES", "MODELS", "VLModel", "ImageFeatures", "TextFeatures", "TokenBatch", "LossOutput", "Regions",
+    "MODEL_CLASSES", "VLModel", "ImageFeatures", "TextFeatures", "TokenBatch", "LossOutput", "Regions",
     "create_model", "load_model", "load_model_and_transforms", "save_model", "load_model_dir", "list_models", "available_specs", "get_spec",
     "load_families",
 ]
