@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, LoupeBenchError, SpecError
-from ..models import checkpoint as model_format
+from ..models import checkpoint as model_files  # the model directory format
 from ..models.base import LossOutput
 from ..utils.io import atomic_write_text
-from . import resume as ckpt
+from . import resume as train_state  # the training-state checkpoints (resume)
 from . import runinfo
 from .data import BuiltData, TrainSource, make_loader
 from .distributed import (DistInfo, all_gather_objects, apply_fsdp2, average_gradients, barrier, broadcast_module,
@@ -57,7 +57,7 @@ class NonFiniteParamError(NonFiniteGradError):
 
 
 def _last_good(run_dir: Path) -> str:
-    last = ckpt.list_checkpoints(run_dir)
+    last = train_state.list_checkpoints(run_dir)
     return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
 
 
@@ -139,10 +139,10 @@ def rebuild_from_run(spec: Mapping[str, Any], run_dir: Path):
     """The architecture of a run being resumed, from its saved spec, tokenizer and tower configs (no re-training of
     the tokenizer; :func:`~loupe_bench.models.checkpoint.rebuild_model`); the spec given now must name the same
     model."""
-    saved = model_format.read_spec(run_dir)
+    saved = model_files.read_spec(run_dir)
     if saved.get("name") != spec.get("name"):
         raise SpecError(f"{run_dir}: the run trains {saved.get('name')!r}, not {spec.get('name')!r}")
-    return model_format.rebuild_model(run_dir, saved)
+    return model_files.rebuild_model(run_dir, saved)
 
 
 def enable_grad_checkpointing(model: torch.nn.Module) -> int:
@@ -321,7 +321,7 @@ def _save_checkpoint(ts: TrainState, run: RunSetup) -> None:
     """``checkpoints/step_<n>/{model.safetensors, state.pt}`` (rank 0; every rank's RNG state gathered), then
     ``checkpoints/latest`` and pruning to ``recipe.checkpoint.keep_last``; all ranks meet at a barrier."""
     info, recipe, model = run.info, run.recipe, ts.model
-    rngs = all_gather_objects(ckpt.rng_state())
+    rngs = all_gather_objects(train_state.rng_state())
     if run.fsdp:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
@@ -333,7 +333,7 @@ def _save_checkpoint(ts: TrainState, run: RunSetup) -> None:
         model_sd = model.state_dict()
         optim_sd = ts.optimizer.state_dict()
     if info.is_main:
-        ckpt.write_checkpoint(run.run_dir, ts.step, model_sd, {
+        train_state.write_checkpoint(run.run_dir, ts.step, model_sd, {
             "step": ts.step, "epoch": ts.epoch, "batch_in_epoch": ts.batch_in_epoch,
             "optimizer": optim_sd, "scheduler": ts.scheduler.state_dict(),
             "scaler": ts.scaler.state_dict() if ts.scaler is not None else None,
@@ -379,11 +379,11 @@ def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
     if info.is_main:
         spec = getattr(model, "spec", None)
         if sd is None and spec is not None:
-            model_format.save_model(model, run_dir)
+            model_files.save_model(model, run_dir)
         else:
-            model_format.write_weights(run_dir / model_format.WEIGHTS_FILE, model.state_dict() if sd is None else sd)
+            model_files.write_weights(run_dir / model_files.WEIGHTS_FILE, model.state_dict() if sd is None else sd)
             if spec is not None:
-                model_format.write_spec(run_dir, spec)
+                model_files.write_spec(run_dir, spec)
     barrier()
 
 
@@ -391,7 +391,7 @@ def clean_run_temps(run_dir: Path) -> int:
     """Remove temp files of killed writers in the run folder, its checkpoints folder and each step folder."""
     from ..utils.io import clean_stale_temps
 
-    root = model_format.checkpoint_root(run_dir)
+    root = model_files.checkpoint_root(run_dir)
     dirs = [run_dir, root] + (sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else [])
     return sum(clean_stale_temps(d) for d in dirs)
 
@@ -402,7 +402,7 @@ def _write_run_files(run_dir: Path, model, recipe: Recipe) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_run_temps(run_dir)
     atomic_write_text(run_dir / RECIPE_FILE, recipe.to_yaml())
-    model_format.write_model_files(model, run_dir)
+    model_files.write_model_files(model, run_dir)
 
 
 def train(
@@ -470,7 +470,7 @@ def check_out_dir(run_dir: Path) -> None:
         return
     if not run_dir.is_dir():
         raise SpecError(f"{run_dir}: --out exists and is not a folder")
-    if model_format.run_record(run_dir) is not None or not any(run_dir.iterdir()):
+    if model_files.run_record(run_dir) is not None or not any(run_dir.iterdir()):
         return
     raise SpecError(f"{run_dir}: --out is a non-empty folder that is not a loupe-bench run (no {runinfo.RUN_FILE} "
                     f"with schema {runinfo.RUN_SCHEMA}); refusing to write into it — choose a new or empty folder")
@@ -480,7 +480,7 @@ def _check_start(run_dir: Path, resume, recipe: Recipe, info: DistInfo) -> Tuple
     """Checks before anything is read: the output folder, an unasked-for resume, the per-rank batch and FSDP2's
     limits. Returns ``(per-rank batch, fsdp)``."""
     check_out_dir(run_dir)
-    if resume is None and ckpt.list_checkpoints(run_dir):
+    if resume is None and train_state.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
                         "it, or choose another --out")
     per_rank = recipe.per_rank_batch(info.world_size, source=f"recipe {recipe.name!r}")
@@ -509,8 +509,8 @@ def _check_resume(resume, run_dir: Path, recipe: Recipe, info: DistInfo, data_re
     (:func:`~loupe_bench.train.resume.resolve_resume`), same world size and global batch as the checkpoint, the
     same model spec (:func:`~loupe_bench.train.runinfo.check_model_spec`), only allowed differences from
     ``run.json`` (:func:`~loupe_bench.train.runinfo.resume_changes`), same seed."""
-    where = ckpt.resolve_resume(resume, run_dir)
-    state, saved_weights = ckpt.load_checkpoint(where, run_dir)
+    where = train_state.resolve_resume(resume, run_dir)
+    state, saved_weights = train_state.load_checkpoint(where, run_dir)
     if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
         raise CheckpointError(
             f"{where}: saved with world size {state.get('world_size')} and global batch "
@@ -538,7 +538,7 @@ def _prepare_model(model, resuming: bool, run_dir: Path, source: TrainSource, re
     A spec becomes a model: a resumed run rebuilds its own architecture and tokenizer (:func:`rebuild_from_run`;
     weights come from the checkpoint), a new one is built with a tokenizer trained on the source's captions."""
     if not isinstance(model, torch.nn.Module):
-        if resuming and (run_dir / model_format.CONFIG_FILE).is_file():
+        if resuming and (run_dir / model_files.CONFIG_FILE).is_file():
             model = rebuild_from_run(model, run_dir)
         else:
             model = build_model(model, source, recipe.seed)
@@ -617,7 +617,7 @@ def _restore(ts: TrainState, point: ResumePoint, fsdp: bool, info: DistInfo) -> 
         set_model_state_dict(model, point.weights, options=opts)
         set_optimizer_state_dict(model, ts.optimizer, state["optimizer"], options=opts)
     else:
-        model_format.load_weights(model, point.where / model_format.WEIGHTS_FILE, point.weights)
+        model_files.load_weights(model, point.where / model_files.WEIGHTS_FILE, point.weights)
         ts.optimizer.load_state_dict(state["optimizer"])
     ts.scheduler.load_state_dict(state["scheduler"])
     _load_non_persistent_buffers(model, state.get("extra_buffers") or {}, point.where)
@@ -625,7 +625,7 @@ def _restore(ts: TrainState, point: ResumePoint, fsdp: bool, info: DistInfo) -> 
         ts.scaler.load_state_dict(state["scaler"])
     ts.step, ts.epoch, ts.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
     ts.last_checkpoint = ts.step
-    ckpt.set_rng_state(state["rng"][info.rank])
+    train_state.set_rng_state(state["rng"][info.rank])
 
 
 def _next_batch(ts: TrainState, run: RunSetup) -> Optional[Tuple[Dict[str, Any], float, float]]:
