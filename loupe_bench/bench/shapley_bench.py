@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 import torch
 
 from ..errors import DataError, SpecError
+from ..utils.run_files import LOG_FILE
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
 from .common import (bench_world, build_tiny, figure, interleaved_times, synced, time_call, to_device,
@@ -448,7 +449,7 @@ def read_training_log(run_dir: Any) -> Dict[str, Any]:
     """
     from ..utils.bounded import json_load, read_text
 
-    path = Path(str(run_dir)) / "log.jsonl"
+    path = Path(str(run_dir)) / LOG_FILE
     if not path.is_file():
         return {}
     rows, skipped = [], 0

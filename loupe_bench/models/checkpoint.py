@@ -36,15 +36,10 @@ from .towers import load_strict
 
 PathLike = Union[str, Path]
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TOKENIZER_DIR = "tokenizer"
-RUN_FILE = "run.json"
-CHECKPOINT_DIR = "checkpoints"
-LATEST = "latest"
-STEP_PREFIX = "step_"
-#: the ``schema`` of every ``run.json`` loupe-bench writes: the marker of a training run of ours
-RUN_SCHEMA = "loupe-bench/run/v1"
+from ..utils.run_files import (  # noqa: E402,F401  (the run folder's names, defined once)
+    CHECKPOINT_DIR, CONFIG_FILE, LATEST, LOG_FILE, RECIPE_FILE, RUN_FILE, RUN_SCHEMA, STEP_PREFIX, TOKENIZER_DIR,
+    WEIGHTS_FILE,
+)
 
 #: safetensors header metadata of the weights :func:`save_model` writes
 MODEL_METADATA = {"format": "pt"}

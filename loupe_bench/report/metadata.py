@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+from ..utils.run_files import RECIPE_FILE
+
 #: dataset names of the synthetic world start with this (``synthetic``, ``synthetic-refsynth``, ...)
 SYNTHETIC_PREFIX = "synthetic"
 
@@ -64,7 +66,7 @@ def _recipes(src: MetaSource) -> Optional[str]:
 
     names = []
     for run in src.runs.values():
-        f = Path(run) / "recipe.yaml"
+        f = Path(run) / RECIPE_FILE
         if f.is_file():
             try:
                 data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}

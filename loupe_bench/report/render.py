@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import LoupeBenchError
+from ..utils.run_files import LOG_FILE
 from ..utils.io import atomic_write_text
 from . import escape
 from .metadata import run_metadata, scope_statement
@@ -260,13 +261,13 @@ def _runs_below(runs_root: Path) -> Dict[str, Path]:
     ``runs/s<seed>/<model>/`` (the lowest seed of each model, as the manifest names them)."""
     runs: Dict[str, Path] = {}
     for p in sorted(runs_root.iterdir()):
-        if (p / "log.jsonl").is_file():
+        if (p / LOG_FILE).is_file():
             runs.setdefault(p.name, p)
     seeds = sorted((p for p in runs_root.iterdir() if p.is_dir() and re.fullmatch(r"s\d+", p.name)),
                    key=lambda p: int(p.name[1:]))
     for seed in seeds:
         for p in sorted(seed.iterdir()):
-            if (p / "log.jsonl").is_file():
+            if (p / LOG_FILE).is_file():
                 runs.setdefault(p.name, p)
     return runs
 
@@ -593,7 +594,7 @@ def _html_page(table: ResultTable, raw, runs: Dict[str, Path], world_dir, explai
     colours = model_colours(list(table.models) + list(runs))     # one colour per model for every figure
     unavailable = _unavailable_metrics(raw)
     notes: List[str] = []
-    logs = {name: Path(p) / "log.jsonl" for name, p in runs.items() if (Path(p) / "log.jsonl").is_file()}
+    logs = {name: Path(p) / LOG_FILE for name, p in runs.items() if (Path(p) / LOG_FILE).is_file()}
     curves = training_curves(logs, colours)
     explanations = _explanations(runs, world_dir, explain_images, notes)
     return html_report(table, title=title, bars=metric_bars(table, colours=colours), curves=curves,

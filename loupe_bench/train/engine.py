@@ -40,8 +40,8 @@ from .optim import create_optimizer, create_scheduler
 from .recipe import Recipe, load_recipe
 from .step import batch_size_of, forward_backward
 
-LOG_FILE = "log.jsonl"
-RECIPE_FILE = "recipe.yaml"
+LOG_FILE = model_files.LOG_FILE
+RECIPE_FILE = model_files.RECIPE_FILE
 
 
 class NonFiniteLossError(LoupeBenchError):
