@@ -486,6 +486,15 @@ def test_cli_eval_sample_and_broken_sample(tmp_path, capsys):
     assert code == 0, err
     record = json.loads(next((tmp_path / "out").glob("*winoground__test.json")).read_text())
     assert set(record["metrics"]) == {"text_score", "image_score", "group_score"}
+    # export under CLIP_benchmark's names: dataset winoground, text_acc / image_acc / acc = text / image / group
+    code, _, err = run_cli(["export", "--format", "clip_benchmark", tmp_path / "out", "--out", tmp_path / "cb"], capsys)
+    assert code == 0, err
+    (cb_file,) = list((tmp_path / "cb").glob("winoground_*_image_caption_selection.json"))
+    cb = json.loads(cb_file.read_text())
+    assert cb["dataset"] == "winoground" and cb["task"] == "image_caption_selection"
+    assert cb["metrics"] == {"text_acc": record["metrics"]["text_score"]["value"],
+                             "image_acc": record["metrics"]["image_score"]["value"],
+                             "acc": record["metrics"]["group_score"]["value"]}
     lines = (folder / "examples.jsonl").read_text().splitlines()
     (folder / "examples.jsonl").write_text("\n".join(lines[:2] + ['{"id": 7, "image_0": "ex_0_img_0"'] + lines[3:]))
     code, _, err = run_cli(["eval", "--model", "clip-tiny", "--task", spec_path, "--data-root", folder, "--out",
