@@ -27,6 +27,8 @@ TINY_OPTIONS = {
     "demo": {"full": False, "plan_changes": {"world_size": "tiny", "models": ["clip-tiny"],
                                              "recipe_overrides": {"steps": 2},
                                              "tasks": ["synthetic-retrieval", "synthetic-classification"]}},
+    "scale": {"steps": [2], "long_seeds": 1, "workers": 1, "models": ["clip-tiny"], "tasks": ["synthetic-retrieval"],
+              "world_size": "tiny"},
 }
 
 
