@@ -154,12 +154,13 @@ def test_scale_bench_smoke_and_phrase_matching_against_a_loop(tmp_path):
     from loupe_bench.tasks import load_task
     from loupe_bench.tasks.common import encode_images, encode_texts, load_records
 
-    out = scale(steps=[2], long_seeds=1, out_dir=str(tmp_path), workers=1, models=["clip-tiny"],
+    out = scale(steps=[2], long_seeds=1, out_dir=str(tmp_path), workers=1, models=["clip-tiny", "filip-tiny"],
                 tasks=["synthetic-retrieval"], world_size="tiny")
     point = out["points"][0]
     assert point["steps"] == 2 and point["seeds"] == [0]
     vals = point["values"]["clip-tiny"]
     assert set(vals) == {"retrieval RSUM", "p(phrase|image) × K"}
+    assert set(point["values"]["filip-tiny"]) == set(vals)  # a model without a global temperature too
     run, world = tmp_path / "steps2" / "runs" / "s0" / "clip-tiny", tmp_path / "steps2" / "world"
     model = load_model(str(run))
     model.eval()
@@ -167,7 +168,7 @@ def test_scale_bench_smoke_and_phrase_matching_against_a_loop(tmp_path):
     images = [r for r in load_records(spec, world, "test").images if r.captions]
     texts = sorted({p.text for r in images for c in r.captions for p in c.phrases})
     img, txt = encode_images(model, [r.path for r in images], spec), encode_texts(model, texts, spec)
-    s = float(model.scale().detach())
+    s = 1.0 / 0.07
     ref = []
     for i, r in enumerate(images):
         v = torch.nn.functional.normalize(img.pooled[i].float(), dim=-1)

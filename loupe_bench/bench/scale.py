@@ -6,8 +6,8 @@ each point a ``reproduce synthetic`` run of the default plan restricted to those
 every point, per model:
 
 * **matching quality** — ``p(phrase | image) × K``: the softmax probability of each gold phrase of a test image
-  among the split's ``K`` distinct gold phrases (at the ℒ_CMC logit scale), divided by chance ``1/K``, averaged over
-  (image, phrase) pairs (:func:`phrase_matching`); and the retrieval RSUM;
+  among the split's ``K`` distinct gold phrases (logit scale ``1/0.07`` for every model), divided by chance
+  ``1/K``, averaged over (image, phrase) pairs (:func:`phrase_matching`); and the retrieval RSUM;
 * **the contextual teacher's hit rate** — the token probe's ``box_beats_shifted@phi`` (an object's box beats the
   same box shifted onto background under the coalition value φ, ``synthetic-token-interaction``);
 * native proposal recall@10, native detection AP50 beside the grid's, grounding with gt boxes (shared scorer and
@@ -31,6 +31,8 @@ from .common import figure
 MODELS = ("clip-tiny", "filip-tiny", "loupe-tiny", "loupe-oracle-regions")
 STEPS = (300, 1000, 3000)
 LONG_SEEDS = 3
+#: the logit scale of :func:`phrase_matching`, the same for every model (as the token probe's ``value: prob``)
+PHRASE_SCALE = 1.0 / 0.07
 TASKS = ("synthetic-retrieval", "synthetic-detection-native", "synthetic-detection-grid",
          "synthetic-grounding-gt-boxes", "synthetic-grounding-native-scorer", "synthetic-grounding-native",
          "synthetic-phrase-grounding-gt-boxes", "synthetic-phrase-grounding-native", "synthetic-token-interaction")
@@ -52,8 +54,9 @@ COLUMNS = {
 def phrase_matching(run: Path, world: Path, max_images: int = 300) -> float:
     """``mean_{(image, phrase)} p(phrase | image) · K``: the gold phrases of the first ``max_images`` test images
     (the world's Flickr30K-Entities-style annotations, read by the phrase-grounding task's loader) scored among the
-    split's ``K`` distinct gold phrases, ``p = softmax_k(s · cos(v_image, t_k))`` with the model's ℒ_CMC logit scale
-    ``s`` (100 for models without one); 1 is chance."""
+    split's ``K`` distinct gold phrases, ``p = softmax_k(s · cos(v_image, t_k))`` with one scale for every model,
+    :data:`PHRASE_SCALE` (``1/0.07``, CLIP's initial temperature: FILIP has no trained global temperature, and a
+    model's own would make the numbers incomparable); 1 is chance."""
     import torch
 
     from ..models import load_model
@@ -69,11 +72,10 @@ def phrase_matching(run: Path, world: Path, max_images: int = 300) -> float:
     texts = sorted({t for _, t in pairs})
     img = encode_images(model, [r.path for r in images], spec)
     txt = encode_texts(model, texts, spec)
-    scale = float(model.scale().detach()) if hasattr(model, "scale") else 100.0
     with torch.no_grad():
         v = torch.nn.functional.normalize(img.pooled.float(), dim=-1)
         t = torch.nn.functional.normalize(txt.pooled.float(), dim=-1)
-        p = (scale * v @ t.T).softmax(-1)
+        p = (PHRASE_SCALE * v @ t.T).softmax(-1)
     col = {t: k for k, t in enumerate(texts)}
     return float(statistics.mean(float(p[i, col[t]]) for i, t in pairs) * len(texts))
 
@@ -117,7 +119,7 @@ def _summary(values: List[float]) -> Dict[str, Any]:
 
 @BENCHMARKS.register("scale", help="LOUPE's regions vs training steps: CLIP, FILIP, LOUPE, oracle regions at "
                      "300/1000/3000 steps on the small world (<= 60 min on 2 cores)")
-def scale(repeat: int = 1, device: str = "cpu", steps: Optional[List[int]] = None, long_seeds: int = LONG_SEEDS,
+def scale(repeat: int = 1, device: str = "cpu", steps: Optional[Sequence[int]] = None, long_seeds: int = LONG_SEEDS,
           out_dir: str = "", workers: int = 2, models: Sequence[str] = MODELS, tasks: Sequence[str] = TASKS,
           world_size: str = "small") -> Dict[str, Any]:
     """Run the scale curve (module docstring); ``steps`` overrides :data:`STEPS` (the last point gets
