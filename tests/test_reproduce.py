@@ -77,7 +77,10 @@ def test_planted_regression_fails_gate(quick_run, tmp_path):
         obj = json.loads(p.read_text())
         if (obj["model"]["name"], obj["task"]["name"], obj["task"]["split"]) == (target["model"], target["task"],
                                                                                    target["split"]):
-            obj["metrics"][target["metric"]]["value"] -= 0.2
+            metric = obj["metrics"][target["metric"]]  # a result evaluated again lower: value and interval move
+            metric["value"] -= 0.2
+            if metric.get("ci95"):
+                metric["ci95"] = [max(0.0, metric["ci95"][0] - 0.2), max(0.0, metric["ci95"][1] - 0.2)]
             p.write_text(json.dumps(obj))
     res = CliRunner().invoke(cli, ["check", str(bad), "--reference", str(REFERENCE)])
     assert res.exit_code == 1 and "regressed" in res.output

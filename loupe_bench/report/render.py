@@ -61,12 +61,13 @@ def row_kind(table: ResultTable, model: str) -> str:
 # ------------------------------------------------------------------------------------------------ console
 # Headline metrics shown in the console (the files hold every metric); a tuple looked up, not a chain of ifs.
 # Listed in the metric order (table.METRIC_ORDER) that every format uses.
-HEADLINE_METRICS = ("i2t_R@1", "t2i_R@1", "rsum", "top1", "AP", "AP50", "acc@0.5", "BLEU-4", "CIDEr-D")
+HEADLINE_METRICS = ("i2t_R@1", "t2i_R@1", "rsum", "top1", "AP", "AP50", "acc@0.5", "BLEU-4", "CIDEr-D", "acc",
+                    "group_score")
 
 
 # Short metric names for the console (the files keep the full names); a mapping looked up, not a chain of ifs.
 SHORT_METRIC_NAMES = {"i2t_R@1": "i2t R@1", "t2i_R@1": "t2i R@1", "rsum": "RSUM", "acc@0.5": "acc@.5",
-                      "CIDEr-D": "CIDEr"}
+                      "CIDEr-D": "CIDEr", "group_score": "group"}
 CONSOLE_WIDTH = 80
 
 
