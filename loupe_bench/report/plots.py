@@ -251,6 +251,10 @@ def scale_figure(record: Dict, panels: Sequence[str] = SCALE_PANELS):
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", markersize=3, linewidth=1.3, capsize=2,
                         color=colours.get(m, "#7f7f7f"), label=plot_text(m))
         ax.set_xscale("log")
+        steps = [p["steps"] for p in points]
+        ax.set_xticks(steps)
+        ax.set_xticklabels([f"{s:,}" for s in steps])
+        ax.minorticks_off()
         ax.set_title(plot_text(col), fontsize=10)
         ax.set_xlabel("training steps", fontsize=9)
         ax.tick_params(labelsize=8)
