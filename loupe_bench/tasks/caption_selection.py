@@ -46,7 +46,7 @@ from .base import TaskAdapter
 from .common import (MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, select_features,
                      to_device)
 from .metrics.bootstrap import resample_indices
-from .pair_scoring import PAIR_SCORERS, check_pair_scoring
+from .pair_scoring import PAIR_SCORERS, check_pair_scoring, unique_index as _index
 
 #: items scored per pair-scorer call (their unique images × their unique texts)
 ITEMS_PER_CALL = 64
@@ -107,14 +107,6 @@ def encode_views(model, views: Sequence[View], spec, device: str = "cpu", desc: 
 def _view(group) -> View:
     """An item's image view: its image file and its crop box (``None``: the whole image)."""
     return group.images[0], (group.crops[0] if group.crops else None)
-
-
-def _index(items: Sequence) -> Tuple[List, Dict]:
-    """Unique items in first-seen order, and item -> position."""
-    pos: Dict = {}
-    for it in items:
-        pos.setdefault(it, len(pos))
-    return list(pos), pos
 
 
 @TASK_TYPES.register("caption-selection")

@@ -13,6 +13,8 @@ protocol fingerprint).
 """
 from __future__ import annotations
 
+from typing import Dict, List, Sequence, Tuple
+
 import torch
 from torch import Tensor
 
@@ -41,3 +43,11 @@ def check_pair_scoring(name: str) -> str:
     if name not in PAIR_SCORERS:
         raise ValueError(f"scoring must be one of {', '.join(PAIR_SCORERS.names())}, got {name!r}")
     return name
+
+
+def unique_index(items: Sequence) -> Tuple[List, Dict]:
+    """Unique items in first-seen order, and item -> position (the matching tasks encode each image and text once)."""
+    pos: Dict = {}
+    for it in items:
+        pos.setdefault(it, len(pos))
+    return list(pos), pos

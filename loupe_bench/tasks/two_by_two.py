@@ -51,7 +51,7 @@ from .base import TaskAdapter
 from .common import (MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, select_features,
                      to_device)
 from .metrics.bootstrap import resample_indices
-from .pair_scoring import PAIR_SCORERS, check_pair_scoring
+from .pair_scoring import PAIR_SCORERS, check_pair_scoring, unique_index as _index
 
 #: items scored per pair-scorer call (their unique images × their unique texts)
 ITEMS_PER_CALL = 64
@@ -92,14 +92,6 @@ def two_by_two_hits(scores: Tensor, tie_rule: str) -> Dict[str, np.ndarray]:
     image = beats(s[:, 0, 0], s[:, 1, 0], True) & beats(s[:, 1, 1], s[:, 0, 1], False)
     out = {"text_score": text, "image_score": image, "group_score": text & image}
     return {k: v.numpy().astype(np.float64) for k, v in out.items()}
-
-
-def _index(items: Sequence) -> Tuple[List, Dict]:
-    """Unique items in first-seen order, and item -> position."""
-    pos: Dict = {}
-    for it in items:
-        pos.setdefault(it, len(pos))
-    return list(pos), pos
 
 
 @TASK_TYPES.register("two-by-two")
