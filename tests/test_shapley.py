@@ -283,23 +283,9 @@ def test_neural_module_learns_and_routes_less():
     est = build_estimator("neural", 8, cfg)
     opt = torch.optim.Adam(est.parameters(), lr=1e-2)
     fractions, rhos = [], []
-    class Scaled:
-        """One AND game of players {0, 1} per image, scaled by s_g: I([{0,1}]) = s_g."""
-
-        def __init__(self, s):
-            self.s = s
-
-        def __call__(self, masks):
-            return (masks[..., 0] & masks[..., 1]).float() * self.s[:, None]
-
-        def select(self, idx):
-            return Scaled(self.s[idx])
-
-    coal = torch.zeros(24, 1, 5, dtype=torch.bool)
-    coal[..., :2] = True
     for step in range(60):
-        x = torch.randn(24, 1, 8, generator=g)
-        out = est(Scaled(2 + x[:, 0] @ w), coal, torch.ones(24, 1, dtype=torch.bool), x, g)
+        game, coal, valid, x = _linear_game_setup(g, w)
+        out = est(game, coal, valid, x, g)
         fractions.append(out.logs["routed_fraction"])
         if "nsi_spearman" in out.logs:
             rhos.append(out.logs["nsi_spearman"])
@@ -471,6 +457,9 @@ def test_neural_learns_and_or_sign_and_routes_less():
 
 
 def _linear_game_setup(g, w):
+    """One step's problem: 24 images, each an AND game of players {0, 1} scaled by ``s_g = 2 + x_g · w``
+    (``I([{0,1}]) = s_g``) with random features ``x_g`` drawn from ``g``: ``(game, coalitions, valid, feats)``."""
+
     class Scaled:
         def __init__(self, s):
             self.s = s
