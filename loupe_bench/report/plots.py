@@ -172,6 +172,17 @@ def loss_keys(recs: List[Dict[str, float]]) -> List[str]:
     return sorted(keys, key=lambda k: (k != "loss", k))
 
 
+def panel_grid(plt, n: int, panel_width: float, ncols_max: int = 4):
+    """A figure of ``n`` panels, at most ``ncols_max`` a row (``panel_width`` × 2.4 inches each), the unused axes
+    hidden: ``(fig, axes [rows, cols])``."""
+    ncols = min(ncols_max, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] = None, max_panels: int = 8):
     """The training-curve figure (see :func:`training_curves`), or ``None`` when no log has a step."""
     plt = _plt()
@@ -187,11 +198,7 @@ def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] =
     for recs in runs.values():
         keys += [k for k in loss_keys(recs) if k not in keys]
     keys = sorted(keys, key=lambda k: (k != "loss", k))[:max_panels] or ["loss"]
-    ncols = min(4, len(keys))
-    nrows = -(-len(keys) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.5 * ncols, 2.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(keys):]:
-        ax.set_visible(False)
+    fig, axes = panel_grid(plt, len(keys), 2.5)
     for ax, k in zip(axes.flat, keys):
         for name, recs in runs.items():
             pts = [(r["step"], r[k]) for r in recs if k in r]
@@ -234,11 +241,7 @@ def scale_figure(record: Dict, panels: Sequence[str] = SCALE_PANELS):
     models = list(record.get("models") or sorted({m for p in points for m in p["values"]}))
     colours = model_colours(models)
     panels = [c for c in panels if any(c in p["values"].get(m, {}) for p in points for m in models)]
-    ncols = min(4, len(panels))
-    nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
+    fig, axes = panel_grid(plt, len(panels), 2.6)
     for ax, col in zip(axes.flat, panels):
         for m in models:
             pts = [(p["steps"], p["values"].get(m, {}).get(col)) for p in points]
