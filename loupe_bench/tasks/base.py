@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..errors import SpecError
 from .common import SplitOutput
 from .spec import TaskSpec
 
@@ -45,3 +46,13 @@ class TaskAdapter:
 
     def run(self, model, data_root: Optional[Path], split: str, seed: int = 0, device: str = "cpu") -> SplitOutput:
         raise NotImplementedError
+
+
+class BoxTaskAdapter(TaskAdapter):
+    """A task that scores boxes given in normalised image coordinates (detection, grounding, region
+    classification, the token probe): the image must not be cropped."""
+
+    @classmethod
+    def validate_spec(cls, spec: TaskSpec) -> None:
+        if spec.image.crop != "none":
+            raise SpecError(f"{spec.name}: box tasks need image.crop: none (boxes are normalised to the image)")

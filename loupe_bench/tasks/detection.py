@@ -20,7 +20,7 @@ import torch
 
 from ..errors import DataError, SpecError
 from . import TASK_TYPES
-from .base import TaskAdapter
+from .base import BoxTaskAdapter
 from .common import (
     MetricValue, SplitOutput, build_prompts, mean_metric, encode_images, encode_texts, load_records, progress_bar,
     select_features, template_mean, to_device,
@@ -45,7 +45,7 @@ def gt_coco(images, categories: Dict[int, str]) -> dict:
 
 
 @TASK_TYPES.register("detection")
-class ZeroShotDetectionTask(TaskAdapter):
+class ZeroShotDetectionTask(BoxTaskAdapter):
     """Zero-shot detection with a recorded proposal source; COCOeval AP, AP50, AP75."""
 
     @dataclass
@@ -70,8 +70,7 @@ class ZeroShotDetectionTask(TaskAdapter):
 
     @classmethod
     def validate_spec(cls, spec) -> None:
-        if spec.image.crop != "none":
-            raise SpecError(f"{spec.name}: box tasks need image.crop: none (boxes are normalised to the image)")
+        super().validate_spec(spec)
         unknown = sorted(m for m in set(spec.metrics) - set(AP_NAMES) if not re.fullmatch(r"proposal_recall@\d+", m))
         if unknown:
             raise SpecError(f"{spec.name}: unknown detection metric(s) {', '.join(unknown)}")

@@ -45,7 +45,7 @@ import torch
 from ..data.records import tokenize
 from ..errors import DataError, SpecError
 from . import TASK_TYPES
-from .base import TaskAdapter
+from .base import BoxTaskAdapter
 from .common import (
     MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, progress_bar, select_features,
     to_device,
@@ -175,7 +175,7 @@ def ground_queries(adapter: "GroundingTask", model, images, queries: Dict[int, L
 
 
 @TASK_TYPES.register("grounding")
-class GroundingTask(TaskAdapter):
+class GroundingTask(BoxTaskAdapter):
     """Referring-expression grounding: box ranking, Acc@0.5 (IoU >= 0.5) per split, breakdowns, reference rows."""
 
     @dataclass
@@ -202,11 +202,6 @@ class GroundingTask(TaskAdapter):
             if int(self.recall_k) < 1:
                 raise ValueError("recall_k must be >= 1")
             self.distractor_attributes = {str(k): str(v) for k, v in dict(self.distractor_attributes).items()}
-
-    @classmethod
-    def validate_spec(cls, spec) -> None:
-        if spec.image.crop != "none":
-            raise SpecError(f"{spec.name}: box tasks need image.crop: none (boxes are normalised to the image)")
 
     @classmethod
     def known_metrics(cls, options) -> List[str]:

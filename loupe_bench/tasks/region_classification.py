@@ -67,7 +67,7 @@ from ..data.formats.base import as_int
 from ..errors import DataError, SpecError
 from ..utils.io import read_json
 from . import TASK_TYPES
-from .base import TaskAdapter
+from .base import BoxTaskAdapter
 from .common import (
     SplitOutput, build_prompts, encode_images, encode_texts, load_records, mean_metric, progress_bar,
     select_features, template_mean, to_device,
@@ -233,7 +233,7 @@ class Targets(NamedTuple):
 
 
 @TASK_TYPES.register("region-classification")
-class RegionClassificationTask(TaskAdapter):
+class RegionClassificationTask(BoxTaskAdapter):
     """Zero-shot classification of ground-truth boxes (CLIPSelf / FG-CLIP; FG-OVD with ``descriptions``)."""
 
     @dataclass
@@ -286,11 +286,6 @@ class RegionClassificationTask(TaskAdapter):
             p = PurePosixPath(self.descriptions)
             if _SCHEME.match(self.descriptions) or p.is_absolute() or ".." in p.parts:
                 raise ValueError(f"descriptions {self.descriptions!r} must be a relative path under --data-root")
-
-    @classmethod
-    def validate_spec(cls, spec) -> None:
-        if spec.image.crop != "none":
-            raise SpecError(f"{spec.name}: box tasks need image.crop: none (boxes are normalised to the image)")
 
     @classmethod
     def known_metrics(cls, options) -> List[str]:

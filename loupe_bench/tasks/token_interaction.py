@@ -52,7 +52,7 @@ from ..models.base import boxes_to_patch_mask
 from ..shapley.games import Game
 from ..shapley.sampling import sample_contexts, sample_interaction
 from . import TASK_TYPES
-from .base import TaskAdapter
+from .base import BoxTaskAdapter
 from .common import (
     MetricValue, SplitOutput, encode_texts, image_transform, load_records, mean_metric, open_image, progress_bar,
 )
@@ -308,7 +308,7 @@ def object_rng(seed: int, image_id: int, ann_id: int, stream: int) -> np.random.
 
 
 @TASK_TYPES.register("token-interaction")
-class TokenInteractionTask(TaskAdapter):
+class TokenInteractionTask(BoxTaskAdapter):
     """Token-level game probe: ``I`` and ``φ`` of each object's box vs the same box shifted onto background."""
 
     @dataclass
@@ -349,8 +349,7 @@ class TokenInteractionTask(TaskAdapter):
 
     @classmethod
     def validate_spec(cls, spec) -> None:
-        if spec.image.crop != "none":
-            raise SpecError(f"{spec.name}: box tasks need image.crop: none (boxes are normalised to the image)")
+        super().validate_spec(spec)
         known = set(metric_names())
         unknown = sorted(set(spec.metrics) - known)
         if unknown:
