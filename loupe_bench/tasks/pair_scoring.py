@@ -45,6 +45,12 @@ def check_pair_scoring(name: str) -> str:
     return name
 
 
+def check_kinds(kinds) -> None:
+    """Validate an ``options.kinds`` value of the matching tasks: the kinds also reported as metrics of their own."""
+    if not isinstance(kinds, list) or not all(isinstance(k, str) and k for k in kinds):
+        raise ValueError(f"kinds must be a list of kind names, got {kinds!r}")
+
+
 def unique_index(items: Sequence) -> Tuple[List, Dict]:
     """Unique items in first-seen order, and item -> position (the matching tasks encode each image and text once)."""
     pos: Dict = {}

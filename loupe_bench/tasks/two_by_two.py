@@ -51,7 +51,7 @@ from .base import TaskAdapter
 from .common import (MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, select_features,
                      to_device)
 from .metrics.bootstrap import resample_indices
-from .pair_scoring import PAIR_SCORERS, check_pair_scoring, unique_index as _index
+from .pair_scoring import PAIR_SCORERS, check_kinds, check_pair_scoring, unique_index as _index
 
 #: items scored per pair-scorer call (their unique images × their unique texts)
 ITEMS_PER_CALL = 64
@@ -108,8 +108,7 @@ class TwoByTwoTask(TaskAdapter):
 
         def __post_init__(self):
             check_pair_scoring(self.scoring)
-            if not isinstance(self.kinds, list) or not all(isinstance(k, str) and k for k in self.kinds):
-                raise ValueError(f"kinds must be a list of kind names, got {self.kinds!r}")
+            check_kinds(self.kinds)
             if self.tie_rule not in TIE_RULES:
                 raise ValueError(f"tie_rule must be one of {', '.join(TIE_RULES.names())}, got {self.tie_rule!r}")
             if not isinstance(self.template, str) or self.template.count("{}") != 1:
