@@ -56,7 +56,7 @@ def test_world_files_do_not_depend_on_the_flickr30k_folder(tiny_world, tmp_path,
     """Writing flickr30k_entities/ uses no random numbers and changes no other file: a world written with the writer
     replaced by a no-op is byte-identical in every other file (images, Karpathy JSON, phrases, COCO, refsynth,
     shards, classification, world.json, README.md)."""
-    from loupe_bench.data import synth
+    from loupe_bench.data.synth import generate as synth
 
     monkeypatch.setattr(synth, "write_flickr30k_entities", lambda root, scenes, image_size: root)
     bare = synth.generate_world(tmp_path / "bare", seed=0, size="tiny", image_size=64)

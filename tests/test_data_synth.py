@@ -134,7 +134,7 @@ def test_top_object_has_its_colour(tiny_world):
     """The last-drawn (unoccluded) object's colour in the JPEG: a flat object's centre pixels are nearest to its
     nominal colour; a two-part object's fully covered pixels above its middle row to its top colour and those below
     to its bottom colour (the row next to the split is skipped: JPEG blurs the edge)."""
-    from loupe_bench.data.synth import _shape_alpha
+    from loupe_bench.data.synth.render import _shape_alpha
 
     coco = _coco_all(tiny_world)
     last = {}
@@ -168,7 +168,7 @@ def test_two_part_rendered_in_two_colours_split_at_the_middle_row(shape):
     """Every fully covered pixel of a two-part object on the box rows ``y … y+h//2-1`` is nearest to its top colour
     and every one on rows ``y+h//2 …`` to its bottom colour (the rendered array, before JPEG); the coverage mask is
     the flat object's."""
-    from loupe_bench.data.synth import _shape_alpha, render_scene
+    from loupe_bench.data.synth.render import _shape_alpha, render_scene
 
     for k, (c1, c2) in enumerate([("red", "blue"), ("yellow", "green"), ("purple", "cyan"), ("blue", "purple")]):
         rng = np.random.default_rng([7, k])
@@ -322,7 +322,7 @@ def test_two_part_fraction_and_distractors():
     :data:`TWO_PART_PROB` (sd ≈ 0.007); two-part small objects are at least 16 px (each half 8 rows, one patch of
     an 8 × 8 grid); every distractor type occurs: a swapped pair, a flat object with one part's colour, a two-part
     object sharing one part; a clear share of the two-part objects has such a distractor."""
-    from loupe_bench.data.synth import _sample_objects
+    from loupe_bench.data.synth import sample_objects as _sample_objects
 
     kinds, types, with_distractor, n_two = Counter(), Counter(), 0, 0
     for i in range(1500):

@@ -299,11 +299,11 @@ def test_item9_loader_keeps_url_for_opt_in(monkeypatch):
 
 
 def test_item9_synth_writes_umask_permissions_and_cleans_temps(tmp_path, monkeypatch):
-    from loupe_bench.data import synth
+    from loupe_bench.utils.io import atomic_write_bytes
 
     old = os.umask(0o022)
     try:
-        synth._put(tmp_path / "a" / "x.bin", b"data")
+        atomic_write_bytes(tmp_path / "a" / "x.bin", b"data", fsync=False)
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a" / "x.bin").stat().st_mode) == 0o644
@@ -311,9 +311,9 @@ def test_item9_synth_writes_umask_permissions_and_cleans_temps(tmp_path, monkeyp
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(synth.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
-        synth._put(tmp_path / "a" / "y.bin", b"data")
+        atomic_write_bytes(tmp_path / "a" / "y.bin", b"data", fsync=False)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.bin"]
 
 

@@ -1,5 +1,5 @@
 """The synthetic matching benchmarks (``captionsel/``, ``winoground/`` of the world; :mod:`loupe_bench.data.
-synth_matching`), checked against the world's COCO annotations and pixels by a caption reader written here,
+synth.matching`), checked against the world's COCO annotations and pixels by a caption reader written here,
 independently of the generator."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import loupe_bench.data.synth_matching as sm
+import loupe_bench.data.synth.matching as sm
 from loupe_bench.data.synth import SIZES, SceneObject, Scene, generate_world, sample_world
 
 SPLITS = ("test", "comptest")
@@ -274,7 +274,7 @@ def test_winoground_heldout_combinations(tiny_world):
 # ------------------------------------------------------------------------------------------------ the world
 @pytest.fixture(scope="module")
 def world_without_matching(tmp_path_factory) -> Path:
-    """The tiny world generated with :func:`~loupe_bench.data.synth_matching.write_matching` disabled."""
+    """The tiny world generated with :func:`~loupe_bench.data.synth.matching.write_matching` disabled."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sm, "write_matching", lambda *a, **k: None)
         return generate_world(tmp_path_factory.mktemp("nomatch") / "w", seed=0, size="tiny", image_size=64)

@@ -19,16 +19,21 @@ from ..errors import DataError
 PathLike = Union[str, os.PathLike]
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+def atomic_write_bytes(path: PathLike, data: bytes, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
+
+    ``fsync=False`` skips flushing the file to disk before the rename: for bulk files (thousands of images) whose
+    writer fsyncs the metadata files it writes last. The bytes, permissions and temp naming are the same.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:

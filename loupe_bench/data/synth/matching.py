@@ -41,7 +41,6 @@ noise).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +48,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..utils.io import atomic_write_json, atomic_write_text
-from .synth import (
-    BACKGROUNDS, COLOURS, HELDOUT_COMBOS, SHAPES, SIZE_RANGES, SPLITS, TWO_PART_PROB, TWO_PART_SIZE_RANGES,
-    RenderedScene, Scene, SceneObject, _jitter, _put, _t_and, _t_plain, _t_rel, _t_three, file_name, relation,
-    render_scene,
+from ...utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .language import relation, t_and, t_plain, t_rel, t_three
+from .render import encode_image, render_scene
+from .sampling import (
+    BACKGROUNDS, COLOURS, HELDOUT_COMBOS, SHAPES, SIZE_RANGES, TWO_PART_PROB, TWO_PART_SIZE_RANGES, Scene,
+    SceneObject, jitter,
 )
+from .scenes import SPLITS, RenderedScene, file_name
 
 MATCHING_SPLITS: Tuple[str, ...] = ("test", "comptest")
 CAPTIONSEL_MAX = 150
@@ -247,8 +248,8 @@ def _add_object(rng, scene: Scene, captions: Sequence[Caption], n: int, tries: i
         chosen = [objs[i] for i in rng.permutation(len(objs))[:k]]
         phrases = [Phrase.of(o, bool(rng.random() < 0.5)) for o in chosen]
         extra = random_phrase(rng)
-        pos = fill((_t_plain if k == 1 else _t_and)(chosen, scene, n), phrases)
-        neg = fill((_t_and if k == 1 else _t_three)(chosen, scene, n), phrases + [extra])
+        pos = fill((t_plain if k == 1 else t_and)(chosen, scene, n), phrases)
+        neg = fill((t_and if k == 1 else t_three)(chosen, scene, n), phrases + [extra])
         out.append((pos, neg))
     return out
 
@@ -343,8 +344,8 @@ def _object(rng: np.random.Generator, spec: Tuple[str, Tuple[str, ...]], size: s
     shape, colours = spec
     lo, hi = (TWO_PART_SIZE_RANGES if roomy else SIZE_RANGES)[size]
     side = max(4, int(round(n * rng.uniform(lo, hi))))
-    rgb2 = _jitter(rng, colours[1]) if len(colours) == 2 else None
-    return SceneObject(shape, colours[0], size, (0, 0, side, side), _jitter(rng, colours[0]),
+    rgb2 = jitter(rng, colours[1]) if len(colours) == 2 else None
+    return SceneObject(shape, colours[0], size, (0, 0, side, side), jitter(rng, colours[0]),
                        colour2=colours[1] if len(colours) == 2 else None, rgb2=rgb2)
 
 
@@ -401,7 +402,7 @@ def _wino_colours(rng: np.random.Generator, comp: bool, n: int) -> Optional[Exam
     if {a.colour, a.colour2} & {b.colour, b.colour2} - {None}:  # shared colours: the swap could stay true
         return None
     a1, b1 = _recoloured(a, b), _recoloured(b, a)
-    caps = [fill(_t_and(objs, None, n), [Phrase.of(o, False) for o in objs]) for objs in ([a, b], [a1, b1])]
+    caps = [fill(t_and(objs, None, n), [Phrase.of(o, False) for o in objs]) for objs in ([a, b], [a1, b1])]
     return [a, b], [a1, b1], caps[0], caps[1]
 
 
@@ -423,8 +424,8 @@ def _wino_relation(rng: np.random.Generator, comp: bool, n: int) -> Optional[Exa
     rel = relation(a, b, n)
     if rel not in OPPOSITE or relation(a1, b1, n) != OPPOSITE[rel] or relation(b1, a1, n) != rel:
         return None
-    cap0 = fill(_t_rel([a, b], None, n), [Phrase.of(a, False), Phrase.of(b, False)], rel)
-    cap1 = fill(_t_rel([b1, a1], None, n), [Phrase.of(b1, False), Phrase.of(a1, False)], rel)
+    cap0 = fill(t_rel([a, b], None, n), [Phrase.of(a, False), Phrase.of(b, False)], rel)
+    cap1 = fill(t_rel([b1, a1], None, n), [Phrase.of(b1, False), Phrase.of(a1, False)], rel)
     return [a, b], [a1, b1], cap0, cap1
 
 
@@ -435,7 +436,7 @@ def _wino_parts(rng: np.random.Generator, comp: bool, n: int) -> Optional[Exampl
         return None
     a, b = pair
     a1 = dataclasses.replace(a, colour=a.colour2, colour2=a.colour, rgb=a.rgb2, rgb2=a.rgb)
-    caps = [fill(_t_and(objs, None, n), [Phrase.of(o, False) for o in objs]) for objs in ([a, b], [a1, b])]
+    caps = [fill(t_and(objs, None, n), [Phrase.of(o, False) for o in objs]) for objs in ([a, b], [a1, b])]
     return [a, b], [a1, dataclasses.replace(b)], caps[0], caps[1]
 
 
@@ -468,14 +469,6 @@ def winoground_example(rng: np.random.Generator, kind: str, split: str, n: int, 
     raise RuntimeError(f"no {kind} Winoground pair found in {tries} draws at {n} px")
 
 
-def _png(arr: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _objects_json(objs: Sequence[SceneObject]) -> List[Dict[str, Any]]:
     return [{"bbox": [int(v) for v in o.box], "shape": o.shape, "colour": o.colour, "colour2": o.colour2,
              "kind": o.kind, "size": o.size} for o in objs]
@@ -495,7 +488,7 @@ def write_winoground(root: Path, seed: int, split: str, count: int, image_size: 
         for name, objs in zip(names, (objs0, objs1)):
             pixels, _ = render_scene(np.random.default_rng([seed, 7, split_index, i + 1]),
                                      Scene(0, split, background, objs), image_size)
-            _put(root / "images" / f"{name}.png", _png(pixels))
+            atomic_write_bytes(root / "images" / f"{name}.png", encode_image(pixels, "PNG"), fsync=False)
             objects[name] = _objects_json(objs)
         lines.append(json.dumps({
             "id": i, "image_0": names[0], "image_1": names[1], "caption_0": cap0.text, "caption_1": cap1.text,
