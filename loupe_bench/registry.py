@@ -1,6 +1,7 @@
 """A tiny decorator registry, used for datasets, model families, task types, region and pair scorers, proposal
-sources, plans and benchmarks. Modules that register entries are imported through one function,
-:func:`import_registering_modules`, which fails loudly with the module's name.
+sources, plans and benchmarks. A registry whose modules are imported on first use (they need torch) names them in
+a list made by :func:`registering_modules`, which checks at import time, without importing them, that each exists;
+:func:`import_registering_modules` imports them. Both fail loudly with the module's name.
 
 Specs are data found through registries, never if/elif chains over names::
 
@@ -16,11 +17,30 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TypeVar
+import importlib.util
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from .errors import SpecError
 
 T = TypeVar("T")
+
+
+def _not_found(mod: str) -> ImportError:
+    return ImportError(f"registration module {mod!r} not found (check the registration list that names it)")
+
+
+def registering_modules(*modules: str) -> Tuple[str, ...]:
+    """The registration list ``modules`` (modules whose import registers entries), each checked to exist without
+    importing it (no torch at import time); a name that matches no module is an :class:`ImportError` naming it, at
+    the import of the list's own module."""
+    for mod in modules:
+        try:
+            found = importlib.util.find_spec(mod)
+        except ModuleNotFoundError:  # a parent package of the name does not exist
+            found = None
+        if found is None:
+            raise _not_found(mod)
+    return tuple(modules)
 
 
 def import_registering_modules(modules: Iterable[str]) -> None:
@@ -32,8 +52,7 @@ def import_registering_modules(modules: Iterable[str]) -> None:
         except ModuleNotFoundError as err:
             if err.name != mod and not mod.startswith(f"{err.name}."):
                 raise  # the module exists; something it imports is missing: the original error says what
-            raise ImportError(f"registration module {mod!r} not found (check the registration list that names "
-                              "it)") from err
+            raise _not_found(mod) from err
 
 
 class Registry:

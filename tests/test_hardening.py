@@ -69,22 +69,22 @@ def test_case01_url_and_pipe_shard_names_refused_without_opt_in(tmp_path, monkey
 # -- 2: the `latest` pointer is resolved inside the run folder only ----------------------------------------------------
 def test_case02_latest_pointer_cannot_leave_the_run(tmp_path):
     from loupe_bench.models import load_model
-    from loupe_bench.train import resume as ckpt
-    from loupe_bench.train.engine import train
+    from loupe_bench.train import resume
+    from loupe_bench.train.engine import train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
     torch.manual_seed(0)
-    run = train(TinyVL(), TensorSource(), tiny_recipe(steps=2), tmp_path / "run")
-    other = train(TinyVL(), TensorSource(), tiny_recipe(steps=2), tmp_path / "other")
-    assert ckpt.resolve_resume("latest", run).parent == run / "checkpoints"
+    run = train_model(TinyVL(), TensorSource(), tiny_recipe(steps=2), tmp_path / "run")
+    other = train_model(TinyVL(), TensorSource(), tiny_recipe(steps=2), tmp_path / "other")
+    assert resume.resolve_resume("latest", run).parent == run / "checkpoints"
     pointer = run / "checkpoints" / "latest"
     outside = other / "checkpoints" / "step_2"
     (run / "checkpoints" / "link").symlink_to(outside)
     for bad in (str(outside), "../../other/checkpoints/step_2", "link"):
         pointer.write_text(bad + "\n")
         with pytest.raises(CheckpointError, match="outside"):
-            ckpt.resolve_resume("latest", run)
+            resume.resolve_resume("latest", run)
     # evaluation of an unfinished run follows the same rule
     (run / "model.safetensors").unlink()
     (run / "config.json").write_text(json.dumps({"name": "x", "family": "clip"}))
@@ -117,26 +117,26 @@ def _snapshot(run: Path) -> dict:
 
 
 def test_case03_resume_refuses_changed_recipe_seed_and_data(tmp_path):
-    from loupe_bench.train.engine import train
+    from loupe_bench.train.engine import train_model
     from loupe_bench.train.runinfo import RunMismatchError
 
     from test_train_support import TinyVL, tiny_recipe
 
     torch.manual_seed(0)
-    run = train(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=4), tmp_path / "r", stop_after=2)
+    run = train_model(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=4), tmp_path / "r", stop_after=2)
     rec = json.loads((run / "run.json").read_text())
     assert rec["recipe"]["seed"] == 3 and rec["data"]["fingerprint"] == "A"
     before = _snapshot(run)
     refused = [({"seed": 7}, "seed"), ({"overrides": {"optim.lr": 0.5}}, "optim.lr")]
     for kwargs, field in refused:
         with pytest.raises(RunMismatchError, match=field):
-            train(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=4), run, resume="latest", **kwargs)
+            train_model(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=4), run, resume="latest", **kwargs)
         assert _snapshot(run) == before  # nothing written
     with pytest.raises(RunMismatchError, match="data"):
-        train(TinyVL(), _FingerprintedSource("B"), tiny_recipe(steps=4), run, resume="latest")
+        train_model(TinyVL(), _FingerprintedSource("B"), tiny_recipe(steps=4), run, resume="latest")
     assert _snapshot(run) == before
     # safe: more steps; explicitly allowed: the lr
-    train(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=6), run, resume="latest",
+    train_model(TinyVL(), _FingerprintedSource("A"), tiny_recipe(steps=6), run, resume="latest",
           overrides={"optim.lr": 0.02}, allow_changed=["optim.lr"])
     rec = json.loads((run / "run.json").read_text())
     assert rec["recipe"]["optim"]["lr"] == 0.02 and rec["recipe"]["steps"] == 6
@@ -171,12 +171,12 @@ TRAIN_OV = {"steps": 3, "threads": 1, "data.batch_size": 8, "log.progress": Fals
 
 @pytest.fixture(scope="module")
 def two_full_runs(tiny_world, tmp_path_factory):
-    from loupe_bench.train.engine import train
+    from loupe_bench.train.engine import train_model
 
     root = tmp_path_factory.mktemp("runs")
-    a = train("clip-tiny", tiny_world, "tiny-cpu", root / "a" / "full", overrides=TRAIN_OV)
-    b = train("clip-tiny", tiny_world, "tiny-cpu", root / "b" / "full", overrides=TRAIN_OV, seed=1)
-    cut = train("clip-tiny", tiny_world, "tiny-cpu", root / "cut", overrides=TRAIN_OV, stop_after=2)
+    a = train_model("clip-tiny", tiny_world, "tiny-cpu", root / "a" / "full", overrides=TRAIN_OV)
+    b = train_model("clip-tiny", tiny_world, "tiny-cpu", root / "b" / "full", overrides=TRAIN_OV, seed=1)
+    cut = train_model("clip-tiny", tiny_world, "tiny-cpu", root / "cut", overrides=TRAIN_OV, stop_after=2)
     return a, b, cut
 
 
@@ -199,7 +199,7 @@ def test_case04_two_runs_with_one_name_keep_both_results(two_full_runs, tiny_wor
 
 
 def test_case05_unfinished_run_is_recorded_and_warned(two_full_runs, tiny_world, tmp_path, capsys):
-    from loupe_bench.report.render import report
+    from loupe_bench.report.render import render_report
 
     a, _, cut = two_full_runs
     out = tmp_path / "res"
@@ -211,7 +211,7 @@ def test_case05_unfinished_run_is_recorded_and_warned(two_full_runs, tiny_world,
                for f in out.glob("*.json")}
     assert by_name["cut"]["finished"] is False and by_name["cut"]["checkpoint_step"] == 2
     assert by_name["full"]["finished"] is True and by_name["full"]["checkpoint_step"] == 3
-    paths = report(out, html=False, csv=False, quiet=True, runs={})
+    paths = render_report(out, html=False, csv=False, quiet=True, runs={})
     assert "cut: evaluated at checkpoint step 2 of an unfinished training run" in paths.markdown.read_text()
 
 
@@ -373,27 +373,27 @@ def test_case14_images_checked_before_step_one_or_skipped(tiny_world, tmp_path, 
 # -- 11: a truncated checkpoint is named, and the previous one offered ------------------------------------------------
 @pytest.mark.parametrize("broken", ["state.pt", "model.safetensors"])
 def test_case11_truncated_checkpoint_named_previous_offered(broken, tmp_path):
-    from loupe_bench.train import resume as ckpt
-    from loupe_bench.train.engine import train
+    from loupe_bench.train import resume
+    from loupe_bench.train.engine import train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
     torch.manual_seed(0)
-    run = train(TinyVL(), TensorSource(), tiny_recipe(steps=6), tmp_path / "r", stop_after=4)
+    run = train_model(TinyVL(), TensorSource(), tiny_recipe(steps=6), tmp_path / "r", stop_after=4)
     f = run / "checkpoints" / "step_4" / broken
     f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])
     with pytest.raises(CheckpointError) as info:
-        train(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume="latest")
+        train_model(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume="latest")
     msg = str(info.value)
     assert "step_4 is broken" in msg and str(run / "checkpoints" / "step_2") in msg and "--resume" in msg
-    train(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume=run / "checkpoints" / "step_2")
+    train_model(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume=run / "checkpoints" / "step_2")
     assert (run / "model.safetensors").is_file()
 
 
 # -- 15: a non-finite gradient norm stops training, naming the last good checkpoint ------------------------------------
 def test_case15_non_finite_grad_norm_stops(tmp_path):
-    from loupe_bench.train import resume as ckpt
-    from loupe_bench.train.engine import NonFiniteGradError, train
+    from loupe_bench.train import resume
+    from loupe_bench.train.engine import NonFiniteGradError, train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
@@ -406,10 +406,10 @@ def test_case15_non_finite_grad_norm_stops(tmp_path):
 
     torch.manual_seed(0)
     with pytest.raises(NonFiniteGradError) as info:
-        train(NanGrad(), TensorSource(), tiny_recipe(steps=10, **{"optim.grad_clip": None}), tmp_path / "g")
+        train_model(NanGrad(), TensorSource(), tiny_recipe(steps=10, **{"optim.grad_clip": None}), tmp_path / "g")
     msg = str(info.value)
     assert "step 5" in msg and "gradient norm is nan" in msg and "step_4" in msg
-    assert ckpt.resolve_resume("latest", tmp_path / "g").name == "step_4"
+    assert resume.resolve_resume("latest", tmp_path / "g").name == "step_4"
     rows = [json.loads(l) for l in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 4
 

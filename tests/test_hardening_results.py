@@ -364,7 +364,7 @@ def _interval_ok(name: str, value: float, ci) -> bool:
     return True
 
 
-MEAN_METRICS = ("i2t_R@1", "t2i_R@10", "rsum", "top1", "acc@0.5", "acc@0.5:anchor", "ROUGE-L", "METEOR",
+MEAN_METRICS = ("i2t_R@1", "t2i_R@10", "rsum", "top1", "acc@0.5", "acc@0.5:anchor", "ROUGE-L",
                 "proposal_recall@10")
 CORPUS_METRICS = ("BLEU-1", "BLEU-4", "CIDEr-D", "AP", "AP50", "AP75")
 
@@ -386,6 +386,13 @@ def test_item3_interval_rule_corpus_metric_two_widths(name):
     for v in (1.000002, -0.000002, 1.1, -0.1):
         assert not _interval_ok(name, v, ci), v
     assert not _interval_ok("top1", 0.75, ci) and _interval_ok(name, 0.75, ci)
+
+
+@pytest.mark.parametrize("name", ["METEOR", "SPICE"])
+def test_item3_interval_on_a_metric_registered_without_one_refused(name):
+    """METEOR and SPICE are corpus values without an interval (metric registry): a ci95 on one is refused."""
+    assert not _interval_ok(name, 0.5, [0.4, 0.6])
+    assert _interval_ok(name, 0.5, None)
 
 
 def test_item3_interval_rule_rounding_allowance():

@@ -61,7 +61,7 @@ def test_item2_train_refuses_foreign_run_folder(tiny_world, tmp_path, capsys):
     {"run.json": "not json"},
 ])
 def test_item2_names_or_foreign_run_json_do_not_make_a_run_ours(marker, tiny_world, tmp_path, capsys):
-    from loupe_bench.models.checkpoint import run_state
+    from loupe_bench.utils.run_files import run_state
 
     foreign = _open_clip_folder(tmp_path)
     for name, text in marker.items():
@@ -74,7 +74,7 @@ def test_item2_names_or_foreign_run_json_do_not_make_a_run_ours(marker, tiny_wor
 
 
 def test_item2_a_run_of_ours_is_continued_and_marked_first(tiny_world, tmp_path, capsys):
-    from loupe_bench.models.checkpoint import RUN_SCHEMA, run_record, run_state
+    from loupe_bench.utils.run_files import RUN_SCHEMA, run_record, run_state
 
     run = tmp_path / "run"
     code, _, err = _train_cli("clip-tiny", tiny_world, run, capsys)
@@ -124,16 +124,16 @@ def test_item4_bad_numbers_are_one_line(extra, words, tiny_world, tmp_path, caps
 def test_item4_api_refuses_unchecked_recipe_objects(tmp_path):
     import dataclasses
 
-    from loupe_bench.train.engine import train
+    from loupe_bench.train.engine import train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
     base = tiny_recipe(steps=2)
     nan_clip = dataclasses.replace(base, optim=dataclasses.replace(base.optim, grad_clip=float("nan")))
     with pytest.raises(SpecError, match="grad_clip"):
-        train(TinyVL(), TensorSource(), nan_clip, tmp_path / "a")
+        train_model(TinyVL(), TensorSource(), nan_clip, tmp_path / "a")
     with pytest.raises(SpecError, match="seed"):
-        train(TinyVL(), TensorSource(), base, tmp_path / "b", seed=2**40)
+        train_model(TinyVL(), TensorSource(), base, tmp_path / "b", seed=2**40)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -142,7 +142,7 @@ def test_item4_nan_scaled_update_stops_training_and_saves_no_nan_weights(tmp_pat
     clip_grad_norm_ does with max_norm NaN) stops training before anything of that step is saved."""
     from safetensors.torch import load_file
 
-    from loupe_bench.train.engine import NonFiniteParamError, train
+    from loupe_bench.train.engine import NonFiniteParamError, train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
@@ -157,7 +157,7 @@ def test_item4_nan_scaled_update_stops_training_and_saves_no_nan_weights(tmp_pat
     torch.manual_seed(0)
     run = tmp_path / "r"
     with pytest.raises(NonFiniteParamError, match=r"step 3: parameter .* not finite.*step_2"):
-        train(TinyVL(), TensorSource(), tiny_recipe(steps=4, **{"checkpoint.every": 1}), run)
+        train_model(TinyVL(), TensorSource(), tiny_recipe(steps=4, **{"checkpoint.every": 1}), run)
     assert not (run / "model.safetensors").exists()
     saved = sorted((run / "checkpoints").glob("step_*"))
     assert [d.name for d in saved] == ["step_1", "step_2"]
@@ -270,19 +270,19 @@ def test_item6b_spec_check_without_recorded_digest_uses_config_json(tmp_path):
 
 
 def test_item6c_resume_refuses_another_runs_checkpoint(tmp_path, tiny_world, capsys):
-    from loupe_bench.train.engine import train
+    from loupe_bench.train.engine import train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
     torch.manual_seed(0)
-    a = train(TinyVL(), TensorSource(), tiny_recipe(steps=4), tmp_path / "a", stop_after=2)
-    b = train(TinyVL(), TensorSource(), tiny_recipe(steps=8), tmp_path / "b", stop_after=4)
+    a = train_model(TinyVL(), TensorSource(), tiny_recipe(steps=4), tmp_path / "a", stop_after=2)
+    b = train_model(TinyVL(), TensorSource(), tiny_recipe(steps=8), tmp_path / "b", stop_after=4)
     before_a, before_b = _snapshot(a), _snapshot(b)
     for other in (b / "checkpoints" / "step_4", b):
         with pytest.raises(CheckpointError, match="does not belong to the run being resumed"):
-            train(TinyVL(), TensorSource(), tiny_recipe(steps=4), a, resume=other)
+            train_model(TinyVL(), TensorSource(), tiny_recipe(steps=4), a, resume=other)
         assert _snapshot(a) == before_a and _snapshot(b) == before_b
-    train(TinyVL(), TensorSource(), tiny_recipe(steps=4), a, resume=a / "checkpoints" / "step_2")  # its own: fine
+    train_model(TinyVL(), TensorSource(), tiny_recipe(steps=4), a, resume=a / "checkpoints" / "step_2")  # its own: fine
     assert json.loads((a / "run.json").read_text())["finished_step"] == 4
 
 
@@ -318,25 +318,25 @@ def _special(kind: str, path: Path) -> None:
 
 
 def _standin_run(tmp_path: Path, finished: bool) -> Path:
-    from loupe_bench.train.engine import train
+    from loupe_bench.train.engine import train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
     torch.manual_seed(0)
-    return train(TinyVL(), TensorSource(), tiny_recipe(steps=4), tmp_path / "run", stop_after=None if finished else 2)
+    return train_model(TinyVL(), TensorSource(), tiny_recipe(steps=4), tmp_path / "run", stop_after=None if finished else 2)
 
 
 def _resume_standin(run: Path):
-    from loupe_bench.train.engine import train
+    from loupe_bench.train.engine import train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
-    return train(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume="latest")
+    return train_model(TinyVL(), TensorSource(), tiny_recipe(steps=6), run, resume="latest")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory", "dangling"])
 def test_latest_pointer_that_is_not_a_regular_file_is_refused(kind, tmp_path):
-    from loupe_bench.models.checkpoint import latest_pointer_target, run_state
+    from loupe_bench.utils.run_files import latest_pointer_target, run_state
 
     run = _standin_run(tmp_path, finished=False)
     pointer = run / "checkpoints" / "latest"
@@ -354,7 +354,7 @@ def test_latest_pointer_that_is_not_a_regular_file_is_refused(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory", "dangling"])
 def test_final_weights_that_are_not_a_regular_file_are_refused_never_a_fallback(kind, tmp_path):
-    from loupe_bench.models.checkpoint import run_state
+    from loupe_bench.utils.run_files import run_state
 
     run = _standin_run(tmp_path, finished=True)
     assert run_state(run)["finished"] is True
@@ -365,7 +365,7 @@ def test_final_weights_that_are_not_a_regular_file_are_refused_never_a_fallback(
 
 
 def test_latest_checkpoint_with_a_special_weights_file_is_refused(tmp_path):
-    from loupe_bench.models.checkpoint import latest_checkpoint
+    from loupe_bench.utils.run_files import latest_checkpoint
 
     run = _standin_run(tmp_path, finished=False)
     _special("fifo", run / "checkpoints" / "step_2" / "model.safetensors")
@@ -379,8 +379,8 @@ def test_latest_checkpoint_with_a_special_weights_file_is_refused(tmp_path):
     ("model_spec_digest", {"a": 1}), ("recipe.steps", "two"),
 ])
 def test_run_json_is_checked_field_by_field_before_anything_is_written(field, value, tmp_path):
-    from loupe_bench.models.checkpoint import run_record, run_state
-    from loupe_bench.train.engine import train
+    from loupe_bench.utils.run_files import run_record, run_state
+    from loupe_bench.train.engine import train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
@@ -393,14 +393,14 @@ def test_run_json_is_checked_field_by_field_before_anything_is_written(field, va
     (run / "run.json").write_text(json.dumps(rec))
     before = _snapshot(run)
     for call in (lambda: _resume_standin(run), lambda: run_record(run), lambda: run_state(run),
-                 lambda: train(TinyVL(), TensorSource(), tiny_recipe(steps=4), run)):
+                 lambda: train_model(TinyVL(), TensorSource(), tiny_recipe(steps=4), run)):
         with pytest.raises(CheckpointError, match=rf"run\.json: malformed run record: field '{field}'"):
             call()
     assert _snapshot(run) == before
 
 
 def test_run_json_of_another_schema_is_not_ours_and_a_valid_one_resumes(tmp_path):
-    from loupe_bench.models.checkpoint import run_record
+    from loupe_bench.utils.run_files import run_record
 
     run = _standin_run(tmp_path, finished=False)
     assert run_record(run)["finished_step"] is None
@@ -423,20 +423,20 @@ def test_empty_data_is_one_line_and_never_the_current_folder(data, tmp_path, cap
 
 
 def test_checkpoint_every_zero_means_the_final_checkpoint_only(tmp_path):
-    from loupe_bench.models.checkpoint import run_state
-    from loupe_bench.train.engine import train
+    from loupe_bench.utils.run_files import run_state
+    from loupe_bench.train.engine import train_model
     from loupe_bench.train.recipe import load_recipe
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
     assert load_recipe("gpu-bf16").checkpoint.every == 0  # a shipped recipe relies on it
-    run = train(TinyVL(), TensorSource(), tiny_recipe(steps=4, **{"checkpoint.every": 0}), tmp_path / "run")
+    run = train_model(TinyVL(), TensorSource(), tiny_recipe(steps=4, **{"checkpoint.every": 0}), tmp_path / "run")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_4"]
     assert run_state(run)["finished"] is True and run_state(run)["checkpoint_step"] == 4
 
 
 def test_a_model_not_finite_at_initialisation_is_refused_before_the_first_write(tmp_path):
-    from loupe_bench.train.engine import train
+    from loupe_bench.train.engine import train_model
 
     from test_train_support import TensorSource, TinyVL, tiny_recipe
 
@@ -444,7 +444,7 @@ def test_a_model_not_finite_at_initialisation_is_refused_before_the_first_write(
     with torch.no_grad():
         model.logit_scale.fill_(float("nan"))
     with pytest.raises(SpecError, match=r"'tiny-standin': logit_scale is not finite after initialisation"):
-        train(model, TensorSource(), tiny_recipe(steps=4), tmp_path / "run")
+        train_model(model, TensorSource(), tiny_recipe(steps=4), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

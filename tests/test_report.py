@@ -11,21 +11,26 @@ import pytest
 from click.testing import CliRunner
 
 from loupe_bench.errors import DataError
-from loupe_bench.report.render import report
+from loupe_bench.report.render import render_report
 from loupe_bench.report.results_io import load_rows
 from loupe_bench.report.table import build_table
 
 
 def _write(folder: Path, model: str, task: str, metrics: dict, *, seed=0, fp="fp-ret", split="test",
            ci=True, unavailable=None):
+    """One result file; each metric in its registered units, with a ±0.05 interval (``ci``) where it has one."""
+    from loupe_bench.tasks.metric_registry import metric_info
+
+    info = {k: metric_info(k) for k in metrics}
     obj = {
         "schema": "loupe-bench/result/v1",
         "model": {"name": model, "spec": {"family": model.split("-")[0]}, "checkpoint_sha256": "a" * 64,
                   "source": f"runs/{model}"},
         "task": {"name": task, "type": task.split("-")[-1], "dataset": "synthetic", "split": split,
                  "spec": {}, "fingerprint": fp},
-        "metrics": {k: ({"value": v, "ci95": [v - 0.05, v + 0.05], "units": "fraction"} if ci else
-                        {"value": v, "units": "fraction"}) for k, v in metrics.items()},
+        "metrics": {k: ({"value": v, "ci95": [v - 0.05, v + 0.05], "units": info[k].unit}
+                        if ci and info[k].has_interval else {"value": v, "units": info[k].unit})
+                    for k, v in metrics.items()},
         "unavailable": unavailable or {}, "extra": {"proposal_source": "grid", "ranks": list(range(3000))},
         "seed": seed,
         "code_version": "0.1.0", "packages": {}, "device": "cpu", "timings": {"total_s": 0.5},
@@ -103,7 +108,7 @@ def test_report_files(results, tmp_path):
     run.mkdir(parents=True)
     run.joinpath("log.jsonl").write_text("\n".join(
         json.dumps({"step": s, "loss": 2.0 / (s + 1), "terms": {"cmc": 1.0 / (s + 1)}, "lr": 1e-3}) for s in range(5)))
-    paths = report(results, out_dir=tmp_path / "out", quiet=True)
+    paths = render_report(results, out_dir=tmp_path / "out", quiet=True)
     df = pd.read_csv(paths.csv)
     assert len(df) == 7 and set(df.columns) >= {"model", "task", "metric", "value", "ci_low", "ci_high", "fingerprint"}
     assert df.loc[(df.model == "filip-tiny") & (df.metric == "i2t_R@1"), "value"].item() == pytest.approx(0.6)
@@ -158,7 +163,8 @@ def test_console_summary_fits_80_columns_without_wrapping(tmp_path):
 
     from rich.console import Console
 
-    from loupe_bench.report.render import HEADLINE_METRICS, SHORT_METRIC_NAMES, compact_cell, console_tables
+    from loupe_bench.report.render import HEADLINE_METRICS, compact_cell, console_tables
+    from loupe_bench.tasks.metric_registry import metric_info
 
     r = tmp_path / "results"
     models = ["clip-tiny", "filip-tiny", "loupe-tiny", "loupe-no-fsa-tiny", "loupe-no-tsa-tiny",
@@ -178,7 +184,7 @@ def test_console_summary_fits_80_columns_without_wrapping(tmp_path):
     lines = text.splitlines()
     assert max(len(l) for l in lines) <= 80, max(lines, key=len)
     for ci, col in enumerate(table.columns):
-        head = SHORT_METRIC_NAMES.get(col.metric, col.metric)
+        head = metric_info(col.metric).display
         assert any(head in l for l in lines), head
         for m in models:
             cell = compact_cell(table.cell(m, ci))
@@ -196,7 +202,7 @@ def test_report_console_output_fits_80_columns(results, tmp_path):
     from rich.console import Console
 
     buf = io.StringIO()
-    report(results, html=False, markdown=False, csv=False, console=Console(file=buf, width=80, color_system=None))
+    render_report(results, html=False, markdown=False, csv=False, console=Console(file=buf, width=80, color_system=None))
     lines = buf.getvalue().splitlines()
     assert max(len(l) for l in lines) <= 80
     assert any(l.startswith("filip-tiny ") and "★ 60.0 [55.0,65.0]" in l for l in lines)
@@ -221,8 +227,9 @@ def test_oracle_bars_are_hatched_and_labelled():
     """An oracle model's bars are hatched and its legend entry says "(oracle)"; other models' bars are plain."""
     from loupe_bench.report.plots import bar_figure
     from loupe_bench.report.table import Cell, Column, ResultTable
+    from loupe_bench.tasks.metric_registry import metric_info
 
-    cols = [Column("t", "test", "acc", "fp", "acc", "fraction")]
+    cols = [Column("t", "test", "acc", "fp", "acc", "fraction", metric_info("acc"))]
     cells = {("clip-tiny", 0): Cell(40.0, 30.0, 50.0, 0.0, 1), ("loupe-oracle-regions", 0): Cell(60.0, 50.0, 70.0, 0.0, 1)}
     table = ResultTable(["clip-tiny", "loupe-oracle-regions"], cols, cells, {}, [], {}, ("loupe-oracle-regions",))
     ax = bar_figure(table, [0], "t").axes[0]

@@ -8,17 +8,22 @@ import re
 import pandas as pd
 import pytest
 
-from loupe_bench.report.render import report
+from loupe_bench.report.render import render_report
 from loupe_bench.report.results_io import load_rows
 from loupe_bench.report.table import Cell, best_models, build_table, metric_sort_key
+from loupe_bench.tasks.metric_registry import Metric, register_metric
 
 from test_report import _write
 
 RETRIEVAL = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum")
+# metrics registered without an order (they sort after every ordered one, by name), and a lower-is-better one
+for _metric in (Metric("alpha_score", description="a planted metric"), Metric("zeta_score", description="planted"),
+                Metric("train_loss", direction="lower", description="a planted loss: lower is better")):
+    register_metric(_metric)
 
 
 def _retrieval_results(folder, models=("clip-tiny", "filip-tiny", "loupe-tiny")):
-    # written in a scrambled order, with metrics the order registry does not know
+    # written in a scrambled order, with metrics registered without an order
     names = ["rsum", "t2i_R@10", "zeta_score", "i2t_R@10", "t2i_R@1", "i2t_R@5", "alpha_score", "i2t_R@1", "t2i_R@5"]
     for k, m in enumerate(models):
         _write(folder, m, "synthetic-retrieval", {n: 0.1 + 0.01 * i + 0.2 * k for i, n in enumerate(names)})
@@ -30,14 +35,14 @@ def test_metric_order_in_every_format(tmp_path):
     from loupe_bench.report.plots import bar_figure
     from loupe_bench.report.render import HEADLINE_METRICS, column_groups, console_tables
 
-    want = list(RETRIEVAL) + ["alpha_score", "zeta_score"]         # unknown metrics after, alphabetically
+    want = list(RETRIEVAL) + ["alpha_score", "zeta_score"]         # metrics without an order after, alphabetically
     r = _retrieval_results(tmp_path / "results")
     table = build_table(load_rows(r))
     assert [c.metric for c in table.columns] == want
-    paths = report(r, out_dir=tmp_path / "out", quiet=True)
+    paths = render_report(r, out_dir=tmp_path / "out", quiet=True)
     md = paths.markdown.read_text().split("### ")[1]  # the first group: its table, split into parts when wide
     heads = [l for l in md.splitlines() if l.startswith("| model |")]
-    assert re.findall(r"\| (\S+) \(%\)", " ".join(heads)) == want
+    assert re.findall(r"\| (\S+) \((?:sum of )?%\)", " ".join(heads)) == want   # RSUM: a sum of %
     assert all(len(l) <= 140 for l in md.splitlines() if l.startswith("|"))  # every part fits ~1,000 px
     html = paths.html.read_text()
     assert re.findall(r'<th class="m">([^<]+)</th>', html.split('<h2 id="results">Results</h2>')[1]) == want
@@ -96,7 +101,7 @@ def test_best_rule_in_tables_and_legends(tmp_path):
     loss = [c.metric for c in t.columns].index("train_loss")
     assert acc not in t.best                     # 48 [43, 53] vs 45 [40, 50]: not separated
     assert t.best[loss] == ["filip-tiny"]        # lower is better, [15, 25] clear of [45, 55]
-    paths = report(r, out_dir=tmp_path / "out", quiet=True)
+    paths = render_report(r, out_dir=tmp_path / "out", quiet=True)
     md, html = paths.markdown.read_text(), paths.html.read_text()
     for text in (md, html.replace("&#x27;", "'")):
         assert "clear of the runner-up's" in text and "strictly better" in text
@@ -118,7 +123,7 @@ def test_no_best_on_equal_displayed_values_without_intervals(tmp_path):
         o = json.loads(f.read_text())
         o["metrics"]["CIDEr-D"] = {"value": o["metrics"]["CIDEr-D"]["value"] * 100, "units": "score"}
         f.write_text(json.dumps(o))
-    paths = report(r, out_dir=tmp_path / "out", quiet=True)
+    paths = render_report(r, out_dir=tmp_path / "out", quiet=True)
     assert paths.table.best == {}
     assert 'class="best"' not in paths.html.read_text()
     assert "**" not in paths.markdown.read_text().split("### ", 1)[1]
@@ -139,7 +144,7 @@ def test_oracle_and_reference_rows_marked_never_best(tmp_path):
         o["reference_rows"] = {"chance": {"acc@0.5": {"value": 0.1, "units": "fraction"}}}
         f.write_text(json.dumps(o))
     console = Console(width=80, record=True, color_system=None)
-    paths = report(r, out_dir=tmp_path / "out", console=console)
+    paths = render_report(r, out_dir=tmp_path / "out", console=console)
     t = paths.table
     assert t.oracles == ("loupe-oracle-regions",)
     assert t.best == {0: ["loupe-tiny"]}                          # 50 [45, 55] clear of 20; the oracle's 95 is not
@@ -219,7 +224,7 @@ def test_run_metadata_from_manifest_and_from_results(tmp_path):
         "environment": {"code_version": "0.3.0+gabc", "packages": {"torch": "2.4.1"}, "device": "cpu",
                         "machine": {"platform": "Linux-6.1", "processor": "x86_64", "cpu_count": 2}},
         "runs": {}, "world": "world"}))
-    paths = report(out / "results", out_dir=tmp_path / "rep", quiet=True)
+    paths = render_report(out / "results", out_dir=tmp_path / "rep", quiet=True)
     md = paths.markdown.read_text()
     top = md.split("### ")[0]                                 # before the first table
     for want in ("**date**: 2026-11-27T12:00:00Z", "0.3.0+gabc", "0.1.0", "tiny-cpu with steps=40 (quick plan)",
@@ -249,7 +254,7 @@ def test_run_metadata_from_manifest_and_from_results(tmp_path):
 def test_scope_statement_only_for_synthetic_results(tmp_path):
     syn = tmp_path / "syn"
     _write(syn, "clip-tiny", "synthetic-retrieval", {"i2t_R@1": 0.4})
-    p = report(syn, out_dir=tmp_path / "o1", quiet=True)
+    p = render_report(syn, out_dir=tmp_path / "o1", quiet=True)
     for text in (p.markdown.read_text(), p.html.read_text()):
         head = text[:text.index("Results")] if '<h2 id="results">' in text else text[:text.index("### ")]
         assert "not on the paper's benchmarks" in head.replace("&#x27;", "'") and "not comparable" in head
@@ -260,7 +265,7 @@ def test_scope_statement_only_for_synthetic_results(tmp_path):
     obj = json.loads(f.read_text())
     obj["task"]["dataset"] = "flickr30k"
     f.write_text(json.dumps(obj))
-    p = report(real, out_dir=tmp_path / "o2", quiet=True)
+    p = render_report(real, out_dir=tmp_path / "o2", quiet=True)
     assert "compare --paper" not in p.markdown.read_text() and "compare --paper" not in p.html.read_text()
 
 
@@ -302,7 +307,7 @@ def test_explanation_draws_best_regions_and_labels_without_overlap(tiny_world):
 
 
 def test_explained_run_is_the_main_loupe_model(tmp_path, monkeypatch):
-    from loupe_bench.report import explain  # loupe_bench.report (the attribute) is the report() function
+    from loupe_bench.report import explain
     from loupe_bench.report.render import explained_run, main_loupe_model
 
     assert main_loupe_model() == "loupe-tiny"
@@ -313,7 +318,7 @@ def test_explained_run_is_the_main_loupe_model(tmp_path, monkeypatch):
     assert explained_run(names) == "loupe-tiny"                       # not the alphabetically first
     assert explained_run(["loupe-sampling", "loupe-no-tsa", "loupe-no-fsa", "clip"]) == "loupe-no-fsa"  # shortest
     assert explained_run(["clip-tiny", "filip-tiny"]) is None
-    # report() explains that run
+    # render_report() explains that run
     r = _retrieval_results(tmp_path / "results")
     runs = {}
     for n in names:
@@ -324,5 +329,5 @@ def test_explained_run_is_the_main_loupe_model(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(explain, "explanation_figures",
                         lambda run_dir, world_dir, n_images=3, label="": seen.append((run_dir, label)) or [])
-    report(r, out_dir=tmp_path / "out", runs=runs, world_dir=world, quiet=True)
+    render_report(r, out_dir=tmp_path / "out", runs=runs, world_dir=world, quiet=True)
     assert seen == [(runs["loupe-tiny"], "loupe-tiny")]

@@ -99,7 +99,7 @@ def test_family_mapping():
 
 def test_compare_deltas_in_points(tmp_path):
     _result(tmp_path / "r" / "a.json", "loupe-tiny", "retrieval", "flickr30k", "test",
-            {"t2i_R@1": 0.70, "i2t_R@1": 0.80, "not_a_paper_metric": 0.1}, extra=FLICKR_1K)
+            {"t2i_R@1": 0.70, "i2t_R@1": 0.80, "i2t_R@50": 0.1}, extra=FLICKR_1K)
     _result(tmp_path / "r" / "b.json", "clip-tiny", "retrieval", "coco", "test", {"t2i_R@1": 0.30}, extra=COCO_5K)
     rows = compare_paper(tmp_path / "r")
     loupe = [r for r in rows if r.model == "loupe-tiny" and r.paper_model == "LOUPE" and r.metric == "t2i_R@1"]

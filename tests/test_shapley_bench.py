@@ -246,12 +246,12 @@ def trained_run(tiny_world, tmp_path_factory):
     """loupe-tiny trained for 20 steps on the tiny world (a few seconds on one thread)."""
     import torch
 
-    from loupe_bench.train import train
+    from loupe_bench.train.engine import train_model
 
     threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("trained") / "loupe-tiny"
     try:
-        train("loupe-tiny", str(tiny_world), "tiny-cpu", out,
+        train_model("loupe-tiny", str(tiny_world), "tiny-cpu", out,
               overrides={"steps": 20, "data.batch_size": 8, "threads": 1, "log.progress": False})
     finally:
         torch.set_num_threads(threads)
@@ -313,12 +313,12 @@ def test_cli_run_errors_are_one_line(tmp_path, trained_run, tiny_world, capsys):
     import torch
 
     from loupe_bench.cli.main import main
-    from loupe_bench.train import train
+    from loupe_bench.train.engine import train_model
 
     threads = torch.get_num_threads()
     clip = tmp_path / "clip-run"
     try:
-        train("clip-tiny", str(tiny_world), "tiny-cpu", clip, overrides={"steps": 1, "data.batch_size": 4,
+        train_model("clip-tiny", str(tiny_world), "tiny-cpu", clip, overrides={"steps": 1, "data.batch_size": 4,
                                                                           "threads": 1, "log.progress": False})
     finally:
         torch.set_num_threads(threads)

@@ -19,10 +19,11 @@ import torch
 
 from loupe_bench.errors import CheckpointError, LoupeBenchError
 from loupe_bench.models.checkpoint import read_weights
-from loupe_bench.train import resume as ckpt
-from loupe_bench.train.engine import NonFiniteLossError, train
+from loupe_bench.train import resume
+from loupe_bench.train.engine import NonFiniteLossError, train_model
 from loupe_bench.train.optim import cosine_factor, create_optimizer, create_scheduler, param_groups
 from loupe_bench.train.step import forward_backward, split_batch
+from loupe_bench.utils import run_files
 
 from test_train_support import KILL_SCRIPT, TensorDataset, TensorSource, TinyVL, ddp_worker, stack, tiny_recipe, weights
 
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _run(out, **changes):
     torch.manual_seed(0)
-    return train(TinyVL(), TensorSource(), tiny_recipe(**changes), out)
+    return train_model(TinyVL(), TensorSource(), tiny_recipe(**changes), out)
 
 
 def _assert_identical(a, b):
@@ -53,7 +54,7 @@ def test_run_dir_layout_log_and_loss_falls(tmp_path):
     assert rows[0]["lr"] == pytest.approx(0.01 / 2)  # first warm-up step
     assert sum(r["loss"] for r in rows[-3:]) < 0.6 * sum(r["loss"] for r in rows[:3])
     # keep-last-2, latest pointer, final step always checkpointed
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_10", "step_12"]
+    assert [p.name for p in run_files.list_checkpoints(run)] == ["step_10", "step_12"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_12"
     # the final weights are those of the last checkpoint
     _assert_identical(weights(run), read_weights(run / "checkpoints" / "step_12" / "model.safetensors"))
@@ -71,10 +72,10 @@ def test_resume_in_process_is_bit_identical(tmp_path):
     """Stop after step 5 (checkpoint at 4, across an epoch boundary: 6 batches per epoch), resume -> identical."""
     full = weights(_run(tmp_path / "full", steps=14))
     torch.manual_seed(0)
-    train(TinyVL(), TensorSource(), tiny_recipe(steps=14), tmp_path / "cut", stop_after=5)
-    assert ckpt.resolve_resume("latest", tmp_path / "cut").name == "step_4"
+    train_model(TinyVL(), TensorSource(), tiny_recipe(steps=14), tmp_path / "cut", stop_after=5)
+    assert resume.resolve_resume("latest", tmp_path / "cut").name == "step_4"
     torch.manual_seed(123)  # a different init: everything must come from the checkpoint
-    train(TinyVL(), TensorSource(), tiny_recipe(steps=14), tmp_path / "cut", resume="latest")
+    train_model(TinyVL(), TensorSource(), tiny_recipe(steps=14), tmp_path / "cut", resume="latest")
     _assert_identical(full, weights(tmp_path / "cut"))
     rows = [json.loads(l)["step"] for l in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert rows == list(range(1, 15))  # rows after the checkpoint were replaced, none duplicated
@@ -101,7 +102,7 @@ def test_kill_9_then_resume_latest_is_bit_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "model.safetensors").exists()  # it really died mid-run
     torch.manual_seed(99)  # resume in this process: every state must come from the checkpoint the kill left
-    train(TinyVL(), TensorSource(), tiny_recipe(steps=steps), run, resume="latest")
+    train_model(TinyVL(), TensorSource(), tiny_recipe(steps=steps), run, resume="latest")
     _assert_identical(full, weights(run))
 
 
@@ -124,7 +125,7 @@ def test_two_process_gloo_ddp_and_fsdp2_match_single_process(tmp_path):
         for k in single:
             torch.testing.assert_close(got[k], single[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
         # the run really was distributed: the checkpoint records both ranks
-        state = ckpt.load_state(ckpt.resolve_resume("latest", tmp_path / name) / "state.pt")
+        state = resume.load_state(resume.resolve_resume("latest", tmp_path / name) / "state.pt")
         assert state["world_size"] == 2 and len(state["rng"]) == 2
     # and the comparison can fail: another seed gives other weights
     other = weights(_run(tmp_path / "other", steps=6, seed=11))
@@ -171,23 +172,23 @@ def test_naive_per_microbatch_loss_differs_from_large_batch():
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(tmp_path):
     torch.manual_seed(0)
     with pytest.raises(NonFiniteLossError) as info:
-        train(TinyVL(nan_at=7), TensorSource(), tiny_recipe(steps=10), tmp_path / "nan")
+        train_model(TinyVL(nan_at=7), TensorSource(), tiny_recipe(steps=10), tmp_path / "nan")
     msg = str(info.value)
     assert "step 7" in msg and "'i2t'" in msg and "nan" in msg and "step_6" in msg
     assert isinstance(info.value, LoupeBenchError)
-    assert ckpt.resolve_resume("latest", tmp_path / "nan").name == "step_6"
+    assert resume.resolve_resume("latest", tmp_path / "nan").name == "step_6"
     assert not (tmp_path / "nan" / "model.safetensors").exists()
 
 
 def test_resume_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        ckpt.resolve_resume("latest", tmp_path)
+        resume.resolve_resume("latest", tmp_path)
     with pytest.raises(CheckpointError, match="not a checkpoint folder"):
-        ckpt.resolve_resume(tmp_path, tmp_path)
+        resume.resolve_resume(tmp_path, tmp_path)
     run = _run(tmp_path / "r", steps=3)
     torch.manual_seed(0)
     with pytest.raises(CheckpointError, match="global batch"):
-        train(TinyVL(), TensorSource(), tiny_recipe(steps=4, **{"data.batch_size": 4}), run, resume="latest")
+        train_model(TinyVL(), TensorSource(), tiny_recipe(steps=4, **{"data.batch_size": 4}), run, resume="latest")
 
 
 def test_state_file_holds_every_rng_and_loads_weights_only(tmp_path):
@@ -203,9 +204,9 @@ def test_rng_state_round_trip():
 
     import numpy as np
 
-    s = ckpt.rng_state()
+    s = resume.rng_state()
     a = (random.random(), float(np.random.rand()), float(torch.rand(1)))
-    ckpt.set_rng_state(s)
+    resume.set_rng_state(s)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == a
 
 

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from loupe_bench.train.engine import train
+from loupe_bench.train.engine import train_model
 
 OVERRIDES = {"steps": 24, "threads": 1, "data.batch_size": 16, "optim.lr": 3e-3, "optim.warmup_steps": 2,
              "optim.min_lr_ratio": 0.3, "checkpoint.every": 0, "log.progress": False}
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_tiny_run_loss_falls(spec, tiny_world, tmp_path):
     from loupe_bench.models import load_model
 
-    run = train(spec, tiny_world, "tiny-cpu", tmp_path / spec, overrides=OVERRIDES)
+    run = train_model(spec, tiny_world, "tiny-cpu", tmp_path / spec, overrides=OVERRIDES)
     rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert len(rows) == OVERRIDES["steps"]
     terms = [k for k in rows[0] if k.startswith("loss/")]
@@ -65,9 +65,9 @@ def test_loupe_resume_is_bit_identical(tiny_world, tmp_path):
     from safetensors.torch import load_file
 
     ov = dict(OVERRIDES, steps=5, **{"data.batch_size": 8, "checkpoint.every": 2})
-    full = train(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "full", overrides=ov)
-    train(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "cut", overrides=ov, stop_after=3)
-    cut = train(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "cut", overrides=ov, resume="latest")
+    full = train_model(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "full", overrides=ov)
+    train_model(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "cut", overrides=ov, stop_after=3)
+    cut = train_model(_loupe_spec(), tiny_world, "tiny-cpu", tmp_path / "cut", overrides=ov, resume="latest")
     rows = [json.loads(l) for l in (cut / "log.jsonl").read_text().splitlines()]
     assert [r["fsa_factor"] for r in rows] == [0.0, 0.5, 1.0, 1.0, 1.0]
     assert [("loss/fsa" in r) for r in rows] == [False, True, True, True, True]
@@ -113,7 +113,7 @@ def test_oracle_regions_spec_trains_on_the_world(tiny_world, tmp_path):
     from loupe_bench.errors import DataError
 
     ov = dict(OVERRIDES, steps=4, **{"data.batch_size": 8})
-    run = train(_loupe_spec("loupe-oracle-regions", 0, 0), tiny_world, "tiny-cpu", tmp_path / "oracle", overrides=ov)
+    run = train_model(_loupe_spec("loupe-oracle-regions", 0, 0), tiny_world, "tiny-cpu", tmp_path / "oracle", overrides=ov)
     rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(math.isfinite(r["loss/fsa"]) and r["fsa_factor"] == 1.0 for r in rows)
     no_boxes = tmp_path / "no_boxes"
@@ -124,5 +124,5 @@ def test_oracle_regions_spec_trains_on_the_world(tiny_world, tmp_path):
         json.dumps({k: [{kk: vv for kk, vv in p.items() if kk != "bbox"} for p in v]
                     for k, v in json.loads((tiny_world / "phrases.json").read_text()).items()}))
     with pytest.raises(DataError, match="phrase_boxes"):
-        train(_loupe_spec("loupe-oracle-regions", 0, 0), no_boxes, "tiny-cpu", tmp_path / "oracle2",
+        train_model(_loupe_spec("loupe-oracle-regions", 0, 0), no_boxes, "tiny-cpu", tmp_path / "oracle2",
               overrides=dict(ov, steps=1))

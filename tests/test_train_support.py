@@ -132,13 +132,13 @@ def ddp_worker(rank: int, world: int, port: int, runs: List[Any]) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    from loupe_bench.train.engine import train
+    from loupe_bench.train.engine import train_model
 
     for i, (out, overrides) in enumerate(runs):
         if i == 0 and len(runs) > 1:
             dist.init_process_group("gloo", rank=rank, world_size=world)
         torch.manual_seed(0)
-        train(TinyVL(), TensorSource(), tiny_recipe(**overrides), out)
+        train_model(TinyVL(), TensorSource(), tiny_recipe(**overrides), out)
     if dist.is_initialized():
         dist.barrier()  # both ranks past their last collective before the group's threads are torn down
         dist.destroy_process_group()
@@ -149,7 +149,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import torch
 from test_train_support import TinyVL, TensorSource, tiny_recipe
-from loupe_bench.train.engine import train
+from loupe_bench.train.engine import train_model
 torch.manual_seed(0)
-train(TinyVL(sleep={sleep}), TensorSource(), tiny_recipe(steps={steps}), {out!r}, resume={resume!r})
+train_model(TinyVL(sleep={sleep}), TensorSource(), tiny_recipe(steps={steps}), {out!r}, resume={resume!r})
 """

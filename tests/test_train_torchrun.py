@@ -70,8 +70,8 @@ def test_torchrun_two_processes_equal_one_process(tiny_world, tmp_path, one_torc
     from safetensors.torch import load_file
 
     from loupe_bench.models import load_model
-    from loupe_bench.train import resume as ckpt
-    from loupe_bench.train.engine import train
+    from loupe_bench.train import resume
+    from loupe_bench.train.engine import train_model
 
     spec = _dropout_free_spec(tmp_path)
     args = ["train", "--model", str(spec), "--data", str(tiny_world), "--steps", str(STEPS)]
@@ -90,7 +90,7 @@ def test_torchrun_two_processes_equal_one_process(tiny_world, tmp_path, one_torc
 
     # the single-process reference: same spec, data, recipe and overrides, global batch 8 on one rank
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in SETS)}
-    single = train(str(spec), str(tiny_world), "tiny-cpu", tmp_path / "single", overrides=dict(overrides, steps=STEPS))
+    single = train_model(str(spec), str(tiny_world), "tiny-cpu", tmp_path / "single", overrides=dict(overrides, steps=STEPS))
 
     rows, ref = _rows(out), _rows(single)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one writer: no duplicated rows
@@ -105,7 +105,7 @@ def test_torchrun_two_processes_equal_one_process(tiny_world, tmp_path, one_torc
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     # the run really was distributed, and the run dir is a model directory with the same tokenizer
-    state = ckpt.load_state(ckpt.resolve_resume("latest", out) / "state.pt")
+    state = resume.load_state(resume.resolve_resume("latest", out) / "state.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == STEPS
     assert state["global_batch"] == GLOBAL_BATCH
     assert (out / "tokenizer" / "tokenizer.json").read_bytes() == (single / "tokenizer" / "tokenizer.json").read_bytes()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-from ..registry import Registry, import_registering_modules
+from ..registry import Registry, import_registering_modules, registering_modules
 
 BENCHMARKS = Registry("benchmark")
 
-# modules that register benchmarks when imported
-_BENCH_MODULES = (
+# modules that register benchmarks when imported (imported on first use)
+_BENCH_MODULES = registering_modules(
     "loupe_bench.bench.shapley_bench",
     "loupe_bench.bench.train_step",
     "loupe_bench.bench.gpu_check",

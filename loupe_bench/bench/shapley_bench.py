@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 import torch
 
 from ..errors import DataError, SpecError
-from ..utils.run_files import LOG_FILE
+from ..utils.run_files import RUN_FILE, read_log, run_record
 from ..utils.provenance import environment_info
 from . import BENCHMARKS
 from .common import (bench_world, build_tiny, figure, interleaved_times, synced, time_call, to_device,
@@ -383,7 +383,6 @@ def load_run(run: Any) -> Tuple[torch.nn.Module, Dict[str, Any]]:
         DataError: no such folder; not a training run of loupe-bench; a run of a model without LOUPE's neural
             interaction module (e.g. CLIP, or ``loupe.shapley: sampling``).
     """
-    from ..models.checkpoint import RUN_FILE, run_record
     from ..models.sources import load_source
 
     path = Path(str(run)).expanduser()
@@ -444,24 +443,13 @@ def read_training_log(run_dir: Any) -> Dict[str, Any]:
       ``{level}_nsi_rho_image``, ``{level}_nsi_spearman``: means over the rows of the last :data:`LOG_TAIL` of the
       logged steps that hold them (at least one row).
 
-    Read through :mod:`~loupe_bench.utils.bounded`; rows that are not a JSON object of finite numbers (a row cut by
-    a kill, a nan) are left out and counted in ``skipped_rows``.
+    Read with :func:`~loupe_bench.utils.run_files.read_log`; rows that are not a JSON object of finite numbers (a
+    row cut by a kill, a nan) are left out and counted in ``skipped_rows``.
     """
-    from ..utils.bounded import json_load, read_text
-
-    path = Path(str(run_dir)) / LOG_FILE
-    if not path.is_file():
+    log = read_log(Path(str(run_dir)))
+    if log is None:
         return {}
-    rows, skipped = [], 0
-    for i, line in enumerate(read_text(path, kind="annotation", what="training log").splitlines()):
-        try:
-            row = json_load(line, f"{path}:{i + 1}")
-        except DataError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        elif line.strip():
-            skipped += 1
+    rows, skipped = log
     shares = [r[NSI_TIME_KEY] / r["step_time_s"] for r in rows
               if _number(r.get(NSI_TIME_KEY)) and _number(r.get("step_time_s")) and r["step_time_s"] > 0]
     out: Dict[str, Any] = {"rows": len(rows), "skipped_rows": skipped,

@@ -39,9 +39,9 @@ import click
 def eval_cmd(models: Tuple[str, ...], names: Tuple[str, ...], tasks: Tuple[str, ...], data_root, out_dir: str,
              seed: int, device: str, batch_size, num_workers: int, precision: str) -> None:
     """Evaluate models on task protocols; one result JSON per (model, task, split)."""
+    from .. import evaluate
     from ..report.escape import new_console
     from ..report.table import eval_summary
-    from ..tasks.evaluate import evaluate
 
     if names and len(names) != len(models):
         raise click.UsageError(f"{len(names)} --name for {len(models)} --model: give one --name per --model")

@@ -28,8 +28,9 @@ def report_cmd(results_dir, html, markdown, csv, out_dir, runs, world, force):
     other JSON files (manifests, references, exports) are skipped, a result-shaped file with another schema is
     refused.
     """
+    from .. import render_report
     from ..errors import LoupeBenchError
-    from ..report.render import REPORT_FILES, default_out_dir, report
+    from ..report.render import REPORT_FILES, default_out_dir
 
     chosen = [html, markdown, csv]
     if all(c is None for c in chosen):
@@ -43,8 +44,8 @@ def report_cmd(results_dir, html, markdown, csv, out_dir, runs, world, force):
             raise LoupeBenchError(f"{existing[0]} exists (an earlier report); pass --force to overwrite it, or --out "
                                   f"DIR to write elsewhere")
     run_map = {Path(r).name: Path(r) for r in runs} if runs else None
-    paths = report(results_dir, html=bool(html), markdown=bool(markdown), csv=bool(csv), out_dir=out_dir,
-                   runs=run_map, world_dir=world)
+    paths = render_report(results_dir, html=bool(html), markdown=bool(markdown), csv=bool(csv), out_dir=out_dir,
+                          runs=run_map, world_dir=world)
     for label, p in (("csv", paths.csv), ("leaderboard", paths.leaderboard), ("markdown", paths.markdown),
                      ("html", paths.html)):
         if p is not None:
@@ -69,14 +70,14 @@ def compare_cmd(results_dir, tables, include_unmatched, markdown):
     from ..report.escape import new_console
     from ..report.metadata import SYNTHETIC_PREFIX
     from ..report.paper import compare_paper, comparison_console, comparison_markdown
-    from ..report.results_io import load_rows
+    from ..report.results_io import load
     from ..utils.io import atomic_write_text
 
-    loaded = load_rows(results_dir)
-    rows = compare_paper(rows=loaded, paper_dir=tables, include_unmatched=include_unmatched)
+    loaded = load(results_dir)
+    rows = compare_paper(loaded, paper_dir=tables, include_unmatched=include_unmatched)
     console = new_console()
     if not any(r.model is not None for r in rows):
-        if loaded and all(r.dataset.startswith(SYNTHETIC_PREFIX) for r in loaded):
+        if loaded.rows and all(r.dataset.startswith(SYNTHETIC_PREFIX) for r in loaded.rows):
             click.echo(f"{results_dir} holds results on synthetic data only: they are never matched against "
                        "published numbers (no paper reports on the synthetic world); run `loupe-bench check "
                        f"{results_dir} --reference synthetic-default` (or synthetic-quick for a --quick run) to "

@@ -41,7 +41,8 @@ def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers, sets):
     bound unless --quick) with the plan's recipe, evaluate every synthetic task and write the report."""
     from dataclasses import replace
 
-    from ..pipeline import get_plan, reproduce_synthetic
+    from .. import reproduce_synthetic
+    from ..pipeline import get_plan
 
     if quick and plan_name not in (None, "quick"):
         raise click.UsageError(f"--quick is --plan quick; it cannot be combined with --plan {plan_name}")
@@ -73,7 +74,7 @@ def synthetic_cmd(out, plan_name, n_seeds, first_seed, quick, workers, sets):
               help="auto (CUDA when available, else the CPU), cpu, cuda or cuda:N; cuda without a GPU is an error.")
 def paper_cmd(data_root, models, tasks, out, seed, device):
     """Evaluate models on the real-benchmark specs the paper tables use, beside the published numbers."""
-    from ..pipeline import reproduce_paper
+    from .. import reproduce_paper
 
     md = reproduce_paper(data_root, models, out, tasks=tasks or None, seed=seed, device=device)
     click.echo(f"comparison: {md}")

@@ -48,12 +48,13 @@ def train_cmd(model: str, data: str, recipe: str, out: str, resume: Optional[str
     """
     import os
 
-    from ..train.engine import train
+    from .. import train_model
 
     overrides = _parse_overrides(sets)
     if steps is not None:
         overrides["steps"] = steps
-    run = train(model, data, recipe, out, resume=resume, seed=seed, overrides=overrides,
-                allow_remote_shards=allow_remote_shards, allow_changed=allow_changed, on_bad_sample=on_bad_sample)
+    run = train_model(model, data, recipe, out, resume=resume, seed=seed, overrides=overrides,
+                      allow_remote_shards=allow_remote_shards, allow_changed=allow_changed,
+                      on_bad_sample=on_bad_sample)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"trained {model} -> {run}")

@@ -1,6 +1,6 @@
 """The synthetic world's metadata: :class:`World` (read from a world folder's ``world.json``) and :func:`load_world`.
 
-Its own module so that the world generator (``synth.py``) and the exporters read it without importing the package
+Its own module so that the world generator (``data/synth/``) and the exporters read it without importing the package
 ``loupe_bench.data`` (whose :func:`~loupe_bench.data.generate_world` imports the generator).
 """
 from __future__ import annotations

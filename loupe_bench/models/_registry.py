@@ -13,7 +13,7 @@ from ..registry import Registry, import_registering_modules
 
 MODEL_CLASSES = Registry("model family")
 
-#: modules whose import registers model families; ``loupe`` is optional (another part of the package)
+#: modules whose import registers model families (imported when ``loupe_bench.models`` is)
 FAMILY_MODULES = (
     "loupe_bench.models.clip",
     "loupe_bench.models.filip",
@@ -25,7 +25,7 @@ FAMILY_MODULES = (
 
 
 def load_families() -> None:
-    """Import every module that registers a family (each once; a missing optional module is skipped)."""
+    """Import every module that registers a family (each once; a missing one is an ImportError naming it)."""
     import_registering_modules(FAMILY_MODULES)
 
 

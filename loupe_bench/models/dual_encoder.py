@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, SpecError
+from ..utils.run_files import CONFIG_FILE, TOKENIZER_DIR
 from .base import ImageFeatures, LossOutput, TextFeatures, VLModel
-from .checkpoint import CONFIG_FILE, TOKENIZER_DIR
 from .spec_check import validate_spec
 from .tokenizer import Tokenizer, TokenizerCfg, build_tokenizer
 from .towers import IMAGE_TOWERS, TEXT_TOWERS, ImageTowerCfg, TextTowerCfg

@@ -27,9 +27,9 @@ from torch import Tensor
 
 from ..errors import CheckpointError, SpecError
 from ..registry import Registry
+from ..utils.run_files import CONFIG_FILE, TOKENIZER_DIR
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, TextFeatures, VLModel
-from .checkpoint import CONFIG_FILE, TOKENIZER_DIR
 from .dual_encoder import spec_get
 from .hf_folder import (PREPROCESSOR_FILE, PROCESSOR_FILE, check_hf_config, read_preprocessing,
                         vision_image_size)

@@ -37,7 +37,8 @@ from torch import nn
 
 from ..errors import CheckpointError, SpecError
 from ..registry import Registry
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_model_dir, load_model_dir, run_state
+from ..utils.run_files import CONFIG_FILE, WEIGHTS_FILE, run_state
+from .checkpoint import is_model_dir, load_model_dir
 from .factory import available_specs, create_model, get_spec, read_spec_file
 
 MODEL_SOURCES = Registry("model source")
@@ -57,7 +58,7 @@ class Loaded:
         source: where it came from, human-readable.
         weights: the file whose sha256 identifies the weights (``None``: hash the state dict instead).
         spec: the spec as given, for spec routes (``None``: the model's own ``spec``).
-        run: a training run's state (:func:`~loupe_bench.models.checkpoint.run_state`; ``None``: not a run).
+        run: a training run's state (:func:`~loupe_bench.utils.run_files.run_state`; ``None``: not a run).
         directory: the folder the model was loaded from (model / run / Hugging Face directory; ``None``: no folder).
     """
 

@@ -11,11 +11,11 @@ from .context import Context
 
 def train_job(model: str, world: str, recipe: str, run: str, seed: int, overrides: Dict[str, Any]) -> float:
     """One training run (in a worker process when the plan has ``workers > 1``); returns its wall seconds."""
-    from ..train.engine import train
+    from ..train.engine import train_model
     from .progress import step_reporter
 
     t0 = time.perf_counter()
-    train(model, world, recipe, run, seed=seed, overrides=overrides or None, on_step=step_reporter())
+    train_model(model, world, recipe, run, seed=seed, overrides=overrides or None, on_step=step_reporter())
     return time.perf_counter() - t0
 
 

@@ -40,10 +40,22 @@ def paper_task_specs(data_root: Optional[Path] = None) -> List[str]:
 def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Sequence[str]] = None, seed: int = 0,
                     console=None, device: str = "auto") -> Path:
     """Evaluate ``models`` on the real-benchmark task specs the paper tables use and render them beside the
-    published numbers (``OUT/results``, ``OUT/report``, ``OUT/paper_comparison.md``) on ``device`` (``auto``:
-    CUDA when available, else the CPU). A number is set beside a
-    published one with a delta only when the evaluated split has the canonical size (``results/paper/splits``;
-    :func:`~loupe_bench.report.paper.split_check`); otherwise it is labelled "not the paper's split".
+    published numbers (``OUT/results``, ``OUT/report``, ``OUT/paper_comparison.md``); ``loupe-bench reproduce
+    paper`` calls this function. A number is set beside a published one with a delta only when the evaluated split
+    has the canonical size (``results/paper/splits``; :func:`~loupe_bench.report.paper.split_check`); otherwise it
+    is labelled "not the paper's split".
+
+    Args:
+        data_root: folder holding the benchmark data in the layouts the task specs name.
+        models: any references :func:`~loupe_bench.tasks.evaluate.evaluate` accepts.
+        out: output folder.
+        tasks: the paper task specs to run (default: every one whose data is under ``data_root``).
+        seed: as for :func:`~loupe_bench.tasks.evaluate.evaluate`.
+        console: a rich Console for the tables (default: a new one).
+        device: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The path of ``paper_comparison.md``.
 
     Raises:
         SpecError: when no paper task spec has its data under ``data_root``.
@@ -51,7 +63,7 @@ def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Se
     from rich.console import Console
 
     from ..report.paper import compare_paper, comparison_markdown, comparison_table
-    from ..report.render import REPRODUCTION_TITLES, report
+    from ..report.render import REPRODUCTION_TITLES, render_report
     from ..tasks.evaluate import evaluate
     from ..utils.io import atomic_write_text
 
@@ -65,7 +77,7 @@ def reproduce_paper(data_root, models: Sequence[str], out, *, tasks: Optional[Se
     t0 = time.perf_counter()
     evaluate(list(models), chosen, data_root=Path(data_root), out_dir=out / "results", seed=seed,
              device=device)
-    report(out / "results", out_dir=out / "report", console=console, title=REPRODUCTION_TITLES["paper"])
+    render_report(out / "results", out_dir=out / "report", console=console, title=REPRODUCTION_TITLES["paper"])
     rows = compare_paper(out / "results")
     console.print(comparison_table(rows))
     atomic_write_text(out / "paper_comparison.md", comparison_markdown(rows))

@@ -173,7 +173,7 @@ def stage_eval(ctx: Context) -> None:
 @STAGES.register("report")
 def stage_report(ctx: Context) -> None:
     """Write the manifest, then the report (console table, CSV, Markdown, HTML with plots and explanations)."""
-    from ..report.render import REPRODUCTION_TITLES, report
+    from ..report.render import REPRODUCTION_TITLES, render_report
 
     with ctx.unit("report", "report: console table, CSV, Markdown, HTML"):
         if ctx.prewarm is not None:  # the imports a background thread may still be running
@@ -181,8 +181,8 @@ def stage_report(ctx: Context) -> None:
             ctx.prewarm = None
         write_manifest(ctx)
         runs = {k.split("/", 1)[1]: ctx.out / v for k, v in ctx.runs.items() if k.startswith(f"s{ctx.seeds[0]}/")}
-        report(ctx.out / "results", out_dir=ctx.out / "report", runs=runs, world_dir=ctx.world, console=ctx.console,
-               title=REPRODUCTION_TITLES["synthetic"])
+        render_report(ctx.out / "results", out_dir=ctx.out / "report", runs=runs, world_dir=ctx.world,
+                      console=ctx.console, title=REPRODUCTION_TITLES["synthetic"])
 
 
 STAGE_ORDER = ("world", "train", "eval", "report")

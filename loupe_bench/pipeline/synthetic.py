@@ -5,7 +5,7 @@
       world/                the synthetic world (generate_world)
       runs/s<seed>/<model>/ one run directory per model and seed (train, the one shared recipe)
       results/s<seed>/      one result JSON per (model, task, split) (evaluate)
-      report/               report.html, report.md, results.csv (render.report)
+      report/               report.html, report.md, results.csv (render.render_report)
 
 Stages are data in :data:`~loupe_bench.pipeline.stages.STAGES` (a registry), each a function ``(ctx) -> None``; a
 rich progress bar shows the stage, model, overall progress and ETA. Every stage is deterministic for a given seed:
@@ -30,7 +30,8 @@ def _cpu_seconds() -> float:
 
 def reproduce_synthetic(out, seeds: Sequence[int] = (0,), quick: bool = False, *, plan: Optional[SyntheticPlan] = None,
                         console=None, progress: bool = True) -> Path:
-    """Run the whole synthetic reproduction into ``out`` and return the manifest path.
+    """Run the whole synthetic reproduction into ``out`` and return the manifest path (``loupe-bench reproduce
+    synthetic`` calls this function).
 
     Args:
         out: output folder (world, runs, results, report and ``reproduce.json``).

@@ -1,6 +1,6 @@
 """Reports, paper tables, exports and the regression gate.
 
-* :func:`report` (``render.py``): console table, CSV, Markdown, self-contained HTML with plots and explanations.
+* :func:`render_report` (``render.py``): console table, CSV, Markdown, self-contained HTML with plots and explanations.
 * :func:`compare_paper` (``paper.py``): reproduced vs published numbers with deltas and provenance.
 * :func:`check` / :func:`build_reference` (``gate.py``): the regression gate against ``results/reference/*.json``.
 * ``export.py`` (:data:`~loupe_bench.report.export.EXPORT_FORMATS`): result JSONs in the layouts other tools read (CLIP_benchmark).
@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "report": "render", "compare_paper": "paper", "load_paper_tables": "paper", "check": "gate",
+    "render_report": "render", "compare_paper": "paper", "load_paper_tables": "paper", "check": "gate",
     "build_reference": "gate", "update_reference": "gate", "load_rows": "results_io",
 }
 

@@ -24,7 +24,10 @@ build``):
   our text / image / group scores);
 * ``benchmark.csv``: what ``build`` makes of those JSONs (metrics flattened into columns, the other keys beside them,
   ``model_fullname = model + " " + pretrained``);
-* ``README.md``: what was exported and what was left out (and why).
+* ``README.md``: what was exported and what was left out (and why), including each metric of an exported result
+  that CLIP_benchmark has no field for, with its registered unit
+  (:func:`~loupe_bench.tasks.metric_registry.metric_info`); only fractions are ever renamed into CLIP_benchmark's
+  metrics (its metrics are fractions).
 """
 from __future__ import annotations
 
@@ -32,13 +35,14 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .escape import csv_cell
 from ..errors import DataError
 from ..registry import Registry
+from ..tasks.metric_registry import metric_info
 from ..utils.io import atomic_write_json, atomic_write_text
 
 #: format name -> ``fn(results, out_dir) -> List[Path]``
@@ -141,9 +145,19 @@ def _slug(text: str) -> str:
     return (os.path.basename(text.rstrip("/")) or text).replace("/", "_").replace(" ", "-")
 
 
-def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], List[str]]]:
-    """One result as a CLIP_benchmark JSON object, and the names of the CLIP_benchmark metrics it lacks; ``None``
-    for task types CLIP_benchmark does not have. See the module docstring for the mapping."""
+class CBExport(NamedTuple):
+    """One result in CLIP_benchmark's layout: the JSON object, the CLIP_benchmark metrics the result lacks, and our
+    metrics CLIP_benchmark has no field for."""
+
+    obj: Dict[str, Any]
+    lacking: List[str]
+    unexported: List[str]
+
+
+def to_clip_benchmark(result: Dict[str, Any]) -> Optional[CBExport]:
+    """One result as a CLIP_benchmark JSON object (:class:`CBExport`); ``None`` for task types CLIP_benchmark does
+    not have. See the module docstring for the mapping: a metric is renamed into CLIP_benchmark's only when it is
+    a fraction (its registered unit), as CLIP_benchmark's metrics are."""
     ttype = result["task"]["type"]
     if ttype not in CB_TASKS:
         return None
@@ -152,9 +166,12 @@ def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], 
     if dataset is None:
         return None
     metrics: Dict[str, float] = {}
+    unexported: List[str] = []
     for name, m in result["metrics"].items():
-        theirs = cb.rename(name)
-        if theirs is not None:
+        theirs = cb.rename(name) if metric_info(name).unit == "fraction" else None
+        if theirs is None:
+            unexported.append(name)
+        else:
             metrics[theirs] = float(m["value"])
     lacking: List[str] = []
     if cb.per_class is not None:
@@ -177,7 +194,7 @@ def to_clip_benchmark(result: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], 
         "loupe_task": str(result["task"]["name"]),
         "fingerprint": str(result["task"]["fingerprint"]),
     }
-    return obj, lacking
+    return CBExport(obj, lacking, unexported)
 
 
 def clip_benchmark_filename(obj: Dict[str, Any]) -> str:
@@ -217,6 +234,7 @@ def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: PathLike) 
     sources: Dict[str, str] = {}
     skipped: Dict[str, List[str]] = {}
     lacking: Dict[str, List[str]] = {}
+    unexported: Dict[str, List[str]] = {}
     for r in results:
         where = str(r.get("_path", r["task"]["name"]))
         if (r.get("extra") or {}).get("skipped"):
@@ -228,14 +246,15 @@ def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: PathLike) 
                 f"task type {r['task']['type']!r} on data set {r['task']['dataset']!r} with these options"
             skipped.setdefault(f"{what} has no CLIP_benchmark counterpart", []).append(where)
             continue
-        obj, missing = conv
-        name = clip_benchmark_filename(obj)
+        name = clip_benchmark_filename(conv.obj)
         if name in objs:
             raise DataError(f"this result and {sources[name]} both export to {name} (CLIP_benchmark's file name has "
                             f"no seed); export each seed's results folder separately", file=where)
-        objs[name], sources[name] = obj, where
-        for m in missing:
+        objs[name], sources[name] = conv.obj, where
+        for m in conv.lacking:
             lacking.setdefault(m, []).append(where)
+        for m in conv.unexported:
+            unexported.setdefault(m, []).append(where)
     paths = [atomic_write_json(out_dir / name, obj) for name, obj in sorted(objs.items())]
     if objs:
         rows, cols = build_rows([objs[n] for n in sorted(objs)])
@@ -245,11 +264,14 @@ def export_clip_benchmark(results: Sequence[Dict[str, Any]], out_dir: PathLike) 
         for row in rows:
             w.writerow({k: csv_cell(v) for k, v in row.items()})
         paths.append(atomic_write_text(out_dir / "benchmark.csv", buf.getvalue()))
-    paths.append(atomic_write_text(out_dir / "README.md", _readme(len(objs), skipped, lacking)))
+    paths.append(atomic_write_text(out_dir / "README.md", _readme(len(objs), skipped, lacking, unexported)))
     return paths
 
 
-def _readme(n: int, skipped: Dict[str, List[str]], lacking: Dict[str, List[str]]) -> str:
+def _readme(n: int, skipped: Dict[str, List[str]], lacking: Dict[str, List[str]],
+            unexported: Dict[str, List[str]]) -> str:
+    """The export's README: the layout, then the metrics left out (CLIP_benchmark's that a result lacks, ours that
+    CLIP_benchmark has no field for, with their units) and the results not exported."""
     lines = ["# loupe-bench results in CLIP_benchmark 1.6.2 layout", "",
              f"{n} result file(s) `{{dataset}}_{{pretrained}}_{{model}}_{{language}}_{{task}}.json` and "
              "`benchmark.csv` (what `clip_benchmark build` makes of them, with `model_fullname`).", "",
@@ -265,6 +287,13 @@ def _readme(n: int, skipped: Dict[str, List[str]], lacking: Dict[str, List[str]]
         for metric, files in sorted(lacking.items()):
             lines.append(f"- `{metric}`: the result records no per-sample predictions and labels to compute it from "
                          f"(re-evaluate with this version): {', '.join(files)}")
+        lines.append("")
+    if unexported:
+        lines += ["## Metrics CLIP_benchmark has no field for", ""]
+        for metric, files in sorted(unexported.items()):
+            info = metric_info(metric)
+            lines.append(f"- `{metric}` ({info.unit}, {info.direction} is better): in {len(files)} exported "
+                         "result(s), kept in the loupe-bench result JSONs")
         lines.append("")
     if skipped:
         lines += ["## Results not exported", ""]

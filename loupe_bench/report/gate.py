@@ -9,13 +9,19 @@ Reference format (``docs/architecture.md``)::
 A row's tolerance band is ``band = max(abs_tol, rel_tol · |reference|)``; with ``δ = value − reference`` the status is
 
 * ``pass``       when ``|δ| ≤ band``,
-* ``regressed``  when ``δ < −band`` (higher is better; for lower-is-better metrics the sign flips),
+* ``regressed``  when ``δ < −band`` (higher is better; for lower-is-better metrics the sign flips: a metric's
+  direction is its registered one, :func:`~loupe_bench.tasks.metric_registry.metric_info`),
 * ``improved``   when ``δ > band``,
 * ``missing``    when the results hold no value for the row.
 
-Tolerances come from measured seed-to-seed spread (:func:`build_reference`): ``abs_tol = max(abs_floor, k · s)``,
-``s`` the sample standard deviation over seeds (and at least half the observed range), ``rel_tol`` a fixed relative
-slack. Results whose protocol fingerprint differs from the reference's are refused (:class:`SpecError`): numbers of
+Tolerances come from measured seed-to-seed spread (:func:`build_reference`):
+``abs_tol = max(abs_floor, k · s_eff · √(1 + 1/n), (max − min) / 2)`` with ``n`` the reference's seeds,
+``s_eff = max(s, pool · s_pool)``, ``s`` the row's sample standard deviation over seeds and ``s_pool`` the RMS of
+the spreads of the same task, split and metric over the reference's models; ``rel_tol`` a fixed relative slack.
+``√(1 + 1/n)`` makes the band a prediction band for one new run (a check runs one seed against an ``n``-seed mean);
+the pooled floor guards against a spread that three seeds happened to make small. Measured across two machines
+(``docs/loupe.md``, "Across machines"): a run on another machine differs from the reference like a run with
+another seed, so the same band covers both. Results whose protocol fingerprint differs from the reference's are refused (:class:`SpecError`): numbers of
 different protocols are never compared.
 """
 from __future__ import annotations
@@ -26,19 +32,14 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import DataError, SpecError
+from ..tasks.metric_registry import metric_info
+from ..tasks.results import SEED_MAX, registered_metric
 from ..utils.io import atomic_write_json, read_json
 from .escape import console as console_text
-from .results_io import MetricRow, display_units, load_rows, mean_std, read_manifest, to_percent
+from .results_io import MetricRow, load_rows, mean_std, read_manifest
 
 REFERENCE_SCHEMA = "loupe-bench/reference/v1"
 STATUSES = ("pass", "regressed", "improved", "missing")
-# Metric-name fragments whose values are better when lower (no if/elif over names: a tuple looked up).
-LOWER_IS_BETTER = ("rank", "loss", "error", "err")
-
-
-def higher_is_better(metric: str) -> bool:
-    m = metric.lower()
-    return not any(frag in m for frag in LOWER_IS_BETTER)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ToleranceConfig:
 
     Attributes:
         k: multiplier of the seed-to-seed standard deviation.
+        pool: the fraction of the pooled spread (RMS over the reference's models of one task, split and metric)
+            below which a row's own spread is not trusted.
         abs_floor: minimum absolute tolerance (metric units, e.g. fraction).
         rel_tol: relative tolerance of every row.
     """
@@ -54,6 +57,7 @@ class ToleranceConfig:
     k: float = 3.0
     abs_floor: float = 0.03
     rel_tol: float = 0.05
+    pool: float = 0.5
 
 
 class GateRow(NamedTuple):
@@ -113,18 +117,21 @@ def build_reference(results_dirs: Sequence, *, config: ToleranceConfig = Toleran
     """
     rows = load_rows(list(results_dirs), same_name="refuse")
     fps = task_fingerprints(rows)
+    groups = sorted(_group(rows).items())
+    pooled = pooled_spreads(groups)
     out_rows = []
-    for key, grp in sorted(_group(rows).items()):
+    for key, grp in groups:
         vals = [r.value for r in grp]
         mean, std = mean_std(vals)
         half_range = (max(vals) - min(vals)) / 2.0
-        abs_tol = max(config.abs_floor, config.k * std, half_range)
+        s_eff = max(std, config.pool * pooled.get(key[1:], 0.0))
+        abs_tol = max(config.abs_floor, config.k * s_eff * math.sqrt(1.0 + 1.0 / len(vals)), half_range)
         out_rows.append({
             "model": key[0], "task": key[1], "split": key[2], "metric": key[3],
             "value": round(mean, 6), "spread": round(std, 6), "n_seeds": len(vals),
             "seeds": sorted({r.seed for r in grp if r.seed is not None}),
             "abs_tol": round(abs_tol, 6), "rel_tol": config.rel_tol, "units": grp[0].units,
-            "higher_is_better": higher_is_better(key[3]),
+            "higher_is_better": metric_info(key[3]).higher_is_better,
         })
     if not out_rows:
         raise DataError("the results hold no metric to gate; a reference without rows gates nothing",
@@ -137,8 +144,20 @@ def build_reference(results_dirs: Sequence, *, config: ToleranceConfig = Toleran
         "created_from": created_from or ", ".join(str(d) for d in results_dirs),
         "seeds": seeds,
         "tolerance_rule": (f"band = max(abs_tol, rel_tol*|value|); abs_tol = max({config.abs_floor}, "
-                           f"{config.k}*std over seeds, half range over seeds); rel_tol = {config.rel_tol}"),
+                           f"{config.k}*max(std over seeds, {config.pool}*RMS std of the metric over models)"
+                           f"*sqrt(1 + 1/seeds), half range over seeds); rel_tol = {config.rel_tol}"),
     }
+
+
+def pooled_spreads(groups: Sequence[Tuple[Tuple[str, str, str, str], List[MetricRow]]]
+                   ) -> Dict[Tuple[str, str, str], float]:
+    """``(task, split, metric) → s_pool``: the RMS of the seed-to-seed standard deviations of the models that have
+    at least two seeds of that row."""
+    sq: Dict[Tuple[str, str, str], List[float]] = {}
+    for key, grp in groups:
+        if len(grp) >= 2:
+            sq.setdefault(key[1:], []).append(mean_std([r.value for r in grp])[1] ** 2)
+    return {k: math.sqrt(sum(v) / len(v)) for k, v in sq.items()}
 
 
 #: a reference row's fields: name → (type, required)
@@ -205,8 +224,6 @@ def _check_reference_top(ref: Dict[str, Any], where: str) -> None:
 
 
 def _check_seeds(seeds: List[Any], where: str, record: str) -> None:
-    from ..tasks.results import SEED_MAX
-
     for seed in seeds:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
             raise DataError(f"seeds must be integers in 0..{SEED_MAX}, got {seed!r}"[:200], file=where,
@@ -239,6 +256,20 @@ def _check_reference_row(row: Any, fps: Dict[str, Any], where: str, record: str)
         _check_seeds(row["seeds"], where, record)
     if row["task"] not in fps:
         raise DataError(f"task {row['task']!r} has no entry in 'fingerprints'", file=where, record=record)
+    _check_row_metric(row, where, record)
+
+
+def _check_row_metric(row: Dict[str, Any], where: str, record: str) -> None:
+    """A reference row's metric is a registered one, and the direction and units the row records (when it does)
+    are the metric's registered ones: a reference built when they differed gates the wrong way."""
+    info = registered_metric(row["metric"], where, record)
+    if row.get("higher_is_better", info.higher_is_better) != info.higher_is_better:
+        raise DataError(f"{row['metric']!r} is recorded {'higher' if row['higher_is_better'] else 'lower'}-is-better, "
+                        f"registered {info.direction}-is-better; rebuild the reference (check --update)",
+                        file=where, record=record)
+    if row.get("units") and row["units"] != info.unit:
+        raise DataError(f"{row['metric']!r} is recorded in units {row['units']!r}, registered {info.unit!r}; rebuild "
+                        "the reference (check --update)", file=where, record=record)
 
 
 def check_rows(rows: Sequence[MetricRow], reference: Dict[str, Any], reference_path: str = "") -> GateReport:
@@ -261,15 +292,16 @@ def check_rows(rows: Sequence[MetricRow], reference: Dict[str, Any], reference_p
         ref_keys.add(key)
         refv = float(ref["value"])
         band = max(float(ref["abs_tol"]), float(ref["rel_tol"]) * abs(refv))
+        info = metric_info(key[3])
         grp = groups.get(key)
         if not grp:
-            out.append(GateRow(*key, refv, None, None, band, "missing", str(ref.get("units", "fraction"))))
+            out.append(GateRow(*key, refv, None, None, band, "missing", info.unit))
             continue
         value, _ = mean_std(r.value for r in grp)
         delta = value - refv
-        signed = delta if ref.get("higher_is_better", higher_is_better(key[3])) else -delta
+        signed = delta if info.higher_is_better else -delta
         status = "pass" if abs(delta) <= band + 1e-12 else ("improved" if signed > 0 else "regressed")
-        out.append(GateRow(*key, refv, value, delta, band, status, str(ref.get("units", grp[0].units))))
+        out.append(GateRow(*key, refv, value, delta, band, status, info.unit))
     extra = sorted(k for k in groups if k not in ref_keys)
     return GateReport(out, str(reference_path), extra)
 
@@ -327,12 +359,13 @@ def _previous_reference(path: Path) -> Optional[Dict[str, Any]]:
 def _record(r: GateRow) -> List[str]:
     """One gated row as lines of at most 80 columns (names never cut): model · task · split, then the metric and its
     numbers (on a third line when a long metric name leaves no room). Numbers are shown as in the reports
-    (:func:`~loupe_bench.report.results_io.to_percent`: fractions in %, RSUM as a sum of % on 0–600), the gate
-    itself compares the stored values."""
-    shown = display_units(r.units)
+    (the metric's display scale, :func:`~loupe_bench.tasks.metric_registry.shown_value`: fractions in %, RSUM as a
+    sum of % on 0–600), the gate itself compares the stored values."""
+    info = metric_info(r.metric)
+    shown = info.unit_label
     scaled = shown != r.units
     digits, suffix = (2, f" ({shown})") if scaled else (4, "" if r.units == "fraction" else f" ({r.units})")
-    pct = (lambda v: to_percent(v, r.units)) if scaled else float
+    pct = info.shown if scaled else float
     value = "–" if r.value is None else f"{pct(r.value):.{digits}f}"
     delta = "–" if r.delta is None else f"{pct(r.delta):+.{digits}f}"
     numbers = f"reference {pct(r.reference):.{digits}f}, value {value}, Δ {delta}, band ±{pct(r.band):.{digits}f}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from ..utils.run_files import RECIPE_FILE
+from ..utils.run_files import read_recipe
 
 #: dataset names of the synthetic world start with this (``synthetic``, ``synthetic-refsynth``, ...)
 SYNTHETIC_PREFIX = "synthetic"
@@ -62,19 +62,8 @@ def _recipes(src: MetaSource) -> Optional[str]:
         if (src.manifest or {}).get("quick"):
             text += " (quick plan)"
         return text
-    import yaml
-
-    names = []
-    for run in src.runs.values():
-        f = Path(run) / RECIPE_FILE
-        if f.is_file():
-            try:
-                data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError):
-                continue
-            if isinstance(data, dict):
-                names.append(data.get("name"))
-    return ", ".join(_distinct(names)) or None
+    recipes = [read_recipe(run) for run in src.runs.values()]
+    return ", ".join(_distinct([r.get("name") for r in recipes if r is not None])) or None
 
 
 def _seeds(src: MetaSource) -> Optional[str]:

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 
-from ..errors import DataError, SpecError
+from ..errors import SpecError
 from ..specs import read_spec
 from ..registry import Registry
+from ..tasks.metric_registry import shown_value
+from ..tasks.results import registered_metric
 from .escape import console as console_text, md
-from .results_io import MetricRow, to_percent
+from .results_io import REFERENCE_ROWS, LoadedResults, MetricRow, load, mean_std
+from .table import metric_label
 
 PROVENANCE = ("verified", "secondary", "unverified")
 UNITS = ("percent", "fraction")
@@ -49,7 +52,7 @@ TASK_ALIASES: Dict[str, Tuple[str, str]] = {
 }
 
 # Reproduced model name prefix -> published model family it reproduces (registry: no if/elif over names).
-FAMILIES = Registry("model family")
+FAMILIES = Registry("published model family")
 for _prefix, _family in (("clip", "CLIP"), ("filip", "FILIP"), ("loupe", "LOUPE"), ("align", "ALIGN")):
     FAMILIES.add(_prefix, _family)
 
@@ -77,7 +80,7 @@ class PaperEntry(NamedTuple):
 
     @property
     def percent(self) -> float:
-        return to_percent(self.value, self.units)
+        return shown_value(self.value, self.units)
 
     def source_text(self) -> str:
         """``paper, table, arXiv id; via secondary source`` in one line (``table not identified`` when the entry
@@ -128,6 +131,7 @@ def _validate_entry(raw: Any, path: Path, index: int) -> PaperEntry:
     value = raw["value"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise SpecError(f"value must be a finite number, got {value!r}", file=str(path), record=rec)
+    registered_metric(str(raw["metric"]), str(path), rec)
     units = raw["units"]
     if units not in UNITS:
         raise SpecError(f"units must be one of {UNITS}, got {units!r}", file=str(path), record=rec)
@@ -263,23 +267,12 @@ def split_check(extra: Optional[Dict[str, Any]], dataset: str, split: str,
     return f"not the paper's split ({'; '.join(problems)})" if problems else ""
 
 
-def _result_extra(path: str) -> Optional[Dict[str, Any]]:
-    from ..utils.io import read_json
-
-    try:
-        obj = read_json(path, kind="result")
-    except DataError:
-        return None
-    return obj.get("extra") if isinstance(obj, dict) and isinstance(obj.get("extra"), dict) else None
-
-
 def _result_task(row: MetricRow) -> Tuple[str, str]:
     t = row.task_type.strip().lower()
     return TASK_ALIASES.get(t, (t, "zero-shot"))
 
 
-def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = None, paper_dir=None,
-                  include_unmatched: bool = False) -> List[ComparisonRow]:
+def compare_paper(results, *, paper_dir=None, include_unmatched: bool = False) -> List[ComparisonRow]:
     """Reproduced results beside published numbers, matched on (task, setting, dataset, split, metric).
 
     Reference rows (chance, the attribute oracle) are never set beside a published number.
@@ -290,16 +283,13 @@ def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = Non
     delta, and ``split_check`` says "not the paper's split (...)".
 
     Args:
-        results_dir: folder of result JSONs (ignored when ``rows`` is given).
-        rows: metric rows already loaded.
+        results: a folder of result JSONs, or results already read (:func:`~loupe_bench.report.results_io.load`).
         paper_dir: folder of paper tables (default: the shipped ones).
         include_unmatched: also list published numbers that no reproduced result matches.
     """
-    from .results_io import REFERENCE_ROWS, load_rows, mean_std
-
-    if rows is None:
-        rows = load_rows(results_dir)
-    rows = [r for r in rows if r.model not in REFERENCE_ROWS]   # chance and oracles are not reproductions
+    loaded = results if isinstance(results, LoadedResults) else load(results)
+    extras = loaded.extras()
+    rows = [r for r in loaded.rows if r.model not in REFERENCE_ROWS]   # chance and oracles are not reproductions
     entries = load_paper_tables(paper_dir)
     canonical = load_canonical_splits(paper_dir)
     # average seeds: (model, task_type, dataset, split, metric, fingerprint) -> rows
@@ -311,12 +301,12 @@ def compare_paper(results_dir=None, *, rows: Optional[Sequence[MetricRow]] = Non
     matched = set()
     for (model, _tt, dataset, split, metric, _fp), grp in sorted(groups.items()):
         task, setting = _result_task(grp[0])
-        val, _ = mean_std(to_percent(r.value, r.units) for r in grp)
+        val, _ = mean_std(shown_value(r.value, r.units) for r in grp)
         lo = hi = None
         if len(grp) == 1 and grp[0].ci_low is not None:
-            lo, hi = to_percent(grp[0].ci_low, grp[0].units), to_percent(grp[0].ci_high, grp[0].units)
+            lo, hi = shown_value(grp[0].ci_low, grp[0].units), shown_value(grp[0].ci_high, grp[0].units)
         fam = family_of(model)
-        checks = [split_check(_result_extra(r.path), dataset, split, canonical) for r in grp]
+        checks = [split_check(extras.get(r.path), dataset, split, canonical) for r in grp]
         check = next((c for c in checks if c), "")
         for e in entries:
             if (e.task, e.setting, e.dataset, e.split, e.metric) != (task, setting, dataset, split, metric):
@@ -344,7 +334,8 @@ def comparison_markdown(rows: Sequence[ComparisonRow]) -> str:
         pub_model = md(r.paper_model + (f" {r.paper_variant}" if r.paper_variant else ""))
         delta = md(r.split_check) or ("–" if r.delta is None else f"{r.delta:+.1f}" + (" (same family)"
                                                                                     if r.same_family else ""))
-        lines.append(f"| {md(r.task)} | {md(r.dataset)} | {md(r.split)} | {md(r.metric)} | {rep} | {ci} | "
+        metric = md(metric_label(r.metric))
+        lines.append(f"| {md(r.task)} | {md(r.dataset)} | {md(r.split)} | {metric} | {rep} | {ci} | "
                      f"{r.published:.1f} ({pub_model}) | {delta} | {md(r.provenance)} | {md(r.source)} |")
     lines.append("")
     lines.append("Provenance: `verified` read in the named primary source; `secondary` read in the named third-party "
@@ -362,7 +353,7 @@ def comparison_table(rows: Sequence[ComparisonRow], title: str = "reproduced vs 
               "source"):
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*(console_text(v) for v in (r.task, r.dataset, r.split, r.metric)), *_console_cells(r),
+        t.add_row(*(console_text(v) for v in (r.task, r.dataset, r.split, metric_label(r.metric))), *_console_cells(r),
                   console_text(r.source))
     return t
 
@@ -407,7 +398,7 @@ def comparison_console(rows: Sequence[ComparisonRow]) -> List:
             if r.source not in sources:
                 sources.append(r.source)
             rep, ci, pub, delta, tier = _console_cells(r)
-            t.add_row(Text(r.metric), rep, ci, pub, delta, tier, str(sources.index(r.source) + 1))
+            t.add_row(Text(metric_label(r.metric)), rep, ci, pub, delta, tier, str(sources.index(r.source) + 1))
         out.append(Text(""))
         out.append(Text(f"{task} · {dataset} · {split}", style="bold", overflow="fold"))
         out.append(t)

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .escape import plot as plot_text
-from .results_io import display_units
-from .table import ResultTable
+from .table import ResultTable, heading
 
 
 def _plt():
@@ -67,7 +66,8 @@ def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optiona
 
     Bars: one per model and metric in the model's colour (:func:`model_colours`), 95 % intervals as error bars;
     oracle models (the table's ``oracles``: upper bounds that use labels) hatched, outlined and labelled "(oracle)".
-    Reference rows: black dashed/dotted levels across each metric's bars. The legend sits right of the axes.
+    Reference rows: black dashed/dotted levels across each metric's bars. The legend sits right of the axes. Tick
+    labels are the metric names, marked ``↓`` where lower is better; the y label is the metrics' displayed unit.
     """
     plt = _plt()
     import numpy as np
@@ -109,9 +109,8 @@ def bar_figure(table: ResultTable, cols: List[int], title: str, colours: Optiona
                           label=plot_text(ref) if k == 0 or all((ref, cc) not in table.cells for cc in cols[:k])
                           else None)
     ax.set_xticks(x)
-    ax.set_xticklabels([plot_text(table.columns[c].metric) for c in cols], rotation=30, ha="right", fontsize=8)
-    units = {table.columns[c].units for c in cols}
-    shown = sorted({display_units(u) for u in units})
+    ax.set_xticklabels([plot_text(heading(table.columns[c])) for c in cols], rotation=30, ha="right", fontsize=8)
+    shown = sorted({table.columns[c].info.unit_label for c in cols})
     ax.set_ylabel("percent" if shown == ["%"] else plot_text("/".join(shown)))
     ax.set_title(plot_text(title), fontsize=9)
     _legend_outside(ax)

@@ -1,8 +1,9 @@
 """Reports from result JSONs: rich console table, pandas CSV, Markdown and a self-contained HTML page.
 
-``report(results_dir)`` renders the models × task-metrics table (95 % intervals, best per column marked) and, for
-HTML, embeds (base64 PNG) metric bar charts with interval error bars, training curves from the run directories'
-``log.jsonl`` and LOUPE's explanations on sample images when a LOUPE run and the synthetic world are present.
+``render_report(results_dir)`` renders the models × task-metrics table (95 % intervals, best per column marked)
+and, for HTML, embeds (base64 PNG) metric bar charts with interval error bars, training curves from the run
+directories' ``log.jsonl`` and LOUPE's explanations on sample images when a LOUPE run and the synthetic world are
+present.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from ..utils.run_files import LOG_FILE
 from ..utils.io import atomic_write_text
 from . import escape
 from .metadata import run_metadata, scope_statement
-from .results_io import REFERENCE_ROWS, MetricRow, load_rows, protocol_label, read_manifest
-from .results_io import display_units, to_percent
-from .table import BEST_RULE, ResultTable, build_table, format_cell, leaderboard_csv, metric_sort_key
+from ..tasks.metric_registry import metric_info
+from .results_io import REFERENCE_ROWS, MetricRow, load, protocol_label, read_manifest
+from .table import BEST_RULE, Cell, ResultTable, build_table, format_cell, heading, leaderboard_csv, metric_sort_key
 
 MANIFEST = "reproduce.json"
 
@@ -59,33 +60,29 @@ def row_kind(table: ResultTable, model: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ console
-# Headline metrics shown in the console (the files hold every metric); a tuple looked up, not a chain of ifs.
-# Listed in the metric order (table.METRIC_ORDER) that every format uses.
+#: the metrics the console summary shows (the files hold every metric), in the order every format uses
+#: (:func:`~loupe_bench.report.table.metric_sort_key`); each is a registered metric, shown under its short name
 HEADLINE_METRICS = ("i2t_R@1", "t2i_R@1", "rsum", "top1", "AP", "AP50", "acc@0.5", "BLEU-4", "CIDEr-D", "acc",
                     "group_score")
-
-
-# Short metric names for the console (the files keep the full names); a mapping looked up, not a chain of ifs.
-SHORT_METRIC_NAMES = {"i2t_R@1": "i2t R@1", "t2i_R@1": "t2i R@1", "rsum": "RSUM", "acc@0.5": "acc@.5",
-                      "CIDEr-D": "CIDEr", "group_score": "group"}
 CONSOLE_WIDTH = 80
 
 
-def compact_cell(cell: Optional["Cell"]) -> str:
-    """``8.7 [5.7,12.0]`` for one seed, ``8.7±1.2 [5.7,12.0]`` over several (no spaces inside the interval)."""
+def compact_cell(cell: Optional["Cell"], decimals: int = 1) -> str:
+    """``8.7 [5.7,12.0]`` for one seed, ``8.7±1.2 [5.7,12.0]`` over several (no spaces inside the interval), at
+    ``decimals`` decimals (a column's metric precision)."""
     if cell is None:
         return "–"
-    text = f"{cell.value:.1f}"
+    text = f"{cell.value:.{decimals}f}"
     if cell.n > 1:
-        text += f"±{cell.std:.1f}"
+        text += f"±{cell.std:.{decimals}f}"
     if cell.ci_low is not None:
-        text += f" [{cell.ci_low:.1f},{cell.ci_high:.1f}]"
+        text += f" [{cell.ci_low:.{decimals}f},{cell.ci_high:.{decimals}f}]"
     return text
 
 
 def console_tables(table: ResultTable, width: int = CONSOLE_WIDTH) -> List:
     """Rich renderables for a terminal: per (task, split, protocol) a title line and a table with the models as rows
-    and short metric names as columns (in :data:`HEADLINE_METRICS` order), plus a units line where needed.
+    and short metric names (the registered ``display``) as columns, plus a units line where needed.
 
     No cell ever wraps (columns are ``no_wrap``): when a group's metrics do not fit in ``width`` columns they are
     split over consecutive tables under the same title. Best per column is marked ★ (:data:`BEST_RULE`). Columns
@@ -102,11 +99,11 @@ def console_tables(table: ResultTable, width: int = CONSOLE_WIDTH) -> List:
         task_title = title.split(" (protocol ")[0].replace("/", " · ", 1)
         cols = sorted(cols, key=lambda c: (metric_sort_key(table.columns[c].metric), table.columns[c].metric))
         models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
-        texts = {c: {m: ("★ " if m in table.best.get(c, []) else "") + compact_cell(table.cell(m, c))
-                     for m in models} for c in cols}
-        heads = {c: SHORT_METRIC_NAMES.get(table.columns[c].metric, table.columns[c].metric) for c in cols}
-        units = sorted({f"{heads[c]}: {display_units(table.columns[c].units)}" for c in cols
-                        if display_units(table.columns[c].units) != "%"})
+        texts = {c: {m: ("★ " if m in table.best.get(c, []) else "")
+                     + compact_cell(table.cell(m, c), table.columns[c].info.precision) for m in models} for c in cols}
+        heads = {c: heading(table.columns[c], short=True) for c in cols}
+        units = sorted({f"{heads[c]}: {table.columns[c].info.unit_label}" for c in cols
+                        if table.columns[c].info.unit_label != "%"})
         col_w = {c: max([len(heads[c])] + [len(t) for t in texts[c].values()]) + 2 for c in cols}
         model_w = max([len("model")] + [len(m) + (len(row_kind(table, m)) + 3 if row_kind(table, m) else 0)
                                         for m in models]) + 2
@@ -166,8 +163,9 @@ def to_dataframe(rows: Sequence[MetricRow]):
     ranks = {m: i for i, m in enumerate(sorted(set(df["metric"]), key=lambda m: (metric_sort_key(m), m)))}
     df["_metric_rank"] = df["metric"].map(ranks)
     df = df.sort_values(["task", "split", "_metric_rank", "model", "seed"], na_position="first", kind="stable")
-    df["display_value"] = [to_percent(v, u) for v, u in zip(df["value"], df["units"])]
-    df["display_units"] = [display_units(u) for u in df["units"]]
+    info = {m: metric_info(m) for m in ranks}
+    df["display_value"] = [info[m].shown(v) for v, m in zip(df["value"], df["metric"])]
+    df["display_units"] = [info[m].unit_label for m in df["metric"]]
     return df.drop(columns="_metric_rank").reset_index(drop=True)
 
 
@@ -210,11 +208,11 @@ def markdown_table(table: ResultTable) -> str:
     parts = []
     for title, cols in column_groups(table):
         models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
-        heads = [f"{escape.md(table.columns[c].metric)} ({escape.md(display_units(table.columns[c].units))})"
+        heads = [f"{escape.md(heading(table.columns[c]))} ({escape.md(table.columns[c].info.unit_label)})"
                  for c in cols]
         names = [f"{escape.md(m)}{f' _({row_kind(table, m)})_' if row_kind(table, m) else ''}" for m in models]
-        body = {(m, c): (f"**{t}**" if m in table.best.get(c, []) else t)
-                for m in models for c in cols for t in [format_cell(table.cell(m, c))]}
+        body = {(m, c): (f"**{t}**" if m in table.best.get(c, []) else t) for m in models for c in cols
+                for t in [format_cell(table.cell(m, c), decimals=table.columns[c].info.precision)]}
         widths = [max([len(h)] + [len(body[(m, c)]) for m in models]) + 3 for h, c in zip(heads, cols)]
         chunks = _chunks(widths, max(len(n) for n in names) + 4, MARKDOWN_BUDGET_CHARS)
         lines = [f"### {escape.md(title)}"]
@@ -337,8 +335,10 @@ def html_group_tables(table: ResultTable, cols: Sequence[int]) -> List[str]:
     ``<th class="m">``; best cells ``class="best"``; oracle/reference rows (or columns) carry a tag.
     """
     models = [m for m in table.models if any((m, c) in table.cells for c in cols)]
-    text = {(m, c): format_cell(table.cell(m, c)) for m in models for c in cols}
-    col_w = [max([_text_w(table.columns[c].metric)] + [_text_w(text[(m, c)]) for m in models]) for c in cols]
+    text = {(m, c): format_cell(table.cell(m, c), decimals=table.columns[c].info.precision) for m in models
+            for c in cols}
+    head = {c: heading(table.columns[c]) for c in cols}
+    col_w = [max([_text_w(head[c])] + [_text_w(text[(m, c)]) for m in models]) for c in cols]
     model_w = max(_text_w(m) + (60 if row_kind(table, m) else 0) for m in models)
     transpose = model_w + sum(col_w) > TABLE_BUDGET_PX and len(cols) > len(models)
 
@@ -349,18 +349,18 @@ def html_group_tables(table: ResultTable, cols: Sequence[int]) -> List[str]:
     out = []
     if not transpose:
         for chunk in _chunks(col_w, model_w):
-            rows = ["<tr><th>model</th>" + "".join(f'<th class="m">{_html.escape(table.columns[cols[i]].metric)}'
+            rows = ["<tr><th>model</th>" + "".join(f'<th class="m">{_html.escape(head[cols[i]])}'
                                                    f"</th>" for i in chunk) + "</tr>"]
             rows += [f'<tr class="{row_kind(table, m)}">' + _row_head(table, m)
                      + "".join(td(m, cols[i]) for i in chunk) + "</tr>" for m in models]
             out.append('<div class="tw"><table class="rt">' + "".join(rows) + "</table></div>")
         return out
-    metric_w = max(_text_w(table.columns[c].metric) for c in cols)
+    metric_w = max(_text_w(head[c]) for c in cols)
     model_col_w = [max([_text_w(m) + (60 if row_kind(table, m) else 0)] + [_text_w(text[(m, c)]) for c in cols])
                    for m in models]
     for chunk in _chunks(model_col_w, metric_w):
         rows = ["<tr><th>metric</th>" + "".join(_row_head(table, models[i], "th") for i in chunk) + "</tr>"]
-        rows += [f'<tr><th class="m">{_html.escape(table.columns[c].metric)}</th>'
+        rows += [f'<tr><th class="m">{_html.escape(head[c])}</th>'
                  + "".join(td(models[i], c) for i in chunk) + "</tr>" for c in cols]
         out.append('<div class="tw"><table class="rt">' + "".join(rows) + "</table></div>")
     return out
@@ -481,10 +481,10 @@ def default_title(results_dir: Path, manifest) -> str:
     return REPRODUCTION_TITLES.get(kind) if kind in REPRODUCTION_TITLES else f"loupe-bench report: {results_dir.name}"
 
 
-def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = True, *, out_dir=None,
-           runs: Optional[Dict[str, Path]] = None, world_dir=None, explain_images: int = 3,
-           console=None, title: Optional[str] = None, quiet: bool = False) -> ReportPaths:
-    """Render the results under ``results_dir``.
+def render_report(results_dir, html: bool = True, markdown: bool = True, csv: bool = True, *, out_dir=None,
+                  runs: Optional[Dict[str, Path]] = None, world_dir=None, explain_images: int = 3,
+                  console=None, title: Optional[str] = None, quiet: bool = False) -> ReportPaths:
+    """Render the results under ``results_dir`` (``loupe-bench report`` calls this function).
 
     Args:
         results_dir: folder of result JSONs.
@@ -495,15 +495,15 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
         world_dir: the synthetic world (explanations); discovered when None.
         explain_images: number of sample images for LOUPE's explanations.
         console: a rich Console to print the table to (default: a new one unless ``quiet``).
+        title: the report's title (default: the reproduction's own, else ``loupe-bench report: <folder>``).
+        quiet: print nothing.
 
     Returns:
         :class:`ReportPaths` with the written files and the table.
     """
-    from .results_io import load_results_raw
-
     results_dir = Path(results_dir)
-    rows = load_rows(results_dir)
-    raw = load_results_raw(results_dir)
+    loaded = load(results_dir)          # every result file read and validated once
+    rows, raw = loaded.rows, loaded.objects()
     protocols = {obj["task"]["fingerprint"]: protocol_label(obj.get("extra") or {}) for obj in raw}
     oracles = oracle_models(raw)
     table = build_table(rows, protocols=protocols, oracles=oracles)
@@ -533,12 +533,12 @@ def report(results_dir, html: bool = True, markdown: bool = True, csv: bool = Tr
     return ReportPaths(csv_path, md_path, html_path, table, board_path)
 
 
-#: the files :func:`report` writes, by option (the CSV option writes both CSVs)
+#: the files :func:`render_report` writes, by option (the CSV option writes both CSVs)
 REPORT_FILES = {"csv": ("results.csv", "leaderboard.csv"), "markdown": ("report.md",), "html": ("report.html",)}
 
 
 def default_out_dir(results_dir) -> Path:
-    """Where :func:`report` writes without ``out_dir``: ``results_dir/../report`` inside a reproduction (a
+    """Where :func:`render_report` writes without ``out_dir``: ``results_dir/../report`` inside a reproduction (a
     ``reproduce.json`` beside the results), else ``results_dir/report``."""
     results_dir = Path(results_dir)
     return results_dir.parent / "report" if discover_context(results_dir)["manifest"] else results_dir / "report"
@@ -588,7 +588,7 @@ def _explanations(runs: Dict[str, Path], world_dir, explain_images: int, notes: 
 
 def _html_page(table: ResultTable, raw, runs: Dict[str, Path], world_dir, explain_images: int, *, title: str,
                metadata: Sequence[Tuple[str, str]], statement: Optional[str]) -> str:
-    """The HTML report of :func:`report`: :func:`html_report` with the metric bars, the training curves of the
+    """The HTML report of :func:`render_report`: :func:`html_report` with the metric bars, the training curves of the
     runs' ``log.jsonl`` and LOUPE's explanations (one colour per model in every figure)."""
     from .plots import metric_bars, model_colours, training_curves
 

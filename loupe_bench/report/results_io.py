@@ -1,7 +1,8 @@
-"""Read result JSONs (schema ``loupe-bench/result/v1``) into flat metric rows.
+"""Result JSONs as flat metric rows, for the report, the paper comparison and the regression gate.
 
-A result JSON holds one (model, task, split); see ``docs/architecture.md``. Reports, the paper comparison and the
-regression gate all work on :class:`MetricRow` lists, one row per (result, metric).
+The result file itself — schema, validation, the reader — is :mod:`loupe_bench.tasks.results`'s; this module asks
+it once per file (:func:`load`) and flattens each record into :class:`MetricRow` s, one per (result, metric). What a
+metric means (unit, display scale, direction) is :func:`~loupe_bench.tasks.metric_registry.metric_info`'s.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import DataError
-
-RESULT_SCHEMA = "loupe-bench/result/v1"
+from ..tasks.metric_registry import metric_info
+from ..tasks.results import SCHEMA, identity_label, model_identity, validate_intervals
+from ..tasks.results import read_results as read_result_records
 
 #: rows a task reports beside the models that are not models (``reference_rows`` of a result): the expected
 #: accuracy of a uniform pick among the candidates, and the bag-of-attributes oracle of the grounding tasks
@@ -51,16 +53,10 @@ class MetricRow(NamedTuple):
         return (self.model, self.task, self.split, self.metric)
 
 
-def parse_result(obj: Any, path: Path, label: Optional[str] = None) -> List[MetricRow]:
-    """Validate one result object (:func:`~loupe_bench.tasks.results.validate_record`) and flatten its metrics
-    into rows; the model's rows are named ``label`` (default: the model's name).
-
-    Raises:
-        DataError: when a field is missing, of the wrong type or not finite (names the file and the entry).
-    """
-    from ..tasks.results import model_identity, validate_record
-
-    validate_record(obj, file=str(path))
+def result_rows(obj: Dict[str, Any], path: Path, label: Optional[str] = None) -> List[MetricRow]:
+    """The metric rows of one result object already validated by the reader
+    (:func:`~loupe_bench.tasks.results.read_results`); the model's rows are named ``label`` (default: the model's
+    name), each reference row (chance, oracle) by its own name. A row's units are the metric's registered unit."""
     model, task = obj["model"], obj["task"]
     ident = model_identity(model)
     rows = _metric_rows(label or model["name"], obj["metrics"], task, obj["seed"], path, ident)
@@ -78,26 +74,16 @@ def _metric_rows(model: str, metrics: Dict[str, Any], task: Dict[str, Any], seed
             model=model, task=task["name"], task_type=task["type"], dataset=str(task.get("dataset", "")),
             split=task["split"], fingerprint=task["fingerprint"], metric=str(metric), value=float(entry["value"]),
             ci_low=None if ci is None else float(ci[0]), ci_high=None if ci is None else float(ci[1]),
-            units=str(entry.get("units", "fraction")), seed=seed, path=str(path), identity=identity))
+            units=metric_info(str(metric)).unit, seed=seed, path=str(path), identity=identity))
     return rows
 
 
-def result_files(results_dir) -> List[Path]:
-    """Every result JSON under ``results_dir`` (:func:`~loupe_bench.tasks.results.read_result_files`), sorted."""
-    from ..tasks.results import read_result_files
-
-    return [p for p, _ in read_result_files(results_dir)]
-
-
 def read_results(results_dir) -> List[Tuple[Path, Dict[str, Any]]]:
-    """``(path, object)`` of every result under ``results_dir``, each validated; none is a :class:`DataError`."""
-    from ..tasks.results import read_result_files, validate_record
-
-    pairs = read_result_files(results_dir)
+    """``(path, object)`` of every result under ``results_dir``, each read and validated once
+    (:func:`~loupe_bench.tasks.results.read_results`); none is a :class:`DataError`."""
+    pairs = read_result_records(results_dir)
     if not pairs:
-        raise DataError(f"no result JSON ({RESULT_SCHEMA}) found", file=str(results_dir))
-    for p, obj in pairs:
-        validate_record(obj, file=str(p))
+        raise DataError(f"no result JSON ({SCHEMA}) found", file=str(results_dir))
     return pairs
 
 
@@ -113,8 +99,6 @@ def model_labels(pairs: Sequence[Tuple[Path, Dict[str, Any]]], *, same_name: str
     Raises:
         DataError: ``same_name="refuse"`` and a name is shared.
     """
-    from ..tasks.results import identity_label, model_identity
-
     by_name: Dict[str, Dict[str, str]] = {}
     for p, obj in pairs:
         by_name.setdefault(obj["model"]["name"], {}).setdefault(model_identity(obj["model"]), str(p))
@@ -138,8 +122,6 @@ def refuse_duplicates(pairs: Sequence[Tuple[Path, Dict[str, Any]]]) -> None:
     Raises:
         DataError: naming both files.
     """
-    from ..tasks.results import model_identity
-
     seen: Dict[tuple, Path] = {}
     for p, obj in pairs:
         m, t = obj["model"], obj["task"]
@@ -152,20 +134,34 @@ def refuse_duplicates(pairs: Sequence[Tuple[Path, Dict[str, Any]]]) -> None:
         seen[key] = p
 
 
-def load_rows(results_dir, *, models: Optional[Sequence[str]] = None, same_name: str = "label") -> List[MetricRow]:
-    """Load every result under ``results_dir`` (a folder or file, or a list of them taken together) as metric rows
-    (optionally only some models).
+class LoadedResults(NamedTuple):
+    """Results read once (:func:`load`): the validated records and their metric rows."""
+
+    records: List[Tuple[Path, Dict[str, Any]]]      # (path, result object), every file under the folders given
+    rows: List[MetricRow]
+
+    def objects(self) -> List[Dict[str, Any]]:
+        """The result objects themselves (for their ``unavailable``, ``extra`` and ``model`` fields)."""
+        return [obj for _, obj in self.records]
+
+    def extras(self) -> Dict[str, Optional[Dict[str, Any]]]:
+        """Path → the ``extra`` record of the result read from it (None when it has none)."""
+        return {str(p): obj.get("extra") if isinstance(obj.get("extra"), dict) else None for p, obj in self.records}
+
+
+def load(results_dir, *, models: Optional[Sequence[str]] = None, same_name: str = "label") -> LoadedResults:
+    """Read every result under ``results_dir`` (a folder or file, or a list of them taken together) once, and
+    flatten it into metric rows (optionally only some models' rows).
 
     Models are told apart by identity (:func:`model_labels`, ``same_name`` as there); duplicated results are
     refused (:func:`refuse_duplicates`), across all the folders given; then a value outside its own interval
     (:func:`~loupe_bench.tasks.results.validate_intervals`).
 
     Raises:
-        DataError: when the folder holds no result JSON, a result is malformed, duplicated, inconsistent with its
-            own interval, or (with ``same_name="refuse"``) two models share a name.
+        DataError: when the folder holds no result JSON, a result is malformed, names a metric no task type
+            declares, is duplicated, inconsistent with its own interval, or (with ``same_name="refuse"``) two
+            models share a name.
     """
-    from ..tasks.results import validate_intervals
-
     dirs = list(results_dir) if isinstance(results_dir, (list, tuple)) else [results_dir]
     pairs = [pair for d in dirs for pair in read_results(d)]
     refuse_duplicates(pairs)
@@ -175,7 +171,7 @@ def load_rows(results_dir, *, models: Optional[Sequence[str]] = None, same_name:
     rows: List[MetricRow] = []
     seen = set()
     for p, obj in pairs:
-        for r in parse_result(obj, p, labels[str(p)]):
+        for r in result_rows(obj, p, labels[str(p)]):
             # reference rows (chance, oracles) come with every model's result of a protocol: keep one per seed
             if r.identity.startswith("reference:"):
                 key = (r.model, r.task, r.split, r.fingerprint, r.metric, r.seed)
@@ -189,14 +185,18 @@ def load_rows(results_dir, *, models: Optional[Sequence[str]] = None, same_name:
     if models:
         wanted = set(models)
         rows = [r for r in rows if r.model in wanted]
-    return rows
+    return LoadedResults(pairs, rows)
+
+
+def load_rows(results_dir, *, models: Optional[Sequence[str]] = None, same_name: str = "label") -> List[MetricRow]:
+    """The metric rows of :func:`load`."""
+    return load(results_dir, models=models, same_name=same_name).rows
 
 
 def load_results_raw(results_dir) -> List[Dict[str, Any]]:
-    """The parsed, validated result objects themselves (for the ``unavailable`` and ``extra`` fields); values
-    outside their own interval are refused (:func:`~loupe_bench.tasks.results.validate_intervals`)."""
-    from ..tasks.results import validate_intervals
-
+    """The validated result objects themselves, each file read once (for the ``unavailable`` and ``extra``
+    fields); values outside their own interval are refused
+    (:func:`~loupe_bench.tasks.results.validate_intervals`)."""
     pairs = read_results(results_dir)
     for p, obj in pairs:
         validate_intervals(obj, file=str(p))
@@ -226,22 +226,6 @@ def read_manifest(path: Path) -> Dict[str, object]:
         if not isinstance(folder, str):
             raise DataError(f"a run folder must be a string, got {folder!r}", file=str(path), record=f"runs[{name!r}]")
     return data
-
-
-#: units shown ×100: a fraction as percent, a sum of fractions (RSUM) as a sum of percents (0–600 for six recalls,
-#: the scale CLIP_benchmark and the papers write); the stored result value keeps its own units
-PERCENT_UNITS = ("fraction", "sum of fractions")
-
-
-def to_percent(value: float, units: str) -> float:
-    """The displayed number: fractions as percent, a sum of fractions (RSUM) as the sum of the percents (0–600);
-    anything else unchanged."""
-    return value * 100.0 if units in PERCENT_UNITS else value
-
-
-def display_units(units: str) -> str:
-    """How a value shown by :func:`to_percent` is labelled: ``%``, ``sum of %`` (RSUM, 0–600), else the units."""
-    return {"fraction": "%", "sum of fractions": "sum of %"}.get(units, units)
 
 
 def mean_std(values: Iterable[float]) -> Tuple[float, float]:

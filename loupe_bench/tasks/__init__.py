@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import SpecError
-from ..registry import Registry, import_registering_modules
-from ..specs import from_mapping, load_named, load_yaml, spec_dir, spec_index
+from ..registry import Registry, import_registering_modules, registering_modules
+from ..specs import load_named, load_yaml, spec_dir, spec_index
 
 TASK_TYPES = Registry("task type")
 
 # modules that register adapter classes into TASK_TYPES when imported (imported on first use: they need torch)
-_ADAPTER_MODULES = (
+_ADAPTER_MODULES = registering_modules(
     "loupe_bench.tasks.retrieval",
     "loupe_bench.tasks.classification",
     "loupe_bench.tasks.linear_probe",
@@ -57,8 +57,9 @@ def list_tasks() -> List[Tuple[str, str]]:
 def load_task(name_or_path: Union[str, Path, Dict[str, Any]]):
     """A :class:`~loupe_bench.tasks.spec.TaskSpec` from a shipped name, a YAML path or a mapping.
 
-    The type-specific ``options`` are validated against the adapter's ``Options`` dataclass and filled in with
-    defaults, so the normalised spec (and the fingerprint) is complete.
+    The type-specific ``options`` are converted once by the adapter
+    (:meth:`~loupe_bench.tasks.base.TaskAdapter.parse_options`: validated, defaults filled in) and kept as that
+    dataclass's fields, so the normalised spec (and the fingerprint) is complete.
     """
     from .spec import parse_task_spec
 
@@ -69,9 +70,7 @@ def load_task(name_or_path: Union[str, Path, Dict[str, Any]]):
         source = str(path)
     spec = parse_task_spec(data, source)
     adapter = load_adapters().get(spec.type)
-    opts_cls = getattr(adapter, "Options", None)
-    if opts_cls is not None:
-        spec.options = asdict(from_mapping(opts_cls, spec.options, source or spec.name, "options"))
+    spec.options = asdict(adapter.parse_options(spec))
     if hasattr(adapter, "validate_spec"):
         adapter.validate_spec(spec)
     _check_metric_names(spec, adapter, source)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import SpecError
+from ..specs import from_mapping
 from .common import SplitOutput
 from .spec import TaskSpec
 
@@ -22,7 +23,16 @@ class TaskAdapter:
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
-        self.opts = type(self).Options(**spec.options)
+        self.opts = self.parse_options(spec)
+
+    @classmethod
+    def parse_options(cls, spec: TaskSpec) -> Any:
+        """The spec's type-specific ``options`` mapping as this adapter's :class:`Options`: the one conversion, for
+        :func:`~loupe_bench.tasks.load_task` (which keeps ``asdict`` of it as the spec's normalised options) and for
+        the adapter itself. Strict (:func:`~loupe_bench.specs.from_mapping`): an unknown key or a wrong type is a
+        :class:`~loupe_bench.errors.SpecError` naming the spec and the field; missing keys take their defaults;
+        ``Options.__post_init__`` normalises and checks the values."""
+        return from_mapping(cls.Options, spec.options, spec.source or spec.name, "options")
 
     @classmethod
     def validate_spec(cls, spec: TaskSpec) -> None:

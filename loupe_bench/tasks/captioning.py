@@ -14,11 +14,22 @@ from . import TASK_TYPES
 from .base import TaskAdapter
 from .caption_head import CaptionHeadConfig, single_thread, train_caption_head
 from .common import MetricValue, SplitOutput, encode_images, load_records, mean_metric
+from .metric_registry import Metric, declare_metrics, metric_info
 from .metrics.bootstrap import resample_indices
 from .metrics.captioning import CAPTION_METRICS, bleu_cider, caption_metrics, metric_status
 
-#: metrics the caption results are stored in (CIDEr-D, BLEU are not fractions in general: CIDEr-D is x10)
-_UNITS = {"CIDEr-D": "score", "SPICE": "fraction"}
+#: the caption metrics: corpus BLEU-n and CIDEr-D (interval: images resampled, the corpus statistic recomputed),
+#: ROUGE-L (a mean of per-image scores), METEOR and SPICE (corpus values, no interval); CIDEr-D is a score (not
+#: bounded by 1), the others fractions
+declare_metrics(
+    "captioning",
+    *(Metric(f"BLEU-{n}", interval="corpus", order=49 + n, description=f"corpus BLEU of n-grams up to {n}")
+      for n in range(1, 5)),
+    Metric("METEOR", interval="none", order=54, description="corpus METEOR (Java)"),
+    Metric("ROUGE-L", order=55, description="mean per-image ROUGE-L F-measure"),
+    Metric("CIDEr-D", unit="score", display="CIDEr", interval="corpus", order=56, description="corpus CIDEr-D"),
+    Metric("SPICE", interval="none", order=57, description="corpus SPICE F-score (Java)"),
+)
 
 
 @TASK_TYPES.register("captioning")
@@ -74,8 +85,7 @@ class CaptioningTask(TaskAdapter):
         scores = caption_metrics(refs, hyps, use_java=self.opts.use_java, metrics=self.spec.metrics)
         res = SplitOutput(split)
         keys = list(scores.gts.keys()) or list(refs)
-        corpus = [n for n in self.spec.metrics if n in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")
-                  and n in scores.metrics]
+        corpus = [n for n in self.spec.metrics if metric_info(n).interval == "corpus" and n in scores.metrics]
         b = self.spec.bootstrap
         n_boot = min(self.opts.bootstrap_resamples, b.n_resamples)
         ci = {}
@@ -89,18 +99,19 @@ class CaptioningTask(TaskAdapter):
                 lo, hi = np.quantile([r[n] for r in reps], [b.alpha / 2, 1 - b.alpha / 2])
                 ci[n] = [float(lo), float(hi)]
         for name in self.spec.metrics:
+            info = metric_info(name)
             if name in scores.unavailable:
                 res.unavailable[name] = scores.unavailable[name]
-            elif name in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"):
-                res.metrics[name] = MetricValue(scores.metrics[name], ci.get(name), _UNITS.get(name, "fraction"))
+            elif info.interval == "corpus":
+                res.metrics[name] = MetricValue(scores.metrics[name], ci.get(name), info.unit)
             elif name in scores.per_image and name == "ROUGE-L":
                 vals = [scores.per_image[name][k] for k in keys]
                 mv = mean_metric(vals, self.spec)
-                res.metrics[name] = MetricValue(scores.metrics[name], mv.ci95, "fraction")
+                res.metrics[name] = MetricValue(scores.metrics[name], mv.ci95, info.unit)
                 res.per_item[name] = vals
             elif name in scores.metrics:
                 # METEOR / SPICE: corpus values (METEOR's corpus score is not the mean of per-image scores)
-                res.metrics[name] = MetricValue(scores.metrics[name], None, "fraction")
+                res.metrics[name] = MetricValue(scores.metrics[name], None, info.unit)
         if not scores.comparable and scores.tokenizer == "python":
             res.extra["note"] = "tokenised in Python (no java): not comparable to COCO-server numbers"
         res.extra.update(

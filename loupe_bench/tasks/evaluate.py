@@ -77,19 +77,11 @@ def resolve_model(model: ModelLike, seed: int = 0) -> Tuple[torch.nn.Module, Dic
 
 
 def _run_recipe(folder: Optional[Path]) -> Optional[Dict[str, Any]]:
-    """The recipe a training run's ``run.json`` records (``None``: none readable)."""
-    from ..errors import DataError
-    from ..models.checkpoint import RUN_FILE
-    from ..utils.io import read_json
+    """The recipe a training run's ``run.json`` records (``None``: not a run of ours)."""
+    from ..utils.run_files import run_record
 
-    if folder is None or not (folder / RUN_FILE).is_file():
-        return None
-    try:
-        record = read_json(folder / RUN_FILE, kind="config")
-    except DataError:
-        return None
-    recipe = record.get("recipe") if isinstance(record, dict) else None
-    return recipe if isinstance(recipe, dict) else None
+    record = run_record(folder) if folder is not None else None
+    return None if record is None else record["recipe"]
 
 
 def _task(task: TaskLike) -> TaskSpec:
@@ -169,9 +161,12 @@ def evaluate(
 ) -> List[Dict[str, Any]]:
     """Evaluate every model on every task; write ``<model>__<task>__<split>.json`` into ``out_dir`` (suffixed with
     ``__<id8>`` when another model's result holds that name: see :func:`~loupe_bench.tasks.results.result_path`).
+    ``loupe-bench eval`` calls this function.
 
     Args:
-        models: spec names, spec YAML paths, model/run directories or ``VLModel`` objects.
+        models: any reference :func:`~loupe_bench.models.sources.load_model` accepts (spec names / files, model or
+            run directories, Hugging Face CLIP directories, ``open_clip:ARCH:FILE``, ``open_clip:ARCH:TAG``,
+            ``hf-hub:ORG/NAME``) or ``VLModel`` objects.
         tasks: shipped task names, task YAML paths, spec mappings or :class:`TaskSpec` objects.
         data_root: folder the task's data paths are relative to (the synthetic world, or e.g. a COCO root).
         out_dir: where result JSON goes (``None``: do not write).

@@ -1,5 +1,8 @@
-"""Result records: the JSON schema of ``docs/architecture.md``, atomic writing, loading and validation (the
-CLIP_benchmark-style export of these records is a report: :func:`loupe_bench.report.export.export_clip_benchmark`).
+"""The result file: its JSON schema (``docs/architecture.md``), atomic writing, and the one reader every gathering
+command (report, check, compare, export) goes through (:func:`read_results`: each file read and validated once).
+What each metric of a record means — unit, direction, interval kind — is the metric registry's
+(:mod:`loupe_bench.tasks.metric_registry`); a record naming a metric no task type declares is refused. The
+CLIP_benchmark-style export of these records is a report: :func:`loupe_bench.report.export.export_clip_benchmark`.
 
 One file per (model, task, split): ``<model>__<task>__<split>.json`` (names made file-safe); when that name is
 taken by a result of another model (two runs both called ``full``), ``<model>__<task>__<split>__<id8>.json`` with
@@ -18,15 +21,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..errors import DataError
-from ..utils.io import atomic_write_json, atomic_write_text, read_json
+from ..errors import DataError, SpecError
+from ..utils.io import atomic_write_json, read_json
+from .metric_registry import Metric, metric_info
 
 SCHEMA = "loupe-bench/result/v1"
 #: the schema tags of every version of our result files: one this version does not read is refused, never skipped
 SCHEMA_FAMILY = "loupe-bench/result/"
 #: seeds are unsigned 32-bit integers (``eval --seed``, ``numpy.random.default_rng``, ``torch.manual_seed``)
 SEED_MAX = 2 ** 32 - 1
-UNITS = ("fraction", "percent", "score", "sum of fractions", "count", "seconds")
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 REQUIRED = {
@@ -144,11 +147,22 @@ def _fail(message: str, file: Optional[str], record: Optional[str] = None) -> Da
     return DataError(message, file=file, record=record)
 
 
+def registered_metric(name: str, file: Optional[str] = None, record: Optional[str] = None) -> Metric:
+    """:func:`~loupe_bench.tasks.metric_registry.metric_info` of a metric a file names; an unknown name is a
+    :class:`DataError` naming the file and the entry."""
+    try:
+        return metric_info(name)
+    except SpecError as err:
+        raise _fail(err.message, file, record) from None
+
+
 def validate_metric(name: str, entry: Any, file: Optional[str] = None, where: str = "metrics",
                     full: bool = False) -> None:
-    """One metric entry: ``value`` a finite number, ``ci95`` null or finite ``[low, high]`` with low ≤ high,
-    ``units`` a string (one of :data:`UNITS` and every key present with ``full``)."""
+    """One metric entry: ``name`` a registered metric (:func:`registered_metric`); ``value`` a finite number,
+    ``ci95`` null or finite ``[low, high]`` with low ≤ high (always null for a metric registered without an
+    interval), ``units`` the metric's registered unit (the key may be left out, except with ``full``)."""
     rec = f"{where}[{name!r}]"
+    info = registered_metric(str(name), file, rec)
     if not isinstance(entry, dict) or "value" not in entry:
         raise _fail("a metric entry must be an object with a 'value'", file, rec)
     if full and ("units" not in entry or "ci95" not in entry):
@@ -160,14 +174,13 @@ def validate_metric(name: str, entry: Any, file: Optional[str] = None, where: st
         raise _fail(f"ci95 must be [low, high] (finite numbers) or null, got {ci!r}", file, rec)
     if ci is not None and not ci[0] <= ci[1]:
         raise _fail("ci95 low > high", file, rec)
-    units = entry.get("units", "fraction")
-    if not isinstance(units, str) or (full and units not in UNITS):
-        raise _fail(f"unknown units {units!r}", file, rec)
+    if ci is not None and not info.has_interval:
+        raise _fail(f"{name!r} has no interval (registered interval: none), got ci95 {ci!r}", file, rec)
+    units = entry.get("units", info.unit)
+    if units != info.unit:
+        raise _fail(f"units {units!r} are not the metric's registered units {info.unit!r}", file, rec)
 
 
-#: metrics whose interval is the percentile bootstrap of a statistic of the whole resampled set (corpus BLEU,
-#: CIDEr-D with its document frequencies, COCO AP), not of a mean of per-item values
-CORPUS_STATISTICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "AP", "AP50", "AP75")
 #: how far past its own interval a value may lie, in widths of the interval (see :func:`check_interval`)
 INTERVAL_SLACK = {"mean": 0.5, "corpus": 2.0}
 #: float rounding allowed on top, relative to the interval's magnitude (at least 1)
@@ -178,10 +191,12 @@ def check_interval(name: str, entry: Dict[str, Any], file: Optional[str] = None,
     """A metric's value lies within its own ``ci95`` (when it has one), up to a slack.
 
     Rule: with ``w = high - low``, the value must lie in ``[low - s, high + s]``,
-    ``s = INTERVAL_SLACK[kind] · w + INTERVAL_ROUNDING · max(1, |low|, |high|)``. For a mean of per-item values
-    (``kind = "mean"``, every metric not in :data:`CORPUS_STATISTICS`) the percentile interval holds the mean (the
+    ``s = INTERVAL_SLACK[kind] · w + INTERVAL_ROUNDING · max(1, |low|, |high|)``, ``kind`` the metric's registered
+    interval kind (:data:`~loupe_bench.tasks.metric_registry.INTERVALS`). For a mean of per-item values
+    (``kind = "mean"``) the percentile interval holds the mean (the
     resampled means are centred on it); half a width more absorbs the quantile noise of few resamples. For a
-    statistic of the whole resampled set (``kind = "corpus"``) the percentile interval need not hold the point
+    statistic of the whole resampled set (``kind = "corpus"``: corpus BLEU, CIDEr-D, COCO AP) the percentile
+    interval need not hold the point
     estimate — resampling with duplicates biases corpus CIDEr-D (document frequencies) and COCO AP — so two widths are
     allowed. A value further out is a stale or edited result.
 
@@ -192,7 +207,10 @@ def check_interval(name: str, entry: Dict[str, Any], file: Optional[str] = None,
     if ci is None:
         return
     low, high, value = float(ci[0]), float(ci[1]), float(entry["value"])
-    kind = "corpus" if name in CORPUS_STATISTICS else "mean"
+    kind = registered_metric(name, file, f"{where}[{name!r}]").interval
+    if kind not in INTERVAL_SLACK:
+        raise _fail(f"{name!r} has no interval (registered interval: {kind}), got ci95 {ci!r}", file,
+                    f"{where}[{name!r}]")
     slack = INTERVAL_SLACK[kind] * (high - low) + INTERVAL_ROUNDING * max(1.0, abs(low), abs(high))
     if not low - slack <= value <= high + slack:
         raise _fail(f"value {value!r} lies outside its own ci95 [{low!r}, {high!r}]: a stale or edited result "
@@ -226,11 +244,12 @@ _OPTIONAL_TOP = (("unavailable", dict), ("extra", dict), ("reference_rows", dict
                  ("packages", dict), ("timings", dict), ("code_version", str), ("device", str), ("timestamp", str))
 
 
-def validate_record(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
+def validate_record(obj: Any, file: Optional[str] = None, full: bool = False) -> Dict[str, Any]:
     """The part of the result schema that gathering commands (report, check, compare, export) rely on: the schema
     tag; ``model`` and ``task`` with their fields typed (names non-empty strings); ``seed`` an integer in
     ``0..SEED_MAX``; every metric
-    and reference-row entry finite (:func:`validate_metric`); optional fields of the right type when present.
+    and reference-row entry a registered metric, finite, in its registered units (:func:`validate_metric`, metric
+    entries complete with ``full``); optional fields of the right type when present.
 
     Raises:
         DataError: naming the file and the entry of the first problem.
@@ -247,7 +266,7 @@ def validate_record(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
         raise _fail(f"field 'seed' must be an integer in 0..{SEED_MAX}, got {seed!r}", file)
     for name, entry in obj["metrics"].items():
-        validate_metric(name, entry, file)
+        validate_metric(name, entry, file, full=full)
     for row, metrics in (obj.get("reference_rows") or {}).items():
         if not isinstance(metrics, dict):
             raise _fail("a reference row must map metric names to entries", file, f"reference_rows[{row!r}]")
@@ -282,9 +301,9 @@ def _check_fields(obj: Dict[str, Any], file: Optional[str]) -> None:
 
 def validate_result(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
     """Check ``obj`` against the full result schema (what :func:`write_result` writes): :func:`validate_record`
-    plus every field of :data:`REQUIRED`, complete metric entries with known units, a reason for every unavailable
+    with complete metric entries, plus every field of :data:`REQUIRED`, a reason for every unavailable
     metric and ``timings.total_s``. Raises :class:`DataError` naming the first problem."""
-    validate_record(obj, file)
+    validate_record(obj, file, full=True)
     for key, typ in REQUIRED.items():
         if key not in obj:
             raise _fail(f"missing field {key!r}", file)
@@ -296,8 +315,6 @@ def validate_result(obj: Any, file: Optional[str] = None) -> Dict[str, Any]:
     for key in ("dataset", "spec"):
         if key not in obj["task"]:
             raise _fail(f"task: missing field {key!r}", file)
-    for name, entry in obj["metrics"].items():
-        validate_metric(name, entry, file, full=True)
     for name, reason in obj["unavailable"].items():
         if not reason:
             raise _fail(f"unavailable metric {name!r} needs a reason", file)
@@ -365,14 +382,29 @@ def is_result(obj: Any, file: Optional[str] = None) -> bool:
     return False
 
 
-def load_results(directory: Union[str, Path], validate: bool = True) -> List[Dict[str, Any]]:
-    """Every result JSON under ``directory`` (:func:`read_result_files`), validated (:func:`validate_result`, then
-    :func:`validate_intervals`) and sorted by (model, task, split). Each record gets ``_path``."""
-    out = []
+def read_results(directory: Union[str, Path], full: bool = False) -> List[Tuple[Path, Dict[str, Any]]]:
+    """The one reader of result files: ``(path, object)`` of every result under ``directory``
+    (:func:`read_result_files`), each file read once and validated once — :func:`validate_result` with ``full``
+    (every field :func:`write_result` writes), else :func:`validate_record` (the fields gathering commands read).
+    Values against their own intervals are checked apart (:func:`validate_intervals`), after a caller has refused
+    duplicated files.
+
+    Raises:
+        DataError: naming the folder, or the file and the entry of the first problem.
+    """
+    check = validate_result if full else validate_record
     pairs = read_result_files(directory)
     for p, obj in pairs:
-        if validate:
-            validate_result(obj, file=str(p))
+        check(obj, file=str(p))
+    return pairs
+
+
+def load_results(directory: Union[str, Path], validate: bool = True) -> List[Dict[str, Any]]:
+    """Every result JSON under ``directory``, validated (:func:`read_results` with the full schema, then
+    :func:`validate_intervals`; read unchecked with ``validate=False``) and sorted by (model, task, split). Each
+    record gets ``_path``."""
+    pairs = read_results(directory, full=True) if validate else read_result_files(directory)
+    out = []
     for p, obj in pairs:
         if validate:
             validate_intervals(obj, file=str(p))
@@ -424,5 +456,5 @@ def summarize_seeds(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
             rows.append({"model": model, "identity": ident, "task": task, "split": split, "fingerprint": fp,
                          "metric": name, "mean": s["mean"], "std": s["std"], "n": s["n"],
                          "seeds": sorted(r["seed"] for r in rs if name in r["metrics"]),
-                         "units": rs[0]["metrics"].get(name, {}).get("units", "fraction")})
+                         "units": metric_info(name).unit})
     return rows

@@ -15,8 +15,18 @@ from ..errors import DataError
 from . import TASK_TYPES
 from .base import TaskAdapter
 from .common import MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, to_device
+from .metric_registry import Metric, declare_metrics
 from .metrics.bootstrap import resample_indices
 from .metrics.retrieval import retrieval_metrics
+
+#: R@K of image queries (captions retrieved) and of caption queries (images retrieved), and their sum
+I2T_RECALL = Metric("i2t_R@<k>", display="i2t R@<k>", order=10,
+                    description="fraction of image queries with a ground-truth caption among the first K texts")
+T2I_RECALL = Metric("t2i_R@<k>", display="t2i R@<k>", order=11,
+                    description="fraction of caption queries whose image is among the first K images")
+RSUM = Metric("rsum", unit="sum of fractions", display="RSUM", order=12,
+              description="the sum of the recalls R@K both ways (0-6 for K in 1, 5, 10; shown as 0-600)")
+declare_metrics("retrieval", I2T_RECALL, T2I_RECALL, RSUM)
 
 
 @TASK_TYPES.register("retrieval")
@@ -83,11 +93,11 @@ class RetrievalTask(TaskAdapter):
         b = self.spec.bootstrap
         value = out.metrics["rsum"]
         if b.n_resamples <= 0:
-            return MetricValue(value, None, "sum of fractions")
+            return MetricValue(value, None, RSUM.unit)
         i_idx = resample_indices(len(out.i2t_ranks), b.n_resamples, b.seed)
         t_idx = resample_indices(len(out.t2i_ranks), b.n_resamples, b.seed + 1)
         reps = np.zeros(b.n_resamples)
         for k in self.opts.ks:
             reps += per[f"i2t_R@{k}"][i_idx].mean(1) + per[f"t2i_R@{k}"][t_idx].mean(1)
         lo, hi = np.quantile(reps, [b.alpha / 2, 1 - b.alpha / 2])
-        return MetricValue(value, [float(lo), float(hi)], "sum of fractions")
+        return MetricValue(value, [float(lo), float(hi)], RSUM.unit)

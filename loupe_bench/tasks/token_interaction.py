@@ -56,6 +56,7 @@ from .base import BoxTaskAdapter
 from .common import (
     MetricValue, SplitOutput, encode_texts, image_transform, load_records, mean_metric, open_image, progress_bar,
 )
+from .metric_registry import Metric, declare_metrics, metric_info
 
 KINDS = ("flat", "two-part")
 ALL = "all"
@@ -69,11 +70,18 @@ VALUES = ("cosine", "logprob", "prob")
 RATE_STEMS = ("box_beats_shifted@I", "box_beats_shifted@phi")
 #: the box's two parts (top / bottom rows) as players: rate of positive part interaction, and its means
 PART_RATE_STEMS = ("part_interaction_positive",)
-PART_STEMS = PART_RATE_STEMS + ("mean_part_interaction", "mean_part_interaction_shifted")
+PART_MEAN_STEMS = ("mean_part_interaction", "mean_part_interaction_shifted")
+PART_STEMS = PART_RATE_STEMS + PART_MEAN_STEMS
 MEAN_STEMS = ("mean_I", "mean_I_shifted", "mean_phi", "mean_phi_shifted")
 PER_PATCH_STEMS = tuple(f"{s}_per_patch" for s in MEAN_STEMS)
 SKIP_REASONS = ("too_few_patches", "not_named", "no_placement")
 CHANCE = "chance"
+#: every stem is reported per object kind (``<stem>:<kind>``): the rates are fractions of objects, the means scores
+#: in the game's value units
+declare_metrics("token-interaction",
+                *(Metric(s, description="fraction of objects (module docstring)") for s in RATE_STEMS + PART_RATE_STEMS),
+                *(Metric(s, unit="score", description="mean over objects (module docstring)")
+                  for s in MEAN_STEMS + PER_PATCH_STEMS + PART_MEAN_STEMS))
 
 
 def metric_names(kinds: Sequence[str] = KINDS + (ALL,)) -> List[str]:
@@ -511,8 +519,7 @@ class TokenInteractionTask(BoxTaskAdapter):
                 if not sel.any():
                     res.unavailable[name] = f"no {kind} object was evaluated in split {split!r}"
                     continue
-                units = "fraction" if stem in RATE_STEMS or stem in PART_RATE_STEMS else "score"
-                res.metrics[name] = mean_metric(values[sel], self.spec, units)
+                res.metrics[name] = mean_metric(values[sel], self.spec, metric_info(name).unit)
                 res.per_item[name] = values[sel].tolist()
             if self.opts.reference_rows and sel.any():
                 for stem in RATE_STEMS:

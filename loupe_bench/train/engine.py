@@ -1,8 +1,9 @@
 """The one training loop of loupe-bench: CLIP, FILIP and LOUPE differ only in ``embed`` / ``loss_from_embeddings``.
 
-``train(model, data, recipe, out)`` runs a recipe and returns the run directory (layout in docs/architecture.md):
-``config.json``, ``recipe.yaml``, ``tokenizer/``, final ``model.safetensors`` (the run dir is a model directory),
-``checkpoints/step_<n>/{model.safetensors, state.pt}``, ``checkpoints/latest``, ``log.jsonl``.
+``train_model(model, data, recipe, out)`` runs a recipe and returns the run directory, whose layout
+(:mod:`loupe_bench.utils.run_files`) is ``config.json``, ``run.json``, ``recipe.yaml``, ``tokenizer/``, final
+``model.safetensors`` (the run dir is a model directory), ``checkpoints/step_<n>/{model.safetensors, state.pt}``,
+``checkpoints/latest``, ``log.jsonl``.
 
 Per optimiser step: per-rank batch → :func:`~loupe_bench.train.step.forward_backward` (feature-caching accumulation
 when ``accum_freq > 1``) → gradient averaging across ranks → unscale (fp16) → clip → optimiser step → schedule step.
@@ -14,7 +15,6 @@ is named.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -28,20 +28,18 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, LoupeBenchError, SpecError
-from ..models import checkpoint as model_files  # the model directory format
 from ..models.base import LossOutput
-from ..utils.io import atomic_write_text
-from . import resume as train_state  # the training-state checkpoints (resume)
+from ..models.checkpoint import load_weights, rebuild_model, save_model, write_model_files, write_weights
+from ..utils import run_files
+from ..utils.run_files import CONFIG_FILE, RUN_FILE, RUN_SCHEMA, TENSORBOARD_DIR, WEIGHTS_FILE
 from . import runinfo
 from .data import BuiltData, TrainSource, make_loader
 from .distributed import (DistInfo, all_gather_objects, apply_fsdp2, average_gradients, barrier, broadcast_module,
                           init_distributed)
 from .optim import create_optimizer, create_scheduler
 from .recipe import Recipe, load_recipe
+from .resume import load_checkpoint, resolve_resume, rng_state, set_rng_state, write_checkpoint
 from .step import batch_size_of, forward_backward
-
-LOG_FILE = model_files.LOG_FILE
-RECIPE_FILE = model_files.RECIPE_FILE
 
 
 class NonFiniteLossError(LoupeBenchError):
@@ -57,7 +55,7 @@ class NonFiniteParamError(NonFiniteGradError):
 
 
 def _last_good(run_dir: Path) -> str:
-    last = train_state.list_checkpoints(run_dir)
+    last = run_files.list_checkpoints(run_dir)
     return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
 
 
@@ -139,10 +137,10 @@ def rebuild_from_run(spec: Mapping[str, Any], run_dir: Path):
     """The architecture of a run being resumed, from its saved spec, tokenizer and tower configs (no re-training of
     the tokenizer; :func:`~loupe_bench.models.checkpoint.rebuild_model`); the spec given now must name the same
     model."""
-    saved = model_files.read_spec(run_dir)
+    saved = run_files.read_config(run_dir)
     if saved.get("name") != spec.get("name"):
         raise SpecError(f"{run_dir}: the run trains {saved.get('name')!r}, not {spec.get('name')!r}")
-    return model_files.rebuild_model(run_dir, saved)
+    return rebuild_model(run_dir, saved)
 
 
 def enable_grad_checkpointing(model: torch.nn.Module) -> int:
@@ -191,7 +189,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, recipe: Recipe, total: int, start: int, enabled: bool,
                  on_step: Optional[Callable[[int, int, float], None]] = None):
         self.enabled = enabled
-        self.path = run_dir / LOG_FILE
+        self.run_dir = run_dir
         self.tb = None
         self.progress = None
         self.total = total
@@ -203,7 +201,7 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # pragma: no cover - optional dependency
                 raise SpecError("recipe asks for log.tensorboard but the tensorboard package is not installed") from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
         if recipe.log.progress and sys.stderr.isatty():
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
@@ -216,22 +214,13 @@ class RunLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop rows of steps after ``step`` (rows written after the checkpoint a run resumes from)."""
-        if not (self.enabled and self.path.is_file()):
-            return
-        keep = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a row cut by a kill
-        atomic_write_text(self.path, "".join(l + "\n" for l in keep))
+        if self.enabled:
+            run_files.truncate_log(self.run_dir, step)
 
     def row(self, row: Dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+        run_files.append_log_row(self.run_dir, row)
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -321,7 +310,7 @@ def _save_checkpoint(ts: TrainState, run: RunSetup) -> None:
     """``checkpoints/step_<n>/{model.safetensors, state.pt}`` (rank 0; every rank's RNG state gathered), then
     ``checkpoints/latest`` and pruning to ``recipe.checkpoint.keep_last``; all ranks meet at a barrier."""
     info, recipe, model = run.info, run.recipe, ts.model
-    rngs = all_gather_objects(train_state.rng_state())
+    rngs = all_gather_objects(rng_state())
     if run.fsdp:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
@@ -333,7 +322,7 @@ def _save_checkpoint(ts: TrainState, run: RunSetup) -> None:
         model_sd = model.state_dict()
         optim_sd = ts.optimizer.state_dict()
     if info.is_main:
-        train_state.write_checkpoint(run.run_dir, ts.step, model_sd, {
+        write_checkpoint(run.run_dir, ts.step, model_sd, {
             "step": ts.step, "epoch": ts.epoch, "batch_in_epoch": ts.batch_in_epoch,
             "optimizer": optim_sd, "scheduler": ts.scheduler.state_dict(),
             "scaler": ts.scaler.state_dict() if ts.scaler is not None else None,
@@ -379,33 +368,24 @@ def _save_final(model, run_dir: Path, fsdp: bool, info: DistInfo) -> None:
     if info.is_main:
         spec = getattr(model, "spec", None)
         if sd is None and spec is not None:
-            model_files.save_model(model, run_dir)
+            save_model(model, run_dir)
         else:
-            model_files.write_weights(run_dir / model_files.WEIGHTS_FILE, model.state_dict() if sd is None else sd)
+            write_weights(run_dir / WEIGHTS_FILE, model.state_dict() if sd is None else sd)
             if spec is not None:
-                model_files.write_spec(run_dir, spec)
+                run_files.write_config(run_dir, spec)
     barrier()
-
-
-def clean_run_temps(run_dir: Path) -> int:
-    """Remove temp files of killed writers in the run folder, its checkpoints folder and each step folder."""
-    from ..utils.io import clean_stale_temps
-
-    root = model_files.checkpoint_root(run_dir)
-    dirs = [run_dir, root] + (sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else [])
-    return sum(clean_stale_temps(d) for d in dirs)
 
 
 def _write_run_files(run_dir: Path, model, recipe: Recipe) -> None:
     """``recipe.yaml`` and the model-directory files but the weights (spec, tokenizer, tower configs:
     :func:`~loupe_bench.models.checkpoint.write_model_files`), so ``load_model(run_dir)`` works mid-run."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    clean_run_temps(run_dir)
-    atomic_write_text(run_dir / RECIPE_FILE, recipe.to_yaml())
-    model_files.write_model_files(model, run_dir)
+    run_files.clean_temps(run_dir)
+    run_files.write_recipe(run_dir, recipe.to_yaml())
+    write_model_files(model, run_dir)
 
 
-def train(
+def train_model(
     model: Union[str, Mapping[str, Any], torch.nn.Module],
     data: Any,
     recipe: Union[str, Path, Recipe],
@@ -420,7 +400,8 @@ def train(
     on_bad_sample: str = "error",
     on_step: Optional[Callable[[int, int, float], None]] = None,
 ) -> Path:
-    """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out``.
+    """Train ``model`` on ``data`` with ``recipe``; returns the run directory ``out`` (a model directory when done:
+    ``load_model(out)`` and ``evaluate`` take it). ``loupe-bench train`` calls this function.
 
     Args:
         model: a built :class:`~loupe_bench.models.base.VLModel`, or a model spec (name / mapping) to create — a
@@ -463,24 +444,24 @@ def check_out_dir(run_dir: Path) -> None:
     """Refuse to train into an existing, non-empty folder that is not a run of ours.
 
     Rule: a run of ours is proven by its own record only — a ``run.json`` with our schema
-    (:func:`~loupe_bench.models.checkpoint.run_record`; the first file a run writes). Names prove nothing: any
+    (:func:`~loupe_bench.utils.run_files.run_record`; the first file a run writes). Names prove nothing: any
     other non-empty folder (another tool's run with ``checkpoints/``, ``config.json``, ``log.jsonl``,
     ``model.safetensors``) is refused before anything is read, built or written."""
     if not os.path.lexists(run_dir):
         return
     if not run_dir.is_dir():
         raise SpecError(f"{run_dir}: --out exists and is not a folder")
-    if model_files.run_record(run_dir) is not None or not any(run_dir.iterdir()):
+    if run_files.run_record(run_dir) is not None or not any(run_dir.iterdir()):
         return
-    raise SpecError(f"{run_dir}: --out is a non-empty folder that is not a loupe-bench run (no {runinfo.RUN_FILE} "
-                    f"with schema {runinfo.RUN_SCHEMA}); refusing to write into it — choose a new or empty folder")
+    raise SpecError(f"{run_dir}: --out is a non-empty folder that is not a loupe-bench run (no {RUN_FILE} "
+                    f"with schema {RUN_SCHEMA}); refusing to write into it — choose a new or empty folder")
 
 
 def _check_start(run_dir: Path, resume, recipe: Recipe, info: DistInfo) -> Tuple[int, bool]:
     """Checks before anything is read: the output folder, an unasked-for resume, the per-rank batch and FSDP2's
     limits. Returns ``(per-rank batch, fsdp)``."""
     check_out_dir(run_dir)
-    if resume is None and train_state.list_checkpoints(run_dir):
+    if resume is None and run_files.list_checkpoints(run_dir):
         raise SpecError(f"{run_dir}: this run directory already holds checkpoints; pass --resume latest to continue "
                         "it, or choose another --out")
     per_rank = recipe.per_rank_batch(info.world_size, source=f"recipe {recipe.name!r}")
@@ -509,8 +490,8 @@ def _check_resume(resume, run_dir: Path, recipe: Recipe, info: DistInfo, data_re
     (:func:`~loupe_bench.train.resume.resolve_resume`), same world size and global batch as the checkpoint, the
     same model spec (:func:`~loupe_bench.train.runinfo.check_model_spec`), only allowed differences from
     ``run.json`` (:func:`~loupe_bench.train.runinfo.resume_changes`), same seed."""
-    where = train_state.resolve_resume(resume, run_dir)
-    state, saved_weights = train_state.load_checkpoint(where, run_dir)
+    where = resolve_resume(resume, run_dir)
+    state, saved_weights = load_checkpoint(where, run_dir)
     if state.get("world_size") != info.world_size or state.get("global_batch") != recipe.data.batch_size:
         raise CheckpointError(
             f"{where}: saved with world size {state.get('world_size')} and global batch "
@@ -538,7 +519,7 @@ def _prepare_model(model, resuming: bool, run_dir: Path, source: TrainSource, re
     A spec becomes a model: a resumed run rebuilds its own architecture and tokenizer (:func:`rebuild_from_run`;
     weights come from the checkpoint), a new one is built with a tokenizer trained on the source's captions."""
     if not isinstance(model, torch.nn.Module):
-        if resuming and (run_dir / model_files.CONFIG_FILE).is_file():
+        if resuming and (run_dir / CONFIG_FILE).is_file():
             model = rebuild_from_run(model, run_dir)
         else:
             model = build_model(model, source, recipe.seed)
@@ -592,9 +573,9 @@ def _write_run_start(run_dir: Path, model, recipe: Recipe, info: DistInfo, point
         if point is not None and point.changes:
             history.append({"at_step": int(point.state["step"]), "fields": point.changes})
         spec = _model_spec(model)
-        runinfo.write_run_record(run_dir, recipe, data_rec, spec.get("name") if spec else None, history, spec)
-        if point is None and (run_dir / LOG_FILE).is_file():
-            (run_dir / LOG_FILE).unlink()  # rows of an earlier attempt killed before its first checkpoint
+        runinfo.record_run(run_dir, recipe, data_rec, spec.get("name") if spec else None, history, spec)
+        if point is None:
+            run_files.remove_log(run_dir)  # rows of an earlier attempt killed before its first checkpoint
         _write_run_files(run_dir, model, recipe)
     barrier()
 
@@ -617,7 +598,7 @@ def _restore(ts: TrainState, point: ResumePoint, fsdp: bool, info: DistInfo) -> 
         set_model_state_dict(model, point.weights, options=opts)
         set_optimizer_state_dict(model, ts.optimizer, state["optimizer"], options=opts)
     else:
-        model_files.load_weights(model, point.where / model_files.WEIGHTS_FILE, point.weights)
+        load_weights(model, point.where / WEIGHTS_FILE, point.weights)
         ts.optimizer.load_state_dict(state["optimizer"])
     ts.scheduler.load_state_dict(state["scheduler"])
     _load_non_persistent_buffers(model, state.get("extra_buffers") or {}, point.where)
@@ -625,7 +606,7 @@ def _restore(ts: TrainState, point: ResumePoint, fsdp: bool, info: DistInfo) -> 
         ts.scaler.load_state_dict(state["scaler"])
     ts.step, ts.epoch, ts.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
     ts.last_checkpoint = ts.step
-    train_state.set_rng_state(state["rng"][info.rank])
+    set_rng_state(state["rng"][info.rank])
 
 
 def _next_batch(ts: TrainState, run: RunSetup) -> Optional[Tuple[Dict[str, Any], float, float]]:
@@ -732,7 +713,7 @@ def _run_loop(ts: TrainState, run: RunSetup, logger: RunLogger, stop_after: Opti
 def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, stop_after: Optional[int],
            allow_remote_shards: bool = False, allow_changed: Sequence[str] = (), on_bad_sample: str = "error",
            on_step: Optional[Callable[[int, int, float], None]] = None) -> Path:
-    """Checks, build, optional resume, the loop, the final checkpoint and model (see :func:`train`)."""
+    """Checks, build, optional resume, the loop, the final checkpoint and model (see :func:`train_model`)."""
     per_rank, fsdp = _check_start(run_dir, resume, recipe, info)
     if not isinstance(model, torch.nn.Module):
         from ..models import get_spec
@@ -776,5 +757,5 @@ def _train(model, data, recipe: Recipe, run_dir: Path, resume, info: DistInfo, s
         _save_checkpoint(ts, run)
     _save_final(model, run_dir, fsdp, info)
     if info.is_main:
-        runinfo.mark_finished(run_dir, ts.step)
+        run_files.mark_finished(run_dir, ts.step)
     return run_dir

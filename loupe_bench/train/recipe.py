@@ -251,8 +251,9 @@ def load_recipe(name_or_path: Union[str, Path, Recipe]) -> Recipe:
     return recipe_from_dict(data, source=str(path))
 
 
-def shipped_recipes() -> List[Tuple[str, str]]:
-    """(name, description) of every shipped recipe."""
+def list_recipes() -> List[Tuple[str, str]]:
+    """``(name, description)`` of every shipped recipe (``loupe-bench list recipes``); each is parsed here, on
+    call, never at import."""
     out = []
     for name, p in sorted(spec_index("recipes").items()):
         try:

@@ -1,9 +1,10 @@
 """Training state of a run, saved beside each checkpoint's weights and read back to resume it bit-identically.
 
-A checkpoint is ``checkpoints/step_<n>/{model.safetensors, state.pt}`` plus ``checkpoints/latest``; the folder
-layout, the weights file and the pointer belong to the model-directory format (:mod:`loupe_bench.models.checkpoint`),
-``state.pt`` to this module. ``state.pt`` holds everything needed to continue bit-identically: optimizer, scheduler
-and GradScaler state, the RNG states of python, numpy, torch (CPU and every CUDA device) of every rank, and the data
+A checkpoint is ``checkpoints/step_<n>/{model.safetensors, state.pt}`` plus ``checkpoints/latest``; where these lie,
+which checkpoint is complete or the newest, and the pointer belong to the run folder
+(:mod:`loupe_bench.utils.run_files`), the weights' bytes to :mod:`loupe_bench.models.checkpoint`, ``state.pt``'s
+bytes to this module. ``state.pt`` holds everything needed to continue bit-identically: optimizer, scheduler and
+GradScaler state, the RNG states of python, numpy, torch (CPU and every CUDA device) of every rank, and the data
 position (epoch, batch within the epoch, optimiser step). It is written with ``torch.save`` and read with
 ``weights_only=True``; every value is a tensor or a plain Python container. Each file is written atomically (temp +
 rename), the ``latest`` pointer last, so a run killed at any moment leaves the previous checkpoint intact.
@@ -12,23 +13,17 @@ from __future__ import annotations
 
 import io
 import random
-import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..models.checkpoint import (CHECKPOINT_DIR, STEP_PREFIX, WEIGHTS_FILE, checkpoint_root, checkpoint_step,
-                                 latest_checkpoint, list_step_dirs, read_weights, step_dir, write_latest,
-                                 write_weights)
+from ..models.checkpoint import read_weights, write_weights
+from ..utils import run_files
 from ..utils.io import atomic_write_bytes
-
-STATE_FILE = "state.pt"
-
-#: the files of a complete checkpoint
-CHECKPOINT_FILES = (STATE_FILE, WEIGHTS_FILE)
+from ..utils.run_files import CHECKPOINT_DIR, CHECKPOINT_FILES, STATE_FILE, WEIGHTS_FILE, checkpoint_root
 
 
 # -- RNG --------------------------------------------------------------------------------------------------------------
@@ -76,49 +71,34 @@ def load_state(path: Union[str, Path]) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable training state ({type(exc).__name__}: {exc})") from None
 
 
-def list_checkpoints(run_dir: Union[str, Path]) -> List[Path]:
-    """Complete checkpoints (both files present), oldest first."""
-    return list_step_dirs(run_dir, CHECKPOINT_FILES)
-
-
-def prune_checkpoints(run_dir: Union[str, Path], keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` checkpoints (and half-written step folders)."""
-    root = checkpoint_root(run_dir)
-    complete = list_checkpoints(run_dir)
-    keep = set(complete[-keep_last:])
-    for d in root.glob(f"{STEP_PREFIX}*"):
-        if d.is_dir() and d not in keep:
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def write_checkpoint(run_dir: Union[str, Path], step: int, weights: Mapping[str, torch.Tensor],
                      state: Dict[str, Any], keep_last: int) -> Path:
     """Write ``checkpoints/step_<step>/{model.safetensors, state.pt}`` (weights header metadata ``{"step": step}``),
     then point ``checkpoints/latest`` at it and prune to the newest ``keep_last``; returns the checkpoint folder."""
-    d = step_dir(run_dir, step)
+    d = run_files.step_dir(run_dir, step)
     d.mkdir(parents=True, exist_ok=True)
     write_weights(d / WEIGHTS_FILE, weights, metadata={"step": str(step)})
     save_state(d / STATE_FILE, state)
-    write_latest(run_dir, d)
-    prune_checkpoints(run_dir, keep_last)
+    run_files.write_latest(run_dir, d)
+    run_files.prune_checkpoints(run_dir, keep_last)
     return d
 
 
 def resolve_resume(resume: Union[str, Path], run_dir: Union[str, Path]) -> Path:
     """``latest`` (the checkpoint the ``latest`` pointer names, resolved inside the run folder only — see
-    :func:`~loupe_bench.models.checkpoint.latest_pointer_target` — else the newest complete checkpoint of
+    :func:`~loupe_bench.utils.run_files.latest_pointer_target` — else the newest complete checkpoint of
     ``run_dir``) or a path to a ``step_<n>`` folder / a run dir.
 
     Rule: the checkpoint must belong to the run being resumed — its folder, symlinks resolved, lies directly in
     ``run_dir/checkpoints``; another run's checkpoint is refused (its schedule and state are not this run's)."""
     if str(resume) == "latest":
-        found = latest_checkpoint(run_dir, CHECKPOINT_FILES)
+        found = run_files.latest_checkpoint(run_dir, CHECKPOINT_FILES)
         if found is None:
             raise CheckpointError(f"{checkpoint_root(run_dir)}: no checkpoint to resume from")
         return found
     p = Path(resume)
     if (p / CHECKPOINT_DIR).is_dir():
-        found = latest_checkpoint(p, CHECKPOINT_FILES)
+        found = run_files.latest_checkpoint(p, CHECKPOINT_FILES)
         if found is None:
             raise CheckpointError(f"{checkpoint_root(p)}: no checkpoint to resume from")
         p = found
@@ -144,8 +124,9 @@ def load_checkpoint(where: Path, run_dir: Union[str, Path]) -> Tuple[Dict[str, A
     try:
         return load_state(where / STATE_FILE), read_weights(where / WEIGHTS_FILE)
     except CheckpointError as exc:
-        here = checkpoint_step(where)
-        older = [d for d in list_checkpoints(run_dir) if checkpoint_step(d) < (-1 if here is None else here)]
+        here = run_files.checkpoint_step(where)
+        older = [d for d in run_files.list_checkpoints(run_dir)
+                 if run_files.checkpoint_step(d) < (-1 if here is None else here)]
         offer = (f"; resume from the previous checkpoint with --resume {older[-1]}" if older
                  else "; no earlier checkpoint in this run")
         raise CheckpointError(f"checkpoint {where} is broken ({exc}){offer}") from None

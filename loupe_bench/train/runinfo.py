@@ -1,4 +1,5 @@
-"""What a run records about itself (``run.json``) and the check a resume makes against it before writing anything.
+"""What a run records about itself (``run.json``, written and read through :mod:`loupe_bench.utils.run_files`) and
+the check a resume makes against it before writing anything.
 
 ``run.json`` holds its ``schema`` (:data:`RUN_SCHEMA`, the marker of a run of ours), the full recipe (seed
 included), the model spec name and digest (:func:`spec_digest` of the resolved spec) and the data source (its name,
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..errors import DataError, LoupeBenchError
-from ..models.checkpoint import CONFIG_FILE, RUN_FILE, RUN_SCHEMA, run_record
-from ..utils.bounded import load_json_file, regular_file
-from ..utils.io import atomic_write_json, read_json, sha256_file, stable_hash
+from ..utils import run_files
+from ..utils.bounded import regular_file
+from ..utils.io import sha256_file, stable_hash
+from ..utils.run_files import CONFIG_FILE, RUN_FILE, RUN_SCHEMA
 
 #: Dotted recipe fields (a field or a whole section) a resume may change without ``--allow-changed``: they do not
 #: change what the remaining steps compute. ``steps``/``epochs``: train further (the cosine schedule is laid over
@@ -144,29 +146,21 @@ def spec_digest(spec: Optional[Mapping[str, Any]]) -> Optional[str]:
     return None if spec is None else stable_hash(dict(spec), 16)
 
 
-def write_run_record(run_dir: Path, recipe: Any, data: Dict[str, Any], model_name: Optional[str],
-                     changes: Sequence[Dict[str, Any]] = (), model_spec: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``run.json`` at the start of training (``finished_step`` null until :func:`mark_finished`);
-    ``model_spec_digest`` is :func:`spec_digest` of the resolved spec (null for a model without one)."""
-    return atomic_write_json(Path(run_dir) / RUN_FILE, {
-        "schema": RUN_SCHEMA, "recipe": recipe.to_dict(), "data": data, "model": model_name,
-        "model_spec_digest": spec_digest(model_spec), "changes": list(changes), "finished_step": None})
-
-
-def mark_finished(run_dir: Path, step: int) -> None:
-    """Record in ``run.json`` that training ended at ``step`` with its final weights written."""
-    path = Path(run_dir) / RUN_FILE
-    if path.is_file():
-        rec = read_json(path)
-        rec["finished_step"] = int(step)
-        atomic_write_json(path, rec)
+def record_run(run_dir: Path, recipe: Any, data: Dict[str, Any], model_name: Optional[str],
+               changes: Sequence[Dict[str, Any]] = (), model_spec: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write the run's record at the start of training (:func:`~loupe_bench.utils.run_files.write_run_record`):
+    the full recipe, the data record, the model name, ``model_spec_digest`` (:func:`spec_digest` of the resolved
+    spec, null for a model without one) and the changes of every resume so far."""
+    return run_files.write_run_record(run_dir, {
+        "recipe": recipe.to_dict(), "data": data, "model": model_name, "model_spec_digest": spec_digest(model_spec),
+        "changes": list(changes)})
 
 
 def read_run_record(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The run's record (:func:`~loupe_bench.models.checkpoint.run_record`); ``None`` when the folder has no
+    """The run's record (:func:`~loupe_bench.utils.run_files.run_record`); ``None`` when the folder has no
     ``run.json``, a :class:`RunMismatchError` when it has one that is not a run record of ours."""
     run_dir = Path(run_dir)
-    rec = run_record(run_dir)
+    rec = run_files.run_record(run_dir)
     if rec is None and (run_dir / RUN_FILE).exists():
         raise RunMismatchError(f"{run_dir / RUN_FILE}: not a loupe-bench run record (schema {RUN_SCHEMA})")
     return rec
@@ -193,10 +187,10 @@ def check_model_spec(recorded: Mapping[str, Any], spec: Optional[Mapping[str, An
 
 
 def _saved_spec(run_dir: Path) -> Optional[Dict[str, Any]]:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
+    """The spec the run saved (``config.json``; ``None`` without one or when it is not a mapping)."""
+    if not (Path(run_dir) / CONFIG_FILE).is_file():
         return None
-    spec = load_json_file(path, kind="config", error=RunMismatchError)
+    spec = run_files.read_config(run_dir, error=RunMismatchError)
     return spec if isinstance(spec, dict) else None
 
 
