@@ -595,3 +595,33 @@ def test_confidence_targets_excess_rank_across_images_with_a_running_scale():
     assert torch.isfinite(out.terms["tsa"]) and "tsa_kl" in out.logs
     state = model.state_dict()
     assert "tsa_scale" in state and "tsa_scale" not in centred.state_dict()  # saved only where a spec reads it
+
+
+@pytest.mark.parametrize("confidence", ["centred", "map"])
+def test_patch_map_geometry_trains_every_anchor_toward_its_best_rectangle(confidence):
+    """``region.geometry: patch_map``: every anchor of the target images gets an L1 target (a whole-patch
+    rectangle), the map costs ``2 · (N + 1)`` masked images per image and pair, and the gradient reaches the
+    region head; ``tsa.confidence: map`` trains every anchor's confidence."""
+    model = _model(region__geometry="patch_map", region__box_start=0, tsa__confidence=confidence)
+    model.train()
+    batch = _batch(model)
+    out = model.loss(batch)
+    n = model.grid[0] * model.grid[1]
+    t_img = model.cfg.tsa.target_images
+    assert out.logs["tsa_map_evals"] == t_img * 2 * (n + 1)
+    assert torch.isfinite(out.terms["tsa_box"]) and float(out.terms["tsa_box"]) > 0
+    model.zero_grad()
+    out.terms["tsa_box"].backward(retain_graph=True)
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.region_head.parameters())
+    if confidence == "map":
+        assert "tsa_scale" in model.state_dict() and float(model.tsa_scale) > 0
+        model.zero_grad()
+        out.terms["tsa"].backward()
+        assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.region_head.parameters())
+
+
+def test_unknown_geometry_is_a_spec_error():
+    from loupe_bench.errors import SpecError
+
+    with pytest.raises(SpecError, match="geometry"):
+        _model(region__geometry="greedy")

@@ -25,6 +25,7 @@ _BENCH_MODULES = registering_modules(
     "loupe_bench.bench.eval_throughput",
     "loupe_bench.bench.demo",
     "loupe_bench.bench.scale",
+    "loupe_bench.bench.region_teacher",
 )
 
 

@@ -45,10 +45,11 @@ def option_error(param: inspect.Parameter, value: Any) -> Optional[str]:
         return None if "Optional" in kind or param.default is None else "a value is required"
     if "Dict" in kind or "Mapping" in kind:
         return None if isinstance(value, dict) else "must be a mapping"
-    if "Sequence[int]" in kind:
+    if "Sequence[int]" in kind or "Sequence[float]" in kind:
+        integer = "Sequence[int]" in kind
         if not isinstance(value, (list, tuple)) or not value:
-            return "must be a non-empty list of integers"
-        return next((e for e in (_number_error(v, True, False) for v in value) if e), None)
+            return f"must be a non-empty list of {'integers' if integer else 'numbers'}"
+        return next((e for e in (_number_error(v, integer, False) for v in value) if e), None)
     if "Sequence[str]" in kind:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         ok = ok or ("Union[str" in kind and isinstance(value, str))

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..errors import DataError, SpecError
 from ..shapley import (ESTIMATORS, EstimatorConfig, LateInteractionGame, NeuralConfig, PooledCosineGame,
                        PooledRegionPhraseGame)
+from ..shapley.permutation import sample_player_values
 from ..specs import from_mapping
 from ._registry import MODEL_CLASSES
 from .base import ImageFeatures, LossOutput, Regions, TextFeatures
@@ -56,6 +57,7 @@ from .loupe_heads import (
     text_hard_negatives,
     phrase_sequences,
 )
+from .region_geometry import excess_map, map_targets
 from .tokenizer import Tokenizer
 
 class TsaProblem(NamedTuple):
@@ -110,6 +112,10 @@ def pair_coalitions(g: int, k: int, p: int, device=None) -> Tuple[Tensor, Tensor
     return coal, jj
 
 
+#: how ℒ_TSA's confidence targets are read (``loupe.tsa.confidence``; :meth:`LOUPE._confidence_targets`)
+TSA_CONFIDENCES = ("centred", "excess", "map")
+#: how the region head's box targets are found (``loupe.region.geometry``)
+REGION_GEOMETRIES = ("jitter", "patch_map")
 TSA_VALUES = ("tower", "cached", "probability", "phrase_probability")
 TSA_SCORES = ("coalition_value", "interaction")
 #: what of the training game enters ``g_θ``'s features (:meth:`LOUPE.game_stats`)
@@ -150,6 +156,11 @@ class RegionCfg:
     jitter_scale: float = 0.3
     box_start: int = 0
     move_margin: float = 0.0
+    geometry: str = "jitter"
+    map_pairs: int = 1
+    map_iou: float = 0.3
+    map_boxes: str = "all"
+    map_threshold: float = 1.0
 
 
 @dataclass
@@ -184,7 +195,8 @@ class TsaCfg:
             (``u(N)`` only, one evaluation per image: every other feature comes from the cached tokens). ``[I]``
         confidence: how the confidence targets are read from the boxes' excess: ``centred`` (per image) or
             ``excess`` (against the fair share, with a running scale: targets rank across images); see
-            :meth:`LOUPE._confidence_targets`.
+            :meth:`LOUPE._confidence_targets`; ``map``: every anchor of the target images from the additive
+            per-patch excess of its box (:meth:`LOUPE._map_confidence`).
         hard_negatives: text-only hard negatives per target caption in the bank of ``value: probability``
             (:func:`~loupe_bench.models.loupe_heads.text_hard_negatives`; 0: the batch's captions only).
     """
@@ -287,10 +299,15 @@ class LoupeCfg:
             raise SpecError(f"loupe.tsa.value: unknown {cfg.tsa.value!r}; known: {list(TSA_VALUES)}")
         if cfg.tsa.score not in TSA_SCORES:
             raise SpecError(f"loupe.tsa.score: unknown {cfg.tsa.score!r}; known: {list(TSA_SCORES)}")
-        if cfg.tsa.confidence not in ("centred", "excess"):
-            raise SpecError(f"loupe.tsa.confidence: unknown {cfg.tsa.confidence!r}; known: ['centred', 'excess']")
+        if cfg.tsa.confidence not in TSA_CONFIDENCES:
+            raise SpecError(f"loupe.tsa.confidence: unknown {cfg.tsa.confidence!r}; known: {list(TSA_CONFIDENCES)}")
         if cfg.tsa.features not in TSA_FEATURES:
             raise SpecError(f"loupe.tsa.features: unknown {cfg.tsa.features!r}; known: {list(TSA_FEATURES)}")
+        if cfg.region.geometry not in REGION_GEOMETRIES or cfg.region.map_boxes not in ("all", "selected"):
+            raise SpecError(f"loupe.region.geometry must be one of {list(REGION_GEOMETRIES)} and map_boxes 'all' or "
+                            f"'selected', got {cfg.region.geometry!r}, {cfg.region.map_boxes!r}")
+        if int(cfg.region.map_pairs) < 1 or not 0.0 <= float(cfg.region.map_iou) <= 1.0:
+            raise SpecError("loupe.region.map_pairs must be >= 1 and map_iou in [0, 1]")
         for key in ("bucket", "every"):
             if not isinstance(getattr(cfg.tsa, key), int) or getattr(cfg.tsa, key) < 1:
                 raise SpecError(f"loupe.tsa.{key} must be an integer >= 1, got {getattr(cfg.tsa, key)!r}")
@@ -331,7 +348,7 @@ class LOUPE(DualEncoder):
                 self.region_proj.weight.copy_(torch.eye(d))
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
         # running RMS of ℒ_TSA's excess: saved (a buffer) where a spec's targets or geometry read it
-        if self.cfg.tsa.confidence == "excess" or self.cfg.region.move_margin > 0:
+        if self.cfg.tsa.confidence in ("excess", "map") or self.cfg.region.move_margin > 0:
             self.register_buffer("tsa_scale", torch.zeros(()))
         else:
             self.tsa_scale = torch.zeros(())
@@ -593,7 +610,13 @@ class LOUPE(DualEncoder):
         excess = excess.masked_fill(~pr.valid, float("-inf"))
         j = self.cfg.region.box_jitter
         ex = excess.reshape(t_img, -1, j + 1)
-        if j > 0 and getattr(self, "_loss_step", 0) >= self.cfg.region.box_start:
+        started = getattr(self, "_loss_step", 0) >= self.cfg.region.box_start
+        use_map = self.cfg.region.geometry == "patch_map"
+        pmap = self._patch_map(pr, logs) if (use_map and started) or self.cfg.tsa.confidence == "map" else None
+        if use_map:
+            if started:
+                self._map_geometry(pmap, pr, boxes[:t_img], terms, logs)
+        elif j > 0 and started:
             best = ex.argmax(-1)  # [T, C]
             margin = self.cfg.region.move_margin * max(float(self.tsa_scale), 0.0)
             if margin > 0:  # move only when a copy beats the box by more than the margin
@@ -605,15 +628,59 @@ class LOUPE(DualEncoder):
             terms["tsa_box"] = (F.l1_loss(pr.sel_boxes, target_box, reduction="none") * improve).sum() / (
                 improve.sum() * 4).clamp_min(1.0)
             logs["tsa_box_moved"] = float(improve.mean())
-        base = ex[..., 0]
-        ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
-        target = self._confidence_targets(base, ok)
-        terms["tsa"] = tsa_loss(pr.sel_logits, target, ok)
-        logs["tsa_kl"] = float(tsa_loss(pr.sel_logits.detach(), target, ok) - tsa_loss(torch.logit(
+        if pmap is not None and self.cfg.tsa.confidence == "map":
+            conf_logits = logits[:t_img]
+            target = self._map_confidence(pmap, boxes[:t_img])
+            ok = torch.ones_like(target, dtype=torch.bool)
+        else:
+            conf_logits = pr.sel_logits
+            ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
+            target = self._confidence_targets(ex[..., 0], ok)
+        terms["tsa"] = tsa_loss(conf_logits, target, ok)
+        logs["tsa_kl"] = float(tsa_loss(conf_logits.detach(), target, ok) - tsa_loss(torch.logit(
             target.clamp(1e-6, 1 - 1e-6)), target, ok))
+        ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
         logs["tsa_score_mean"] = float(score.reshape(t_img, -1, j + 1)[..., 0][ok].mean()) if bool(ok.any()) else 0.0
         logs["tsa_box_area"] = float(size.reshape(t_img, -1, j + 1)[..., 0].mean() / n)
         self._collect(est, "tsa", logs, nsi)
+
+    def _patch_map(self, pr: "TsaProblem", logs: Dict[str, float]) -> Tensor:
+        """The excess map ``m_i = φ̂_i − λ (v(N) − v(∅))/N`` ``[T, N]`` of the token game of the target images:
+        ``φ̂_i`` from ``region.map_pairs`` antithetic pairs of patch orders
+        (:func:`~loupe_bench.shapley.permutation.sample_player_values`, ``2 · (N + 1)`` masked images a pair),
+        ``λ`` = ``region.map_threshold``."""
+        t_img, n = pr.coalitions.shape[0], pr.coalitions.shape[-1]
+        with torch.no_grad():
+            phi = sample_player_values(pr.game, t_img, n, self.cfg.region.map_pairs, device=pr.coalitions.device)
+        logs["tsa_map_evals"] = float(phi.num_evals)
+        return excess_map(phi.mean, self.cfg.region.map_threshold).float()
+
+    def _map_geometry(self, pmap: Tensor, pr: "TsaProblem", boxes: Tensor, terms: Dict[str, Tensor],
+                      logs: Dict[str, float]) -> None:
+        """``tsa_box`` from the excess map (``region.geometry: patch_map``): ``ℒ = mean |b − b*|₁`` over the trained
+        boxes (``region.map_boxes``), ``b*`` their best grid rectangles by the additive excess ``Σ_{i∈R} m_i``
+        among those with IoU ≥ ``region.map_iou`` (:func:`~.region_geometry.map_targets`)."""
+        trained = boxes if self.cfg.region.map_boxes == "all" else pr.sel_boxes
+        target, gain = map_targets(trained.detach(), pmap.to(boxes.dtype), self.grid, self.cfg.region.map_iou)
+        # a box moves only toward a rectangle holding more than its share: around a box on background every
+        # rectangle is negative, and the best of them (one patch) would only shrink it
+        move = (gain > 0).to(boxes.dtype)[..., None]
+        terms["tsa_box"] = (F.l1_loss(trained, target, reduction="none") * move).sum() / (move.sum() * 4).clamp_min(1.0)
+        logs["tsa_box_moved"] = float(move.mean())
+        logs["tsa_map_area"] = float(((target[..., 2:] - target[..., :2]).prod(-1)).mean())
+
+    def _map_confidence(self, pmap: Tensor, boxes: Tensor) -> Tensor:
+        """Confidence targets of every anchor from the excess map (``tsa.confidence: map``): ``S(b) = Σ_{i∈b} m_i``
+        of the box's patches, ``y = σ(S / (T_I · r))``, ``r`` a running RMS of ``S`` (as ``excess``): a box
+        holding more than its fair share of the image's value is above ½, one on background below, and targets
+        rank across images."""
+        members = member_masks(boxes.detach(), self.grid).to(pmap.dtype)  # [T, K, N]
+        score = (members @ pmap[..., None])[..., 0]
+        rms = float((score ** 2).mean().sqrt())
+        if self.training and rms > 0:
+            prev = float(self.tsa_scale)
+            self.tsa_scale.fill_(rms if prev <= 0 else 0.9 * prev + 0.1 * rms)
+        return torch.sigmoid(score / (self.cfg.tsa.temperature * max(float(self.tsa_scale), 1e-6))).to(boxes.dtype)
 
     def _confidence_targets(self, excess: Tensor, ok: Tensor) -> Tensor:
         """ℒ_TSA's confidence targets ``y`` from the boxes' excess ``e`` (``tsa.confidence``):

@@ -13,6 +13,7 @@ from .exact import all_subsets, exact_coalition_value, exact_interaction, exact_
 from .games import (AdditiveGame, AndGame, AndOrGame, Game, LateInteractionGame, OrGame, PooledCosineGame,
                     PooledRegionPhraseGame, TableGame)
 from .neural import NeuralConfig, NeuralInteraction, spearman
+from .permutation import PlayerValues, permutation_orders, sample_player_values
 from .sampling import (
     InteractionEstimate,
     sample_coalition_value,
@@ -23,6 +24,9 @@ from .sampling import (
 )
 
 __all__ = [
+    "PlayerValues",
+    "permutation_orders",
+    "sample_player_values",
     "ESTIMATORS",
     "TARGETS",
     "EstimatorConfig",
