@@ -29,6 +29,7 @@ TINY_OPTIONS = {
                                              "tasks": ["synthetic-retrieval", "synthetic-classification"]}},
     "scale": {"steps": [2], "long_seeds": 1, "workers": 1, "models": ["clip-tiny"], "tasks": ["synthetic-retrieval"],
               "world_size": "tiny"},
+    "region-teacher": {"images": 2, "pairs": [1], "thresholds": [1.0], "texts": ["caption"], "iterations": 1},
 }
 
 
@@ -45,6 +46,11 @@ def test_benchmark_runs_and_writes_json(name, tiny_world, tmp_path):
     opts = dict(TINY_OPTIONS[name])
     if name in ("shapley", "train-step", "train-throughput"):
         opts["world"] = str(tiny_world)
+    if name == "region-teacher":  # measured on a trained run only
+        from loupe_bench import train_model
+
+        opts["run"] = str(train_model("loupe-tiny", str(tiny_world), "tiny-cpu", tmp_path / "run",
+                                      overrides={"steps": 2, "data.batch_size": 4, "log.progress": False}))
     (rec,) = run_benchmarks([name], repeat=1, out_dir=tmp_path, **{name: opts})
     assert rec["figures"] and all(math.isfinite(float(f["value"])) for f in rec["figures"])
     written = json.loads((tmp_path / f"{name.replace('-', '_')}.json").read_text())

@@ -54,7 +54,7 @@ def test_jitter_teacher_never_lowers_the_excess():
 @pytest.fixture(scope="module")
 def trained_run(tiny_world, tmp_path_factory):
     """loupe-tiny trained for 20 steps on the tiny world."""
-    from loupe_bench.train import train
+    from loupe_bench import train_model as train
 
     threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("trained") / "loupe-tiny"
