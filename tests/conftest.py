@@ -35,6 +35,23 @@ def tiny_world(tmp_path_factory) -> Path:
     return generate_world(tmp_path_factory.mktemp("world") / "tiny", seed=0, size="tiny", image_size=64)
 
 
+@pytest.fixture(scope="session")
+def trained_run(tiny_world, tmp_path_factory) -> Path:
+    """A LOUPE training run: ``loupe-tiny`` trained for 20 steps on the tiny world (a few seconds on one thread)."""
+    import torch
+
+    from loupe_bench import train_model
+
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("trained") / "loupe-tiny"
+    try:
+        train_model("loupe-tiny", str(tiny_world), "tiny-cpu", out,
+                    overrides={"steps": 20, "data.batch_size": 8, "threads": 1, "log.progress": False})
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ installed wheel
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -51,21 +51,6 @@ def test_jitter_teacher_never_lowers_the_excess():
         box = nxt
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_world, tmp_path_factory):
-    """loupe-tiny trained for 20 steps on the tiny world."""
-    from loupe_bench import train_model as train
-
-    threads = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("trained") / "loupe-tiny"
-    try:
-        train("loupe-tiny", str(tiny_world), "tiny-cpu", out,
-              overrides={"steps": 20, "data.batch_size": 8, "threads": 1, "log.progress": False})
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
 def test_bench_measures_every_teacher_on_the_trained_run(trained_run):
     from loupe_bench.bench.region_teacher import region_teacher
 

@@ -241,23 +241,6 @@ def test_training_log_nsi_share_and_routing(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- a trained run
-@pytest.fixture(scope="module")
-def trained_run(tiny_world, tmp_path_factory):
-    """loupe-tiny trained for 20 steps on the tiny world (a few seconds on one thread)."""
-    import torch
-
-    from loupe_bench.train.engine import train_model
-
-    threads = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("trained") / "loupe-tiny"
-    try:
-        train_model("loupe-tiny", str(tiny_world), "tiny-cpu", out,
-              overrides={"steps": 20, "data.batch_size": 8, "threads": 1, "log.progress": False})
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
 def test_bench_loads_the_runs_trained_g_theta(trained_run):
     """--run measures the run's own g_θ (the weights in its model.safetensors, not a fresh one), on its recorded
     training data, with the run's phrase slots and regions (g_θ's features depend on them)."""
