@@ -628,18 +628,17 @@ class LOUPE(DualEncoder):
             terms["tsa_box"] = (F.l1_loss(pr.sel_boxes, target_box, reduction="none") * improve).sum() / (
                 improve.sum() * 4).clamp_min(1.0)
             logs["tsa_box_moved"] = float(improve.mean())
+        ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
         if pmap is not None and self.cfg.tsa.confidence == "map":
             conf_logits = logits[:t_img]
             target = self._map_confidence(pmap, boxes[:t_img])
-            ok = torch.ones_like(target, dtype=torch.bool)
+            conf_ok = torch.ones_like(target, dtype=torch.bool)
         else:
-            conf_logits = pr.sel_logits
-            ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
+            conf_logits, conf_ok = pr.sel_logits, ok
             target = self._confidence_targets(ex[..., 0], ok)
-        terms["tsa"] = tsa_loss(conf_logits, target, ok)
-        logs["tsa_kl"] = float(tsa_loss(conf_logits.detach(), target, ok) - tsa_loss(torch.logit(
-            target.clamp(1e-6, 1 - 1e-6)), target, ok))
-        ok = pr.valid.reshape(t_img, -1, j + 1)[..., 0]
+        terms["tsa"] = tsa_loss(conf_logits, target, conf_ok)
+        logs["tsa_kl"] = float(tsa_loss(conf_logits.detach(), target, conf_ok) - tsa_loss(torch.logit(
+            target.clamp(1e-6, 1 - 1e-6)), target, conf_ok))
         logs["tsa_score_mean"] = float(score.reshape(t_img, -1, j + 1)[..., 0][ok].mean()) if bool(ok.any()) else 0.0
         logs["tsa_box_area"] = float(size.reshape(t_img, -1, j + 1)[..., 0].mean() / n)
         self._collect(est, "tsa", logs, nsi)
