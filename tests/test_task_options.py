@@ -37,3 +37,20 @@ def test_a_hand_built_spec_gets_the_same_conversion_as_a_loaded_one():
         data["options"] = options
         with pytest.raises(SpecError, match=message):
             adapter_cls(parse_task_spec(data, "hand-built"))
+
+
+def test_options_are_converted_once_per_loaded_spec(monkeypatch):
+    """``load_task`` converts the options; the adapter made from that spec reuses the result (no second
+    conversion), and the converted object is not part of the spec's data or fingerprint."""
+    import loupe_bench.tasks.base as base
+
+    calls = []
+    real = base.from_mapping
+    monkeypatch.setattr(base, "from_mapping", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
+    for name in ("synthetic-retrieval", "synthetic-grounding-native", "synthetic-token-interaction"):
+        calls.clear()
+        spec = load_task(name)
+        adapter = load_adapters().get(spec.type)(spec)
+        assert len(calls) == 1, (name, calls)
+        assert adapter.opts is spec.parsed_options
+        assert "parsed_options" not in spec.to_dict() and "parsed_options" not in spec.normalised()

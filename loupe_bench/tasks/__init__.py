@@ -58,8 +58,9 @@ def load_task(name_or_path: Union[str, Path, Dict[str, Any]]):
     """A :class:`~loupe_bench.tasks.spec.TaskSpec` from a shipped name, a YAML path or a mapping.
 
     The type-specific ``options`` are converted once by the adapter
-    (:meth:`~loupe_bench.tasks.base.TaskAdapter.parse_options`: validated, defaults filled in) and kept as that
-    dataclass's fields, so the normalised spec (and the fingerprint) is complete.
+    (:meth:`~loupe_bench.tasks.base.TaskAdapter.parse_options`: validated, defaults filled in): the spec keeps the
+    result (``parsed_options``, what the adapter runs with) and its fields as ``options``, so the normalised spec (and
+    the fingerprint) is complete.
     """
     from .spec import parse_task_spec
 
@@ -70,7 +71,8 @@ def load_task(name_or_path: Union[str, Path, Dict[str, Any]]):
         source = str(path)
     spec = parse_task_spec(data, source)
     adapter = load_adapters().get(spec.type)
-    spec.options = asdict(adapter.parse_options(spec))
+    spec.parsed_options = adapter.parse_options(spec)
+    spec.options = asdict(spec.parsed_options)
     if hasattr(adapter, "validate_spec"):
         adapter.validate_spec(spec)
     _check_metric_names(spec, adapter, source)

@@ -23,13 +23,15 @@ class TaskAdapter:
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
-        self.opts = self.parse_options(spec)
+        parsed = spec.parsed_options
+        self.opts = parsed if isinstance(parsed, self.Options) else self.parse_options(spec)
 
     @classmethod
     def parse_options(cls, spec: TaskSpec) -> Any:
-        """The spec's type-specific ``options`` mapping as this adapter's :class:`Options`: the one conversion, for
-        :func:`~loupe_bench.tasks.load_task` (which keeps ``asdict`` of it as the spec's normalised options) and for
-        the adapter itself. Strict (:func:`~loupe_bench.specs.from_mapping`): an unknown key or a wrong type is a
+        """The spec's type-specific ``options`` mapping as this adapter's :class:`Options`: the one conversion, done
+        by :func:`~loupe_bench.tasks.load_task` (which keeps the result as ``spec.parsed_options``, the adapter's
+        ``opts``, and ``asdict`` of it as the spec's normalised options); a spec built without it is converted when
+        its adapter is made. Strict (:func:`~loupe_bench.specs.from_mapping`): an unknown key or a wrong type is a
         :class:`~loupe_bench.errors.SpecError` naming the spec and the field; missing keys take their defaults;
         ``Options.__post_init__`` normalises and checks the values."""
         return from_mapping(cls.Options, spec.options, spec.source or spec.name, "options")

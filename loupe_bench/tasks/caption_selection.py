@@ -45,18 +45,12 @@ from . import TASK_TYPES
 from .base import TaskAdapter
 from .common import (MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, select_features,
                      to_device)
-from .metric_registry import Metric, declare_metrics
 from .metrics.bootstrap import resample_indices
 from .pair_scoring import PAIR_SCORERS, check_kinds, check_pair_scoring, unique_index as _index
 
 #: items scored per pair-scorer call (their unique images × their unique texts)
 ITEMS_PER_CALL = 64
 
-declare_metrics(
-    "caption-selection",
-    Metric("acc", description="fraction of items whose true caption scores above every negative"),
-    Metric("macro_acc", description="mean over the kept kinds of the per-kind accuracy"),
-)
 
 TIE_RULES = Registry("tie rule")
 

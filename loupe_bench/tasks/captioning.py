@@ -14,22 +14,10 @@ from . import TASK_TYPES
 from .base import TaskAdapter
 from .caption_head import CaptionHeadConfig, single_thread, train_caption_head
 from .common import MetricValue, SplitOutput, encode_images, load_records, mean_metric
-from .metric_registry import Metric, declare_metrics, metric_info
+from .metric_registry import metric_info
 from .metrics.bootstrap import resample_indices
 from .metrics.captioning import CAPTION_METRICS, bleu_cider, caption_metrics, metric_status
 
-#: the caption metrics: corpus BLEU-n and CIDEr-D (interval: images resampled, the corpus statistic recomputed),
-#: ROUGE-L (a mean of per-image scores), METEOR and SPICE (corpus values, no interval); CIDEr-D is a score (not
-#: bounded by 1), the others fractions
-declare_metrics(
-    "captioning",
-    *(Metric(f"BLEU-{n}", interval="corpus", order=49 + n, description=f"corpus BLEU of n-grams up to {n}")
-      for n in range(1, 5)),
-    Metric("METEOR", interval="none", order=54, description="corpus METEOR (Java)"),
-    Metric("ROUGE-L", order=55, description="mean per-image ROUGE-L F-measure"),
-    Metric("CIDEr-D", unit="score", display="CIDEr", interval="corpus", order=56, description="corpus CIDEr-D"),
-    Metric("SPICE", interval="none", order=57, description="corpus SPICE F-score (Java)"),
-)
 
 
 @TASK_TYPES.register("captioning")

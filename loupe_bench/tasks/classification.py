@@ -20,12 +20,10 @@ from .common import (
     SplitOutput, build_prompts, encode_images, encode_texts, ensemble_classifier, is_token_level, load_records,
     mean_metric, template_mean, to_device,
 )
-from .metric_registry import Metric, declare_metrics
+from .metric_catalog import TOP_K
 from .metrics.classification import true_class_ranks
 
 #: top-K accuracy (zero-shot and linear-probe classification, region classification)
-TOP_K = Metric("top<k>", order=20, description="fraction of samples whose true class is among the K best-scored")
-declare_metrics("classification", TOP_K)
 
 
 def classification_samples(recs) -> Tuple[List[Path], List[int], List[str]]:

@@ -27,14 +27,10 @@ from .common import (
 )
 from .metrics.bootstrap import resample_indices
 from .metrics.detection import AP_NAMES, COCOMatches, per_class_nms
-from .metric_registry import Metric, declare_metrics
-from .proposals import GT_BOXES, PROPOSAL_RECALL, PROPOSAL_SOURCES, proposal_recall_items
+from .metric_catalog import AP_METRICS, PROPOSAL_RECALL
+from .proposals import GT_BOXES, PROPOSAL_SOURCES, proposal_recall_items
 from .region_scoring import REGION_SCORERS, check_region_scoring
 
-#: COCOeval average precision of :data:`AP_NAMES`; its interval resamples images and re-accumulates the matches
-AP_METRICS = tuple(Metric(name, interval="corpus", order=30 + i, description=f"COCOeval AP {iou}")
-                   for i, (name, iou) in enumerate(zip(AP_NAMES, ("over IoU 0.50:0.95", "at IoU 0.50", "at IoU 0.75"))))
-declare_metrics("detection", *AP_METRICS, PROPOSAL_RECALL)
 
 
 def gt_coco(images, categories: Dict[int, str]) -> dict:

@@ -51,15 +51,10 @@ from .common import (
     to_device,
 )
 from .metrics.grounding import box_iou, xywh_to_xyxy
-from .metric_registry import Metric, declare_metrics
-from .proposals import GT_BOXES, PROPOSAL_RECALL, PROPOSAL_SOURCES, proposal_recall_items
+from .metric_catalog import ACC_AT_IOU, PROPOSAL_RECALL
+from .proposals import GT_BOXES, PROPOSAL_SOURCES, proposal_recall_items
 from .region_scoring import REGION_SCORERS, check_region_scoring
 
-#: grounding accuracy at an IoU threshold (``acc@0.5``)
-ACC_AT_IOU = Metric("acc@<x>", display="acc@<x>", order=40,
-                    description="fraction of queries whose chosen box overlaps a ground-truth box with IoU >= x")
-for _task_type in ("grounding", "phrase-grounding"):
-    declare_metrics(_task_type, ACC_AT_IOU, PROPOSAL_RECALL)
 
 QUERY_KINDS = ("sentence", "head-phrase")
 CHANCE, ORACLE = "chance", "attribute-oracle"

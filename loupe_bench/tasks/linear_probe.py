@@ -11,12 +11,11 @@ import numpy as np
 from ..errors import DataError
 from . import TASK_TYPES
 from .base import TaskAdapter
-from .classification import TOP_K, classification_samples
+from .classification import classification_samples
 from .common import SplitOutput, encode_images, load_records, mean_metric
-from .metric_registry import declare_metrics
+from .metric_catalog import TOP_K
 from .metrics.classification import linear_probe, true_class_ranks
 
-declare_metrics("linear-probe", TOP_K)
 
 
 @TASK_TYPES.register("linear-probe")

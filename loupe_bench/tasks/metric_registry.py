@@ -1,9 +1,12 @@
 """What a metric means, in one place: better up or down, unit and display scale, short name, precision, the kind of
 its interval and where its columns sit in a report.
 
-Every task type declares the metrics it emits, in its own module (:func:`declare_metrics`); the result reader, the
-report tables, plots, regression gate, exports and the paper comparison ask :func:`metric_info`. A name that no
-declaration covers is an error (:class:`~loupe_bench.errors.SpecError`), never a guess.
+Every task type declares the metrics it emits (:func:`declare_metrics`): the shipped ones in the torch-free
+:mod:`~loupe_bench.tasks.metric_catalog`, so the report and the gate read meanings without loading a model; a task
+type from elsewhere in its own module, which the registry imports (with every adapter) only when a name is not in
+the catalog. The result reader, the report tables, plots, regression gate, exports and the paper comparison ask
+:func:`metric_info`. A name that no declaration covers is an error (:class:`~loupe_bench.errors.SpecError`), never a
+guess.
 
 Names. A declaration's ``name`` is an exact metric name (``rsum``) or a pattern whose placeholders stand for a
 parameter of the protocol: ``<k>`` an integer (``i2t_R@<k>`` covers ``i2t_R@1`` and ``i2t_R@10``), ``<x>`` a decimal
@@ -15,8 +18,8 @@ Units (:data:`UNITS`). A value is stored in its unit and shown as ``value · sca
 sum of fractions ×100 as a sum of percents (RSUM, 0–600 for six recalls, the scale CLIP_benchmark and the papers
 write), every other unit as stored.
 
-Adding a metric: one :class:`Metric` in the task type's module, passed to :func:`declare_metrics`, and the code that
-computes it; every report format then shows it with its unit, direction and name.
+Adding a metric: one :class:`Metric` passed to :func:`declare_metrics` (in the catalog for a shipped task type), and
+the code that computes it; every report format then shows it with its unit, direction and name.
 """
 from __future__ import annotations
 
@@ -146,13 +149,14 @@ class Metric:
 
 class _State:
     """The registered metrics: exact names, patterns (with their compiled matchers), the declarations of each task
-    type, resolved names, and whether the task types' modules have been imported."""
+    type, resolved names, and whether the catalog and the task types' modules have been imported."""
 
     exact: Dict[str, Metric] = {}
     patterns: Dict[str, Tuple["re.Pattern[str]", Metric]] = {}
     by_task: Dict[str, List[str]] = {}
     resolved: Dict[str, Metric] = {}
-    loaded = False
+    catalog = False
+    adapters = False
 
 
 def register_metric(metric: Metric) -> Metric:
@@ -193,24 +197,32 @@ def declare_metrics(task_type: str, *metrics: Metric) -> None:
 
 def task_metrics(task_type: str) -> List[Metric]:
     """The metrics ``task_type`` declares (exact names and patterns), in declaration order."""
-    _load_declarations()
+    _load_catalog()
+    if task_type not in _State.by_task:
+        _load_adapters()
     if task_type not in _State.by_task:
         raise SpecError(f"task type {task_type!r} declares no metrics; declaring: {', '.join(sorted(_State.by_task))}")
     return [_State.exact.get(n) or _State.patterns[n][1] for n in _State.by_task[task_type]]
 
 
-def _load_declarations() -> None:
-    """Import the task types' modules once (each declares its metrics when imported)."""
-    if _State.loaded:
-        return
-    _State.loaded = True
+def _load_catalog() -> None:
+    """Import :mod:`~loupe_bench.tasks.metric_catalog` once (the shipped task types' metrics; no torch)."""
+    if not _State.catalog:
+        from . import metric_catalog  # noqa: F401  (declares when imported)
+
+        _State.catalog = True
+
+
+def _load_adapters() -> bool:
+    """Import every task type's module once (one may declare metrics the catalog lacks); False when already
+    imported, so a caller retries a lookup only after something new was loaded."""
+    if _State.adapters:
+        return False
     from . import load_adapters
 
-    try:
-        load_adapters()
-    except BaseException:
-        _State.loaded = False
-        raise
+    load_adapters()
+    _State.adapters = True
+    return True
 
 
 def _short_number(text: str) -> str:
@@ -245,11 +257,16 @@ def metric_info(name: str) -> Metric:
         raise SpecError(f"a metric name is a string, got {name!r}")
     if name in _State.resolved:
         return _State.resolved[name]
-    _load_declarations()
+    _load_catalog()
     base, sep, tag = name.partition(":")
     if not base or (sep and not tag):
         raise SpecError(f"malformed metric name {name!r} (NAME or NAME:<tag>)")
-    family, values = _family(base)
+    try:
+        family, values = _family(base)
+    except SpecError:
+        if not _load_adapters():
+            raise
+        family, values = _family(base)
     display = family.display or base
     for key, value in values.items():
         display = display.replace(f"<{key}>", _short_number(value) if key == "x" else value)

@@ -26,7 +26,6 @@ from torch import Tensor
 
 from ..errors import SpecError
 from ..registry import Registry
-from .metric_registry import Metric
 
 PROPOSAL_SOURCES = Registry("proposal source")
 #: the registered name of the ground-truth source (the one spelling in task specs, results and docs)
@@ -34,9 +33,6 @@ GT_BOXES = "gt-boxes"
 
 Proposals = List[Tuple[Tensor, Tensor]]
 
-#: the proposal-recall metric (:func:`proposal_recall_items`), declared by the detection and grounding tasks
-PROPOSAL_RECALL = Metric("proposal_recall@<k>", description="fraction of ground-truth objects matched at IoU >= 0.5 "
-                         "by one of the first K proposals")
 
 
 def grid_boxes(scales: Sequence[int] = (1, 2, 3, 4), aspect: bool = True) -> Tensor:

@@ -72,12 +72,10 @@ from .common import (
     SplitOutput, build_prompts, encode_images, encode_texts, load_records, mean_metric, progress_bar,
     select_features, template_mean, to_device,
 )
-from .classification import TOP_K
-from .metric_registry import declare_metrics
+from .metric_catalog import TOP_K
 from .metrics.classification import true_class_ranks
 from .region_scoring import REGION_SCORERS, check_region_scoring
 
-declare_metrics("region-classification", TOP_K)
 
 SIZE_TAGS = ("small", "medium", "large")
 GROUP_TAGS = ("thing", "stuff")

@@ -15,18 +15,9 @@ from ..errors import DataError
 from . import TASK_TYPES
 from .base import TaskAdapter
 from .common import MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, to_device
-from .metric_registry import Metric, declare_metrics
+from .metric_catalog import RSUM
 from .metrics.bootstrap import resample_indices
 from .metrics.retrieval import retrieval_metrics
-
-#: R@K of image queries (captions retrieved) and of caption queries (images retrieved), and their sum
-I2T_RECALL = Metric("i2t_R@<k>", display="i2t R@<k>", order=10,
-                    description="fraction of image queries with a ground-truth caption among the first K texts")
-T2I_RECALL = Metric("t2i_R@<k>", display="t2i R@<k>", order=11,
-                    description="fraction of caption queries whose image is among the first K images")
-RSUM = Metric("rsum", unit="sum of fractions", display="RSUM", order=12,
-              description="the sum of the recalls R@K both ways (0-6 for K in 1, 5, 10; shown as 0-600)")
-declare_metrics("retrieval", I2T_RECALL, T2I_RECALL, RSUM)
 
 
 @TASK_TYPES.register("retrieval")

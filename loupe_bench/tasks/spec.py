@@ -99,10 +99,14 @@ class TaskSpec:
     options: Dict[str, Any] = field(default_factory=dict)
     layout: Dict[str, str] = field(default_factory=dict)
     source: Optional[str] = None
+    #: ``options`` converted once into the adapter's ``Options`` (set with ``options`` by
+    #: :func:`~loupe_bench.tasks.load_task`; not part of the spec's data or fingerprint)
+    parsed_options: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d.pop("source", None)
+        d.pop("parsed_options", None)
         return d
 
     def normalised(self) -> Dict[str, Any]:

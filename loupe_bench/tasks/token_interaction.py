@@ -56,7 +56,8 @@ from .base import BoxTaskAdapter
 from .common import (
     MetricValue, SplitOutput, encode_texts, image_transform, load_records, mean_metric, open_image, progress_bar,
 )
-from .metric_registry import Metric, declare_metrics, metric_info
+from .metric_catalog import MEAN_STEMS, PART_MEAN_STEMS, PART_RATE_STEMS, PART_STEMS, PER_PATCH_STEMS, RATE_STEMS
+from .metric_registry import metric_info
 
 KINDS = ("flat", "two-part")
 ALL = "all"
@@ -66,22 +67,8 @@ TEXTS = ("caption", "phrase")
 #: ``prob``: ``v(S) = softmax_k(s·cos(f(x_S), t_k))[t] − 1/K`` over the ``K`` distinct texts of the split
 #: (:func:`bank_texts`), ``s = options.scale`` (the same for every model); ``v(∅) = 0`` for all three (:class:`~loupe_bench.models.masked_game.MaskedTowerGame`)
 VALUES = ("cosine", "logprob", "prob")
-#: metric stems: the rate of objects whose box beats its shifted copy, and the means
-RATE_STEMS = ("box_beats_shifted@I", "box_beats_shifted@phi")
-#: the box's two parts (top / bottom rows) as players: rate of positive part interaction, and its means
-PART_RATE_STEMS = ("part_interaction_positive",)
-PART_MEAN_STEMS = ("mean_part_interaction", "mean_part_interaction_shifted")
-PART_STEMS = PART_RATE_STEMS + PART_MEAN_STEMS
-MEAN_STEMS = ("mean_I", "mean_I_shifted", "mean_phi", "mean_phi_shifted")
-PER_PATCH_STEMS = tuple(f"{s}_per_patch" for s in MEAN_STEMS)
 SKIP_REASONS = ("too_few_patches", "not_named", "no_placement")
 CHANCE = "chance"
-#: every stem is reported per object kind (``<stem>:<kind>``): the rates are fractions of objects, the means scores
-#: in the game's value units
-declare_metrics("token-interaction",
-                *(Metric(s, description="fraction of objects (module docstring)") for s in RATE_STEMS + PART_RATE_STEMS),
-                *(Metric(s, unit="score", description="mean over objects (module docstring)")
-                  for s in MEAN_STEMS + PER_PATCH_STEMS + PART_MEAN_STEMS))
 
 
 def metric_names(kinds: Sequence[str] = KINDS + (ALL,)) -> List[str]:

@@ -50,26 +50,17 @@ from . import TASK_TYPES
 from .base import TaskAdapter
 from .common import (MetricValue, SplitOutput, encode_images, encode_texts, load_records, mean_metric, select_features,
                      to_device)
-from .metric_registry import Metric, declare_metrics
+from .metric_catalog import ITEM_SCORES
 from .metrics.bootstrap import resample_indices
 from .pair_scoring import PAIR_SCORERS, check_kinds, check_pair_scoring, unique_index as _index
 
 #: items scored per pair-scorer call (their unique images × their unique texts)
 ITEMS_PER_CALL = 64
-#: the per-item scores of Winoground's definition (``pair_acc`` is computed from ``image``)
-ITEM_SCORES = ("text_score", "image_score", "group_score")
 #: chance of each score when the four scores of an item are i.i.d. continuous: a text (image) score needs two
 #: independent pairwise orders, 1/4; the group score needs both diagonal scores above both off-diagonal ones,
 #: 2!·2!/4! = 1/6; ``pair_acc`` (each statement picks its own of two images) 1/4
 CHANCE = {"text_score": 0.25, "image_score": 0.25, "group_score": 1.0 / 6.0, "pair_acc": 0.25}
 
-declare_metrics(
-    "two-by-two",
-    Metric("text_score", description="fraction of items whose each image scores its own text above the other"),
-    Metric("image_score", description="fraction of items whose each text scores its own image above the other"),
-    Metric("group_score", display="group", description="fraction of items with both text and image score"),
-    Metric("pair_acc", description="mean over kinds of the fraction of pairs where each text picks its own image"),
-)
 
 TIE_RULES = Registry("two-by-two tie rule")
 

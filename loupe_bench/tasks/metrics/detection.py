@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from ...errors import DataError
+from ..metric_catalog import AP_NAMES
 
-AP_NAMES = ("AP", "AP50", "AP75")
 
 
 def per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float = 0.5) -> Tensor:
