@@ -194,13 +194,16 @@ def test_one_colour_per_model_and_legends_outside(tmp_path):
     for m in ("clip-tiny", "loupe-tiny"):
         p = tmp_path / "runs" / m / "log.jsonl"
         p.parent.mkdir(parents=True)
-        p.write_text("\n".join(json.dumps({"step": s, "loss": 1.0 / (s + 1), "loss/cmc": 0.5}) for s in range(4)))
+        extra = {"tsa_nsi_r_corrected": 0.7} if m == "loupe-tiny" else {}   # g_θ's accuracy: LOUPE logs it
+        p.write_text("\n".join(json.dumps({"step": s, "loss": 1.0 / (s + 1), "loss/cmc": 0.5, **extra})
+                               for s in range(4)))
         logs[m] = p
     fig = curves_figure(logs, colours)
     for ax in fig.axes:
         for line in ax.get_lines():
             assert to_hex(line.get_color()) == colours[line.get_label()]
-    assert [ax.get_title() for ax in fig.axes] == ["loss", "loss/cmc"]
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "loss/cmc", "tsa_nsi_r_corrected"]
+    assert [line.get_label() for line in fig.axes[2].get_lines()] == ["loupe-tiny"]
     fig.canvas.draw()
     leg = fig.legends[0]
     assert [t.get_text() for t in leg.get_texts()] == ["clip-tiny", "loupe-tiny"]

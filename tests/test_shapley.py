@@ -498,6 +498,14 @@ def test_accuracy_gate_routes_everything_until_rho_is_reached():
     assert gated and all(l["routed_fraction"] == 1.0 for l in gated)  # closed gate: everything sampled
     assert "nsi_rho" not in log[0]  # no prequential pairs during warm-up
     assert log[-1]["nsi_rho"] >= 0.95 and log[-1]["routed_fraction"] < 1.0  # learnt: the gate is open
+    # the held-out window (4 a call after warm-up) gives nsi_r; the AND game's samples are exact (se 0): r̂ = r
+    from loupe_bench.shapley import attenuation_corrected_r
+
+    mod = est.module
+    assert int(mod.held_count) == 64 and bool(mod.held_se.eq(0).all())
+    assert (log[-1]["nsi_r"], log[-1]["nsi_r_corrected"]) == pytest.approx(
+        attenuation_corrected_r(mod.held_pred, mod.held_true, mod.held_se))
+    assert log[-1]["nsi_r_corrected"] == pytest.approx(log[-1]["nsi_r"]) and log[-1]["nsi_r"] >= 0.95
     # the window's ρ is the Spearman ρ of the recorded pairs (an independent recount)
     mod = est.module
     c = int(mod.rho_count)
@@ -516,3 +524,49 @@ def test_no_gate_by_default_and_window_ring():
     assert sorted(mod.rho_pred.tolist()) == [1.0, 2.0, 10.0, 11.0, 12.0]  # the oldest pair was overwritten
     gated = NeuralInteraction(4, NeuralConfig(hidden=8, min_rho=0.5))
     assert not gated.accurate()  # no pairs yet: closed
+
+
+def test_attenuation_corrected_r_recovers_the_noise_free_correlation():
+    """Predictions correlated ρ with the true values, compared with values plus Gaussian noise of known standard
+    error: the raw r is attenuated by √R (R = var(I) / (var(I) + se²)), the corrected r̂ recovers ρ. Checked against
+    numpy's corrcoef on the noise-free values (an independent reference), with heteroscedastic noise as well."""
+    import numpy as np
+
+    from loupe_bench.shapley import attenuation_corrected_r
+
+    rng = np.random.default_rng(0)
+    n = 200000
+    for rho, se_scale in ((0.9, 1.0), (0.6, 2.0), (0.85, 0.5)):
+        truth = rng.normal(size=n)
+        pred = rho * truth + np.sqrt(1 - rho**2) * rng.normal(size=n)
+        se = se_scale * rng.uniform(0.5, 1.5, size=n)                     # each value's own standard error
+        sampled = truth + se * rng.normal(size=n)
+        r, r_hat = attenuation_corrected_r(torch.tensor(pred), torch.tensor(sampled), torch.tensor(se))
+        clean = np.corrcoef(pred, truth)[0, 1]
+        reliability = 1.0 / (1.0 + np.mean(se**2))
+        assert r == pytest.approx(np.corrcoef(pred, sampled)[0, 1], abs=1e-9)
+        assert r == pytest.approx(clean * np.sqrt(reliability), abs=0.02)  # attenuated
+        assert r_hat == pytest.approx(clean, abs=0.02)                      # recovered
+    # no noise: nothing to correct; all noise: nothing to say
+    x = torch.arange(10.0)
+    assert attenuation_corrected_r(x, 2 * x + 1, torch.zeros(10)) == pytest.approx((1.0, 1.0))
+    r, r_hat = attenuation_corrected_r(x, x, torch.full((10,), 100.0))
+    assert r == pytest.approx(1.0) and r_hat != r_hat
+
+
+def test_the_window_keeps_standard_errors_and_logs_the_corrected_r():
+    """The monitor records each sampled value's standard error beside it; the window's (r, r̂) is
+    attenuation_corrected_r of the recorded triples (an independent recount)."""
+    from loupe_bench.shapley import attenuation_corrected_r
+    from loupe_bench.shapley.neural import NeuralInteraction
+
+    mod = NeuralInteraction(4, NeuralConfig(hidden=8, rho_window=64))
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(40, generator=g)
+    sampled = truth + 0.5 * torch.randn(40, generator=g)
+    mod.record(truth + 0.2 * torch.randn(40, generator=g), sampled, torch.full((40,), 0.5))
+    c = int(mod.rho_count)
+    r, r_hat = mod.window_r_corrected()
+    assert (r, r_hat) == pytest.approx(attenuation_corrected_r(mod.rho_pred[:c], mod.rho_true[:c], mod.rho_se[:c]))
+    assert r_hat > r
+    assert mod.rho_se[:c].eq(0.5).all()

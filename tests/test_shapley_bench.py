@@ -235,6 +235,10 @@ def test_training_log_nsi_share_and_routing(tmp_path):
     assert log["rows"] == 20 and log["skipped_rows"] == 1
     assert abs(log["nsi_step_share"] - (0.1 + 0.3) / 2) < 1e-12
     assert log["tsa_routed_fraction"] == 0.25 and log["fsa_routed_fraction"] is None
+    assert log["tsa_nsi_r_corrected"] is None
+    rows[-1]["tsa_nsi_r_corrected"] = 0.8
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_training_log(tmp_path)["tsa_nsi_r_corrected"] == 0.8
     (tmp_path / "log.jsonl").write_text(json.dumps(rows[0]) + "\n")
     assert read_training_log(tmp_path)["nsi_step_share"] is None
     assert routing_speedup(10.0, 1.0, 0.5) == 10.0 / 6.0 and routing_speedup(10.0, 1.0, 0.0) == 10.0
@@ -285,6 +289,11 @@ def test_cli_bench_shapley_on_a_trained_run(trained_run, tmp_path):
     assert "sampling_M32" in fsa and fsa["matched_accuracy"]["draws"] == 2
     assert tsa["g_training"]["bench_s"] == 0.0 and tsa["g_training"]["nsi_step_share"] is None
     assert tsa["g_training"]["routed_fraction"] is not None
+    for level in (tsa, fsa):                           # the training monitor checked against the reference
+        check = level["monitor_check"]
+        assert check["draws"] == 2 and check["num_samples"] == level["num_samples"]
+        assert -1.0 <= check["r_reference"] <= 1.0 and len(check["r_sampled"]) == 3
+    assert any("corrected for the M=8 noise" in f["label"] for f in rec["figures"])
     assert any(f["label"].startswith("g_θ: ℒ_NSI share") and f["value"] == "not measured" for f in rec["figures"])
     rows = [r for r in render_performance(out).splitlines() if r.startswith("| `shapley`")]
     assert rows and all(f"; model {state}" in r for r in rows)

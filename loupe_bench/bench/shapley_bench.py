@@ -434,13 +434,18 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+#: the training log's figures of ``g_θ``'s accuracy (per level; :meth:`NeuralEstimator._monitor
+#: <loupe_bench.shapley.estimators.NeuralEstimator._monitor>`)
+LOGGED_ACCURACY = ("nsi_rho", "nsi_rho_image", "nsi_spearman", "nsi_r", "nsi_r_corrected")
+
+
 def read_training_log(run_dir: Any) -> Dict[str, Any]:
     """What the run's ``log.jsonl`` says about ``g_θ`` in training (``{}`` without a log).
 
     * ``nsi_step_share``: ``mean_t nsi_time_s_t / step_time_s_t`` over the rows holding both (:data:`NSI_TIME_KEY`),
       ``None`` when no row times ℒ_NSI;
-    * per level, ``{level}_routed_fraction`` (coalitions sent to sampling), ``{level}_nsi_rho``,
-      ``{level}_nsi_rho_image``, ``{level}_nsi_spearman``: means over the rows of the last :data:`LOG_TAIL` of the
+    * per level, ``{level}_routed_fraction`` (coalitions sent to sampling) and each of :data:`LOGGED_ACCURACY`
+      (``{level}_nsi_rho`` ...): means over the rows of the last :data:`LOG_TAIL` of the
       logged steps that hold them (at least one row).
 
     Read with :func:`~loupe_bench.utils.run_files.read_log`; rows that are not a JSON object of finite numbers (a
@@ -456,7 +461,7 @@ def read_training_log(run_dir: Any) -> Dict[str, Any]:
                            "nsi_step_share": sum(shares) / len(shares) if shares else None}
     tail = rows[-max(1, int(math.ceil(LOG_TAIL * len(rows)))):] if rows else []
     for lvl in LEVELS:
-        for key in ("routed_fraction", "nsi_rho", "nsi_rho_image", "nsi_spearman"):
+        for key in ("routed_fraction",) + LOGGED_ACCURACY:
             vals = [r[f"{lvl}_{key}"] for r in tail if _number(r.get(f"{lvl}_{key}"))]
             out[f"{lvl}_{key}"] = sum(vals) / len(vals) if vals else None
     return out
@@ -652,7 +657,7 @@ def _run_cost(run: str) -> Dict[str, Dict[str, Any]]:
     return {lvl: {"source": f"trained in the run {run}", "bench_s": 0.0, "nsi_step_share": share,
                   "nsi_step_share_note": note, "log_rows": log.get("rows", 0),
                   "routed_fraction": log.get(f"{lvl}_routed_fraction"),
-                  **{f"logged_{k}": log.get(f"{lvl}_{k}") for k in ("nsi_rho", "nsi_rho_image", "nsi_spearman")}}
+                  **{f"logged_{k}": log.get(f"{lvl}_{k}") for k in LOGGED_ACCURACY}}
             for lvl in LEVELS}
 
 
@@ -684,7 +689,7 @@ def _training_targets(model, train: List[Dict[str, torch.Tensor]], targets: Dict
 def _neural_predictor(model, name: str, pr, emb: Dict[str, torch.Tensor], mod) -> Callable[[], torch.Tensor]:
     """``g_θ``'s predictions for the valid coalitions of the level's problem, paying for their features (the token
     level: including the game values among the features, as the spec's ``tsa.features`` says: the ones ``g_θ`` was
-    trained on)."""
+    trained on). The function's ``features`` attribute computes those features alone."""
     from ..models.loupe_heads import fsa_features, tsa_features
 
     if name == "tsa":
@@ -692,20 +697,22 @@ def _neural_predictor(model, name: str, pr, emb: Dict[str, torch.Tensor], mod) -
         toks, text = emb["image_tokens"][:t_img], emb["text_pooled"][:t_img]
         members, cand = pr.coalitions, pr.cand
 
-        def neural():
-            with torch.no_grad():
-                stats = model.game_stats(pr.game, members, model.cfg.tsa.features)
-                return mod.predict(tsa_features(toks, text, members, cand, stats)[pr.valid])[0]
+        def features():
+            stats = model.game_stats(pr.game, members, model.cfg.tsa.features)
+            return tsa_features(toks, text, members, cand, stats)[pr.valid]
+    else:
+        region, phrase, pv = pr.feat_region, pr.feat_phrase, pr.phrase_valid
 
-        return neural
-    region, phrase, pv = pr.feat_region, pr.feat_phrase, pr.phrase_valid
+        def features():
+            sim = region @ phrase.transpose(1, 2)
+            f2 = fsa_features(sim, region, phrase, pv)
+            return f2.reshape(sim.shape[0], -1, f2.shape[-1])[pr.valid]
 
     def neural():
         with torch.no_grad():
-            sim = region @ phrase.transpose(1, 2)
-            f2 = fsa_features(sim, region, phrase, pv)
-            return mod.predict(f2.reshape(sim.shape[0], -1, f2.shape[-1])[pr.valid])[0]
+            return mod.predict(features())[0]
 
+    neural.features = features
     return neural
 
 
@@ -731,10 +738,43 @@ def _level_record(model, name: str, pr, emb, target: str, mod, m_level: int, opt
                                       ladder=opts.matched_ladder, reference_samples=opts.reference_samples,
                                       reference=ref, draws=opts.matched_draws, repeat=max(opts.repeat, 5))
         rec["matched_accuracy"] = ma.to_json()
+    rec["monitor_check"] = monitor_check(sampler, pr, neural, ref, m_level, max(2, opts.matched_draws or 5), mod)
     key = f"sampling_M{m_level}"
     rec["speedup_vs_sampling"] = rec[key]["time_s"] / rec["neural"]["time_s"]
     rec["speedup_vs_sampling_best"] = rec[key]["min_time_s"] / rec["neural"]["min_time_s"]
     return rec
+
+
+def monitor_check(sampler, pr, neural_fn: Callable[[], torch.Tensor], ref: torch.Tensor, m: int,
+                  draws: int, mod=None) -> Dict[str, Any]:
+    """Does the training monitor's figure say how accurate ``g_θ`` is? Pooled Pearson r of ``g_θ``'s predictions
+    against the reference (``r_reference``, the figure it stands for) beside, over ``draws`` Monte-Carlo estimates at
+    the training ``M`` (what training compares with), the raw r against them and the attenuation-corrected r̂
+    (:func:`~loupe_bench.shapley.neural.attenuation_corrected_r`, from each estimate's standard errors):
+    ``[mean, lower, upper]`` (:func:`mean_interval`) of each. With ``g_θ``'s module ``mod``, also the r against the
+    reference on the coalitions its routing leaves to ``μ`` (predicted standardised variance ≤ γ: where it
+    supervises; ``r_reference_unrouted``, ``unrouted_fraction``)."""
+    from ..shapley import attenuation_corrected_r
+
+    mu = _flat_valid(neural_fn(), pr.valid)
+    ref_v = _flat_valid(ref, pr.valid)
+    r_ref, _ = attenuation_corrected_r(mu, ref_v, torch.zeros(mu.shape))
+    extra: Dict[str, Any] = {}
+    if mod is not None and hasattr(neural_fn, "features"):
+        with torch.no_grad():
+            keep = mod(neural_fn.features())[1].exp() <= mod.cfg.gamma
+        r_kept = attenuation_corrected_r(mu[keep], ref_v[keep], torch.zeros(int(keep.sum())))[0]
+        extra = {"unrouted_fraction": float(keep.float().mean()), "r_reference_unrouted": r_kept if _finite(r_kept)
+                 else None}
+    raw, corrected = [], []
+    for _ in range(draws):
+        est = sampler(pr.game, pr.coalitions, pr.valid, m)
+        r, r_hat = attenuation_corrected_r(mu, est.mean[pr.valid].float(), est.stderr[pr.valid].float())
+        raw.append(r)
+        corrected.append(r_hat)
+    corrected = [r for r in corrected if r == r]       # nan: the estimates at this M were mostly noise
+    return {"num_samples": m, "draws": draws, "r_reference": r_ref, "r_sampled": list(mean_interval(raw)),
+            "r_corrected": list(mean_interval(corrected)) if corrected else None, **extra}
 
 
 def _timed_estimates(fns: Dict[str, Callable[[], torch.Tensor]], valid: torch.Tensor, ref: torch.Tensor,
@@ -824,6 +864,7 @@ def _level_figures(name: str, rec: Dict[str, Any]) -> List[Dict[str, Any]]:
     figures.append(figure(f"{name} neural speed-up vs sampling M={m} (best of rounds)",
                           rec["speedup_vs_sampling_best"], "x"))
     cost = rec["g_training"]
+    figures += _monitor_figures(name, rec.get("monitor_check"), cost)
     if cost.get("routed_fraction") is not None:
         f = cost["routed_fraction"]
         t_m, t_n = rec[f"sampling_M{m}"]["time_s"], rec["neural"]["time_s"]
@@ -833,6 +874,35 @@ def _level_figures(name: str, rec: Dict[str, Any]) -> List[Dict[str, Any]]:
         figures.append(figure(f"{name} g_θ training in this bench (targets {cost['targets_s']:.3g} s + fit "
                               f"{cost['fit_s']:.3g} s)", cost["bench_s"], "s"))
     return figures
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def _monitor_figures(name: str, mc: Optional[Dict[str, Any]], cost: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The training monitor checked against the reference (:func:`monitor_check`) and, for a trained run, what its
+    log says (the last steps' means)."""
+    if not mc:
+        return []
+    m = mc["num_samples"]
+    out = [figure(f"{name} g_θ Pearson r vs reference", mc["r_reference"], "r", ">= 0.8", mc["r_reference"] >= 0.8)
+           if _finite(mc["r_reference"]) else None,
+           figure(f"{name} g_θ r vs one M={m} estimate (the monitor's raw figure), mean of {mc['draws']}",
+                  mc["r_sampled"][0], "r") if _finite(mc["r_sampled"][0]) else None]
+    out = [f for f in out if f is not None]
+    if mc["r_corrected"] is not None:
+        out.append(figure(f"{name} g_θ r corrected for the M={m} noise (the monitor's figure), mean of "
+                          f"{mc['draws']}", mc["r_corrected"][0], "r"))
+    if _finite(mc.get("r_reference_unrouted")):
+        out.insert(1, figure(f"{name} g_θ Pearson r vs reference where it supervises (the "
+                             f"{mc['unrouted_fraction']:.0%} of coalitions its σ² leaves unrouted)",
+                             mc["r_reference_unrouted"], "r", ">= 0.8", mc["r_reference_unrouted"] >= 0.8))
+    for key, what, unit in (("logged_nsi_r_corrected", "corrected r (held-out coalitions)", "r"),
+                            ("logged_nsi_rho", "Spearman ρ vs samples (routed and held-out)", "rho")):
+        if cost.get(key) is not None:
+            out.append(figure(f"{name} g_θ {what} logged in training (last steps)", cost[key], unit))
+    return out
 
 
 def _shapley_figures(levels: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -171,6 +171,11 @@ def loss_keys(recs: List[Dict[str, float]]) -> List[str]:
     return sorted(keys, key=lambda k: (k != "loss", k))
 
 
+#: the training log's accuracy figures of LOUPE's ``g_θ`` drawn beside the losses (per level; a run without the
+#: neural module has none): the window's Pearson r corrected for the Monte-Carlo targets' noise
+ACCURACY_KEYS = ("tsa_nsi_r_corrected", "fsa_nsi_r_corrected")
+
+
 def panel_grid(plt, n: int, panel_width: float, ncols_max: int = 4):
     """A figure of ``n`` panels, at most ``ncols_max`` a row (``panel_width`` × 2.4 inches each), the unused axes
     hidden: ``(fig, axes [rows, cols])``."""
@@ -182,7 +187,7 @@ def panel_grid(plt, n: int, panel_width: float, ncols_max: int = 4):
     return fig, axes
 
 
-def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] = None, max_panels: int = 8):
+def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] = None, max_panels: int = 10):
     """The training-curve figure (see :func:`training_curves`), or ``None`` when no log has a step."""
     plt = _plt()
     runs = {}
@@ -196,7 +201,9 @@ def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] =
     keys: List[str] = []
     for recs in runs.values():
         keys += [k for k in loss_keys(recs) if k not in keys]
-    keys = sorted(keys, key=lambda k: (k != "loss", k))[:max_panels] or ["loss"]
+    keys = sorted(keys, key=lambda k: (k != "loss", k))
+    keys = (keys + [k for k in ACCURACY_KEYS if any(k in r for recs in runs.values() for r in recs)])[:max_panels]
+    keys = keys or ["loss"]
     fig, axes = panel_grid(plt, len(keys), 2.5)
     for ax, k in zip(axes.flat, keys):
         for name, recs in runs.items():
@@ -216,7 +223,8 @@ def curves_figure(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] =
 
 
 def training_curves(run_logs: Dict[str, Path], colours: Optional[Dict[str, str]] = None) -> Optional[bytes]:
-    """Training curves from the runs' ``log.jsonl``: one panel per loss field (the total ``loss``, then each term),
+    """Training curves from the runs' ``log.jsonl``: one panel per loss field (the total ``loss``, then each term;
+    then ``g_θ``'s accuracy in training, :data:`ACCURACY_KEYS`, where a run logs it),
     one line per run in the run's fixed colour (``colours``, one map per report: :func:`model_colours`), and one
     legend of the runs right of the panels (10 pt, outside the axes)."""
     fig = curves_figure(run_logs, colours)

@@ -12,7 +12,7 @@ from .estimators import ESTIMATORS, TARGETS, EstimatorConfig, EstimatorOutput, b
 from .exact import all_subsets, exact_coalition_value, exact_interaction, exact_shapley, shapley_weights
 from .games import (AdditiveGame, AndGame, AndOrGame, Game, LateInteractionGame, OrGame, PooledCosineGame,
                     PooledRegionPhraseGame, TableGame)
-from .neural import NeuralConfig, NeuralInteraction, spearman
+from .neural import NeuralConfig, NeuralInteraction, attenuation_corrected_r, spearman
 from .permutation import PlayerValues, permutation_orders, sample_player_values
 from .sampling import (
     InteractionEstimate,
@@ -48,6 +48,7 @@ __all__ = [
     "TableGame",
     "NeuralConfig",
     "NeuralInteraction",
+    "attenuation_corrected_r",
     "spearman",
     "InteractionEstimate",
     "sample_coalition_value",

@@ -149,7 +149,7 @@ class NeuralEstimator(nn.Module):
             rho = spearman(mu[hold], mc[hold])
             if rho == rho:
                 logs["nsi_spearman"] = rho
-        self._monitor(mu, mc, routed, hold, torch.nonzero(valid)[:, 0], logs)
+        self._monitor(mu, mc, se, routed, hold, torch.nonzero(valid)[:, 0], logs)
         nsi = None
         if self.training:
             train = routed & ~hold
@@ -161,22 +161,32 @@ class NeuralEstimator(nn.Module):
         return EstimatorOutput(targets, nsi, logs)
 
 
-    def _monitor(self, mu: Tensor, mc: Tensor, routed: Tensor, hold: Tensor, game: Tensor,
+    def _monitor(self, mu: Tensor, mc: Tensor, se: Tensor, routed: Tensor, hold: Tensor, game: Tensor,
                  logs: Dict[str, float]) -> None:
         """Out-of-sample accuracy of ``g_θ`` after warm-up: every coalition sampled in this call (routed or held
         out) was predicted before ``g_θ`` saw its sampled value, so each gives a prequential pair (μ, Î). Logs
-        ``nsi_rho`` (pooled over the module's window of recent pairs) and ``nsi_rho_image`` (mean over games of the
-        within-game ρ of this call, games with at least 4 sampled coalitions). The routed coalitions are the most
+        ``nsi_rho`` (Spearman, pooled over the module's window of recent pairs), ``nsi_r`` and ``nsi_r_corrected``
+        (over the window of held-out pairs only — a random sample of the coalitions ``g_θ`` supervises: Pearson
+        against the sampled values, and its estimate against their expectations given each value's standard
+        error, :func:`~loupe_bench.shapley.neural.attenuation_corrected_r`) and
+        ``nsi_rho_image`` (mean over games of the within-game ρ of this call, games with at least 4 sampled
+        coalitions). The routed coalitions are the most
         uncertain ones, so while the gate is open the window leans to the hard cases."""
         if self.module.in_warmup():
             return
         seen = hold | routed
         if not bool(seen.any()):
             return
-        self.module.record(mu[seen], mc[seen])
+        self.module.record(mu[seen], mc[seen], se[seen])
+        if bool(hold.any()):
+            self.module.record(mu[hold], mc[hold], se[hold], window="held")
         rho = self.module.window_rho()
         if rho == rho:
             logs["nsi_rho"] = rho
+        r, r_hat = self.module.window_r_corrected("held")
+        for key, value in (("nsi_r", r), ("nsi_r_corrected", r_hat)):
+            if value == value:
+                logs[key] = value
         per = [spearman(mu[seen & (game == g)], mc[seen & (game == g)]) for g in torch.unique(game[seen]).tolist()
                if int((seen & (game == g)).sum()) >= 4]
         per = [r for r in per if r == r]

@@ -62,6 +62,12 @@ class NeuralConfig:
     rho_window: int = 256
 
 
+#: the accuracy windows of :class:`NeuralInteraction`: ``rho`` every coalition sampled after warm-up (routed or
+#: held out; the gate's), ``held`` the held-out ones only — a random sample of the coalitions ``g_θ``'s mean stands
+#: in for (the unrouted ones, while any are), so its figures say how accurate ``g_θ`` is where it supervises
+WINDOWS = ("rho", "held")
+
+
 class NeuralInteraction(nn.Module):
     """``g_θ``: coalition features ``[N, F]`` → ``(μ, log σ²)``, with its replay buffer and target statistics.
 
@@ -86,10 +92,11 @@ class NeuralInteraction(nn.Module):
         self.register_buffer("buf_count", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("buf_ptr", torch.zeros((), dtype=torch.long), persistent=False)
         w = max(1, int(self.cfg.rho_window))
-        self.register_buffer("rho_pred", torch.zeros(w), persistent=False)
-        self.register_buffer("rho_true", torch.zeros(w), persistent=False)
-        self.register_buffer("rho_count", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("rho_ptr", torch.zeros((), dtype=torch.long), persistent=False)
+        for window in WINDOWS:
+            for part in ("pred", "true", "se"):
+                self.register_buffer(f"{window}_{part}", torch.zeros(w), persistent=False)
+            for part in ("count", "ptr"):
+                self.register_buffer(f"{window}_{part}", torch.zeros((), dtype=torch.long), persistent=False)
 
     # -- prediction ---------------------------------------------------------------------------------------------
     def forward(self, feats: Tensor) -> Tuple[Tensor, Tensor]:
@@ -106,24 +113,44 @@ class NeuralInteraction(nn.Module):
     def in_warmup(self) -> bool:
         return int(self.step) < self.cfg.warmup_steps
 
+    def _window(self, window: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        if window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+        return tuple(getattr(self, f"{window}_{part}") for part in ("pred", "true", "se", "count", "ptr"))
+
     @torch.no_grad()
-    def record(self, predicted: Tensor, sampled: Tensor) -> None:
-        """Add out-of-sample pairs (``g_θ``'s mean made before it saw the sampled value, the value) to the
-        accuracy window (a ring of ``rho_window`` pairs)."""
-        w = self.rho_pred.numel()
+    def record(self, predicted: Tensor, sampled: Tensor, stderr: Optional[Tensor] = None, window: str = "rho") -> None:
+        """Add out-of-sample pairs (``g_θ``'s mean made before it saw the sampled value, the value) to an accuracy
+        window (a ring of ``rho_window`` pairs; :data:`WINDOWS`), with each sampled value's standard error
+        (``None``: 0)."""
+        pred, true, err, count, ptr = self._window(window)
+        w = pred.numel()
         n = min(predicted.numel(), w)
         if n == 0:
             return
-        idx = (int(self.rho_ptr) + torch.arange(n, device=self.rho_pred.device)) % w
-        self.rho_pred[idx] = predicted.detach().flatten()[-n:].to(self.rho_pred.dtype)
-        self.rho_true[idx] = sampled.detach().flatten()[-n:].to(self.rho_true.dtype)
-        self.rho_ptr.fill_((int(self.rho_ptr) + n) % w)
-        self.rho_count.fill_(min(int(self.rho_count) + n, w))
+        idx = (int(ptr) + torch.arange(n, device=pred.device)) % w
+        pred[idx] = predicted.detach().flatten()[-n:].to(pred.dtype)
+        true[idx] = sampled.detach().flatten()[-n:].to(true.dtype)
+        se = torch.zeros_like(sampled) if stderr is None else stderr
+        err[idx] = se.detach().flatten()[-n:].to(err.dtype)
+        ptr.fill_((int(ptr) + n) % w)
+        count.fill_(min(int(count) + n, w))
 
-    def window_rho(self) -> float:
-        """Spearman ρ over the accuracy window (``nan`` with fewer than 16 pairs or constant values)."""
-        c = int(self.rho_count)
-        return spearman(self.rho_pred[:c], self.rho_true[:c]) if c >= 16 else float("nan")
+    def window_rho(self, window: str = "rho") -> float:
+        """Spearman ρ over an accuracy window (``nan`` with fewer than 16 pairs or constant values)."""
+        pred, true, _, count, _ = self._window(window)
+        c = int(count)
+        return spearman(pred[:c], true[:c]) if c >= 16 else float("nan")
+
+    def window_r_corrected(self, window: str = "rho") -> Tuple[float, float]:
+        """``(r, r̂)`` over an accuracy window: the Pearson r of ``g_θ``'s predictions against the sampled values,
+        and its estimate against the noise-free targets (:func:`attenuation_corrected_r`; ``nan`` with fewer than
+        16 pairs)."""
+        pred, true, err, count, _ = self._window(window)
+        c = int(count)
+        if c < 16:
+            return float("nan"), float("nan")
+        return attenuation_corrected_r(pred[:c], true[:c], err[:c])
 
     def accurate(self) -> bool:
         """The accuracy gate is open: no gate (``min_rho <= 0``), or the window's ρ reaches ``min_rho``."""
@@ -191,6 +218,36 @@ class NeuralInteraction(nn.Module):
     def tick(self) -> None:
         """Advance the step counter (warm-up)."""
         self.step.add_(1)
+
+
+def attenuation_corrected_r(pred: Tensor, sampled: Tensor, stderr: Tensor,
+                            min_reliability: float = 0.05) -> Tuple[float, float]:
+    """``(r, r̂)``: Pearson r of ``pred`` against noisy ``sampled`` values, and r̂, its estimate against the values'
+    expectations (the correction for attenuation, Spearman 1904).
+
+    Each sampled value is ``Î = I + ε`` with ``E[ε] = 0`` and ``E[ε²] = se²`` (its Monte-Carlo standard error), ε
+    independent of ``pred``; so ``cov(μ, Î) = cov(μ, I)`` and ``var(I) = var(Î) − mean(se²)``. With the reliability
+    ``R = 1 − mean(se²) / var(Î)``:
+
+    ``r̂ = r(μ, Î) / √R``, clipped to [−1, 1]
+
+    — what the in-training monitor can say about ``g_θ``'s accuracy against the targets it stands in for, when the
+    only reference at hand is as noisy as a training target. ``nan`` when ``R < min_reliability`` (the sampled
+    values are mostly noise) or either side is constant.
+    """
+    x, y = pred.detach().double().flatten(), sampled.detach().double().flatten()
+    if x.numel() < 3:
+        return float("nan"), float("nan")
+    x, y = x - x.mean(), y - y.mean()
+    den = float(x.norm() * y.norm())
+    if den <= 0:
+        return float("nan"), float("nan")
+    r = float((x * y).sum()) / den
+    var_y = float((y * y).sum()) / (y.numel() - 1)
+    reliability = 1.0 - float(stderr.detach().double().pow(2).mean()) / var_y
+    if reliability < min_reliability:
+        return r, float("nan")
+    return r, max(-1.0, min(1.0, r / math.sqrt(reliability)))
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
