@@ -18,6 +18,7 @@ import yaml
 from loupe_bench.errors import DataError, SpecError
 from loupe_bench.tasks.metric_registry import Metric, metric_info, register_metric, task_metrics
 
+from test_registry import fresh_python
 from test_report import _write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,35 +198,25 @@ def test_every_metric_of_the_paper_tables_and_the_console_headline_resolves():
 def test_the_shipped_meanings_load_without_torch():
     """The report and the gate read what every metric of the committed references means from the torch-free
     catalog: no task adapter and no torch is imported (``loupe-bench check`` stays a fast command)."""
-    import subprocess
-    import sys
-
     code = ("import json, sys, glob\nfrom loupe_bench.tasks.metric_registry import metric_info\n"
             "import loupe_bench.report.gate\n"
             "names = {r['metric'] for f in glob.glob('results/reference/*.json') for r in json.load(open(f))['rows']}\n"
             "infos = [metric_info(n) for n in sorted(names)]\n"
             "heavy = [m for m in sys.modules if m == 'torch' or m.startswith('loupe_bench.tasks.retrieval')]\n"
             "print(len(infos) > 20, heavy)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "True []"
+    assert fresh_python(code) == "True []"
 
 
 def test_the_catalog_covers_every_shipped_task_type():
     """Importing every adapter (in a fresh interpreter, after the catalog) declares nothing the catalog has not:
     the shipped meanings are all in one module, and every registered task type declares its metrics there."""
-    import subprocess
-    import sys
-
     code = ("from loupe_bench.tasks.metric_registry import _State, metric_info\n"
             "metric_info('rsum')\n"
             "snap = lambda: (dict(_State.exact), set(_State.patterns), {k: list(v) for k, v in _State.by_task.items()})\n"
             "before = snap()\nfrom loupe_bench.tasks import load_adapters\n"
             "shipped = set(load_adapters().names())\n"
             "print(snap() == before, sorted(shipped - set(before[2])), len(shipped) > 9)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "True [] True"
+    assert fresh_python(code) == "True [] True"
 
 
 def test_a_task_type_from_elsewhere_declares_in_its_own_module(monkeypatch):

@@ -41,6 +41,14 @@ def test_registering_modules_names_the_missing_module(name):
         registering_modules("loupe_bench.tasks.retrieval", name)
 
 
+def fresh_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter in the repository root (what a module imports is seen from scratch);
+    its stripped standard output. A failure shows the child's stderr."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_the_shipped_lists_are_checked_without_importing_torch():
     """``loupe_bench.tasks`` and ``loupe_bench.bench`` check their lists at import, and import no adapter, no
     benchmark and no torch doing so; ``loupe_bench.train`` parses no recipe at import."""
@@ -50,9 +58,7 @@ def test_the_shipped_lists_are_checked_without_importing_torch():
             "heavy = [m for m in sys.modules if m == 'torch' or m.startswith(('loupe_bench.tasks.retrieval', "
             "'loupe_bench.bench.shapley_bench'))]\n"
             "print(heavy, [c for c in calls if c and c[0] == 'recipes'])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[] []"
+    assert fresh_python(code) == "[] []"
 
 
 def test_every_registry_has_its_own_kind():
