@@ -168,10 +168,9 @@ class NeuralEstimator(nn.Module):
         ``nsi_rho`` (Spearman, pooled over the module's window of recent pairs), ``nsi_r`` and ``nsi_r_corrected``
         (over the window of held-out pairs only — a random sample of the coalitions ``g_θ`` supervises: Pearson
         against the sampled values, and its estimate against their expectations given each value's standard
-        error, :func:`~loupe_bench.shapley.neural.attenuation_corrected_r`) and
-        ``nsi_rho_image`` (mean over games of the within-game ρ of this call, games with at least 4 sampled
-        coalitions). The routed coalitions are the most
-        uncertain ones, so while the gate is open the window leans to the hard cases."""
+        error, :func:`~loupe_bench.shapley.neural.attenuation_corrected_r`) and ``nsi_rho_image`` (mean over
+        games of the within-game ρ of this call, games with at least 4 sampled coalitions). The routed coalitions
+        are the most uncertain ones, so while the gate is open the ``nsi_rho`` window leans to the hard cases."""
         if self.module.in_warmup():
             return
         seen = hold | routed

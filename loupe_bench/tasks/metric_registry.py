@@ -28,8 +28,6 @@ from dataclasses import replace
 from typing import Dict, List, Tuple
 
 from ..errors import SpecError
-
-
 from .metric_types import (  # noqa: F401  (re-exported: the registry is where callers look a metric up)
     DIRECTIONS, INTERVALS, PLACEHOLDERS, UNITS, Metric, Unit, _PLACEHOLDER, shown_unit, shown_value, unit_of,
 )
